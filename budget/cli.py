@@ -1,0 +1,10 @@
+"""The budget side of the `margins` command line: `enforce` and `spend`.
+
+sim.cli mounts these commands on the one `margins` group (budget never imports sim).
+"""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []
