@@ -24,3 +24,32 @@ class PriceError(BudgetError):
         self.field = field
         self.reason = reason
         super().__init__(f"{where}: {field}: {reason}")
+
+
+class ConfigError(BudgetError):
+    """An enforcer config file (or value) that cannot be used: names the file, the field and what was
+    expected."""
+
+    def __init__(self, where: str, field: str, reason: str) -> None:
+        self.where = where
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{where}: {field}: {reason}")
+
+
+class StoreError(BudgetError):
+    """The event store cannot be opened, read or written at `path`."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"event store {path}: {reason}")
+
+
+class QueryError(BudgetError):
+    """A spend query that cannot be answered: a bad month, filter or SQL text."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what}: {reason}")

@@ -4,16 +4,24 @@ Events are frozen, carry a schema version (`v`) and have one JSON form. The simu
 UsageRecorded events as production; the enforcer folds them into ledgers; the store keeps them. Cost is
 computed from the price catalog when the event is made and stored with it, so a later price change never
 rewrites history.
+
+The other events tell the rest of the enforcer's story: reservations granted, denied and expired (a
+reservation is settled by the UsageRecorded that carries its `reservation_id`), user configuration, limits
+crossed and dead letters. Every event is a tagged msgspec Struct; `Event` is their union and
+`encode_event` / `decode_event` give the tagged JSON form (`{"type": "usage_recorded", ...}`).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import msgspec
 
 USAGE_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 1
 
 Outcome = Literal["ok", "error", "timeout", "aborted", "rate_limited", "cache_hit"]
 CacheLayer = Literal["exact", "semantic", "fragment"]
@@ -39,6 +47,9 @@ class UsageRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="usage_record
     outcome: Outcome = "ok"
     cache_layer: CacheLayer | None = None
     reservation_id: str | None = None
+    # The calendar month (user's time zone, "YYYY-MM") the enforcer counted this usage in; stored so a
+    # later time-zone change never moves history. None when the producer did not fold it (forecasts).
+    month: str | None = None
     v: int = USAGE_SCHEMA_VERSION
 
 
@@ -64,8 +75,159 @@ USAGE_COLUMNS: dict[str, str] = {
     "run_id": "VARCHAR",
 }
 
+Decision = Literal["allow", "degrade"]
+Limit = Literal["soft", "cap"]
+PayloadEncoding = Literal["utf-8", "base64"]
+
+
+class ReservationGranted(msgspec.Struct, frozen=True, kw_only=True, tag="reservation_granted"):
+    """An authorization answered allow or degrade: `amount_nanos` (the worst case of `model`) is held
+    against the user's `month` until a usage with this `reservation_id` settles it or it expires at
+    `expires_at`. `model` is the model granted (the cheaper one on degrade); `requested_model` what was asked.
+    """
+
+    reservation_id: str
+    request_id: str
+    user_id: str
+    ts: datetime
+    month: str
+    decision: Decision
+    model: str
+    requested_model: str
+    amount_nanos: int
+    expires_at: datetime
+    v: int = EVENT_SCHEMA_VERSION
+
+
+class ReservationDenied(msgspec.Struct, frozen=True, kw_only=True, tag="reservation_denied"):
+    """An authorization answered deny; it holds nothing. `amount_nanos` is the worst case that did not fit
+    (0 when it could not be priced), `remaining_nanos` what the user had left, `reason` why in words."""
+
+    request_id: str
+    user_id: str
+    ts: datetime
+    month: str
+    model: str
+    amount_nanos: int
+    remaining_nanos: int
+    reason: str
+    v: int = EVENT_SCHEMA_VERSION
+
+
+class ReservationExpired(msgspec.Struct, frozen=True, kw_only=True, tag="reservation_expired"):
+    """A reservation not settled within its TTL: its `amount_nanos` returns to the user's `month`."""
+
+    reservation_id: str
+    user_id: str
+    ts: datetime
+    month: str
+    amount_nanos: int
+    v: int = EVENT_SCHEMA_VERSION
+
+
+class UserConfigured(msgspec.Struct, frozen=True, kw_only=True, tag="user_configured"):
+    """An administrator set a user's cap, plan or time zone; a None field leaves that setting unchanged."""
+
+    user_id: str
+    ts: datetime
+    cap_nanos: int | None = None
+    plan: str | None = None
+    timezone: str | None = None
+    v: int = EVENT_SCHEMA_VERSION
+
+
+class LimitCrossed(msgspec.Struct, frozen=True, kw_only=True, tag="limit_crossed"):
+    """A user's committed spend (settled + reserved) in `month` reached the soft limit or the cap; emitted
+    at most once per (user, month, limit)."""
+
+    user_id: str
+    ts: datetime
+    month: str
+    limit: Limit
+    spent_nanos: int
+    reserved_nanos: int
+    cap_nanos: int
+    v: int = EVENT_SCHEMA_VERSION
+
+
+class DeadLettered(msgspec.Struct, frozen=True, kw_only=True, tag="dead_lettered"):
+    """Input that could not be applied, kept losslessly with the reason; it never touches a ledger.
+
+    `payload` is the original bytes as UTF-8 text, or base64 when they are not UTF-8 (`payload_encoding`
+    says which; `original_payload()` gives the bytes back). `user_id` and `event_id` are filled when known.
+    """
+
+    ts: datetime
+    topic: str
+    payload: str
+    reason: str
+    payload_encoding: PayloadEncoding = "utf-8"
+    detail: str = ""
+    user_id: str | None = None
+    event_id: str | None = None
+    v: int = EVENT_SCHEMA_VERSION
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        ts: datetime,
+        topic: str,
+        payload: bytes,
+        reason: str,
+        detail: str = "",
+        user_id: str | None = None,
+        event_id: str | None = None,
+    ) -> DeadLettered:
+        """A dead letter keeping `payload` exactly: as text when it is UTF-8, else base64."""
+        encoding: PayloadEncoding = "utf-8"
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
+        return cls(
+            ts=ts,
+            topic=topic,
+            payload=text,
+            payload_encoding=encoding,
+            reason=reason,
+            detail=detail,
+            user_id=user_id,
+            event_id=event_id,
+        )
+
+    def original_payload(self) -> bytes:
+        """The bytes that were received."""
+        if self.payload_encoding == "base64":
+            try:
+                return base64.b64decode(self.payload, validate=True)
+            except binascii.Error as error:
+                raise ValueError(f"dead letter payload is not valid base64: {error}") from error
+        return self.payload.encode("utf-8")
+
+
+Event: TypeAlias = (
+    UsageRecorded
+    | ReservationGranted
+    | ReservationDenied
+    | ReservationExpired
+    | UserConfigured
+    | LimitCrossed
+    | DeadLettered
+)
+EVENT_TYPES: tuple[type[Event], ...] = (
+    UsageRecorded,
+    ReservationGranted,
+    ReservationDenied,
+    ReservationExpired,
+    UserConfigured,
+    LimitCrossed,
+    DeadLettered,
+)
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(UsageRecorded)
+_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
 def encode_usage(event: UsageRecorded) -> bytes:
@@ -76,3 +238,21 @@ def encode_usage(event: UsageRecorded) -> bytes:
 def decode_usage(data: bytes | str) -> UsageRecorded:
     """Parse the JSON form; raises msgspec.ValidationError / DecodeError on bad input."""
     return _decoder.decode(data)
+
+
+def encode_event(event: Event) -> bytes:
+    """The tagged JSON form of any event: `{"type": "<tag>", ..., "v": 1}`."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | str) -> Event:
+    """Parse the tagged JSON form; raises msgspec.ValidationError / DecodeError on bad input.
+
+    Every type is at schema version 1; a later version is upcast here, never rewritten in the store.
+    """
+    return _event_decoder.decode(data)
+
+
+def event_tag(event: Event) -> str:
+    """The tag that names an event's type in JSON and in the store ("usage_recorded", ...)."""
+    return str(type(event).__struct_config__.tag)
