@@ -7,4 +7,8 @@ from __future__ import annotations
 
 import click
 
+from budget.spend_cli import spend
+
 COMMANDS: list[click.Command] = []
+
+COMMANDS.append(spend)

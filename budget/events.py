@@ -255,4 +255,9 @@ def decode_event(data: bytes | str) -> Event:
 
 def event_tag(event: Event) -> str:
     """The tag that names an event's type in JSON and in the store ("usage_recorded", ...)."""
-    return str(type(event).__struct_config__.tag)
+    return event_tag_of(type(event))
+
+
+def event_tag_of(kind: type[Event]) -> str:
+    """The tag of an event type."""
+    return str(kind.__struct_config__.tag)

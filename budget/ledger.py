@@ -417,6 +417,8 @@ class Ledger:
     def apply(self, event: Event) -> None:
         """Fold one event into the state. Replay = apply every stored event in order."""
         if isinstance(event, UsageRecorded):
+            if event.event_id in self._seen:
+                return  # a duplicate that reached the store anyway still counts once
             self._seen.add(event.event_id)
             month = event.month or self.month_of(event.user_id, event.ts)
             self._totals(event.user_id, month).spent += event.cost_nanos

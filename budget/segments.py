@@ -1,0 +1,131 @@
+"""Arrow tables of the event store's Parquet segments (layout and commit protocol: budget/manifest.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from budget.errors import StoreError
+from budget.events import (
+    EVENT_TYPES,
+    USAGE_COLUMNS,
+    DeadLettered,
+    Event,
+    ReservationDenied,
+    UsageRecorded,
+    event_tag_of,
+)
+from budget.manifest import JOURNAL_COLUMNS, Segment, fsync_dir
+
+SOURCE_LIVE = "live"
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "VARCHAR": pa.string(),
+    "BIGINT": pa.int64(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+}
+USAGE_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in USAGE_COLUMNS.items()])
+JOURNAL_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in JOURNAL_COLUMNS.items()])
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write an immutable Parquet segment durably (temp name, fsync, rename, fsync directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def event_month(event: Event) -> str | None:
+    """The month an event belongs to in the journal (its user's month; a dead letter's UTC month)."""
+    month = getattr(event, "month", None)
+    if isinstance(month, str):
+        return month
+    if isinstance(event, DeadLettered | UsageRecorded):
+        return f"{event.ts.year:04d}-{event.ts.month:02d}"
+    return None
+
+
+def journal_table(events: Sequence[Event], bodies: Sequence[bytes], first_seq: int) -> pa.Table:
+    """The journal rows of a batch: one per event, in append order."""
+    reasons = [
+        e.reason if isinstance(e, DeadLettered | ReservationDenied) else None  # queryable without JSON
+        for e in events
+    ]
+    columns = {
+        "seq": pa.array(range(first_seq, first_seq + len(events)), pa.int64()),
+        "type": pa.array([_TAGS[type(e)] for e in events], pa.string()),
+        "ts": pa.array([e.ts for e in events], _ARROW_TYPES["TIMESTAMPTZ"]),
+        "user_id": pa.array([getattr(e, "user_id", None) for e in events], pa.string()),
+        "month": pa.array([event_month(e) for e in events], pa.string()),
+        "reason": pa.array(reasons, pa.string()),
+        "body": _string_column(bodies),
+    }
+    return pa.table(columns, schema=JOURNAL_SCHEMA)
+
+
+_TAGS = {kind: event_tag_of(kind) for kind in EVENT_TYPES}
+
+
+def _string_column(values: Sequence[bytes]) -> pa.Array:
+    """UTF-8 byte strings -> an Arrow string column built from one buffer (no per-item conversion)."""
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
+    data = pa.py_buffer(b"".join(values))
+    array = pa.LargeStringArray.from_buffers(len(values), pa.py_buffer(offsets.tobytes()), data)
+    return array.cast(pa.string())
+
+
+def usage_table(usages: Sequence[UsageRecorded]) -> pa.Table:
+    """Usage rows with exactly USAGE_COLUMNS; live rows carry source "live" and run_id ""."""
+    n = len(usages)
+    columns: dict[str, pa.Array] = {}
+    for name, kind in USAGE_COLUMNS.items():
+        if name == "source":
+            values: list[Any] = [SOURCE_LIVE] * n
+        elif name == "run_id":
+            values = [""] * n
+        elif name == "month":
+            values = [u.month or f"{u.ts.year:04d}-{u.ts.month:02d}" for u in usages]
+        else:
+            values = [getattr(u, name) for u in usages]
+        columns[name] = pa.array(values, _ARROW_TYPES[kind])
+    return pa.table(columns, schema=USAGE_SCHEMA)
+
+
+_event_list_decoder: msgspec.json.Decoder[list[Event]] = msgspec.json.Decoder(list[Event])
+
+
+def decode_bodies(bodies: Sequence[str]) -> list[Event]:
+    """Decode many journal bodies at once (one JSON array: far faster than one call per event)."""
+    if not bodies:
+        return []
+    return _event_list_decoder.decode(("[" + ",".join(bodies) + "]").encode())
+
+
+def read_journal_bodies(root: Path, segment: Segment) -> list[str]:
+    """A journal segment's bodies in seq order."""
+    table = pq.read_table(root / segment.file, columns=["seq", "body"])
+    if table.num_rows and table.column("seq")[0].as_py() != segment.first:
+        raise StoreError(str(root), f"{segment.file} does not start at seq {segment.first}")
+    bodies: list[str] = table.column("body").to_pylist()
+    return bodies
+
+
+def merge_tables(root: Path, segments: Sequence[Segment], schema: pa.Schema) -> pa.Table:
+    """Concatenate segments in seq order (for compaction)."""
+    ordered = sorted(segments, key=lambda s: s.first)
+    return pa.concat_tables([pq.read_table(root / s.file, schema=schema) for s in ordered])

@@ -1,0 +1,335 @@
+"""The durable event store: one writing process appends, any process queries the Parquet segments.
+
+`append(events)` writes the batch to an fsync'd write-ahead log and returns only once it is durable, so the
+enforcer may acknowledge the messages behind it. About once a second (and on `flush()` / `close()`) the
+pending events become immutable Parquet segments (see budget/segments.py) that DuckDB reads in place from
+other processes, and the log they came from is deleted. Small segments are compacted in the background.
+
+Why not write DuckDB tables directly: DuckDB admits one writing process per database file and a reader
+cannot open a file another process is writing; immutable files listed by an atomically replaced manifest
+give readers a consistent snapshot with no lock at all, and the layout works on object storage too.
+
+Opening a store recovers it: a segment the manifest does not list is an interrupted flush and is deleted;
+log lines past the manifest's last seq are the events appended since, and a torn last line (a write that
+never returned) is cut off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import msgspec
+
+from budget.errors import StoreError
+from budget.events import Event, UsageRecorded, decode_event
+from budget.manifest import Manifest, Segment, fsync_dir, read_manifest, segment_name, write_atomic
+from budget.segments import (
+    JOURNAL_SCHEMA,
+    USAGE_SCHEMA,
+    decode_bodies,
+    journal_table,
+    merge_tables,
+    read_journal_bodies,
+    usage_table,
+    write_table,
+)
+
+FLUSH_INTERVAL_S = 1.0
+RETIRE_GRACE_S = 60.0  # a reader holding an older manifest finishes its query well within this
+COMPACT_MIN_SEGMENTS = 8  # merge once this many small segments have piled up
+COMPACT_MAX_ROWS = 2_000_000  # a segment this large is left alone
+REPLAY_BATCH = 50_000
+
+_encoder = msgspec.json.Encoder()
+
+
+class EventStore:
+    """A directory of events: durable append, replay in append order, Parquet segments for queries.
+
+    Use `EventStore.open(path)` (a context manager). Only one process may hold a store open for writing;
+    readers use budget.queries and never open an EventStore.
+    """
+
+    def __init__(self, root: Path, flush_interval: float | None) -> None:
+        self.root = root
+        self._lock = threading.Lock()  # guards the log and the pending batch
+        self._flush_lock = threading.Lock()  # one flush / compaction at a time
+        self._lock_fd = -1
+        self._wal_fd = -1
+        self._wal_path: Path | None = None
+        self._next_seq = 0
+        self._pending: list[Event] = []
+        self._pending_bodies: list[bytes] = []
+        self._pending_first = 0
+        self._manifest = Manifest()
+        self._closed = False
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._flush_interval = flush_interval
+
+    @classmethod
+    def open(cls, path: str | Path, *, flush_interval: float | None = FLUSH_INTERVAL_S) -> EventStore:
+        """Open (creating if needed) and recover the store at `path`; raises StoreError when another
+        process holds it. `flush_interval` None disables the background flusher (call `flush()`)."""
+        root = Path(path)
+        store = cls(root, flush_interval)
+        try:
+            store._open()
+        except OSError as error:
+            store._release()
+            raise StoreError(str(root), f"cannot open: {error}") from error
+        except BaseException:
+            store._release()
+            raise
+        if flush_interval is not None:
+            store._thread = threading.Thread(target=store._flusher, name="margins-store-flush", daemon=True)
+            store._thread.start()
+        return store
+
+    def _open(self) -> None:
+        (self.root / "wal").mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(str(self.root), "another process has this store open for writing") from None
+        self._manifest = read_manifest(self.root)
+        self._remove_orphans()
+        self._next_seq = self._manifest.last_seq + 1
+        self._recover_wal()
+        self._pending_first = self._next_seq
+        self._start_wal()
+        self.flush()
+
+    def _remove_orphans(self) -> None:
+        listed = {s.file for s in (*self._manifest.journal, *self._manifest.usage)}
+        listed |= {f for f, _ in self._manifest.retired}
+        for sub in ("journal", "usage"):
+            for file in (self.root / sub).rglob("*.parquet*") if (self.root / sub).exists() else []:
+                if str(file.relative_to(self.root)) not in listed:
+                    file.unlink()
+
+    def _recover_wal(self) -> None:
+        """Move log lines past the manifest into the pending batch; cut a torn last line."""
+        for wal in sorted((self.root / "wal").glob("*.jsonl")):
+            seq = int(wal.stem)
+            data = wal.read_bytes()
+            good = 0
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # torn: its append never returned
+                try:
+                    event = decode_event(line)
+                except msgspec.DecodeError:
+                    break
+                good += len(line)
+                if seq >= self._next_seq:
+                    self._pending.append(event)
+                    self._pending_bodies.append(line.rstrip(b"\n"))
+                    self._next_seq = seq + 1
+                seq += 1
+            if good < len(data):
+                os.truncate(wal, good)
+
+    def _start_wal(self) -> None:
+        """Begin a new log file named by the next seq (the previous ones go once flushed)."""
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+        self._wal_path = self.root / "wal" / f"{self._next_seq:016d}.jsonl"
+        self._wal_fd = os.open(self._wal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fsync_dir(self._wal_path.parent)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def append(self, events: Iterable[Event]) -> None:
+        """Append a batch durably: returns only once every event is fsync'd to the log."""
+        batch = list(events)
+        if not batch:
+            return
+        bodies = [_encoder.encode(e) for e in batch]
+        data = b"\n".join(bodies) + b"\n"
+        with self._lock:
+            self._check_open()
+            written = 0
+            while written < len(data):
+                written += os.write(self._wal_fd, data[written:])
+            os.fdatasync(self._wal_fd)
+            self._pending.extend(batch)
+            self._pending_bodies.extend(bodies)
+            self._next_seq += len(batch)
+
+    def flush(self) -> None:
+        """Turn the pending events into Parquet segments now (readers see them once this returns)."""
+        with self._flush_lock:
+            with self._lock:
+                if not self._pending:
+                    return
+                events, bodies, first = self._pending, self._pending_bodies, self._pending_first
+                self._pending, self._pending_bodies = [], []
+                self._pending_first = self._next_seq
+                self._start_wal()
+                old_wals = [p for p in (self.root / "wal").glob("*.jsonl") if p != self._wal_path]
+            try:
+                self._write_segments(events, bodies, first)
+            except BaseException:
+                with self._lock:  # keep them pending: the log still holds them
+                    self._pending[:0], self._pending_bodies[:0] = events, bodies
+                    self._pending_first = first
+                raise
+            for wal in old_wals:
+                wal.unlink(missing_ok=True)
+
+    def _write_segments(self, events: list[Event], bodies: list[bytes], first: int) -> None:
+        last = first + len(events) - 1
+        name = segment_name(first, last)
+        manifest = self._manifest
+        by_month: dict[str, list[UsageRecorded]] = {}
+        for event in events:
+            if isinstance(event, UsageRecorded):
+                month = event.month or f"{event.ts.year:04d}-{event.ts.month:02d}"
+                by_month.setdefault(month, []).append(event)
+        usage: list[Segment] = []
+        for month, rows in sorted(by_month.items()):
+            file = f"usage/month={month}/{name}"
+            write_table(self.root / file, usage_table(rows))
+            usage.append(Segment(file=file, first=first, last=last, rows=len(rows), month=month))
+        journal = Segment(file=f"journal/{name}", first=first, last=last, rows=len(events))
+        write_table(self.root / journal.file, journal_table(events, bodies, first))
+        self._commit(
+            Manifest(
+                last_seq=last,
+                journal=[*manifest.journal, journal],
+                usage=[*manifest.usage, *usage],
+                retired=manifest.retired,
+            )
+        )
+
+    def _commit(self, manifest: Manifest) -> None:
+        now = time.time()
+        keep: list[tuple[str, float]] = []
+        for file, at in manifest.retired:
+            if now - at < RETIRE_GRACE_S:
+                keep.append((file, at))
+            else:
+                (self.root / file).unlink(missing_ok=True)
+        manifest.retired = keep
+        write_atomic(self.root / "manifest.json", manifest.to_json())
+        self._manifest = manifest
+
+    def compact(self, min_segments: int = COMPACT_MIN_SEGMENTS) -> None:
+        """Merge runs of small segments (journal: consecutive ones; usage: per month) into one each."""
+        with self._flush_lock:
+            manifest = self._manifest
+            journal = self._merge_runs(manifest.journal, min_segments, None)
+            usage: list[Segment] = []
+            months = sorted({s.month or "" for s in manifest.usage})
+            for month in months:
+                usage += self._merge_runs(
+                    [s for s in manifest.usage if s.month == month], min_segments, month
+                )
+            if journal == manifest.journal and usage == manifest.usage:
+                return
+            kept = {s.file for s in (*journal, *usage)}
+            retired = [s.file for s in (*manifest.journal, *manifest.usage) if s.file not in kept]
+            now = time.time()
+            self._commit(
+                Manifest(
+                    last_seq=manifest.last_seq,
+                    journal=journal,
+                    usage=sorted(usage, key=lambda s: (s.first, s.month or "")),
+                    retired=[*manifest.retired, *((f, now) for f in retired)],
+                )
+            )
+
+    def _merge_runs(self, segments: list[Segment], min_segments: int, month: str | None) -> list[Segment]:
+        small = [s for s in segments if s.rows < COMPACT_MAX_ROWS]
+        if len(small) < min_segments:
+            return segments
+        # Journal runs must stay contiguous in seq so replay can read file after file.
+        run: list[Segment] = []
+        for segment in segments:
+            if segment.rows >= COMPACT_MAX_ROWS:
+                break
+            run.append(segment)
+        if len(run) < 2:
+            return segments
+        first, last = run[0].first, run[-1].last
+        name = segment_name(first, last)
+        schema = USAGE_SCHEMA if month is not None else JOURNAL_SCHEMA
+        file = f"usage/month={month}/{name}" if month is not None else f"journal/{name}"
+        table = merge_tables(self.root, run, schema)
+        write_table(self.root / file, table)
+        merged = Segment(file=file, first=first, last=last, rows=table.num_rows, month=month)
+        return [merged, *segments[len(run) :]]
+
+    def _flusher(self) -> None:
+        assert self._flush_interval is not None
+        while not self._stop.wait(self._flush_interval):
+            try:
+                self.flush()
+                self.compact()
+            except BaseException as error:  # surfaced by the next append / close
+                self._error = error
+                return
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def replay(self) -> Iterator[Event]:
+        """Every event in append order: the segments, then what is still pending."""
+        with self._flush_lock, self._lock:  # one consistent cut: no flush moves events in between
+            segments = list(self._manifest.journal)
+            pending = list(self._pending)
+        for segment in segments:
+            bodies = read_journal_bodies(self.root, segment)
+            for start in range(0, len(bodies), REPLAY_BATCH):
+                yield from decode_bodies(bodies[start : start + REPLAY_BATCH])
+        yield from pending
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest of the segments written so far."""
+        return self._manifest
+
+    # -- closing ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush what is pending, stop the flusher and release the store."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = -1
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(str(self.root), "the store is closed")
+        if self._error is not None:
+            raise StoreError(str(self.root), f"background flush failed: {self._error}") from self._error
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
