@@ -77,6 +77,8 @@ class PriceCatalog:
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]], where: str) -> PriceCatalog:
         """A new catalog where each named model is replaced or added (USD per 1M tokens per field).
 
+        `where` names the overriding table in errors (e.g. "prices").
+
         A partial override keeps the fields it does not name; a new model must name input and output
         (cached_input and cache_write default to input).
         """
@@ -87,7 +89,7 @@ class PriceCatalog:
             if base is not None:
                 merged = {name: _nanos_to_usd_per_million(getattr(base, name)) for name in PRICE_FIELDS}
             merged.update(fields)
-            prices[model] = parse_model_price(model, merged, f"{where}: prices.{model}")
+            prices[model] = parse_model_price(model, merged, f"{where}.{model}")
         return PriceCatalog(prices=prices, read_on=self.read_on)
 
 

@@ -2,14 +2,158 @@
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
 import click
 
 from budget.cli import COMMANDS as BUDGET_COMMANDS
+from sim import render
+from sim.errors import SimError
+from sim.forecast import Forecast, forecast
+from sim.output import ForecastWriter
+from sim.scenario import load_scenario
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """margins: forecast and enforce what LLM features cost."""
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and exit code 2: bad input is never a traceback."""
+    click.echo(f"margins: {message}", err=True)
+    sys.exit(2)
+
+
+def parse_mau(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        levels = [int(part.replace("_", "")) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected whole numbers separated by commas, got {value!r}") from None
+    if not levels or any(level < 1 for level in levels):
+        raise click.BadParameter(f"expected MAU levels >= 1, got {value!r}")
+    return levels
+
+
+def forecast_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `simulate` and `compare` share."""
+    options = [
+        click.option(
+            "--mau", callback=parse_mau, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)"
+        ),
+        click.option("--days", type=click.IntRange(1, 60), help="Days to simulate (default: the scenario's)"),
+        click.option(
+            "--seed", type=int, default=1, show_default=True, help="Same seed, same traffic, same numbers"
+        ),
+        click.option("--replications", type=click.IntRange(1, 100), default=1, show_default=True),
+        click.option(
+            "--out",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="DuckDB file for events and figures",
+        ),
+        click.option(
+            "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def run_forecast(
+    path: str,
+    mau: list[int] | None,
+    days: int | None,
+    seed: int,
+    replications: int,
+    writer: ForecastWriter | None,
+) -> Forecast:
+    try:
+        scenario, catalog = load_scenario(path)
+    except SimError as error:
+        fail(str(error))
+    result = forecast(
+        scenario,
+        catalog,
+        mau or scenario.traffic.mau,
+        days or scenario.traffic.days,
+        seed,
+        replications,
+        on_run=writer.write_run if writer is not None else None,
+    )
+    if writer is not None:
+        writer.write_forecast(result)
+    return result
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@forecast_options
+def simulate(
+    scenario: str,
+    mau: list[int] | None,
+    days: int | None,
+    seed: int,
+    replications: int,
+    out: Path | None,
+    fmt: str,
+) -> None:
+    """Forecast spend and quality of SCENARIO (a TOML file) at each MAU level."""
+    writer = ForecastWriter(out) if out else None
+    try:
+        result = run_forecast(scenario, mau, days, seed, replications, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+    if fmt == "json":
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(render.forecast_table(result))
+
+
+@main.command()
+@click.argument("scenarios", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@forecast_options
+def compare(
+    scenarios: tuple[str, ...],
+    mau: list[int] | None,
+    days: int | None,
+    seed: int,
+    replications: int,
+    out: Path | None,
+    fmt: str,
+) -> None:
+    """Run SCENARIOS on the same seed (the same traffic) and show them side by side with deltas."""
+    if len(scenarios) < 2:
+        fail("compare needs at least two scenario files")
+    writer = ForecastWriter(out) if out else None
+    try:
+        results = [run_forecast(path, mau, days, seed, replications, writer) for path in scenarios]
+    finally:
+        if writer is not None:
+            writer.close()
+    levels = {tuple(r["mau"] for r in f.results) for f in results}
+    if len(levels) > 1:
+        fail("the scenarios have different MAU levels; pass --mau to compare them on the same ones")
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                {
+                    "seed": seed,
+                    "scenarios": [f.to_json() for f in results],
+                    "headline": [render.headline_line(results[0], f) for f in results[1:]],
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(render.comparison_table(results))
 
 
 for _command in BUDGET_COMMANDS:

@@ -1,0 +1,172 @@
+"""Provider attempts in vectorized rounds: rate-limit windows, outcomes, retries, queues.
+
+The fast path's inner loop. A round takes every pending attempt due before the end of the current tick,
+admits or rejects each against its model's requests- and tokens-per-minute window (fixed one-minute
+windows, in time order inside a round; an attempt that a retry or queue puts into a window comes after
+the attempts already counted there), draws the admitted attempts' outcomes, prices them, and asks the
+retry policy what follows. Follow-ups due inside the tick make the next round; later ones wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sim.policies import provider, retry
+from sim.policies.outcomes import RATE_LIMITED
+from sim.randomness import hashed_uniform
+from sim.scenario import Scenario
+
+ATTEMPT_FIELDS = ("call", "t", "attempt_no", "retries_used", "queued", "regenerated")
+
+
+@dataclass(slots=True)
+class Pending:
+    """Attempts waiting to be made, as parallel arrays."""
+
+    call: np.ndarray
+    t: np.ndarray
+    attempt_no: np.ndarray
+    retries_used: np.ndarray
+    queued: np.ndarray
+    regenerated: np.ndarray
+
+    @classmethod
+    def first_attempts(cls, call: np.ndarray, t: np.ndarray) -> Pending:
+        zeros = np.zeros(call.size, dtype=np.int64)
+        return cls(call, t, zeros, zeros.copy(), zeros.copy(), np.zeros(call.size, dtype=bool))
+
+    def take(self, mask: np.ndarray | slice) -> Pending:
+        return Pending(*(getattr(self, name)[mask] for name in ATTEMPT_FIELDS))
+
+    @staticmethod
+    def join(parts: list[Pending]) -> Pending:
+        return Pending(*(np.concatenate([getattr(p, name) for p in parts]) for name in ATTEMPT_FIELDS))
+
+    @property
+    def size(self) -> int:
+        return int(self.call.size)
+
+
+@dataclass(slots=True)
+class AttemptLog:
+    """Every attempt made, in the order processed; arrays are joined once at the end."""
+
+    parts: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, **columns: np.ndarray) -> None:
+        for name, values in columns.items():
+            self.parts.setdefault(name, []).append(values)
+
+    def column(self, name: str) -> np.ndarray:
+        values = self.parts.get(name)
+        return np.concatenate(values) if values else np.zeros(0)
+
+
+@dataclass(frozen=True, slots=True)
+class CallSheet:
+    """What the attempt loop needs to know about each call (indexed by call id)."""
+
+    model: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    input_price: np.ndarray  # nano-dollars per token, per model index
+    output_price: np.ndarray
+
+
+class RateWindows:
+    """Admitted requests and tokens per (model, one-minute window) so far."""
+
+    def __init__(self, table: provider.ProviderTable, horizon_s: float) -> None:
+        self.windows = int(horizon_s // retry.RATE_WINDOW_S) + 1
+        size = table.rpm.size * self.windows
+        self.requests = np.zeros(size, dtype=np.int64)
+        self.tokens = np.zeros(size, dtype=np.int64)
+        self.table = table
+
+    def admit(self, t: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """True where the attempt fits its window's limits; admitted ones are counted."""
+        window = np.minimum((t // retry.RATE_WINDOW_S).astype(np.int64), self.windows - 1)
+        group = model * self.windows + window
+        # Sort by (group, time) with one float key: group * 64 s + seconds into its window.
+        order = np.argsort(group * 64.0 + (t - window * retry.RATE_WINDOW_S))
+        grouped = group[order]
+        starts = np.r_[True, grouped[1:] != grouped[:-1]]
+        start_index = np.maximum.accumulate(np.where(starts, np.arange(order.size), 0))
+        rank = np.arange(order.size) - start_index + 1
+        running = np.cumsum(tokens[order])
+        running = running - running[start_index] + tokens[order][start_index]
+        fits_sorted = (self.requests[grouped] + rank <= self.table.rpm[model[order]]) & (
+            self.tokens[grouped] + running <= self.table.tpm[model[order]]
+        )
+        fits = np.empty(order.size, dtype=bool)
+        fits[order] = fits_sorted
+        np.add.at(self.requests, group[fits], 1)
+        np.add.at(self.tokens, group[fits], tokens[fits])
+        return fits
+
+
+def run_round(
+    scenario: Scenario,
+    table: provider.ProviderTable,
+    windows: RateWindows,
+    sheet: CallSheet,
+    key: int,
+    batch: Pending,
+    log: AttemptLog,
+) -> Pending:
+    """Make one round of attempts, log them, and return the follow-ups they lead to."""
+    model = sheet.model[batch.call]
+    inputs, outputs = sheet.input_tokens[batch.call], sheet.output_tokens[batch.call]
+    admitted = windows.admit(batch.t, model, inputs + outputs)
+    outcome = np.full(batch.size, RATE_LIMITED, dtype=np.int64)
+    duration = np.full(batch.size, provider.RATE_LIMIT_REPLY_S)
+    visible = np.zeros(batch.size)
+    billed_in = np.zeros(batch.size, dtype=np.int64)
+    billed_out = np.zeros(batch.size, dtype=np.int64)
+    if admitted.any():
+        made = provider.attempt(
+            scenario,
+            table,
+            key,
+            batch.call[admitted],
+            batch.attempt_no[admitted],
+            batch.regenerated[admitted],
+            model[admitted],
+            inputs[admitted],
+            outputs[admitted],
+        )
+        outcome[admitted], duration[admitted], visible[admitted] = (
+            made.outcome,
+            made.duration_s,
+            made.first_visible_s,
+        )
+        billed_in[admitted], billed_out[admitted] = made.billed_input, made.billed_output
+    jitter = hashed_uniform(key, batch.call, batch.attempt_no, provider.SALT_JITTER)
+    plan = retry.follow_up(
+        scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
+    )
+    cost = billed_in * sheet.input_price[model] + billed_out * sheet.output_price[model]
+    log.add(
+        call=batch.call,
+        t=batch.t,
+        model=model,
+        outcome=outcome,
+        action=plan.action,
+        billed_input=billed_in,
+        billed_output=billed_out,
+        cost_nanos=cost,
+        visible_at=batch.t + visible,
+        finished_at=batch.t + duration,
+    )
+    again = (plan.action == retry.RETRY) | (plan.action == retry.QUEUE) | (plan.action == retry.REGENERATE)
+    follow = Pending(
+        call=batch.call[again],
+        t=plan.next_t[again],
+        attempt_no=batch.attempt_no[again] + 1,
+        retries_used=batch.retries_used[again] + (plan.action[again] == retry.RETRY),
+        queued=batch.queued[again] + (plan.action[again] == retry.QUEUE),
+        regenerated=batch.regenerated[again] | (plan.action[again] == retry.REGENERATE),
+    )
+    return follow

@@ -1,0 +1,259 @@
+"""The fast path: one run of a scenario at one MAU level, in vectorized batches inside a SimPy clock.
+
+traffic -> cache layers -> router -> calls -> provider attempts (rate windows, retries, queues) per tick ->
+per-request outcome, cost, quality and time to first token. SimPy owns the clock: one process steps it a
+tick (a simulated day) at a time, and each tick's attempts are made in vectorized rounds (sim/attempts.py).
+The per-request reference (sim/reference.py) plays the same rules one request at a time; tests hold the
+two to the same totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from budget.prices import PriceCatalog
+from sim import traffic as traffic_module
+from sim.attempts import AttemptLog, CallSheet, Pending, RateWindows, run_round
+from sim.policies import cache, provider, retry, router
+from sim.policies.outcomes import BAD_SERVED
+from sim.randomness import streams_for
+from sim.scenario import Scenario
+from sim.traffic import SECONDS_PER_DAY, Traffic
+
+TICK_S = SECONDS_PER_DAY
+EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
+BY_MODEL, BY_EXACT, BY_SEMANTIC, BY_FALSE_HIT, FAILED = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Everything one run produced, per request and per attempt; forecast.py summarizes it."""
+
+    scenario: Scenario
+    seed: int
+    replication: int
+    traffic: Traffic
+    models: tuple[str, ...]
+    request_model: np.ndarray  # routed model index per request
+    served: np.ndarray  # BY_MODEL / BY_EXACT / BY_SEMANTIC / BY_FALSE_HIT / FAILED
+    fragment_hit: np.ndarray  # per request: its deterministic chain steps came from the cache
+    cost_nanos: np.ndarray  # int64 per request
+    quality: np.ndarray  # 0-100 per request
+    ttft_s: np.ndarray  # per request; NaN when it failed
+    fallback: np.ndarray  # per request: the user saw the "a little slow" fallback
+    attempts: AttemptLog
+    rounds: int
+
+
+def simulate(
+    scenario: Scenario, catalog: PriceCatalog, mau: int, days: int, seed: int, replication: int = 0
+) -> RunResult:
+    """Run the scenario once at `mau` users for `days` days."""
+    streams = streams_for(seed, mau, replication)
+    traffic = traffic_module.generate(scenario, mau, days, streams)
+    n = traffic.requests
+    u_cache = streams.cache.random((3, n))
+    exact, semantic, fragment = cache_layers(scenario, traffic, u_cache)
+    request_model = router.route(scenario.router, traffic.hard, streams.router.random(n))
+    table = provider.ProviderTable.of(scenario)
+    answered_by_cache = exact | semantic.true_hit | semantic.false_hit
+    needed = ~answered_by_cache[traffic.call_request] & ~(
+        traffic.call_deterministic & fragment[traffic.call_request]
+    )
+    call_ids = np.flatnonzero(needed)
+    call_model = request_model[traffic.call_request]
+    start = traffic.t[traffic.call_request] + _chain_offsets(traffic, table, call_model, needed)
+    sheet = CallSheet(
+        model=call_model,
+        input_tokens=traffic.input_tokens,
+        output_tokens=traffic.output_tokens,
+        input_price=np.array([catalog[m].input for m in scenario.models], dtype=np.int64),
+        output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
+    )
+    log, rounds = _attempt_clock(
+        scenario, table, sheet, streams.attempt_key, Pending.first_attempts(call_ids, start[call_ids]), days
+    )
+    served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
+    quality = _quality(scenario, request_model, traffic.hard, served, bad_served)
+    return RunResult(
+        scenario=scenario,
+        seed=seed,
+        replication=replication,
+        traffic=traffic,
+        models=scenario.models,
+        request_model=request_model,
+        served=served,
+        fragment_hit=fragment,
+        cost_nanos=cost,
+        quality=quality,
+        ttft_s=ttft,
+        fallback=fallback,
+        attempts=log,
+        rounds=rounds,
+    )
+
+
+def cache_layers(
+    scenario: Scenario, traffic: Traffic, u_cache: np.ndarray
+) -> tuple[np.ndarray, cache.LayerHits, np.ndarray]:
+    """Exact hits, semantic hits (true and false) among exact misses, and fragment hits among the rest."""
+    n = traffic.requests
+    duration = traffic.days * SECONDS_PER_DAY
+    layers = scenario.cache
+    exact = np.zeros(n, dtype=bool)
+    if layers.exact.enabled:
+        keep = cache.characteristic_time(
+            traffic.exact_key, duration, layers.exact.capacity, layers.exact.ttl_s
+        )
+        exact = cache.lookup(
+            traffic.exact_key, traffic.t, layers.exact.ttl_s, keep, 1.0, 0.0, u_cache[0], np.ones(n)
+        ).true_hit
+    true_hit, false_hit = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    if layers.semantic.enabled:
+        rows = np.flatnonzero(~exact)
+        keys = traffic.cluster[rows]
+        p_true, p_false = semantic_rates(scenario)
+        keep = cache.characteristic_time(keys, duration, layers.semantic.capacity, layers.semantic.ttl_s)
+        hits = cache.lookup(
+            keys,
+            traffic.t[rows],
+            layers.semantic.ttl_s,
+            keep,
+            p_true,
+            p_false,
+            u_cache[1][rows],
+            u_cache[2][rows],
+        )
+        true_hit[rows], false_hit[rows] = hits.true_hit, hits.false_hit
+    fragment = np.zeros(n, dtype=bool)
+    if layers.fragment.enabled and scenario.prompts.chains.deterministic_steps > 0:
+        rows = np.flatnonzero(~(exact | true_hit | false_hit) & (traffic.context >= 0))
+        keys = traffic.context[rows]
+        keep = cache.characteristic_time(keys, duration, layers.fragment.capacity, layers.fragment.ttl_s)
+        fragment[rows] = cache.lookup(
+            keys,
+            traffic.t[rows],
+            layers.fragment.ttl_s,
+            keep,
+            1.0,
+            0.0,
+            np.zeros(rows.size),
+            np.ones(rows.size),
+        ).true_hit
+    return exact, cache.LayerHits(true_hit, false_hit), fragment
+
+
+def semantic_rates(scenario: Scenario) -> tuple[float, float]:
+    """True- and false-hit probabilities at the configured threshold, linear in the profile."""
+    semantic = scenario.cache.semantic
+    profile = np.asarray(semantic.profile, dtype=np.float64)
+    p_true = float(np.interp(semantic.threshold, profile[:, 0], profile[:, 1]))
+    p_false = float(np.interp(semantic.threshold, profile[:, 0], profile[:, 2]))
+    return p_true, p_false
+
+
+def _chain_offsets(
+    traffic: Traffic, table: provider.ProviderTable, call_model: np.ndarray, needed: np.ndarray
+) -> np.ndarray:
+    """When each call of a chain starts: after the clean duration of the steps before it."""
+    duration = np.where(needed, table.nominal_duration(call_model, traffic.output_tokens), 0.0)
+    running = np.cumsum(duration)
+    steps = traffic.calls_per_request
+    first = np.concatenate(([0], np.cumsum(steps)[:-1]))
+    before_request = np.repeat(running[first] - duration[first], steps)
+    offsets: np.ndarray = running - duration - before_request
+    return offsets
+
+
+def _attempt_clock(
+    scenario: Scenario, table: provider.ProviderTable, sheet: CallSheet, key: int, first: Pending, days: int
+) -> tuple[AttemptLog, int]:
+    """SimPy steps the clock a tick at a time; each tick's attempts are made in vectorized rounds.
+
+    First attempts are bucketed by tick once (a stable integer sort); follow-ups that fall past the tick
+    they came from wait in a small spill-over list for their tick.
+    """
+    env = simpy.Environment()
+    windows = RateWindows(table, horizon_s=(days + 2) * SECONDS_PER_DAY)
+    log = AttemptLog()
+    tick_of = (first.t // TICK_S).astype(np.int64)
+    order = np.argsort(tick_of, kind="stable")
+    first = first.take(order)
+    bounds = np.searchsorted(tick_of[order], np.arange(int(tick_of.max(initial=0)) + 2))
+    state: dict[str, Any] = {"spill": first.take(slice(0, 0)), "rounds": 0}
+
+    def clock() -> Generator[simpy.Event, None, None]:
+        tick = 0
+        while tick + 1 < bounds.size or state["spill"].size:
+            tick_end = (tick + 1) * TICK_S
+            spill: Pending = state["spill"]
+            due = spill.t < tick_end
+            parts = [spill.take(due)]
+            if tick + 1 < bounds.size:
+                parts.append(first.take(slice(bounds[tick], bounds[tick + 1])))
+            batch, later = Pending.join(parts), [spill.take(~due)]
+            while batch.size:
+                state["rounds"] += 1
+                follow = run_round(scenario, table, windows, sheet, key, batch, log)
+                inside = follow.t < tick_end
+                batch = follow.take(inside)
+                later.append(follow.take(~inside))
+            state["spill"] = Pending.join(later)
+            tick += 1
+            yield env.timeout(TICK_S)
+
+    env.process(clock())
+    env.run()
+    return log, int(state["rounds"])
+
+
+def _per_request(
+    traffic: Traffic, log: AttemptLog, exact: np.ndarray, semantic: cache.LayerHits
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fold attempts into requests: who served it, when the first token showed, its cost."""
+    n = traffic.requests
+    request = traffic.call_request[log.column("call").astype(np.int64)]
+    action = log.column("action")
+    failed = np.zeros(n, dtype=bool)
+    failed[request[action == retry.FAILED]] = True
+    served = np.full(n, BY_MODEL, dtype=np.int64)
+    served[failed] = FAILED
+    served[semantic.false_hit] = BY_FALSE_HIT
+    served[semantic.true_hit] = BY_SEMANTIC
+    served[exact] = BY_EXACT
+    done = action == retry.DONE
+    visible = np.full(n, -np.inf)
+    np.maximum.at(visible, request[done], log.column("visible_at")[done])
+    ttft = np.where(served == BY_MODEL, visible - traffic.t, np.nan)
+    ttft[served == BY_EXACT] = EXACT_HIT_S
+    ttft[(served == BY_SEMANTIC) | (served == BY_FALSE_HIT)] = SEMANTIC_HIT_S
+    fallback = np.zeros(n, dtype=bool)
+    fallback[request[action == retry.QUEUE]] = True
+    cost = np.zeros(n, dtype=np.int64)
+    np.add.at(cost, request, log.column("cost_nanos").astype(np.int64))
+    bad_served = np.zeros(n, dtype=bool)
+    bad_served[request[done & (log.column("outcome") == BAD_SERVED)]] = True
+    return served, ttft, fallback, cost, bad_served
+
+
+def _quality(
+    scenario: Scenario,
+    request_model: np.ndarray,
+    hard: np.ndarray,
+    served: np.ndarray,
+    bad_served: np.ndarray,
+) -> np.ndarray:
+    """Score per request: the answering model's eval score for its difficulty; wrong answers score low."""
+    scores = np.array(
+        [[scenario.quality_of(m).easy, scenario.quality_of(m).hard] for m in scenario.models],
+        dtype=np.float64,
+    )
+    quality: np.ndarray = scores[request_model, hard.astype(np.int64)]
+    quality[bad_served | (served == BY_FALSE_HIT)] = scenario.quality.false_hit
+    quality[served == FAILED] = scenario.quality.failed
+    return quality

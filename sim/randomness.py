@@ -1,0 +1,58 @@
+"""Random numbers for a run: one SeedSequence per run, one stream per source.
+
+Two scenarios run with one seed draw the same users, sessions, prompts and tokens (common random
+numbers), so a comparison shows the levers' effect and not sampling noise. Draws for provider attempts
+are counter-based (a hash of seed, call and attempt number) so that they do not depend on the order in
+which the fast path or the per-request reference happens to process attempts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SOURCES = ("users", "sessions", "messages", "prompts", "tokens", "router", "cache", "attempts")
+
+
+@dataclass(frozen=True, slots=True)
+class Streams:
+    """Independent generators, one per source of randomness, plus the key for attempt draws."""
+
+    users: np.random.Generator
+    sessions: np.random.Generator
+    messages: np.random.Generator
+    prompts: np.random.Generator
+    tokens: np.random.Generator
+    router: np.random.Generator
+    cache: np.random.Generator
+    attempt_key: int
+
+
+def streams_for(seed: int, mau: int, replication: int) -> Streams:
+    """Streams for one (seed, MAU level, replication). Scenarios are not part of the key on purpose."""
+    children = np.random.SeedSequence([seed, mau, replication]).spawn(len(SOURCES))
+    users, sessions, messages, prompts, tokens, router, cache = (
+        np.random.default_rng(c) for c in children[:-1]
+    )
+    attempt_key = int(children[-1].generate_state(1, dtype=np.uint64)[0])
+    return Streams(users, sessions, messages, prompts, tokens, router, cache, attempt_key)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def hashed_uniform(key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salt: int) -> np.ndarray:
+    """Uniforms in [0, 1) that depend only on (key, call, attempt, salt): splitmix64 of their mix."""
+    seed = np.uint64(key) ^ (np.uint64(salt) * _GOLDEN)
+    with np.errstate(over="ignore"):
+        x = np.asarray(call_ids, dtype=np.uint64) * np.uint64(0x100000001B3)
+        x += np.asarray(attempt_nos, dtype=np.uint64) * _GOLDEN
+        x += seed
+        x = (x ^ (x >> np.uint64(30))) * _MIX1
+        x = (x ^ (x >> np.uint64(27))) * _MIX2
+        x ^= x >> np.uint64(31)
+    uniform: np.ndarray = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return uniform

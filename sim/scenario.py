@@ -1,0 +1,433 @@
+"""Scenario files -> validated, frozen objects.
+
+A scenario is a TOML file describing traffic, prompts, caches, the router, providers, the retry policy,
+streaming, quality and an optional cap. Every field has a default here -- the one place defaults live --
+so a scenario names only what it changes. A bad file raises ScenarioError naming the file, the field and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from budget.errors import PriceError
+from budget.prices import PriceCatalog, default_catalog
+from sim.errors import ScenarioError
+
+Probability = Annotated[float, Meta(ge=0.0, le=1.0, description="a probability in [0, 1]")]
+NonNegative = Annotated[float, Meta(ge=0.0, description="a number >= 0")]
+Positive = Annotated[float, Meta(gt=0.0, description="a number > 0")]
+PositiveInt = Annotated[int, Meta(ge=1, description="a whole number >= 1")]
+NonNegativeInt = Annotated[int, Meta(ge=0, description="a whole number >= 0")]
+
+# A typical consumer app: quiet at night, peaks around lunch and evening (relative weights, UTC hours).
+_NIGHT_TO_NOON = (0.3, 0.2, 0.15, 0.1, 0.1, 0.15, 0.3, 0.6, 0.9, 1.0, 1.0, 1.05)
+_NOON_TO_NIGHT = (1.1, 1.05, 1.0, 1.0, 1.0, 1.05, 1.1, 1.2, 1.25, 1.1, 0.8, 0.5)
+DEFAULT_DIURNAL = (*_NIGHT_TO_NOON, *_NOON_TO_NIGHT)
+
+
+class Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every scenario section: immutable, and an unknown key is an error (typos are common)."""
+
+
+class Distribution(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A positive quantity: lognormal with this mean and shape `sigma` (0 = always the mean)."""
+
+    mean: Positive
+    sigma: NonNegative = 0.5
+
+
+class Burst(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Traffic multiplied by `factor` for `hours` from the start of `start_day` (0-based)."""
+
+    start_day: NonNegative
+    hours: Positive
+    factor: Positive
+
+
+class Traffic(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Who comes, how often, and when."""
+
+    mau: list[PositiveInt] = msgspec.field(default_factory=lambda: [1000, 10000, 100000])
+    days: PositiveInt = 30
+    start: str = "2026-11-01"
+    # Sessions per user per month: gamma-Poisson (negative binomial). A smaller `dispersion` gives a
+    # heavier tail: a few users with many sessions, the ones that eat the margin.
+    sessions_per_user_month: float = 8.0
+    dispersion: Positive = 0.7
+    messages_per_session: Positive = 5.0
+    think_time_s: Positive = 30.0
+    diurnal: list[NonNegative] = msgspec.field(default_factory=lambda: list(DEFAULT_DIURNAL))
+    bursts: list[Burst] = msgspec.field(default_factory=list)
+
+
+class Chains(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Multi-step chains: `steps` model calls per message, the first `deterministic_steps` of which
+    depend only on a shared context (a document, a product page) and so can be served from a cache."""
+
+    share: Probability = 0.0
+    steps: PositiveInt = 3
+    deterministic_steps: NonNegativeInt = 1
+    context_catalog_size: PositiveInt = 5000
+    context_zipf_exponent: NonNegative = 1.0
+
+
+class Prompts(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What users ask: exact repeats and paraphrases of a popular catalog, and novel prompts."""
+
+    catalog_size: PositiveInt = 20000
+    zipf_exponent: NonNegative = 1.0
+    repeat_share: Probability = 0.2
+    paraphrase_share: Probability = 0.15
+    hard_share: Probability = 0.25
+    input_tokens: Distribution = Distribution(mean=800.0, sigma=0.6)
+    output_tokens: Distribution = Distribution(mean=250.0, sigma=0.5)
+    chains: Chains = Chains()
+
+
+class ExactCache(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Exact-match cache: the same prompt (per user, or across users) answered from the cache."""
+
+    enabled: bool = False
+    ttl_s: Positive = 86400.0
+    capacity: PositiveInt = 100000
+    scope: Literal["global", "user"] = "global"
+
+
+class SemanticCache(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Embedding-similarity cache. The profile turns the threshold into the chance of a true hit (a
+    near-duplicate is cached and found) and of a false hit (a wrong cached answer is served)."""
+
+    enabled: bool = False
+    threshold: Probability = 0.9
+    ttl_s: Positive = 86400.0
+    capacity: PositiveInt = 100000
+    # Rows of [threshold, true-hit rate, false-hit rate], thresholds ascending; linear in between.
+    # The default is illustrative; `margins calibrate semantic` measures one from labelled queries.
+    profile: list[list[Probability]] = msgspec.field(
+        default_factory=lambda: [
+            [0.80, 0.92, 0.060],
+            [0.85, 0.85, 0.025],
+            [0.90, 0.72, 0.008],
+            [0.95, 0.45, 0.002],
+            [0.99, 0.10, 0.000],
+        ]
+    )
+
+
+class FragmentCache(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Result-fragment cache: deterministic chain steps served from cache for a context seen before."""
+
+    enabled: bool = False
+    ttl_s: Positive = 86400.0
+    capacity: PositiveInt = 100000
+
+
+class Caches(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The three cache layers, each on or off."""
+
+    exact: ExactCache = ExactCache()
+    semantic: SemanticCache = SemanticCache()
+    fragment: FragmentCache = FragmentCache()
+
+
+class Router(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One model for everything, or a classifier routing between a cheap and an expensive model.
+
+    The classifier is described by what an eval set measured: the share of hard requests it sends to
+    the expensive model, and the share of easy requests it sends there too.
+    """
+
+    model: str = "gpt-4o"
+    enabled: bool = False
+    cheap_model: str = "gpt-4o-mini"
+    expensive_model: str = "gpt-4o"
+    hard_to_expensive: Probability = 0.9
+    easy_to_expensive: Probability = 0.1
+
+
+Billing = Literal["nothing", "input", "full"]
+
+
+class Provider(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a model's API behaves: speed, failures, limits, and what a failed call bills."""
+
+    ttft_ms: Positive = 500.0
+    tokens_per_s: Positive = 70.0
+    error_rate: Probability = 0.01
+    timeout_rate: Probability = 0.003
+    bad_completion_rate: Probability = 0.02
+    rpm: PositiveInt = 10000
+    tpm: PositiveInt = 2_000_000
+    timeout_s: Positive = 60.0
+    error_bills: Billing = "nothing"
+    timeout_bills: Billing = "full"
+
+
+class Retry(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`naive`: max_retries on everything with exponential backoff; `sdk-default`: 2 retries with
+    min(0.5 s x 2^n, 8 s) and jitter on 408/409/429/5xx; `cost-aware`: one retry on transient errors,
+    none on a rate limit -- show a fallback and queue the request for the next rate window."""
+
+    policy: Literal["naive", "sdk-default", "cost-aware"] = "sdk-default"
+    max_retries: NonNegativeInt = 3
+    backoff_base_s: Positive = 1.0
+    queue_windows: PositiveInt = 5
+
+
+class Streaming(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """With streaming, a bad completion is caught after `detect_bad_after_tokens` and a stalled call is
+    cut after `stall_detect_s`; without it, the whole completion (or the whole timeout) is paid first."""
+
+    enabled: bool = False
+    detect_bad_after_tokens: PositiveInt = 40
+    stall_detect_s: Positive = 5.0
+
+
+class ModelQuality(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Eval score (0-100) of a model's answers on easy and on hard requests."""
+
+    easy: Annotated[float, Meta(ge=0, le=100)]
+    hard: Annotated[float, Meta(ge=0, le=100)]
+
+
+class Quality(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Scores per model and difficulty, and what a wrong or missing answer scores."""
+
+    models: dict[str, ModelQuality] = msgspec.field(default_factory=dict)
+    false_hit: Annotated[float, Meta(ge=0, le=100)] = 10.0
+    failed: Annotated[float, Meta(ge=0, le=100)] = 0.0
+
+
+class Cap(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An optional per-user monthly spend cap, to forecast how many users would reach it."""
+
+    monthly_usd: Positive
+    soft_threshold: Probability = 0.8
+
+
+class Scenario(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A whole what-if. `path` and `catalog` are filled in by load_scenario."""
+
+    name: str = ""
+    description: str = ""
+    traffic: Traffic = Traffic()
+    prompts: Prompts = Prompts()
+    cache: Caches = Caches()
+    router: Router = Router()
+    providers: dict[str, Provider] = msgspec.field(default_factory=dict)
+    retry: Retry = Retry()
+    streaming: Streaming = Streaming()
+    quality: Quality = Quality()
+    cap: Cap | None = None
+    prices: dict[str, dict[str, str | float]] = msgspec.field(default_factory=dict)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models this scenario calls, cheap first."""
+        if self.router.enabled:
+            return (self.router.cheap_model, self.router.expensive_model)
+        return (self.router.model,)
+
+    def provider(self, model: str) -> Provider:
+        return self.providers.get(model, DEFAULT_PROVIDER)
+
+    def quality_of(self, model: str) -> ModelQuality:
+        return self.quality.models.get(model) or DEFAULT_QUALITY.get(model, FALLBACK_QUALITY)
+
+
+DEFAULT_PROVIDER = Provider()
+
+# Illustrative eval scores by model tier, used when a scenario gives none: frontier models are near the
+# top on both; small models hold up on easy requests and fall off on hard ones. Replace them with your
+# own eval set's numbers (`[quality.models.NAME]`).
+_TIERS = {
+    "frontier": ModelQuality(easy=94, hard=89),
+    "mid": ModelQuality(easy=92, hard=80),
+    "small": ModelQuality(easy=90, hard=70),
+    "tiny": ModelQuality(easy=85, hard=55),
+}
+DEFAULT_QUALITY: dict[str, ModelQuality] = {
+    **dict.fromkeys(
+        ["gpt-4o", "gpt-4.1", "gpt-5", "claude-sonnet-4.5", "claude-opus-4.5"], _TIERS["frontier"]
+    ),
+    **dict.fromkeys(["gemini-2.5-pro", "o4-mini"], _TIERS["frontier"]),
+    **dict.fromkeys(["gpt-5-mini", "gpt-4.1-mini", "claude-haiku-4.5", "gemini-2.5-flash"], _TIERS["mid"]),
+    **dict.fromkeys(["gpt-4o-mini"], _TIERS["small"]),
+    **dict.fromkeys(["gpt-5-nano", "gpt-4.1-nano", "gemini-2.5-flash-lite"], _TIERS["tiny"]),
+}
+FALLBACK_QUALITY = _TIERS["mid"]
+
+
+def load_scenario(path: str | Path) -> tuple[Scenario, PriceCatalog]:
+    """Read and validate a scenario file; returns it with the price catalog it runs against."""
+    where = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(where, "(file)", "no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ScenarioError(where, "(file)", f"cannot be read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError(where, "(file)", f"not valid TOML: {error}") from None
+    return parse_scenario(data, where)
+
+
+def parse_scenario(data: Mapping[str, Any], where: str) -> tuple[Scenario, PriceCatalog]:
+    """Validate an already-parsed scenario table; `where` names it in errors."""
+    _check_keys(data, Scenario, where, "")
+    _check_entries(data, where)
+    try:
+        scenario = msgspec.convert(data, Scenario)
+    except msgspec.ValidationError as error:
+        raise _translate(error, where, "") from None
+    if not scenario.name:
+        scenario = msgspec.structs.replace(scenario, name=Path(where).stem)
+    try:
+        catalog = default_catalog().with_overrides(scenario.prices, "prices")
+    except PriceError as error:
+        raise ScenarioError(where, f"{error.where}.{error.field}", error.reason) from None
+    _check_semantics(scenario, catalog, where)
+    return scenario, catalog
+
+
+def _check_entries(data: Mapping[str, Any], where: str) -> None:
+    """Validate per-model tables one entry at a time, so an error names the model (msgspec says `[...]`)."""
+    quality = data.get("quality")
+    sections: list[tuple[str, Any, type[msgspec.Struct]]] = [("providers", data.get("providers"), Provider)]
+    if isinstance(quality, Mapping):
+        sections.append(("quality.models", quality.get("models"), ModelQuality))
+    for section, table, struct in sections:
+        if not isinstance(table, Mapping):
+            continue
+        for model, entry in table.items():
+            try:
+                msgspec.convert(entry, struct)
+            except msgspec.ValidationError as error:
+                raise _translate(error, where, f"{section}.{model}") from None
+
+
+_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
+
+
+def _translate(error: msgspec.ValidationError, where: str, prefix: str) -> ScenarioError:
+    reason, _, at = str(error).partition(" - at `$")
+    path = at.rstrip("`").replace("[", ".").replace("]", "")
+    missing = _MISSING.match(reason)
+    if missing:
+        path, reason = f"{path}.{missing['name']}", "missing; this field is required"
+    field = f"{prefix}{path}".lstrip(".") or "(file)"
+    return ScenarioError(where, field, reason.replace("Expected", "expected"))
+
+
+def _check_keys(data: Any, struct: Any, where: str, prefix: str) -> None:
+    """Reject unknown keys with the valid ones and a close match: typos are the common mistake."""
+    if not isinstance(data, Mapping) or not isinstance(struct, type):
+        return
+    if not issubclass(struct, msgspec.Struct):
+        return
+    hints = typing.get_type_hints(struct, include_extras=True)
+    for key, value in data.items():
+        field = f"{prefix}{key}"
+        if key not in struct.__struct_fields__:
+            valid = sorted(struct.__struct_fields__)
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ScenarioError(where, field, f"unknown key{hint}; valid keys here: {', '.join(valid)}")
+        _check_nested(value, hints[key], where, field)
+
+
+def _check_nested(value: Any, hint: Any, where: str, field: str) -> None:
+    for inner in _struct_types(hint):
+        _check_keys(value, inner, where, field + ".")
+    origin = typing.get_origin(_strip(hint))
+    if origin is dict and isinstance(value, Mapping):
+        value_type = typing.get_args(_strip(hint))[1]
+        for key, item in value.items():
+            _check_nested(item, value_type, where, f"{field}.{key}")
+    if origin is list and isinstance(value, list):
+        item_type = typing.get_args(_strip(hint))[0]
+        for index, item in enumerate(value):
+            _check_nested(item, item_type, where, f"{field}.{index}")
+
+
+def _strip(hint: Any) -> Any:
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+
+
+def _struct_types(hint: Any) -> list[type]:
+    hint = _strip(hint)
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
+        return [hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [
+            arg for arg in typing.get_args(hint) if isinstance(arg, type) and issubclass(arg, msgspec.Struct)
+        ]
+    return []
+
+
+def _check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> None:
+    """Cross-field rules that a type alone cannot say."""
+    router = scenario.router
+    model_fields = (
+        [("router.cheap_model", router.cheap_model), ("router.expensive_model", router.expensive_model)]
+        if router.enabled
+        else [("router.model", router.model)]
+    )
+    for field, model in model_fields:
+        if model not in catalog:
+            raise ScenarioError(
+                where,
+                field,
+                f"unknown model {model!r}; known: {', '.join(catalog.models)} (or add [prices.{model}])",
+            )
+    for section in ("providers", "quality.models"):
+        table = scenario.providers if section == "providers" else scenario.quality.models
+        for model in table:
+            if model not in catalog:
+                raise ScenarioError(where, f"{section}.{model}", f"unknown model {model!r}")
+    prompts = scenario.prompts
+    if prompts.repeat_share + prompts.paraphrase_share > 1.0:
+        raise ScenarioError(where, "prompts.paraphrase_share", "repeat_share + paraphrase_share must be <= 1")
+    if prompts.chains.deterministic_steps > prompts.chains.steps:
+        raise ScenarioError(
+            where, "prompts.chains.deterministic_steps", "expected at most prompts.chains.steps"
+        )
+    traffic = scenario.traffic
+    if len(traffic.diurnal) != 24 or sum(traffic.diurnal) <= 0:
+        raise ScenarioError(where, "traffic.diurnal", "expected 24 hourly weights >= 0, not all zero")
+    if traffic.sessions_per_user_month < 1.0:
+        raise ScenarioError(
+            where, "traffic.sessions_per_user_month", "expected >= 1 (an active user has a session)"
+        )
+    _check_date(traffic.start, where)
+    _check_profile(scenario.cache.semantic.profile, where)
+
+
+def _check_date(text: str, where: str) -> None:
+    import datetime as _dt
+
+    try:
+        _dt.date.fromisoformat(text)
+    except ValueError:
+        raise ScenarioError(where, "traffic.start", f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def _check_profile(profile: list[list[float]], where: str) -> None:
+    if not profile or any(len(row) != 3 for row in profile):
+        raise ScenarioError(
+            where, "cache.semantic.profile", "expected rows of [threshold, true_hit, false_hit]"
+        )
+    thresholds = [row[0] for row in profile]
+    if thresholds != sorted(thresholds) or len(set(thresholds)) != len(thresholds):
+        raise ScenarioError(where, "cache.semantic.profile", "expected thresholds in ascending order")

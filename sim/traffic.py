@@ -1,0 +1,177 @@
+"""Traffic: users, sessions, messages, prompts and the model calls they need, as numpy arrays.
+
+Everything is drawn at once, vectorized, from the run's streams; the engine then replays it through the
+cost levers. A month is 30 days: sessions are spread over it by the diurnal profile and the bursts, and a
+run of fewer days keeps the sessions that start inside them (the rest of the month is extrapolated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.randomness import Streams
+from sim.scenario import Distribution, Scenario
+
+MONTH_DAYS = 30
+SECONDS_PER_DAY = 86400.0
+KIND_NOVEL, KIND_REPEAT, KIND_PARAPHRASE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """One run's requests (one per user message, grouped by session) and the model calls they would need.
+
+    Keys are -1 where nothing can match: a novel prompt has no exact or semantic key, a plain message
+    has no chain context.
+    """
+
+    mau: int
+    days: int
+    sessions: int
+    t: np.ndarray  # float64 seconds since the start of the run
+    user: np.ndarray  # int64
+    exact_key: np.ndarray  # int64: the exact-cache key (scope applied), -1 for a unique prompt
+    cluster: np.ndarray  # int64: the semantic cluster (a catalog prompt and its paraphrases), -1 if none
+    context: np.ndarray  # int64: the chain's shared context, -1 for a single-call message
+    hard: np.ndarray  # bool
+    call_request: np.ndarray  # int64: for each call, its request
+    call_step: np.ndarray  # int64: the call's step in its chain (0 for a single call)
+    call_deterministic: np.ndarray  # bool: a deterministic chain step (fragment-cacheable)
+    input_tokens: np.ndarray  # int64 per call
+    output_tokens: np.ndarray  # int64 per call
+
+    @property
+    def requests(self) -> int:
+        return int(self.t.size)
+
+    @property
+    def calls_per_request(self) -> np.ndarray:
+        return np.bincount(self.call_request, minlength=self.requests)
+
+
+def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
+    """Draw one run's traffic for `mau` monthly active users over `days` days."""
+    session_user, session_start = _sessions(scenario, mau, streams)
+    t, user, sessions = _messages(scenario, session_user, session_start, days, streams)
+    exact_key, cluster = _prompt_keys(scenario, user, streams)
+    context = _contexts(scenario, t.size, streams)
+    hard = streams.prompts.random(t.size) < scenario.prompts.hard_share
+    call_request, call_step, deterministic = _calls(scenario, context)
+    tokens = scenario.prompts
+    return Traffic(
+        mau=mau,
+        days=days,
+        sessions=sessions,
+        t=t,
+        user=user,
+        exact_key=exact_key,
+        cluster=cluster,
+        context=context,
+        hard=hard,
+        call_request=call_request,
+        call_step=call_step,
+        call_deterministic=deterministic,
+        input_tokens=lognormal_tokens(streams.tokens, tokens.input_tokens, call_request.size),
+        output_tokens=lognormal_tokens(streams.tokens, tokens.output_tokens, call_request.size),
+    )
+
+
+def _sessions(scenario: Scenario, mau: int, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions per user for the month (gamma-Poisson: heavy users exist), spread over its hours."""
+    traffic = scenario.traffic
+    extra_mean = traffic.sessions_per_user_month - 1.0  # every active user has at least one session
+    shape = traffic.dispersion
+    rates = streams.users.gamma(shape, extra_mean / shape, size=mau) if extra_mean > 0 else np.zeros(mau)
+    per_user = 1 + streams.users.poisson(rates)
+    session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
+    weights = hourly_intensity(scenario)
+    hours = streams.sessions.choice(weights.size, size=session_user.size, p=weights / weights.sum())
+    start = (hours + streams.sessions.random(session_user.size)) * 3600.0
+    return session_user, start
+
+
+def hourly_intensity(scenario: Scenario) -> np.ndarray:
+    """Relative session intensity for each hour of the month: the diurnal profile times any burst."""
+    traffic = scenario.traffic
+    hours = np.arange(MONTH_DAYS * 24)
+    weights = np.asarray(traffic.diurnal, dtype=np.float64)[hours % 24]
+    for burst in traffic.bursts:
+        begin = burst.start_day * 24
+        weights = np.where((hours >= begin) & (hours < begin + burst.hours), weights * burst.factor, weights)
+    return weights
+
+
+def _messages(
+    scenario: Scenario, session_user: np.ndarray, session_start: np.ndarray, days: int, streams: Streams
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Messages of the sessions that start inside the run, spaced by exponential think times.
+
+    Returns each message's time and user, and how many sessions there were."""
+    keep = session_start < days * SECONDS_PER_DAY
+    session_user, session_start = session_user[keep], session_start[keep]
+    per_session = 1 + streams.messages.poisson(
+        scenario.traffic.messages_per_session - 1.0, size=session_user.size
+    )
+    session = np.repeat(np.arange(session_user.size, dtype=np.int64), per_session)
+    gaps = streams.messages.exponential(scenario.traffic.think_time_s, size=session.size)
+    first = np.concatenate(([0], np.cumsum(per_session)[:-1]))
+    gaps[first] = 0.0  # a session's first message opens it
+    elapsed = np.cumsum(gaps)
+    elapsed -= np.repeat(elapsed[first], per_session)
+    return session_start[session] + elapsed, session_user[session], int(session_user.size)
+
+
+def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
+    """Exact repeats and paraphrases of a Zipf-popular catalog; the rest are novel prompts."""
+    prompts = scenario.prompts
+    n = user.size
+    draw = streams.prompts.random(n)
+    kind = np.where(
+        draw < prompts.repeat_share,
+        KIND_REPEAT,
+        np.where(draw < prompts.repeat_share + prompts.paraphrase_share, KIND_PARAPHRASE, KIND_NOVEL),
+    )
+    catalog_id = zipf_indices(streams.prompts, prompts.catalog_size, prompts.zipf_exponent, n)
+    cluster = np.where(kind == KIND_NOVEL, -1, catalog_id)
+    if scenario.cache.exact.scope == "user":
+        catalog_id = user * prompts.catalog_size + catalog_id
+    exact_key = np.where(kind == KIND_REPEAT, catalog_id, -1)
+    return exact_key, cluster
+
+
+def _contexts(scenario: Scenario, n: int, streams: Streams) -> np.ndarray:
+    chains = scenario.prompts.chains
+    is_chain = streams.prompts.random(n) < chains.share
+    context = zipf_indices(streams.prompts, chains.context_catalog_size, chains.context_zipf_exponent, n)
+    return np.where(is_chain, context, -1)
+
+
+def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One call per plain message, `steps` calls per chain; the first deterministic_steps are cacheable."""
+    chains = scenario.prompts.chains
+    steps = np.where(context >= 0, chains.steps, 1)
+    call_request = np.repeat(np.arange(context.size, dtype=np.int64), steps)
+    first = np.concatenate(([0], np.cumsum(steps)[:-1]))
+    call_step = np.arange(call_request.size, dtype=np.int64) - np.repeat(first, steps)
+    deterministic = (context[call_request] >= 0) & (call_step < chains.deterministic_steps)
+    return call_request, call_step, deterministic
+
+
+def zipf_indices(rng: np.random.Generator, size: int, exponent: float, n: int) -> np.ndarray:
+    """`n` draws from a finite Zipf law over 0..size-1 (item i has weight 1 / (i + 1) ** exponent)."""
+    weights = 1.0 / np.arange(1, size + 1, dtype=np.float64) ** exponent
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), size - 1).astype(np.int64)
+
+
+def lognormal_tokens(rng: np.random.Generator, dist: Distribution, n: int) -> np.ndarray:
+    """Whole token counts >= 1 with the distribution's mean."""
+    if dist.sigma == 0:
+        return np.full(n, max(1, round(dist.mean)), dtype=np.int64)
+    mu = np.log(dist.mean) - dist.sigma**2 / 2
+    normal = rng.standard_normal(n, dtype=np.float32)  # float32: twice as fast, ample for token counts
+    tokens: np.ndarray = np.maximum(1, np.rint(np.exp(mu + dist.sigma * normal.astype(np.float64))))
+    return tokens.astype(np.int64)
