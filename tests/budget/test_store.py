@@ -1,0 +1,235 @@
+"""The event store: durable append, replay in order, recovery, compaction, one writer, Parquet layout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from budget.errors import StoreError
+from budget.events import (
+    USAGE_COLUMNS,
+    DeadLettered,
+    Event,
+    ReservationGranted,
+    UsageRecorded,
+    UserConfigured,
+)
+from budget.manifest import read_manifest
+from budget.store import EventStore
+
+REPO = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
+
+
+def usage_events(n: int, start: int = 0, users: int = 5) -> list[Event]:
+    """Usage spread over two months (shared by the query tests)."""
+    return [
+        UsageRecorded(
+            event_id=f"e{i}",
+            user_id=f"u{i % users}",
+            ts=T0 + timedelta(minutes=7 * i),
+            model=("gpt-4o", "gpt-4o-mini")[i % 2],
+            input_tokens=100 + i,
+            output_tokens=10,
+            cost_nanos=1_000 + i,
+            feature=("chat", "search", "summary")[i % 3],
+            month=(T0 + timedelta(minutes=7 * i)).strftime("%Y-%m"),
+        )
+        for i in range(start, start + n)
+    ]
+
+
+def other_events() -> list[Event]:
+    return [
+        UserConfigured(user_id="u1", ts=T0, cap_nanos=7, timezone="Asia/Tokyo"),
+        ReservationGranted(
+            reservation_id="r-1",
+            request_id="q",
+            user_id="u1",
+            ts=T0,
+            month="2026-10",
+            decision="allow",
+            model="gpt-4o",
+            requested_model="gpt-4o",
+            amount_nanos=5,
+            expires_at=T0 + timedelta(minutes=10),
+        ),
+        DeadLettered.of(ts=T0, topic="margins/usage/u1", payload=b"\xff{", reason="bad_json"),
+    ]
+
+
+def test_replay_gives_every_event_in_append_order(tmp_path: Path) -> None:
+    events = [*usage_events(10), *other_events(), *usage_events(10, start=10)]
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        store.append(events[:7])
+        store.flush()
+        store.append(events[7:])
+        assert list(store.replay()) == events  # segments, then what is still pending
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        assert list(store.replay()) == events
+        assert store.manifest.last_seq == len(events) - 1
+
+
+def test_usage_segments_have_exactly_the_usage_columns(tmp_path: Path) -> None:
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        store.append([*usage_events(40), *other_events()])
+    manifest = read_manifest(tmp_path / "s")
+    assert sorted({s.month for s in manifest.usage}) == ["2026-10", "2026-11"]
+    for segment in manifest.usage:
+        assert f"month={segment.month}" in segment.file
+        described = duckdb.sql(
+            f"DESCRIBE SELECT * FROM read_parquet('{tmp_path / 's' / segment.file}')"
+        ).fetchall()
+        assert [(row[0], row[1]) for row in described] == [
+            (name, "TIMESTAMP WITH TIME ZONE" if kind == "TIMESTAMPTZ" else kind)
+            for name, kind in USAGE_COLUMNS.items()
+        ]
+        rows = duckdb.sql(
+            f"SELECT DISTINCT source, run_id, month FROM read_parquet('{tmp_path / 's' / segment.file}')"
+        ).fetchall()
+        assert rows == [("live", "", segment.month)]
+
+
+def test_a_second_writer_is_refused(tmp_path: Path) -> None:
+    with EventStore.open(tmp_path / "s", flush_interval=None), pytest.raises(StoreError, match="another"):
+        EventStore.open(tmp_path / "s", flush_interval=None)
+    with EventStore.open(tmp_path / "s", flush_interval=None):
+        pass  # released on close
+
+
+def test_a_torn_last_log_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
+    events = usage_events(5)
+    store = EventStore.open(tmp_path / "s", flush_interval=None)
+    store.append(events)
+    # Simulate a crash: release without flushing, then a write that never returned leaves half a line.
+    store._release()
+    [wal] = list((tmp_path / "s" / "wal").glob("*.jsonl"))
+    with wal.open("ab") as log:
+        log.write(b'{"type":"usage_recorded","event_id":"half')
+    with EventStore.open(tmp_path / "s", flush_interval=None) as reopened:
+        assert list(reopened.replay()) == events
+        reopened.append(usage_events(1, start=5))
+        assert list(reopened.replay()) == usage_events(6)
+
+
+def test_an_unlisted_segment_is_an_interrupted_flush_and_is_removed(tmp_path: Path) -> None:
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        store.append(usage_events(3))
+    stray = tmp_path / "s" / "usage" / "month=2026-11" / "0000000000000099-0000000000000099.parquet"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"PAR1 half written")
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        assert not stray.exists()
+        assert list(store.replay()) == usage_events(3)
+
+
+def test_compaction_merges_small_segments_and_changes_nothing_else(tmp_path: Path) -> None:
+    events = [*usage_events(60), *other_events()]
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        for start in range(0, len(events), 6):
+            store.append(events[start : start + 6])
+            store.flush()
+        before = read_manifest(tmp_path / "s")
+        assert len(before.journal) == 11
+        store.compact(min_segments=4)
+        after = read_manifest(tmp_path / "s")
+        assert len(after.journal) == 1
+        # November had 9 small segments and is merged; October's 2 are too few to bother.
+        assert sorted(s.month or "" for s in after.usage) == ["2026-10", "2026-10", "2026-11"]
+        assert sum(s.rows for s in after.usage) == 60
+        # Replaced files wait out the readers' grace period before they go.
+        kept = {s.file for s in after.usage}
+        assert {f for f, _ in after.retired} == {s.file for s in (*before.journal, *before.usage)} - kept
+        assert all((tmp_path / "s" / f).exists() for f, _ in after.retired)
+        assert list(store.replay()) == events
+        store.append(usage_events(1, start=60))
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        assert list(store.replay()) == [*events, *usage_events(1, start=60)]
+
+
+def test_the_background_flusher_makes_appends_visible_to_readers(tmp_path: Path) -> None:
+    with EventStore.open(tmp_path / "s", flush_interval=0.05) as store:
+        store.append(usage_events(25))
+        deadline = time.monotonic() + 5
+        while read_manifest(tmp_path / "s").last_seq < 24:
+            assert time.monotonic() < deadline, "the flusher did not write a segment within 5 s"
+            time.sleep(0.02)
+
+
+def test_a_closed_store_refuses_appends(tmp_path: Path) -> None:
+    store = EventStore.open(tmp_path / "s", flush_interval=None)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.append(usage_events(1))
+
+
+def test_a_missing_directory_is_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such directory"):
+        read_manifest(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="not a margins event store"):
+        read_manifest(tmp_path / "empty")
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from datetime import UTC, datetime, timedelta
+    from budget.events import UsageRecorded
+    from budget.store import EventStore
+
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    with EventStore.open(sys.argv[1], flush_interval=0.02) as store:
+        n = 0
+        while True:
+            batch = [
+                UsageRecorded(event_id=f"e{n + i}", user_id=f"u{(n + i) % 13}",
+                              ts=t0 + timedelta(seconds=n + i), model="gpt-4o-mini", input_tokens=10,
+                              output_tokens=1, cost_nanos=2_100, month="2026-11")
+                for i in range(1 + n % 37)
+            ]
+            store.append(batch)
+            n += len(batch)
+            print(n, flush=True)  # every event below n is durable: append returned
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after", [0.3, 0.7, 1.1])
+def test_sigkill_after_append_returned_loses_nothing(tmp_path: Path, kill_after: float) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "s")], stdout=subprocess.PIPE, env=env, cwd=REPO
+    )
+    assert writer.stdout is not None
+    acknowledged = 0
+    started = time.monotonic()
+    deadline = started + 30
+    while time.monotonic() < deadline:
+        line = writer.stdout.readline()
+        assert line, "the writer exited early"
+        acknowledged = int(line)
+        if acknowledged > 0 and time.monotonic() - started > kill_after + 0.5:  # 0.5 s to start up
+            break
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=10)
+    for line in writer.stdout:  # anything it printed before dying was durable too
+        acknowledged = int(line)
+    writer.stdout.close()
+    assert writer.returncode == -signal.SIGKILL
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        ids = [e.event_id for e in store.replay() if isinstance(e, UsageRecorded)]
+    assert acknowledged > 0
+    assert len(ids) >= acknowledged  # nothing acknowledged was lost
+    assert ids == [f"e{i}" for i in range(len(ids))]  # in order, nothing twice, nothing invented
