@@ -96,3 +96,7 @@ def _is_number(value: object) -> bool:
     if isinstance(value, int | float):
         return True
     return isinstance(value, str) and value.replace(".", "", 1).lstrip("-").isdigit()
+
+
+if __name__ == "__main__":
+    spend()
