@@ -53,3 +53,37 @@ class QueryError(BudgetError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what}: {reason}")
+
+
+class BrokerError(BudgetError):
+    """The MQTT broker cannot be used as given: a bad broker URL, credentials file or TLS file."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what}: {reason}")
+
+
+class BudgetDenied(BudgetError):
+    """The enforcer answered deny: the call would not fit the user's cap (or could not be priced).
+
+    `remaining_usd` is what the user had left this month when the request was decided.
+    """
+
+    def __init__(self, user_id: str, model: str, reason: str, remaining_usd: float | None) -> None:
+        self.user_id = user_id
+        self.model = model
+        self.reason = reason
+        self.remaining_usd = remaining_usd
+        left = "" if remaining_usd is None else f" (${remaining_usd:.6f} left)"
+        super().__init__(f"budget denied {model!r} for user {user_id!r}{left}: {reason}")
+
+
+class AuthorizationTimeout(BudgetError):
+    """No answer from the enforcer within the timeout: the call was neither allowed nor denied."""
+
+    def __init__(self, user_id: str, model: str, timeout_s: float) -> None:
+        self.user_id = user_id
+        self.model = model
+        self.timeout_s = timeout_s
+        super().__init__(f"no authorization answer for user {user_id!r}, model {model!r} within {timeout_s}s")
