@@ -8,6 +8,9 @@ STORE/
                                          reason, body = tagged JSON): the replay source
   usage/month=YYYY-MM/<first>-<last>.parquet
                                          usage rows, exactly events.USAGE_COLUMNS (source "live")
+  rollup/month=YYYY-MM/<first>-<last>.parquet
+                                         the same rows summed per user (user_id, month, spent_nanos,
+                                         events, input_tokens, output_tokens): top spenders without a scan
   manifest.json                          the segments that make up the store now (atomically replaced)
 ```
 
@@ -30,6 +33,15 @@ from budget.errors import StoreError
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 # The journal table: every event in append order, `body` its tagged JSON (the replay source).
+# The rollup table: usage summed per (user, month) within one segment.
+ROLLUP_COLUMNS: dict[str, str] = {
+    "user_id": "VARCHAR",
+    "month": "VARCHAR",
+    "spent_nanos": "BIGINT",
+    "events": "BIGINT",
+    "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+}
 JOURNAL_COLUMNS: dict[str, str] = {
     "seq": "BIGINT",
     "type": "VARCHAR",
@@ -59,6 +71,7 @@ class Manifest:
     last_seq: int = -1
     journal: list[Segment] = field(default_factory=list)
     usage: list[Segment] = field(default_factory=list)
+    rollup: list[Segment] = field(default_factory=list)
     retired: list[tuple[str, float]] = field(default_factory=list)
 
     def to_json(self) -> bytes:
@@ -67,6 +80,7 @@ class Manifest:
             "last_seq": self.last_seq,
             "journal": [_segment_dict(s) for s in self.journal],
             "usage": [_segment_dict(s) for s in self.usage],
+            "rollup": [_segment_dict(s) for s in self.rollup],
             "retired": [{"file": f, "at": at} for f, at in self.retired],
         }
         return json.dumps(data, indent=1).encode()
@@ -79,6 +93,7 @@ class Manifest:
                 last_seq=int(raw["last_seq"]),
                 journal=[Segment(**s) for s in raw["journal"]],
                 usage=[Segment(**s) for s in raw["usage"]],
+                rollup=[Segment(**s) for s in raw.get("rollup", [])],
                 retired=[(r["file"], float(r["at"])) for r in raw.get("retired", [])],
             )
         except (ValueError, KeyError, TypeError) as error:

@@ -8,7 +8,10 @@ Views (all money in integer nano-dollars; `month` is "YYYY-MM" in the user's tim
 
 - `usage`: one row per usage event, exactly the columns of events.USAGE_COLUMNS (source "live").
 - `journal`: every event in append order: seq, type, ts, user_id, month, reason, body (tagged JSON).
-- `spend_by_user_month`: user_id, month, spent_nanos, events, input_tokens, output_tokens.
+- `rollup`: usage summed per (user, month) and per segment, written with each segment: user_id, month,
+  spent_nanos, events, input_tokens, output_tokens (sum it again to combine segments).
+- `spend_by_user_month`: user_id, month, spent_nanos, events, input_tokens, output_tokens (from `rollup`,
+  so top spenders never scan the usage rows).
 - `spend_by_model` / `spend_by_feature`: month, model (or feature), spent_nanos, events.
 - `spend_by_day`: day (UTC date), month, spent_nanos, events.
 - `users_over_soft_limit`: user_id, month, soft_at, capped_at (NULL until capped), cap_nanos and
@@ -31,16 +34,16 @@ import duckdb
 
 from budget.errors import QueryError
 from budget.events import USAGE_COLUMNS
-from budget.manifest import JOURNAL_COLUMNS, Manifest, read_manifest
+from budget.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Manifest, read_manifest
 
 By = Literal["user", "model", "feature", "day"]
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 _VIEWS = {
     "spend_by_user_month": """
-        SELECT user_id, month, sum(cost_nanos)::BIGINT AS spent_nanos, count(*) AS events,
+        SELECT user_id, month, sum(spent_nanos)::BIGINT AS spent_nanos, sum(events)::BIGINT AS events,
                sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens
-        FROM usage GROUP BY user_id, month""",
+        FROM rollup GROUP BY user_id, month""",
     "spend_by_model": """
         SELECT month, model, sum(cost_nanos)::BIGINT AS spent_nanos, count(*) AS events
         FROM usage GROUP BY month, model""",
@@ -69,7 +72,7 @@ _VIEWS = {
         SELECT reason, count(*) AS dead_letters, min(ts) AS first_ts, max(ts) AS last_ts
         FROM journal WHERE type = 'dead_lettered' GROUP BY reason""",
 }
-VIEW_NAMES = ("usage", "journal", *_VIEWS)
+VIEW_NAMES = ("usage", "rollup", "journal", *_VIEWS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +125,10 @@ class SpendReader:
         self.manifest: Manifest = read_manifest(self.root)
         self.db = duckdb.connect(":memory:")
         usage = [self.root / s.file for s in self.manifest.usage if month is None or s.month == month]
+        rollup = [self.root / s.file for s in self.manifest.rollup if month is None or s.month == month]
         journal = [self.root / s.file for s in self.manifest.journal]
         self.db.execute(f"CREATE VIEW usage AS SELECT * FROM {_parquet(usage, USAGE_COLUMNS)}")
+        self.db.execute(f"CREATE VIEW rollup AS SELECT * FROM {_parquet(rollup, ROLLUP_COLUMNS)}")
         self.db.execute(f"CREATE VIEW journal AS SELECT * FROM {_parquet(journal, JOURNAL_COLUMNS)}")
         for name, sql in _VIEWS.items():
             self.db.execute(f"CREATE VIEW {name} AS {sql}")
@@ -139,11 +144,14 @@ class SpendReader:
         return Result(columns, rows)
 
     def top_spenders(self, month: str, limit: int = 20, user: str | None = None) -> Result:
-        """The users who spent most in `month`: user_id, spent_nanos, events (ties by user id)."""
+        """The users who spent most in `month`: user_id, spent_nanos, events (ties by user id).
+
+        Reads the per-segment rollups, not the usage rows: a month of 10M events is a few segments' worth
+        of per-user sums."""
         where, params = _filters(month, user)
         return self.sql(
-            f"SELECT user_id, sum(cost_nanos)::BIGINT AS spent_nanos, count(*) AS events FROM usage {where} "
-            "GROUP BY user_id ORDER BY spent_nanos DESC, user_id LIMIT ?",
+            "SELECT user_id, sum(spent_nanos)::BIGINT AS spent_nanos, sum(events)::BIGINT AS events "
+            f"FROM rollup {where} GROUP BY user_id ORDER BY spent_nanos DESC, user_id LIMIT ?",
             [*params, limit],
         )
 

@@ -22,7 +22,7 @@ from budget.events import (
     UsageRecorded,
     event_tag_of,
 )
-from budget.manifest import JOURNAL_COLUMNS, Segment, fsync_dir
+from budget.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Segment, fsync_dir
 
 SOURCE_LIVE = "live"
 
@@ -32,6 +32,7 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
 }
 USAGE_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in USAGE_COLUMNS.items()])
+ROLLUP_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in ROLLUP_COLUMNS.items()])
 JOURNAL_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in JOURNAL_COLUMNS.items()])
 
 
@@ -123,6 +124,40 @@ def read_journal_bodies(root: Path, segment: Segment) -> list[str]:
         raise StoreError(str(root), f"{segment.file} does not start at seq {segment.first}")
     bodies: list[str] = table.column("body").to_pylist()
     return bodies
+
+
+def rollup_table(usage: pa.Table) -> pa.Table:
+    """Usage rows summed per (user, month)."""
+    grouped = usage.group_by(["user_id", "month"], use_threads=False).aggregate(
+        [
+            ("cost_nanos", "sum"),
+            ("cost_nanos", "count"),
+            ("input_tokens", "sum"),
+            ("output_tokens", "sum"),
+        ]
+    )
+    names = [
+        "user_id",
+        "month",
+        "cost_nanos_sum",
+        "cost_nanos_count",
+        "input_tokens_sum",
+        "output_tokens_sum",
+    ]
+    return pa.table(
+        [grouped.column(n).cast(f.type) for n, f in zip(names, ROLLUP_SCHEMA, strict=True)], ROLLUP_SCHEMA
+    )
+
+
+def merge_rollups(table: pa.Table) -> pa.Table:
+    """Concatenated rollups summed again per (user, month)."""
+    grouped = table.group_by(["user_id", "month"], use_threads=False).aggregate(
+        [(name, "sum") for name in ("spent_nanos", "events", "input_tokens", "output_tokens")]
+    )
+    names = ["user_id", "month", "spent_nanos_sum", "events_sum", "input_tokens_sum", "output_tokens_sum"]
+    return pa.table(
+        [grouped.column(n).cast(f.type) for n, f in zip(names, ROLLUP_SCHEMA, strict=True)], ROLLUP_SCHEMA
+    )
 
 
 def merge_tables(root: Path, segments: Sequence[Segment], schema: pa.Schema) -> pa.Table:

@@ -31,11 +31,14 @@ from budget.events import Event, UsageRecorded, decode_event
 from budget.manifest import Manifest, Segment, fsync_dir, read_manifest, segment_name, write_atomic
 from budget.segments import (
     JOURNAL_SCHEMA,
+    ROLLUP_SCHEMA,
     USAGE_SCHEMA,
     decode_bodies,
     journal_table,
+    merge_rollups,
     merge_tables,
     read_journal_bodies,
+    rollup_table,
     usage_table,
     write_table,
 )
@@ -109,9 +112,10 @@ class EventStore:
         self.flush()
 
     def _remove_orphans(self) -> None:
-        listed = {s.file for s in (*self._manifest.journal, *self._manifest.usage)}
-        listed |= {f for f, _ in self._manifest.retired}
-        for sub in ("journal", "usage"):
+        manifest = self._manifest
+        listed = {s.file for s in (*manifest.journal, *manifest.usage, *manifest.rollup)}
+        listed |= {f for f, _ in manifest.retired}
+        for sub in ("journal", "usage", "rollup"):
             for file in (self.root / sub).rglob("*.parquet*") if (self.root / sub).exists() else []:
                 if str(file.relative_to(self.root)) not in listed:
                     file.unlink()
@@ -196,10 +200,16 @@ class EventStore:
                 month = event.month or f"{event.ts.year:04d}-{event.ts.month:02d}"
                 by_month.setdefault(month, []).append(event)
         usage: list[Segment] = []
+        rollup: list[Segment] = []
         for month, rows in sorted(by_month.items()):
+            table = usage_table(rows)
             file = f"usage/month={month}/{name}"
-            write_table(self.root / file, usage_table(rows))
+            write_table(self.root / file, table)
             usage.append(Segment(file=file, first=first, last=last, rows=len(rows), month=month))
+            summed = rollup_table(table)
+            file = f"rollup/month={month}/{name}"
+            write_table(self.root / file, summed)
+            rollup.append(Segment(file=file, first=first, last=last, rows=summed.num_rows, month=month))
         journal = Segment(file=f"journal/{name}", first=first, last=last, rows=len(events))
         write_table(self.root / journal.file, journal_table(events, bodies, first))
         self._commit(
@@ -207,6 +217,7 @@ class EventStore:
                 last_seq=last,
                 journal=[*manifest.journal, journal],
                 usage=[*manifest.usage, *usage],
+                rollup=[*manifest.rollup, *rollup],
                 retired=manifest.retired,
             )
         )
@@ -224,50 +235,65 @@ class EventStore:
         self._manifest = manifest
 
     def compact(self, min_segments: int = COMPACT_MIN_SEGMENTS) -> None:
-        """Merge runs of small segments (journal: consecutive ones; usage: per month) into one each."""
+        """Merge runs of small segments (journal: consecutive ones; usage and rollup: per month)."""
         with self._flush_lock:
-            manifest = self._manifest
-            journal = self._merge_runs(manifest.journal, min_segments, None)
+            old = self._manifest
+            journal = self._merge_run(old.journal, min_segments, "journal", None)
             usage: list[Segment] = []
-            months = sorted({s.month or "" for s in manifest.usage})
-            for month in months:
-                usage += self._merge_runs(
-                    [s for s in manifest.usage if s.month == month], min_segments, month
+            rollup: list[Segment] = []
+            for month in sorted({s.month or "" for s in old.usage}):
+                usage += self._merge_run(
+                    [s for s in old.usage if s.month == month], min_segments, "usage", month
                 )
-            if journal == manifest.journal and usage == manifest.usage:
+            for month in sorted({s.month or "" for s in old.rollup}):
+                rollup += self._merge_run(
+                    [s for s in old.rollup if s.month == month], min_segments, "rollup", month
+                )
+            if (journal, usage, rollup) == (old.journal, old.usage, old.rollup):
                 return
-            kept = {s.file for s in (*journal, *usage)}
-            retired = [s.file for s in (*manifest.journal, *manifest.usage) if s.file not in kept]
+            kept = {s.file for s in (*journal, *usage, *rollup)}
+            retired = [s.file for s in (*old.journal, *old.usage, *old.rollup) if s.file not in kept]
             now = time.time()
             self._commit(
                 Manifest(
-                    last_seq=manifest.last_seq,
+                    last_seq=old.last_seq,
                     journal=journal,
                     usage=sorted(usage, key=lambda s: (s.first, s.month or "")),
-                    retired=[*manifest.retired, *((f, now) for f in retired)],
+                    rollup=sorted(rollup, key=lambda s: (s.first, s.month or "")),
+                    retired=[*old.retired, *((f, now) for f in retired)],
                 )
             )
 
-    def _merge_runs(self, segments: list[Segment], min_segments: int, month: str | None) -> list[Segment]:
-        small = [s for s in segments if s.rows < COMPACT_MAX_ROWS]
-        if len(small) < min_segments:
+    def _merge_run(
+        self, segments: list[Segment], min_segments: int, kind: str, month: str | None
+    ) -> list[Segment]:
+        """Merge the first run of consecutive small segments (journal runs must stay contiguous in seq, so
+        replay can read file after file), up to COMPACT_MAX_ROWS rows."""
+        if sum(1 for s in segments if s.rows < COMPACT_MAX_ROWS) < min_segments:
             return segments
-        # Journal runs must stay contiguous in seq so replay can read file after file.
-        run: list[Segment] = []
-        for segment in segments:
-            if segment.rows >= COMPACT_MAX_ROWS:
+        start = next(i for i, s in enumerate(segments) if s.rows < COMPACT_MAX_ROWS)
+        end, rows = start, 0
+        while end < len(segments) and segments[end].rows < COMPACT_MAX_ROWS:
+            if rows + segments[end].rows > COMPACT_MAX_ROWS and end > start:
                 break
-            run.append(segment)
+            rows += segments[end].rows
+            end += 1
+        run = segments[start:end]
         if len(run) < 2:
             return segments
         first, last = run[0].first, run[-1].last
-        name = segment_name(first, last)
-        schema = USAGE_SCHEMA if month is not None else JOURNAL_SCHEMA
-        file = f"usage/month={month}/{name}" if month is not None else f"journal/{name}"
+        file = (
+            f"{kind}/{segment_name(first, last)}"
+            if month is None
+            else f"{kind}/month={month}/{segment_name(first, last)}"
+        )
+        schema = {"journal": JOURNAL_SCHEMA, "usage": USAGE_SCHEMA, "rollup": ROLLUP_SCHEMA}[kind]
         table = merge_tables(self.root, run, schema)
+        if kind == "rollup":
+            table = merge_rollups(table)
         write_table(self.root / file, table)
         merged = Segment(file=file, first=first, last=last, rows=table.num_rows, month=month)
-        return [merged, *segments[len(run) :]]
+        return [*segments[:start], merged, *segments[end:]]
 
     def _flusher(self) -> None:
         assert self._flush_interval is not None

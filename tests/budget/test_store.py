@@ -24,6 +24,7 @@ from budget.events import (
     UserConfigured,
 )
 from budget.manifest import read_manifest
+from budget.queries import SpendReader
 from budget.store import EventStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,10 +148,18 @@ def test_compaction_merges_small_segments_and_changes_nothing_else(tmp_path: Pat
         assert sorted(s.month or "" for s in after.usage) == ["2026-10", "2026-10", "2026-11"]
         assert sum(s.rows for s in after.usage) == 60
         # Replaced files wait out the readers' grace period before they go.
-        kept = {s.file for s in after.usage}
-        assert {f for f, _ in after.retired} == {s.file for s in (*before.journal, *before.usage)} - kept
+        assert sorted(s.month or "" for s in after.rollup) == ["2026-10", "2026-10", "2026-11"]
+        kept = {s.file for s in (*after.usage, *after.rollup)}
+        replaced = {s.file for s in (*before.journal, *before.usage, *before.rollup)} - kept
+        assert {f for f, _ in after.retired} == replaced
         assert all((tmp_path / "s" / f).exists() for f, _ in after.retired)
         assert list(store.replay()) == events
+        with SpendReader(tmp_path / "s") as reader:  # the merged rollups still sum to the usage rows
+            by_rollup = reader.sql("SELECT user_id, month, spent_nanos, events FROM spend_by_user_month").rows
+            by_rows = reader.sql(
+                "SELECT user_id, month, sum(cost_nanos), count(*) FROM usage GROUP BY ALL"
+            ).rows
+        assert sorted(by_rollup) == sorted(by_rows) and len(by_rows) == 10
         store.append(usage_events(1, start=60))
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         assert list(store.replay()) == [*events, *usage_events(1, start=60)]
