@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import click
 
+from budget.enforce_cli import enforce
 from budget.spend_cli import spend
 
 COMMANDS: list[click.Command] = []
 
 COMMANDS.append(spend)
+COMMANDS.append(enforce)

@@ -1,0 +1,157 @@
+"""The enforcer in-process against a real mosquitto: usage, authorization, status, alerts, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conftest import CAPS_TOML, Broker
+from mqtt_helpers import Collector, mqtt, publish_all, usage_body
+
+from budget.broker import BrokerSettings
+from budget.client import BudgetClient, guard
+from budget.config import load_config
+from budget.errors import BudgetDenied
+from budget.ledger import Ledger
+from budget.service import Enforcer
+from budget.store import EventStore
+
+NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
+
+
+def make_enforcer(
+    broker: Broker, tmp_path: Path, caps: str = CAPS_TOML, fixed_clock: bool = True
+) -> Enforcer:
+    (tmp_path / "caps.toml").write_text(caps)
+    config = load_config(tmp_path / "caps.toml")
+    settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id=f"enf-{tmp_path.name}"[:60])
+    clock = (lambda: NOW) if fixed_clock else None
+    return Enforcer(settings, tmp_path / "store", config, clock=clock, expiry_interval_s=0.1)
+
+
+def stored_events(tmp_path: Path) -> list[object]:
+    with EventStore.open(tmp_path / "store", flush_interval=None) as store:
+        return list(store.replay())
+
+
+def test_usage_is_recorded_once_status_retained_and_alerts_once(mosquitto: Broker, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path) as enforcer:
+            await enforcer.wait_subscribed()
+            async with mqtt(mosquitto.port) as pub, mqtt(mosquitto.port) as sub:
+                seen = await Collector(sub).start("margins/status/+", "margins/alerts/+")
+                # gpt-4o-mini: 900 in + 250 out = $0.000285; 3000 of them = $0.855 of a $1.00 cap (soft at 80%)
+                bodies = [json.dumps(usage_body(f"e{i}")).encode() for i in range(3000)]
+                await publish_all(pub, "margins/usage/alice", bodies)
+                await publish_all(pub, "margins/usage/alice", bodies[:500])  # redelivered / re-published
+                await seen.wait_for(
+                    lambda: any(s["spent_usd"] >= 0.855 - 1e-9 for s in seen.on("margins/status/alice"))
+                )
+                async with asyncio.timeout(10):
+                    while enforcer.counters["duplicate"] < 500:
+                        await asyncio.sleep(0.01)
+                assert [a["alert"] for a in seen.on("margins/alerts/alice")] == ["soft"]
+                seen.stop()
+            status = enforcer.ledger.status("alice", NOW)
+            assert status.spent_nanos == 3000 * 285_000
+            assert status.state == "soft"
+            assert enforcer.counters["duplicate"] == 500
+        # the retained status is there for a late subscriber
+        async with mqtt(mosquitto.port) as late:
+            got = await Collector(late).start("margins/status/alice")
+            await got.wait_for(lambda: got.messages)
+            assert got.messages[-1][2] is True  # retained
+            assert json.loads(got.messages[-1][1])["spent_usd"] == 0.855
+
+    asyncio.run(scenario())
+    events = stored_events(tmp_path)
+    assert sum(1 for e in events if type(e).__name__ == "UsageRecorded") == 3000
+
+
+def test_authorize_allow_settle_deny_and_degrade(mosquitto: Broker, tmp_path: Path) -> None:
+    caps = CAPS_TOML.replace('at_cap = "block"', 'at_cap = "degrade"\ndegrade_model = "gpt-4o-mini"')
+
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path, caps, fixed_clock=False) as enforcer:
+            await enforcer.wait_subscribed()
+            async with BudgetClient.connect(f"mqtt://127.0.0.1:{mosquitto.port}") as budget:
+                async with guard(budget, "bob", "gpt-4o", 1000, max_input_tokens=2000) as call:
+                    assert call.model == "gpt-4o" and not call.degraded
+                    call.record(
+                        {
+                            "prompt_tokens": 1500,
+                            "completion_tokens": 100,
+                            "prompt_tokens_details": {"cached_tokens": 1000},
+                        }
+                    )
+                await asyncio.sleep(0.2)
+                status = enforcer.ledger.status("bob", datetime.now(UTC))
+                assert status.reserved_nanos == 0  # settled by the usage event
+                assert status.spent_nanos > 0
+                # gpt-4o worst case for 200k in / 50k out is far above $1: degrade to gpt-4o-mini if it fits
+                call2 = await budget.authorize("bob", "gpt-4o", 200_000, 50_000)
+                assert call2.decision == "degrade" and call2.model == "gpt-4o-mini"
+                try:
+                    await budget.authorize("bob", "gpt-4o", 5_000_000, 5_000_000)
+                except BudgetDenied as denied:
+                    assert denied.user_id == "bob" and denied.remaining_usd is not None and denied.reason
+                else:
+                    raise AssertionError("expected a deny")
+
+    asyncio.run(scenario())
+
+
+def test_bad_inputs_are_dead_lettered_and_counted(mosquitto: Broker, tmp_path: Path) -> None:
+    bad = [
+        b"{not json",
+        b"\xff\xfe\x00",
+        json.dumps(usage_body("x1", input_tokens="9")).encode(),
+        json.dumps({"event_id": "x2"}).encode(),
+        json.dumps(usage_body("x3", output_tokens=-1)).encode(),
+        json.dumps(usage_body("x4", output_tokens=20_000_000)).encode(),
+        json.dumps(usage_body("x5", model="mystery-9")).encode(),
+        json.dumps(usage_body("x6", user_id="mallory")).encode(),
+        json.dumps(usage_body("x7", ts="2030-01-01T00:00:00Z")).encode(),
+        b"[" + b" " * 70_000 + b"]",
+        json.dumps([usage_body("good1"), usage_body("x8", input_tokens=-5), usage_body("good2")]).encode(),
+    ]
+
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path) as enforcer:
+            await enforcer.wait_subscribed()
+            async with mqtt(mosquitto.port) as pub, mqtt(mosquitto.port) as sub:
+                seen = await Collector(sub).start("margins/deadletter", "margins/alerts/+")
+                for payload in bad:
+                    await pub.publish("margins/usage/alice", payload, qos=1)
+                await seen.wait_for(lambda: len(seen.on("margins/deadletter")) >= 11)
+                reasons = sorted(d["reason"] for d in seen.on("margins/deadletter"))
+                assert reasons == sorted(
+                    [
+                        "malformed_json",
+                        "not_utf8",
+                        "wrong_type",
+                        "missing_field",
+                        "out_of_range",
+                        "out_of_range",
+                        "unknown_model",
+                        "user_mismatch",
+                        "future_timestamp",
+                        "too_large",
+                        "out_of_range",
+                    ]
+                )
+                await seen.wait_for(lambda: seen.on("margins/alerts/alice"))
+                assert seen.on("margins/alerts/alice")[0]["alert"] == "unknown_model"
+                seen.stop()
+            assert enforcer.ledger.status("alice", NOW).spent_nanos == 2 * 285_000
+            assert sum(v for k, v in enforcer.counters.items() if k.startswith("dead_letter_")) == 11
+            assert enforcer.counters["dead_letter_out_of_range"] == 3
+
+    asyncio.run(scenario())
+    events = stored_events(tmp_path)
+    assert sum(1 for e in events if type(e).__name__ == "DeadLettered") == 11
+    replayed = Ledger(load_config(tmp_path / "caps.toml"), load_config(tmp_path / "caps.toml").catalog())
+    replayed.apply_all(events)  # type: ignore[arg-type]
+    assert replayed.status("alice", NOW).spent_nanos == 2 * 285_000
