@@ -1,5 +1,6 @@
 """What the ledger is asked (commands) and what it answers about a user (UserStatus), with the pure
-helpers both the ledger and its callers need: a user's month, a reservation's id, a call's worst case."""
+helpers both the ledger and its callers need: a user's month, a reservation's id, a call's worst case,
+which limits a month's spend has reached."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from decimal import Decimal
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from budget.events import Outcome
+import msgspec
+
+from budget.events import DeadLettered, Limit, Outcome, UsageRecorded
 from budget.prices import ModelPrice
 
 State = Literal["ok", "soft", "capped"]
@@ -98,3 +101,67 @@ def worst_case_nanos(price: ModelPrice, max_input_tokens: int, max_output_tokens
     than plain input), every allowed output token."""
     per_input = max(price.input, price.cached_input, price.cache_write)
     return max_input_tokens * per_input + max_output_tokens * price.output
+
+
+def state_of(committed: int, cap: int, soft_threshold_pct: int) -> State:
+    """ "capped" once settled + reserved spend reaches the cap, "soft" from the soft threshold, else "ok"."""
+    if committed >= cap:
+        return "capped"
+    if committed >= cap * soft_threshold_pct // 100:
+        return "soft"
+    return "ok"
+
+
+def limits_reached(committed: int, cap: int, soft_threshold_pct: int) -> list[Limit]:
+    """The limits (soft, cap) that `committed` nano-dollars reach; none while nothing is committed, so a
+    $0 cap is not announced as crossed before anything is spent."""
+    if committed <= 0:
+        return []
+    reached: list[Limit] = []
+    if committed >= cap * soft_threshold_pct // 100:
+        reached.append("soft")
+    if committed >= cap:
+        reached.append("cap")
+    return reached
+
+
+def describe(command: Command) -> bytes:
+    """A JSON rendering of a command, kept in a dead letter when the original payload was not passed in."""
+    return msgspec.json.encode(
+        {name: getattr(command, name) for name in command.__slots__ if name != "payload"}
+    )
+
+
+def usage_event(command: RecordUsage, cost_nanos: int, month: str) -> UsageRecorded:
+    """The UsageRecorded a valid usage report becomes, priced and placed in its month."""
+    return UsageRecorded(
+        event_id=command.event_id,
+        user_id=command.user_id,
+        ts=command.ts,
+        model=command.model,
+        input_tokens=command.input_tokens,
+        output_tokens=command.output_tokens,
+        cost_nanos=cost_nanos,
+        cached_input_tokens=command.cached_input_tokens,
+        cache_write_tokens=command.cache_write_tokens,
+        feature=command.feature,
+        outcome=command.outcome,
+        reservation_id=command.reservation_id,
+        month=month,
+    )
+
+
+def dead_letter(
+    command: Command, now: datetime, reason: str, detail: str, event_id: str | None = None
+) -> DeadLettered:
+    """A command that cannot be applied, with its original payload (or its JSON rendering)."""
+    payload = command.payload if command.payload is not None else describe(command)
+    return DeadLettered.of(
+        ts=now,
+        topic=command.topic,
+        payload=payload,
+        reason=reason,
+        detail=detail,
+        user_id=command.user_id,
+        event_id=event_id,
+    )

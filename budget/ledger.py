@@ -12,28 +12,27 @@ zone: a new month is a new key, so nothing ever resets.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-
-import msgspec
 
 from budget.commands import (
     Authorize,
     Command,
     ConfigureUser,
     RecordUsage,
-    State,
     UserStatus,
+    dead_letter,
+    limits_reached,
     month_in,
     reservation_id_for,
+    state_of,
+    usage_event,
     worst_case_nanos,
 )
 from budget.config import EnforcerConfig, Plan, check_timezone, usd_to_nanos
 from budget.errors import ConfigError
 from budget.events import (
-    DeadLettered,
     Event,
     LimitCrossed,
     ReservationDenied,
@@ -42,6 +41,7 @@ from budget.events import (
     UsageRecorded,
     UserConfigured,
 )
+from budget.expiry import ExpiryQueue
 from budget.prices import PriceCatalog, nanos_to_usd
 
 __all__ = [
@@ -79,7 +79,7 @@ class Ledger:
         self._settings: dict[str, _Settings] = {}
         self._months: dict[tuple[str, str], _Month] = {}
         self._reservations: dict[str, ReservationGranted] = {}
-        self._expiry: list[tuple[datetime, str]] = []  # heap; entries of settled reservations go stale
+        self._expiry = ExpiryQueue()
         self._seen: set[str] = set()
         self._crossed: set[tuple[str, str, str]] = set()
         self.dead_letters = 0
@@ -126,7 +126,7 @@ class Ledger:
             reserved_nanos=totals.reserved,
             cap_nanos=cap,
             remaining_nanos=max(0, cap - totals.spent - totals.reserved),
-            state=self._state(totals.spent + totals.reserved, cap, self.plan(user_id)),
+            state=state_of(totals.spent + totals.reserved, cap, self.plan(user_id).soft_threshold_pct),
             plan=settings.plan if settings else None,
             timezone=self.timezone(user_id),
         )
@@ -173,25 +173,11 @@ class Ledger:
             return self._decide_authorize(command, now)
         return self._decide_configure(command, now)
 
-    def _dead(
-        self, command: Command, now: datetime, reason: str, detail: str, event_id: str | None = None
-    ) -> DeadLettered:
-        payload = command.payload if command.payload is not None else _describe(command)
-        return DeadLettered.of(
-            ts=now,
-            topic=command.topic,
-            payload=payload,
-            reason=reason,
-            detail=detail,
-            user_id=command.user_id,
-            event_id=event_id,
-        )
-
     def _decide_usage(self, command: RecordUsage, now: datetime) -> list[Event]:
         if command.event_id in self._seen:
             return []
         if command.ts.tzinfo is None:
-            return [self._dead(command, now, "bad_timestamp", "ts has no time zone", command.event_id)]
+            return [dead_letter(command, now, "bad_timestamp", "ts has no time zone", command.event_id)]
         counts = (
             command.input_tokens,
             command.output_tokens,
@@ -200,10 +186,10 @@ class Ledger:
         )
         if min(counts) < 0 or command.cached_input_tokens + command.cache_write_tokens > command.input_tokens:
             detail = "token counts must be >= 0 and cached + cache-write tokens at most input tokens"
-            return [self._dead(command, now, "bad_tokens", detail, command.event_id)]
+            return [dead_letter(command, now, "bad_tokens", detail, command.event_id)]
         if command.model not in self.prices:
             detail = f"model {command.model!r} is not in the price catalog; it is never charged $0"
-            return [self._dead(command, now, "unknown_model", detail, command.event_id)]
+            return [dead_letter(command, now, "unknown_model", detail, command.event_id)]
         cost = self.prices[command.model].cost_nanos(
             command.input_tokens,
             command.output_tokens,
@@ -211,21 +197,7 @@ class Ledger:
             command.cache_write_tokens,
         )
         month = self.month_of(command.user_id, command.ts)
-        usage = UsageRecorded(
-            event_id=command.event_id,
-            user_id=command.user_id,
-            ts=command.ts,
-            model=command.model,
-            input_tokens=command.input_tokens,
-            output_tokens=command.output_tokens,
-            cost_nanos=cost,
-            cached_input_tokens=command.cached_input_tokens,
-            cache_write_tokens=command.cache_write_tokens,
-            feature=command.feature,
-            outcome=command.outcome,
-            reservation_id=command.reservation_id,
-            month=month,
-        )
+        usage = usage_event(command, cost, month)
         released = self._settles(usage)
         spent, reserved = self.spent(command.user_id, month)
         if released is not None and released.month == month:
@@ -266,7 +238,7 @@ class Ledger:
         if command.model not in self.prices:
             detail = f"model {command.model!r} is not in the price catalog"
             return [
-                self._dead(command, now, "unknown_model", detail),
+                dead_letter(command, now, "unknown_model", detail),
                 deny(f"unknown model {command.model!r}", 0),
             ]
         worst = worst_case_nanos(
@@ -319,7 +291,7 @@ class Ledger:
             )
             plan = None if command.plan is None else self.config.plan(command.plan).name
         except ConfigError as error:
-            return [self._dead(command, now, "bad_config", str(error))]
+            return [dead_letter(command, now, "bad_config", str(error))]
         if cap is None and timezone is None and plan is None:
             return []
         configured = UserConfigured(
@@ -342,13 +314,6 @@ class Ledger:
         )
         return [configured, *crossings]
 
-    def _state(self, committed: int, cap: int, plan: Plan) -> State:
-        if committed >= cap:
-            return "capped"
-        if committed >= cap * plan.soft_threshold_pct // 100:
-            return "soft"
-        return "ok"
-
     def _crossings(
         self,
         user: str,
@@ -363,10 +328,7 @@ class Ledger:
         announced; nothing is announced while nothing is committed (a $0 cap is not "crossed")."""
         cap = self.cap_nanos(user) if cap is None else cap
         plan = self.plan(user) if plan is None else plan
-        committed = spent + reserved
-        if committed <= 0:
-            return []
-        reached = {"soft": committed >= cap * plan.soft_threshold_pct // 100, "cap": committed >= cap}
+        reached = limits_reached(spent + reserved, cap, plan.soft_threshold_pct)
         return [
             LimitCrossed(
                 user_id=user,
@@ -377,40 +339,21 @@ class Ledger:
                 reserved_nanos=reserved,
                 cap_nanos=cap,
             )
-            for limit in ("soft", "cap")
-            if reached[limit] and (user, month, limit) not in self._crossed
+            for limit in reached
+            if (user, month, limit) not in self._crossed
         ]
 
     def expire_due(self, now: datetime) -> list[Event]:
         """ReservationExpired for every open reservation whose expiry is at or before `now`, oldest first.
 
-        Decides only (apply the events to release the amounts); stale heap entries are dropped on the way.
+        Decides only: apply the events to release the amounts.
         """
-        heap = self._expiry
-        while heap and heap[0][1] not in self._reservations:
-            heapq.heappop(heap)
-        due: list[Event] = []
-        # Walk the heap in order without popping live entries: a frontier of (entry, index) pairs.
-        frontier = [(heap[0], 0)] if heap else []
-        while frontier:
-            (expires_at, reservation_id), index = heapq.heappop(frontier)
-            if expires_at > now:
-                continue
-            granted = self._reservations.get(reservation_id)
-            if granted is not None and granted.expires_at == expires_at:
-                due.append(
-                    ReservationExpired(
-                        reservation_id=reservation_id,
-                        user_id=granted.user_id,
-                        ts=now,
-                        month=granted.month,
-                        amount_nanos=granted.amount_nanos,
-                    )
-                )
-            for child in (2 * index + 1, 2 * index + 2):
-                if child < len(heap):
-                    heapq.heappush(frontier, (heap[child], child))
-        return due
+        due = self._expiry.due(now, self._is_open)
+        return [_expired(self._reservations[reservation_id], now) for reservation_id in due]
+
+    def _is_open(self, reservation_id: str, expires_at: datetime) -> bool:
+        granted = self._reservations.get(reservation_id)
+        return granted is not None and granted.expires_at == expires_at
 
     # -- evolving ---------------------------------------------------------------------------------
 
@@ -428,7 +371,7 @@ class Ledger:
         elif isinstance(event, ReservationGranted):
             self._reservations[event.reservation_id] = event
             self._totals(event.user_id, event.month).reserved += event.amount_nanos
-            heapq.heappush(self._expiry, (event.expires_at, event.reservation_id))
+            self._expiry.push(event.expires_at, event.reservation_id)
         elif isinstance(event, ReservationExpired):
             granted = self._reservations.get(event.reservation_id)
             if granted is not None:
@@ -473,8 +416,11 @@ class Ledger:
         return totals
 
 
-def _describe(command: Command) -> bytes:
-    """A JSON rendering of a command for a dead letter when the original payload was not passed in."""
-    return msgspec.json.encode(
-        {name: getattr(command, name) for name in command.__slots__ if name != "payload"}
+def _expired(granted: ReservationGranted, now: datetime) -> ReservationExpired:
+    return ReservationExpired(
+        reservation_id=granted.reservation_id,
+        user_id=granted.user_id,
+        ts=now,
+        month=granted.month,
+        amount_nanos=granted.amount_nanos,
     )
