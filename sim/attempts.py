@@ -18,7 +18,16 @@ from sim.policies.outcomes import RATE_LIMITED
 from sim.randomness import hashed_uniform
 from sim.scenario import Scenario
 
-ATTEMPT_FIELDS = ("call", "t", "attempt_no", "retries_used", "queued", "regenerated")
+ATTEMPT_FIELDS = (
+    "call",
+    "t",
+    "attempt_no",
+    "retries_used",
+    "queued",
+    "regenerated",
+    "previous_t",
+    "previous_rank",
+)
 
 
 @dataclass(slots=True)
@@ -31,11 +40,17 @@ class Pending:
     retries_used: np.ndarray
     queued: np.ndarray
     regenerated: np.ndarray
+    # When the attempt that led here was made, and its place in its window: calls due at the same
+    # instant (those queued for a window's start) are served first come, first served.
+    previous_t: np.ndarray
+    previous_rank: np.ndarray
 
     @classmethod
     def first_attempts(cls, call: np.ndarray, t: np.ndarray) -> Pending:
         zeros = np.zeros(call.size, dtype=np.int64)
-        return cls(call, t, zeros, zeros.copy(), zeros.copy(), np.zeros(call.size, dtype=bool))
+        return cls(
+            call, t, zeros, zeros.copy(), zeros.copy(), np.zeros(call.size, dtype=bool), t, zeros.copy()
+        )
 
     def take(self, mask: np.ndarray | slice) -> Pending:
         return Pending(*(getattr(self, name)[mask] for name in ATTEMPT_FIELDS))
@@ -76,35 +91,83 @@ class CallSheet:
 
 
 class RateWindows:
-    """Admitted requests and tokens per (model, one-minute window) so far."""
+    """Admitted requests and tokens per (model, one-minute window), and which windows have closed.
+
+    A window admits calls in time order while both its requests- and tokens-per-minute budgets hold;
+    once it rejects one, it rejects every call until it resets (the reference plays the same rule).
+    """
 
     def __init__(self, table: provider.ProviderTable, horizon_s: float) -> None:
         self.windows = int(horizon_s // retry.RATE_WINDOW_S) + 1
         size = table.rpm.size * self.windows
         self.requests = np.zeros(size, dtype=np.int64)
         self.tokens = np.zeros(size, dtype=np.int64)
+        self.closed = np.zeros(size, dtype=bool)
         self.table = table
 
-    def admit(self, t: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """True where the attempt fits its window's limits; admitted ones are counted."""
+    def group(self, t: np.ndarray, model: np.ndarray) -> np.ndarray:
         window = np.minimum((t // retry.RATE_WINDOW_S).astype(np.int64), self.windows - 1)
-        group = model * self.windows + window
-        # Sort by (group, time) with one float key: group * 64 s + seconds into its window.
-        order = np.argsort(group * 64.0 + (t - window * retry.RATE_WINDOW_S))
+        grouped: np.ndarray = model * self.windows + window
+        return grouped
+
+    def first_contested(self, t: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> float:
+        """Start of the earliest window these attempts would overflow (inf when all of them fit)."""
+        group = self.group(t, model)
+        used, inverse = np.unique(group, return_inverse=True)
+        count = np.bincount(inverse, minlength=used.size)
+        load = np.bincount(inverse, weights=tokens, minlength=used.size)
+        limit_model = used // self.windows
+        over = (
+            self.closed[used]
+            | (self.requests[used] + count > self.table.rpm[limit_model])
+            | (self.tokens[used] + load > self.table.tpm[limit_model])
+        )
+        if not over.any():
+            return float("inf")
+        return float((used[over] % self.windows).min() * retry.RATE_WINDOW_S)
+
+    def admit(
+        self, batch: Pending, model: np.ndarray, tokens: np.ndarray, fits_all: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which attempts get through, and each one's place in its window's order.
+
+        Admitted ones are counted and a window that rejects one closes. Calls are served by time; calls
+        due at the same instant (those queued for a window's start) in the order they were queued.
+        `fits_all` says the caller checked (first_contested) that every window holds them all: then the
+        order changes nothing and the sort is skipped.
+        """
+        t = batch.t
+        group = self.group(t, model)
+        if fits_all:
+            np.add.at(self.requests, group, 1)
+            np.add.at(self.tokens, group, tokens)
+            return np.ones(t.size, dtype=bool), np.zeros(t.size, dtype=np.int64)
+        window_start = (group % self.windows) * retry.RATE_WINDOW_S
+        # (group, time) as one float key: group * 64 s + seconds into its window; then queueing order.
+        time_key = group * 64.0 + np.minimum(t - window_start, 63.999)
+        order = np.lexsort((batch.previous_rank, batch.previous_t, time_key))
         grouped = group[order]
         starts = np.r_[True, grouped[1:] != grouped[:-1]]
         start_index = np.maximum.accumulate(np.where(starts, np.arange(order.size), 0))
         rank = np.arange(order.size) - start_index + 1
         running = np.cumsum(tokens[order])
         running = running - running[start_index] + tokens[order][start_index]
-        fits_sorted = (self.requests[grouped] + rank <= self.table.rpm[model[order]]) & (
-            self.tokens[grouped] + running <= self.table.tpm[model[order]]
+        limit_model = model[order]
+        fits = (
+            ~self.closed[grouped]
+            & (self.requests[grouped] + rank <= self.table.rpm[limit_model])
+            & (self.tokens[grouped] + running <= self.table.tpm[limit_model])
         )
-        fits = np.empty(order.size, dtype=bool)
-        fits[order] = fits_sorted
-        np.add.at(self.requests, group[fits], 1)
-        np.add.at(self.tokens, group[fits], tokens[fits])
-        return fits
+        misses = np.cumsum(~fits)
+        admitted_sorted = (misses - misses[start_index] + ~fits[start_index]) == 0
+        admitted = np.empty(order.size, dtype=bool)
+        admitted[order] = admitted_sorted
+        place = np.empty(order.size, dtype=np.int64)
+        place[order] = rank
+        np.add.at(self.requests, group[admitted], 1)
+        np.add.at(self.tokens, group[admitted], tokens[admitted])
+        self.closed[group[~admitted]] = True
+        return admitted, place
 
 
 def run_round(
@@ -115,11 +178,12 @@ def run_round(
     key: int,
     batch: Pending,
     log: AttemptLog,
+    fits_all: bool = False,
 ) -> Pending:
     """Make one round of attempts, log them, and return the follow-ups they lead to."""
     model = sheet.model[batch.call]
     inputs, outputs = sheet.input_tokens[batch.call], sheet.output_tokens[batch.call]
-    admitted = windows.admit(batch.t, model, inputs + outputs)
+    admitted, place = windows.admit(batch, model, inputs + outputs, fits_all)
     outcome = np.full(batch.size, RATE_LIMITED, dtype=np.int64)
     duration = np.full(batch.size, provider.RATE_LIMIT_REPLY_S)
     visible = np.zeros(batch.size)
@@ -168,5 +232,7 @@ def run_round(
         retries_used=batch.retries_used[again] + (plan.action[again] == retry.RETRY),
         queued=batch.queued[again] + (plan.action[again] == retry.QUEUE),
         regenerated=batch.regenerated[again] | (plan.action[again] == retry.REGENERATE),
+        previous_t=batch.t[again],
+        previous_rank=place[again],
     )
     return follow

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import simpy
 
 from budget.prices import PriceCatalog
 from sim import traffic as traffic_module
-from sim.attempts import AttemptLog, CallSheet, Pending, RateWindows, run_round
+from sim.attempts import AttemptLog, CallSheet, Pending, RateWindows
 from sim.policies import cache, provider, retry, router
 from sim.policies.outcomes import BAD_SERVED
 from sim.randomness import streams_for
 from sim.scenario import Scenario
+from sim.tick import TickRunner
 from sim.traffic import SECONDS_PER_DAY, Traffic
 
 TICK_S = SECONDS_PER_DAY
@@ -79,7 +79,7 @@ def simulate(
         scenario, table, sheet, streams.attempt_key, Pending.first_attempts(call_ids, start[call_ids]), days
     )
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
-    quality = _quality(scenario, request_model, traffic.hard, served, bad_served)
+    quality = quality_scores(scenario, request_model, traffic.hard, served, bad_served)
     return RunResult(
         scenario=scenario,
         seed=seed,
@@ -173,43 +173,37 @@ def _chain_offsets(
 def _attempt_clock(
     scenario: Scenario, table: provider.ProviderTable, sheet: CallSheet, key: int, first: Pending, days: int
 ) -> tuple[AttemptLog, int]:
-    """SimPy steps the clock a tick at a time; each tick's attempts are made in vectorized rounds.
+    """SimPy steps the clock a tick at a time; each tick's attempts are made by a TickRunner.
 
     First attempts are bucketed by tick once (a stable integer sort); follow-ups that fall past the tick
-    they came from wait in a small spill-over list for their tick.
+    they came from wait in a spill-over list for their tick.
     """
     env = simpy.Environment()
-    windows = RateWindows(table, horizon_s=(days + 2) * SECONDS_PER_DAY)
     log = AttemptLog()
+    runner = TickRunner(scenario, table, RateWindows(table, (days + 2) * SECONDS_PER_DAY), sheet, key, log)
     tick_of = (first.t // TICK_S).astype(np.int64)
     order = np.argsort(tick_of, kind="stable")
     first = first.take(order)
     bounds = np.searchsorted(tick_of[order], np.arange(int(tick_of.max(initial=0)) + 2))
-    state: dict[str, Any] = {"spill": first.take(slice(0, 0)), "rounds": 0}
 
     def clock() -> Generator[simpy.Event, None, None]:
-        tick = 0
-        while tick + 1 < bounds.size or state["spill"].size:
+        tick, spill = 0, first.take(slice(0, 0))
+        while tick + 1 < bounds.size or spill.size:
             tick_end = (tick + 1) * TICK_S
-            spill: Pending = state["spill"]
             due = spill.t < tick_end
-            parts = [spill.take(due)]
-            if tick + 1 < bounds.size:
-                parts.append(first.take(slice(bounds[tick], bounds[tick + 1])))
-            batch, later = Pending.join(parts), [spill.take(~due)]
-            while batch.size:
-                state["rounds"] += 1
-                follow = run_round(scenario, table, windows, sheet, key, batch, log)
-                inside = follow.t < tick_end
-                batch = follow.take(inside)
-                later.append(follow.take(~inside))
-            state["spill"] = Pending.join(later)
+            arrivals = (
+                first.take(slice(bounds[tick], bounds[tick + 1]))
+                if tick + 1 < bounds.size
+                else spill.take(due[:0])
+            )
+            later = runner.run(Pending.join([spill.take(due), arrivals]), tick_end)
+            spill = Pending.join([spill.take(~due), later])
             tick += 1
             yield env.timeout(TICK_S)
 
     env.process(clock())
     env.run()
-    return log, int(state["rounds"])
+    return log, runner.rounds
 
 
 def _per_request(
@@ -241,7 +235,7 @@ def _per_request(
     return served, ttft, fallback, cost, bad_served
 
 
-def _quality(
+def quality_scores(
     scenario: Scenario,
     request_model: np.ndarray,
     hard: np.ndarray,

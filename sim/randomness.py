@@ -46,8 +46,8 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 def hashed_uniform(key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salt: int) -> np.ndarray:
     """Uniforms in [0, 1) that depend only on (key, call, attempt, salt): splitmix64 of their mix."""
-    seed = np.uint64(key) ^ (np.uint64(salt) * _GOLDEN)
     with np.errstate(over="ignore"):
+        seed = np.uint64(key) ^ (np.uint64(salt) * _GOLDEN)
         x = np.asarray(call_ids, dtype=np.uint64) * np.uint64(0x100000001B3)
         x += np.asarray(attempt_nos, dtype=np.uint64) * _GOLDEN
         x += seed

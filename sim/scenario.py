@@ -163,6 +163,7 @@ class Provider(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """How a model's API behaves: speed, failures, limits, and what a failed call bills."""
 
     ttft_ms: Positive = 500.0
+    ttft_sigma: NonNegative = 0.5  # spread of the time to first token (lognormal shape; median = ttft_ms)
     tokens_per_s: Positive = 70.0
     error_rate: Probability = 0.01
     timeout_rate: Probability = 0.003
@@ -221,6 +222,7 @@ class Scenario(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
     name: str = ""
     description: str = ""
+    extends: str = ""  # resolved by load_scenario; kept so a parsed table may still carry it
     traffic: Traffic = Traffic()
     prompts: Prompts = Prompts()
     cache: Caches = Caches()
@@ -270,17 +272,51 @@ FALLBACK_QUALITY = _TIERS["mid"]
 
 
 def load_scenario(path: str | Path) -> tuple[Scenario, PriceCatalog]:
-    """Read and validate a scenario file; returns it with the price catalog it runs against."""
+    """Read and validate a scenario file; returns it with the price catalog it runs against.
+
+    `extends = "other.toml"` (relative to the file) starts from another scenario: this file's tables
+    merge into it key by key, so a what-if names only what it changes.
+    """
+    data = _read_with_bases(Path(path), ())
+    data.pop("extends", None)
+    return parse_scenario(data, str(path))
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     where = str(path)
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ScenarioError(where, "(file)", "no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ScenarioError(where, "(file)", f"cannot be read: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(where, "(file)", f"not valid TOML: {error}") from None
-    return parse_scenario(data, where)
+    base_name = data.get("extends")
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ScenarioError(where, "extends", "expected the path of another scenario file")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise ScenarioError(where, "extends", f"{base_name!r} extends this file again (a cycle)")
+    try:
+        base = _read_with_bases(base_path, (*seen, path.resolve()))
+    except ScenarioError as error:
+        raise ScenarioError(where, "extends", f"{base_name!r}: {error}") from None
+    base.pop("name", None)
+    base.pop("description", None)
+    return _merge(base, data)
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def parse_scenario(data: Mapping[str, Any], where: str) -> tuple[Scenario, PriceCatalog]:

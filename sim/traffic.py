@@ -79,25 +79,31 @@ def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traff
 
 
 def _sessions(scenario: Scenario, mau: int, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
-    """Sessions per user for the month (gamma-Poisson: heavy users exist), spread over its hours."""
+    """Sessions per user for the month (gamma-Poisson: heavy users exist), spread over its hours.
+
+    A burst adds sessions: "20x for 48 h" means 20 times the usual intensity in those hours, so the
+    month holds the usual sessions plus 19 x 48 hours' worth more.
+    """
     traffic = scenario.traffic
-    extra_mean = traffic.sessions_per_user_month - 1.0  # every active user has at least one session
+    weights = hourly_intensity(scenario)
+    usual = hourly_intensity(scenario, with_bursts=False)
+    mean_sessions = traffic.sessions_per_user_month * weights.sum() / usual.sum()
+    extra_mean = mean_sessions - 1.0  # every active user has at least one session
     shape = traffic.dispersion
     rates = streams.users.gamma(shape, extra_mean / shape, size=mau) if extra_mean > 0 else np.zeros(mau)
     per_user = 1 + streams.users.poisson(rates)
     session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
-    weights = hourly_intensity(scenario)
     hours = streams.sessions.choice(weights.size, size=session_user.size, p=weights / weights.sum())
     start = (hours + streams.sessions.random(session_user.size)) * 3600.0
     return session_user, start
 
 
-def hourly_intensity(scenario: Scenario) -> np.ndarray:
+def hourly_intensity(scenario: Scenario, with_bursts: bool = True) -> np.ndarray:
     """Relative session intensity for each hour of the month: the diurnal profile times any burst."""
     traffic = scenario.traffic
     hours = np.arange(MONTH_DAYS * 24)
     weights = np.asarray(traffic.diurnal, dtype=np.float64)[hours % 24]
-    for burst in traffic.bursts:
+    for burst in traffic.bursts if with_bursts else ():
         begin = burst.start_day * 24
         weights = np.where((hours >= begin) & (hours < begin + burst.hours), weights * burst.factor, weights)
     return weights

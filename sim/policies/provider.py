@@ -17,7 +17,8 @@ from sim.randomness import hashed_uniform
 from sim.scenario import Provider, Scenario
 
 RATE_LIMIT_REPLY_S = 0.05
-SALT_OUTCOME, SALT_STALL, SALT_JITTER = 1, 2, 3
+SALT_OUTCOME, SALT_STALL, SALT_JITTER, SALT_TTFT = 1, 2, 3, 4
+LOGISTIC_TO_NORMAL = 0.5513  # scales a logistic variate to unit variance: a close stand-in for a normal
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class ProviderTable:
     """The scenario's providers as arrays indexed by model index (0 cheap / only, 1 expensive)."""
 
     ttft_s: np.ndarray
+    ttft_sigma: np.ndarray
     tokens_per_s: np.ndarray
     error_rate: np.ndarray
     timeout_rate: np.ndarray
@@ -44,6 +46,7 @@ class ProviderTable:
 
         return cls(
             ttft_s=column("ttft_ms") / 1000.0,
+            ttft_sigma=column("ttft_sigma"),
             tokens_per_s=column("tokens_per_s"),
             error_rate=column("error_rate"),
             timeout_rate=column("timeout_rate"),
@@ -92,8 +95,10 @@ def attempt(
     outcome = np.select(
         [u < error_edge, u < timeout_edge, u < bad_edge], [ERROR, TIMEOUT, bad], default=OK
     ).astype(np.int64)
-    full = table.nominal_duration(model, output_tokens)
-    ttft = table.ttft_s[model]
+    ttft = table.ttft_s[model] * ttft_factor(
+        table.ttft_sigma[model], hashed_uniform(key, call, attempt_no, SALT_TTFT)
+    )
+    full = ttft + output_tokens / table.tokens_per_s[model]
     duration = full.copy()
     billed_input = input_tokens.copy()
     billed_output = output_tokens.copy()
@@ -103,9 +108,10 @@ def attempt(
     stall_share = hashed_uniform(key, call, attempt_no, SALT_STALL)
     streaming.apply_failures(
         scenario.streaming,
-        table,
+        ttft,
+        table.tokens_per_s[model],
+        table.timeout_s[model],
         outcome,
-        model,
         output_tokens,
         stall_share,
         duration,
@@ -114,6 +120,13 @@ def attempt(
     _bill(outcome == TIMEOUT, model, table.timeout_bills, billed_input, billed_output)
     first_visible = np.where(scenario.streaming.enabled, ttft, full)
     return AttemptOutcome(outcome, duration, first_visible, billed_input, billed_output)
+
+
+def ttft_factor(sigma: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Lognormal-like multiplier with median 1 from a uniform: exp(sigma * z), z a logistic ~ N(0, 1)."""
+    u = np.clip(u, 1e-12, 1 - 1e-12)
+    factor: np.ndarray = np.exp(sigma * LOGISTIC_TO_NORMAL * np.log(u / (1.0 - u)))
+    return factor
 
 
 def _bill(

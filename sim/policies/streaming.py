@@ -8,38 +8,34 @@ and a stall shows as missing tokens and is cut after `stall_detect_s`, billing w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from sim.policies.outcomes import BAD, TIMEOUT
 from sim.scenario import Streaming
 
-if TYPE_CHECKING:
-    from sim.policies.provider import ProviderTable
-
 
 def apply_failures(
     streaming: Streaming,
-    table: ProviderTable,
+    ttft_s: np.ndarray,
+    tokens_per_s: np.ndarray,
+    timeout_s: np.ndarray,
     outcome: np.ndarray,
-    model: np.ndarray,
     output_tokens: np.ndarray,
     stall_share: np.ndarray,
     duration: np.ndarray,
     billed_output: np.ndarray,
 ) -> None:
-    """Set duration and billed output tokens of bad and stalled attempts, in place."""
+    """Set duration and billed output tokens of bad and stalled attempts, in place (arrays per attempt)."""
     bad = outcome == BAD
     stalled = outcome == TIMEOUT
     if streaming.enabled:
         seen = np.minimum(output_tokens, streaming.detect_bad_after_tokens)
-        duration[bad] = table.ttft_s[model[bad]] + seen[bad] / table.tokens_per_s[model[bad]]
+        duration[bad] = ttft_s[bad] + seen[bad] / tokens_per_s[bad]
         billed_output[bad] = seen[bad]
         duration[stalled] = streaming.stall_detect_s
         billed_output[stalled] = np.floor(stall_share[stalled] * output_tokens[stalled]).astype(np.int64)
     else:
-        duration[stalled] = table.timeout_s[model[stalled]]
+        duration[stalled] = timeout_s[stalled]
 
 
 def stream_aborts(streaming: Streaming, outcome: np.ndarray) -> int:
