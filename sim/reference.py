@@ -142,7 +142,7 @@ class _Reference:
         self.log.add(
             **{
                 name: np.asarray(col)
-                for name, col in zip(names + ("visible_at", "finished_at"), columns, strict=True)
+                for name, col in zip((*names, "visible_at", "finished_at"), columns, strict=True)
             }
         )
 
