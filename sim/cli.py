@@ -158,3 +158,7 @@ def compare(
 
 for _command in BUDGET_COMMANDS:
     main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()
