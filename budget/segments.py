@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -56,12 +59,19 @@ def event_month(event: Event) -> str | None:
     if isinstance(month, str):
         return month
     if isinstance(event, DeadLettered | UsageRecorded):
-        return f"{event.ts.year:04d}-{event.ts.month:02d}"
+        return utc_month(event.ts)
     return None
 
 
+def utc_month(ts: datetime) -> str:
+    """The UTC month of an aware timestamp: where an event without a month of its own is filed."""
+    utc = ts.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
+
+
 def journal_table(events: Sequence[Event], bodies: Sequence[bytes], first_seq: int) -> pa.Table:
-    """The journal rows of a batch: one per event, in append order."""
+    """The journal rows of a batch, one per event in append order, built from the event objects (the
+    reference that `batch_tables` must agree with)."""
     reasons = [
         e.reason if isinstance(e, DeadLettered | ReservationDenied) else None  # queryable without JSON
         for e in events
@@ -91,7 +101,8 @@ def _string_column(values: Sequence[bytes]) -> pa.Array:
 
 
 def usage_table(usages: Sequence[UsageRecorded]) -> pa.Table:
-    """Usage rows with exactly USAGE_COLUMNS; live rows carry source "live" and run_id ""."""
+    """Usage rows with exactly USAGE_COLUMNS (live rows carry source "live" and run_id ""), built from the
+    event objects (the reference that `batch_tables` must agree with)."""
     n = len(usages)
     columns: dict[str, pa.Array] = {}
     for name, kind in USAGE_COLUMNS.items():
@@ -100,12 +111,61 @@ def usage_table(usages: Sequence[UsageRecorded]) -> pa.Table:
         elif name == "run_id":
             values = [""] * n
         elif name == "month":
-            values = [u.month or f"{u.ts.year:04d}-{u.ts.month:02d}" for u in usages]
+            values = [u.month or utc_month(u.ts) for u in usages]
         else:
             values = [getattr(u, name) for u in usages]
         columns[name] = pa.array(values, _ARROW_TYPES[kind])
     return pa.table(columns, schema=USAGE_SCHEMA)
 
+
+# Every field the journal or the usage table needs, as it appears in the events' tagged JSON.
+_PARSE_SCHEMA: dict[str, Any] = {
+    "type": pl.String,
+    "ts": pl.String,
+    "user_id": pl.String,
+    "month": pl.String,
+    "reason": pl.String,
+    **{
+        name: pl.Int64 if kind == "BIGINT" else pl.String
+        for name, kind in USAGE_COLUMNS.items()
+        if name not in ("ts", "user_id", "month", "source", "run_id")
+    },
+}
+
+
+def batch_tables(bodies: Sequence[bytes], first_seq: int) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """The journal table and the usage table of each month of a batch, parsed from the events' JSON in
+    one columnar pass (polars, off the GIL): far faster than walking the event objects."""
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(bodies)), schema=_PARSE_SCHEMA)
+    ts = pl.col("ts").str.replace(r"Z$", "+00:00")
+    frame = frame.with_columns(ts.str.to_datetime(_TS_FORMAT, time_unit="us", time_zone="UTC").alias("ts"))
+    filed_by_ts = pl.col("type").is_in(["dead_lettered", "usage_recorded"])
+    frame = frame.with_columns(
+        pl.coalesce(pl.col("month"), pl.when(filed_by_ts).then(pl.col("ts").dt.strftime("%Y-%m"))).alias(
+            "month"
+        )
+    )
+    journal = pa.table(
+        {
+            "seq": pa.array(np.arange(first_seq, first_seq + len(bodies), dtype=np.int64)),
+            "type": frame["type"].to_arrow(),
+            "ts": frame["ts"].to_arrow(),
+            "user_id": frame["user_id"].to_arrow(),
+            "month": frame["month"].to_arrow(),
+            "reason": frame["reason"].to_arrow(),
+            "body": _string_column(bodies),
+        }
+    ).cast(JOURNAL_SCHEMA)
+    usage = frame.filter(pl.col("type") == "usage_recorded").with_columns(
+        pl.lit(SOURCE_LIVE).alias("source"), pl.lit("").alias("run_id")
+    )
+    by_month: dict[str, pa.Table] = {}
+    for (month,), part in usage.select(list(USAGE_COLUMNS)).partition_by("month", as_dict=True).items():
+        by_month[str(month)] = part.to_arrow().cast(USAGE_SCHEMA)
+    return journal, by_month
+
+
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
 
 _event_list_decoder: msgspec.json.Decoder[list[Event]] = msgspec.json.Decoder(list[Event])
 

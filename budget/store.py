@@ -27,19 +27,18 @@ from types import TracebackType
 import msgspec
 
 from budget.errors import StoreError
-from budget.events import Event, UsageRecorded, decode_event
+from budget.events import Event, decode_event
 from budget.manifest import Manifest, Segment, fsync_dir, read_manifest, segment_name, write_atomic
 from budget.segments import (
     JOURNAL_SCHEMA,
     ROLLUP_SCHEMA,
     USAGE_SCHEMA,
+    batch_tables,
     decode_bodies,
-    journal_table,
     merge_rollups,
     merge_tables,
     read_journal_bodies,
     rollup_table,
-    usage_table,
     write_table,
 )
 
@@ -194,24 +193,19 @@ class EventStore:
         last = first + len(events) - 1
         name = segment_name(first, last)
         manifest = self._manifest
-        by_month: dict[str, list[UsageRecorded]] = {}
-        for event in events:
-            if isinstance(event, UsageRecorded):
-                month = event.month or f"{event.ts.year:04d}-{event.ts.month:02d}"
-                by_month.setdefault(month, []).append(event)
+        journal_rows, usage_by_month = batch_tables(bodies, first)
         usage: list[Segment] = []
         rollup: list[Segment] = []
-        for month, rows in sorted(by_month.items()):
-            table = usage_table(rows)
+        for month, table in sorted(usage_by_month.items()):
             file = f"usage/month={month}/{name}"
             write_table(self.root / file, table)
-            usage.append(Segment(file=file, first=first, last=last, rows=len(rows), month=month))
+            usage.append(Segment(file=file, first=first, last=last, rows=table.num_rows, month=month))
             summed = rollup_table(table)
             file = f"rollup/month={month}/{name}"
             write_table(self.root / file, summed)
             rollup.append(Segment(file=file, first=first, last=last, rows=summed.num_rows, month=month))
         journal = Segment(file=f"journal/{name}", first=first, last=last, rows=len(events))
-        write_table(self.root / journal.file, journal_table(events, bodies, first))
+        write_table(self.root / journal.file, journal_rows)
         self._commit(
             Manifest(
                 last_seq=last,

@@ -10,8 +10,10 @@ import textwrap
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
+import pyarrow.compute as pc
 import pytest
 
 from budget.errors import StoreError
@@ -19,12 +21,16 @@ from budget.events import (
     USAGE_COLUMNS,
     DeadLettered,
     Event,
+    LimitCrossed,
+    ReservationDenied,
     ReservationGranted,
     UsageRecorded,
     UserConfigured,
+    encode_event,
 )
 from budget.manifest import read_manifest
 from budget.queries import SpendReader
+from budget.segments import batch_tables, journal_table, usage_table
 from budget.store import EventStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -242,3 +248,40 @@ def test_sigkill_after_append_returned_loses_nothing(tmp_path: Path, kill_after:
     assert acknowledged > 0
     assert len(ids) >= acknowledged  # nothing acknowledged was lost
     assert ids == [f"e{i}" for i in range(len(ids))]  # in order, nothing twice, nothing invented
+
+
+def test_the_columnar_batch_parse_agrees_with_the_event_objects() -> None:
+    la = ZoneInfo("America/Los_Angeles")
+    events: list[Event] = [
+        *usage_events(12),
+        *other_events(),
+        UsageRecorded(  # no month of its own, a local offset, microseconds: filed under its UTC month
+            event_id="x1",
+            user_id="u9",
+            ts=datetime(2026, 1, 31, 23, 30, 0, 123, tzinfo=la),
+            model="gpt-5-nano",
+            input_tokens=5,
+            output_tokens=1,
+            cost_nanos=7,
+            cached_input_tokens=2,
+            cache_layer="semantic",
+            outcome="cache_hit",
+            reservation_id="r-9",
+        ),
+        ReservationDenied(
+            request_id="q9", user_id="u9", ts=T0, month="2026-10", model="m", amount_nanos=1,
+            remaining_nanos=0, reason="cap reached",
+        ),
+        LimitCrossed(
+            user_id="u9", ts=T0, month="2026-10", limit="cap", spent_nanos=1, reserved_nanos=0, cap_nanos=1
+        ),
+    ]  # fmt: skip
+    bodies = [encode_event(e) for e in events]
+    journal, by_month = batch_tables(bodies, 40)
+    assert journal.equals(journal_table(events, bodies, 40))
+    assert journal.column("month").to_pylist()[-3:] == ["2026-02", "2026-10", "2026-10"]
+    usages = [e for e in events if isinstance(e, UsageRecorded)]
+    expected = usage_table(usages)
+    assert sorted(by_month) == ["2026-02", "2026-10", "2026-11"]
+    for month, table in by_month.items():
+        assert table.equals(expected.filter(pc.equal(expected.column("month"), month))), month
