@@ -160,13 +160,18 @@ def semantic_rates(scenario: Scenario) -> tuple[float, float]:
 def _chain_offsets(
     traffic: Traffic, table: provider.ProviderTable, call_model: np.ndarray, needed: np.ndarray
 ) -> np.ndarray:
-    """When each call of a chain starts: after the clean duration of the steps before it."""
-    duration = np.where(needed, table.nominal_duration(call_model, traffic.output_tokens), 0.0)
+    """When each call of a chain starts: after the clean duration of the needed steps before it."""
+    offsets = np.zeros(traffic.call_request.size)
+    chained = np.flatnonzero(traffic.context[traffic.call_request] >= 0)
+    if chained.size == 0:
+        return offsets
+    duration = np.where(
+        needed[chained], table.nominal_duration(call_model[chained], traffic.output_tokens[chained]), 0.0
+    )
     running = np.cumsum(duration)
-    steps = traffic.calls_per_request
-    first = np.concatenate(([0], np.cumsum(steps)[:-1]))
-    before_request = np.repeat(running[first] - duration[first], steps)
-    offsets: np.ndarray = running - duration - before_request
+    first = traffic.call_step[chained] == 0
+    before_request = np.maximum.accumulate(np.where(first, running - duration, 0.0))
+    offsets[chained] = running - duration - before_request
     return offsets
 
 

@@ -120,10 +120,14 @@ def _write_chain(
     """
     n = t.size
     index = np.arange(n)
-    next_can = _next_true(can_write)
-    next_must = _next_true(must_write)
+    next_can = np.append(_next_true(can_write), n)  # one past the end: "no such access"
+    next_must = np.append(_next_true(must_write), n)
     span = float(t.max() - t.min()) + ttl_s + 1.0
     position = (np.cumsum(first) - 1) * span + (t - t.min())  # keeps keys apart in one sorted array
+    # For every access at once: the write that would follow it by expiry, and the next must-write.
+    by_expiry = next_can[np.searchsorted(position, position + ttl_s, side="left")]
+    by_expiry = np.where(by_expiry < group_end, by_expiry, n)
+    next_must_after = next_must[index + 1]
     starts = index[first]
     opening = next_can[starts]
     opening = opening[opening < group_end[starts]]
@@ -131,11 +135,8 @@ def _write_chain(
     writes[opening] = True
     frontier = np.flatnonzero(writes)
     while frontier.size:
-        expired = np.searchsorted(position, position[frontier] + ttl_s, side="left")
-        successor = np.where(expired < n, next_can[np.minimum(expired, n - 1)], n)
-        following_must = np.where(frontier + 1 < n, next_must[np.minimum(frontier + 1, n - 1)], n)
-        keep = (successor < following_must) & (successor < group_end[frontier])
-        frontier = successor[keep]
+        successor = by_expiry[frontier]
+        frontier = successor[successor < next_must_after[frontier]]
         writes[frontier] = True
     return writes
 
@@ -157,15 +158,19 @@ def _by_key_then_time(keys: np.ndarray, times: np.ndarray) -> np.ndarray:
 def _pack_key_time(keys: np.ndarray, times: np.ndarray) -> np.ndarray:
     """One int64 per access that sorts by key, then time.
 
-    The key takes the high 31 bits (keys are ranked first if they would not fit) and the time the low
-    32 bits, quantized finely enough to keep the run's span (1 ms for anything under 49 days).
+    The key takes as many high bits as it needs (keys are ranked first if they would need more than
+    31) and the time the rest, quantized as finely as they allow (about 0.1 ms for a month when keys need
+    31 bits; far finer for a catalog-sized key space).
     """
     if keys.size and int(keys.max()) >= 2**31:
         keys = np.unique(keys, return_inverse=True)[1]
+    key_bits = max(int(keys.max(initial=0)).bit_length(), 1)
+    time_bits = 63 - key_bits
     start = float(times.min(initial=0.0))
-    quantum = max(0.001, (float(times.max(initial=0.0)) - start + 1.0) / 2**32)
+    quantum = (float(times.max(initial=0.0)) - start + 1.0) / 2.0 ** (time_bits - 1)
     ticks = ((times - start) / quantum).astype(np.int64)
-    return (keys.astype(np.int64) << 32) | ticks
+    packed: np.ndarray = (keys.astype(np.int64) << time_bits) | ticks
+    return packed
 
 
 def _next_true(mask: np.ndarray) -> np.ndarray:
