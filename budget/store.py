@@ -75,6 +75,7 @@ class EventStore:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._flush_interval = flush_interval
+        self._replaying = 0  # replays in progress: retired files stay until they finish
 
     @classmethod
     def open(cls, path: str | Path, *, flush_interval: float | None = FLUSH_INTERVAL_S) -> EventStore:
@@ -217,16 +218,15 @@ class EventStore:
         )
 
     def _commit(self, manifest: Manifest) -> None:
+        """Make `manifest` the store's, then delete retired files past the readers' grace period (never
+        while this process replays: its reading may outlast the grace period)."""
         now = time.time()
-        keep: list[tuple[str, float]] = []
-        for file, at in manifest.retired:
-            if now - at < RETIRE_GRACE_S:
-                keep.append((file, at))
-            else:
-                (self.root / file).unlink(missing_ok=True)
-        manifest.retired = keep
+        expired = [f for f, at in manifest.retired if now - at >= RETIRE_GRACE_S and not self._replaying]
+        manifest.retired = [(f, at) for f, at in manifest.retired if f not in set(expired)]
         write_atomic(self.root / "manifest.json", manifest.to_json())
         self._manifest = manifest
+        for file in expired:
+            (self.root / file).unlink(missing_ok=True)
 
     def compact(self, min_segments: int = COMPACT_MIN_SEGMENTS) -> None:
         """Merge runs of small segments (journal: consecutive ones; usage and rollup: per month)."""
@@ -306,10 +306,14 @@ class EventStore:
         with self._flush_lock, self._lock:  # one consistent cut: no flush moves events in between
             segments = list(self._manifest.journal)
             pending = list(self._pending)
-        for segment in segments:
-            bodies = read_journal_bodies(self.root, segment)
-            for start in range(0, len(bodies), REPLAY_BATCH):
-                yield from decode_bodies(bodies[start : start + REPLAY_BATCH])
+        self._replaying += 1
+        try:
+            for segment in segments:
+                bodies = read_journal_bodies(self.root, segment)
+                for start in range(0, len(bodies), REPLAY_BATCH):
+                    yield from decode_bodies(bodies[start : start + REPLAY_BATCH])
+        finally:
+            self._replaying -= 1
         yield from pending
 
     @property

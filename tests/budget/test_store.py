@@ -285,3 +285,27 @@ def test_the_columnar_batch_parse_agrees_with_the_event_objects() -> None:
     assert sorted(by_month) == ["2026-02", "2026-10", "2026-11"]
     for month, table in by_month.items():
         assert table.equals(expected.filter(pc.equal(expected.column("month"), month))), month
+
+
+def test_retired_files_go_after_the_grace_period_but_not_during_a_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("budget.store.RETIRE_GRACE_S", 0.0)
+    events = usage_events(40)
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        for start in range(0, 40, 5):
+            store.append(events[start : start + 5])
+            store.flush()
+        replaying = store.replay()
+        assert next(replaying) == events[0]  # a replay is under way
+        store.compact(min_segments=4)
+        retired = [tmp_path / "s" / f for f, _ in store.manifest.retired]
+        assert retired
+        store.append(usage_events(1, start=40))
+        store.flush()
+        assert all(path.exists() for path in retired) and store.manifest.retired
+        assert list(replaying) == events[1:]
+        store.append(usage_events(1, start=41))
+        store.flush()
+        assert not any(path.exists() for path in retired) and not store.manifest.retired
+        assert list(store.replay()) == usage_events(42)
