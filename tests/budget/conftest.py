@@ -3,6 +3,7 @@ as a real subprocess. Everything binds to 127.0.0.1 and every wait is bounded.""
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -80,6 +81,9 @@ class Broker:
                 line = "allow_anonymous true"
             lines.append(line)
         lines.append(f"log_dest file {self.directory / 'mosquitto.log'}")
+        # Started as root, mosquitto switches to user "mosquitto", which cannot write this test's directory
+        # (no persistence database, so a restart would lose the queue): stay the user we are.
+        lines.append(f"user {getpass.getuser()}")
         conf = self.directory / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         if self.secured:
@@ -207,6 +211,8 @@ class EnforcerProcess:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)
         self.proc = None
+        if code != 0:
+            print(f"margins enforce exited with {code}:\n{self.tail()}")
         return code
 
 

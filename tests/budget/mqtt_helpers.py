@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -77,10 +78,13 @@ class Collector:
         return self
 
     async def _run(self) -> None:
-        async for message in self.client.messages:
-            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-            self.messages.append((str(message.topic), payload, bool(message.retain)))
-            self._changed.set()
+        with contextlib.suppress(aiomqtt.MqttError):  # the connection closes when the test is done
+            async for message in self.client.messages:
+                payload = (
+                    message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+                )
+                self.messages.append((str(message.topic), payload, bool(message.retain)))
+                self._changed.set()
 
     def on(self, topic: str) -> list[Any]:
         return [json.loads(p) for t, p, _ in self.messages if t == topic]

@@ -42,7 +42,7 @@ def test_usage_is_recorded_once_status_retained_and_alerts_once(mosquitto: Broke
             await enforcer.wait_subscribed()
             async with mqtt(mosquitto.port) as pub, mqtt(mosquitto.port) as sub:
                 seen = await Collector(sub).start("margins/status/+", "margins/alerts/+")
-                # gpt-4o-mini: 900 in + 250 out = $0.000285; 3000 of them = $0.855 of a $1.00 cap (soft at 80%)
+                # gpt-4o-mini, 900 in + 250 out = $0.000285; 3000 of them = $0.855 of $1.00 (soft at 80%)
                 bodies = [json.dumps(usage_body(f"e{i}")).encode() for i in range(3000)]
                 await publish_all(pub, "margins/usage/alice", bodies)
                 await publish_all(pub, "margins/usage/alice", bodies[:500])  # redelivered / re-published
