@@ -100,7 +100,10 @@ def forecast_table(forecast: Forecast) -> str:
     return f"{title}\n{_grid(header, rows)}"
 
 
-def change(before: float, after: float) -> str:
+def change(before: float, after: float, fmt: Callable[[float], str] = usd) -> str:
+    """Relative change; for scores, the change in points (a quality drop is read in points)."""
+    if fmt is score:
+        return f"{after - before:+.1f} pts"
     if before == 0:
         return "n/a"
     return f"{100 * (after - before) / before:+.0f}%"
@@ -117,7 +120,7 @@ def comparison_table(forecasts: Sequence[Forecast]) -> str:
             if any(cell is None for cell in cells):
                 continue
             base = flatten(first)[key]
-            deltas = [change(base, flatten(f.results[level])[key]) for f in forecasts[1:]]
+            deltas = [change(base, flatten(f.results[level])[key], fmt) for f in forecasts[1:]]
             rows.append([label, *(cell or "" for cell in cells), *deltas])
         blocks.append(f"{first['mau']:,} MAU\n{_grid(header, rows)}")
     headline = [headline_line(forecasts[0], other) for other in forecasts[1:]]
