@@ -21,7 +21,9 @@ FORMATS = ("table", "json", "csv")
 @click.option("--month", default=None, help="YYYY-MM (default: the current UTC month).")
 @click.option("--user", default=None, help="One user: their months, or with --by their breakdown.")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(1, 10_000_000), help="Rows.")
-@click.option("--by", "by", type=click.Choice(["user", "model", "feature", "day"]), default=None)
+@click.option(
+    "--by", "by", type=click.Choice(["user", "model", "feature", "day"]), default=None, help="Group by."
+)
 @click.option("--sql", "sql", default=None, help="Any SELECT over the views (see budget/queries.py).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.pass_context
@@ -37,8 +39,10 @@ def spend(
 ) -> None:
     """What users spent: top spenders of a month, or spend by model, feature or day, or your own SQL.
 
-    Views: usage, journal, spend_by_user_month, spend_by_model, spend_by_feature, spend_by_day,
-    users_over_soft_limit, dead_letters, dead_letters_by_reason (money in *_nanos, 1e-9 USD).
+    Reads the store's Parquet segments in place, so it runs beside a live enforcer (about a second behind).
+    Views for --sql: usage, rollup, journal, spend_by_user_month, spend_by_model, spend_by_feature,
+    spend_by_day, users_over_soft_limit, dead_letters, dead_letters_by_reason (money in *_nanos,
+    1e-9 USD; --month narrows them to that month). Bad input: one message, exit code 2.
     """
     from budget.queries import SpendReader, check_month
 
