@@ -45,7 +45,7 @@ class BrokerSettings:
     session_expiry_s: int = 7 * 24 * 3600
     # QoS 1 messages the broker may have in flight to us before it waits for acknowledgements; we ack a
     # whole commit at once, so this bounds the batch size too.
-    receive_maximum: int = 1000
+    receive_maximum: int = 10_000
 
     @classmethod
     def from_url(

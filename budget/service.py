@@ -338,6 +338,8 @@ class Enforcer:
             if batch.events:
                 assert self._store is not None
                 await asyncio.to_thread(self._store.append, batch.events)
+                self.counters["committed"] += len(batch.events)
+                self.counters["commits"] += 1
             self._release(batch)
 
     def _release(self, batch: _Batch) -> None:
