@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.policies import provider, retry
-from sim.policies.outcomes import RATE_LIMITED
+from sim.policies.outcomes import ERROR, RATE_LIMITED, TIMEOUT
 from sim.randomness import hashed_uniform
 from sim.scenario import Scenario
 
@@ -53,11 +53,16 @@ class Pending:
         )
 
     def take(self, mask: np.ndarray | slice) -> Pending:
+        if isinstance(mask, np.ndarray) and mask.dtype == bool and mask.all():
+            return self  # arrays are never written in place, so sharing them is safe
         return Pending(*(getattr(self, name)[mask] for name in ATTEMPT_FIELDS))
 
     @staticmethod
     def join(parts: list[Pending]) -> Pending:
-        return Pending(*(np.concatenate([getattr(p, name) for p in parts]) for name in ATTEMPT_FIELDS))
+        filled = [part for part in parts if part.size] or parts[:1]
+        if len(filled) == 1:
+            return filled[0]
+        return Pending(*(np.concatenate([getattr(p, name) for p in filled]) for name in ATTEMPT_FIELDS))
 
     @property
     def size(self) -> int:
@@ -104,6 +109,8 @@ class RateWindows:
         self.tokens = np.zeros(size, dtype=np.int64)
         self.closed = np.zeros(size, dtype=bool)
         self.table = table
+        self.rpm_by_group = np.repeat(table.rpm, self.windows)
+        self.tpm_by_group = np.repeat(table.tpm, self.windows)
 
     def group(self, t: np.ndarray, model: np.ndarray) -> np.ndarray:
         window = np.minimum((t // retry.RATE_WINDOW_S).astype(np.int64), self.windows - 1)
@@ -113,18 +120,16 @@ class RateWindows:
     def first_contested(self, t: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> float:
         """Start of the earliest window these attempts would overflow (inf when all of them fit)."""
         group = self.group(t, model)
-        used, inverse = np.unique(group, return_inverse=True)
-        count = np.bincount(inverse, minlength=used.size)
-        load = np.bincount(inverse, weights=tokens, minlength=used.size)
-        limit_model = used // self.windows
-        over = (
-            self.closed[used]
-            | (self.requests[used] + count > self.table.rpm[limit_model])
-            | (self.tokens[used] + load > self.table.tpm[limit_model])
+        count = np.bincount(group, minlength=self.requests.size)
+        load = np.bincount(group, weights=tokens, minlength=self.tokens.size)
+        over = (count > 0) & (
+            self.closed
+            | (self.requests + count > self.rpm_by_group)
+            | (self.tokens + load > self.tpm_by_group)
         )
         if not over.any():
             return float("inf")
-        return float((used[over] % self.windows).min() * retry.RATE_WINDOW_S)
+        return float((np.flatnonzero(over) % self.windows).min() * retry.RATE_WINDOW_S)
 
     def admit(
         self, batch: Pending, model: np.ndarray, tokens: np.ndarray, fits_all: bool = False
@@ -139,8 +144,7 @@ class RateWindows:
         t = batch.t
         group = self.group(t, model)
         if fits_all:
-            np.add.at(self.requests, group, 1)
-            np.add.at(self.tokens, group, tokens)
+            self._count(group, tokens)
             return np.ones(t.size, dtype=bool), np.zeros(t.size, dtype=np.int64)
         window_start = (group % self.windows) * retry.RATE_WINDOW_S
         # (group, time) as one float key: group * 64 s + seconds into its window; then queueing order.
@@ -164,10 +168,14 @@ class RateWindows:
         admitted[order] = admitted_sorted
         place = np.empty(order.size, dtype=np.int64)
         place[order] = rank
-        np.add.at(self.requests, group[admitted], 1)
-        np.add.at(self.tokens, group[admitted], tokens[admitted])
+        self._count(group[admitted], tokens[admitted])
         self.closed[group[~admitted]] = True
         return admitted, place
+
+    def _count(self, group: np.ndarray, tokens: np.ndarray) -> None:
+        # bincount beats np.add.at by far; token sums per window stay far below 2**53, so exact.
+        self.requests += np.bincount(group, minlength=self.requests.size)
+        self.tokens += np.bincount(group, weights=tokens, minlength=self.tokens.size).astype(np.int64)
 
 
 def run_round(
@@ -207,7 +215,11 @@ def run_round(
             made.first_visible_s,
         )
         billed_in[admitted], billed_out[admitted] = made.billed_input, made.billed_output
-    jitter = hashed_uniform(key, batch.call, batch.attempt_no, provider.SALT_JITTER)
+    jitter = np.zeros(batch.size)
+    unanswered = (outcome == RATE_LIMITED) | (outcome == ERROR) | (outcome == TIMEOUT)
+    jitter[unanswered] = hashed_uniform(
+        key, batch.call[unanswered], batch.attempt_no[unanswered], provider.SALT_JITTER
+    )
     plan = retry.follow_up(
         scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
     )

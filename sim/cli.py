@@ -47,7 +47,11 @@ def forecast_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--mau", callback=parse_mau, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)"
         ),
-        click.option("--days", type=click.IntRange(1, 60), help="Days to simulate (default: the scenario's)"),
+        click.option(
+            "--days",
+            type=click.IntRange(1, 30),
+            help="Days to simulate, at most the 30-day month (default: the scenario's)",
+        ),
         click.option(
             "--seed", type=int, default=1, show_default=True, help="Same seed, same traffic, same numbers"
         ),

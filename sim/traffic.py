@@ -166,11 +166,31 @@ def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def zipf_indices(rng: np.random.Generator, size: int, exponent: float, n: int) -> np.ndarray:
-    """`n` draws from a finite Zipf law over 0..size-1 (item i has weight 1 / (i + 1) ** exponent)."""
+    """`n` draws from a finite Zipf law over 0..size-1 (item i has weight 1 / (i + 1) ** exponent).
+
+    Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size.
+    """
     weights = 1.0 / np.arange(1, size + 1, dtype=np.float64) ** exponent
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    return np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), size - 1).astype(np.int64)
+    accept, alias = alias_table(weights / weights.sum())
+    slot = np.minimum((rng.random(n) * size).astype(np.int64), size - 1)
+    picked: np.ndarray = np.where(rng.random(n) < accept[slot], slot, alias[slot])
+    return picked
+
+
+def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker/Vose alias table: slot i keeps i with probability accept[i], else gives alias[i]."""
+    size = probabilities.size
+    scaled = probabilities * size
+    accept = np.ones(size)
+    alias = np.arange(size, dtype=np.int64)
+    small = [i for i in range(size) if scaled[i] < 1.0]
+    large = [i for i in range(size) if scaled[i] >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        accept[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return accept, alias
 
 
 def lognormal_tokens(rng: np.random.Generator, dist: Distribution, n: int) -> np.ndarray:

@@ -105,7 +105,9 @@ def attempt(
     is_error = outcome == ERROR
     duration[is_error] = ttft[is_error]
     _bill(is_error, model, table.error_bills, billed_input, billed_output)
-    stall_share = hashed_uniform(key, call, attempt_no, SALT_STALL)
+    stall_share = np.zeros(call.size)
+    stalled = outcome == TIMEOUT
+    stall_share[stalled] = hashed_uniform(key, call[stalled], attempt_no[stalled], SALT_STALL)
     streaming.apply_failures(
         scenario.streaming,
         ttft,
