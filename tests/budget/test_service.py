@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conftest import CAPS_TOML, Broker
@@ -22,12 +23,17 @@ NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
 
 
 def make_enforcer(
-    broker: Broker, tmp_path: Path, caps: str = CAPS_TOML, fixed_clock: bool = True
+    broker: Broker,
+    tmp_path: Path,
+    caps: str = CAPS_TOML,
+    fixed_clock: bool = True,
+    clock: Callable[[], datetime] | None = None,
 ) -> Enforcer:
     (tmp_path / "caps.toml").write_text(caps)
     config = load_config(tmp_path / "caps.toml")
     settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id=f"enf-{tmp_path.name}"[:60])
-    clock = (lambda: NOW) if fixed_clock else None
+    if clock is None and fixed_clock:
+        clock = lambda: NOW  # noqa: E731
     return Enforcer(settings, tmp_path / "store", config, clock=clock, expiry_interval_s=0.1)
 
 
@@ -155,3 +161,54 @@ def test_bad_inputs_are_dead_lettered_and_counted(mosquitto: Broker, tmp_path: P
     replayed = Ledger(load_config(tmp_path / "caps.toml"), load_config(tmp_path / "caps.toml").catalog())
     replayed.apply_all(events)  # type: ignore[arg-type]
     assert replayed.status("alice", NOW).spent_nanos == 2 * 285_000
+
+
+def test_reservations_expire_on_a_timer_and_alerts_come_once_per_month(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    now = [NOW]
+    caps = CAPS_TOML.replace("reservation_ttl_s = 600", "reservation_ttl_s = 1")
+
+    def costly(event_id: str, ts: str) -> bytes:  # gpt-4o, 100k input tokens = $0.25
+        return json.dumps(
+            usage_body(event_id, model="gpt-4o", input_tokens=100_000, output_tokens=0, ts=ts)
+        ).encode()
+
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path, caps, clock=lambda: now[0]) as enforcer:
+            await enforcer.wait_subscribed()
+            async with mqtt(mosquitto.port, v5=False) as app, mqtt(mosquitto.port) as sub:
+                seen = await Collector(sub).start("margins/alerts/+", "margins/replies/t/#")
+                # an MQTT 3.1.1 client: the answer goes to "reply_to"
+                request = {"request_id": "q1", "user_id": "alice", "model": "gpt-4o-mini"}
+                request |= {
+                    "max_input_tokens": 1000,
+                    "max_output_tokens": 1000,
+                    "reply_to": "margins/replies/t/q1",
+                }
+                await app.publish("margins/authorize/alice", json.dumps(request).encode(), qos=1)
+                await seen.wait_for(lambda: seen.on("margins/replies/t/q1"))
+                [reply] = seen.on("margins/replies/t/q1")
+                assert (
+                    reply["decision"] == "allow" and reply["request_id"] == "q1" and reply["reservation_id"]
+                )
+                assert enforcer.ledger.status("alice", now[0]).reserved_nanos == 750_000
+                now[0] = NOW + timedelta(seconds=2)  # past the TTL: the timer returns the amount
+                async with asyncio.timeout(5):
+                    while enforcer.ledger.status("alice", now[0]).reserved_nanos:
+                        await asyncio.sleep(0.02)
+                assert enforcer.counters["expired"] == 1
+
+                november = [costly(f"n{i}", "2026-11-26T20:00:00Z") for i in range(6)]
+                october = [costly(f"o{i}", "2026-10-15T12:00:00Z") for i in range(6)]  # late: October's
+                await publish_all(app, "margins/usage/alice", november + october)
+                expected = [("soft", "2026-11"), ("cap", "2026-11"), ("soft", "2026-10"), ("cap", "2026-10")]
+                await seen.wait_for(lambda: len(seen.on("margins/alerts/alice")) >= 4)
+                await asyncio.sleep(0.3)
+                assert sorted((a["alert"], a["month"]) for a in seen.on("margins/alerts/alice")) == sorted(
+                    expected
+                )
+                seen.stop()
+        assert [type(e).__name__ for e in stored_events(tmp_path)].count("ReservationExpired") == 1
+
+    asyncio.run(scenario())
