@@ -29,7 +29,7 @@ from budget.events import USAGE_COLUMNS
 from budget.manifest import MANIFEST, Manifest, Segment, segment_name, write_atomic
 from budget.prices import default_catalog
 from budget.queries import SpendReader
-from budget.segments import JOURNAL_SCHEMA, USAGE_SCHEMA, rollup_table, write_table
+from budget.segments import JOURNAL_SCHEMA, USAGE_SCHEMA, merge_rollups, rollup_table, write_table
 
 CHUNK = 1_000_000
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-5-nano", "claude-haiku-4.5")
@@ -56,6 +56,7 @@ def build_store(root: Path, events: int, months: int, last_month: str, seed: int
     prices_out = np.array([catalog[m].output for m in MODELS], dtype=np.int64)
     baseline = root.parent / f"{root.name}-baseline.parquet"
     manifest = Manifest()
+    rollups: dict[str, list[tuple[int, int, pa.Table]]] = {}
     writer = pq.ParquetWriter(baseline, USAGE_SCHEMA, compression="zstd")
     for first in range(0, events, CHUNK):
         n = min(CHUNK, events - first)
@@ -94,15 +95,20 @@ def build_store(root: Path, events: int, months: int, last_month: str, seed: int
             file = f"usage/month={month}/{name}"
             write_table(root / file, part)
             manifest.usage.append(Segment(file, first, first + n - 1, part.num_rows, month))
-            summed = rollup_table(part)
-            file = f"rollup/month={month}/{name}"
-            write_table(root / file, summed)
-            manifest.rollup.append(Segment(file, first, first + n - 1, summed.num_rows, month))
+            rollups.setdefault(month, []).append((first, first + n - 1, rollup_table(part)))
         journal_file = f"journal/{name}"
         write_table(root / journal_file, _journal(usage, seq))
         manifest.journal.append(Segment(journal_file, first, first + n - 1, n))
         manifest.last_seq = first + n - 1
     writer.close()
+    # Per-user rollups are small, so compaction leaves one per month (runs of up to COMPACT_MAX_ROWS
+    # rows); write them as it would.
+    for month, parts in sorted(rollups.items()):
+        summed = merge_rollups(pa.concat_tables([table for _, _, table in parts]))
+        first, last = parts[0][0], parts[-1][1]
+        file = f"rollup/month={month}/{segment_name(first, last)}"
+        write_table(root / file, summed)
+        manifest.rollup.append(Segment(file, first, last, summed.num_rows, month))
     (root / "wal").mkdir(parents=True, exist_ok=True)
     write_atomic(root / MANIFEST, manifest.to_json())
     return baseline
