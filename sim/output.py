@@ -22,6 +22,7 @@ from sim.engine import RunResult
 from sim.forecast import Forecast, flatten
 from sim.policies.outcomes import OUTCOME_NAMES
 
+ROWS_PER_BATCH = 500_000  # Arrow batches into DuckDB: fast, and the strings of one batch at a time
 # Layer code per row: 0 none (a provider attempt), then the layer that served the answer.
 _LAYER_NAMES = {0: None, 1: "exact", 2: "semantic", 3: "fragment"}
 _LAYER_OF = {engine.BY_EXACT: 1, engine.BY_SEMANTIC: 2, engine.BY_FALSE_HIT: 2}
@@ -43,10 +44,12 @@ class ForecastWriter:
         """Store one run's usage events; returns its run id."""
         run_id = run_key(run.scenario.name, run.seed, run.traffic.mau, run.replication)
         self.connection.execute("DELETE FROM usage WHERE run_id = ?", [run_id])
-        frame = usage_frame(run, run_id)
-        self.connection.register("usage_batch", frame.to_arrow())
-        self.connection.execute(f"INSERT INTO usage SELECT {', '.join(USAGE_COLUMNS)} FROM usage_batch")
-        self.connection.unregister("usage_batch")
+        compact = usage_frame(run, run_id)
+        for offset in range(0, compact.height, ROWS_PER_BATCH):
+            rows = usage_rows(run, run_id, compact.slice(offset, ROWS_PER_BATCH), offset)
+            self.connection.register("usage_batch", rows.to_arrow())
+            self.connection.execute(f"INSERT INTO usage SELECT {', '.join(USAGE_COLUMNS)} FROM usage_batch")
+            self.connection.unregister("usage_batch")
         return run_id
 
     def write_forecast(self, forecast: Forecast) -> None:
@@ -86,65 +89,69 @@ def run_key(scenario: str, seed: int, mau: int, replication: int) -> str:
 
 
 def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
-    """The run as UsageRecorded rows: one per provider attempt, one per answer served from a cache."""
+    """The run as compact UsageRecorded rows: codes and numbers (see usage_rows for the table's form).
+
+    One row per provider attempt, one per answer served from a cache layer.
+    """
     traffic = run.traffic
     log = run.attempts
-    call = log.column("call").astype(np.int64)
-    attempt_request = traffic.call_request[call]
+    attempt_request = traffic.call_request[log.column("call").astype(np.int64)]
     cached = np.flatnonzero(np.isin(run.served, list(_LAYER_OF)))
     fragment_calls = np.flatnonzero(traffic.call_deterministic & run.fragment_hit[traffic.call_request])
     fragment_requests = traffic.call_request[fragment_calls]
     request = np.concatenate([attempt_request, cached, fragment_requests])
-    n_attempts = attempt_request.size
-    zeros = np.zeros(request.size - n_attempts, dtype=np.int64)
-    outcome_names = np.array((*OUTCOME_NAMES, "cache_hit"))
-    outcome = np.concatenate(
-        [log.column("outcome").astype(np.int64), np.full(zeros.size, len(OUTCOME_NAMES))]
-    )
+    zeros = np.zeros(request.size - attempt_request.size, dtype=np.int64)
     served_layer = np.zeros(engine.FAILED + 1, dtype=np.int64)
     for served, code in _LAYER_OF.items():
         served_layer[served] = code
-    layer = np.concatenate(
-        [
-            np.zeros(n_attempts, dtype=np.int64),
-            served_layer[run.served[cached]],
-            np.full(fragment_requests.size, 3),
-        ]
-    )
-    model = np.concatenate(
-        [
-            log.column("model").astype(np.int64),
-            run.request_model[cached],
-            run.request_model[fragment_requests],
-        ]
-    )
-    seconds = np.concatenate([log.column("t"), traffic.t[cached], traffic.t[fragment_requests]])
-    start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {
-            "user_id": traffic.user[request],
-            "ts": (seconds * 1e6).astype(np.int64),
-            "model": np.array(run.models)[model],
+            "user": traffic.user[request],
+            "micros": (
+                np.concatenate([log.column("t"), traffic.t[cached], traffic.t[fragment_requests]]) * 1e6
+            ).astype(np.int64),
+            "model_code": np.concatenate(
+                [
+                    log.column("model").astype(np.int64),
+                    run.request_model[cached],
+                    run.request_model[fragment_requests],
+                ]
+            ),
             "input_tokens": np.concatenate([log.column("billed_input").astype(np.int64), zeros]),
             "output_tokens": np.concatenate([log.column("billed_output").astype(np.int64), zeros]),
-            "outcome": outcome_names[outcome],
-            "cache_layer": layer,
+            "outcome_code": np.concatenate(
+                [log.column("outcome").astype(np.int64), np.full(zeros.size, len(OUTCOME_NAMES))]
+            ),
+            "layer_code": np.concatenate(
+                [
+                    np.zeros(attempt_request.size, dtype=np.int64),
+                    served_layer[run.served[cached]],
+                    np.full(fragment_requests.size, 3),
+                ]
+            ),
             "cost_nanos": np.concatenate([log.column("cost_nanos").astype(np.int64), zeros]),
         }
     )
-    return frame.select(
-        (pl.lit(f"{run_id}-") + pl.int_range(pl.len()).cast(pl.Utf8)).alias("event_id"),
-        (pl.lit("u") + pl.col("user_id").cast(pl.Utf8)).alias("user_id"),
-        (pl.lit(start) + pl.duration(microseconds=pl.col("ts"))).alias("ts"),
-        (pl.lit(start) + pl.duration(microseconds=pl.col("ts"))).dt.strftime("%Y-%m").alias("month"),
-        "model",
+
+
+def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) -> pl.DataFrame:
+    """A slice of the compact rows in the usage table's columns (strings are made per slice: memory)."""
+    start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
+    ts = pl.lit(start) + pl.duration(microseconds=pl.col("micros"))
+    outcomes = dict(enumerate((*OUTCOME_NAMES, "cache_hit")))
+    return compact.select(
+        (pl.lit(f"{run_id}-") + (pl.int_range(pl.len()) + offset).cast(pl.Utf8)).alias("event_id"),
+        (pl.lit("u") + pl.col("user").cast(pl.Utf8)).alias("user_id"),
+        ts.alias("ts"),
+        ts.dt.strftime("%Y-%m").alias("month"),
+        pl.col("model_code").replace_strict(dict(enumerate(run.models)), return_dtype=pl.Utf8).alias("model"),
         pl.lit("chat").alias("feature"),
         "input_tokens",
         pl.lit(0, dtype=pl.Int64).alias("cached_input_tokens"),
         pl.lit(0, dtype=pl.Int64).alias("cache_write_tokens"),
         "output_tokens",
-        "outcome",
-        pl.col("cache_layer").replace_strict(_LAYER_NAMES, return_dtype=pl.Utf8),
+        pl.col("outcome_code").replace_strict(outcomes, return_dtype=pl.Utf8).alias("outcome"),
+        pl.col("layer_code").replace_strict(_LAYER_NAMES, return_dtype=pl.Utf8).alias("cache_layer"),
         pl.lit(None, dtype=pl.Utf8).alias("reservation_id"),
         "cost_nanos",
         pl.lit(f"sim:{run.scenario.name}").alias("source"),
