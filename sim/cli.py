@@ -16,6 +16,7 @@ from sim.errors import SimError
 from sim.forecast import Forecast, forecast
 from sim.output import ForecastWriter
 from sim.scenario import load_scenario
+from sim.workbench_cli import COMMANDS as WORKBENCH_COMMANDS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -160,7 +161,7 @@ def compare(
         click.echo(render.comparison_table(results))
 
 
-for _command in BUDGET_COMMANDS:
+for _command in (*BUDGET_COMMANDS, *WORKBENCH_COMMANDS):
     main.add_command(_command)
 
 

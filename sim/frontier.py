@@ -1,0 +1,29 @@
+"""The cost-quality Pareto frontier: the points no other point beats on both cost and quality."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def dominates(cost_a: float, quality_a: float, cost_b: float, quality_b: float) -> bool:
+    """A dominates B: no dearer, no worse, and strictly better on at least one."""
+    return cost_a <= cost_b and quality_a >= quality_b and (cost_a < cost_b or quality_a > quality_b)
+
+
+def pareto_frontier(costs: Sequence[float], qualities: Sequence[float]) -> list[bool]:
+    """For each point, whether it is on the frontier (lower cost and higher quality are better).
+
+    Points that tie exactly are all on it (neither dominates the other). Quadratic in the points, which
+    is nothing next to simulating them, and obviously right.
+    """
+    cost = np.asarray(costs, dtype=np.float64)
+    quality = np.asarray(qualities, dtype=np.float64)
+    if cost.shape != quality.shape:
+        raise ValueError("costs and qualities must have the same length")
+    no_dearer = cost[:, None] <= cost[None, :]  # [a, b]: a costs no more than b
+    no_worse = quality[:, None] >= quality[None, :]
+    strictly = (cost[:, None] < cost[None, :]) | (quality[:, None] > quality[None, :])
+    dominated = np.asarray((no_dearer & no_worse & strictly).any(axis=0), dtype=bool)
+    return [not bool(flag) for flag in dominated]

@@ -1,0 +1,51 @@
+"""Sweep benchmark: the same grid run serially (one process) and on a process pool (one worker per core).
+
+    uv run python -m sim.sweep_bench [--mau 10000] [--days 30] [--workers N]
+
+Prints each wall time, the speed-up, and whether both runs gave the same table (they must: a point's
+figures depend only on its scenario and the seed). A benchmark, not a test: timings vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from sim.scenario import load_scenario
+from sim.sweep import default_workers, run_sweep
+from sim.sweep_render import sweep_table
+from sim.variants import grid, parse_vary
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "scenarios" / "seed-story" / "optimized.toml"
+GRID = ("cache.semantic.threshold=0.80,0.85,0.90,0.95", "router.cheap_share=0.6,0.7,0.75")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--mau", type=int, default=10000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    args = parser.parse_args()
+    base, _ = load_scenario(SCENARIO)
+    variants = grid(base, [parse_vary(spec) for spec in GRID], str(SCENARIO))
+    print(
+        f"grid: {len(variants)} points of {SCENARIO.relative_to(ROOT)} ({' x '.join(GRID)}), "
+        f"{args.mau:,} MAU, {args.days} days"
+    )
+    timings = {}
+    tables = {}
+    for label, workers in (("serial", 1), (f"pool of {args.workers}", args.workers)):
+        start = time.perf_counter()
+        result = run_sweep(base.name, variants, args.mau, args.days, 1, workers)
+        timings[label] = time.perf_counter() - start
+        tables[label] = sweep_table(result)
+        print(f"{label:>12}: {timings[label]:6.2f} s wall ({len(variants) / timings[label]:.2f} points/s)")
+    serial, parallel = timings.values()
+    print(f"    speed-up: {serial / parallel:.2f}x on {args.workers} worker(s)")
+    print(f"  same table: {'yes' if len(set(tables.values())) == 1 else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

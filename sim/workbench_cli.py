@@ -1,0 +1,160 @@
+"""The workbench's commands: `margins sweep` and `margins goal-seek` (registered by sim/cli.py).
+
+Bad input -- a bad --vary, an unknown scenario key, a value the scenario rejects -- is one line on
+stderr and exit code 2, through sim.cli.fail. Goal seek finding nothing is an answer, not an error:
+it says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from sim.errors import SimError
+from sim.goal_seek import goal_seek
+from sim.scenario import load_scenario
+from sim.sweep import Sweep, run_sweep
+from sim.sweep_render import goal_seek_table, sweep_table
+from sim.variants import grid, parse_vary
+
+
+def _fail(message: str) -> NoReturn:
+    from sim import cli  # sim.cli imports this module to register its commands
+
+    cli.fail(message)
+
+
+def _one_level(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from sim import cli
+
+    levels = cli.parse_mau(ctx, param, value)
+    if levels is None:
+        return None
+    if len(levels) != 1:
+        raise click.BadParameter(f"a sweep runs at one MAU level, got {value!r}")
+    return levels[0]
+
+
+def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `sweep` and `goal-seek` share."""
+    options = [
+        click.option(
+            "--vary",
+            "varies",
+            multiple=True,
+            metavar="KEY=V1,V2,...",
+            help="A dotted scenario key and its values, e.g. cache.semantic.threshold=0.85,0.9 (repeatable)",
+        ),
+        click.option("--mau", callback=_one_level, help="The MAU level (default: the scenario's first)"),
+        click.option("--days", type=click.IntRange(1, 60), help="Days to simulate (default: the scenario's)"),
+        click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic"),
+        click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: one per core)"),
+        click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file"),
+        click.option(
+            "--plot", type=click.Path(dir_okay=False, path_type=Path), help="PNG of the cost-quality frontier"
+        ),
+        click.option(
+            "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+        ),
+        click.option(
+            "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr"
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _sweep(
+    path: str,
+    varies: tuple[str, ...],
+    mau: int | None,
+    days: int | None,
+    seed: int,
+    workers: int | None,
+    out: Path | None,
+    plot: Path | None,
+    progress: bool,
+) -> Sweep:
+    try:
+        base, _ = load_scenario(path)
+        variants = grid(base, [parse_vary(spec) for spec in varies], path)
+    except SimError as error:
+        _fail(str(error))
+    level = mau or base.traffic.mau[0]
+    result = run_sweep(base.name, variants, level, days or base.traffic.days, seed, workers, progress)
+    if out is not None:
+        from sim.sweep_store import write_sweep
+
+        write_sweep(out, result)
+    if plot is not None:
+        from sim.plots import frontier_figure, save
+
+        save(frontier_figure(result), plot)
+    return result
+
+
+@click.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@sweep_options
+def sweep(
+    scenario: str,
+    varies: tuple[str, ...],
+    mau: int | None,
+    days: int | None,
+    seed: int,
+    workers: int | None,
+    out: Path | None,
+    plot: Path | None,
+    fmt: str,
+    progress: bool,
+) -> None:
+    """Run every combination of the --vary values on the same traffic, cheapest first, frontier marked."""
+    if not varies:
+        _fail("sweep needs at least one --vary KEY=V1,V2,...")
+    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(sweep_table(result))
+
+
+@click.command("goal-seek")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option(
+    "--max-per-user-month",
+    "limit",
+    type=click.FloatRange(min=0.0),
+    required=True,
+    help="Most the p90 user may cost in a month (USD)",
+)
+@click.option("--min-quality", type=click.FloatRange(0.0, 100.0), help="Least acceptable quality (0-100)")
+@sweep_options
+def goal_seek_command(
+    scenario: str,
+    limit: float,
+    min_quality: float | None,
+    varies: tuple[str, ...],
+    mau: int | None,
+    days: int | None,
+    seed: int,
+    workers: int | None,
+    out: Path | None,
+    plot: Path | None,
+    fmt: str,
+    progress: bool,
+) -> None:
+    """Which configurations keep the p90 user-month under a limit (and quality above a floor), best first."""
+    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
+    answer = goal_seek(result, limit, min_quality)
+    if fmt == "json":
+        click.echo(json.dumps(answer.to_json(), indent=2))
+    else:
+        click.echo(goal_seek_table(result, answer))
+
+
+COMMANDS = (sweep, goal_seek_command)
