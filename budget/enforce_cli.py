@@ -51,6 +51,9 @@ def enforce(
         )
     except BudgetError as error:
         raise click.UsageError(str(error)) from error
+    # The store's flusher thread turns events into Parquet each second; with the default 5 ms GIL switch
+    # interval it can hold the event loop for that long at a time, which shows in authorization latency.
+    sys.setswitchinterval(0.001)
     try:
         asyncio.run(_run(broker, store_path, config))
     except BudgetError as error:
