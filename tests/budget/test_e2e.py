@@ -56,7 +56,7 @@ async def publish_reliably(
                 async with mqtt(port, v5=False) as client:
                     while done < len(messages):
                         chunk = messages[done : done + window]
-                        await asyncio.gather(*(client.publish(t, p, qos=1) for t, p in chunk))
+                        await asyncio.gather(*(client.publish(t, p, qos=1, timeout=2) for t, p in chunk))
                         done += len(chunk)
                         if pace_s:
                             await asyncio.sleep(pace_s)
