@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -25,9 +26,13 @@ from sim.scenario import Scenario
 from sim.tick import TickRunner
 from sim.traffic import SECONDS_PER_DAY, Traffic
 
+if TYPE_CHECKING:
+    from sim.caps import CapEffect
+
 TICK_S = SECONDS_PER_DAY
 EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
 BY_MODEL, BY_EXACT, BY_SEMANTIC, BY_FALSE_HIT, FAILED = 0, 1, 2, 3, 4
+DENIED = 5  # the scenario's cap refused it (sim/caps.py): not sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class RunResult:
     fallback: np.ndarray  # per request: the user saw the "a little slow" fallback
     attempts: AttemptLog
     rounds: int
+    cap: CapEffect | None = None  # what the scenario's cap changed (sim/caps.py)
 
 
 def simulate(
@@ -80,7 +86,7 @@ def simulate(
     )
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
     quality = quality_scores(scenario, request_model, traffic.hard, served, bad_served)
-    return RunResult(
+    result = RunResult(
         scenario=scenario,
         seed=seed,
         replication=replication,
@@ -96,6 +102,11 @@ def simulate(
         attempts=log,
         rounds=rounds,
     )
+    if scenario.cap is None:
+        return result
+    from sim.caps import apply_cap  # caps builds on RunResult: imported here, not at the top (a cycle)
+
+    return apply_cap(result, catalog)
 
 
 def cache_layers(

@@ -16,6 +16,7 @@ import numpy as np
 
 from budget.prices import NANOS_PER_USD, PriceCatalog
 from sim import engine
+from sim.caps import DEGRADED, DENIED
 from sim.engine import RunResult
 from sim.policies import retry, streaming
 from sim.policies.outcomes import RATE_LIMITED
@@ -102,13 +103,51 @@ def summarize(run: RunResult) -> Summary:
         },
     }
     if run.scenario.cap is not None:
-        cap = run.scenario.cap
-        summary["cap"] = {
-            "monthly_usd": cap.monthly_usd,
-            "users_over_soft": _share(per_user_month >= cap.monthly_usd * cap.soft_threshold, traffic.mau),
-            "users_at_cap": _share(per_user_month >= cap.monthly_usd, traffic.mau),
-        }
+        summary["cap"] = cap_figures(run, per_user_month, scale)
     return summary
+
+
+def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Summary:
+    """What the cap did: who reached the soft limit and the cap, what it saved and what it cost in quality.
+
+    `users_at_cap` counts users who had a request degraded or denied; `users_over_cap_uncapped` those
+    whose month would have passed the cap without it.
+    """
+    cap = run.scenario.cap
+    assert cap is not None
+    mau = run.traffic.mau
+    figures: Summary = {
+        "monthly_usd": cap.monthly_usd,
+        "users_over_soft": _share(per_user_month >= cap.monthly_usd * cap.soft_threshold, mau),
+        "users_at_cap": _share(per_user_month >= cap.monthly_usd, mau),
+    }
+    effect = run.cap
+    if effect is None:
+        return figures
+    felt = np.zeros(mau, dtype=bool)
+    felt[run.traffic.user[effect.decision != 0]] = True
+    uncapped_user = np.zeros(mau, dtype=np.int64)
+    np.add.at(uncapped_user, run.traffic.user, effect.uncapped_cost_nanos)
+    uncapped_total = int(effect.uncapped_cost_nanos.sum())
+    saved = uncapped_total - int(run.cost_nanos.sum())
+    figures.update(
+        {
+            "users_at_cap": _share(felt, mau),
+            "users_over_cap_uncapped": _share(uncapped_user * (scale / NANOS_PER_USD) > cap.monthly_usd, mau),
+            "spend_saved_usd": saved * scale / NANOS_PER_USD,
+            "spend_saved_share": saved / uncapped_total if uncapped_total else 0.0,
+            "requests_degraded": int(np.count_nonzero(effect.decision == DEGRADED)),
+            "requests_denied": int(np.count_nonzero(effect.decision == DENIED)),
+            "quality_uncapped": float(effect.uncapped_quality.mean())
+            if effect.uncapped_quality.size
+            else 0.0,
+            "quality_lost": float(effect.uncapped_quality.mean() - run.quality.mean())
+            if run.quality.size
+            else 0.0,
+            "users_replayed": effect.users_replayed,
+        }
+    )
+    return figures
 
 
 def _share(mask: np.ndarray, total: int) -> float:

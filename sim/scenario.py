@@ -208,13 +208,20 @@ class Quality(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     models: dict[str, ModelQuality] = msgspec.field(default_factory=dict)
     false_hit: Annotated[float, Meta(ge=0, le=100)] = 10.0
     failed: Annotated[float, Meta(ge=0, le=100)] = 0.0
+    denied: Annotated[float, Meta(ge=0, le=100)] = 0.0  # a request the cap blocked: no answer
 
 
 class Cap(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """An optional per-user monthly spend cap, to forecast how many users would reach it."""
+    """An optional per-user monthly spend cap, applied in the forecast with the enforcer's own ledger.
+
+    Each request that needs a model call authorizes its worst case first: `block` denies a request that
+    no longer fits, `degrade` sends it to `degrade_model` when that fits (and denies it otherwise).
+    """
 
     monthly_usd: Positive
     soft_threshold: Probability = 0.8
+    action: Literal["block", "degrade"] = "block"
+    degrade_model: str | None = None
 
 
 class Scenario(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -447,7 +454,17 @@ def _check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> N
             where, "traffic.sessions_per_user_month", "expected >= 1 (an active user has a session)"
         )
     _check_date(traffic.start, where)
+    _check_cap(scenario.cap, catalog, where)
     _check_profile(scenario.cache.semantic.profile, where)
+
+
+def _check_cap(cap: Cap | None, catalog: PriceCatalog, where: str) -> None:
+    if cap is None:
+        return
+    if cap.action == "degrade" and cap.degrade_model is None:
+        raise ScenarioError(where, "cap.degrade_model", 'action = "degrade" needs a degrade_model')
+    if cap.degrade_model is not None and cap.degrade_model not in catalog:
+        raise ScenarioError(where, "cap.degrade_model", f"unknown model {cap.degrade_model!r}")
 
 
 def _check_date(text: str, where: str) -> None:
