@@ -76,6 +76,7 @@ class EventStore:
         self._thread: threading.Thread | None = None
         self._flush_interval = flush_interval
         self._replaying = 0  # replays in progress: retired files stay until they finish
+        self.compacted_rows = 0  # rows rewritten by compaction since open (its write amplification)
 
     @classmethod
     def open(cls, path: str | Path, *, flush_interval: float | None = FLUSH_INTERVAL_S) -> EventStore:
@@ -261,33 +262,32 @@ class EventStore:
     def _merge_run(
         self, segments: list[Segment], min_segments: int, kind: str, month: str | None
     ) -> list[Segment]:
-        """Merge the first run of consecutive small segments (journal runs must stay contiguous in seq, so
-        replay can read file after file), up to COMPACT_MAX_ROWS rows."""
-        if sum(1 for s in segments if s.rows < COMPACT_MAX_ROWS) < min_segments:
-            return segments
-        start = next(i for i, s in enumerate(segments) if s.rows < COMPACT_MAX_ROWS)
-        end, rows = start, 0
-        while end < len(segments) and segments[end].rows < COMPACT_MAX_ROWS:
-            if rows + segments[end].rows > COMPACT_MAX_ROWS and end > start:
+        """Merge the newest run of small segments in which no segment outweighs twice all newer ones
+        together, once it holds `min_segments`. Like a binary counter, a row is rewritten O(log n) times,
+        not once per merge; journal runs stay contiguous in seq so replay reads file after file."""
+        start, total = len(segments), 0
+        while start > 0:
+            older = segments[start - 1]
+            if older.rows >= COMPACT_MAX_ROWS or (total and older.rows > 2 * total):
                 break
-            rows += segments[end].rows
-            end += 1
-        run = segments[start:end]
-        if len(run) < 2:
+            total += older.rows
+            start -= 1
+        run = segments[start:]
+        if len(run) < max(2, min_segments):
             return segments
         first, last = run[0].first, run[-1].last
-        file = (
-            f"{kind}/{segment_name(first, last)}"
-            if month is None
-            else f"{kind}/month={month}/{segment_name(first, last)}"
-        )
+        name = segment_name(first, last)
+        file = f"{kind}/{name}" if month is None else f"{kind}/month={month}/{name}"
         schema = {"journal": JOURNAL_SCHEMA, "usage": USAGE_SCHEMA, "rollup": ROLLUP_SCHEMA}[kind]
         table = merge_tables(self.root, run, schema)
         if kind == "rollup":
             table = merge_rollups(table)
         write_table(self.root / file, table)
-        merged = Segment(file=file, first=first, last=last, rows=table.num_rows, month=month)
-        return [*segments[:start], merged, *segments[end:]]
+        self.compacted_rows += table.num_rows
+        return [
+            *segments[:start],
+            Segment(file=file, first=first, last=last, rows=table.num_rows, month=month),
+        ]
 
     def _flusher(self) -> None:
         assert self._flush_interval is not None
