@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -68,4 +69,52 @@ def frontier_figure(sweep: Sweep) -> Figure:
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right")
     axes.xaxis.set_major_formatter("${x:,.3f}")
+    return figure
+
+
+def cost_distribution_figure(costs: np.ndarray, title: str, cap_usd: float | None = None) -> Figure:
+    """Histogram of cost per user-month on log axes, so the few heavy users stay visible."""
+    figure = Figure(figsize=(9.0, 5.0))
+    axes = figure.add_subplot()
+    positive = costs[costs > 0]
+    if positive.size:
+        low, high = float(positive.min()), float(positive.max())
+        bins = np.geomspace(low, high * 1.0001, 50) if high > low else np.array([low * 0.9, low * 1.1])
+        axes.hist(positive, bins=bins.tolist(), color="#1f77b4", alpha=0.85, label="users")
+        axes.set_xscale("log")
+        axes.set_yscale("log")
+        for name, style in (("p50", ":"), ("p90", "--"), ("p99", "-.")):
+            value = float(np.percentile(costs, int(name[1:])))
+            axes.axvline(value, color="#404040", linestyle=style, label=f"{name} ${value:,.3f}")
+    if cap_usd is not None:
+        axes.axvline(cap_usd, color=FRONTIER_COLOUR, linewidth=2, label=f"cap ${cap_usd:,.2f}")
+    free = int(np.count_nonzero(costs <= 0))
+    if free:
+        title += f" ({free:,} users cost nothing: served from caches)"
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel("cost per user-month (USD, log scale)")
+    axes.set_ylabel("users (log scale)")
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(loc="upper left")
+    return figure
+
+
+def bar_figure(labels: list[str], values: list[float], title: str, xlabel: str) -> Figure:
+    """Horizontal bars, largest at the top, each with its value."""
+    figure = Figure(figsize=(9.0, 0.6 * max(len(labels), 2) + 1.5))
+    axes = figure.add_subplot()
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    bars = axes.barh(
+        [labels[i] for i in order],
+        [values[i] for i in order],
+        color=["#2ca02c" if values[i] >= 0 else FRONTIER_COLOUR for i in order],
+        label="monthly USD",
+    )
+    axes.bar_label(bars, labels=[f"${values[i]:,.2f}" for i in order], padding=3, fontsize=8)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel)
+    axes.axvline(0, color="#404040", linewidth=0.8)
+    axes.grid(True, axis="x", alpha=0.3)
+    axes.legend(loc="lower right")
+    axes.margins(x=0.15)
     return figure

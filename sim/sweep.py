@@ -110,8 +110,7 @@ def run_sweep(
     progress: bool = False,
 ) -> Sweep:
     """Run every variant at `mau` users for `days` days on `seed`; `progress` draws a bar on stderr."""
-    workers = max(1, min(workers or default_workers(), len(variants)))
-    summaries = _run_all(variants, mau, days, seed, workers, progress)
+    summaries = run_points(variants, mau, days, seed, workers, progress)
     return assemble(scenario_name, variants, summaries, mau, days, seed)
 
 
@@ -135,9 +134,16 @@ def assemble(
     return Sweep(scenario_name, seed, mau, days, keys, [points[i] for i in order])
 
 
-def _run_all(
-    variants: Sequence[Variant], mau: int, days: int, seed: int, workers: int, progress: bool
+def run_points(
+    variants: Sequence[Variant],
+    mau: int,
+    days: int,
+    seed: int,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> list[Summary]:
+    """Each variant's summary, in the variants' order, run on a pool of `workers` (default: the cores)."""
+    workers = max(1, min(workers or default_workers(), len(variants)))
     bar = tqdm(total=len(variants), desc="sweep", unit="point", file=sys.stderr, disable=not progress)
     results: list[Summary | None] = [None] * len(variants)
     with bar:

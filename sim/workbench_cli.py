@@ -157,4 +157,56 @@ def goal_seek_command(
         click.echo(goal_seek_table(result, answer))
 
 
-COMMANDS = (sweep, goal_seek_command)
+def _levels(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    from sim import cli
+
+    return cli.parse_mau(ctx, param, value)
+
+
+@click.command()
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option(
+    "--baseline", type=click.Path(dir_okay=False), help="A scenario to compare against (e.g. the naive MVP)"
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="The HTML page; its PNG figures are written beside it",
+)
+@click.option("--mau", callback=_levels, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)")
+@click.option("--days", type=click.IntRange(1, 30), help="Days to simulate (default: the scenario's)")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic")
+@click.option(
+    "--workers", type=click.IntRange(1, 256), help="Processes for the lever runs (default: the cores)"
+)
+def report(
+    scenario: str,
+    baseline: str | None,
+    out: Path,
+    mau: list[int] | None,
+    days: int | None,
+    seed: int,
+    workers: int | None,
+) -> None:
+    """Write the unit-economics report of SCENARIO: one self-contained HTML page with its figures."""
+    from sim.report import gather, write_report
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"{out}: cannot create its folder: {error.strerror or error}")
+    try:
+        data = gather(scenario, baseline, mau, days, seed, workers)
+    except SimError as error:
+        _fail(str(error))
+    try:
+        written = write_report(out, data)
+    except OSError as error:
+        _fail(f"{out}: cannot write the report: {error.strerror or error}")
+    for path in written:
+        click.echo(str(path))
+
+
+COMMANDS = (sweep, goal_seek_command, report)
