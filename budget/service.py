@@ -23,8 +23,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 
-import msgspec
-
 from budget.broker import BrokerSettings
 from budget.config import EnforcerConfig
 from budget.events import (
@@ -38,10 +36,11 @@ from budget.events import (
     encode_event,
 )
 from budget.ledger import Ledger, RecordUsage, reservation_id_for
+from budget.messages import alert_json, counters_text, encode_json, reply_json, safe_reply_topic, status_json
 from budget.mqtt5 import ConnectionLost, Incoming, Mqtt5Connection, close_quietly
 from budget.prices import PriceCatalog, nanos_to_usd
 from budget.store import FLUSH_INTERVAL_S, EventStore
-from budget.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, Rejected, decode_message, reply_topic_problem
+from budget.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, Rejected, decode_message
 
 log = logging.getLogger("margins.enforce")
 
@@ -49,7 +48,6 @@ SUBSCRIPTIONS = ("margins/usage/+", "margins/authorize/+", "margins/admin/users/
 DEADLETTER_TOPIC = "margins/deadletter"
 STATS_TOPIC = "margins/enforcer/stats"
 READY_LOG = "enforcer ready"
-_json = msgspec.json.Encoder()
 
 
 @dataclass(slots=True)
@@ -177,7 +175,7 @@ class Enforcer:
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
-        log.info("enforcer stopped: %s", _counters_text(self.counters))
+        log.info("enforcer stopped: %s", counters_text(self.counters))
 
     # -- broker -----------------------------------------------------------------------------------
 
@@ -239,16 +237,20 @@ class Enforcer:
         decoded = decode_message(topic, payload, now, self._max_skew)
         for rejected in decoded.rejected:
             self._dead_letter(topic, rejected, now, batch)
-            reply_to = rejected.reply_to or _safe(response_topic)
+            reply_to = rejected.reply_to or safe_reply_topic(response_topic)
             if topic.startswith("margins/authorize/") and reply_to is not None:
-                body = _reply(
+                body = reply_json(
                     rejected.request_id, "deny", None, None, None, f"{rejected.reason}: {rejected.detail}"
                 )
                 batch.replies.append((reply_to, body, correlation))
         for command in decoded.commands:
             if isinstance(command, AuthorizeRequest):
                 self._authorize(
-                    command, _safe(command.reply_to) or _safe(response_topic), correlation, now, batch
+                    command,
+                    safe_reply_topic(command.reply_to) or safe_reply_topic(response_topic),
+                    correlation,
+                    now,
+                    batch,
                 )
                 continue
             events = self.ledger.decide(command, now)
@@ -274,13 +276,13 @@ class Enforcer:
         remaining = nanos_to_usd(self.ledger.status(command.user_id, now).remaining_nanos)
         if granted is not None:
             self.counters["granted"] += 1
-            body = _reply(
+            body = reply_json(
                 command.request_id, granted.decision, granted.model, granted.reservation_id, remaining, ""
             )
         elif denied is not None:
             self.counters["denied"] += 1
             log.info("deny %s %s: %s", command.user_id, command.model, denied.reason)
-            body = _reply(
+            body = reply_json(
                 command.request_id,
                 "deny",
                 command.model,
@@ -289,7 +291,9 @@ class Enforcer:
                 denied.reason,
             )
         else:
-            body = _reply(command.request_id, "deny", command.model, None, remaining, "not decided; retry")
+            body = reply_json(
+                command.request_id, "deny", command.model, None, remaining, "not decided; retry"
+            )
         if reply_to is None:
             self.counters["no_reply_topic"] += 1
         else:
@@ -306,13 +310,13 @@ class Enforcer:
             if isinstance(event, LimitCrossed):
                 self.counters[f"alert_{event.limit}"] += 1
                 log.info("%s limit reached: %s %s", event.limit, event.user_id, event.month)
-                batch.publishes.append((f"margins/alerts/{event.user_id}", _alert(event)))
+                batch.publishes.append((f"margins/alerts/{event.user_id}", alert_json(event)))
             elif isinstance(event, DeadLettered):
                 self._count_dead(event)
                 batch.publishes.append((DEADLETTER_TOPIC, encode_event(event)))
                 if event.reason == "unknown_model" and event.user_id:
                     alert = {"alert": "unknown_model", "user_id": event.user_id, "detail": event.detail}
-                    batch.publishes.append((f"margins/alerts/{event.user_id}", _json.encode(alert)))
+                    batch.publishes.append((f"margins/alerts/{event.user_id}", encode_json(alert)))
             elif isinstance(event, UserConfigured):
                 log.info(
                     "configured %s: cap_nanos=%s plan=%s tz=%s",
@@ -380,23 +384,9 @@ class Enforcer:
         if batch.dirty:
             now = self._clock()
             for user in batch.dirty:
-                client.publish(f"margins/status/{user}", self._status(user, now), retain=True)
-
-    def _status(self, user: str, now: datetime) -> bytes:
-        status = self.ledger.status(user, now)
-        return _json.encode(
-            {
-                "user_id": status.user_id,
-                "month": status.month,
-                "spent_usd": nanos_to_usd(status.spent_nanos),
-                "reserved_usd": nanos_to_usd(status.reserved_nanos),
-                "cap_usd": nanos_to_usd(status.cap_nanos),
-                "remaining_usd": nanos_to_usd(status.remaining_nanos),
-                "state": status.state,
-                "plan": status.plan,
-                "timezone": status.timezone,
-            }
-        )
+                client.publish(
+                    f"margins/status/{user}", status_json(self.ledger.status(user, now)), retain=True
+                )
 
     # -- timers -----------------------------------------------------------------------------------
 
@@ -411,45 +401,4 @@ class Enforcer:
             client = self._client
             if client is not None and dict(self.counters) != self._stats_sent:
                 self._stats_sent = dict(self.counters)
-                client.publish(STATS_TOPIC, _json.encode(self._stats_sent), qos=0, retain=True)
-
-
-def _safe(topic: str | None) -> str | None:
-    return topic if topic is not None and reply_topic_problem(topic) is None else None
-
-
-def _reply(
-    request_id: str | None,
-    decision: str,
-    model: str | None,
-    reservation_id: str | None,
-    remaining_usd: float | None,
-    reason: str,
-) -> bytes:
-    return _json.encode(
-        {
-            "request_id": request_id,
-            "decision": decision,
-            "model": model,
-            "reservation_id": reservation_id,
-            "remaining_usd": remaining_usd,
-            "reason": reason,
-        }
-    )
-
-
-def _alert(event: LimitCrossed) -> bytes:
-    return _json.encode(
-        {
-            "alert": event.limit,
-            "user_id": event.user_id,
-            "month": event.month,
-            "spent_usd": nanos_to_usd(event.spent_nanos),
-            "reserved_usd": nanos_to_usd(event.reserved_nanos),
-            "cap_usd": nanos_to_usd(event.cap_nanos),
-        }
-    )
-
-
-def _counters_text(counters: Counter[str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "nothing handled"
+                client.publish(STATS_TOPIC, encode_json(self._stats_sent), qos=0, retain=True)
