@@ -23,30 +23,22 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import msgspec
 
 from budget.errors import StoreError
 from budget.events import Event, decode_event
-from budget.manifest import Manifest, Segment, fsync_dir, read_manifest, segment_name, write_atomic
-from budget.segments import (
-    JOURNAL_SCHEMA,
-    ROLLUP_SCHEMA,
-    USAGE_SCHEMA,
-    batch_tables,
-    decode_bodies,
-    merge_rollups,
-    merge_tables,
-    read_journal_bodies,
-    rollup_table,
-    write_table,
-)
+from budget.manifest import Manifest, Segment, fsync_dir, read_manifest, write_atomic
+from budget.segment_writer import SegmentWriter, merge_run, write_batch
+from budget.segments import decode_bodies, read_journal_bodies
 
 FLUSH_INTERVAL_S = 1.0
 RETIRE_GRACE_S = 60.0  # a reader holding an older manifest finishes its query well within this
 COMPACT_MIN_SEGMENTS = 8  # merge once this many small segments have piled up
 COMPACT_MAX_ROWS = 2_000_000  # a segment this large is left alone
 REPLAY_BATCH = 50_000
+T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 
@@ -77,13 +69,21 @@ class EventStore:
         self._flush_interval = flush_interval
         self._replaying = 0  # replays in progress: retired files stay until they finish
         self.compacted_rows = 0  # rows rewritten by compaction since open (its write amplification)
+        self._writer: SegmentWriter | None = None
 
     @classmethod
-    def open(cls, path: str | Path, *, flush_interval: float | None = FLUSH_INTERVAL_S) -> EventStore:
+    def open(
+        cls, path: str | Path, *, flush_interval: float | None = FLUSH_INTERVAL_S, offload: bool | None = None
+    ) -> EventStore:
         """Open (creating if needed) and recover the store at `path`; raises StoreError when another
-        process holds it. `flush_interval` None disables the background flusher (call `flush()`)."""
+        process holds it. `flush_interval` None disables the background flusher (call `flush()`).
+
+        `offload` builds and writes segments in a child process so this process's GIL stays with its own
+        work (default: when the background flusher runs)."""
         root = Path(path)
         store = cls(root, flush_interval)
+        if offload if offload is not None else flush_interval is not None:
+            store._writer = SegmentWriter()
         try:
             store._open()
         except OSError as error:
@@ -182,7 +182,7 @@ class EventStore:
                 self._start_wal()
                 old_wals = [p for p in (self.root / "wal").glob("*.jsonl") if p != self._wal_path]
             try:
-                self._write_segments(events, bodies, first)
+                self._write_segments(bodies, first, [str(p) for p in old_wals])
             except BaseException:
                 with self._lock:  # keep them pending: the log still holds them
                     self._pending[:0], self._pending_bodies[:0] = events, bodies
@@ -191,23 +191,14 @@ class EventStore:
             for wal in old_wals:
                 wal.unlink(missing_ok=True)
 
-    def _write_segments(self, events: list[Event], bodies: list[bytes], first: int) -> None:
-        last = first + len(events) - 1
-        name = segment_name(first, last)
+    def _write_segments(self, bodies: list[bytes], first: int, wal_files: list[str]) -> None:
+        last = first + len(bodies) - 1
+        root = str(self.root)
+        written = None if self._writer is None else self._writer.write_batch(root, first, last, wal_files)
+        if written is None:
+            written = write_batch(root, first, last, bodies, wal_files)
+        journal, usage, rollup = written
         manifest = self._manifest
-        journal_rows, usage_by_month = batch_tables(bodies, first)
-        usage: list[Segment] = []
-        rollup: list[Segment] = []
-        for month, table in sorted(usage_by_month.items()):
-            file = f"usage/month={month}/{name}"
-            write_table(self.root / file, table)
-            usage.append(Segment(file=file, first=first, last=last, rows=table.num_rows, month=month))
-            summed = rollup_table(table)
-            file = f"rollup/month={month}/{name}"
-            write_table(self.root / file, summed)
-            rollup.append(Segment(file=file, first=first, last=last, rows=summed.num_rows, month=month))
-        journal = Segment(file=f"journal/{name}", first=first, last=last, rows=len(events))
-        write_table(self.root / journal.file, journal_rows)
         self._commit(
             Manifest(
                 last_seq=last,
@@ -275,19 +266,11 @@ class EventStore:
         run = segments[start:]
         if len(run) < max(2, min_segments):
             return segments
-        first, last = run[0].first, run[-1].last
-        name = segment_name(first, last)
-        file = f"{kind}/{name}" if month is None else f"{kind}/month={month}/{name}"
-        schema = {"journal": JOURNAL_SCHEMA, "usage": USAGE_SCHEMA, "rollup": ROLLUP_SCHEMA}[kind]
-        table = merge_tables(self.root, run, schema)
-        if kind == "rollup":
-            table = merge_rollups(table)
-        write_table(self.root / file, table)
-        self.compacted_rows += table.num_rows
-        return [
-            *segments[:start],
-            Segment(file=file, first=first, last=last, rows=table.num_rows, month=month),
-        ]
+        merged = None if self._writer is None else self._writer.merge_run(str(self.root), kind, month, run)
+        if merged is None:
+            merged = merge_run(str(self.root), kind, month, run)
+        self.compacted_rows += merged.rows
+        return [*segments[:start], merged]
 
     def _flusher(self) -> None:
         assert self._flush_interval is not None
@@ -337,6 +320,9 @@ class EventStore:
             self._release()
 
     def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._wal_fd >= 0:
             os.close(self._wal_fd)
             self._wal_fd = -1

@@ -326,3 +326,23 @@ def test_compaction_rewrites_each_row_a_logarithmic_number_of_times(tmp_path: Pa
         assert len(journal) <= 8 * 4 and sum(s.rows for s in journal) == events
         assert store.compacted_rows <= 10 * events, store.compacted_rows
         assert [getattr(e, "event_id", None) for e in store.replay()] == [f"e{i}" for i in range(events)]
+
+
+def test_segments_are_written_by_the_child_process_and_the_store_survives_its_death(tmp_path: Path) -> None:
+    events = [*usage_events(30), *other_events()]
+    with EventStore.open(tmp_path / "s", flush_interval=None, offload=True) as store:
+        writer = store._writer
+        assert writer is not None and writer._child is not None
+        child = writer._child
+        store.append(events[:20])
+        store.flush()
+        assert writer._child is child  # it answered, so it wrote them
+        assert read_manifest(tmp_path / "s").last_seq == 19
+        child.kill()
+        child.wait()
+        store.append(events[20:])
+        store.flush()  # written here instead
+        assert writer._child is None
+        assert list(store.replay()) == events
+    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+        assert list(store.replay()) == events
