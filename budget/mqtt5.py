@@ -164,7 +164,15 @@ class Mqtt5Connection:
 
     @classmethod
     async def open(
-        cls,
+        cls, host: str, port: int, *, on_publish: Callable[[Incoming], None], **options: Any
+    ) -> Mqtt5Connection:
+        """Construct and `start` in one step (options as for `start`)."""
+        self = cls(on_publish)
+        await self.start(host, port, **options)
+        return self
+
+    async def start(
+        self,
         host: str,
         port: int,
         *,
@@ -176,11 +184,13 @@ class Mqtt5Connection:
         session_expiry_s: int = 0,
         receive_maximum: int = 65535,
         clean_start: bool = False,
-        on_publish: Callable[[Incoming], None],
         timeout_s: float = 10.0,
-    ) -> Mqtt5Connection:
-        """Connect and wait for CONNACK; raises ConnectionLost (refused, unreachable, timed out)."""
-        self = cls(on_publish)
+    ) -> None:
+        """Connect and wait for CONNACK; raises ConnectionLost (refused, unreachable, timed out).
+
+        A resumed session's messages may arrive right after CONNACK, before this returns: whoever will
+        acknowledge them should hold this object already (construct it, keep it, then start it).
+        """
         try:
             async with asyncio.timeout(timeout_s):
                 await self._loop.create_connection(
@@ -210,7 +220,6 @@ class Mqtt5Connection:
             self.close()
             raise ConnectionLost(f"broker refused the connection (reason code 0x{reason:02x})")
         self._pinger = asyncio.create_task(self._ping(keepalive_s), name="margins-mqtt-ping")
-        return self
 
     async def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
         """Subscribe at QoS 1; raises ConnectionLost if the broker refuses any filter."""

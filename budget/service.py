@@ -183,9 +183,13 @@ class Enforcer:
         backoff = 0.1
         b = self.broker
         while not self._stop.is_set():
-            client: Mqtt5Connection | None = None
+            # Known before connecting: a resumed session delivers its queue right after CONNACK, and those
+            # messages must be acknowledged on this connection.
+            client = Mqtt5Connection(self._on_message)
+            self._connection += 1
+            self._client = client
             try:
-                client = await Mqtt5Connection.open(
+                await client.start(
                     b.host,
                     b.port,
                     client_id=b.client_id,
@@ -195,10 +199,7 @@ class Enforcer:
                     keepalive_s=b.keepalive_s,
                     session_expiry_s=b.session_expiry_s,
                     receive_maximum=b.receive_maximum,
-                    on_publish=self._on_message,  # a resumed session delivers right after CONNACK
                 )
-                self._connection += 1
-                self._client = client
                 await client.subscribe(list(SUBSCRIPTIONS))
                 backoff = 0.1
                 self._subscribed.set()
@@ -208,9 +209,9 @@ class Enforcer:
                 log.warning("broker %s:%d: %s; retrying", b.host, b.port, error.reason)
             finally:
                 self._client = None
-                if client is not None and self._stop.is_set():
+                if self._stop.is_set():
                     await close_quietly(client)
-                elif client is not None:
+                else:
                     client.close()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
