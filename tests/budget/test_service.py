@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from conftest import CAPS_TOML, Broker
 from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
@@ -16,6 +18,7 @@ from budget.client import BudgetClient, guard
 from budget.config import load_config
 from budget.errors import BudgetDenied
 from budget.ledger import Ledger
+from budget.mqtt5 import Mqtt5Connection
 from budget.service import Enforcer
 from budget.store import EventStore
 
@@ -212,3 +215,41 @@ def test_reservations_expire_on_a_timer_and_alerts_come_once_per_month(
         assert [type(e).__name__ for e in stored_events(tmp_path)].count("ReservationExpired") == 1
 
     asyncio.run(scenario())
+
+
+def test_no_message_is_acknowledged_before_its_event_is_durable(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log: list[tuple[str, int]] = []
+    real_append, real_ack = EventStore.append, Mqtt5Connection.ack
+
+    def append(store: EventStore, events: Iterable[object]) -> None:
+        batch = list(events)
+        time.sleep(0.002)  # a slow disk widens the window in which an early ack would show
+        real_append(store, batch)  # type: ignore[arg-type]
+        log.append(("durable", sum(1 for e in batch if type(e).__name__ == "UsageRecorded")))
+
+    def ack(connection: Mqtt5Connection, packet_id: int) -> None:
+        log.append(("ack", packet_id))
+        real_ack(connection, packet_id)
+
+    monkeypatch.setattr(EventStore, "append", append)
+    monkeypatch.setattr(Mqtt5Connection, "ack", ack)
+
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path) as enforcer:
+            await enforcer.wait_subscribed()
+            async with mqtt(mosquitto.port) as pub:
+                bodies = [json.dumps(usage_body(f"d{i}")).encode() for i in range(500)]
+                await publish_all(pub, "margins/usage/alice", bodies)
+            assert enforcer.ledger.status("alice", NOW).spent_nanos == 500 * 285_000
+
+    asyncio.run(scenario())
+    durable = acked = 0
+    for kind, value in log:
+        if kind == "durable":
+            durable += value
+        else:
+            acked += 1
+            assert acked <= durable, "a usage message was acknowledged before its event was durable"
+    assert acked == durable == 500
