@@ -118,3 +118,17 @@ def bar_figure(labels: list[str], values: list[float], title: str, xlabel: str) 
     axes.legend(loc="lower right")
     axes.margins(x=0.15)
     return figure
+
+
+def xy_figure(x: list[float], series: dict[str, list[float]], xlabel: str, ylabel: str, title: str) -> Figure:
+    """One line per series over a shared x axis (e.g. hit rate and false-hit rate by threshold)."""
+    figure = Figure(figsize=(8.0, 4.5))
+    axes = figure.add_subplot()
+    for label, values in series.items():
+        axes.plot(x, values, "-o", label=label)
+    axes.set_title(title, fontsize=10)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best")
+    return figure
