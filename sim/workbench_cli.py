@@ -50,7 +50,11 @@ def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="A dotted scenario key and its values, e.g. cache.semantic.threshold=0.85,0.9 (repeatable)",
         ),
         click.option("--mau", callback=_one_level, help="The MAU level (default: the scenario's first)"),
-        click.option("--days", type=click.IntRange(1, 60), help="Days to simulate (default: the scenario's)"),
+        click.option(
+            "--days",
+            type=click.IntRange(1, 30),
+            help="Days to simulate, at most a month (default: the scenario's)",
+        ),
         click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic"),
         click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: one per core)"),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file"),
