@@ -41,20 +41,15 @@ def read_log(wal_files: Sequence[str], first: int, last: int) -> list[bytes]:
     """The log lines of seqs first..last from the store's log files (each named by its first seq)."""
     bodies: list[bytes] = []
     for path in sorted(wal_files):
-        seq = int(Path(path).stem)
-        if seq > last:
+        start = int(Path(path).stem)
+        if start > last:
             continue
-        with open(path, "rb") as log:
-            for line in log:
-                if not line.endswith(b"\n"):
-                    break  # a torn tail never returned from append: not part of any batch
-                if first <= seq <= last:
-                    bodies.append(line[:-1])
-                seq += 1
+        lines = Path(path).read_bytes().split(b"\n")
+        lines.pop()  # b"" after the last newline, or a torn tail that never returned from append
+        bodies += lines[max(0, first - start) : max(0, last + 1 - start)]
     if len(bodies) != last - first + 1:
-        raise StoreError(
-            str(Path(wal_files[0]).parent.parent) if wal_files else "?", f"log lacks seqs {first}..{last}"
-        )
+        where = str(Path(wal_files[0]).parent.parent) if wal_files else "?"
+        raise StoreError(where, f"the log lacks seqs {first}..{last}")
     return bodies
 
 
