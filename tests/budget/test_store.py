@@ -30,6 +30,7 @@ from budget.events import (
 )
 from budget.manifest import read_manifest
 from budget.queries import SpendReader
+from budget.segment_writer import read_log
 from budget.segments import batch_tables, journal_table, usage_table
 from budget.store import EventStore
 
@@ -346,3 +347,13 @@ def test_segments_are_written_by_the_child_process_and_the_store_survives_its_de
         assert list(store.replay()) == events
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         assert list(store.replay()) == events
+
+
+def test_the_segment_writer_reads_exactly_the_batch_from_the_log_files(tmp_path: Path) -> None:
+    older, newer = tmp_path / "0000000000000000.jsonl", tmp_path / "0000000000000003.jsonl"
+    older.write_bytes(b"l0\nl1\nl2\n")
+    newer.write_bytes(b"l3\nl4\ntorn")  # a torn tail never returned from append
+    assert read_log([str(newer), str(older)], 1, 4) == [b"l1", b"l2", b"l3", b"l4"]
+    assert read_log([str(newer)], 3, 3) == [b"l3"]
+    with pytest.raises(StoreError, match=r"lacks seqs 3\.\.5"):
+        read_log([str(newer)], 3, 5)
