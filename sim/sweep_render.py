@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sim.goal_seek import GoalSeek
-from sim.render import pct, score, usd
+from sim.render import count, pct, score, usd
 from sim.sweep import Sweep, SweepPoint, setting_columns
 from sim.variants import format_value
 
@@ -26,6 +26,7 @@ def _grid(header: Sequence[str], rows: Sequence[Sequence[str]], left: int) -> st
 
 
 def _rows(sweep: Sweep, points: Sequence[SweepPoint], mark: bool) -> tuple[list[str], list[list[str]]]:
+    capped = any("cap" in point.summary for point in sweep.points)
     header = [
         *(["frontier"] if mark else []),
         *setting_columns(sweep),
@@ -35,12 +36,14 @@ def _rows(sweep: Sweep, points: Sequence[SweepPoint], mark: bool) -> tuple[list[
         "cost/session",
         "quality",
         "cache hits",
+        *(["users at cap", "denied", "degraded"] if capped else []),
     ]
     rows = []
     for point in points:
         figures = point.summary
         per_user = figures["cost_per_user_month_usd"]
         hits = figures["hit_rate"]["exact"] + figures["hit_rate"]["semantic"]
+        cap = figures.get("cap", {})
         rows.append(
             [
                 *([FRONTIER_MARK if point.on_frontier else ""] if mark else []),
@@ -51,6 +54,15 @@ def _rows(sweep: Sweep, points: Sequence[SweepPoint], mark: bool) -> tuple[list[
                 usd(figures["cost_per_session_usd"]),
                 score(point.quality),
                 pct(hits),
+                *(
+                    [
+                        pct(cap.get("users_at_cap", 0.0)),
+                        count(cap.get("requests_denied", 0)),
+                        count(cap.get("requests_degraded", 0)),
+                    ]
+                    if capped
+                    else []
+                ),
             ]
         )
     return header, rows

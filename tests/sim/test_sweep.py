@@ -149,3 +149,13 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert result.exit_code == 2
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_cap_sweep_shows_who_feels_the_cap() -> None:
+    args = ["sweep", OPTIMIZED, "--vary", "cap.monthly_usd=0.01,100", *SMALL, "--workers", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[1]
+    assert "users at cap" in header and "denied" in header and "degraded" in header
+    tight, loose = result.output.splitlines()[3:5]  # cheapest first: the tight cap
+    assert tight.split()[1] == "0.01" and loose.split()[1] == "100"
