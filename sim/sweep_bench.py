@@ -2,13 +2,17 @@
 
     uv run python -m sim.sweep_bench [--mau 10000] [--days 30] [--workers N]
 
-Prints each wall time, the speed-up, and whether both runs gave the same table (they must: a point's
-figures depend only on its scenario and the seed). A benchmark, not a test: timings vary by machine.
+Prints each wall time, how many cores were busy (CPU seconds over wall seconds), the machine's load
+before each run (other work on the machine takes cores from the pool), the speed-up, and whether both
+runs gave the same table (they must: a point's figures depend only on its scenario and the seed). A
+benchmark, not a test: timings vary by machine and by what else runs on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import time
 from pathlib import Path
 
@@ -37,14 +41,26 @@ def main() -> None:
     timings = {}
     tables = {}
     for label, workers in (("serial", 1), (f"pool of {args.workers}", args.workers)):
+        load = os.getloadavg()[0]
+        cpu = _cpu_seconds()
         start = time.perf_counter()
         result = run_sweep(base.name, variants, args.mau, args.days, 1, workers)
         timings[label] = time.perf_counter() - start
+        busy = (_cpu_seconds() - cpu) / timings[label]
         tables[label] = sweep_table(result)
-        print(f"{label:>12}: {timings[label]:6.2f} s wall ({len(variants) / timings[label]:.2f} points/s)")
+        print(
+            f"{label:>12}: {timings[label]:6.2f} s wall ({len(variants) / timings[label]:.2f} points/s), "
+            f"{busy:.2f} cores busy; machine load before: {load:.2f}"
+        )
     serial, parallel = timings.values()
     print(f"    speed-up: {serial / parallel:.2f}x on {args.workers} worker(s)")
     print(f"  same table: {'yes' if len(set(tables.values())) == 1 else 'NO'}")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool's workers, once joined)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from sim.scenario import Scenario, parse_scenario
 
 Scalar = bool | int | float | str
 CHEAP_SHARE = "router.cheap_share"
+RUN_KEYS = {"traffic.mau": "--mau", "traffic.days": "--days"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,9 @@ def grid(base: Scenario, varies: Sequence[Vary], where: str) -> list[Variant]:
     for key in keys:
         if keys.count(key) > 1:
             raise ScenarioError("--vary", key, "varied twice; give all its values in one --vary")
+        if key in RUN_KEYS:
+            # A run's size comes from the command line, so varying it here would silently do nothing.
+            raise ScenarioError("--vary", key, f"not a variant setting; use {RUN_KEYS[key]} instead")
     table = msgspec.to_builtins(base)
     combos = itertools.product(*(vary.values for vary in varies)) if varies else [()]
     return [variant_of(table, tuple(zip(keys, combo, strict=True)), where) for combo in combos]

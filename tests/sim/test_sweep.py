@@ -141,6 +141,7 @@ def test_sweep_json_has_every_point() -> None:
         (["--vary", "cache.semantic.thresold=0.8"], "cache.semantic.thresold: unknown key (did you mean"),
         (["--vary", "router.cheap_share=0.99"], "router.cheap_share: 0.99 is unreachable"),
         (["--vary", "nonsense"], "expected KEY=v1,v2"),
+        (["--vary", "traffic.mau=100,200"], "--vary: traffic.mau: not a variant setting; use --mau instead"),
         ([], "sweep needs at least one --vary"),
     ],
 )
