@@ -106,9 +106,8 @@ class EventStore:
             raise StoreError(str(self.root), "another process has this store open for writing") from None
         self._manifest = read_manifest(self.root)
         self._remove_orphans()
-        self._next_seq = self._manifest.last_seq + 1
+        self._next_seq = self._pending_first = self._manifest.last_seq + 1
         self._recover_wal()
-        self._pending_first = self._next_seq
         self._start_wal()
         self.flush()
 

@@ -123,10 +123,13 @@ def test_a_torn_last_log_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
     [wal] = list((tmp_path / "s" / "wal").glob("*.jsonl"))
     with wal.open("ab") as log:
         log.write(b'{"type":"usage_recorded","event_id":"half')
-    with EventStore.open(tmp_path / "s", flush_interval=None) as reopened:
-        assert list(reopened.replay()) == events
-        reopened.append(usage_events(1, start=5))
-        assert list(reopened.replay()) == usage_events(6)
+    reopened = EventStore.open(tmp_path / "s", flush_interval=None)
+    assert list(reopened.replay()) == events
+    assert reopened.manifest.last_seq == 4  # the recovered tail keeps its seqs
+    reopened.append(usage_events(1, start=5))
+    reopened._release()  # and crashes again before flushing
+    with EventStore.open(tmp_path / "s", flush_interval=None) as again:
+        assert list(again.replay()) == usage_events(6)
 
 
 def test_an_unlisted_segment_is_an_interrupted_flush_and_is_removed(tmp_path: Path) -> None:
@@ -204,11 +207,12 @@ WRITER = textwrap.dedent(
     from budget.store import EventStore
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    run = sys.argv[2]
     with EventStore.open(sys.argv[1], flush_interval=0.02) as store:
         n = 0
         while True:
             batch = [
-                UsageRecorded(event_id=f"e{n + i}", user_id=f"u{(n + i) % 13}",
+                UsageRecorded(event_id=f"{run}-e{n + i}", user_id=f"u{(n + i) % 13}",
                               ts=t0 + timedelta(seconds=n + i), model="gpt-4o-mini", input_tokens=10,
                               output_tokens=1, cost_nanos=2_100, month="2026-11")
                 for i in range(1 + n % 37)
@@ -220,19 +224,18 @@ WRITER = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kill_after", [0.3, 0.7, 1.1])
-def test_sigkill_after_append_returned_loses_nothing(tmp_path: Path, kill_after: float) -> None:
+def _run_and_kill(tmp_path: Path, run: str, kill_after: float) -> int:
+    """Run the writer until `kill_after` s past start-up, SIGKILL it; how many events it acknowledged."""
     script = tmp_path / "writer.py"
     script.write_text(WRITER, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     writer = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "s")], stdout=subprocess.PIPE, env=env, cwd=REPO
+        [sys.executable, str(script), str(tmp_path / "s"), run], stdout=subprocess.PIPE, env=env, cwd=REPO
     )
     assert writer.stdout is not None
     acknowledged = 0
     started = time.monotonic()
-    deadline = started + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < started + 30:
         line = writer.stdout.readline()
         assert line, "the writer exited early"
         acknowledged = int(line)
@@ -244,11 +247,20 @@ def test_sigkill_after_append_returned_loses_nothing(tmp_path: Path, kill_after:
         acknowledged = int(line)
     writer.stdout.close()
     assert writer.returncode == -signal.SIGKILL
+    return acknowledged
+
+
+def test_sigkill_after_append_returned_loses_nothing_crash_after_crash(tmp_path: Path) -> None:
+    """Each writer resumes a store the previous one left mid-flight (log tail, maybe half a segment)."""
+    runs = {"a": 0.3, "b": 1.1}
+    acknowledged = {run: _run_and_kill(tmp_path, run, kill_after) for run, kill_after in runs.items()}
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         ids = [e.event_id for e in store.replay() if isinstance(e, UsageRecorded)]
-    assert acknowledged > 0
-    assert len(ids) >= acknowledged  # nothing acknowledged was lost
-    assert ids == [f"e{i}" for i in range(len(ids))]  # in order, nothing twice, nothing invented
+    assert ids == sorted(ids, key=lambda i: i[0])  # run after run
+    for run, count in acknowledged.items():
+        mine = [i for i in ids if i.startswith(f"{run}-")]
+        assert count > 0 and len(mine) >= count  # nothing acknowledged was lost
+        assert mine == [f"{run}-e{i}" for i in range(len(mine))]  # in order, nothing twice or invented
 
 
 def test_the_columnar_batch_parse_agrees_with_the_event_objects() -> None:
