@@ -134,6 +134,15 @@ class Enforcer:
             count += 1
         return count
 
+    def _republish_status(self, client: Mqtt5Connection) -> None:
+        """Once per start: every replayed user's status, since a crash between a commit and its status
+        publish would otherwise leave a stale retained status until the user's next event."""
+        now = self._clock()
+        months = self.ledger.snapshot()["months"]
+        assert isinstance(months, dict)
+        for user in sorted({user for user, _month in months}):
+            client.publish(f"margins/status/{user}", status_json(self.ledger.status(user, now)), retain=True)
+
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe to call from a signal handler on the loop)."""
         self._stop.set()
@@ -202,6 +211,8 @@ class Enforcer:
                 )
                 await client.subscribe(list(SUBSCRIPTIONS))
                 backoff = 0.1
+                if not self._subscribed.is_set():
+                    self._republish_status(client)
                 self._subscribed.set()
                 log.info("%s: subscribed on %s:%d", READY_LOG, b.host, b.port)
                 await client.wait_closed()

@@ -253,3 +253,24 @@ def test_no_message_is_acknowledged_before_its_event_is_durable(
             acked += 1
             assert acked <= durable, "a usage message was acknowledged before its event was durable"
     assert acked == durable == 500
+
+
+def test_a_restart_republishes_every_replayed_users_status(mosquitto: Broker, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path) as enforcer:
+            await enforcer.wait_subscribed()
+            async with mqtt(mosquitto.port) as pub:
+                await pub.publish("margins/usage/alice", json.dumps(usage_body("r1")).encode(), qos=1)
+                async with asyncio.timeout(5):
+                    while not enforcer.counters["committed"]:
+                        await asyncio.sleep(0.01)
+        async with mqtt(mosquitto.port) as pub:  # as if the status publish had been lost in a crash
+            await pub.publish("margins/status/alice", b"", qos=1, retain=True)
+        async with make_enforcer(mosquitto, tmp_path) as enforcer:
+            await enforcer.wait_subscribed()
+            async with mqtt(mosquitto.port) as sub:
+                got = await Collector(sub).start("margins/status/alice")
+                await got.wait_for(lambda: got.messages)
+                assert json.loads(got.messages[-1][1])["spent_usd"] == 0.000285
+
+    asyncio.run(scenario())
