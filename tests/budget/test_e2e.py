@@ -207,6 +207,13 @@ def test_an_application_cannot_change_a_cap_or_forge_status(
                 async with mqtt(port, "app", PASSWORDS["app"], v5=False) as app:  # what an app may do, it can
                     body = usage_body("acl-ok", ts=datetime.now(UTC).isoformat())
                     await app.publish("margins/usage/alice", json.dumps(body).encode(), qos=1)
+                async with (
+                    BudgetClient.connect(  # and its replies reach it under margins/replies/<client id>/
+                        f"mqtt://127.0.0.1:{port}", username="app", password=PASSWORDS["app"], timeout_s=5
+                    ) as budget
+                ):
+                    grant = await budget.authorize("alice", "gpt-4o-mini", 100, 100)
+                    assert grant.decision == "allow"
                 await admin.publish("margins/admin/users/alice", b'{"cap_usd": 2}', qos=1)
                 await seen.wait_for(lambda: any(s["cap_usd"] == 2.0 for s in seen.on("margins/status/alice")))
                 await asyncio.sleep(0.3)
