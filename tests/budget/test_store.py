@@ -326,9 +326,10 @@ def test_retired_files_go_after_the_grace_period_but_not_during_a_replay(
 
 def test_compaction_rewrites_each_row_a_logarithmic_number_of_times(tmp_path: Path) -> None:
     """Steady small flushes. Merging everything accumulated whenever 8 segments pile up would rewrite
-    about 35k rows here (the whole journal and usage every 7 flushes); merging like a binary counter
-    rewrites each row a few times (about 12k for journal, usage and rollup together)."""
-    flushes, per_flush = 160, 10
+    about 13k rows here (the whole journal and usage every 7 flushes), and quadratically more with time;
+    merging like a binary counter rewrites each row a few times (about 6.5k for journal, usage and rollup
+    together)."""
+    flushes, per_flush = 96, 10
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         for i in range(flushes):
             store.append(usage_events(per_flush, start=i * per_flush))
