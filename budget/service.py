@@ -32,6 +32,7 @@ from budget.events import (
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    UsageRecorded,
     UserConfigured,
     encode_event,
 )
@@ -313,9 +314,14 @@ class Enforcer:
 
     def _take(self, events: list[Event], batch: _Batch) -> None:
         """Apply decided events and queue what must follow their commit."""
+        apply, append, dirty = self.ledger.apply, batch.events.append, batch.dirty.add
         for event in events:
-            self.ledger.apply(event)
-            batch.events.append(event)
+            apply(event)
+            append(event)
+            if type(event) is UsageRecorded:  # the hot path: nothing to announce but the status
+                dirty(event.user_id)
+                self.counters["UsageRecorded"] += 1
+                continue
             user = getattr(event, "user_id", None)
             if user is not None:
                 batch.dirty.add(user)
