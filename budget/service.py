@@ -237,7 +237,7 @@ class Enforcer:
             self._handle(message.topic, message.payload, message.response_topic, message.correlation, batch)
         except Exception as error:  # a bug must cost one message (kept as a dead letter), not the service
             log.exception("cannot handle a message on %s", message.topic)
-            rejected = Rejected("malformed_json", f"internal error: {error!r}", message.payload)
+            rejected = Rejected("internal_error", repr(error), message.payload)
             self._dead_letter(message.topic, rejected, self._clock(), batch)
         if message.qos:
             batch.acks.append((self._connection, message.packet_id))

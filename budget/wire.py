@@ -49,6 +49,7 @@ Reason = Literal[
     "bad_reply_topic",
     "bad_timezone",
     "empty",
+    "internal_error",
 ]
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
