@@ -10,7 +10,9 @@ in flight would pass the cap. Settled spend never exceeds the user's uncapped to
 uncapped total plus the largest sum of worst cases ever in flight at once stays within the cap is
 granted everything -- the ledger would change nothing, and only the other users are replayed through
 it. (A plain "under the soft limit" test is not enough: one large worst case can overflow the headroom
-above it.)
+above it.) The same reasoning skips the opening stretch of a replayed user's month: until the first
+request that might not fit, everything is granted, so the ledger takes that stretch as one settled usage
+per model and decides the rest request by request. Tests hold both shortcuts to a full replay.
 
 A run shorter than the month gets the cap pro rata (cap x days / 30), as its spend is extrapolated by
 30 / days. Stated simplifications: a degraded request keeps its attempts (outcomes and tokens),
@@ -78,8 +80,8 @@ def run_cap_nanos(cap: Cap, days: int) -> int:
 
 
 def apply_cap(run: engine.RunResult, catalog: PriceCatalog, replay_all: bool = False) -> engine.RunResult:
-    """The run as the scenario's cap would have shaped it. `replay_all` sends every user through the
-    ledger (for tests: the result must be the same)."""
+    """The run as the scenario's cap would have shaped it. `replay_all` sends every user and every
+    request through the ledger one by one (for tests: the result must be the same)."""
     scenario = run.scenario
     cap = scenario.cap
     if cap is None:
@@ -90,7 +92,8 @@ def apply_cap(run: engine.RunResult, catalog: PriceCatalog, replay_all: bool = F
         replay = np.unique(run.traffic.user[requests.has_call])
     else:
         replay = _users_who_may_meet_the_cap(run, requests, cap_nanos)
-    decision, cost = _replay(run, requests, catalog, enforcer_config(cap, cap_nanos), replay)
+    config = enforcer_config(cap, cap_nanos)
+    decision, cost = _replay(run, requests, catalog, config, replay, skip_prefix=not replay_all)
     return _shaped(run, catalog, requests, decision, cost, cap_nanos, int(replay.size))
 
 
@@ -177,8 +180,14 @@ def _replay(
     catalog: PriceCatalog,
     config: EnforcerConfig,
     users: np.ndarray,
+    skip_prefix: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Authorize and settle the requests of `users` through the ledger, in time order per user."""
+    """Authorize and settle the requests of `users` through the ledger, in time order per user.
+
+    With `skip_prefix`, each user's opening stretch in which the ledger provably grants everything (up to
+    the last moment with nothing reserved before the first request that might not fit) goes to the ledger
+    as one settled usage per model instead of request by request: its spend is the same, exactly.
+    """
     traffic = run.traffic
     decision = np.zeros(traffic.requests, dtype=np.int64)
     cost = run.cost_nanos.copy()
@@ -190,6 +199,12 @@ def _replay(
     kind = np.concatenate([np.zeros(rows.size, dtype=np.int64), np.ones(rows.size, dtype=np.int64)])
     request = np.concatenate([rows, rows])
     order = np.lexsort((request, kind, time, user))
+    user, time, kind, request = user[order], time[order], kind[order], request[order]
+    name = run.scenario.name
+    if skip_prefix and request.size:
+        prefix = _granted_prefix(user, kind, request, requests.worst_nanos, run.cost_nanos, config)
+        _settle_prefix(ledger, run, requests, user[prefix], time[prefix], kind[prefix], request[prefix])
+        user, time, kind, request = user[~prefix], time[~prefix], kind[~prefix], request[~prefix]
     granted: dict[int, ReservationGranted] = {}
     # Plain Python values up front: the loop below is the slow part, one ledger call per step.
     user_ids = [f"u{u}" for u in range(traffic.mau)]
@@ -197,9 +212,7 @@ def _replay(
     model_names = [run.models[m] for m in run.request_model.tolist()]
     max_input, max_output = requests.max_input.tolist(), requests.max_output.tolist()
     billed_input, billed_output = requests.billed_input.tolist(), requests.billed_output.tolist()
-    name = run.scenario.name
-    steps = zip(request[order].tolist(), kind[order].tolist(), time[order].tolist(), strict=True)
-    for r, k, seconds in steps:
+    for r, k, seconds in zip(request.tolist(), kind.tolist(), time.tolist(), strict=True):
         now = LEDGER_MONTH_START + timedelta(seconds=seconds)
         user_id = user_ids[owner[r]]
         if k == 1:
@@ -233,6 +246,78 @@ def _replay(
             assert isinstance(settled, UsageRecorded), settled
             cost[r] = settled.cost_nanos
     return decision, cost
+
+
+def _granted_prefix(
+    user: np.ndarray,
+    kind: np.ndarray,
+    request: np.ndarray,
+    worst: np.ndarray,
+    actual: np.ndarray,
+    config: EnforcerConfig,
+) -> np.ndarray:
+    """Events (sorted per user in time) before which nothing can be refused, ending with nothing reserved.
+
+    While every request is granted, the ledger holds spent = the settled requests' cost and reserved =
+    the open requests' worst cases; a request is granted as asked when spent + reserved + its worst case
+    is within the cap. So everything up to the first request where that sum passes the cap is granted as
+    the uncapped run made it; the prefix stops at the last settlement before it that leaves nothing open.
+    """
+    settle = kind == 0
+    first = np.r_[True, user[1:] != user[:-1]]
+    spent = _cumsum_by_group(np.where(settle, actual[request], 0), first)
+    reserved = _cumsum_by_group(np.where(settle, -worst[request], worst[request]), first)
+    may_refuse = ~settle & (spent + reserved > config.default_plan.cap_nanos)
+    refused_yet = _cumsum_by_group(may_refuse.astype(np.int64), first) > 0
+    quiet = settle & (reserved == 0) & ~refused_yet
+    group = np.cumsum(first) - 1
+    last_quiet = np.full(int(group[-1]) + 1, -1, dtype=np.int64)
+    index = np.arange(user.size)
+    np.maximum.at(last_quiet, group[quiet], index[quiet])
+    in_prefix: np.ndarray = index <= last_quiet[group]
+    return in_prefix
+
+
+def _cumsum_by_group(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    running = np.cumsum(values)
+    within: np.ndarray = running - _group_base(running - values, first)
+    return within
+
+
+def _settle_prefix(
+    ledger: Ledger,
+    run: engine.RunResult,
+    requests: _Requests,
+    user: np.ndarray,
+    time: np.ndarray,
+    kind: np.ndarray,
+    request: np.ndarray,
+) -> None:
+    """Record each user's prefix as one usage per model (tokens summed: cost is linear in them)."""
+    settled = request[kind == 0]
+    if settled.size == 0:
+        return
+    models = len(run.models)
+    key = run.traffic.user[settled] * models + run.request_model[settled]
+    keys, inverse = np.unique(key, return_inverse=True)
+    inputs = np.bincount(inverse, weights=requests.billed_input[settled]).astype(np.int64)
+    outputs = np.bincount(inverse, weights=requests.billed_output[settled]).astype(np.int64)
+    last = np.zeros(run.traffic.mau)
+    np.maximum.at(last, user, time)
+    for k, tokens_in, tokens_out in zip(keys.tolist(), inputs.tolist(), outputs.tolist(), strict=True):
+        owner, model = divmod(k, models)
+        ts = LEDGER_MONTH_START + timedelta(seconds=float(last[owner]))
+        ledger.execute(
+            RecordUsage(
+                event_id=f"{run.scenario.name}-u{owner}-{run.models[model]}-prefix",
+                user_id=f"u{owner}",
+                ts=ts,
+                model=run.models[model],
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+            ),
+            ts,
+        )
 
 
 def _shaped(

@@ -70,9 +70,12 @@ def uncapped_and_capped(table: dict[str, Any], **cap: Any) -> tuple[engine.RunRe
     return run, dataclasses.replace(run, scenario=capped)
 
 
+@pytest.mark.parametrize("cap_usd", [0.3, 1.0, 3.0])
 @pytest.mark.parametrize("action", ["block", "degrade"])
-def test_the_shortcut_is_exact_every_user_through_the_ledger_gives_the_same_run(action: str) -> None:
-    _, base = uncapped_and_capped(NAIVE, monthly_usd=1.0, action=action, degrade_model="gpt-4o-mini")
+def test_the_shortcuts_are_exact_every_request_through_the_ledger_gives_the_same_run(
+    action: str, cap_usd: float
+) -> None:
+    _, base = uncapped_and_capped(NAIVE, monthly_usd=cap_usd, action=action, degrade_model="gpt-4o-mini")
     _, catalog = scenario_from(NAIVE)
     fast = caps.apply_cap(base, catalog)
     full = caps.apply_cap(base, catalog, replay_all=True)
