@@ -1,16 +1,13 @@
 """The budget side of the `margins` command line: `enforce` and `spend`.
 
-sim.cli mounts these commands on the one `margins` group (budget never imports sim).
+sim.cli mounts these commands on the one `margins` group (budget never imports sim), importing each
+module only when its command runs: `margins spend` starts without loading the enforcer.
 """
 
 from __future__ import annotations
 
-import click
-
-from budget.enforce_cli import enforce
-from budget.spend_cli import spend
-
-COMMANDS: list[click.Command] = []
-
-COMMANDS.append(spend)
-COMMANDS.append(enforce)
+# command name -> "module:attribute" of its click command
+LAZY_COMMANDS: dict[str, str] = {
+    "spend": "budget.spend_cli:spend",
+    "enforce": "budget.enforce_cli:enforce",
+}

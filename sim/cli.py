@@ -1,25 +1,51 @@
-"""The `margins` command line: one group, the forecasting commands, and the budget side's commands."""
+"""The `margins` command line: one group, the forecasting commands, and the budget side's commands.
+
+Commands from other modules are imported only when run (LazyGroup): `margins spend` should not pay for
+importing the simulator, nor `margins simulate` for the enforcer.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from budget.cli import COMMANDS as BUDGET_COMMANDS
-from sim import render
-from sim.errors import SimError
-from sim.forecast import Forecast, forecast
-from sim.output import ForecastWriter
-from sim.scenario import load_scenario
-from sim.workbench_cli import COMMANDS as WORKBENCH_COMMANDS
+from budget.cli import LAZY_COMMANDS as BUDGET_COMMANDS
+
+if TYPE_CHECKING:
+    from sim.forecast import Forecast
+    from sim.output import ForecastWriter
+
+# command name -> "module:attribute" of its click command
+LAZY_COMMANDS = {
+    **BUDGET_COMMANDS,
+    "sweep": "sim.workbench_cli:sweep",
+    "goal-seek": "sim.workbench_cli:goal_seek_command",
+    "report": "sim.workbench_cli:report",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose commands from LAZY_COMMANDS are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module, _, attribute = LAZY_COMMANDS[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """margins: forecast and enforce what LLM features cost."""
 
@@ -79,6 +105,10 @@ def run_forecast(
     replications: int,
     writer: ForecastWriter | None,
 ) -> Forecast:
+    from sim.errors import SimError
+    from sim.forecast import forecast
+    from sim.scenario import load_scenario
+
     try:
         scenario, catalog = load_scenario(path)
     except SimError as error:
@@ -110,6 +140,9 @@ def simulate(
     fmt: str,
 ) -> None:
     """Forecast spend and quality of SCENARIO (a TOML file) at each MAU level."""
+    from sim import render
+    from sim.output import ForecastWriter
+
     writer = ForecastWriter(out) if out else None
     try:
         result = run_forecast(scenario, mau, days, seed, replications, writer)
@@ -135,6 +168,9 @@ def compare(
     fmt: str,
 ) -> None:
     """Run SCENARIOS on the same seed (the same traffic) and show them side by side with deltas."""
+    from sim import render
+    from sim.output import ForecastWriter
+
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
     writer = ForecastWriter(out) if out else None
@@ -159,10 +195,6 @@ def compare(
         )
     else:
         click.echo(render.comparison_table(results))
-
-
-for _command in (*BUDGET_COMMANDS, *WORKBENCH_COMMANDS):
-    main.add_command(_command)
 
 
 if __name__ == "__main__":

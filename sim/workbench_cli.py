@@ -211,6 +211,3 @@ def report(
         _fail(f"{out}: cannot write the report: {error.strerror or error}")
     for path in written:
         click.echo(str(path))
-
-
-COMMANDS = (sweep, goal_seek_command, report)
