@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "sweep": "sim.workbench_cli:sweep",
     "goal-seek": "sim.workbench_cli:goal_seek_command",
     "report": "sim.workbench_cli:report",
+    "replay": "sim.replay_cli:replay",
 }
 
 

@@ -57,11 +57,22 @@ class RunResult:
 
 
 def simulate(
-    scenario: Scenario, catalog: PriceCatalog, mau: int, days: int, seed: int, replication: int = 0
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int = 0,
+    traffic: Traffic | None = None,
 ) -> RunResult:
-    """Run the scenario once at `mau` users for `days` days."""
+    """Run the scenario once at `mau` users for `days` days.
+
+    `traffic` replaces the drawn traffic (a replayed trace, sim/trace.py); then its own mau and days hold.
+    """
     streams = streams_for(seed, mau, replication)
-    traffic = traffic_module.generate(scenario, mau, days, streams)
+    if traffic is None:
+        traffic = traffic_module.generate(scenario, mau, days, streams)
+    days = traffic.days
     n = traffic.requests
     u_cache = streams.cache.random((3, n))
     exact, semantic, fragment = cache_layers(scenario, traffic, u_cache)

@@ -1,0 +1,162 @@
+"""`margins replay`: a trace's own tokens and cost with every lever off, the exact repeats it implies with the
+exact cache on, and one clear line for a bad file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from budget.events import UsageRecorded, encode_usage
+from budget.prices import default_catalog
+from sim import engine
+from sim.cli import main
+from sim.replay import passthrough_scenario, replay
+from sim.trace import read_trace
+from tests.sim.conftest import scenario_from
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+AZURE = [DATA / "azure_conv_sample.csv", DATA / "azure_code_sample.csv"]
+MOONCAKE = [DATA / "mooncake_conversation_sample.jsonl", DATA / "mooncake_synthetic_sample.jsonl"]
+
+
+def plain_totals(path: Path) -> tuple[int, int]:
+    """Input and output tokens summed straight from the file, without the readers under test."""
+    if path.suffix == ".csv":
+        with path.open() as handle:
+            rows = list(csv.DictReader(handle))
+        return sum(int(r["ContextTokens"]) for r in rows), sum(int(r["GeneratedTokens"]) for r in rows)
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if "input_length" in lines[0]:
+        return sum(r["input_length"] for r in lines), sum(r["output_length"] for r in lines)
+    return sum(r["input_tokens"] for r in lines), sum(r["output_tokens"] for r in lines)
+
+
+def usage_file(tmp_path: Path) -> Path:
+    """Three users' usage events over two days, as the enforcer would have received them."""
+    start = datetime(2026, 11, 3, 9, tzinfo=UTC)
+    events = [
+        UsageRecorded(
+            event_id=f"e{i}",
+            user_id=f"user-{i % 3}",
+            ts=start + timedelta(minutes=7 * i),
+            model="gpt-4o",
+            input_tokens=300 + 11 * i,
+            output_tokens=50 + 3 * i,
+            cost_nanos=0,
+        )
+        for i in range(60)
+    ]
+    path = tmp_path / "usage.jsonl"
+    path.write_bytes(b"\n".join(encode_usage(e) for e in events) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "gpt-4o"])
+def test_pass_through_reproduces_tokens_and_cost_to_the_nano_dollar(model: str, tmp_path: Path) -> None:
+    price = default_catalog()[model]
+    for path in [*AZURE, *MOONCAKE, usage_file(tmp_path)]:
+        rows = read_trace(path)
+        run, result = replay(rows, *passthrough_scenario(model))
+        inputs, outputs = plain_totals(path)
+        billed_in = int(run.attempts.column("billed_input").sum())
+        billed_out = int(run.attempts.column("billed_output").sum())
+        assert (billed_in, billed_out) == (inputs, outputs), path.name
+        assert int(run.cost_nanos.sum()) == inputs * price.input + outputs * price.output, path.name
+        assert result.results[0]["requests"] == rows.requests
+        assert result.results[0]["failed_requests"] == 0 and result.results[0]["rate_limited"] == 0
+
+
+def test_usage_events_keep_their_users_and_sessions(tmp_path: Path) -> None:
+    rows = read_trace(usage_file(tmp_path))
+    assert rows.format == "usage-jsonl" and len(rows.users) == 3
+    _, result = replay(rows, *passthrough_scenario())
+    level = result.results[0]
+    assert level["mau"] == 3
+    assert level["sessions"] == 3  # each user writes every 21 minutes: one session each
+
+
+@pytest.mark.parametrize("path", MOONCAKE, ids=lambda p: p.name)
+def test_the_exact_cache_hits_each_exact_repeat_in_the_trace(path: Path) -> None:
+    hash_lists = [tuple(json.loads(line)["hash_ids"]) for line in path.read_text().splitlines()]
+    repeats = len(hash_lists) - len(set(hash_lists))
+    assert repeats > 0
+    scenario, catalog = scenario_from(
+        {"router": {"model": "gpt-4o-mini"}, "cache": {"exact": {"enabled": True}}}
+    )
+    run, result = replay(read_trace(path), scenario, catalog)
+    assert int((run.served == engine.BY_EXACT).sum()) == repeats
+    assert result.results[0]["hit_rate"]["exact"] == pytest.approx(repeats / len(hash_lists))
+
+
+def test_format_is_told_from_the_file() -> None:
+    assert read_trace(AZURE[0]).format == "azure"
+    assert read_trace(MOONCAKE[0]).format == "mooncake"
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_cli_replays_a_trace_as_json() -> None:
+    code, out, err = run_cli("replay", str(MOONCAKE[1]), "--format", "json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["trace"]["format"] == "mooncake"
+    assert report["results"][0]["requests"] == 400
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "args", "expected"),
+    [
+        (
+            "missing.csv",
+            "TIMESTAMP,ContextTokens\n2023-11-16 18:15:46.68,374\n",
+            (),
+            "line 1: GeneratedTokens",
+        ),
+        (
+            "bad.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\n"
+            "2023-11-16 18:15:47,x,1\n",
+            (),
+            "line 3: ContextTokens",
+        ),
+        (
+            "bad.jsonl",
+            '{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}\n'
+            '{"timestamp": 1, "input_length": "many", "output_length": 1, "hash_ids": [1]}\n',
+            (),
+            "line 2: input_length",
+        ),
+        (
+            "nohash.jsonl",
+            '{"timestamp": 0, "input_length": 5, "output_length": 1}\n',
+            ("--trace-format", "mooncake"),
+            "line 1: hash_ids",
+        ),
+        ("usage.jsonl", '{"user_id": "u", "ts": "2026-11-01T00:00:00Z"}\n', (), "line 1: event_id"),
+        ("what.txt", "hello\n", (), "line 1: (format)"),
+    ],
+)
+def test_a_bad_trace_is_one_line_naming_file_line_and_field(
+    tmp_path: Path, name: str, text: str, args: tuple[str, ...], expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    code, _, err = run_cli("replay", str(path), *args)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("margins: ")
+    assert f"{path}: {expected}" in err
+
+
+def test_unknown_format_and_model_are_one_line_errors() -> None:
+    code, _, err = run_cli("replay", str(AZURE[0]), "--trace-format", "parquet")
+    assert code == 2 and err.count("\n") == 1 and f"{AZURE[0]}: --trace-format: unknown format" in err
+    code, _, err = run_cli("replay", str(AZURE[0]), "--model", "no-such-model")
+    assert code == 2 and err.count("\n") == 1 and "no-such-model" in err
