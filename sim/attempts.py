@@ -93,6 +93,29 @@ class CallSheet:
     output_tokens: np.ndarray
     input_price: np.ndarray  # nano-dollars per token, per model index
     output_price: np.ndarray
+    # The provider's prompt cache (sim/policies/prompt_cache.py): per call, input tokens read from it and
+    # written to it, and their prices per model index. None: no prompt caching.
+    cached_input: np.ndarray | None = None
+    cache_write: np.ndarray | None = None
+    cached_price: np.ndarray | None = None
+    write_price: np.ndarray | None = None
+
+    def prompt_cache_bill(
+        self, call: np.ndarray, model: np.ndarray, billed_in: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Of the billed input, the tokens read from and written to the prompt cache, and what that saves
+        (negative: costs more) against the plain input price. An attempt that bills no input reads none."""
+        zeros = np.zeros(call.size, dtype=np.int64)
+        if self.cached_input is None or self.cache_write is None:
+            return zeros, zeros, zeros
+        assert self.cached_price is not None and self.write_price is not None
+        billed = billed_in > 0
+        read = np.where(billed, self.cached_input[call], 0)
+        wrote = np.where(billed, self.cache_write[call], 0)
+        saving = read * (self.input_price[model] - self.cached_price[model]) + wrote * (
+            self.input_price[model] - self.write_price[model]
+        )
+        return read, wrote, saving
 
 
 class RateWindows:
@@ -223,7 +246,8 @@ def run_round(
     plan = retry.follow_up(
         scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
     )
-    cost = billed_in * sheet.input_price[model] + billed_out * sheet.output_price[model]
+    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, model, billed_in)
+    cost = billed_in * sheet.input_price[model] + billed_out * sheet.output_price[model] - saving
     log.add(
         call=batch.call,
         t=batch.t,
@@ -232,6 +256,8 @@ def run_round(
         action=plan.action,
         billed_input=billed_in,
         billed_output=billed_out,
+        billed_cached=billed_cached,
+        billed_write=billed_write,
         cost_nanos=cost,
         visible_at=batch.t + visible,
         finished_at=batch.t + duration,

@@ -19,7 +19,7 @@ import simpy
 from budget.prices import PriceCatalog
 from sim import traffic as traffic_module
 from sim.attempts import AttemptLog, CallSheet, Pending, RateWindows
-from sim.policies import cache, provider, retry, router
+from sim.policies import cache, prompt_cache, provider, retry, router
 from sim.policies.outcomes import BAD_SERVED
 from sim.randomness import streams_for
 from sim.scenario import Scenario
@@ -91,6 +91,7 @@ def simulate(
         output_tokens=traffic.output_tokens,
         input_price=np.array([catalog[m].input for m in scenario.models], dtype=np.int64),
         output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
+        **prompt_cache_sheet(scenario, catalog, traffic, call_model),
     )
     log, rounds = _attempt_clock(
         scenario, table, sheet, streams.attempt_key, Pending.first_attempts(call_ids, start[call_ids]), days
@@ -118,6 +119,21 @@ def simulate(
     from sim.caps import apply_cap  # caps builds on RunResult: imported here, not at the top (a cycle)
 
     return apply_cap(result, catalog)
+
+
+def prompt_cache_sheet(
+    scenario: Scenario, catalog: PriceCatalog, traffic: Traffic, call_model: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts."""
+    if not any(scenario.provider(m).prompt_cache for m in scenario.models):
+        return {}
+    cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
+    return {
+        "cached_input": cached,
+        "cache_write": write,
+        "cached_price": np.array([catalog[m].cached_input for m in scenario.models], dtype=np.int64),
+        "write_price": np.array([catalog[m].cache_write for m in scenario.models], dtype=np.int64),
+    }
 
 
 def cache_layers(

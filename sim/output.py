@@ -18,6 +18,7 @@ import polars as pl
 
 from budget.events import USAGE_COLUMNS
 from sim import engine
+from sim.attempts import AttemptLog
 from sim.engine import RunResult
 from sim.forecast import Forecast, flatten
 from sim.policies.outcomes import OUTCOME_NAMES
@@ -119,6 +120,10 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
             ),
             "input_tokens": np.concatenate([log.column("billed_input").astype(np.int64), zeros]),
             "output_tokens": np.concatenate([log.column("billed_output").astype(np.int64), zeros]),
+            "cached_input_tokens": np.concatenate(
+                [_column(log, "billed_cached", attempt_request.size), zeros]
+            ),
+            "cache_write_tokens": np.concatenate([_column(log, "billed_write", attempt_request.size), zeros]),
             "outcome_code": np.concatenate(
                 [log.column("outcome").astype(np.int64), np.full(zeros.size, len(OUTCOME_NAMES))]
             ),
@@ -134,6 +139,12 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
     )
 
 
+def _column(log: AttemptLog, name: str, size: int) -> np.ndarray:
+    """An attempt column as int64; zeros when the log has none (a run made before the column existed)."""
+    values = log.column(name).astype(np.int64)
+    return values if values.size == size else np.zeros(size, dtype=np.int64)
+
+
 def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) -> pl.DataFrame:
     """A slice of the compact rows in the usage table's columns (strings are made per slice: memory)."""
     start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
@@ -147,8 +158,8 @@ def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) 
         pl.col("model_code").replace_strict(dict(enumerate(run.models)), return_dtype=pl.Utf8).alias("model"),
         pl.lit("chat").alias("feature"),
         "input_tokens",
-        pl.lit(0, dtype=pl.Int64).alias("cached_input_tokens"),
-        pl.lit(0, dtype=pl.Int64).alias("cache_write_tokens"),
+        "cached_input_tokens",
+        "cache_write_tokens",
         "output_tokens",
         pl.col("outcome_code").replace_strict(outcomes, return_dtype=pl.Utf8).alias("outcome"),
         pl.col("layer_code").replace_strict(_LAYER_NAMES, return_dtype=pl.Utf8).alias("cache_layer"),

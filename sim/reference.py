@@ -22,7 +22,7 @@ from sim import engine
 from sim import traffic as traffic_module
 from sim.attempts import AttemptLog
 from sim.engine import RunResult
-from sim.policies import retry, router
+from sim.policies import prompt_cache, retry, router
 from sim.policies.outcomes import BAD, BAD_SERVED, ERROR, OK, RATE_LIMITED, TIMEOUT
 from sim.policies.provider import (
     LOGISTIC_TO_NORMAL,
@@ -117,6 +117,10 @@ class _Reference:
         self.u_cache = u_cache.tolist()
         self.table = ProviderTable.of(scenario)
         self.prices = [(catalog[m].input, catalog[m].output) for m in scenario.models]
+        self.cache_prices = [(catalog[m].cached_input, catalog[m].cache_write) for m in scenario.models]
+        call_model = request_model[traffic.call_request]
+        cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
+        self.prompt_cached, self.prompt_write = cached.tolist(), write.tolist()
         layers = scenario.cache
         self.exact = LruTtlCache(layers.exact.capacity, layers.exact.ttl_s)
         self.semantic = LruTtlCache(layers.semantic.capacity, layers.semantic.ttl_s)
@@ -137,12 +141,15 @@ class _Reference:
         for request in np.argsort(self.traffic.t, kind="stable").tolist():
             self.env.process(self.request(request))
         self.env.run()
-        columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * 10
+        columns = list(zip(*self.rows, strict=True)) if self.rows else [()] * 12
         names = ("call", "t", "model", "outcome", "action", "billed_input", "billed_output", "cost_nanos")
+        names_cache = ("billed_cached", "billed_write")
         self.log.add(
             **{
                 name: np.asarray(col)
-                for name, col in zip((*names, "visible_at", "finished_at"), columns, strict=True)
+                for name, col in zip(
+                    (*names, *names_cache, "visible_at", "finished_at"), columns, strict=True
+                )
             }
         )
 
@@ -200,7 +207,11 @@ class _Reference:
             jitter = scalar_uniform(self.key, call, attempt_no, SALT_JITTER)
             action, next_t = self._follow_up(outcome, now, duration, retries, queued, jitter)
             price_in, price_out = self.prices[model]
-            cost = billed_in * price_in + billed_out * price_out
+            price_cached, price_write = self.cache_prices[model]
+            read = self.prompt_cached[call] if billed_in else 0
+            wrote = self.prompt_write[call] if billed_in else 0
+            cost = (billed_in - read - wrote) * price_in + billed_out * price_out
+            cost += read * price_cached + wrote * price_write
             self.rows.append(
                 (
                     call,
@@ -211,6 +222,8 @@ class _Reference:
                     billed_in,
                     billed_out,
                     cost,
+                    read,
+                    wrote,
                     now + visible,
                     now + duration,
                 )
@@ -301,7 +314,7 @@ class _Reference:
         fallback, bad_served = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         cost = [0] * n
         visible = [-np.inf] * n
-        for call, _t, _m, outcome, action, _bi, _bo, nanos, seen, _f in self.rows:
+        for call, _t, _m, outcome, action, _bi, _bo, nanos, _bc, _bw, seen, _f in self.rows:
             request = int(traffic.call_request[call])
             cost[request] += nanos
             if action == retry.FAILED:

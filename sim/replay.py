@@ -57,3 +57,16 @@ def replay(
     name = f"{scenario.name} on {rows.path}"
     result = Forecast(name, seed, traffic.days, 1, [summary], [{"replication": 0, **summary}])
     return run, result
+
+
+def prompt_cache_figures(run: RunResult) -> dict[str, float]:
+    """How much of the billed input the provider's prompt cache read and wrote (shares of billed input)."""
+    billed = int(run.attempts.column("billed_input").sum())
+    read = int(run.attempts.column("billed_cached").sum())
+    wrote = int(run.attempts.column("billed_write").sum())
+    return {
+        "cached_input_tokens": read,
+        "cache_write_tokens": wrote,
+        "cached_input_share": read / billed if billed else 0.0,
+        "cache_write_share": wrote / billed if billed else 0.0,
+    }

@@ -35,7 +35,7 @@ def replay(
     """
     from sim import render
     from sim.errors import SimError
-    from sim.replay import DEFAULT_MODEL, passthrough_scenario
+    from sim.replay import DEFAULT_MODEL, passthrough_scenario, prompt_cache_figures
     from sim.replay import replay as run_replay
     from sim.scenario import load_scenario
     from sim.trace import read_trace
@@ -48,12 +48,18 @@ def replay(
             scenario, catalog = load_scenario(policies)
         else:
             scenario, catalog = passthrough_scenario(model or DEFAULT_MODEL)
-        _, result = run_replay(rows, scenario, catalog, seed)
+        run, result = run_replay(rows, scenario, catalog, seed)
     except SimError as error:
         fail(str(error))
     if fmt == "json":
         report = result.to_json()
-        report["trace"] = {"path": trace, "format": rows.format, "exact_repeats": rows.exact_repeats}
+        report["trace"] = {
+            "path": trace,
+            "format": rows.format,
+            "span_s": float(rows.t.max()),
+            "exact_repeats": rows.exact_repeats,
+        }
+        report["prompt_cache"] = prompt_cache_figures(run)
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(render.forecast_table(result))

@@ -92,6 +92,10 @@ class Prompts(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     hard_share: Probability = 0.25
     input_tokens: Distribution = Distribution(mean=800.0, sigma=0.6)
     output_tokens: Distribution = Distribution(mean=250.0, sigma=0.5)
+    # Share of each call's input that is a stable prefix (system prompt, tools, earlier turns) that a
+    # provider's prompt cache can serve when the same user called within its lifetime. A trace with
+    # prefix hashes (Mooncake) brings its own prefixes instead.
+    prefix_share: Probability = 0.0
     chains: Chains = Chains()
 
 
@@ -173,6 +177,11 @@ class Provider(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     timeout_s: Positive = 60.0
     error_bills: Billing = "nothing"
     timeout_bills: Billing = "full"
+    # Provider prompt caching (sim/policies/prompt_cache.py): a prompt prefix seen within the cache's
+    # lifetime is billed at the cached-input price, a new one at cache_write; shorter prefixes are not cached.
+    prompt_cache: bool = False
+    prompt_cache_ttl_s: Positive = 300.0
+    prompt_cache_min_tokens: NonNegativeInt = 1024
 
 
 class Retry(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):

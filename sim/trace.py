@@ -217,6 +217,7 @@ def to_traffic(rows: TraceRows, exact_scope: str = "global", hard: np.ndarray | 
         call_deterministic=np.zeros(n, dtype=bool),
         input_tokens=rows.input_tokens,
         output_tokens=rows.output_tokens,
+        prefix_blocks=rows.prefix_blocks,
     )
 
 

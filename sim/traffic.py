@@ -41,6 +41,9 @@ class Traffic:
     call_deterministic: np.ndarray  # bool: a deterministic chain step (fragment-cacheable)
     input_tokens: np.ndarray  # int64 per call
     output_tokens: np.ndarray  # int64 per call
+    # Per call, the ids of its prompt's 512-token prefix blocks (a replayed Mooncake trace); empty when
+    # the prefix comes from prompts.prefix_share instead.
+    prefix_blocks: tuple[tuple[int, ...], ...] = ()
 
     @property
     def requests(self) -> int:

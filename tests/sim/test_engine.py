@@ -171,3 +171,22 @@ def test_naive_retry_never_spends_less_than_cost_aware(
     naive = _cost({**table, "retry": {"policy": "naive", "max_retries": retries}}, params["seed"])
     cost_aware = _cost({**table, "retry": {"policy": "cost-aware"}}, params["seed"])
     assert naive >= cost_aware
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_fast_path_equals_reference_with_provider_prompt_caching(streaming: bool) -> None:
+    cached = {**FAILURES, "prompt_cache": True, "prompt_cache_ttl_s": 120.0, "prompt_cache_min_tokens": 256}
+    table = {
+        **ALL_LEVERS,
+        "prompts": {**ALL_LEVERS["prompts"], "prefix_share": 0.6},
+        "streaming": {"enabled": streaming},
+        "providers": {"gpt-4o": cached, "gpt-4o-mini": {**cached, "error_bills": "input"}},
+    }
+    scenario, catalog = scenario_from(table)
+    fast = simulate(scenario, catalog, 300, 5, seed=3)
+    reference = simulate_reference(scenario, catalog, 300, 5, seed=3)
+    assert np.array_equal(fast.cost_nanos, reference.cost_nanos)
+    for column in ("billed_cached", "billed_write"):
+        assert fast.attempts.column(column).sum() == reference.attempts.column(column).sum() > 0
+    uncached, _ = scenario_from({**table, "providers": {"gpt-4o": FAILURES, "gpt-4o-mini": FAILURES}})
+    assert fast.cost_nanos.sum() < simulate(uncached, catalog, 300, 5, seed=3).cost_nanos.sum()

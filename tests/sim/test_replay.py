@@ -8,14 +8,18 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from budget.events import UsageRecorded, encode_usage
-from budget.prices import default_catalog
+from budget.prices import PriceCatalog, default_catalog
 from sim import engine
 from sim.cli import main
+from sim.output import usage_frame
 from sim.replay import passthrough_scenario, replay
+from sim.scenario import Scenario
 from sim.trace import read_trace
 from tests.sim.conftest import scenario_from
 
@@ -160,3 +164,64 @@ def test_unknown_format_and_model_are_one_line_errors() -> None:
     assert code == 2 and err.count("\n") == 1 and f"{AZURE[0]}: --trace-format: unknown format" in err
     code, _, err = run_cli("replay", str(AZURE[0]), "--model", "no-such-model")
     assert code == 2 and err.count("\n") == 1 and "no-such-model" in err
+
+
+def mooncake_file(tmp_path: Path, rows: list[tuple[int, int, list[int]]]) -> Path:
+    path = tmp_path / "prefixes.jsonl"
+    lines = [
+        json.dumps({"timestamp": ms, "input_length": tokens, "output_length": 10, "hash_ids": ids})
+        for ms, tokens, ids in rows
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("min_tokens", "expected"),
+    [
+        (0, [(0, 1536), (1024, 512), (0, 1024), (512, 0)]),
+        (1024, [(0, 1536), (1024, 512), (0, 1024), (0, 0)]),
+    ],
+)
+def test_the_provider_prompt_cache_reads_leading_blocks_seen_within_its_lifetime(
+    tmp_path: Path, min_tokens: int, expected: list[tuple[int, int]]
+) -> None:
+    trace = [
+        (0, 1636, [1, 2, 3, 4]),  # three full blocks written; the partial fourth is not cached
+        (10_000, 1536, [1, 2, 5]),  # reads 1 and 2, writes 5
+        (400_000, 1024, [1, 2]),  # 390 s later: the 300 s lifetime is over, written again
+        (500_000, 700, [1, 9]),  # reads block 1 (refreshed at 400 s); 9 is partial
+    ]
+    model = "claude-haiku-4.5"  # bills cache writes above the input price
+    provider = {"prompt_cache": True, "prompt_cache_ttl_s": 300.0, "prompt_cache_min_tokens": min_tokens}
+    scenario, catalog = scenario_from({"router": {"model": model}, "providers": {model: provider}})
+    run, _ = replay(read_trace(mooncake_file(tmp_path, trace)), *passthrough(scenario, catalog))
+    order = np.argsort(run.attempts.column("call"))
+    read = run.attempts.column("billed_cached")[order].astype(int).tolist()
+    wrote = run.attempts.column("billed_write")[order].astype(int).tolist()
+    assert list(zip(read, wrote, strict=True)) == expected
+    price = catalog[model]
+    plain = sum(
+        price.cost_nanos(tokens, 10, cached, write)
+        for (_, tokens, _), (cached, write) in zip(trace, expected, strict=True)
+    )
+    assert int(run.cost_nanos.sum()) == plain
+
+
+def passthrough(scenario: Scenario, catalog: PriceCatalog) -> tuple[Scenario, PriceCatalog]:
+    """The scenario with injected failures off, so the bill is the trace's alone."""
+    quiet = {"error_rate": 0.0, "timeout_rate": 0.0, "bad_completion_rate": 0.0}
+    providers = {m: msgspec.structs.replace(scenario.provider(m), **quiet) for m in scenario.models}
+    return msgspec.structs.replace(scenario, providers=providers), catalog
+
+
+def test_usage_rows_carry_the_prompt_cache_tokens() -> None:
+    model = "gpt-4o-mini"
+    scenario, catalog = scenario_from(
+        {"router": {"model": model}, "providers": {model: {"prompt_cache": True}}}
+    )
+    run, _ = replay(read_trace(MOONCAKE[0]), *passthrough(scenario, catalog))
+    frame = usage_frame(run, "r")
+    assert int(frame["cached_input_tokens"].sum()) == int(run.attempts.column("billed_cached").sum()) > 0
+    assert int(frame["cache_write_tokens"].sum()) == int(run.attempts.column("billed_write").sum()) > 0
+    assert int(frame["cost_nanos"].sum()) == int(run.cost_nanos.sum())
