@@ -50,6 +50,9 @@ class UsageRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="usage_record
     # The calendar month (user's time zone, "YYYY-MM") the enforcer counted this usage in; stored so a
     # later time-zone change never moves history. None when the producer did not fold it (forecasts).
     month: str | None = None
+    # Optional: a hash of the prompt (never the prompt), so `margins fit` can measure how often prompts
+    # repeat; None when the producer does not send it.
+    prompt_hash: str | None = None
     v: int = USAGE_SCHEMA_VERSION
 
 

@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "goal-seek": "sim.workbench_cli:goal_seek_command",
     "report": "sim.workbench_cli:report",
     "replay": "sim.replay_cli:replay",
+    "fit": "sim.fit_cli:fit",
 }
 
 

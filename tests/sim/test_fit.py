@@ -1,0 +1,148 @@
+"""`margins fit`: a held-back synthetic month whose true parameters are known is forecast from a fitted
+scenario within 5% of its total cost and 15% of its per-user p90; the store and a usage file fit alike."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from budget.events import UsageRecorded, encode_usage
+from budget.store import EventStore
+from sim.cli import main
+from sim.engine import BY_EXACT, BY_SEMANTIC, RunResult, simulate
+from sim.forecast import summarize
+from sim.policies.outcomes import OUTCOME_NAMES
+from sim.scenario import load_scenario
+from tests.sim.conftest import scenario_from
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+MONTH_START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+TRUE = {"router": {"model": "gpt-4o-mini"}, "cache": {"exact": {"enabled": True}}}
+
+
+def usage_events(run: RunResult) -> list[UsageRecorded]:
+    """The run's usage as the enforcer would have stored it, each with its prompt's hash."""
+    traffic, log = run.traffic, run.attempts
+    call = log.column("call").astype(np.int64)
+
+    def prompt_hash(request: int) -> str:
+        key = int(traffic.exact_key[request])
+        return f"p{key}" if key >= 0 else f"once{request}"
+
+    events = [
+        UsageRecorded(
+            event_id=f"a{i}",
+            user_id=f"u{traffic.user[traffic.call_request[c]]}",
+            ts=MONTH_START + dt.timedelta(seconds=float(t)),
+            model=run.models[int(m)],
+            input_tokens=int(i_tokens),
+            output_tokens=int(o_tokens),
+            cost_nanos=int(cost),
+            outcome=OUTCOME_NAMES[int(o)],  # type: ignore[arg-type]
+            prompt_hash=prompt_hash(int(traffic.call_request[c])),
+        )
+        for i, (c, t, m, o, i_tokens, o_tokens, cost) in enumerate(
+            zip(
+                call,
+                log.column("t"),
+                log.column("model"),
+                log.column("outcome"),
+                log.column("billed_input"),
+                log.column("billed_output"),
+                log.column("cost_nanos"),
+                strict=True,
+            )
+        )
+    ]
+    for r in np.flatnonzero((run.served == BY_EXACT) | (run.served == BY_SEMANTIC)).tolist():
+        events.append(
+            UsageRecorded(
+                event_id=f"c{r}",
+                user_id=f"u{traffic.user[r]}",
+                ts=MONTH_START + dt.timedelta(seconds=float(traffic.t[r])),
+                model=run.models[0],
+                input_tokens=0,
+                output_tokens=0,
+                cost_nanos=0,
+                outcome="cache_hit",
+                cache_layer="exact",
+                prompt_hash=prompt_hash(r),
+            )
+        )
+    return events
+
+
+def write_jsonl(path: Path, events: list[UsageRecorded]) -> Path:
+    path.write_bytes(b"\n".join(encode_usage(e) for e in events) + b"\n")
+    return path
+
+
+def fit_cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["fit", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_a_fitted_scenario_forecasts_a_held_back_month(tmp_path: Path) -> None:
+    scenario, catalog = scenario_from(TRUE, "true")
+    mau = 4000
+    observed = simulate(scenario, catalog, mau, 30, seed=1)
+    held_back = summarize(simulate(scenario, catalog, mau, 30, seed=2))
+    code, out, err = fit_cli("--trace", str(write_jsonl(tmp_path / "month.jsonl", usage_events(observed))))
+    assert code == 0, err
+    fitted_path = tmp_path / "fitted.toml"
+    fitted_path.write_text(out + "\n[cache.exact]\nenabled = true\n")
+    fitted, fitted_catalog = load_scenario(fitted_path)
+    assert fitted.traffic.mau == [mau] and fitted.router.model == "gpt-4o-mini"
+    forecast = summarize(simulate(fitted, fitted_catalog, mau, 30, seed=3))
+    assert abs(forecast["cost_usd"] / held_back["cost_usd"] - 1) < 0.05
+    p90, true_p90 = (s["cost_per_user_month_usd"]["p90"] for s in (forecast, held_back))
+    assert abs(p90 / true_p90 - 1) < 0.15
+    assert abs(forecast["hit_rate"]["exact"] - held_back["hit_rate"]["exact"]) < 0.01
+
+
+def test_the_store_and_a_usage_file_fit_alike_and_only_the_month_counts(tmp_path: Path) -> None:
+    scenario, catalog = scenario_from({**TRUE, "traffic": {"days": 30}})
+    events = usage_events(simulate(scenario, catalog, 40, 30, seed=4))
+    october = UsageRecorded(
+        event_id="old",
+        user_id="u-october",
+        ts=MONTH_START - dt.timedelta(days=3),
+        model="gpt-4o",
+        input_tokens=10**6,
+        output_tokens=10**5,
+        cost_nanos=1,
+    )
+    with EventStore.open(tmp_path / "store", flush_interval=None, offload=False) as store:
+        store.append([*events, october])
+        store.flush()
+    code, from_store, err = fit_cli("--store", str(tmp_path / "store"), "--month", "2026-11")
+    assert code == 0, err
+    code, from_file, err = fit_cli("--trace", str(write_jsonl(tmp_path / "m.jsonl", events)))
+    assert code == 0, err
+    assert from_store.splitlines()[1:] == from_file.splitlines()[1:]  # the first line names the source
+    assert "mau = [40]" in from_store
+
+
+def test_a_mooncake_trace_fits_a_scenario_that_loads(tmp_path: Path) -> None:
+    code, out, err = fit_cli("--trace", str(DATA / "mooncake_synthetic_sample.jsonl"))
+    assert code == 0, err
+    path = tmp_path / "fitted.toml"
+    path.write_text(out)
+    fitted, _ = load_scenario(path)
+    assert fitted.prompts.repeat_share > 0 and fitted.traffic.mau == [1]
+
+
+def test_fit_errors_are_one_line(tmp_path: Path) -> None:
+    with EventStore.open(tmp_path / "empty", flush_interval=None, offload=False):
+        pass
+    for args in (
+        ("--store", str(tmp_path / "empty"), "--month", "2026-11"),
+        ("--store", str(tmp_path / "empty"), "--month", "November"),
+        (),
+        ("--trace", str(tmp_path / "missing.csv")),
+    ):
+        code, _, err = fit_cli(*args)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("margins: "), (args, err)
