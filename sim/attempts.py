@@ -141,18 +141,34 @@ class RateWindows:
         return grouped
 
     def first_contested(self, t: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> float:
-        """Start of the earliest window these attempts would overflow (inf when all of them fit)."""
+        """Start of the earliest window these attempts would overflow (inf when all of them fit).
+
+        Counts per model over the span of windows the attempts touch (a day's, not the month's).
+        """
         group = self.group(t, model)
-        count = np.bincount(group, minlength=self.requests.size)
-        load = np.bincount(group, weights=tokens, minlength=self.tokens.size)
+        earliest = np.inf
+        for index in range(self.table.rpm.size):
+            selected = model == index
+            mine = group[selected]
+            if mine.size:
+                earliest = min(earliest, self._first_over(mine, tokens[selected]))
+        return earliest * retry.RATE_WINDOW_S
+
+    def _first_over(self, group: np.ndarray, tokens: np.ndarray) -> float:
+        """The earliest window (index) among one model's groups whose load would overflow it."""
+        low = int(group.min())
+        span = int(group.max()) - low + 1
+        count = np.bincount(group - low, minlength=span)
+        load = np.bincount(group - low, weights=tokens, minlength=span)
+        part = slice(low, low + span)
         over = (count > 0) & (
-            self.closed
-            | (self.requests + count > self.rpm_by_group)
-            | (self.tokens + load > self.tpm_by_group)
+            self.closed[part]
+            | (self.requests[part] + count > self.rpm_by_group[part])
+            | (self.tokens[part] + load > self.tpm_by_group[part])
         )
         if not over.any():
             return float("inf")
-        return float((np.flatnonzero(over) % self.windows).min() * retry.RATE_WINDOW_S)
+        return float(((np.flatnonzero(over) + low) % self.windows).min())
 
     def admit(
         self, batch: Pending, model: np.ndarray, tokens: np.ndarray, fits_all: bool = False

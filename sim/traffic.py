@@ -7,6 +7,7 @@ run of fewer days keeps the sessions that start inside them (the rest of the mon
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,7 @@ class Traffic:
     call_deterministic: np.ndarray  # bool: a deterministic chain step (fragment-cacheable)
     input_tokens: np.ndarray  # int64 per call
     output_tokens: np.ndarray  # int64 per call
+    steps: int = 1  # calls in every chain (a plain message has one)
     # Per call, the ids of its prompt's 512-token prefix blocks (a replayed Mooncake trace); empty when
     # the prefix comes from prompts.prefix_share instead.
     prefix_blocks: tuple[tuple[int, ...], ...] = ()
@@ -67,6 +69,7 @@ def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traff
         mau=mau,
         days=days,
         sessions=sessions,
+        steps=scenario.prompts.chains.steps,
         t=t,
         user=user,
         exact_key=exact_key,
@@ -173,11 +176,17 @@ def zipf_indices(rng: np.random.Generator, size: int, exponent: float, n: int) -
 
     Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size.
     """
-    weights = 1.0 / np.arange(1, size + 1, dtype=np.float64) ** exponent
-    accept, alias = alias_table(weights / weights.sum())
+    accept, alias = zipf_alias_table(size, exponent)
     slot = np.minimum((rng.random(n) * size).astype(np.int64), size - 1)
     picked: np.ndarray = np.where(rng.random(n) < accept[slot], slot, alias[slot])
     return picked
+
+
+@functools.lru_cache(maxsize=8)
+def zipf_alias_table(size: int, exponent: float) -> tuple[np.ndarray, np.ndarray]:
+    """The alias table of a finite Zipf law, built once per (size, exponent) in a process."""
+    weights = 1.0 / np.arange(1, size + 1, dtype=np.float64) ** exponent
+    return alias_table(weights / weights.sum())
 
 
 def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
