@@ -29,6 +29,7 @@ LAZY_COMMANDS = {
     "report": "sim.workbench_cli:report",
     "replay": "sim.replay_cli:replay",
     "fit": "sim.fit_cli:fit",
+    "forecast-error": "sim.forecast_error_cli:forecast_error",
 }
 
 

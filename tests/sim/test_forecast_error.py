@@ -1,0 +1,71 @@
+"""`margins forecast-error`: forecast vs actual spend overall, per model and per user decile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import msgspec
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from budget.prices import NANOS_PER_USD
+from budget.store import EventStore
+from sim.cli import main
+from sim.engine import simulate
+from sim.forecast import forecast
+from sim.output import ForecastWriter
+from tests.sim.conftest import scenario_from
+from tests.sim.test_fit import usage_events
+
+TABLE = {"router": {"model": "gpt-4o-mini"}, "traffic": {"days": 30}}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray]:
+    """A two-replication forecast at 200 MAU, and a store holding another month of the same traffic."""
+    root = tmp_path_factory.mktemp("forecast-error")
+    scenario, catalog = scenario_from(TABLE, "chat")
+    writer = ForecastWriter(root / "f.duckdb")
+    try:
+        writer.write_forecast(forecast(scenario, catalog, [200], 30, 1, 2, on_run=writer.write_run))
+    finally:
+        writer.close()
+    actual = simulate(scenario, catalog, 200, 30, seed=9)
+    events = [msgspec.structs.replace(e, month="2026-11") for e in usage_events(actual)]
+    with EventStore.open(root / "store", flush_interval=None, offload=False) as store:
+        store.append(events)
+        store.flush()
+    per_user = np.bincount(actual.traffic.user, weights=actual.cost_nanos) / NANOS_PER_USD
+    return root / "f.duckdb", root / "store", per_user
+
+
+def test_the_comparison_is_a_table_and_views(files: tuple[Path, Path, np.ndarray]) -> None:
+    forecast_path, store, per_user = files
+    result = CliRunner().invoke(
+        main,
+        ["forecast-error", "--forecast", str(forecast_path), "--store", str(store), "--month", "2026-11"],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "decile 10 (per user)" in result.stdout and "model gpt-4o-mini" in result.stdout
+    with duckdb.connect(str(forecast_path), read_only=True) as db:
+        f_usd, a_usd, error, f_users, a_users = db.execute("SELECT * FROM forecast_error_overall").fetchone()
+        runs = db.execute("SELECT days, figures->>'cost_usd' FROM forecast_runs").fetchall()
+        deciles = db.execute("SELECT * FROM forecast_error_by_decile").fetchall()
+    assert a_usd == pytest.approx(per_user.sum()) and a_users == 200 and f_users == 200
+    assert f_usd == pytest.approx(np.mean([float(cost) for _, cost in runs]))  # the forecast's own figure
+    assert error == pytest.approx((f_usd - a_usd) / a_usd)
+    top = np.array_split(np.sort(per_user), 10)[-1].mean()
+    assert deciles[-1][0] == 10 and deciles[-1][2] == pytest.approx(top)
+
+
+def test_errors_are_one_line(files: tuple[Path, Path, np.ndarray], tmp_path: Path) -> None:
+    forecast_path, store, _ = files
+    for args in (
+        ("--forecast", str(forecast_path), "--store", str(store), "--month", "2026-10"),
+        ("--forecast", str(tmp_path / "none.duckdb"), "--store", str(store), "--month", "2026-11"),
+        ("--forecast", str(forecast_path), "--store", str(store), "--month", "2026-11", "--run", "x"),
+    ):
+        result = CliRunner().invoke(main, ["forecast-error", *args])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, (args, result.stderr)
