@@ -134,7 +134,7 @@ class _Reference:
         self.log = AttemptLog()
         self.env = simpy.Environment()
         steps = traffic.calls_per_request
-        self.first_call = np.concatenate(([0], np.cumsum(steps)[:-1])).tolist()
+        self.first_call = (np.cumsum(steps) - steps).tolist()
         self.steps = steps.tolist()
 
     def play(self) -> None:

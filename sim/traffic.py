@@ -128,7 +128,7 @@ def _messages(
     )
     session = np.repeat(np.arange(session_user.size, dtype=np.int64), per_session)
     gaps = streams.messages.exponential(scenario.traffic.think_time_s, size=session.size)
-    first = np.concatenate(([0], np.cumsum(per_session)[:-1]))
+    first = np.cumsum(per_session) - per_session
     gaps[first] = 0.0  # a session's first message opens it
     elapsed = np.cumsum(gaps)
     elapsed -= np.repeat(elapsed[first], per_session)
@@ -165,7 +165,7 @@ def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndar
     chains = scenario.prompts.chains
     steps = np.where(context >= 0, chains.steps, 1)
     call_request = np.repeat(np.arange(context.size, dtype=np.int64), steps)
-    first = np.concatenate(([0], np.cumsum(steps)[:-1]))
+    first = np.cumsum(steps) - steps
     call_step = np.arange(call_request.size, dtype=np.int64) - np.repeat(first, steps)
     deterministic = (context[call_request] >= 0) & (call_step < chains.deterministic_steps)
     return call_request, call_step, deterministic

@@ -190,3 +190,16 @@ def test_fast_path_equals_reference_with_provider_prompt_caching(streaming: bool
         assert fast.attempts.column(column).sum() == reference.attempts.column(column).sum() > 0
     uncached, _ = scenario_from({**table, "providers": {"gpt-4o": FAILURES, "gpt-4o-mini": FAILURES}})
     assert fast.cost_nanos.sum() < simulate(uncached, catalog, 300, 5, seed=3).cost_nanos.sum()
+
+
+def test_a_run_without_a_single_request_reports_zeros(all_levers: Any) -> None:
+    scenario, catalog = all_levers
+    # One user with one session in a 30-day month: a 1-day run sees nothing, most seeds.
+    seed = next(s for s in range(100) if simulate(scenario, catalog, 1, 1, seed=s).traffic.requests == 0)
+    for run in (
+        simulate(scenario, catalog, 1, 1, seed=seed),
+        simulate_reference(scenario, catalog, 1, 1, seed=seed),
+    ):
+        figures = summarize(run)
+        assert figures["requests"] == 0 and figures["cost_usd"] == 0
+        assert figures["cost_per_user_month_usd"]["p99"] == 0
