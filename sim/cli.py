@@ -130,6 +130,20 @@ def run_forecast(
     return result
 
 
+def run_forecasts(
+    paths: list[str], mau: list[int] | None, days: int | None, seed: int, replications: int, out: Path | None
+) -> list[Forecast]:
+    """Forecast each scenario file, writing every run into `out` (DuckDB) when given."""
+    from sim.output import ForecastWriter
+
+    writer = ForecastWriter(out) if out else None
+    try:
+        return [run_forecast(path, mau, days, seed, replications, writer) for path in paths]
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 @main.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @forecast_options
@@ -144,14 +158,8 @@ def simulate(
 ) -> None:
     """Forecast spend and quality of SCENARIO (a TOML file) at each MAU level."""
     from sim import render
-    from sim.output import ForecastWriter
 
-    writer = ForecastWriter(out) if out else None
-    try:
-        result = run_forecast(scenario, mau, days, seed, replications, writer)
-    finally:
-        if writer is not None:
-            writer.close()
+    [result] = run_forecasts([scenario], mau, days, seed, replications, out)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -172,16 +180,10 @@ def compare(
 ) -> None:
     """Run SCENARIOS on the same seed (the same traffic) and show them side by side with deltas."""
     from sim import render
-    from sim.output import ForecastWriter
 
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
-    writer = ForecastWriter(out) if out else None
-    try:
-        results = [run_forecast(path, mau, days, seed, replications, writer) for path in scenarios]
-    finally:
-        if writer is not None:
-            writer.close()
+    results = run_forecasts(list(scenarios), mau, days, seed, replications, out)
     levels = {tuple(r["mau"] for r in f.results) for f in results}
     if len(levels) > 1:
         fail("the scenarios have different MAU levels; pass --mau to compare them on the same ones")
