@@ -80,8 +80,13 @@ class AttemptLog:
             self.parts.setdefault(name, []).append(values)
 
     def column(self, name: str) -> np.ndarray:
+        """One column of every attempt, joined on first use and kept joined (read many times after)."""
         values = self.parts.get(name)
-        return np.concatenate(values) if values else np.zeros(0)
+        if not values:
+            return np.zeros(0)
+        if len(values) > 1:
+            values[:] = [np.concatenate(values)]
+        return values[0]
 
 
 @dataclass(frozen=True, slots=True)
