@@ -30,6 +30,7 @@ LAZY_COMMANDS = {
     "replay": "sim.replay_cli:replay",
     "fit": "sim.fit_cli:fit",
     "forecast-error": "sim.forecast_error_cli:forecast_error",
+    "eval": "sim.router_eval_cli:eval_group",
 }
 
 

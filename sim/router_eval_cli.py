@@ -1,0 +1,139 @@
+"""`margins eval router`: measure the rule-based router on a labelled set and record the shares it routes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sim.cli import fail
+from sim.router_eval import Evaluation
+from sim.router_eval_io import RunRecord
+
+MISSES_SHOWN = 15
+
+
+@click.group(name="eval")
+def eval_group() -> None:
+    """Measure a cost lever's model against labelled data."""
+
+
+@eval_group.command()
+@click.option(
+    "--set", "set_path", required=True, type=click.Path(dir_okay=False), help="Eval set (JSON lines)"
+)
+@click.option("--rules", "rules_path", required=True, type=click.Path(dir_okay=False), help="Rules (TOML)")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file: append this run")
+@click.option(
+    "--write-shares",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the measured [router] shares as a scenario fragment (TOML)",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def router(set_path: str, rules_path: str, db: Path | None, write_shares: Path | None, fmt: str) -> None:
+    """Route every request of the eval set with the rules; print accuracy, the confusion matrix and the
+    shares a scenario's [router] takes (hard_to_expensive, easy_to_expensive)."""
+    from sim.errors import SimError
+    from sim.router_eval import evaluate
+    from sim.router_eval_io import file_sha256, load_rules, read_eval_set, record_run, shares_toml
+
+    try:
+        examples = read_eval_set(set_path)
+        rules = load_rules(rules_path)
+    except SimError as error:
+        fail(str(error))
+    evaluation = evaluate(examples, rules)
+    record = RunRecord(
+        run_at=dt.datetime.now(dt.UTC),
+        set_path=set_path,
+        set_sha256=file_sha256(set_path),
+        rules_path=rules_path,
+        rules_sha256=file_sha256(rules_path),
+        confusion=evaluation.confusion,
+    )
+    previous = record_run(db, record) if db is not None else None
+    if write_shares is not None:
+        try:
+            write_shares.write_text(shares_toml(record), encoding="utf-8")
+        except OSError as error:
+            fail(f"{write_shares}: (file): cannot be written: {error}")
+    if fmt == "json":
+        click.echo(json.dumps(report(record, evaluation, previous, recorded=db is not None), indent=2))
+    else:
+        click.echo(table(record, evaluation, previous))
+
+
+def change(record: RunRecord, previous: RunRecord) -> dict[str, Any]:
+    """Each figure's move since the previous run of the same set, and whether the rules differ."""
+    now, before = record.figures(), previous.figures()
+    return {
+        "previous_run_at": previous.run_at.isoformat(),
+        "rules_changed": previous.rules_sha256 != record.rules_sha256,
+        **{name: now[name] - before[name] for name in now},
+    }
+
+
+def report(
+    record: RunRecord, evaluation: Evaluation, previous: RunRecord | None, *, recorded: bool
+) -> dict[str, Any]:
+    """The run as JSON: figures, matrix, per-rule counts, every miss, and the change when recorded."""
+    c = record.confusion
+    return {
+        "set": {"path": record.set_path, "sha256": record.set_sha256, "hard": c.hard, "easy": c.easy},
+        "rules": {"path": record.rules_path, "sha256": record.rules_sha256},
+        "run_at": record.run_at.isoformat(),
+        **record.figures(),
+        "confusion": {
+            "easy": {"cheap": c.easy_cheap, "expensive": c.easy_expensive},
+            "hard": {"cheap": c.hard_cheap, "expensive": c.hard_expensive},
+        },
+        "rule_counts": [
+            {"rule": r.name, "on_hard": r.on_hard, "on_easy": r.on_easy} for r in evaluation.rule_counts
+        ],
+        "misses": [
+            {"line": e.line, "text": e.text, "label": e.label, "reasons": list(v.reasons)}
+            for e, v in evaluation.misses()
+        ],
+        "change": change(record, previous) if previous is not None else None,
+        "recorded": recorded,
+    }
+
+
+def table(record: RunRecord, evaluation: Evaluation, previous: RunRecord | None) -> str:
+    """The run as the terminal shows it."""
+    c = record.confusion
+    lines = [
+        f"router eval: {record.set_path} ({c.total} requests: {c.hard} hard, {c.easy} easy)",
+        f"rules: {record.rules_path}",
+        "",
+        f"{'':<12}{'routed cheap':>14}{'routed expensive':>18}",
+        f"{'true easy':<12}{c.easy_cheap:>14}{c.easy_expensive:>18}",
+        f"{'true hard':<12}{c.hard_cheap:>14}{c.hard_expensive:>18}",
+        "",
+        f"accuracy            {c.accuracy:.3f}",
+        f"hard_to_expensive   {c.hard_to_expensive:.3f}   (recall on hard)",
+        f"easy_to_expensive   {c.easy_to_expensive:.3f}   (easy sent to the expensive model)",
+        "",
+        f"{'rule':<24}{'on hard':>8}{'on easy':>9}",
+        *(f"{r.name:<24}{r.on_hard:>8}{r.on_easy:>9}" for r in evaluation.rule_counts),
+    ]
+    misses = evaluation.misses()
+    if misses:
+        lines += ["", f"misses ({len(misses)}):"]
+        for example, verdict in misses[:MISSES_SHOWN]:
+            why = f" [{', '.join(verdict.reasons)}]" if verdict.reasons else ""
+            lines.append(f"  line {example.line}: {example.label} -> {verdict.label}{why}: {example.text}")
+        if len(misses) > MISSES_SHOWN:
+            lines.append(f"  ... {len(misses) - MISSES_SHOWN} more (--format json lists them all)")
+    if previous is not None:
+        moved = change(record, previous)
+        rules_note = "rules changed" if moved["rules_changed"] else "same rules"
+        lines += [
+            "",
+            f"change since {moved['previous_run_at']} ({rules_note}): "
+            + ", ".join(f"{name} {moved[name]:+.3f}" for name in record.figures()),
+        ]
+    return "\n".join(lines)
