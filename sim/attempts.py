@@ -53,8 +53,11 @@ class Pending:
         )
 
     def take(self, mask: np.ndarray | slice) -> Pending:
-        if isinstance(mask, np.ndarray) and mask.dtype == bool and mask.all():
-            return self  # arrays are never written in place, so sharing them is safe
+        if isinstance(mask, np.ndarray) and mask.dtype == bool:
+            if mask.all():
+                return self  # arrays are never written in place, so sharing them is safe
+            if not mask.any():
+                mask = slice(0, 0)
         return Pending(*(getattr(self, name)[mask] for name in ATTEMPT_FIELDS))
 
     @staticmethod
@@ -217,7 +220,12 @@ class RateWindows:
         return admitted, place
 
     def _count(self, group: np.ndarray, tokens: np.ndarray) -> None:
-        # bincount beats np.add.at by far; token sums per window stay far below 2**53, so exact.
+        if group.size < self.requests.size // 8:  # a small round: touch only the windows it uses
+            np.add.at(self.requests, group, 1)
+            np.add.at(self.tokens, group, tokens)
+            return
+        # A large round: one pass over all windows beats np.add.at. Token sums per window stay far
+        # below 2**53, so bincount's float64 weights are exact.
         self.requests += np.bincount(group, minlength=self.requests.size)
         self.tokens += np.bincount(group, weights=tokens, minlength=self.tokens.size).astype(np.int64)
 

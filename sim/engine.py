@@ -93,9 +93,7 @@ def simulate(
         output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
         **prompt_cache_sheet(scenario, catalog, traffic, call_model),
     )
-    log, rounds = _attempt_clock(
-        scenario, table, sheet, streams.attempt_key, Pending.first_attempts(call_ids, start[call_ids]), days
-    )
+    log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start[call_ids], days)
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
     quality = quality_scores(scenario, request_model, traffic.hard, served, bad_served)
     result = RunResult(
@@ -219,7 +217,13 @@ def _chain_offsets(
 
 
 def _attempt_clock(
-    scenario: Scenario, table: provider.ProviderTable, sheet: CallSheet, key: int, first: Pending, days: int
+    scenario: Scenario,
+    table: provider.ProviderTable,
+    sheet: CallSheet,
+    key: int,
+    calls: np.ndarray,
+    starts: np.ndarray,
+    days: int,
 ) -> tuple[AttemptLog, int]:
     """SimPy steps the clock a tick at a time; each tick's attempts are made by a TickRunner.
 
@@ -229,9 +233,9 @@ def _attempt_clock(
     env = simpy.Environment()
     log = AttemptLog()
     runner = TickRunner(scenario, table, RateWindows(table, (days + 2) * SECONDS_PER_DAY), sheet, key, log)
-    tick_of = (first.t // TICK_S).astype(np.int16)  # 16 bits: numpy's stable sort is then a radix sort
+    tick_of = (starts // TICK_S).astype(np.int16)  # 16 bits: numpy's stable sort is then a radix sort
     order = np.argsort(tick_of, kind="stable")
-    first = first.take(order)
+    first = Pending.first_attempts(calls[order], starts[order])
     bounds = np.searchsorted(tick_of[order], np.arange(int(tick_of.max(initial=0)) + 2))
 
     def clock() -> Generator[simpy.Event, None, None]:
@@ -259,7 +263,7 @@ def _per_request(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fold attempts into requests: who served it, when the first token showed, its cost."""
     n = traffic.requests
-    request = traffic.call_request[log.column("call").astype(np.int64)]
+    request = traffic.call_request[np.asarray(log.column("call"), dtype=np.int64)]
     action = log.column("action")
     failed = np.zeros(n, dtype=bool)
     failed[request[action == retry.FAILED]] = True
@@ -277,7 +281,7 @@ def _per_request(
     fallback = np.zeros(n, dtype=bool)
     fallback[request[action == retry.QUEUE]] = True
     cost = np.zeros(n, dtype=np.int64)
-    np.add.at(cost, request, log.column("cost_nanos").astype(np.int64))
+    np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))
     bad_served = np.zeros(n, dtype=bool)
     bad_served[request[done & (log.column("outcome") == BAD_SERVED)]] = True
     return served, ttft, fallback, cost, bad_served
