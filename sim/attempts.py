@@ -280,9 +280,9 @@ def run_round(
     log.add(
         call=batch.call,
         t=batch.t,
-        model=model,
-        outcome=outcome,
-        action=plan.action,
+        model=model.astype(np.int8),  # small codes kept small: the log holds every attempt of the run
+        outcome=outcome.astype(np.int8),
+        action=plan.action.astype(np.int8),
         billed_input=billed_in,
         billed_output=billed_out,
         billed_cached=billed_cached,
