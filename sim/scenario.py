@@ -1,18 +1,13 @@
-"""Scenario files -> validated, frozen objects.
+"""Scenarios: the schema of a what-if, its defaults, and load_scenario / parse_scenario.
 
 A scenario is a TOML file describing traffic, prompts, caches, the router, providers, the retry policy,
 streaming, quality and an optional cap. Every field has a default here -- the one place defaults live --
 so a scenario names only what it changes. A bad file raises ScenarioError naming the file, the field and
-what was expected.
+what was expected (the checks that say so live in sim/scenario_checks.py).
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-import tomllib
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +18,7 @@ from msgspec import Meta
 from budget.errors import PriceError
 from budget.prices import PriceCatalog, default_catalog
 from sim.errors import ScenarioError
+from sim.scenario_checks import check_entries, check_keys, check_semantics, read_with_bases, translate
 
 Probability = Annotated[float, Meta(ge=0.0, le=1.0, description="a probability in [0, 1]")]
 NonNegative = Annotated[float, Meta(ge=0.0, description="a number >= 0")]
@@ -293,203 +289,24 @@ def load_scenario(path: str | Path) -> tuple[Scenario, PriceCatalog]:
     `extends = "other.toml"` (relative to the file) starts from another scenario: this file's tables
     merge into it key by key, so a what-if names only what it changes.
     """
-    data = _read_with_bases(Path(path), ())
+    data = read_with_bases(Path(path))
     data.pop("extends", None)
     return parse_scenario(data, str(path))
 
 
-def _read_with_bases(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
-    where = str(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(where, "(file)", "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError(where, "(file)", f"cannot be read: {error}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ScenarioError(where, "(file)", f"not valid TOML: {error}") from None
-    base_name = data.get("extends")
-    if base_name is None:
-        return data
-    if not isinstance(base_name, str):
-        raise ScenarioError(where, "extends", "expected the path of another scenario file")
-    base_path = (path.parent / base_name).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise ScenarioError(where, "extends", f"{base_name!r} extends this file again (a cycle)")
-    try:
-        base = _read_with_bases(base_path, (*seen, path.resolve()))
-    except ScenarioError as error:
-        raise ScenarioError(where, "extends", f"{base_name!r}: {error}") from None
-    base.pop("name", None)
-    base.pop("description", None)
-    return _merge(base, data)
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def parse_scenario(data: Mapping[str, Any], where: str) -> tuple[Scenario, PriceCatalog]:
     """Validate an already-parsed scenario table; `where` names it in errors."""
-    _check_keys(data, Scenario, where, "")
-    _check_entries(data, where)
+    check_keys(data, Scenario, where, "")
+    check_entries(data, where, Provider, ModelQuality)
     try:
         scenario = msgspec.convert(data, Scenario)
     except msgspec.ValidationError as error:
-        raise _translate(error, where, "") from None
+        raise translate(error, where, "") from None
     if not scenario.name:
         scenario = msgspec.structs.replace(scenario, name=Path(where).stem)
     try:
         catalog = default_catalog().with_overrides(scenario.prices, "prices")
     except PriceError as error:
         raise ScenarioError(where, f"{error.where}.{error.field}", error.reason) from None
-    _check_semantics(scenario, catalog, where)
+    check_semantics(scenario, catalog, where)
     return scenario, catalog
-
-
-def _check_entries(data: Mapping[str, Any], where: str) -> None:
-    """Validate per-model tables one entry at a time, so an error names the model (msgspec says `[...]`)."""
-    quality = data.get("quality")
-    sections: list[tuple[str, Any, type[msgspec.Struct]]] = [("providers", data.get("providers"), Provider)]
-    if isinstance(quality, Mapping):
-        sections.append(("quality.models", quality.get("models"), ModelQuality))
-    for section, table, struct in sections:
-        if not isinstance(table, Mapping):
-            continue
-        for model, entry in table.items():
-            try:
-                msgspec.convert(entry, struct)
-            except msgspec.ValidationError as error:
-                raise _translate(error, where, f"{section}.{model}") from None
-
-
-_MISSING = re.compile(r"Object missing required field `(?P<name>[^`]+)`")
-
-
-def _translate(error: msgspec.ValidationError, where: str, prefix: str) -> ScenarioError:
-    reason, _, at = str(error).partition(" - at `$")
-    path = at.rstrip("`").replace("[", ".").replace("]", "")
-    missing = _MISSING.match(reason)
-    if missing:
-        path, reason = f"{path}.{missing['name']}", "missing; this field is required"
-    field = f"{prefix}{path}".lstrip(".") or "(file)"
-    return ScenarioError(where, field, reason.replace("Expected", "expected"))
-
-
-def _check_keys(data: Any, struct: Any, where: str, prefix: str) -> None:
-    """Reject unknown keys with the valid ones and a close match: typos are the common mistake."""
-    if not isinstance(data, Mapping) or not isinstance(struct, type):
-        return
-    if not issubclass(struct, msgspec.Struct):
-        return
-    hints = typing.get_type_hints(struct, include_extras=True)
-    for key, value in data.items():
-        field = f"{prefix}{key}"
-        if key not in struct.__struct_fields__:
-            valid = sorted(struct.__struct_fields__)
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ScenarioError(where, field, f"unknown key{hint}; valid keys here: {', '.join(valid)}")
-        _check_nested(value, hints[key], where, field)
-
-
-def _check_nested(value: Any, hint: Any, where: str, field: str) -> None:
-    for inner in _struct_types(hint):
-        _check_keys(value, inner, where, field + ".")
-    origin = typing.get_origin(_strip(hint))
-    if origin is dict and isinstance(value, Mapping):
-        value_type = typing.get_args(_strip(hint))[1]
-        for key, item in value.items():
-            _check_nested(item, value_type, where, f"{field}.{key}")
-    if origin is list and isinstance(value, list):
-        item_type = typing.get_args(_strip(hint))[0]
-        for index, item in enumerate(value):
-            _check_nested(item, item_type, where, f"{field}.{index}")
-
-
-def _strip(hint: Any) -> Any:
-    return typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
-
-
-def _struct_types(hint: Any) -> list[type]:
-    hint = _strip(hint)
-    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
-        return [hint]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return [
-            arg for arg in typing.get_args(hint) if isinstance(arg, type) and issubclass(arg, msgspec.Struct)
-        ]
-    return []
-
-
-def _check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> None:
-    """Cross-field rules that a type alone cannot say."""
-    router = scenario.router
-    model_fields = (
-        [("router.cheap_model", router.cheap_model), ("router.expensive_model", router.expensive_model)]
-        if router.enabled
-        else [("router.model", router.model)]
-    )
-    for field, model in model_fields:
-        if model not in catalog:
-            raise ScenarioError(
-                where,
-                field,
-                f"unknown model {model!r}; known: {', '.join(catalog.models)} (or add [prices.{model}])",
-            )
-    for section in ("providers", "quality.models"):
-        table = scenario.providers if section == "providers" else scenario.quality.models
-        for model in table:
-            if model not in catalog:
-                raise ScenarioError(where, f"{section}.{model}", f"unknown model {model!r}")
-    prompts = scenario.prompts
-    if prompts.repeat_share + prompts.paraphrase_share > 1.0:
-        raise ScenarioError(where, "prompts.paraphrase_share", "repeat_share + paraphrase_share must be <= 1")
-    if prompts.chains.deterministic_steps > prompts.chains.steps:
-        raise ScenarioError(
-            where, "prompts.chains.deterministic_steps", "expected at most prompts.chains.steps"
-        )
-    traffic = scenario.traffic
-    if len(traffic.diurnal) != 24 or sum(traffic.diurnal) <= 0:
-        raise ScenarioError(where, "traffic.diurnal", "expected 24 hourly weights >= 0, not all zero")
-    if traffic.sessions_per_user_month < 1.0:
-        raise ScenarioError(
-            where, "traffic.sessions_per_user_month", "expected >= 1 (an active user has a session)"
-        )
-    _check_date(traffic.start, where)
-    _check_cap(scenario.cap, catalog, where)
-    _check_profile(scenario.cache.semantic.profile, where)
-
-
-def _check_cap(cap: Cap | None, catalog: PriceCatalog, where: str) -> None:
-    if cap is None:
-        return
-    if cap.action == "degrade" and cap.degrade_model is None:
-        raise ScenarioError(where, "cap.degrade_model", 'action = "degrade" needs a degrade_model')
-    if cap.degrade_model is not None and cap.degrade_model not in catalog:
-        raise ScenarioError(where, "cap.degrade_model", f"unknown model {cap.degrade_model!r}")
-
-
-def _check_date(text: str, where: str) -> None:
-    import datetime as _dt
-
-    try:
-        _dt.date.fromisoformat(text)
-    except ValueError:
-        raise ScenarioError(where, "traffic.start", f"expected a date YYYY-MM-DD, got {text!r}") from None
-
-
-def _check_profile(profile: list[list[float]], where: str) -> None:
-    if not profile or any(len(row) != 3 for row in profile):
-        raise ScenarioError(
-            where, "cache.semantic.profile", "expected rows of [threshold, true_hit, false_hit]"
-        )
-    thresholds = [row[0] for row in profile]
-    if thresholds != sorted(thresholds) or len(set(thresholds)) != len(thresholds):
-        raise ScenarioError(where, "cache.semantic.profile", "expected thresholds in ascending order")
