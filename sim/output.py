@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -168,12 +167,3 @@ def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) 
         pl.lit(f"sim:{run.scenario.name}").alias("source"),
         pl.lit(run_id).alias("run_id"),
     )
-
-
-def describe(path: str | Path) -> dict[str, Any]:
-    """Row counts of the forecast tables (for tests and the CLI's closing line)."""
-    with duckdb.connect(str(path), read_only=True) as connection:
-        usage = connection.execute("SELECT count(*), coalesce(sum(cost_nanos), 0) FROM usage").fetchone()
-        runs = connection.execute("SELECT count(*) FROM forecast_runs").fetchone()
-    assert usage is not None and runs is not None
-    return {"usage_rows": usage[0], "usage_cost_nanos": usage[1], "forecast_runs": runs[0]}

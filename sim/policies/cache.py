@@ -28,11 +28,6 @@ class LayerHits:
     true_hit: np.ndarray
     false_hit: np.ndarray
 
-    @property
-    def misses(self) -> np.ndarray:
-        missed: np.ndarray = ~(self.true_hit | self.false_hit)
-        return missed
-
 
 def characteristic_time(keys: np.ndarray, duration_s: float, capacity: int, ttl_s: float) -> float:
     """Che's T_C for an LRU of `capacity` entries; NEVER when the cache never fills within the TTL.

@@ -58,11 +58,6 @@ class ProviderTable:
             timeout_bills=tuple(p.timeout_bills for p in providers),
         )
 
-    def nominal_duration(self, model: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
-        """How long a clean call takes: time to first token plus generation."""
-        duration: np.ndarray = self.ttft_s[model] + output_tokens / self.tokens_per_s[model]
-        return duration
-
 
 @dataclass(frozen=True, slots=True)
 class AttemptOutcome:
