@@ -31,6 +31,7 @@ LAZY_COMMANDS = {
     "fit": "sim.fit_cli:fit",
     "forecast-error": "sim.forecast_error_cli:forecast_error",
     "eval": "sim.router_eval_cli:eval_group",
+    "calibrate": "sim.calibrate_cli:calibrate_group",
 }
 
 

@@ -4,12 +4,14 @@ pyplot state, so figures can be drawn from any process or thread)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from sim.semantic_calibration import ProfileRow
 from sim.sweep import Sweep
 
 FRONTIER_COLOUR = "#d62728"
@@ -125,10 +127,28 @@ def xy_figure(x: list[float], series: dict[str, list[float]], xlabel: str, ylabe
     figure = Figure(figsize=(8.0, 4.5))
     axes = figure.add_subplot()
     for label, values in series.items():
-        axes.plot(x, values, "-o", label=label)
+        axes.plot(x, values, "-o", markersize=3, label=label)
     axes.set_title(title, fontsize=10)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best")
+    return figure
+
+
+def semantic_profile_figure(rows: Sequence[ProfileRow], recommended: ProfileRow | None, title: str) -> Figure:
+    """A semantic cache's true-hit and false-hit rates by threshold, with the recommended threshold."""
+    thresholds = [r.threshold for r in rows]
+    series = {
+        "true hit (seen intent)": [r.true_hit for r in rows],
+        "false hit (served a wrong answer)": [r.false_hit for r in rows],
+    }
+    if rows and rows[0].out_of_scope_lookups:
+        series["out-of-scope queries that hit"] = [r.out_of_scope_hits / r.out_of_scope_lookups for r in rows]
+    figure = xy_figure(thresholds, series, "similarity threshold (cosine)", "share of lookups", title)
+    axes = figure.axes[0]
+    axes.yaxis.set_major_formatter("{x:.0%}")
+    if recommended is not None:
+        axes.axvline(recommended.threshold, color="#404040", linestyle="--", label="recommended")
+        axes.legend(loc="best")
     return figure

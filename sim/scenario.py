@@ -234,7 +234,7 @@ class Scenario(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
 
     name: str = ""
     description: str = ""
-    extends: str = ""  # resolved by load_scenario; kept so a parsed table may still carry it
+    extends: str | list[str] = ""  # resolved by load_scenario; kept so a parsed table may still carry it
     traffic: Traffic = Traffic()
     prompts: Prompts = Prompts()
     cache: Caches = Caches()
@@ -287,7 +287,8 @@ def load_scenario(path: str | Path) -> tuple[Scenario, PriceCatalog]:
     """Read and validate a scenario file; returns it with the price catalog it runs against.
 
     `extends = "other.toml"` (relative to the file) starts from another scenario: this file's tables
-    merge into it key by key, so a what-if names only what it changes.
+    merge into it key by key, so a what-if names only what it changes. A list of files layers them in
+    order (e.g. a base scenario, then a measured semantic-cache profile).
     """
     data = read_with_bases(Path(path))
     data.pop("extends", None)

@@ -26,7 +26,11 @@ if TYPE_CHECKING:
 
 
 def read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A scenario file's table, merged onto the tables it `extends` (cycles and bad bases named)."""
+    """A scenario file's table, merged onto the tables it `extends` (cycles and bad bases named).
+
+    `extends` names one file or a list of them; later ones override earlier ones, the file itself
+    overrides them all -- so a measured fragment (a router's shares, a semantic-cache profile) can be
+    layered onto a base scenario."""
     where = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -36,11 +40,22 @@ def read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ScenarioError(where, "(file)", f"cannot be read: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(where, "(file)", f"not valid TOML: {error}") from None
-    base_name = data.get("extends")
-    if base_name is None:
+    base_names = data.get("extends")
+    if base_names is None:
         return data
-    if not isinstance(base_name, str):
-        raise ScenarioError(where, "extends", "expected the path of another scenario file")
+    if isinstance(base_names, str):
+        base_names = [base_names]
+    if not (isinstance(base_names, list) and base_names and all(isinstance(n, str) for n in base_names)):
+        raise ScenarioError(where, "extends", "expected the path of another scenario file, or a list of them")
+    merged: dict[str, Any] = {}
+    for base_name in base_names:
+        merged = merge(merged, _read_base(path, base_name, seen))
+    return merge(merged, data)
+
+
+def _read_base(path: Path, base_name: str, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """One base of `path`, itself merged onto its bases; its name and description are not inherited."""
+    where = str(path)
     base_path = (path.parent / base_name).resolve()
     if base_path in seen or base_path == path.resolve():
         raise ScenarioError(where, "extends", f"{base_name!r} extends this file again (a cycle)")
@@ -50,7 +65,8 @@ def read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ScenarioError(where, "extends", f"{base_name!r}: {error}") from None
     base.pop("name", None)
     base.pop("description", None)
-    return merge(base, data)
+    base.pop("extends", None)
+    return base
 
 
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

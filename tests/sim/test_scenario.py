@@ -45,6 +45,8 @@ BAD = [
     ("[prompts]\nrepeat_share = 0.7\nparaphrase_share = 0.5\n", "prompts.paraphrase_share", "<= 1"),
     ("[traffic\n", "(file)", "not valid TOML"),
     ("extends = 'nowhere.toml'\n", "extends", "no such file"),
+    ("extends = []\n", "extends", "or a list of them"),
+    ("extends = ['nowhere.toml', 3]\n", "extends", "or a list of them"),
 ]
 
 
@@ -66,6 +68,20 @@ def test_an_extends_cycle_is_reported(tmp_path: Path) -> None:
     (tmp_path / "b.toml").write_text("extends = 'a.toml'\n")
     with pytest.raises(ScenarioError, match="cycle"):
         load_scenario(tmp_path / "a.toml")
+
+
+def test_extends_layers_a_list_of_files_in_order(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text("name = 'base'\n[cache.semantic]\nenabled = true\nthreshold = 0.8\n")
+    (tmp_path / "profile.toml").write_text(
+        "[cache.semantic]\nthreshold = 0.9\nprofile = [[0.9, 0.5, 0.01]]\n"
+    )
+    (tmp_path / "own.toml").write_text("name = 'own'\nextends = ['base.toml', 'profile.toml']\n")
+    scenario, _ = load_scenario(tmp_path / "own.toml")
+    semantic = scenario.cache.semantic
+    assert (scenario.name, semantic.enabled, semantic.threshold) == ("own", True, 0.9)
+    assert semantic.profile == [[0.9, 0.5, 0.01]]
+    (tmp_path / "own.toml").write_text("extends = ['profile.toml', 'base.toml']\n")
+    assert load_scenario(tmp_path / "own.toml")[0].cache.semantic.threshold == 0.8
 
 
 def test_a_scenario_can_add_a_model_with_its_prices(tmp_path: Path) -> None:
