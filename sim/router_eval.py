@@ -239,19 +239,22 @@ class Evaluation:
 
 
 def evaluate(examples: Sequence[Example], rules: Rules) -> Evaluation:
-    """Classify every example and count the outcomes."""
-    verdicts = tuple(classify(e.text, rules) for e in examples)
-    confusion = Confusion.of((e.label, v.label) for e, v in zip(examples, verdicts, strict=True))
+    """Classify every example with the rules and count the outcomes."""
+    return tally(examples, tuple(classify(e.text, rules) for e in examples), rules.names)
+
+
+def tally(
+    examples: Sequence[Example], verdicts: Sequence[Verdict], reasons: Sequence[str] = ()
+) -> Evaluation:
+    """Count a classifier's verdicts against the labels; `reasons` names the rules to count hits of."""
+    pairs = list(zip(examples, verdicts, strict=True))
+    confusion = Confusion.of((e.label, v.label) for e, v in pairs)
     counts = [
         RuleCount(
             name,
-            on_hard=sum(
-                name in v.reasons for e, v in zip(examples, verdicts, strict=True) if e.label == "hard"
-            ),
-            on_easy=sum(
-                name in v.reasons for e, v in zip(examples, verdicts, strict=True) if e.label == "easy"
-            ),
+            on_hard=sum(name in v.reasons for e, v in pairs if e.label == "hard"),
+            on_easy=sum(name in v.reasons for e, v in pairs if e.label == "easy"),
         )
-        for name in rules.names
+        for name in reasons
     ]
-    return Evaluation(confusion, tuple(counts), tuple(examples), verdicts)
+    return Evaluation(confusion, tuple(counts), tuple(examples), tuple(verdicts))

@@ -25,7 +25,19 @@ def eval_group() -> None:
 @click.option(
     "--set", "set_path", required=True, type=click.Path(dir_okay=False), help="Eval set (JSON lines)"
 )
-@click.option("--rules", "rules_path", required=True, type=click.Path(dir_okay=False), help="Rules (TOML)")
+@click.option(
+    "--rules", "rules_path", type=click.Path(dir_okay=False), help="Rules (TOML): the built-in classifier"
+)
+@click.option(
+    "--examples",
+    "examples_path",
+    type=click.Path(dir_okay=False),
+    help="Labelled examples (JSON lines, like the set): classify by the k nearest of them with the local "
+    "all-MiniLM-L6-v2 (the semantic extra) instead of rules",
+)
+@click.option(
+    "--k", type=click.IntRange(1), default=5, show_default=True, help="Neighbours that vote (--examples)"
+)
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file: append this run")
 @click.option(
     "--write-shares",
@@ -33,25 +45,29 @@ def eval_group() -> None:
     help="Write the measured [router] shares as a scenario fragment (TOML)",
 )
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def router(set_path: str, rules_path: str, db: Path | None, write_shares: Path | None, fmt: str) -> None:
-    """Route every request of the eval set with the rules; print accuracy, the confusion matrix and the
-    shares a scenario's [router] takes (hard_to_expensive, easy_to_expensive)."""
-    from sim.errors import SimError
-    from sim.router_eval import evaluate
-    from sim.router_eval_io import file_sha256, load_rules, read_eval_set, record_run, shares_toml
+def router(
+    set_path: str,
+    rules_path: str | None,
+    examples_path: str | None,
+    k: int,
+    db: Path | None,
+    write_shares: Path | None,
+    fmt: str,
+) -> None:
+    """Route every request of the eval set with the rules (or the nearest labelled examples); print
+    accuracy, the confusion matrix and the shares a scenario's [router] takes (hard_to_expensive,
+    easy_to_expensive)."""
+    from sim.router_eval_io import file_sha256, record_run, shares_toml
 
-    try:
-        examples = read_eval_set(set_path)
-        rules = load_rules(rules_path)
-    except SimError as error:
-        fail(str(error))
-    evaluation = evaluate(examples, rules)
+    if (rules_path is None) == (examples_path is None):
+        fail("eval router: give --rules FILE or --examples FILE (one of them)")
+    evaluation, classifier = _evaluate(set_path, rules_path, examples_path, k)
     record = RunRecord(
         run_at=dt.datetime.now(dt.UTC),
         set_path=set_path,
         set_sha256=file_sha256(set_path),
-        rules_path=rules_path,
-        rules_sha256=file_sha256(rules_path),
+        rules_path=classifier,
+        rules_sha256=file_sha256(rules_path or str(examples_path)),
         confusion=evaluation.confusion,
     )
     previous = record_run(db, record) if db is not None else None
@@ -64,6 +80,35 @@ def router(set_path: str, rules_path: str, db: Path | None, write_shares: Path |
         click.echo(json.dumps(report(record, evaluation, previous, recorded=db is not None), indent=2))
     else:
         click.echo(table(record, evaluation, previous))
+
+
+def _evaluate(
+    set_path: str, rules_path: str | None, examples_path: str | None, k: int
+) -> tuple[Evaluation, str]:
+    """The eval set classified by the rules, or by the k nearest labelled examples; and what classified it
+    (the rules file, or "knn k=K on FILE"), as the history records it."""
+    from sim.errors import SimError
+    from sim.router_eval import evaluate, tally
+    from sim.router_eval_io import load_rules, read_eval_set
+
+    try:
+        examples = read_eval_set(set_path)
+        if rules_path is not None:
+            return evaluate(examples, load_rules(rules_path)), rules_path
+        from sim.embedding import embed
+        from sim.router_knn import knn_verdicts
+
+        assert examples_path is not None
+        training = read_eval_set(examples_path)
+        if k > len(training):
+            fail(f"{examples_path}: (file): --k {k} needs at least {k} examples, found {len(training)}")
+        vectors = embed([e.text for e in training] + [e.text for e in examples])
+        verdicts = knn_verdicts(
+            vectors[: len(training)], [e.label for e in training], vectors[len(training) :], k
+        )
+    except SimError as error:
+        fail(str(error))
+    return tally(examples, verdicts), f"knn k={k} on {examples_path}"
 
 
 def change(record: RunRecord, previous: RunRecord) -> dict[str, Any]:
@@ -107,7 +152,7 @@ def table(record: RunRecord, evaluation: Evaluation, previous: RunRecord | None)
     c = record.confusion
     lines = [
         f"router eval: {record.set_path} ({c.total} requests: {c.hard} hard, {c.easy} easy)",
-        f"rules: {record.rules_path}",
+        f"classifier: {record.rules_path}",
         "",
         f"{'':<12}{'routed cheap':>14}{'routed expensive':>18}",
         f"{'true easy':<12}{c.easy_cheap:>14}{c.easy_expensive:>18}",
@@ -116,10 +161,10 @@ def table(record: RunRecord, evaluation: Evaluation, previous: RunRecord | None)
         f"accuracy            {c.accuracy:.3f}",
         f"hard_to_expensive   {c.hard_to_expensive:.3f}   (recall on hard)",
         f"easy_to_expensive   {c.easy_to_expensive:.3f}   (easy sent to the expensive model)",
-        "",
-        f"{'rule':<24}{'on hard':>8}{'on easy':>9}",
-        *(f"{r.name:<24}{r.on_hard:>8}{r.on_easy:>9}" for r in evaluation.rule_counts),
     ]
+    if evaluation.rule_counts:
+        lines += ["", f"{'rule':<24}{'on hard':>8}{'on easy':>9}"]
+        lines += [f"{r.name:<24}{r.on_hard:>8}{r.on_easy:>9}" for r in evaluation.rule_counts]
     misses = evaluation.misses()
     if misses:
         lines += ["", f"misses ({len(misses)}):"]

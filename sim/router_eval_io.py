@@ -141,7 +141,7 @@ def shares_toml(record: RunRecord) -> str:
     )
     return (
         f"# Router shares measured by `margins eval router` on {record.run_at.date().isoformat()}:\n"
-        f"# set {set_path} (sha256 {set_sha256[:12]}), rules {rules_path}.\n"
+        f"# set {set_path} (sha256 {set_sha256[:12]}), classifier {rules_path}.\n"
         f"# {confusion.total} requests ({confusion.hard} hard, {confusion.easy} easy), "
         f"accuracy {confusion.accuracy:.3f}.\n"
         "[router]\n"
