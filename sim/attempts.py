@@ -21,6 +21,9 @@ from sim.scenario import Scenario
 ATTEMPT_FIELDS = (
     "call",
     "t",
+    "model",
+    "input_tokens",
+    "output_tokens",
     "attempt_no",
     "retries_used",
     "queued",
@@ -34,9 +37,14 @@ ATTEMPT_FIELDS = (
 class Pending:
     """Attempts waiting to be made, as parallel arrays."""
 
-    call: np.ndarray
+    call: np.ndarray  # int32 call ids
     t: np.ndarray
-    attempt_no: np.ndarray
+    # The call's model (int8 index) and token counts: looked up once, when the call is first due, and
+    # carried along with its follow-ups, so that no round looks them up again.
+    model: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    attempt_no: np.ndarray  # counts per call, int32: a call's attempts are rows of the log, never 2**31
     retries_used: np.ndarray
     queued: np.ndarray
     regenerated: np.ndarray
@@ -46,10 +54,21 @@ class Pending:
     previous_rank: np.ndarray
 
     @classmethod
-    def first_attempts(cls, call: np.ndarray, t: np.ndarray) -> Pending:
-        zeros = np.zeros(call.size, dtype=np.int64)
+    def first_attempts(cls, sheet: CallSheet, call: np.ndarray, t: np.ndarray) -> Pending:
+        """The first attempt of each call in `call`, due at `t`."""
+        counts = np.zeros(call.size, dtype=np.int32)  # never written in place: shared by three fields
         return cls(
-            call, t, zeros, zeros.copy(), zeros.copy(), np.zeros(call.size, dtype=bool), t, zeros.copy()
+            call.astype(np.int32),
+            t,
+            sheet.model[call].astype(np.int8, copy=False),
+            sheet.input_tokens[call],
+            sheet.output_tokens[call],
+            counts,
+            counts,
+            counts,
+            np.zeros(call.size, dtype=bool),
+            t,
+            np.zeros(call.size, dtype=np.int64),
         )
 
     def take(self, mask: np.ndarray | slice) -> Pending:
@@ -126,11 +145,32 @@ class CallSheet:
         return read, wrote, saving
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Per attempt of a batch: its rate window (index in time) and the tokens it counts against it.
+
+    Worked out once per batch: the check for contested windows and the round itself both read it.
+    """
+
+    window: np.ndarray
+    tokens: np.ndarray
+
+    @classmethod
+    def of(cls, windows: RateWindows, batch: Pending) -> Load:
+        return cls(
+            windows.window_of(batch.t), np.add(batch.input_tokens, batch.output_tokens, dtype=np.int64)
+        )
+
+    def take(self, mask: np.ndarray) -> Load:
+        return self if mask.all() else Load(self.window[mask], self.tokens[mask])
+
+
 class RateWindows:
     """Admitted requests and tokens per (model, one-minute window), and which windows have closed.
 
     A window admits calls in time order while both its requests- and tokens-per-minute budgets hold;
     once it rejects one, it rejects every call until it resets (the reference plays the same rule).
+    Counters are flat arrays indexed by group = model * windows + window.
     """
 
     def __init__(self, table: provider.ProviderTable, horizon_s: float) -> None:
@@ -140,60 +180,60 @@ class RateWindows:
         self.tokens = np.zeros(size, dtype=np.int64)
         self.closed = np.zeros(size, dtype=bool)
         self.table = table
-        self.rpm_by_group = np.repeat(table.rpm, self.windows)
-        self.tpm_by_group = np.repeat(table.tpm, self.windows)
 
-    def group(self, t: np.ndarray, model: np.ndarray) -> np.ndarray:
-        window = np.minimum((t // retry.RATE_WINDOW_S).astype(np.int64), self.windows - 1)
-        grouped: np.ndarray = model * self.windows + window
+    def window_of(self, t: np.ndarray) -> np.ndarray:
+        """The window index of each time (times past the horizon count in the last window)."""
+        window = (t // retry.RATE_WINDOW_S).astype(np.int64)
+        np.minimum(window, self.windows - 1, out=window)
+        return window
+
+    def group(self, window: np.ndarray, model: np.ndarray) -> np.ndarray:
+        # int64 before multiplying: an int8 model times the window count would overflow.
+        grouped: np.ndarray = model.astype(np.int64) * self.windows
+        grouped += window
         return grouped
 
-    def first_contested(self, t: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> float:
+    def first_contested(self, window: np.ndarray, model: np.ndarray, tokens: np.ndarray) -> float:
         """Start of the earliest window these attempts would overflow (inf when all of them fit).
 
-        Counts per model over the span of windows the attempts touch (a day's, not the month's).
+        One count per (model, window) over the span of windows the attempts touch (a day's, not the
+        month's), all models at once.
         """
-        group = self.group(t, model)
-        earliest = np.inf
-        for index in range(self.table.rpm.size):
-            selected = model == index
-            mine = group[selected]
-            if mine.size:
-                earliest = min(earliest, self._first_over(mine, tokens[selected]))
-        return earliest * retry.RATE_WINDOW_S
-
-    def _first_over(self, group: np.ndarray, tokens: np.ndarray) -> float:
-        """The earliest window (index) among one model's groups whose load would overflow it."""
-        low = int(group.min())
-        span = int(group.max()) - low + 1
-        count = np.bincount(group - low, minlength=span)
-        load = np.bincount(group - low, weights=tokens, minlength=span)
-        part = slice(low, low + span)
+        low = int(window.min())
+        span = int(window.max()) - low + 1
+        models = self.table.rpm.size
+        local = model * np.int64(span)  # a numpy int64 scalar: the product is int64, not int8
+        local += window
+        local -= low
+        count = np.bincount(local, minlength=models * span).reshape(models, span)
+        load = np.bincount(local, weights=tokens, minlength=models * span).reshape(models, span)
+        part = np.s_[:, low : low + span]
         over = (count > 0) & (
-            self.closed[part]
-            | (self.requests[part] + count > self.rpm_by_group[part])
-            | (self.tokens[part] + load > self.tpm_by_group[part])
+            self.closed.reshape(models, -1)[part]
+            | (self.requests.reshape(models, -1)[part] + count > self.table.rpm[:, None])
+            | (self.tokens.reshape(models, -1)[part] + load > self.table.tpm[:, None])
         )
-        if not over.any():
+        overflowing = np.flatnonzero(over.any(axis=0))
+        if not overflowing.size:
             return float("inf")
-        return float(((np.flatnonzero(over) + low) % self.windows).min())
+        return float(overflowing[0] + low) * retry.RATE_WINDOW_S
 
     def admit(
-        self, batch: Pending, model: np.ndarray, tokens: np.ndarray, fits_all: bool = False
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Which attempts get through, and each one's place in its window's order.
+        self, batch: Pending, load: Load, fits_all: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray]:
+        """Which attempts get through (None: all of them), and each one's place in its window's order.
 
         Admitted ones are counted and a window that rejects one closes. Calls are served by time; calls
         due at the same instant (those queued for a window's start) in the order they were queued.
         `fits_all` says the caller checked (first_contested) that every window holds them all: then the
         order changes nothing and the sort is skipped.
         """
-        t = batch.t
-        group = self.group(t, model)
+        t, model, tokens = batch.t, batch.model, load.tokens
+        group = self.group(load.window, model)
         if fits_all:
             self._count(group, tokens)
-            return np.ones(t.size, dtype=bool), np.zeros(t.size, dtype=np.int64)
-        window_start = (group % self.windows) * retry.RATE_WINDOW_S
+            return None, np.zeros(t.size, dtype=np.int64)
+        window_start = load.window * retry.RATE_WINDOW_S
         # (group, time) as one float key: group * 64 s + seconds into its window; then queueing order.
         time_key = group * 64.0 + np.minimum(t - window_start, 63.999)
         order = np.lexsort((batch.previous_rank, batch.previous_t, time_key))
@@ -239,11 +279,70 @@ def run_round(
     batch: Pending,
     log: AttemptLog,
     fits_all: bool = False,
+    load: Load | None = None,
 ) -> Pending:
-    """Make one round of attempts, log them, and return the follow-ups they lead to."""
-    model = sheet.model[batch.call]
-    inputs, outputs = sheet.input_tokens[batch.call], sheet.output_tokens[batch.call]
-    admitted, place = windows.admit(batch, model, inputs + outputs, fits_all)
+    """Make one round of attempts, log them, and return the follow-ups they lead to.
+
+    `load` is the batch's Load when the caller has it already.
+    """
+    model = batch.model
+    admitted, place = windows.admit(batch, load or Load.of(windows, batch), fits_all)
+    outcome, duration, visible, billed_in, billed_out = _made(scenario, table, key, batch, admitted)
+    jitter = np.zeros(batch.size)
+    if retry.uses_jitter(scenario.retry):
+        unanswered = (outcome == RATE_LIMITED) | (outcome == ERROR) | (outcome == TIMEOUT)
+        jitter[unanswered] = hashed_uniform(
+            key, batch.call[unanswered], batch.attempt_no[unanswered], provider.SALT_JITTER
+        )
+    plan = retry.follow_up(
+        scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
+    )
+    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, model, billed_in)
+    cost = billed_in * sheet.input_price[model]
+    cost += billed_out * sheet.output_price[model]
+    cost -= saving
+    log.add(
+        call=batch.call,
+        t=batch.t,
+        model=model,  # small codes kept small: the log holds every attempt of the run
+        outcome=outcome.astype(np.int8),
+        action=plan.action,
+        billed_input=billed_in,
+        billed_output=billed_out,
+        billed_cached=billed_cached,
+        billed_write=billed_write,
+        cost_nanos=cost,
+        visible_at=batch.t + visible,
+        finished_at=batch.t + duration,
+    )
+    return _follow_ups(batch, plan, place)
+
+
+def _made(
+    scenario: Scenario,
+    table: provider.ProviderTable,
+    key: int,
+    batch: Pending,
+    admitted: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Outcome, duration, first-visible offset and billed tokens of every attempt of the round.
+
+    `admitted` None: all were admitted, and the provider's arrays are the round's (no masks, no copies).
+    A rejected attempt is rate limited: a quick reply, nothing visible, nothing billed.
+    """
+    if admitted is None:
+        made = provider.attempt(
+            scenario,
+            table,
+            key,
+            batch.call,
+            batch.attempt_no,
+            batch.regenerated,
+            batch.model,
+            batch.input_tokens,
+            batch.output_tokens,
+        )
+        return made.outcome, made.duration_s, made.first_visible_s, made.billed_input, made.billed_output
     outcome = np.full(batch.size, RATE_LIMITED, dtype=np.int64)
     duration = np.full(batch.size, provider.RATE_LIMIT_REPLY_S)
     visible = np.zeros(batch.size)
@@ -257,9 +356,9 @@ def run_round(
             batch.call[admitted],
             batch.attempt_no[admitted],
             batch.regenerated[admitted],
-            model[admitted],
-            inputs[admitted],
-            outputs[admitted],
+            batch.model[admitted],
+            batch.input_tokens[admitted],
+            batch.output_tokens[admitted],
         )
         outcome[admitted], duration[admitted], visible[admitted] = (
             made.outcome,
@@ -267,39 +366,24 @@ def run_round(
             made.first_visible_s,
         )
         billed_in[admitted], billed_out[admitted] = made.billed_input, made.billed_output
-    jitter = np.zeros(batch.size)
-    unanswered = (outcome == RATE_LIMITED) | (outcome == ERROR) | (outcome == TIMEOUT)
-    jitter[unanswered] = hashed_uniform(
-        key, batch.call[unanswered], batch.attempt_no[unanswered], provider.SALT_JITTER
-    )
-    plan = retry.follow_up(
-        scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
-    )
-    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, model, billed_in)
-    cost = billed_in * sheet.input_price[model] + billed_out * sheet.output_price[model] - saving
-    log.add(
-        call=batch.call,
-        t=batch.t,
-        model=model.astype(np.int8),  # small codes kept small: the log holds every attempt of the run
-        outcome=outcome.astype(np.int8),
-        action=plan.action.astype(np.int8),
-        billed_input=billed_in,
-        billed_output=billed_out,
-        billed_cached=billed_cached,
-        billed_write=billed_write,
-        cost_nanos=cost,
-        visible_at=batch.t + visible,
-        finished_at=batch.t + duration,
-    )
-    again = (plan.action == retry.RETRY) | (plan.action == retry.QUEUE) | (plan.action == retry.REGENERATE)
-    follow = Pending(
+    return outcome, duration, visible, billed_in, billed_out
+
+
+def _follow_ups(batch: Pending, plan: retry.FollowUp, place: np.ndarray) -> Pending:
+    """The next attempt of every call whose attempt this round asked for one."""
+    action = plan.action
+    again = np.flatnonzero((action == retry.RETRY) | (action == retry.QUEUE) | (action == retry.REGENERATE))
+    next_action = action[again]
+    return Pending(
         call=batch.call[again],
         t=plan.next_t[again],
+        model=batch.model[again],
+        input_tokens=batch.input_tokens[again],
+        output_tokens=batch.output_tokens[again],
         attempt_no=batch.attempt_no[again] + 1,
-        retries_used=batch.retries_used[again] + (plan.action[again] == retry.RETRY),
-        queued=batch.queued[again] + (plan.action[again] == retry.QUEUE),
-        regenerated=batch.regenerated[again] | (plan.action[again] == retry.REGENERATE),
+        retries_used=batch.retries_used[again] + (next_action == retry.RETRY),
+        queued=batch.queued[again] + (next_action == retry.QUEUE),
+        regenerated=batch.regenerated[again] | (next_action == retry.REGENERATE),
         previous_t=batch.t[again],
         previous_rank=place[again],
     )
-    return follow

@@ -74,8 +74,7 @@ def simulate(
         traffic = traffic_module.generate(scenario, mau, days, streams)
     days = traffic.days
     n = traffic.requests
-    u_cache = streams.cache.random((3, n))
-    exact, semantic, fragment = cache_layers(scenario, traffic, u_cache)
+    exact, semantic, fragment = cache_layers(scenario, traffic, streams.cache)
     request_model = router.route(scenario.router, traffic.hard, streams.router.random(n))
     table = provider.ProviderTable.of(scenario)
     answered_by_cache = exact | semantic.true_hit | semantic.false_hit
@@ -83,8 +82,11 @@ def simulate(
         traffic.call_deterministic & fragment[traffic.call_request]
     )
     call_ids = np.flatnonzero(needed)
-    call_model = request_model[traffic.call_request]
-    start = traffic.t[traffic.call_request] + _chain_offsets(traffic, table, call_model, needed)
+    call_model = request_model.astype(np.int8)[traffic.call_request]  # model codes are small
+    start = (
+        traffic.t[traffic.call_request[call_ids]]
+        + _chain_offsets(traffic, table, call_model, needed)[call_ids]
+    )
     sheet = CallSheet(
         model=call_model,
         input_tokens=traffic.input_tokens,
@@ -93,7 +95,7 @@ def simulate(
         output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
         **prompt_cache_sheet(scenario, catalog, traffic, call_model),
     )
-    log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start[call_ids], days)
+    log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days)
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
     quality = quality_scores(scenario, request_model, traffic.hard, served, bad_served)
     result = RunResult(
@@ -135,19 +137,26 @@ def prompt_cache_sheet(
 
 
 def cache_layers(
-    scenario: Scenario, traffic: Traffic, u_cache: np.ndarray
+    scenario: Scenario, traffic: Traffic, rng: np.random.Generator
 ) -> tuple[np.ndarray, cache.LayerHits, np.ndarray]:
-    """Exact hits, semantic hits (true and false) among exact misses, and fragment hits among the rest."""
+    """Exact hits, semantic hits (true and false) among exact misses, and fragment hits among the rest.
+
+    `rng` is the run's cache stream: three uniforms per request, a row of them per use (the exact
+    layer's, then the semantic layer's true- and false-hit draws), all drawn into one buffer -- the same
+    numbers as one (3, requests) draw, without two more arrays of that size.
+    """
     n = traffic.requests
     duration = traffic.days * SECONDS_PER_DAY
     layers = scenario.cache
+    u = rng.random(n)
     exact = np.zeros(n, dtype=bool)
     if layers.exact.enabled:
         keep = cache.characteristic_time(
             traffic.exact_key, duration, layers.exact.capacity, layers.exact.ttl_s
         )
+        never = np.broadcast_to(1.0, n)  # no false hits: a constant, not an array of ones
         exact = cache.lookup(
-            traffic.exact_key, traffic.t, layers.exact.ttl_s, keep, 1.0, 0.0, u_cache[0], np.ones(n)
+            traffic.exact_key, traffic.t, layers.exact.ttl_s, keep, 1.0, 0.0, u, never
         ).true_hit
     true_hit, false_hit = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     if layers.semantic.enabled:
@@ -155,15 +164,10 @@ def cache_layers(
         keys = traffic.cluster[rows]
         p_true, p_false = semantic_rates(scenario)
         keep = cache.characteristic_time(keys, duration, layers.semantic.capacity, layers.semantic.ttl_s)
+        u_true = rng.random(out=u)[rows]  # the second row of draws, then the third
+        u_false = rng.random(out=u)[rows]
         hits = cache.lookup(
-            keys,
-            traffic.t[rows],
-            layers.semantic.ttl_s,
-            keep,
-            p_true,
-            p_false,
-            u_cache[1][rows],
-            u_cache[2][rows],
+            keys, traffic.t[rows], layers.semantic.ttl_s, keep, p_true, p_false, u_true, u_false
         )
         true_hit[rows], false_hit[rows] = hits.true_hit, hits.false_hit
     fragment = np.zeros(n, dtype=bool)
@@ -178,8 +182,8 @@ def cache_layers(
             keep,
             1.0,
             0.0,
-            np.zeros(rows.size),
-            np.ones(rows.size),
+            np.broadcast_to(0.0, rows.size),
+            np.broadcast_to(1.0, rows.size),
         ).true_hit
     return exact, cache.LayerHits(true_hit, false_hit), fragment
 
@@ -201,11 +205,9 @@ def _chain_offsets(
     Every chain has the same number of steps, so step k of every chain is one column: a few numpy steps.
     """
     offsets = np.zeros(traffic.call_request.size)
-    is_chain = traffic.context >= 0
-    if not is_chain.any():
+    if traffic.steps < 2:
         return offsets
-    steps_of = np.where(is_chain, traffic.steps, 1)
-    first_call = (np.cumsum(steps_of) - steps_of)[is_chain]
+    first_call = np.flatnonzero(traffic.call_step == 1) - 1  # a chain's step 1 follows its first call
     model = call_model[first_call]  # one model answers a whole chain
     ttft, speed = table.ttft_s[model], table.tokens_per_s[model]
     elapsed = np.zeros(first_call.size)
@@ -235,7 +237,7 @@ def _attempt_clock(
     runner = TickRunner(scenario, table, RateWindows(table, (days + 2) * SECONDS_PER_DAY), sheet, key, log)
     tick_of = (starts // TICK_S).astype(np.int16)  # 16 bits: numpy's stable sort is then a radix sort
     order = np.argsort(tick_of, kind="stable")
-    first = Pending.first_attempts(calls[order], starts[order])
+    first = Pending.first_attempts(sheet, calls[order], starts[order])
     bounds = np.searchsorted(tick_of[order], np.arange(int(tick_of.max(initial=0)) + 2))
 
     def clock() -> Generator[simpy.Event, None, None]:
@@ -263,28 +265,35 @@ def _per_request(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fold attempts into requests: who served it, when the first token showed, its cost."""
     n = traffic.requests
-    request = traffic.call_request[np.asarray(log.column("call"), dtype=np.int64)]
+    request = traffic.call_request[np.asarray(log.column("call"), dtype=np.intp)]  # int32 ids, or empty
     action = log.column("action")
-    failed = np.zeros(n, dtype=bool)
-    failed[request[action == retry.FAILED]] = True
     served = np.full(n, BY_MODEL, dtype=np.int64)
-    served[failed] = FAILED
+    served[request[action == retry.FAILED]] = FAILED
     served[semantic.false_hit] = BY_FALSE_HIT
     served[semantic.true_hit] = BY_SEMANTIC
     served[exact] = BY_EXACT
-    done = action == retry.DONE
-    visible = np.full(n, -np.inf)
-    np.maximum.at(visible, request[done], log.column("visible_at")[done])
-    ttft = np.where(served == BY_MODEL, visible - traffic.t, np.nan)
-    ttft[served == BY_EXACT] = EXACT_HIT_S
-    ttft[(served == BY_SEMANTIC) | (served == BY_FALSE_HIT)] = SEMANTIC_HIT_S
+    done = np.flatnonzero(action == retry.DONE)
+    ttft = np.full(n, -np.inf)  # first the latest first-visible time of the request's calls
+    np.maximum.at(ttft, request[done], log.column("visible_at")[done])
+    ttft -= traffic.t
+    for code, seconds in _TTFT_WITHOUT_MODEL.items():  # a mask per code: no temporary the size of all
+        ttft[served == code] = seconds
     fallback = np.zeros(n, dtype=bool)
     fallback[request[action == retry.QUEUE]] = True
     cost = np.zeros(n, dtype=np.int64)
-    np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))
+    np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
     bad_served = np.zeros(n, dtype=bool)
-    bad_served[request[done & (log.column("outcome") == BAD_SERVED)]] = True
+    bad_served[request[done[log.column("outcome")[done] == BAD_SERVED]]] = True
     return served, ttft, fallback, cost, bad_served
+
+
+# Time to first token of a request not answered by the model, by its `served` code (NaN: it failed).
+_TTFT_WITHOUT_MODEL = {
+    FAILED: np.nan,
+    BY_EXACT: EXACT_HIT_S,
+    BY_SEMANTIC: SEMANTIC_HIT_S,
+    BY_FALSE_HIT: SEMANTIC_HIT_S,
+}
 
 
 def quality_scores(
@@ -299,7 +308,10 @@ def quality_scores(
         [[scenario.quality_of(m).easy, scenario.quality_of(m).hard] for m in scenario.models],
         dtype=np.float64,
     )
-    quality: np.ndarray = scores[request_model, hard.astype(np.int64)]
+    # A flat index into scores (row: model, column: hard), in int8: models are few, so it stays small.
+    flat = request_model.astype(np.int8) * np.int8(2)
+    flat += hard
+    quality: np.ndarray = scores.ravel()[flat]
     quality[bad_served | (served == BY_FALSE_HIT)] = scenario.quality.false_hit
     quality[served == FAILED] = scenario.quality.failed
     return quality

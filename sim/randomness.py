@@ -46,13 +46,26 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 
 def hashed_uniform(key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salt: int) -> np.ndarray:
     """Uniforms in [0, 1) that depend only on (key, call, attempt, salt): splitmix64 of their mix."""
+    return hashed_uniforms(key, call_ids, attempt_nos, (salt,))[0]
+
+
+def hashed_uniforms(
+    key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salts: tuple[int, ...]
+) -> list[np.ndarray]:
+    """hashed_uniform for each salt in turn; the (call, attempt) part of the mix is worked out once."""
     with np.errstate(over="ignore"):
-        seed = np.uint64(key) ^ (np.uint64(salt) * _GOLDEN)
-        x = np.asarray(call_ids, dtype=np.uint64) * np.uint64(0x100000001B3)
-        x += np.asarray(attempt_nos, dtype=np.uint64) * _GOLDEN
-        x += seed
-        x = (x ^ (x >> np.uint64(30))) * _MIX1
-        x = (x ^ (x >> np.uint64(27))) * _MIX2
+        base = np.asarray(call_ids, dtype=np.uint64) * np.uint64(0x100000001B3)
+        base += np.asarray(attempt_nos, dtype=np.uint64) * _GOLDEN
+        return [_splitmix_uniform(base + (np.uint64(key) ^ (np.uint64(salt) * _GOLDEN))) for salt in salts]
+
+
+def _splitmix_uniform(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer, in place on x, then its top 53 bits as a uniform in [0, 1)."""
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= _MIX1
+        x ^= x >> np.uint64(27)
+        x *= _MIX2
         x ^= x >> np.uint64(31)
     uniform: np.ndarray = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
     return uniform

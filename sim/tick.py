@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.attempts import AttemptLog, CallSheet, Pending, RateWindows, run_round
+from sim.attempts import AttemptLog, CallSheet, Load, Pending, RateWindows, run_round
 from sim.policies import provider, retry
 from sim.scenario import Scenario
 
@@ -38,25 +38,23 @@ class TickRunner:
         )
         self.rounds = 0
 
-    def _round(self, batch: Pending, fits_all: bool = False) -> Pending:
+    def _round(self, batch: Pending, fits_all: bool = False, load: Load | None = None) -> Pending:
         self.rounds += 1
         return run_round(
-            self.scenario, self.table, self.windows, self.sheet, self.key, batch, self.log, fits_all
+            self.scenario, self.table, self.windows, self.sheet, self.key, batch, self.log, fits_all, load
         )
 
-    def _load(self, batch: Pending) -> tuple[np.ndarray, np.ndarray]:
-        model = self.sheet.model[batch.call]
-        return model, self.sheet.input_tokens[batch.call] + self.sheet.output_tokens[batch.call]
+    def _first_contested(self, batch: Pending, load: Load) -> float:
+        return self.windows.first_contested(load.window, batch.model, load.tokens)
 
     def run(self, batch: Pending, tick_end: float) -> Pending:
         """Make every attempt due before tick_end; returns the follow-ups due later."""
         later: list[Pending] = []
         while batch.size:
-            model, tokens = self._load(batch)
-            contested = self.windows.first_contested(batch.t, model, tokens)
-            calm = batch.t < contested
+            load = Load.of(self.windows, batch)  # read by the check and by the calm round alike
+            calm = batch.t < self._first_contested(batch, load)
             if calm.any():
-                follow = self._round(batch.take(calm), fits_all=True)
+                follow = self._round(batch.take(calm), fits_all=True, load=load.take(calm))
                 batch = Pending.join([batch.take(~calm), follow])
             else:
                 batch = self._contested_stretch(batch)
@@ -94,5 +92,4 @@ class TickRunner:
         upcoming = Pending.join([batch.take(slice(position, stop)), extra.take(waiting)])
         if not upcoming.size:
             return False
-        model, tokens = self._load(upcoming)
-        return bool(self.windows.first_contested(upcoming.t, model, tokens) < window_end)
+        return bool(self._first_contested(upcoming, Load.of(self.windows, upcoming)) < window_end)

@@ -38,10 +38,10 @@ class Traffic:
     context: np.ndarray  # int64: the chain's shared context, -1 for a single-call message
     hard: np.ndarray  # bool
     call_request: np.ndarray  # int64: for each call, its request
-    call_step: np.ndarray  # int64: the call's step in its chain (0 for a single call)
+    call_step: np.ndarray  # small ints (int8 when drawn): the call's step in its chain (0 for a single call)
     call_deterministic: np.ndarray  # bool: a deterministic chain step (fragment-cacheable)
-    input_tokens: np.ndarray  # int64 per call
-    output_tokens: np.ndarray  # int64 per call
+    input_tokens: np.ndarray  # per call: int32 when drawn (the engine bills in int64)
+    output_tokens: np.ndarray  # per call: int32 when drawn
     steps: int = 1  # calls in every chain (a plain message has one)
     # Per call, the ids of its prompt's 512-token prefix blocks (a replayed Mooncake trace); empty when
     # the prefix comes from prompts.prefix_share instead.
@@ -130,9 +130,12 @@ def _messages(
     gaps = streams.messages.exponential(scenario.traffic.think_time_s, size=session.size)
     first = np.cumsum(per_session) - per_session
     gaps[first] = 0.0  # a session's first message opens it
-    elapsed = np.cumsum(gaps)
-    elapsed -= np.repeat(elapsed[first], per_session)
-    return session_start[session] + elapsed, session_user[session], int(session_user.size)
+    elapsed = np.cumsum(gaps, out=gaps)
+    session_offset = np.repeat(elapsed[first], per_session)
+    elapsed -= session_offset
+    t = np.take(session_start, session, out=session_offset)  # the buffer is free again: reuse it
+    t += elapsed
+    return t, session_user[session], int(session_user.size)
 
 
 def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
@@ -140,45 +143,62 @@ def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tupl
     prompts = scenario.prompts
     n = user.size
     draw = streams.prompts.random(n)
-    kind = np.where(
-        draw < prompts.repeat_share,
-        KIND_REPEAT,
-        np.where(draw < prompts.repeat_share + prompts.paraphrase_share, KIND_PARAPHRASE, KIND_NOVEL),
-    )
-    catalog_id = zipf_indices(streams.prompts, prompts.catalog_size, prompts.zipf_exponent, n)
-    cluster = np.where(kind == KIND_NOVEL, -1, catalog_id)
+    # The kind of each prompt (KIND_REPEAT below repeat_share, then KIND_PARAPHRASE, else KIND_NOVEL),
+    # as the two masks the keys need.
+    repeat = draw < prompts.repeat_share
+    novel = ~(repeat | (draw < prompts.repeat_share + prompts.paraphrase_share))
+    catalog_id = zipf_indices(streams.prompts, prompts.catalog_size, prompts.zipf_exponent, n, scratch=draw)
+    cluster = np.where(novel, -1, catalog_id)
     if scenario.cache.exact.scope == "user":
         catalog_id = user * prompts.catalog_size + catalog_id
-    exact_key = np.where(kind == KIND_REPEAT, catalog_id, -1)
-    return exact_key, cluster
+    catalog_id[~repeat] = -1  # in place: the array is this function's own
+    return catalog_id, cluster
 
 
 def _contexts(scenario: Scenario, n: int, streams: Streams) -> np.ndarray:
     chains = scenario.prompts.chains
-    is_chain = streams.prompts.random(n) < chains.share
-    context = zipf_indices(streams.prompts, chains.context_catalog_size, chains.context_zipf_exponent, n)
-    return np.where(is_chain, context, -1)
+    draw = streams.prompts.random(n)
+    is_chain = draw < chains.share
+    context = zipf_indices(
+        streams.prompts, chains.context_catalog_size, chains.context_zipf_exponent, n, scratch=draw
+    )
+    context[~is_chain] = -1
+    return context
 
 
 def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One call per plain message, `steps` calls per chain; the first deterministic_steps are cacheable."""
     chains = scenario.prompts.chains
-    steps = np.where(context >= 0, chains.steps, 1)
+    is_chain = context >= 0
+    steps = np.where(is_chain, chains.steps, 1)
     call_request = np.repeat(np.arange(context.size, dtype=np.int64), steps)
-    first = np.cumsum(steps) - steps
-    call_step = np.arange(call_request.size, dtype=np.int64) - np.repeat(first, steps)
-    deterministic = (context[call_request] >= 0) & (call_step < chains.deterministic_steps)
+    chains_before = np.arange(np.count_nonzero(is_chain))
+    chain_first = np.flatnonzero(is_chain) + (chains.steps - 1) * chains_before  # earlier chains' extra calls
+    # The smallest signed type that holds every step (int8 for any sensible chain): a small array to fill.
+    call_step = np.zeros(call_request.size, dtype=np.min_scalar_type(-chains.steps))
+    for step in range(1, chains.steps):  # a handful of steps: one column of chain calls at a time
+        call_step[chain_first + step] = step
+    deterministic = np.repeat(is_chain, steps)
+    deterministic &= call_step < chains.deterministic_steps
     return call_request, call_step, deterministic
 
 
-def zipf_indices(rng: np.random.Generator, size: int, exponent: float, n: int) -> np.ndarray:
+def zipf_indices(
+    rng: np.random.Generator, size: int, exponent: float, n: int, scratch: np.ndarray | None = None
+) -> np.ndarray:
     """`n` draws from a finite Zipf law over 0..size-1 (item i has weight 1 / (i + 1) ** exponent).
 
-    Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size.
+    Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size. `scratch`, a
+    float64 array of n the caller no longer needs, takes the uniforms instead of a new array.
     """
     accept, alias = zipf_alias_table(size, exponent)
-    slot = np.minimum((rng.random(n) * size).astype(np.int64), size - 1)
-    picked: np.ndarray = np.where(rng.random(n) < accept[slot], slot, alias[slot])
+    u = rng.random(n) if scratch is None else rng.random(out=scratch)
+    u *= size
+    slot = u.astype(np.int64)
+    np.minimum(slot, size - 1, out=slot)
+    keep = rng.random(out=u) < accept[slot]  # the second uniforms reuse the first ones' buffer
+    picked: np.ndarray = alias[slot]
+    np.copyto(picked, slot, where=keep)
     return picked
 
 
@@ -208,10 +228,15 @@ def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def lognormal_tokens(rng: np.random.Generator, dist: Distribution, n: int) -> np.ndarray:
     """Whole token counts >= 1 with the distribution's mean."""
     if dist.sigma == 0:
-        return np.full(n, max(1, round(dist.mean)), dtype=np.int64)
+        count = max(1, round(dist.mean))
+        return np.full(n, count, dtype=np.int32 if count < 2**31 else np.int64)
     mu = np.log(dist.mean) - dist.sigma**2 / 2
     normal = rng.standard_normal(n, dtype=np.float32)  # float32: twice as fast, ample for token counts
     normal *= np.float32(dist.sigma)
     normal += np.float32(mu)
-    tokens: np.ndarray = np.maximum(np.rint(np.exp(normal)), 1).astype(np.int64)
+    np.exp(normal, out=normal)  # in place: no temporaries the size of all calls
+    np.rint(normal, out=normal)
+    np.maximum(normal, 1, out=normal)
+    # int32 (half the memory; sums are taken in int64) unless a count would not fit, as a huge sigma allows.
+    tokens: np.ndarray = normal.astype(np.int32 if normal.max(initial=0) < 2**31 else np.int64)
     return tokens

@@ -13,7 +13,7 @@ import numpy as np
 
 from sim.policies import streaming
 from sim.policies.outcomes import BAD, BAD_SERVED, ERROR, OK, TIMEOUT
-from sim.randomness import hashed_uniform
+from sim.randomness import hashed_uniform, hashed_uniforms
 from sim.scenario import Provider, Scenario
 
 RATE_LIMIT_REPLY_S = 0.05
@@ -82,21 +82,21 @@ def attempt(
     output_tokens: np.ndarray,
 ) -> AttemptOutcome:
     """Draw and price the attempts that the rate limiter admitted."""
-    u = hashed_uniform(key, call, attempt_no, SALT_OUTCOME)
+    u, u_ttft = hashed_uniforms(key, call, attempt_no, (SALT_OUTCOME, SALT_TTFT))
     error_edge = table.error_rate[model]
     timeout_edge = error_edge + table.timeout_rate[model]
     bad_edge = timeout_edge + table.bad_rate[model]
-    bad = np.where(regenerated, BAD_SERVED, BAD)  # a second bad answer is served, not regenerated again
-    outcome = np.select(
-        [u < error_edge, u < timeout_edge, u < bad_edge], [ERROR, TIMEOUT, bad], default=OK
-    ).astype(np.int64)
-    ttft = table.ttft_s[model] * ttft_factor(
-        table.ttft_sigma[model], hashed_uniform(key, call, attempt_no, SALT_TTFT)
-    )
+    # The first edge below u decides: error, timeout, bad (a second bad answer is served, not regenerated
+    # again), else ok. Assigned from the last rule to the first, so that the first one wins.
+    outcome = np.where(regenerated, BAD_SERVED, BAD)
+    outcome[u >= bad_edge] = OK
+    outcome[u < timeout_edge] = TIMEOUT
+    outcome[u < error_edge] = ERROR
+    ttft = table.ttft_s[model] * ttft_factor(table.ttft_sigma[model], u_ttft)
     full = ttft + output_tokens / table.tokens_per_s[model]
     duration = full.copy()
-    billed_input = input_tokens.copy()
-    billed_output = output_tokens.copy()
+    billed_input = input_tokens.astype(np.int64)  # token counts may come as int32: bills are int64
+    billed_output = output_tokens.astype(np.int64)
     is_error = outcome == ERROR
     duration[is_error] = ttft[is_error]
     _bill(is_error, model, table.error_bills, billed_input, billed_output)

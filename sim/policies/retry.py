@@ -35,6 +35,11 @@ def retry_limit(retry: Retry) -> int:
     return {"naive": retry.max_retries, "sdk-default": 2, "cost-aware": 1}[retry.policy]
 
 
+def uses_jitter(retry: Retry) -> bool:
+    """Does the policy's backoff read the jitter draw? (Other policies need not draw it.)"""
+    return retry.policy == "sdk-default"
+
+
 def backoff_s(retry: Retry, retries_used: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     """Wait before retry number retries_used + 1."""
     if retry.policy == "sdk-default":
@@ -51,24 +56,25 @@ def follow_up(
     queued: np.ndarray,
     jitter: np.ndarray,
 ) -> FollowUp:
-    """Decide the next step for each attempt (vectorized)."""
-    finished = started_at + duration_s
+    """Decide the next step for each attempt (vectorized); actions are int8 codes."""
     transient = (outcome == ERROR) | (outcome == TIMEOUT)
     limited = outcome == RATE_LIMITED
     may_retry = retries_used < retry_limit(retry)
     if retry.policy == "cost-aware":
         retry_now = transient & may_retry
-        window_end = (np.floor(started_at / RATE_WINDOW_S) + 1.0) * RATE_WINDOW_S
         queue = limited & (queued < retry.queue_windows)
     else:
         retry_now = (transient | limited) & may_retry
-        window_end = finished
         queue = np.zeros(outcome.size, dtype=bool)
-    action = np.full(outcome.size, FAILED, dtype=np.int64)
+    action = np.full(outcome.size, FAILED, dtype=np.int8)
     action[(outcome == OK) | (outcome == BAD_SERVED)] = DONE
     action[outcome == BAD] = REGENERATE
     action[retry_now] = RETRY
     action[queue] = QUEUE
-    next_t = np.where(action == RETRY, finished + backoff_s(retry, retries_used, jitter), finished)
-    next_t = np.where(action == QUEUE, window_end, next_t)
+    # Most attempts finish for good: the waits are worked out only for those that retry or queue.
+    next_t = started_at + duration_s
+    retrying = np.flatnonzero(action == RETRY)
+    next_t[retrying] += backoff_s(retry, retries_used[retrying], jitter[retrying])
+    queueing = np.flatnonzero(action == QUEUE)  # cost-aware only: to the end of the window it hit
+    next_t[queueing] = (np.floor(started_at[queueing] / RATE_WINDOW_S) + 1.0) * RATE_WINDOW_S
     return FollowUp(action, next_t)
