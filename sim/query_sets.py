@@ -69,7 +69,7 @@ def _read_one(path: Path) -> list[tuple[str, str | None]]:
     if reader is None:
         raise QuerySetError(where, "(file)", "expected a .jsonl, .csv or CLINC150 .json file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (spreadsheet exports) is not part of a header
     except FileNotFoundError:
         raise QuerySetError(where, "(file)", "no such file") from None
     except (OSError, UnicodeDecodeError) as error:

@@ -52,6 +52,12 @@ def test_reads_jsonl_with_null_as_out_of_scope(tmp_path: Path) -> None:
     assert queries.groups.tolist() == [0, 1, OUT_OF_SCOPE]
 
 
+def test_reads_a_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "q.csv"
+    path.write_bytes("text,intent\na,x\nb,y\n".encode("utf-8-sig"))
+    assert read_query_sets([path]).group_names == ("x", "y")
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
