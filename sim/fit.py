@@ -31,6 +31,7 @@ from budget.events import UsageRecorded, decode_usage
 from budget.prices import default_catalog
 from sim.errors import SimError
 from sim.trace import SESSION_GAP_S, TraceError, TraceRows, count_sessions, detect_format, read_trace
+from sim.user_files import UnreadableFile, read_text
 
 MAX_DISPERSION = 50.0  # "no extra spread": a gamma shape this large is practically a Poisson
 
@@ -125,9 +126,9 @@ def read_usage_jsonl(path: str | Path) -> list[UsageRecorded]:
     """Usage events from a JSON-lines file; a bad line raises TraceError naming it."""
     where = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as error:
-        raise TraceError(where, 0, "(file)", f"cannot be read: {error}") from None
+        text = read_text(path)
+    except UnreadableFile as error:
+        raise TraceError(where, 0, "(file)", error.reason) from None
     events = []
     for line, raw in enumerate(text.splitlines(), start=1):
         if raw.strip():

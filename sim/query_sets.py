@@ -23,6 +23,7 @@ import numpy as np
 
 from sim.errors import SimError
 from sim.semantic_calibration import OUT_OF_SCOPE
+from sim.user_files import UnreadableFile, read_text
 
 GROUP_COLUMNS = ("group", "intent", "category", "label")
 CLINC_OUT_OF_SCOPE = "oos"
@@ -69,11 +70,9 @@ def _read_one(path: Path) -> list[tuple[str, str | None]]:
     if reader is None:
         raise QuerySetError(where, "(file)", "expected a .jsonl, .csv or CLINC150 .json file")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a BOM (spreadsheet exports) is not part of a header
-    except FileNotFoundError:
-        raise QuerySetError(where, "(file)", "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise QuerySetError(where, "(file)", f"cannot be read: {error}") from None
+        text = read_text(path, "utf-8-sig")  # a BOM (spreadsheet exports) is not part of a header
+    except UnreadableFile as error:
+        raise QuerySetError(where, "(file)", error.reason) from None
     pairs = reader(text, where)
     if not pairs:
         raise QuerySetError(where, "(file)", "no queries")

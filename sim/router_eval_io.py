@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 
 from sim.router_eval import LABELS, Confusion, EvalSetError, Example, Rules, RulesError, parse_rules
+from sim.user_files import UnreadableFile, read_text
 
 
 def file_sha256(path: str | Path) -> str:
@@ -23,11 +24,9 @@ def load_rules(path: str | Path) -> Rules:
     """Read and validate a rules file (TOML); every error names the file and the field."""
     where = str(path)
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RulesError(where, "(file)", "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise RulesError(where, "(file)", f"cannot be read: {error}") from None
+        data = tomllib.loads(read_text(path))
+    except UnreadableFile as error:
+        raise RulesError(where, "(file)", error.reason) from None
     except tomllib.TOMLDecodeError as error:
         raise RulesError(where, "(file)", f"not valid TOML: {error}") from None
     return parse_rules(data, where)
@@ -38,11 +37,9 @@ def read_eval_set(path: str | Path) -> list[Example]:
     are kept for the reader and ignored here. Blank lines are skipped; both labels must be present."""
     where = str(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise EvalSetError(where, None, "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise EvalSetError(where, None, f"cannot be read: {error}") from None
+        lines = read_text(path).splitlines()
+    except UnreadableFile as error:
+        raise EvalSetError(where, None, error.reason) from None
     examples = [_example(line, number, where) for number, line in enumerate(lines, 1) if line.strip()]
     for label in LABELS:
         if not any(e.label == label for e in examples):

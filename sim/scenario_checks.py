@@ -20,6 +20,7 @@ import msgspec
 
 from budget.prices import PriceCatalog
 from sim.errors import ScenarioError
+from sim.user_files import UnreadableFile, read_text
 
 if TYPE_CHECKING:
     from sim.scenario import Cap, Scenario
@@ -33,11 +34,9 @@ def read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     layered onto a base scenario."""
     where = str(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(where, "(file)", "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ScenarioError(where, "(file)", f"cannot be read: {error}") from None
+        data = tomllib.loads(read_text(path))
+    except UnreadableFile as error:
+        raise ScenarioError(where, "(file)", error.reason) from None
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError(where, "(file)", f"not valid TOML: {error}") from None
     base_names = data.get("extends")

@@ -28,6 +28,7 @@ import numpy as np
 from budget.events import UsageRecorded, decode_usage
 from sim.errors import SimError
 from sim.traffic import MONTH_DAYS, SECONDS_PER_DAY, Traffic
+from sim.user_files import UnreadableFile, read_text
 
 TraceFormat = Literal["azure", "mooncake", "usage-jsonl"]
 FORMATS: tuple[TraceFormat, ...] = ("azure", "mooncake", "usage-jsonl")
@@ -97,11 +98,9 @@ def read_trace(path: str | Path, trace_format: str | None = None) -> TraceRows:
     """Read a trace file; the format is detected from its first line when not given."""
     where = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TraceError(where, 0, "(file)", "no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TraceError(where, 0, "(file)", f"cannot be read: {error}") from None
+        text = read_text(path)
+    except UnreadableFile as error:
+        raise TraceError(where, 0, "(file)", error.reason) from None
     if trace_format is None:
         trace_format = detect_format(where, text)
     if trace_format == "azure":

@@ -1,0 +1,29 @@
+"""Reading a user's text file (scenario, trace, rules, eval set, query set) with one wording for failure.
+
+Each reader turns `UnreadableFile` into its own error type, so every message still names the file and
+where in it; what went wrong reading it is said the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sim.errors import SimError
+
+
+class UnreadableFile(SimError):
+    """The file is missing or is not text in the expected encoding; `reason` says which."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def read_text(path: str | Path, encoding: str = "utf-8") -> str:
+    """The whole file as text, or UnreadableFile("no such file" / "cannot be read: ...")."""
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise UnreadableFile("no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UnreadableFile(f"cannot be read: {error}") from None
