@@ -122,8 +122,8 @@ class _Requests:
         # A call bills at most every token on each attempt: the first, every retry the policy allows,
         # and one regeneration of a bad completion. That bound is the worst case an app reserves.
         attempts = retry.retry_limit(run.scenario.retry) + 2
-        max_input = _sum_by(owner, traffic.input_tokens[needed], n) * attempts
-        max_output = _sum_by(owner, traffic.output_tokens[needed], n) * attempts
+        max_input = sum_by(owner, traffic.input_tokens[needed], n) * attempts
+        max_output = sum_by(owner, traffic.output_tokens[needed], n) * attempts
         prices = [catalog[model] for model in run.models]
         per_input = np.array([max(p.input, p.cached_input, p.cache_write) for p in prices], dtype=np.int64)
         per_output = np.array([p.output for p in prices], dtype=np.int64)
@@ -136,14 +136,15 @@ class _Requests:
             max_input=max_input,
             max_output=max_output,
             worst_nanos=worst,
-            billed_input=_sum_by(attempt_request, log.column("billed_input").astype(np.int64), n),
-            billed_output=_sum_by(attempt_request, log.column("billed_output").astype(np.int64), n),
+            billed_input=sum_by(attempt_request, log.column("billed_input").astype(np.int64), n),
+            billed_output=sum_by(attempt_request, log.column("billed_output").astype(np.int64), n),
             finished=finished,
             attempt_request=attempt_request,
         )
 
 
-def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+def sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Int64 totals of `values` per `index` in 0..n-1 (e.g. nano-dollars per user)."""
     total = np.zeros(n, dtype=np.int64)
     np.add.at(total, index, values.astype(np.int64))
     return total
@@ -152,16 +153,15 @@ def _sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
 def _users_who_may_meet_the_cap(run: engine.RunResult, requests: _Requests, cap_nanos: int) -> np.ndarray:
     """Users whose uncapped spend plus the most they ever have reserved at once could pass the cap."""
     traffic = run.traffic
-    spent = _sum_by(traffic.user, run.cost_nanos, traffic.mau)
+    spent = sum_by(traffic.user, run.cost_nanos, traffic.mau)
     rows = np.flatnonzero(requests.has_call)
     user = np.concatenate([traffic.user[rows], traffic.user[rows]])
     time = np.concatenate([traffic.t[rows], requests.finished[rows]])
     delta = np.concatenate([requests.worst_nanos[rows], -requests.worst_nanos[rows]])
     order = np.lexsort((-delta, time, user))  # at equal times, count a reservation before a release
     user, delta = user[order], delta[order]
-    running = np.cumsum(delta)
     first = np.r_[True, user[1:] != user[:-1]]
-    running = running - _group_base(running - delta, first)  # reserved at once, per user
+    running = _cumsum_by_group(delta, first)  # reserved at once, per user
     peak = np.zeros(traffic.mau, dtype=np.int64)
     np.maximum.at(peak, user, running)
     return np.flatnonzero(spent + peak > cap_nanos)

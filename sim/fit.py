@@ -24,14 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
-from budget.events import UsageRecorded, decode_usage
+from budget.events import UsageRecorded
 from budget.prices import default_catalog
 from sim.errors import SimError
-from sim.trace import SESSION_GAP_S, TraceError, TraceRows, count_sessions, detect_format, read_trace
-from sim.user_files import UnreadableFile, read_text
+from sim.trace import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events
 
 MAX_DISPERSION = 50.0  # "no extra spread": a gamma shape this large is practically a Poisson
 
@@ -122,35 +120,14 @@ def read_store_usage(path: str | Path, month: str) -> list[UsageRecorded]:
         raise FitError(str(path), f"cannot read the store: {error}") from None
 
 
-def read_usage_jsonl(path: str | Path) -> list[UsageRecorded]:
-    """Usage events from a JSON-lines file; a bad line raises TraceError naming it."""
-    where = str(path)
-    try:
-        text = read_text(path)
-    except UnreadableFile as error:
-        raise TraceError(where, 0, "(file)", error.reason) from None
-    events = []
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if raw.strip():
-            try:
-                events.append(decode_usage(raw))
-            except (msgspec.ValidationError, msgspec.DecodeError) as error:
-                raise TraceError(where, line, "(event)", str(error)) from None
-    return events
-
-
 def read_trace_observed(path: str | Path, trace_format: str | None) -> Observed:
     """A trace file as observed usage (usage-jsonl keeps outcomes, models and prompt hashes)."""
-    if trace_format is None:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                head = "".join(handle.readline() for _ in range(3))
-        except (OSError, UnicodeDecodeError) as error:
-            raise TraceError(str(path), 0, "(file)", f"cannot be read: {error}") from None
-        trace_format = detect_format(str(path), head)
+    where = str(path)
+    text = read_trace_text(path)
+    trace_format = trace_format or detect_format(where, text)
     if trace_format == "usage-jsonl":
-        return observed_from_events(read_usage_jsonl(path), str(path))
-    return observed_from_trace(read_trace(path, trace_format))
+        return observed_from_events(usage_events(where, text), where)
+    return observed_from_trace(parse_trace(where, text, trace_format))
 
 
 def fit_table(observed: Observed) -> dict[str, Any]:
@@ -209,11 +186,10 @@ def zipf_exponent(counts: np.ndarray) -> float:
 
 def _sessions(observed: Observed) -> tuple[np.ndarray, float, float, np.ndarray]:
     """Sessions per user, mean messages per session, mean think time, and session start times."""
-    order = np.lexsort((observed.t, observed.user))
+    order, new = session_starts(observed.user, observed.t)
     user, t = observed.user[order], observed.t[order]
     gap = np.r_[np.inf, np.diff(t)]
-    new = np.r_[True, user[1:] != user[:-1]] | (gap > SESSION_GAP_S)
-    sessions = count_sessions(observed.user, observed.t)
+    sessions = int(np.count_nonzero(new))
     per_user = np.bincount(user[new])
     per_user = per_user[per_user > 0].astype(np.float64)
     inside = gap[~new]

@@ -16,7 +16,7 @@ import numpy as np
 
 from budget.prices import NANOS_PER_USD, PriceCatalog
 from sim import engine
-from sim.caps import DEGRADED, DENIED
+from sim.caps import DEGRADED, DENIED, sum_by
 from sim.engine import RunResult
 from sim.policies import retry, streaming
 from sim.policies.outcomes import RATE_LIMITED
@@ -58,8 +58,7 @@ def summarize(run: RunResult) -> Summary:
     scale = MONTH_DAYS / traffic.days
     requests = traffic.requests
     total_nanos = int(run.cost_nanos.sum())
-    per_user = np.zeros(traffic.mau, dtype=np.int64)
-    np.add.at(per_user, traffic.user, run.cost_nanos)
+    per_user = sum_by(traffic.user, run.cost_nanos, traffic.mau)
     per_user_month = per_user * (scale / NANOS_PER_USD)
     outcome = run.attempts.column("outcome").astype(np.int64)
     action = run.attempts.column("action").astype(np.int64)
@@ -126,8 +125,7 @@ def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Sum
         return figures
     felt = np.zeros(mau, dtype=bool)
     felt[run.traffic.user[effect.decision != 0]] = True
-    uncapped_user = np.zeros(mau, dtype=np.int64)
-    np.add.at(uncapped_user, run.traffic.user, effect.uncapped_cost_nanos)
+    uncapped_user = sum_by(run.traffic.user, effect.uncapped_cost_nanos, mau)
     uncapped_total = int(effect.uncapped_cost_nanos.sum())
     saved = uncapped_total - int(run.cost_nanos.sum())
     figures.update(

@@ -97,21 +97,27 @@ def detect_format(path: str, text: str) -> TraceFormat:
 def read_trace(path: str | Path, trace_format: str | None = None) -> TraceRows:
     """Read a trace file; the format is detected from its first line when not given."""
     where = str(path)
+    text = read_trace_text(path)
+    return parse_trace(where, text, trace_format or detect_format(where, text))
+
+
+def read_trace_text(path: str | Path) -> str:
+    """A trace file's text, or TraceError naming the file."""
     try:
-        text = read_text(path)
+        return read_text(path)
     except UnreadableFile as error:
-        raise TraceError(where, 0, "(file)", error.reason) from None
-    if trace_format is None:
-        trace_format = detect_format(where, text)
-    if trace_format == "azure":
-        return parse_azure(where, text)
-    if trace_format == "mooncake":
-        return parse_mooncake(where, text)
-    if trace_format == "usage-jsonl":
-        return parse_usage_jsonl(where, text)
-    raise TraceError(
-        where, 0, "--trace-format", f"unknown format {trace_format!r}; known: {', '.join(FORMATS)}"
-    )
+        raise TraceError(str(path), 0, "(file)", error.reason) from None
+
+
+def parse_trace(where: str, text: str, trace_format: str) -> TraceRows:
+    """A trace's text in a named format as rows."""
+    parsers = {"azure": parse_azure, "mooncake": parse_mooncake, "usage-jsonl": parse_usage_jsonl}
+    parse = parsers.get(trace_format)
+    if parse is None:
+        raise TraceError(
+            where, 0, "--trace-format", f"unknown format {trace_format!r}; known: {', '.join(FORMATS)}"
+        )
+    return parse(where, text)
 
 
 def parse_azure(path: str, text: str) -> TraceRows:
@@ -164,11 +170,25 @@ def parse_mooncake(path: str, text: str) -> TraceRows:
 
 def parse_usage_jsonl(path: str, text: str) -> TraceRows:
     """margins usage events, one JSON object a line (the form budget.events.encode_usage writes)."""
-    stamps: list[float] = []
-    inputs: list[int] = []
-    outputs: list[int] = []
+    events = usage_events(path, text)
     user_index: dict[str, int] = {}
-    users: list[int] = []
+    users = [user_index.setdefault(event.user_id, len(user_index)) for event in events]
+    return _rows(
+        path,
+        "usage-jsonl",
+        [_epoch(event) for event in events],
+        users,
+        tuple(user_index),
+        [event.input_tokens for event in events],
+        [event.output_tokens for event in events],
+        None,
+        (),
+    )
+
+
+def usage_events(path: str, text: str) -> list[UsageRecorded]:
+    """Decode usage events, one JSON object a line; a bad line raises TraceError naming line and field."""
+    events = []
     for line, row in _json_lines(path, text):
         row.pop("type", None)
         try:
@@ -180,11 +200,8 @@ def parse_usage_jsonl(path: str, text: str) -> TraceRows:
         if event.input_tokens < 0 or event.output_tokens < 0:
             field = "input_tokens" if event.input_tokens < 0 else "output_tokens"
             raise TraceError(path, line, field, "expected a whole number >= 0")
-        stamps.append(_epoch(event))
-        inputs.append(event.input_tokens)
-        outputs.append(event.output_tokens)
-        users.append(user_index.setdefault(event.user_id, len(user_index)))
-    return _rows(path, "usage-jsonl", stamps, users, tuple(user_index), inputs, outputs, None, ())
+        events.append(event)
+    return events
 
 
 def to_traffic(rows: TraceRows, exact_scope: str = "global", hard: np.ndarray | None = None) -> Traffic:
@@ -220,14 +237,17 @@ def to_traffic(rows: TraceRows, exact_scope: str = "global", hard: np.ndarray | 
     )
 
 
-def count_sessions(user: np.ndarray, t: np.ndarray) -> int:
-    """Sessions: each user's first message, and each one more than SESSION_GAP_S after the user's last."""
-    if t.size == 0:
-        return 0
+def session_starts(user: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The messages' order by user then time, and in that order which open a session: each user's first
+    message, and each one more than SESSION_GAP_S after the user's last (at least one message)."""
     order = np.lexsort((t, user))
     u, ts = user[order], t[order]
-    new = np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > SESSION_GAP_S)]
-    return int(np.count_nonzero(new))
+    return order, np.r_[True, (u[1:] != u[:-1]) | (np.diff(ts) > SESSION_GAP_S)]
+
+
+def count_sessions(user: np.ndarray, t: np.ndarray) -> int:
+    """How many sessions the messages make (see session_starts)."""
+    return int(np.count_nonzero(session_starts(user, t)[1])) if t.size else 0
 
 
 def _rows(

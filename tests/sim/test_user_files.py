@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sim.errors import SimError
-from sim.fit import read_usage_jsonl
+from sim.fit import read_trace_observed
 from sim.query_sets import read_query_sets
 from sim.router_eval_io import load_rules, read_eval_set
 from sim.scenario import load_scenario
@@ -18,7 +18,8 @@ from sim.trace import read_trace
 READERS: list[tuple[str, Callable[[Path], Any]]] = [
     ("scenario.toml", load_scenario),
     ("trace.csv", read_trace),
-    ("usage.jsonl", read_usage_jsonl),
+    ("usage.jsonl", lambda path: read_trace_observed(path, "usage-jsonl")),
+    ("fit-trace.csv", lambda path: read_trace_observed(path, None)),
     ("router.rules", load_rules),
     ("eval-set.jsonl", read_eval_set),
     ("queries.csv", lambda path: read_query_sets([path])),
