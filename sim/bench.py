@@ -104,12 +104,12 @@ def main() -> None:
     total_requests = sum(m.requests for m in fast)
     total_seconds = sum(m.seconds for m in fast)
     peak = max(m.peak_gb for m in fast)
-    rate = total_requests / total_seconds
+    rate = table_rate(fast)
     print(f"full MAU table (fast path, median of {len(runs)} runs): {total_requests:,} requests in ", end="")
     print(f"{total_seconds:.2f} s = {rate:,.0f} req/s, peak memory {peak:.2f} GB")
     print(f"every run, slowest first: {', '.join(f'{table_rate(r):,.0f}' for r in runs)} req/s")
     if reference:
-        ref_rate = sum(m.requests for m in reference) / sum(m.seconds for m in reference)
+        ref_rate = table_rate(reference)
         ref_peak = max(m.peak_gb for m in reference)
         print(f"per-request SimPy reference: {ref_rate:,.0f} req/s, peak memory {ref_peak:.2f} GB")
     verdict = {True: "met", False: "MISSED"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from sim.cli import fail
+from sim.cli import fail, write_or_fail
 from sim.embedding import embed, model_version
 from sim.errors import SimError
 from sim.plots import save, semantic_profile_figure
@@ -30,6 +29,7 @@ from sim.semantic_calibration import (
     similarity_profile,
     split_queries,
 )
+from sim.user_files import file_sha256
 
 TABLE_STEP = 5  # the table shows every fifth threshold (0.05 apart) and the recommended one
 CLOSEST_SHOWN = 5
@@ -138,7 +138,7 @@ def semantic(
     rows = similarity_profile(lookups)
     calibration = Calibration(
         files=list(pair_files),
-        file_sha256=[hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in pair_files],
+        file_sha256=[file_sha256(p) for p in pair_files],
         model=model_version(),
         queries=len(queries.texts),
         groups=len(queries.group_names),
@@ -185,16 +185,13 @@ def _closest_wrong(queries: QuerySet, split: Split, lookups: Lookups) -> list[Wr
 
 
 def _write_outputs(calibration: Calibration, profile_path: Path | None, figure_path: Path | None) -> None:
-    try:
-        if profile_path is not None:
-            profile_path.write_text(profile_toml(calibration), encoding="utf-8")
-        if figure_path is not None:
-            save(
-                semantic_profile_figure(calibration.rows, calibration.recommended, _title(calibration)),
-                figure_path,
-            )
-    except OSError as error:
-        fail(f"{error.filename}: (file): cannot be written: {error.strerror}")
+    if profile_path is not None:
+        write_or_fail(
+            profile_path, lambda: profile_path.write_text(profile_toml(calibration), encoding="utf-8")
+        )
+    if figure_path is not None:
+        figure = semantic_profile_figure(calibration.rows, calibration.recommended, _title(calibration))
+        write_or_fail(figure_path, lambda: save(figure, figure_path))
 
 
 def _title(c: Calibration) -> str:

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -20,6 +20,8 @@ from budget.cli import LAZY_COMMANDS as BUDGET_COMMANDS
 if TYPE_CHECKING:
     from sim.forecast import Forecast
     from sim.output import ForecastWriter
+
+T = TypeVar("T")
 
 # command name -> "module:attribute" of its click command
 LAZY_COMMANDS = {
@@ -59,6 +61,16 @@ def fail(message: str) -> NoReturn:
     """One clear line on stderr and exit code 2: bad input is never a traceback."""
     click.echo(f"margins: {message}", err=True)
     sys.exit(2)
+
+
+def write_or_fail(path: Path, write: Callable[[], T], errors: tuple[type[Exception], ...] = (OSError,)) -> T:
+    """Run `write`, which writes `path`, and return what it returns; a failure is one line naming the path
+    and exit 2, not a traceback."""
+    try:
+        return write()
+    except errors as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        fail(f"{path}: (file): cannot be written: {reason}")
 
 
 def parse_mau(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:

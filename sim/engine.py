@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from sim.caps import CapEffect
 
 TICK_S = SECONDS_PER_DAY
+# Rate windows are kept this many days past the simulated month: retries and queued calls of its last
+# day land there.
+RATE_HORIZON_DAYS = 2
 EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
 BY_MODEL, BY_EXACT, BY_SEMANTIC, BY_FALSE_HIT, FAILED = 0, 1, 2, 3, 4
 DENIED = 5  # the scenario's cap refused it (sim/caps.py): not sent
@@ -234,7 +237,9 @@ def _attempt_clock(
     """
     env = simpy.Environment()
     log = AttemptLog()
-    runner = TickRunner(scenario, table, RateWindows(table, (days + 2) * SECONDS_PER_DAY), sheet, key, log)
+    runner = TickRunner(
+        scenario, table, RateWindows(table, (days + RATE_HORIZON_DAYS) * SECONDS_PER_DAY), sheet, key, log
+    )
     tick_of = (starts // TICK_S).astype(np.int16)  # 16 bits: numpy's stable sort is then a radix sort
     order = np.argsort(tick_of, kind="stable")
     first = Pending.first_attempts(sheet, calls[order], starts[order])

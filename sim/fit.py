@@ -28,18 +28,14 @@ import numpy as np
 
 from budget.events import UsageRecorded
 from budget.prices import default_catalog
-from sim.errors import SimError
+from sim.errors import InputError
 from sim.trace import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events
 
 MAX_DISPERSION = 50.0  # "no extra spread": a gamma shape this large is practically a Poisson
 
 
-class FitError(SimError):
+class FitError(InputError):
     """Usage that cannot be fitted (nothing in the month, an unreadable store)."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        self.where, self.reason = where, reason
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

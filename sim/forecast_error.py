@@ -19,16 +19,12 @@ from typing import Any
 import duckdb
 
 from budget.prices import NANOS_PER_USD
-from sim.errors import SimError
+from sim.errors import InputError
 from sim.traffic import MONTH_DAYS
 
 
-class ForecastErrorError(SimError):
+class ForecastErrorError(InputError):
     """A forecast file or store that cannot be compared; names the file and what is wrong."""
-
-    def __init__(self, where: str, reason: str) -> None:
-        self.where, self.reason = where, reason
-        super().__init__(f"{where}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

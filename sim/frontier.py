@@ -7,11 +7,6 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def dominates(cost_a: float, quality_a: float, cost_b: float, quality_b: float) -> bool:
-    """A dominates B: no dearer, no worse, and strictly better on at least one."""
-    return cost_a <= cost_b and quality_a >= quality_b and (cost_a < cost_b or quality_a > quality_b)
-
-
 def pareto_frontier(costs: Sequence[float], qualities: Sequence[float]) -> list[bool]:
     """For each point, whether it is on the frontier (lower cost and higher quality are better).
 

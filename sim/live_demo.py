@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from budget.config import EnforcerConfig, Plan
+from budget.config import EnforcerConfig, Plan, usd_to_nanos
 from budget.ledger import Ledger, RecordUsage
 from budget.prices import PriceCatalog
 from budget.store import EventStore
 from sim.caps import run_cap_nanos
 from sim.engine import RunResult
 from sim.policies.outcomes import OUTCOME_NAMES
+from sim.traffic import MONTH_DAYS
 
 BATCH = 5_000
 
@@ -32,7 +33,9 @@ def fill_store(path: str | Path, run: RunResult, catalog: PriceCatalog, cap_usd:
     cap = run.scenario.cap
     plan = Plan(
         name="default",
-        cap_nanos=int(cap_usd * 1e9) if cap is None else run_cap_nanos(cap, 30),
+        cap_nanos=usd_to_nanos(cap_usd, "live demo", "cap_usd")
+        if cap is None
+        else run_cap_nanos(cap, MONTH_DAYS),
         at_cap="block",
         degrade_model=None,
         soft_threshold_pct=80,

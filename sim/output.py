@@ -17,7 +17,6 @@ import polars as pl
 
 from budget.events import USAGE_COLUMNS
 from sim import engine
-from sim.attempts import AttemptLog
 from sim.engine import RunResult
 from sim.forecast import Forecast, flatten
 from sim.policies.outcomes import OUTCOME_NAMES
@@ -119,10 +118,8 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
             ),
             "input_tokens": np.concatenate([log.column("billed_input").astype(np.int64), zeros]),
             "output_tokens": np.concatenate([log.column("billed_output").astype(np.int64), zeros]),
-            "cached_input_tokens": np.concatenate(
-                [_column(log, "billed_cached", attempt_request.size), zeros]
-            ),
-            "cache_write_tokens": np.concatenate([_column(log, "billed_write", attempt_request.size), zeros]),
+            "cached_input_tokens": np.concatenate([log.column("billed_cached").astype(np.int64), zeros]),
+            "cache_write_tokens": np.concatenate([log.column("billed_write").astype(np.int64), zeros]),
             "outcome_code": np.concatenate(
                 [log.column("outcome").astype(np.int64), np.full(zeros.size, len(OUTCOME_NAMES))]
             ),
@@ -136,12 +133,6 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
             "cost_nanos": np.concatenate([log.column("cost_nanos").astype(np.int64), zeros]),
         }
     )
-
-
-def _column(log: AttemptLog, name: str, size: int) -> np.ndarray:
-    """An attempt column as int64; zeros when the log has none (a run made before the column existed)."""
-    values = log.column(name).astype(np.int64)
-    return values if values.size == size else np.zeros(size, dtype=np.int64)
 
 
 def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) -> pl.DataFrame:

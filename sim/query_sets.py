@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import SimError
+from sim.errors import FieldError
 from sim.semantic_calibration import OUT_OF_SCOPE
 from sim.user_files import UnreadableFile, read_text
 
@@ -29,11 +29,8 @@ GROUP_COLUMNS = ("group", "intent", "category", "label")
 CLINC_OUT_OF_SCOPE = "oos"
 
 
-class QuerySetError(SimError):
+class QuerySetError(FieldError):
     """A query file that cannot be used: names the file, where in it, and what was wrong."""
-
-    def __init__(self, path: str, where: str, reason: str) -> None:
-        super().__init__(f"{path}: {where}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ from sim.policies.provider import (
 )
 from sim.randomness import streams_for
 from sim.scenario import Scenario
+from sim.traffic import SECONDS_PER_DAY
 
 _MASK = (1 << 64) - 1
 
@@ -127,6 +128,8 @@ class _Reference:
         self.fragments = LruTtlCache(layers.fragment.capacity, layers.fragment.ttl_s)
         self.p_true, self.p_false = engine.semantic_rates(scenario)
         self.windows: dict[tuple[int, int], list[int]] = {}
+        horizon_s = (traffic.days + engine.RATE_HORIZON_DAYS) * SECONDS_PER_DAY
+        self.last_window = int(horizon_s // retry.RATE_WINDOW_S)
         n = traffic.requests
         self.served = np.full(n, engine.BY_MODEL, dtype=np.int64)
         self.fragment = np.zeros(n, dtype=bool)
@@ -239,7 +242,7 @@ class _Reference:
     def _admit(self, model: int, now: float, tokens: int) -> bool:
         """A window admits while both budgets hold; after its first rejection it stays closed."""
         table = self.table
-        window = min(int(now // retry.RATE_WINDOW_S), int(((self.traffic.days + 2) * 86400.0) // 60))
+        window = min(int(now // retry.RATE_WINDOW_S), self.last_window)
         counts = self.windows.setdefault((model, window), [0, 0, 0])
         if counts[2] or counts[0] + 1 > table.rpm[model] or counts[1] + tokens > table.tpm[model]:
             counts[2] = 1

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sim.errors import SimError
+from sim.errors import FieldError, SimError
 
 Label = Literal["easy", "hard"]
 LABELS: tuple[Label, ...] = ("easy", "hard")
@@ -31,14 +31,8 @@ _TOP_KEYS = ("description", "hard", "min_words")
 _RULE_KEYS = ("keywords", "name", "pattern")
 
 
-class RulesError(SimError):
+class RulesError(FieldError):
     """A rules file that cannot be used: names the file, the field and what was expected."""
-
-    def __init__(self, path: str, field: str, reason: str) -> None:
-        self.path = path
-        self.field = field
-        self.reason = reason
-        super().__init__(f"{path}: {field}: {reason}")
 
 
 class EvalSetError(SimError):
@@ -57,7 +51,6 @@ class Rule:
     """One way a request is marked hard: a regex or a list of keywords, compiled to one regex."""
 
     name: str
-    kind: Literal["pattern", "keywords"]
     regex: re.Pattern[str]
 
 
@@ -129,7 +122,7 @@ def _parse_rule(entry: Mapping[str, Any], where: str, field: str) -> Rule:
         if not isinstance(pattern, str) or not pattern:
             raise RulesError(where, f"{field}.pattern", "expected a non-empty regex string")
         try:
-            return Rule(name, "pattern", re.compile(pattern))
+            return Rule(name, re.compile(pattern))
         except re.error as error:
             raise RulesError(where, f"{field}.pattern", f"not a valid regex: {error}") from None
     keywords = entry["keywords"]
@@ -141,7 +134,7 @@ def _parse_rule(entry: Mapping[str, Any], where: str, field: str) -> Rule:
         raise RulesError(where, f"{field}.keywords", "expected a non-empty list of non-empty strings")
     # Whole words only: "stolen" must not fire inside an unrelated longer word, nor "pin" in "shipping".
     alternatives = "|".join(re.escape(k.strip()) for k in keywords)
-    return Rule(name, "keywords", re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE))
+    return Rule(name, re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE))
 
 
 def _check_keys(table: Mapping[str, Any], valid: Sequence[str], where: str, prefix: str) -> None:

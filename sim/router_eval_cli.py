@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from sim.cli import fail
+from sim.cli import fail, write_or_fail
 from sim.router_eval import Evaluation
 from sim.router_eval_io import RunRecord
 
@@ -57,7 +57,8 @@ def router(
     """Route every request of the eval set with the rules (or the nearest labelled examples); print
     accuracy, the confusion matrix and the shares a scenario's [router] takes (hard_to_expensive,
     easy_to_expensive)."""
-    from sim.router_eval_io import file_sha256, record_run, shares_toml
+    from sim.router_eval_io import record_run, shares_toml
+    from sim.user_files import file_sha256
 
     if (rules_path is None) == (examples_path is None):
         fail("eval router: give --rules FILE or --examples FILE (one of them)")
@@ -72,10 +73,7 @@ def router(
     )
     previous = record_run(db, record) if db is not None else None
     if write_shares is not None:
-        try:
-            write_shares.write_text(shares_toml(record), encoding="utf-8")
-        except OSError as error:
-            fail(f"{write_shares}: (file): cannot be written: {error}")
+        write_or_fail(write_shares, lambda: write_shares.write_text(shares_toml(record), encoding="utf-8"))
     if fmt == "json":
         click.echo(json.dumps(report(record, evaluation, previous, recorded=db is not None), indent=2))
     else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import tomllib
 from dataclasses import dataclass
@@ -13,11 +12,6 @@ import duckdb
 
 from sim.router_eval import LABELS, Confusion, EvalSetError, Example, Rules, RulesError, parse_rules
 from sim.user_files import UnreadableFile, read_text
-
-
-def file_sha256(path: str | Path) -> str:
-    """The file's sha256 (hex): the history tells an edited set or rules file from the same one."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_rules(path: str | Path) -> Rules:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sim.router_eval import Verdict
+from sim.semantic_calibration import unit_rows
 
 
 def knn_verdicts(
@@ -22,15 +23,9 @@ def knn_verdicts(
     if not 1 <= k <= len(labels):
         raise ValueError(f"k must be between 1 and the {len(labels)} training examples, got {k}")
     hard = np.array([label == "hard" for label in labels])
-    scores = _unit(queries) @ _unit(train).T
+    scores = unit_rows(queries) @ unit_rows(train).T
     nearest = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     votes = hard[nearest].sum(axis=1)
     return tuple(
         Verdict("hard" if 2 * int(v) > k else "easy", (f"{int(v)}/{k} nearest hard",)) for v in votes
     )
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms > 0, norms, 1.0)

@@ -83,7 +83,7 @@ def nearest_stored(embeddings: np.ndarray, groups: np.ndarray, split: Split, chu
     so any embedding scale works). Ties go to the first stored query."""
     if len(split.stored) == 0:
         raise ValueError("no stored queries: every group was held out")
-    unit = _normalised(np.asarray(embeddings, dtype=np.float32))
+    unit = unit_rows(embeddings)
     stored = unit[split.stored]
     similarity = np.empty(len(split.probes), dtype=np.float32)
     best = np.empty(len(split.probes), dtype=np.int64)
@@ -96,7 +96,9 @@ def nearest_stored(embeddings: np.ndarray, groups: np.ndarray, split: Split, chu
     return Lookups(similarity=similarity, same_group=same, kind=split.probe_kind, match=split.stored[best])
 
 
-def _normalised(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length as float32 (a zero row stays zero): dot products are then cosines."""
+    vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(norms > 0, norms, 1.0)
 

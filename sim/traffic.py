@@ -17,7 +17,6 @@ from sim.scenario import Distribution, Scenario
 
 MONTH_DAYS = 30
 SECONDS_PER_DAY = 86400.0
-KIND_NOVEL, KIND_REPEAT, KIND_PARAPHRASE = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +142,8 @@ def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tupl
     prompts = scenario.prompts
     n = user.size
     draw = streams.prompts.random(n)
-    # The kind of each prompt (KIND_REPEAT below repeat_share, then KIND_PARAPHRASE, else KIND_NOVEL),
-    # as the two masks the keys need.
+    # The kind of each prompt -- an exact repeat below repeat_share, then a paraphrase, else novel -- as
+    # the two masks the keys need.
     repeat = draw < prompts.repeat_share
     novel = ~(repeat | (draw < prompts.repeat_share + prompts.paraphrase_share))
     catalog_id = zipf_indices(streams.prompts, prompts.catalog_size, prompts.zipf_exponent, n, scratch=draw)

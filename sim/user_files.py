@@ -6,6 +6,7 @@ where in it; what went wrong reading it is said the same way everywhere.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from sim.errors import SimError
@@ -17,6 +18,11 @@ class UnreadableFile(SimError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The file's sha256 (hex): run histories and provenance tell an edited input from the same one."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_text(path: str | Path, encoding: str = "utf-8") -> str:

@@ -45,10 +45,9 @@ class Variant:
     scenario: Scenario
     catalog: PriceCatalog
 
-    def label(self, short: bool = True) -> str:
+    def label(self) -> str:
         """ "threshold=0.85, cheap_share=0.7" (the last key component when that is unambiguous)."""
-        keys = [key for key, _ in self.settings]
-        names = short_names(keys) if short else keys
+        names = short_names([key for key, _ in self.settings])
         return ", ".join(
             f"{name}={format_value(value)}" for name, (_, value) in zip(names, self.settings, strict=True)
         )

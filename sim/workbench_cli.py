@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from sim.cli import fail, parse_mau, write_or_fail
 from sim.errors import SimError
 from sim.goal_seek import goal_seek
 from sim.scenario import load_scenario
@@ -22,16 +23,8 @@ from sim.sweep_render import goal_seek_table, sweep_table
 from sim.variants import grid, parse_vary
 
 
-def _fail(message: str) -> NoReturn:
-    from sim import cli  # sim.cli imports this module to register its commands
-
-    cli.fail(message)
-
-
 def _one_level(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from sim import cli
-
-    levels = cli.parse_mau(ctx, param, value)
+    levels = parse_mau(ctx, param, value)
     if levels is None:
         return None
     if len(levels) != 1:
@@ -88,17 +81,19 @@ def _sweep(
         base, _ = load_scenario(path)
         variants = grid(base, [parse_vary(spec) for spec in varies], path)
     except SimError as error:
-        _fail(str(error))
+        fail(str(error))
     level = mau or base.traffic.mau[0]
     result = run_sweep(base.name, variants, level, days or base.traffic.days, seed, workers, progress)
     if out is not None:
+        import duckdb
+
         from sim.sweep_store import write_sweep
 
-        write_sweep(out, result)
+        write_or_fail(out, lambda: write_sweep(out, result), (OSError, duckdb.Error))
     if plot is not None:
         from sim.plots import frontier_figure, save
 
-        save(frontier_figure(result), plot)
+        write_or_fail(plot, lambda: save(frontier_figure(result), plot))
     return result
 
 
@@ -119,7 +114,7 @@ def sweep(
 ) -> None:
     """Run every combination of the --vary values on the same traffic, cheapest first, frontier marked."""
     if not varies:
-        _fail("sweep needs at least one --vary KEY=V1,V2,...")
+        fail("sweep needs at least one --vary KEY=V1,V2,...")
     result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -161,12 +156,6 @@ def goal_seek_command(
         click.echo(goal_seek_table(result, answer))
 
 
-def _levels(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    from sim import cli
-
-    return cli.parse_mau(ctx, param, value)
-
-
 @click.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @click.option(
@@ -179,7 +168,9 @@ def _levels(ctx: click.Context, param: click.Parameter, value: str | None) -> li
     show_default=True,
     help="The HTML page; its PNG figures are written beside it",
 )
-@click.option("--mau", callback=_levels, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)")
+@click.option(
+    "--mau", callback=parse_mau, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)"
+)
 @click.option("--days", type=click.IntRange(1, 30), help="Days to simulate (default: the scenario's)")
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic")
 @click.option(
@@ -200,14 +191,11 @@ def report(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        _fail(f"{out}: cannot create its folder: {error.strerror or error}")
+        fail(f"{out}: cannot create its folder: {error.strerror or error}")
     try:
         data = gather(scenario, baseline, mau, days, seed, workers)
     except SimError as error:
-        _fail(str(error))
-    try:
-        written = write_report(out, data)
-    except OSError as error:
-        _fail(f"{out}: cannot write the report: {error.strerror or error}")
+        fail(str(error))
+    written = write_or_fail(out, lambda: write_report(out, data))
     for path in written:
         click.echo(str(path))

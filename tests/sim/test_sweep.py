@@ -152,6 +152,16 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("flag", ["--plot", "--out"])
+def test_an_unwritable_output_is_one_line_and_exit_2(tmp_path: Path, flag: str) -> None:
+    target = tmp_path / "no-such-folder" / "file"
+    args = ["sweep", OPTIMIZED, "--vary", "retry.policy=naive", *SMALL, "--workers", "1", flag, str(target)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"margins: {target}: (file): cannot be written")
+    assert "Traceback" not in result.output
+
+
 def test_a_cap_sweep_shows_who_feels_the_cap() -> None:
     args = ["sweep", OPTIMIZED, "--vary", "cap.monthly_usd=0.01,100", *SMALL, "--workers", "1"]
     result = CliRunner().invoke(main, args)
