@@ -43,5 +43,7 @@ def test_notebook_runs_on_a_small_configuration(
         book, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute(env=dict(os.environ))  # raises CellExecutionError, with the cell and traceback
-    errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    code = [c for c in book.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)  # every cell ran, none was skipped
+    shown = {o.output_type for c in code for o in c.outputs}
+    assert shown & {"display_data", "execute_result", "stream"}, f"{path.name} showed nothing"

@@ -104,7 +104,9 @@ def test_shipped_profiles_load_as_fragments_and_recommend_a_safe_threshold(profi
     assert len(rows) == 50 and np.all(np.diff(rows[:, 1]) <= 0)  # true hits only fall as the bar rises
     p_true, p_false = semantic_rates(scenario)
     assert p_false <= 0.01 and p_true > 0
-    assert "no out-of-scope hit" in profile.read_text()
+    # The fragment carries the recommendation it was measured with, not a typed-in threshold.
+    assert "# threshold: the lowest with false hits <= 0.01 and no out-of-scope hit." in profile.read_text()
+    assert scenario.cache.semantic.threshold in {round(row[0], 2) for row in rows}
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from budget.prices import PriceCatalog, default_catalog
 from sim import engine
 from sim.cli import main
 from sim.output import usage_frame
+from sim.policies import retry
+from sim.policies.prompt_cache import prompt_cache_tokens
 from sim.replay import passthrough_scenario, replay
 from sim.scenario import Scenario
 from sim.trace import read_trace
@@ -225,3 +227,10 @@ def test_usage_rows_carry_the_prompt_cache_tokens() -> None:
     assert int(frame["cached_input_tokens"].sum()) == int(run.attempts.column("billed_cached").sum()) > 0
     assert int(frame["cache_write_tokens"].sum()) == int(run.attempts.column("billed_write").sum()) > 0
     assert int(frame["cost_nanos"].sum()) == int(run.cost_nanos.sum())
+    # Against the prompt cache itself: no failures are injected, so a call bills its cache tokens once,
+    # on the attempt that answers it (rate-limited attempts bill nothing; calls never answered, nothing).
+    quiet, _ = passthrough(scenario, catalog)
+    cached, write = prompt_cache_tokens(quiet, run.traffic, run.request_model[run.traffic.call_request])
+    answered = run.attempts.column("call")[run.attempts.column("action") == retry.DONE].astype(np.intp)
+    assert int(frame["cached_input_tokens"].sum()) == int(cached[answered].sum())
+    assert int(frame["cache_write_tokens"].sum()) == int(write[answered].sum())

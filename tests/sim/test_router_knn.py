@@ -67,6 +67,11 @@ def test_nearest_examples_route_the_shipped_set(tmp_path: Path) -> None:
     assert report["accuracy"] >= 0.9 and report["hard_to_expensive"] >= 0.9
     misses = report["misses"]
     assert len(misses) == round((1 - report["accuracy"]) * 148)
+    # The figures scenarios/router/README.md quotes: 1 hard request routed cheap, 3 easy ones sent up.
+    assert report["confusion"] == {
+        "easy": {"cheap": 77, "expensive": 3},
+        "hard": {"cheap": 1, "expensive": 67},
+    }
     assert all(m["reasons"][0].endswith("/5 nearest hard") for m in misses)
     too_many = CliRunner().invoke(main, [*args, "--examples", str(TRAIN_SET), "--k", "500"])
     assert too_many.exit_code == 2 and "--k 500 needs at least 500 examples, found 148" in too_many.output
