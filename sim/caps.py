@@ -114,10 +114,8 @@ class _Requests:
     def of(cls, run: engine.RunResult, catalog: PriceCatalog) -> _Requests:
         traffic, log = run.traffic, run.attempts
         n = traffic.requests
-        cached = np.isin(run.served, [engine.BY_EXACT, engine.BY_SEMANTIC, engine.BY_FALSE_HIT])
-        needed = ~cached[traffic.call_request] & ~(
-            traffic.call_deterministic & run.fragment_hit[traffic.call_request]
-        )
+        cached = np.isin(run.served, engine.CACHE_ANSWERS)
+        needed = engine.calls_needing_model(traffic, cached, run.fragment_hit)
         owner = traffic.call_request[needed]
         # A call bills at most every token on each attempt: the first, every retry the policy allows,
         # and one regeneration of a bad completion. That bound is the worst case an app reserves.

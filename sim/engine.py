@@ -35,6 +35,7 @@ TICK_S = SECONDS_PER_DAY
 RATE_HORIZON_DAYS = 2
 EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
 BY_MODEL, BY_EXACT, BY_SEMANTIC, BY_FALSE_HIT, FAILED = 0, 1, 2, 3, 4
+CACHE_ANSWERS = (BY_EXACT, BY_SEMANTIC, BY_FALSE_HIT)  # a request answered by a cache layer
 DENIED = 5  # the scenario's cap refused it (sim/caps.py): not sent
 
 
@@ -81,9 +82,7 @@ def simulate(
     request_model = router.route(scenario.router, traffic.hard, streams.router.random(n))
     table = provider.ProviderTable.of(scenario)
     answered_by_cache = exact | semantic.true_hit | semantic.false_hit
-    needed = ~answered_by_cache[traffic.call_request] & ~(
-        traffic.call_deterministic & fragment[traffic.call_request]
-    )
+    needed = calls_needing_model(traffic, answered_by_cache, fragment)
     call_ids = np.flatnonzero(needed)
     call_model = request_model.astype(np.int8)[traffic.call_request]  # model codes are small
     start = (
@@ -137,6 +136,16 @@ def prompt_cache_sheet(
         "cached_price": np.array([catalog[m].cached_input for m in scenario.models], dtype=np.int64),
         "write_price": np.array([catalog[m].cache_write for m in scenario.models], dtype=np.int64),
     }
+
+
+def calls_needing_model(
+    traffic: Traffic, answered_by_cache: np.ndarray, fragment_hit: np.ndarray
+) -> np.ndarray:
+    """Per call: does it go to a model? Not when a cache layer answered its request, nor when it is a
+    deterministic chain step whose fragment is cached."""
+    request = traffic.call_request
+    needed: np.ndarray = ~answered_by_cache[request] & ~(traffic.call_deterministic & fragment_hit[request])
+    return needed
 
 
 def cache_layers(

@@ -32,16 +32,20 @@ def prompt_cache_tokens(
     calls = traffic.call_request.size
     cached = np.zeros(calls, dtype=np.int64)
     write = np.zeros(calls, dtype=np.int64)
+    by_ttl: dict[float, tuple[np.ndarray, np.ndarray]] = {}  # models with one cache lifetime share a pass
     for index, model in enumerate(scenario.models):
         provider = scenario.provider(model)
         if not provider.prompt_cache:
             continue
         mine = call_model == index
-        if traffic.prefix_blocks:
-            read, wrote = block_prefixes(traffic, provider.prompt_cache_ttl_s)
-        else:
-            read, wrote = shared_prefixes(traffic, scenario.prompts.prefix_share, provider.prompt_cache_ttl_s)
-        read, wrote = _at_least(read, wrote, provider.prompt_cache_min_tokens)
+        ttl_s = provider.prompt_cache_ttl_s
+        if ttl_s not in by_ttl:
+            by_ttl[ttl_s] = (
+                block_prefixes(traffic, ttl_s)
+                if traffic.prefix_blocks
+                else shared_prefixes(traffic, scenario.prompts.prefix_share, ttl_s)
+            )
+        read, wrote = _at_least(*by_ttl[ttl_s], provider.prompt_cache_min_tokens)
         cached[mine], write[mine] = read[mine], wrote[mine]
     return cached, write
 
