@@ -40,7 +40,7 @@ from typing import Any
 
 from budget.broker import BrokerSettings
 from budget.config import parse_config
-from budget.mqtt5 import Incoming, Mqtt5Connection
+from budget.mqtt5 import Incoming, Mqtt5Connection, encode_packet, encode_string
 from budget.service import Enforcer
 
 HERE = Path(__file__).resolve().parent
@@ -95,19 +95,6 @@ def mosquitto(directory: Path) -> Iterator[int]:
 # -- load generators (run as child processes: `python -m budget.bench _publish ...`) -------------------
 
 
-def _mqtt_str(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
-
-
-def _mqtt_packet(kind: int, body: bytes) -> bytes:
-    size, length = len(body), bytearray()
-    while True:
-        byte, size = size % 128, size // 128
-        length.append(byte | (0x80 if size else 0))
-        if not size:
-            return bytes([kind]) + bytes(length) + body
-
-
 async def _raw_publish(port: int, messages: list[tuple[bytes, bytes]], window: int = 1000) -> float:
     """QoS 1 publishes pipelined over one MQTT 3.1.1 connection with `window` awaiting PUBACK.
 
@@ -116,9 +103,12 @@ async def _raw_publish(port: int, messages: list[tuple[bytes, bytes]], window: i
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     connect = (
-        _mqtt_str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _mqtt_str(uuid.uuid4().hex.encode())
+        encode_string(b"MQTT")
+        + bytes([4, 0x02])
+        + struct.pack("!H", 60)
+        + encode_string(uuid.uuid4().hex.encode())
     )
-    writer.write(_mqtt_packet(0x10, connect))
+    writer.write(encode_packet(0x10, connect))
     if (await reader.readexactly(4))[3] != 0:
         raise SystemExit("broker refused the connection")
     credit = asyncio.Semaphore(window)
@@ -136,7 +126,7 @@ async def _raw_publish(port: int, messages: list[tuple[bytes, bytes]], window: i
     for index, (topic, payload) in enumerate(messages):
         await credit.acquire()
         packet_id = index % 65535 + 1
-        writer.write(_mqtt_packet(0x32, _mqtt_str(topic) + struct.pack("!H", packet_id) + payload))
+        writer.write(encode_packet(0x32, encode_string(topic) + struct.pack("!H", packet_id) + payload))
         if index % 64 == 0:
             await writer.drain()
     await acks
@@ -175,12 +165,16 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
     """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     client_id = uuid.uuid4().hex[:12]
-    connect = _mqtt_str(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _mqtt_str(client_id.encode())
-    writer.write(_mqtt_packet(0x10, connect))
+    connect = (
+        encode_string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + encode_string(client_id.encode())
+    )
+    writer.write(encode_packet(0x10, connect))
     if (await reader.readexactly(4))[3] != 0:
         raise SystemExit("broker refused the connection")
     reply_prefix = f"margins/replies/{client_id}"
-    writer.write(_mqtt_packet(0x82, struct.pack("!H", 1) + _mqtt_str(f"{reply_prefix}/#".encode()) + b"\x00"))
+    writer.write(
+        encode_packet(0x82, struct.pack("!H", 1) + encode_string(f"{reply_prefix}/#".encode()) + b"\x00")
+    )
     sent: dict[str, float] = {}
     latencies: list[float] = []
     done = asyncio.Event()
@@ -219,7 +213,9 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
         topic = f"margins/authorize/{user}".encode()
         sent[request_id] = time.perf_counter()
         writer.write(
-            _mqtt_packet(0x32, _mqtt_str(topic) + struct.pack("!H", packet_id) + json.dumps(body).encode())
+            encode_packet(
+                0x32, encode_string(topic) + struct.pack("!H", packet_id) + json.dumps(body).encode()
+            )
         )
 
     for i in range(50):  # warm up the enforcer's paths; not counted

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -34,7 +34,7 @@ from paho.mqtt.properties import Properties
 
 from budget.broker import BrokerSettings
 from budget.errors import AuthorizationTimeout, BudgetDenied, BudgetError
-from budget.wire import REPLY_PREFIX
+from budget.wire import AUTHORIZE_PREFIX, REPLY_PREFIX, USAGE_PREFIX
 
 DEFAULT_TIMEOUT_S = 2.0
 _json = msgspec.json.Encoder()
@@ -117,15 +117,7 @@ class BudgetClient:
         settings = BrokerSettings.from_url(
             broker, tls_ca=tls_ca, client_id=client_id or f"app-{uuid.uuid4().hex[:12]}"
         )
-        settings = BrokerSettings(
-            host=settings.host,
-            port=settings.port,
-            username=username,
-            password=password,
-            tls_ca=settings.tls_ca,
-            client_id=settings.client_id,
-        )
-        return cls(settings, timeout_s)
+        return cls(replace(settings, username=username, password=password), timeout_s)
 
     async def __aenter__(self) -> BudgetClient:
         s = self.settings
@@ -192,7 +184,7 @@ class BudgetClient:
         try:
             async with asyncio.timeout(self.timeout_s):
                 await client.publish(
-                    f"margins/authorize/{user_id}", _json.encode(body), qos=1, properties=props
+                    f"{AUTHORIZE_PREFIX}{user_id}", _json.encode(body), qos=1, properties=props
                 )
                 reply = await future
         except TimeoutError:
@@ -234,7 +226,7 @@ class BudgetClient:
             "reservation_id": reservation_id,
             "outcome": outcome,
         }
-        await client.publish(f"margins/usage/{user_id}", _json.encode(body), qos=1)
+        await client.publish(f"{USAGE_PREFIX}{user_id}", _json.encode(body), qos=1)
         return event_id
 
     def _connected(self) -> aiomqtt.Client:

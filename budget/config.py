@@ -146,11 +146,11 @@ def _int_in(value: object, where: str, field_name: str, low: int, high: int) -> 
 
 
 def _at_cap(value: object, where: str, field_name: str) -> AtCap:
-    if value == "block":
-        return "block"
-    if value == "degrade":
-        return "degrade"
-    raise ConfigError(where, field_name, f'expected "block" or "degrade", got {value!r}')
+    for action in AT_CAP_ACTIONS:
+        if value == action:
+            return action
+    expected = " or ".join(f'"{action}"' for action in AT_CAP_ACTIONS)
+    raise ConfigError(where, field_name, f"expected {expected}, got {value!r}")
 
 
 def _plan(name: str, data: Mapping[str, Any], inherit: Plan | None, where: str, prefix: str) -> Plan:

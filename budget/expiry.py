@@ -41,6 +41,3 @@ class ExpiryQueue:
                 if child < len(heap):
                     heapq.heappush(frontier, (heap[child], child))
         return due
-
-    def __len__(self) -> int:
-        return len(self._heap)

@@ -57,11 +57,38 @@ __all__ = [
 ]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Settings:
+    """What an admin set for a user (None: not set, the config decides)."""
+
     cap_nanos: int | None = None
     plan: str | None = None
     timezone: str | None = None
+
+    def merged(self, cap_nanos: int | None, plan: str | None, timezone: str | None) -> _Settings:
+        """These settings with each value that is given (not None) replacing its own."""
+        return _Settings(
+            self.cap_nanos if cap_nanos is None else cap_nanos,
+            self.plan if plan is None else plan,
+            self.timezone if timezone is None else timezone,
+        )
+
+    def resolved_plan(self, config: EnforcerConfig) -> Plan:
+        """The plan in effect; a plan no longer in the config falls back to the default one."""
+        if not self.plan:
+            return config.default_plan
+        return config.plans.get(self.plan, config.default_plan)
+
+    def resolved_timezone(self, config: EnforcerConfig) -> str:
+        """The IANA time zone in effect (the config's default unless one was set)."""
+        return self.timezone or config.default_timezone
+
+    def resolved_cap_nanos(self, config: EnforcerConfig) -> int:
+        """The user's own cap if one was set, else their plan's."""
+        return self.resolved_plan(config).cap_nanos if self.cap_nanos is None else self.cap_nanos
+
+
+_UNSET = _Settings()  # a user no admin configured
 
 
 @dataclass(slots=True)
@@ -93,21 +120,15 @@ class Ledger:
 
     def timezone(self, user_id: str) -> str:
         """The user's IANA time zone (the config's default unless an admin set one)."""
-        settings = self._settings.get(user_id)
-        return (settings.timezone if settings else None) or self.config.default_timezone
+        return self._settings.get(user_id, _UNSET).resolved_timezone(self.config)
 
     def plan(self, user_id: str) -> Plan:
         """The user's plan; a plan no longer in the config falls back to the default one."""
-        settings = self._settings.get(user_id)
-        name = settings.plan if settings else None
-        return self.config.plans.get(name, self.config.default_plan) if name else self.config.default_plan
+        return self._settings.get(user_id, _UNSET).resolved_plan(self.config)
 
     def cap_nanos(self, user_id: str) -> int:
         """The user's own cap if an admin set one, else their plan's."""
-        settings = self._settings.get(user_id)
-        if settings is not None and settings.cap_nanos is not None:
-            return settings.cap_nanos
-        return self.plan(user_id).cap_nanos
+        return self._settings.get(user_id, _UNSET).resolved_cap_nanos(self.config)
 
     def month_of(self, user_id: str, ts: datetime) -> str:
         """The month a timestamp falls in for this user."""
@@ -143,6 +164,10 @@ class Ledger:
     def open_reservations(self) -> list[ReservationGranted]:
         """Every open reservation, by id."""
         return [self._reservations[key] for key in sorted(self._reservations)]
+
+    def users(self) -> set[str]:
+        """Every user with a month that holds spend or reservations (the users `snapshot` lists)."""
+        return {user for (user, _month), m in self._months.items() if m.spent or m.reserved}
 
     def snapshot(self) -> dict[str, object]:
         """The whole state as plain values: two ledgers agree iff their snapshots are equal."""
@@ -202,7 +227,11 @@ class Ledger:
         spent, reserved = self.spent(command.user_id, month)
         if released is not None and released.month == month:
             reserved -= released.amount_nanos
-        return [usage, *self._crossings(command.user_id, month, spent + cost, reserved, now)]
+        user = command.user_id
+        return [
+            usage,
+            *self._crossings(user, month, spent + cost, reserved, now, self.cap_nanos(user), self.plan(user)),
+        ]
 
     def _settles(self, usage: UsageRecorded) -> ReservationGranted | None:
         if usage.reservation_id is None:
@@ -265,7 +294,7 @@ class Ledger:
                     f"worst case ${nanos_to_usd(worst):.6f} exceeds the remaining "
                     f"${nanos_to_usd(remaining):.6f} of the ${nanos_to_usd(cap):.2f} cap for {month}"
                 )
-                return [deny(reason, worst), *self._crossings(user, month, spent, reserved, now)]
+                return [deny(reason, worst), *self._crossings(user, month, spent, reserved, now, cap, plan)]
             assert cheaper is not None
             granted_model, decision = cheaper, "degrade"
         granted = ReservationGranted(
@@ -280,7 +309,7 @@ class Ledger:
             amount_nanos=amount,
             expires_at=now + timedelta(seconds=self.config.reservation_ttl_s),
         )
-        return [granted, *self._crossings(user, month, spent, reserved + amount, now)]
+        return [granted, *self._crossings(user, month, spent, reserved + amount, now, cap, self.plan(user))]
 
     def _decide_configure(self, command: ConfigureUser, now: datetime) -> list[Event]:
         where = command.topic or "admin"
@@ -298,10 +327,8 @@ class Ledger:
             user_id=command.user_id, ts=now, cap_nanos=cap, plan=plan, timezone=timezone
         )
         # Cap and plan changes move the user's limits: check them against the new settings' current month.
-        settings = self._settings.get(command.user_id, _Settings())
-        new_cap = cap if cap is not None else settings.cap_nanos
-        new_plan = self.config.plans.get(plan or settings.plan or "", self.config.default_plan)
-        month = month_in(now, timezone or settings.timezone or self.config.default_timezone)
+        settings = self._settings.get(command.user_id, _UNSET).merged(cap, plan, timezone)
+        month = month_in(now, settings.resolved_timezone(self.config))
         spent, reserved = self.spent(command.user_id, month)
         crossings = self._crossings(
             command.user_id,
@@ -309,8 +336,8 @@ class Ledger:
             spent,
             reserved,
             now,
-            new_cap if new_cap is not None else new_plan.cap_nanos,
-            new_plan,
+            settings.resolved_cap_nanos(self.config),
+            settings.resolved_plan(self.config),
         )
         return [configured, *crossings]
 
@@ -321,13 +348,12 @@ class Ledger:
         spent: int,
         reserved: int,
         now: datetime,
-        cap: int | None = None,
-        plan: Plan | None = None,
+        cap: int,
+        plan: Plan,
     ) -> list[Event]:
-        """LimitCrossed for each limit that (spent + reserved) reaches in this month and that was not yet
-        announced; nothing is announced while nothing is committed (a $0 cap is not "crossed")."""
-        cap = self.cap_nanos(user) if cap is None else cap
-        plan = self.plan(user) if plan is None else plan
+        """LimitCrossed for each limit that (spent + reserved) reaches in this month under this cap and
+        plan and that was not yet announced; nothing is announced while nothing is committed (a $0 cap
+        is not "crossed")."""
         reached = limits_reached(spent + reserved, cap, plan.soft_threshold_pct)
         return [
             LimitCrossed(
@@ -377,13 +403,8 @@ class Ledger:
             if granted is not None:
                 self._release(granted)
         elif isinstance(event, UserConfigured):
-            settings = self._settings.setdefault(event.user_id, _Settings())
-            if event.cap_nanos is not None:
-                settings.cap_nanos = event.cap_nanos
-            if event.plan is not None:
-                settings.plan = event.plan
-            if event.timezone is not None:
-                settings.timezone = event.timezone
+            settings = self._settings.get(event.user_id, _UNSET)
+            self._settings[event.user_id] = settings.merged(event.cap_nanos, event.plan, event.timezone)
         elif isinstance(event, LimitCrossed):
             self._crossed.add((event.user_id, event.month, event.limit))
         elif isinstance(event, ReservationDenied):

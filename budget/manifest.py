@@ -133,17 +133,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a crash leaves either the old file or the whole new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def replace_durably(tmp: Path, path: Path) -> None:
+    """Move the finished file `tmp` to `path` so a crash leaves either the old file or the whole new one:
+    fsync its data, rename it over `path`, fsync the directory."""
+    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a crash leaves either the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)  # a buffered write: all of it (a bare os.write may write only part)
+    replace_durably(tmp, path)
 
 
 def segment_name(first: int, last: int) -> str:

@@ -17,6 +17,18 @@ from budget.prices import nanos_to_usd
 from budget.wire import reply_topic_problem
 
 _json = msgspec.json.Encoder()
+STATUS_PREFIX = "margins/status/"
+ALERT_PREFIX = "margins/alerts/"
+
+
+def status_topic(user_id: str) -> str:
+    """Where a user's retained status is published."""
+    return f"{STATUS_PREFIX}{user_id}"
+
+
+def alert_topic(user_id: str) -> str:
+    """Where a user's alerts are published."""
+    return f"{ALERT_PREFIX}{user_id}"
 
 
 def encode_json(value: Any) -> bytes:

@@ -29,7 +29,7 @@ from budget.errors import BrokerError
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 CONNECT, CONNACK, PUBLISH, PUBACK, SUBSCRIBE, SUBACK = 0x10, 0x20, 0x30, 0x40, 0x82, 0x90
-PINGREQ, PINGRESP, DISCONNECT = 0xC0, 0xD0, 0xE0
+PINGREQ, DISCONNECT = 0xC0, 0xE0
 # property id -> how to skip it: fixed size, or -1 string/binary, -2 string pair, -3 variable integer
 _PROPERTY_SIZE = {0x01: 1, 0x02: 4, 0x03: -1, 0x08: -1, 0x09: -1, 0x0B: -3, 0x23: 2, 0x26: -2}
 _RESPONSE_TOPIC, _CORRELATION = 0x08, 0x09
@@ -63,11 +63,13 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _string(data: bytes) -> bytes:
+def encode_string(data: bytes) -> bytes:
+    """An MQTT UTF-8 string or binary data field: two length bytes, then the data."""
     return _U16.pack(len(data)) + data
 
 
-def _packet(kind: int, body: bytes) -> bytes:
+def encode_packet(kind: int, body: bytes) -> bytes:
+    """A whole MQTT packet: the first byte (type and flags), the remaining length, the body."""
     return bytes([kind]) + _varint(len(body)) + body
 
 
@@ -160,7 +162,6 @@ class Mqtt5Connection:
         self._out = bytearray()
         self._flush_scheduled = False
         self._pinger: asyncio.Task[None] | None = None
-        self.session_present = False
 
     @classmethod
     async def open(
@@ -200,19 +201,19 @@ class Mqtt5Connection:
                 flags = (0x02 if clean_start else 0) | (0x80 if username is not None else 0)
                 flags |= 0x40 if password is not None else 0
                 body = (
-                    _string(b"MQTT")
+                    encode_string(b"MQTT")
                     + bytes([5, flags])
                     + _U16.pack(keepalive_s)
                     + _varint(len(props))
                     + props
                 )
-                body += _string((client_id or f"margins-{uuid.uuid4().hex[:12]}").encode())
+                body += encode_string((client_id or f"margins-{uuid.uuid4().hex[:12]}").encode())
                 if username is not None:
-                    body += _string(username.encode())
+                    body += encode_string(username.encode())
                 if password is not None:
-                    body += _string(password.encode())
-                self._write(_packet(CONNECT, body))
-                self.session_present, reason = await self._connack
+                    body += encode_string(password.encode())
+                self._write(encode_packet(CONNECT, body))
+                _session_present, reason = await self._connack
         except (OSError, TimeoutError) as error:
             self.close()
             raise ConnectionLost(f"cannot connect to {host}:{port}: {error!r}") from error
@@ -224,10 +225,10 @@ class Mqtt5Connection:
     async def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
         """Subscribe at QoS 1; raises ConnectionLost if the broker refuses any filter."""
         packet_id = self._packet_id()
-        body = _U16.pack(packet_id) + b"\x00" + b"".join(_string(f.encode()) + b"\x01" for f in filters)
+        body = _U16.pack(packet_id) + b"\x00" + b"".join(encode_string(f.encode()) + b"\x01" for f in filters)
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._subacks[packet_id] = future
-        self._write(_packet(SUBSCRIBE, body))
+        self._write(encode_packet(SUBSCRIBE, body))
         async with asyncio.timeout(timeout_s):
             codes = await future
         refused = [f for f, code in zip(filters, codes, strict=False) if code >= 0x80]
@@ -248,12 +249,14 @@ class Mqtt5Connection:
         correlation: bytes | None = None,
     ) -> None:
         """Queue a PUBLISH, written with the rest of this loop turn; QoS 1 ones are kept until PUBACK."""
-        props = b"" if correlation is None else b"\x09" + _string(correlation)
-        head = _string(topic.encode())
+        props = b"" if correlation is None else b"\x09" + encode_string(correlation)
+        head = encode_string(topic.encode())
         if qos:
             packet_id = self._packet_id()
             head += _U16.pack(packet_id)
-        packet = _packet(PUBLISH | (qos << 1) | int(retain), head + _varint(len(props)) + props + payload)
+        packet = encode_packet(
+            PUBLISH | (qos << 1) | int(retain), head + _varint(len(props)) + props + payload
+        )
         if qos:
             self._outgoing[packet_id] = packet
         self._write(packet)
@@ -274,7 +277,7 @@ class Mqtt5Connection:
     async def disconnect(self) -> None:
         """A normal DISCONNECT (the broker keeps the session if it has an expiry)."""
         if self.is_open and self._transport is not None:
-            self._write(b"\xe0\x00")
+            self._write(encode_packet(DISCONNECT, b""))
             self._flush()
             self._transport.close()
         self.close()
@@ -315,7 +318,7 @@ class Mqtt5Connection:
     async def _ping(self, keepalive_s: int) -> None:
         while True:
             await asyncio.sleep(max(1.0, keepalive_s / 2))
-            self._write(b"\xc0\x00")
+            self._write(encode_packet(PINGREQ, b""))
 
     def _fail(self, reason: str) -> None:
         if not self._closed.done():
@@ -354,7 +357,7 @@ class Mqtt5Connection:
         elif command == DISCONNECT:
             reason = body[0] if len(body) else 0
             self._fail(f"broker sent DISCONNECT (reason code 0x{reason:02x})")
-        # PINGRESP and anything else: nothing to do
+        # PINGRESP (0xD0) and anything else: nothing to do
 
 
 async def close_quietly(connection: Mqtt5Connection | None) -> None:

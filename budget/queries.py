@@ -72,7 +72,6 @@ _VIEWS = {
         SELECT reason, count(*) AS dead_letters, min(ts) AS first_ts, max(ts) AS last_ts
         FROM journal WHERE type = 'dead_lettered' GROUP BY reason""",
 }
-VIEW_NAMES = ("usage", "rollup", "journal", *_VIEWS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +120,6 @@ class SpendReader:
         self.root = Path(root)
         if month is not None:
             check_month(month)
-        self.month = month
         self.manifest: Manifest = read_manifest(self.root)
         self.db = duckdb.connect(":memory:")
         usage = [self.root / s.file for s in self.manifest.usage if month is None or s.month == month]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from budget.events import (
     UsageRecorded,
     event_tag_of,
 )
-from budget.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Segment, fsync_dir
+from budget.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Segment, replace_durably
 
 SOURCE_LIVE = "live"
 
@@ -44,13 +43,7 @@ def write_table(path: Path, table: pa.Table) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_durably(tmp, path)
 
 
 def event_month(event: Event) -> str | None:

@@ -38,15 +38,32 @@ from budget.events import (
     encode_event,
 )
 from budget.ledger import Ledger, RecordUsage, reservation_id_for
-from budget.messages import alert_json, counters_text, encode_json, reply_json, safe_reply_topic, status_json
+from budget.messages import (
+    alert_json,
+    alert_topic,
+    counters_text,
+    encode_json,
+    reply_json,
+    safe_reply_topic,
+    status_json,
+    status_topic,
+)
 from budget.mqtt5 import ConnectionLost, Incoming, Mqtt5Connection, close_quietly
 from budget.prices import PriceCatalog, nanos_to_usd
 from budget.store import FLUSH_INTERVAL_S, EventStore
-from budget.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, Rejected, decode_message
+from budget.wire import (
+    ADMIN_PREFIX,
+    AUTHORIZE_PREFIX,
+    DEFAULT_MAX_SKEW,
+    USAGE_PREFIX,
+    AuthorizeRequest,
+    Rejected,
+    decode_message,
+)
 
 log = logging.getLogger("margins.enforce")
 
-SUBSCRIPTIONS = ("margins/usage/+", "margins/authorize/+", "margins/admin/users/+")
+SUBSCRIPTIONS = tuple(f"{prefix}+" for prefix in (USAGE_PREFIX, AUTHORIZE_PREFIX, ADMIN_PREFIX))
 DEADLETTER_TOPIC = "margins/deadletter"
 STATS_TOPIC = "margins/enforcer/stats"
 READY_LOG = "enforcer ready"
@@ -144,10 +161,8 @@ class Enforcer:
         """Once per start: every replayed user's status, since a crash between a commit and its status
         publish would otherwise leave a stale retained status until the user's next event."""
         now = self._clock()
-        months = self.ledger.snapshot()["months"]
-        assert isinstance(months, dict)
-        for user in sorted({user for user, _month in months}):
-            client.publish(f"margins/status/{user}", status_json(self.ledger.status(user, now)), retain=True)
+        for user in sorted(self.ledger.users()):
+            client.publish(status_topic(user), status_json(self.ledger.status(user, now)), retain=True)
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe to call from a signal handler on the loop)."""
@@ -255,8 +270,8 @@ class Enforcer:
         decoded = decode_message(topic, payload, now, self._max_skew)
         for rejected in decoded.rejected:
             self._dead_letter(topic, rejected, now, batch)
-            reply_to = rejected.reply_to or safe_reply_topic(response_topic)
-            if topic.startswith("margins/authorize/") and reply_to is not None:
+            reply_to = rejected.reply_to or safe_reply_topic(response_topic)  # wire checked rejected.reply_to
+            if topic.startswith(AUTHORIZE_PREFIX) and reply_to is not None:
                 body = reply_json(
                     rejected.request_id, "deny", None, None, None, f"{rejected.reason}: {rejected.detail}"
                 )
@@ -265,7 +280,7 @@ class Enforcer:
             if isinstance(command, AuthorizeRequest):
                 self._authorize(
                     command,
-                    safe_reply_topic(command.reply_to) or safe_reply_topic(response_topic),
+                    command.reply_to or safe_reply_topic(response_topic),  # wire checked command.reply_to
                     correlation,
                     now,
                     batch,
@@ -333,13 +348,13 @@ class Enforcer:
             if isinstance(event, LimitCrossed):
                 self.counters[f"alert_{event.limit}"] += 1
                 log.info("%s limit reached: %s %s", event.limit, event.user_id, event.month)
-                batch.publishes.append((f"margins/alerts/{event.user_id}", alert_json(event)))
+                batch.publishes.append((alert_topic(event.user_id), alert_json(event)))
             elif isinstance(event, DeadLettered):
                 self._count_dead(event)
                 batch.publishes.append((DEADLETTER_TOPIC, encode_event(event)))
                 if event.reason == "unknown_model" and event.user_id:
                     alert = {"alert": "unknown_model", "user_id": event.user_id, "detail": event.detail}
-                    batch.publishes.append((f"margins/alerts/{event.user_id}", encode_json(alert)))
+                    batch.publishes.append((alert_topic(event.user_id), encode_json(alert)))
             elif isinstance(event, UserConfigured):
                 log.info(
                     "configured %s: cap_nanos=%s plan=%s tz=%s",
@@ -407,9 +422,7 @@ class Enforcer:
         if batch.dirty:
             now = self._clock()
             for user in batch.dirty:
-                client.publish(
-                    f"margins/status/{user}", status_json(self.ledger.status(user, now)), retain=True
-                )
+                client.publish(status_topic(user), status_json(self.ledger.status(user, now)), retain=True)
 
     # -- timers -----------------------------------------------------------------------------------
 

@@ -79,14 +79,9 @@ def render(columns: tuple[str, ...], records: list[dict[str, Any]], fmt: str) ->
     widths = [max([len(n), *(len(row[i]) for row in cells)]) for i, n in enumerate(shown)]
     numeric = [all(_is_number(r.get(n)) for r in records) and bool(records) for n in shown]
     lines = [
-        "  ".join(n.rjust(w) if num else n.ljust(w) for n, w, num in zip(shown, widths, numeric, strict=True))
+        "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True))
+        for row in [shown, *cells]
     ]
-    for row in cells:
-        lines.append(
-            "  ".join(
-                c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)
-            )
-        )
     if not records:
         lines.append("(no rows)")
     return "\n".join(line.rstrip() for line in lines) + "\n"

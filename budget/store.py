@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
 
 import msgspec
 
@@ -38,7 +37,6 @@ RETIRE_GRACE_S = 60.0  # a reader holding an older manifest finishes its query w
 COMPACT_MIN_SEGMENTS = 8  # merge once this many small segments have piled up
 COMPACT_MAX_ROWS = 2_000_000  # a segment this large is left alone
 REPLAY_BATCH = 50_000
-T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 
@@ -60,7 +58,6 @@ class EventStore:
         self._next_seq = 0
         self._pending: list[Event] = []
         self._pending_bodies: list[bytes] = []
-        self._pending_first = 0
         self._manifest = Manifest()
         self._closed = False
         self._stop = threading.Event()
@@ -106,7 +103,7 @@ class EventStore:
             raise StoreError(str(self.root), "another process has this store open for writing") from None
         self._manifest = read_manifest(self.root)
         self._remove_orphans()
-        self._next_seq = self._pending_first = self._manifest.last_seq + 1
+        self._next_seq = self._manifest.last_seq + 1
         self._recover_wal()
         self._start_wal()
         self.flush()
@@ -169,6 +166,11 @@ class EventStore:
             self._pending_bodies.extend(bodies)
             self._next_seq += len(batch)
 
+    @property
+    def _pending_first(self) -> int:
+        """The seq of the first pending event: the pending events are the last ones appended."""
+        return self._next_seq - len(self._pending)
+
     def flush(self) -> None:
         """Turn the pending events into Parquet segments now (readers see them once this returns)."""
         with self._flush_lock:
@@ -177,7 +179,6 @@ class EventStore:
                     return
                 events, bodies, first = self._pending, self._pending_bodies, self._pending_first
                 self._pending, self._pending_bodies = [], []
-                self._pending_first = self._next_seq
                 self._start_wal()
                 old_wals = [p for p in (self.root / "wal").glob("*.jsonl") if p != self._wal_path]
             try:
@@ -185,7 +186,6 @@ class EventStore:
             except BaseException:
                 with self._lock:  # keep them pending: the log still holds them
                     self._pending[:0], self._pending_bodies[:0] = events, bodies
-                    self._pending_first = first
                 raise
             for wal in old_wals:
                 wal.unlink(missing_ok=True)
@@ -213,7 +213,8 @@ class EventStore:
         while this process replays: its reading may outlast the grace period)."""
         now = time.time()
         expired = [f for f, at in manifest.retired if now - at >= RETIRE_GRACE_S and not self._replaying]
-        manifest.retired = [(f, at) for f, at in manifest.retired if f not in set(expired)]
+        gone = set(expired)
+        manifest.retired = [(f, at) for f, at in manifest.retired if f not in gone]
         write_atomic(self.root / "manifest.json", manifest.to_json())
         self._manifest = manifest
         for file in expired:
@@ -226,14 +227,11 @@ class EventStore:
             journal = self._merge_run(old.journal, min_segments, "journal", None)
             usage: list[Segment] = []
             rollup: list[Segment] = []
-            for month in sorted({s.month or "" for s in old.usage}):
-                usage += self._merge_run(
-                    [s for s in old.usage if s.month == month], min_segments, "usage", month
-                )
-            for month in sorted({s.month or "" for s in old.rollup}):
-                rollup += self._merge_run(
-                    [s for s in old.rollup if s.month == month], min_segments, "rollup", month
-                )
+            for kind, segments, merged in (("usage", old.usage, usage), ("rollup", old.rollup, rollup)):
+                for month in sorted({s.month or "" for s in segments}):
+                    merged.extend(
+                        self._merge_run([s for s in segments if s.month == month], min_segments, kind, month)
+                    )
             if (journal, usage, rollup) == (old.journal, old.usage, old.rollup):
                 return
             kept = {s.file for s in (*journal, *usage, *rollup)}

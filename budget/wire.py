@@ -99,7 +99,8 @@ class Rejected:
     """Something that cannot be applied: why (`reason`, a stable code; `detail`, for people) and what.
 
     `payload` is the original bytes, or for one bad element of an array that element re-encoded.
-    `request_id` / `reply_to` are salvaged from a bad authorization so its sender gets a deny, not a timeout.
+    `request_id` / `reply_to` are salvaged from a bad authorization so its sender gets a deny, not a timeout;
+    `reply_to` is set only if it passed `reply_topic_problem`.
     """
 
     reason: Reason
@@ -112,8 +113,9 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class AuthorizeRequest:
-    """An Authorize command and where its answer goes (`reply_to` from the payload; may be None for
-    MQTT 5 senders, who give a response topic as a property instead)."""
+    """An Authorize command and where its answer goes (`reply_to` from the payload, already checked by
+    `reply_topic_problem`; may be None for MQTT 5 senders, who give a response topic as a property
+    instead)."""
 
     command: Authorize
     reply_to: str | None
@@ -162,8 +164,8 @@ def decode_usage(
     """A usage payload (one object or an array of them) -> RecordUsage commands and rejections."""
     try:
         parsed = _usage_decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return _usage_slow_path(topic_user, payload, now, max_skew, topic)
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+        return _usage_slow_path(error, topic_user, payload, now, max_skew, topic)
     out = Decoded()
     if isinstance(parsed, list):
         if not parsed:
@@ -184,14 +186,13 @@ def decode_authorize(topic_user: str, payload: bytes, topic: str = "") -> Decode
         rejected = _classify(error, payload, topic_user)
         generic = _generic(payload)
         if isinstance(generic, dict):
-            rid, reply = generic.get("request_id"), generic.get("reply_to")
-            rejected = Rejected(
+            rejected = _authorize_rejected(
                 rejected.reason,
                 rejected.detail,
                 payload,
                 topic_user,
-                rid if isinstance(rid, str) else None,
-                reply if isinstance(reply, str) and reply_topic_problem(reply) is None else None,
+                generic.get("request_id"),
+                generic.get("reply_to"),
             )
         return Decoded(rejected=[rejected])
     bad: tuple[Reason, str] | None = None
@@ -200,8 +201,9 @@ def decode_authorize(topic_user: str, payload: bytes, topic: str = "") -> Decode
     elif req.reply_to is not None and (problem := reply_topic_problem(req.reply_to)):
         bad = ("bad_reply_topic", problem)
     if bad is not None:
-        reply = req.reply_to if bad[0] != "bad_reply_topic" else None
-        return Decoded(rejected=[Rejected(bad[0], bad[1], payload, topic_user, req.request_id, reply)])
+        return Decoded(
+            rejected=[_authorize_rejected(bad[0], bad[1], payload, topic_user, req.request_id, req.reply_to)]
+        )
     command = Authorize(
         request_id=req.request_id,
         user_id=req.user_id,
@@ -250,6 +252,21 @@ def reply_topic_problem(topic: str) -> str | None:
     if topic.startswith("margins/") and not topic.startswith(REPLY_PREFIX):
         return f"reply topic {topic!r} must be under {REPLY_PREFIX} or outside margins/"
     return None
+
+
+def _authorize_rejected(
+    reason: Reason, detail: str, payload: bytes, topic_user: str, request_id: object, reply_to: object
+) -> Rejected:
+    """A rejected authorization with what could be salvaged of its request id and reply address: the one
+    place a reject's reply topic is checked, so every reject (whatever its reason) keeps only a safe one."""
+    return Rejected(
+        reason,
+        detail,
+        payload,
+        topic_user,
+        request_id if isinstance(request_id, str) else None,
+        reply_to if isinstance(reply_to, str) and reply_topic_problem(reply_to) is None else None,
+    )
 
 
 class _BadTopic(ValueError):
@@ -314,16 +331,13 @@ def _judge_usage(
 
 
 def _usage_slow_path(
-    topic_user: str, payload: bytes, now: datetime, max_skew: timedelta, topic: str
+    error: Exception, topic_user: str, payload: bytes, now: datetime, max_skew: timedelta, topic: str
 ) -> Decoded:
-    """The typed decode failed: find out whether the whole payload is bad or only some array elements."""
+    """The typed decode failed with `error`: find out whether the whole payload is bad or only some array
+    elements."""
     generic = _generic(payload)
     if not isinstance(generic, list):
-        try:
-            _usage_decoder.decode(payload)
-        except Exception as error:
-            return Decoded(rejected=[_classify(error, payload, topic_user)])
-        return decode_usage(topic_user, payload, now, max_skew, topic)  # pragma: no cover
+        return Decoded(rejected=[_classify(error, payload, topic_user)])
     out = Decoded()
     if not generic:
         out.rejected.append(Rejected("empty", "an empty array carries no usage", payload, topic_user))

@@ -90,6 +90,19 @@ def test_usage_is_priced_from_the_catalog_and_counted_once() -> None:
     assert ledger.status("u", NOW).spent_nanos == 210_000
 
 
+def test_users_are_those_with_spend_or_reservations() -> None:
+    ledger = Ledger(make_config(), CATALOG)
+    assert ledger.users() == set()
+    ledger.execute(ConfigureUser(user_id="only-configured", plan="pro"), NOW)
+    ledger.execute(usage("e1", user="a"), NOW)
+    ledger.execute(usage("e2", user="a", ts=NOW - timedelta(days=40)), NOW)
+    ledger.execute(authorize("r1", user="b"), NOW)
+    assert ledger.users() == {"a", "b"}
+    months = ledger.snapshot()["months"]
+    assert isinstance(months, dict)
+    assert ledger.users() == {user for user, _month in months}
+
+
 def test_late_usage_at_2330_on_31_january_in_los_angeles_is_januarys() -> None:
     ledger = Ledger(make_config(), CATALOG)
     ledger.execute(ConfigureUser(user_id="u", timezone="America/Los_Angeles"), NOW)

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mqtt_helpers import usage_body
 
 from budget.ledger import Authorize, ConfigureUser, RecordUsage
 from budget.wire import MAX_PAYLOAD_BYTES, AuthorizeRequest, decode_message, reply_topic_problem
@@ -17,20 +18,7 @@ NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
 
 
 def usage(**over: object) -> dict[str, object]:
-    base: dict[str, object] = {
-        "event_id": "e1",
-        "user_id": "alice",
-        "ts": "2026-11-26T20:00:00Z",
-        "model": "gpt-4o-mini",
-        "input_tokens": 900,
-        "cached_input_tokens": 0,
-        "output_tokens": 250,
-        "feature": "chat",
-        "reservation_id": None,
-        "outcome": "ok",
-    }
-    base.update(over)
-    return base
+    return usage_body("e1") | over
 
 
 def enc(value: object) -> bytes:
@@ -141,6 +129,23 @@ def test_authorize() -> None:
     assert [(r.reason, r.reply_to) for r in forged.rejected] == [("bad_reply_topic", None)]
     other = decode_message("margins/authorize/alice", enc(body | {"user_id": "bob"}), NOW).rejected
     assert [r.reason for r in other] == ["user_mismatch"]
+
+
+def test_authorize_reject_never_keeps_an_unsafe_reply_topic() -> None:
+    body = {
+        "request_id": "q1",
+        "user_id": "bob",
+        "model": "gpt-4o",
+        "max_input_tokens": 1000,
+        "max_output_tokens": 500,
+        "reply_to": "margins/status/carol",
+    }
+    mismatch = decode_message("margins/authorize/alice", enc(body), NOW).rejected
+    assert [(r.reason, r.request_id, r.reply_to) for r in mismatch] == [("user_mismatch", "q1", None)]
+    malformed = decode_message("margins/authorize/alice", enc(body | {"max_input_tokens": -1}), NOW)
+    assert [(r.reason, r.reply_to) for r in malformed.rejected] == [("out_of_range", None)]
+    safe = decode_message("margins/authorize/alice", enc(body | {"reply_to": "margins/replies/a/1"}), NOW)
+    assert [(r.reason, r.reply_to) for r in safe.rejected] == [("user_mismatch", "margins/replies/a/1")]
 
 
 def test_reply_topics() -> None:
