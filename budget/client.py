@@ -32,9 +32,9 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from budget.broker import BrokerSettings
 from budget.errors import AuthorizationTimeout, BudgetDenied, BudgetError
-from budget.wire import AUTHORIZE_PREFIX, REPLY_PREFIX, USAGE_PREFIX
+from budget.mqtt.broker import BrokerSettings
+from budget.mqtt.topics import AUTHORIZE_PREFIX, REPLY_PREFIX, USAGE_PREFIX
 
 DEFAULT_TIMEOUT_S = 2.0
 _json = msgspec.json.Encoder()

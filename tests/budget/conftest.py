@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CONF_EXAMPLE = REPO / "budget" / "mosquitto.conf.example"
-ACL_EXAMPLE = REPO / "budget" / "mosquitto.acl.example"
+CONF_EXAMPLE = REPO / "deploy" / "mosquitto.conf.example"
+ACL_EXAMPLE = REPO / "deploy" / "mosquitto.acl.example"
 READY = "enforcer ready"  # the log line `margins enforce` writes once it is subscribed
 PASSWORDS = {"app": "app-secret", "admin": "admin-secret", "enforcer": "enforcer-secret"}
 

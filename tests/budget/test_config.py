@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from budget.config import EnforcerConfig, load_config
+from budget.domain.config import EnforcerConfig
 from budget.errors import BudgetError, ConfigError
+from budget.service.settings import load_config
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "budget" / "caps.example.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "caps.example.toml"
 
 
 def test_the_shipped_example_loads() -> None:

@@ -20,12 +20,12 @@ from conftest import PASSWORDS, Broker, EnforcerProcess
 from mqtt_helpers import Collector, mqtt, usage_body
 
 from budget.client import BudgetClient
-from budget.config import load_config
+from budget.domain.events import DeadLettered, UsageRecorded, UserConfigured
+from budget.domain.ledger import Ledger
+from budget.domain.prices import default_catalog
 from budget.errors import BudgetDenied
-from budget.events import DeadLettered, UsageRecorded, UserConfigured
-from budget.ledger import Ledger
-from budget.prices import default_catalog
-from budget.store import EventStore
+from budget.service.settings import load_config
+from budget.store.event_store import EventStore
 from sim.cli import main as margins
 
 MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini")

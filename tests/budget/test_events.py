@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from budget.events import (
+from budget.domain.events import (
     EVENT_TYPES,
     DeadLettered,
     Event,

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from budget.config import EnforcerConfig, Plan
-from budget.events import (
+from budget.domain.config import EnforcerConfig, Plan
+from budget.domain.events import (
     DeadLettered,
     Event,
     LimitCrossed,
@@ -25,7 +25,7 @@ from budget.events import (
     UsageRecorded,
     UserConfigured,
 )
-from budget.ledger import (
+from budget.domain.ledger import (
     Authorize,
     Command,
     ConfigureUser,
@@ -35,8 +35,8 @@ from budget.ledger import (
     reservation_id_for,
     worst_case_nanos,
 )
-from budget.prices import default_catalog
-from budget.store import EventStore
+from budget.domain.prices import default_catalog
+from budget.store.event_store import EventStore
 
 NOW = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 CATALOG = default_catalog()

@@ -1,4 +1,4 @@
-"""budget.mqtt5: packets split anywhere parse the same; properties; one write per loop turn."""
+"""budget.mqtt.connection: packets split anywhere parse the same; properties; one write per loop turn."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from budget.mqtt5 import Incoming, Mqtt5Connection, _Protocol, _varint
+from budget.mqtt.connection import Incoming, Mqtt5Connection, _Protocol, _varint
 
 
 def publish_packet(topic: str, payload: bytes, packet_id: int, props: bytes = b"") -> bytes:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from budget.events import DeadLettered, Event, LimitCrossed, UsageRecorded
-from budget.queries import SpendReader, nanos_to_usd_text
-from budget.spend_cli import spend
-from budget.store import EventStore
+from budget.cli.spend import spend
+from budget.domain.events import DeadLettered, Event, LimitCrossed, UsageRecorded
+from budget.store.event_store import EventStore
+from budget.store.queries import SpendReader, nanos_to_usd_text
 
 REPO = Path(__file__).resolve().parents[2]
 MARGINS = Path(sys.executable).with_name("margins")
@@ -176,8 +176,8 @@ WRITER = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime, timedelta
-    from budget.events import UsageRecorded
-    from budget.store import EventStore
+    from budget.domain.events import UsageRecorded
+    from budget.store.event_store import EventStore
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     with EventStore.open(sys.argv[1], flush_interval=0.1) as store:
@@ -207,7 +207,7 @@ def test_margins_spend_from_another_process_while_the_writer_appends(tmp_path: P
     query = [
         sys.executable,
         "-m",
-        "budget.spend_cli",
+        "budget.cli.spend",
         "--store",
         str(tmp_path / "s"),
         "--format",

@@ -13,14 +13,14 @@ import pytest
 from conftest import CAPS_TOML, Broker
 from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
-from budget.broker import BrokerSettings
 from budget.client import BudgetClient, guard
-from budget.config import load_config
+from budget.domain.ledger import Ledger
 from budget.errors import BudgetDenied
-from budget.ledger import Ledger
-from budget.mqtt5 import Mqtt5Connection
-from budget.service import Enforcer
-from budget.store import EventStore
+from budget.mqtt.broker import BrokerSettings
+from budget.mqtt.connection import Mqtt5Connection
+from budget.service.enforcer import Enforcer
+from budget.service.settings import load_config
+from budget.store.event_store import EventStore
 
 NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
 

@@ -16,8 +16,7 @@ import duckdb
 import pyarrow.compute as pc
 import pytest
 
-from budget.errors import StoreError
-from budget.events import (
+from budget.domain.events import (
     USAGE_COLUMNS,
     DeadLettered,
     Event,
@@ -28,11 +27,12 @@ from budget.events import (
     UserConfigured,
     encode_event,
 )
-from budget.manifest import read_manifest
-from budget.queries import SpendReader
-from budget.segment_writer import read_log
-from budget.segments import batch_tables, journal_table, usage_table
-from budget.store import EventStore
+from budget.errors import StoreError
+from budget.store.event_store import EventStore
+from budget.store.manifest import read_manifest
+from budget.store.queries import SpendReader
+from budget.store.segment_writer import read_log
+from budget.store.segments import batch_tables, journal_table, usage_table
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
@@ -203,8 +203,8 @@ WRITER = textwrap.dedent(
     """
     import sys
     from datetime import UTC, datetime, timedelta
-    from budget.events import UsageRecorded
-    from budget.store import EventStore
+    from budget.domain.events import UsageRecorded
+    from budget.store.event_store import EventStore
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     run = sys.argv[2]
@@ -303,7 +303,7 @@ def test_the_columnar_batch_parse_agrees_with_the_event_objects() -> None:
 def test_retired_files_go_after_the_grace_period_but_not_during_a_replay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("budget.store.RETIRE_GRACE_S", 0.0)
+    monkeypatch.setattr("budget.store.event_store.RETIRE_GRACE_S", 0.0)
     events = usage_events(40)
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         for start in range(0, 40, 5):

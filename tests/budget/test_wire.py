@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mqtt_helpers import usage_body
 
-from budget.ledger import Authorize, ConfigureUser, RecordUsage
-from budget.wire import MAX_PAYLOAD_BYTES, AuthorizeRequest, decode_message, reply_topic_problem
+from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage
+from budget.mqtt.topics import reply_topic_problem
+from budget.service.wire import MAX_PAYLOAD_BYTES, AuthorizeRequest, decode_message
 
 NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from budget.prices import PriceCatalog
-from sim.scenario import Scenario, parse_scenario
+from budget.domain.prices import PriceCatalog
+from sim.model.scenario import Scenario
+from sim.model.scenario_checks import parse_scenario
 
 
 def scenario_from(table: dict[str, Any], name: str = "test") -> tuple[Scenario, PriceCatalog]:

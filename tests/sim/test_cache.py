@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.policies.cache import NEVER, characteristic_time, lookup
+from sim.model.policies.cache import NEVER, characteristic_time, lookup
 
 
 def sequential_model(keys, times, ttl, keep, p_true, p_false, u_true, u_false):  # type: ignore[no-untyped-def]

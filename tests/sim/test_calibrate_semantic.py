@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from sim.calibration.query_sets import QuerySetError, read_query_sets
+from sim.calibration.semantic import OUT_OF_SCOPE
 from sim.cli import main
-from sim.engine import semantic_rates
-from sim.query_sets import QuerySetError, read_query_sets
-from sim.scenario import load_scenario
-from sim.semantic_calibration import OUT_OF_SCOPE
+from sim.io.scenarios import load_scenario
+from sim.model.engine import semantic_rates
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "tests/data/semantic"

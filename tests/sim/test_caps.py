@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from budget.prices import NANOS_PER_USD
-from sim import caps, engine
+from budget.domain.prices import NANOS_PER_USD
 from sim.errors import ScenarioError
-from sim.forecast import summarize
-from sim.output import usage_frame
+from sim.io.forecast_db import usage_frame
+from sim.model import caps, engine
+from sim.model.forecast import summarize
+from sim.model.run import CapDecision, RunResult, Served
 from tests.sim.conftest import ALL_LEVERS, scenario_from
 
 NAIVE: dict[str, Any] = {
@@ -28,7 +29,7 @@ def with_cap(table: dict[str, Any], **cap: Any) -> dict[str, Any]:
     return {**table, "cap": cap}
 
 
-def month_spend_usd(run: engine.RunResult) -> np.ndarray:
+def month_spend_usd(run: RunResult) -> np.ndarray:
     per_user = np.zeros(run.traffic.mau, dtype=np.int64)
     np.add.at(per_user, run.traffic.user, run.cost_nanos)
     return per_user * (30 / run.traffic.days) / NANOS_PER_USD
@@ -63,7 +64,7 @@ def test_no_user_month_passes_the_cap_when_every_call_is_authorized(
     assert int(usage_frame(run, "r")["cost_nanos"].sum()) == int(run.cost_nanos.sum())
 
 
-def uncapped_and_capped(table: dict[str, Any], **cap: Any) -> tuple[engine.RunResult, engine.RunResult]:
+def uncapped_and_capped(table: dict[str, Any], **cap: Any) -> tuple[RunResult, RunResult]:
     plain, catalog = scenario_from(table)
     capped, _ = scenario_from(with_cap(table, **cap))
     run = engine.simulate(plain, catalog, 300, 5, 3)
@@ -104,10 +105,10 @@ def test_blocking_denies_costs_nothing_scores_denied_and_is_reported() -> None:
     scenario, catalog = scenario_from(with_cap(table, monthly_usd=1.0))
     run = engine.simulate(scenario, catalog, 300, 5, 3)
     assert run.cap is not None
-    denied = run.cap.decision == caps.DENIED
+    denied = run.cap.decision == CapDecision.DENIED
     assert denied.any()
     assert (run.cost_nanos[denied] == 0).all() and (run.quality[denied] == 5.0).all()
-    assert (run.served[denied] == engine.DENIED).all() and np.isnan(run.ttft_s[denied]).all()
+    assert (run.served[denied] == Served.DENIED).all() and np.isnan(run.ttft_s[denied]).all()
     figures = summarize(run)["cap"]
     assert figures["requests_denied"] == int(denied.sum())
     assert figures["spend_saved_usd"] > 0 and figures["quality_lost"] > 0
@@ -121,7 +122,7 @@ def test_degrading_moves_requests_to_the_cheaper_model() -> None:
     )
     run = engine.simulate(scenario, catalog, 300, 5, 3)
     assert run.cap is not None
-    degraded = run.cap.decision == caps.DEGRADED
+    degraded = run.cap.decision == CapDecision.DEGRADED
     assert degraded.any()
     assert run.models == ("gpt-4o", "gpt-4o-mini")
     assert (run.request_model[degraded] == 1).all()

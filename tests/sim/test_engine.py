@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.engine import BY_EXACT, simulate
-from sim.forecast import flatten, summarize
-from sim.reference import simulate_reference
+from sim.model.engine import simulate
+from sim.model.forecast import flatten, summarize
+from sim.model.reference import simulate_reference
+from sim.model.run import Served
 from tests.sim.conftest import ALL_LEVERS, scenario_from
 
 FAILURES = {"error_rate": 0.05, "timeout_rate": 0.02, "bad_completion_rate": 0.05}
@@ -97,7 +98,7 @@ def test_a_global_cache_hits_more_with_more_users() -> None:
     scenario, catalog = scenario_from({"cache": {"exact": {"enabled": True}}})
     small = simulate(scenario, catalog, 200, 7, seed=2)
     large = simulate(scenario, catalog, 5000, 7, seed=2)
-    rate = [float(np.mean(run.served == BY_EXACT)) for run in (small, large)]
+    rate = [float(np.mean(run.served == Served.EXACT)) for run in (small, large)]
     assert rate[1] > rate[0] * 1.5
 
 

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from budget.events import UsageRecorded, encode_usage
-from budget.store import EventStore
+from budget.domain.events import UsageRecorded, encode_usage
+from budget.store.event_store import EventStore
 from sim.cli import main
-from sim.engine import BY_EXACT, BY_SEMANTIC, RunResult, simulate
-from sim.forecast import summarize
-from sim.policies.outcomes import OUTCOME_NAMES
-from sim.scenario import load_scenario
+from sim.io.scenarios import load_scenario
+from sim.model.engine import simulate
+from sim.model.forecast import summarize
+from sim.model.policies.outcomes import OUTCOME_NAMES
+from sim.model.run import RunResult, Served
 from tests.sim.conftest import scenario_from
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -57,7 +58,7 @@ def usage_events(run: RunResult) -> list[UsageRecorded]:
             )
         )
     ]
-    for r in np.flatnonzero((run.served == BY_EXACT) | (run.served == BY_SEMANTIC)).tolist():
+    for r in np.flatnonzero((run.served == Served.EXACT) | (run.served == Served.SEMANTIC)).tolist():
         events.append(
             UsageRecorded(
                 event_id=f"c{r}",

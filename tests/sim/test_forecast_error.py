@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from budget.prices import NANOS_PER_USD
-from budget.store import EventStore
+from budget.domain.prices import NANOS_PER_USD
+from budget.store.event_store import EventStore
 from sim.cli import main
-from sim.engine import simulate
-from sim.forecast import forecast
-from sim.output import ForecastWriter
+from sim.io.forecast_db import ForecastWriter
+from sim.model.engine import simulate
+from sim.model.forecast import forecast
 from tests.sim.conftest import scenario_from
 from tests.sim.test_fit import usage_events
 

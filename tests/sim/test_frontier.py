@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.frontier import pareto_frontier
+from sim.workbench.frontier import pareto_frontier
 
 # Few distinct values, so ties in cost and in quality are common (the cases that break a naive sweep).
 costs = st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.2, 0.5]) | st.floats(0.0, 10.0)

@@ -9,8 +9,8 @@ from typing import Any
 from click.testing import CliRunner
 
 from sim.cli import main
-from sim.goal_seek import goal_seek
-from sim.sweep import Sweep, SweepPoint
+from sim.workbench.goal_seek import goal_seek
+from sim.workbench.sweep import Sweep, SweepPoint
 
 ROOT = Path(__file__).resolve().parents[2]
 NAIVE = str(ROOT / "scenarios/seed-story/naive-mvp.toml")

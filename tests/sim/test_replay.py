@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from budget.events import UsageRecorded, encode_usage
-from budget.prices import PriceCatalog, default_catalog
-from sim import engine
+from budget.domain.events import UsageRecorded, encode_usage
+from budget.domain.prices import PriceCatalog, default_catalog
+from sim.calibration.replay import passthrough_scenario, replay
 from sim.cli import main
-from sim.output import usage_frame
-from sim.policies import retry
-from sim.policies.prompt_cache import prompt_cache_tokens
-from sim.replay import passthrough_scenario, replay
-from sim.scenario import Scenario
-from sim.trace import read_trace
+from sim.io.forecast_db import usage_frame
+from sim.io.traces import read_trace
+from sim.model.policies import retry
+from sim.model.policies.prompt_cache import prompt_cache_tokens
+from sim.model.run import Served
+from sim.model.scenario import Scenario
 from tests.sim.conftest import scenario_from
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -95,7 +95,7 @@ def test_the_exact_cache_hits_each_exact_repeat_in_the_trace(path: Path) -> None
         {"router": {"model": "gpt-4o-mini"}, "cache": {"exact": {"enabled": True}}}
     )
     run, result = replay(read_trace(path), scenario, catalog)
-    assert int((run.served == engine.BY_EXACT).sum()) == repeats
+    assert int((run.served == Served.EXACT).sum()) == repeats
     assert result.results[0]["hit_rate"]["exact"] == pytest.approx(repeats / len(hash_lists))
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from sim.breakdown import top_share
 from sim.cli import main
-from sim.report import focus_level
+from sim.workbench.breakdown import top_share
+from sim.workbench.report import focus_level
 
 ROOT = Path(__file__).resolve().parents[2]
 NAIVE = str(ROOT / "scenarios/seed-story/naive-mvp.toml")

@@ -12,10 +12,11 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
+from sim.calibration.router_eval import Confusion, Example, Rules, RulesError, classify, evaluate, parse_rules
+from sim.calibration.router_eval_io import load_rules, read_eval_set
 from sim.cli import main
-from sim.router_eval import Confusion, Example, Rules, RulesError, classify, evaluate, parse_rules
-from sim.router_eval_io import load_rules, read_eval_set
-from sim.scenario import load_scenario, parse_scenario
+from sim.io.scenarios import load_scenario
+from sim.model.scenario_checks import parse_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_SET = ROOT / "scenarios/router/eval-set.jsonl"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from sim.calibration.router_knn import knn_verdicts
 from sim.cli import main
-from sim.router_knn import knn_verdicts
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_SET = ROOT / "scenarios/router/eval-set.jsonl"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.semantic_calibration import (
+from sim.calibration.semantic import (
     OUT_OF_SCOPE,
     OUT_OF_SCOPE_PROBE,
     SEEN,

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from sim.cli import main
 from sim.errors import ScenarioError
-from sim.policies import router
-from sim.sweep import run_sweep
-from sim.sweep_render import sweep_table
-from sim.variants import grid, parse_scalar, parse_vary
+from sim.model.policies import router
+from sim.workbench.sweep import run_sweep
+from sim.workbench.sweep_render import sweep_table
+from sim.workbench.variants import grid, parse_scalar, parse_vary
 from tests.sim.conftest import ALL_LEVERS, scenario_from
 
 ROOT = Path(__file__).resolve().parents[2]

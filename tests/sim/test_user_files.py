@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from sim.calibration.fit import read_trace_observed
+from sim.calibration.query_sets import read_query_sets
+from sim.calibration.router_eval_io import load_rules, read_eval_set
 from sim.errors import SimError
-from sim.fit import read_trace_observed
-from sim.query_sets import read_query_sets
-from sim.router_eval_io import load_rules, read_eval_set
-from sim.scenario import load_scenario
-from sim.trace import read_trace
+from sim.io.scenarios import load_scenario
+from sim.io.traces import read_trace
 
 READERS: list[tuple[str, Callable[[Path], Any]]] = [
     ("scenario.toml", load_scenario),

@@ -1,0 +1,440 @@
+"""The enforcer's benchmark, each figure beside a baseline measured in the same run:
+
+    uv run python -m benchmarks.enforcer [--events 30000] [--batched-messages 3000] [--authorizations 5000]
+                                  [--query-events 10000000]
+
+1. Usage events/s end to end through a local mosquitto with durability on (fsync'd group commits, PUBACK
+   only after the commit): one event per message, then arrays of 100. Baseline: the same messages relayed
+   by the same broker to a plain subscriber that only parses and acknowledges them.
+2. Authorize round trip p50/p99 at 1,000 authorizations/s (open loop: each request is sent on schedule,
+   whatever the previous ones are doing). Baseline: the same load against a plain echo responder.
+3. `margins spend` "top 100 this month" over a 10M-event store (benchmarks.spend_query builds and times it).
+
+Baselines use the enforcer's own MQTT client (budget.mqtt.connection), so the difference is the
+enforcer's work.
+The enforcer runs in this process (so it can be watched exactly: the clock stops when its counters say
+every event is committed); the load comes from child processes, so neither side steals the other's loop.
+Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import getpass
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from budget.domain.config import parse_config
+from budget.mqtt.broker import BrokerSettings
+from budget.mqtt.connection import Incoming, Mqtt5Connection, encode_packet, encode_string
+from budget.service.enforcer import Enforcer
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+BENCH_CAPS: dict[str, object] = {"default_cap_usd": "1000000", "reservation_ttl_s": 600}
+
+
+# -- a broker of our own ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def mosquitto(directory: Path) -> Iterator[int]:
+    """The shipped config (anonymous, this port and directory) in a mosquitto child; yields its port."""
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(binary).exists():
+        raise SystemExit("mosquitto is not installed (apt-get install -y mosquitto)")
+    port = _free_port()
+    lines = []
+    for line in (DEPLOY / "mosquitto.conf.example").read_text().splitlines():
+        key = line.split(" ", 1)[0]
+        line = {
+            "listener": f"listener {port} 127.0.0.1",
+            "persistence_location": f"persistence_location {directory}/",
+            "password_file": "",
+            "acl_file": "",
+            "allow_anonymous": "allow_anonymous true",
+        }.get(key, line)
+        lines.append(line)
+    lines.append(f"user {getpass.getuser()}")
+    conf = directory / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit("mosquitto did not start")
+            time.sleep(0.02)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# -- load generators (run as child processes: `python -m benchmarks.enforcer _publish ...`) ----------
+
+
+async def _raw_publish(port: int, messages: list[tuple[bytes, bytes]], window: int = 1000) -> float:
+    """QoS 1 publishes pipelined over one MQTT 3.1.1 connection with `window` awaiting PUBACK.
+
+    A minimal protocol writer: the load generator must outrun the system under test, and paho's per-message
+    overhead (a few thousand messages/s per process here) would measure the generator instead.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    connect = (
+        encode_string(b"MQTT")
+        + bytes([4, 0x02])
+        + struct.pack("!H", 60)
+        + encode_string(uuid.uuid4().hex.encode())
+    )
+    writer.write(encode_packet(0x10, connect))
+    if (await reader.readexactly(4))[3] != 0:
+        raise SystemExit("broker refused the connection")
+    credit = asyncio.Semaphore(window)
+    total = len(messages)
+
+    async def read_acks() -> None:
+        for _ in range(total):
+            header = await reader.readexactly(4)
+            if header[0] != 0x40:
+                raise SystemExit(f"unexpected packet {header!r}")
+            credit.release()
+
+    acks = asyncio.create_task(read_acks())
+    start = time.perf_counter()
+    for index, (topic, payload) in enumerate(messages):
+        await credit.acquire()
+        packet_id = index % 65535 + 1
+        writer.write(encode_packet(0x32, encode_string(topic) + struct.pack("!H", packet_id) + payload))
+        if index % 64 == 0:
+            await writer.drain()
+    await acks
+    elapsed = time.perf_counter() - start
+    writer.close()
+    return elapsed
+
+
+def _usage_messages(count: int, per_message: int, users: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    ts = datetime.now(UTC).isoformat()
+    out = []
+    for m in range(count):
+        user = f"bench{m % users}"
+        events = [
+            {
+                "event_id": f"{prefix}-{m}-{k}",
+                "user_id": user,
+                "ts": ts,
+                "model": "gpt-4o-mini",
+                "input_tokens": 900,
+                "output_tokens": 250,
+                "feature": "chat",
+            }
+            for k in range(per_message)
+        ]
+        body = json.dumps(events[0] if per_message == 1 else events).encode()
+        out.append((f"margins/usage/{user}".encode(), body))
+    return out
+
+
+async def _authorize_load(port: int, count: int, rate: float, users: int) -> list[float]:
+    """Round trips (ms) of `count` authorizations sent on a fixed schedule at `rate` per second.
+
+    Raw MQTT 3.1.1 (requests at QoS 1 carrying "reply_to", replies read at QoS 0) for the reason given in
+    `_raw_publish`: aiomqtt's client tops out near the target rate here and would time itself.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    client_id = uuid.uuid4().hex[:12]
+    connect = (
+        encode_string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + encode_string(client_id.encode())
+    )
+    writer.write(encode_packet(0x10, connect))
+    if (await reader.readexactly(4))[3] != 0:
+        raise SystemExit("broker refused the connection")
+    reply_prefix = f"margins/replies/{client_id}"
+    writer.write(
+        encode_packet(0x82, struct.pack("!H", 1) + encode_string(f"{reply_prefix}/#".encode()) + b"\x00")
+    )
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    done = asyncio.Event()
+    total = count + 50
+
+    async def read() -> None:
+        while True:
+            kind = (await reader.readexactly(1))[0]
+            size, shift = 0, 0
+            while True:
+                byte = (await reader.readexactly(1))[0]
+                size |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            body = await reader.readexactly(size)
+            if kind & 0xF0 != 0x30:
+                continue  # CONNACK / SUBACK / PUBACK
+            topic_len = struct.unpack("!H", body[:2])[0]
+            start = 2 + topic_len + (2 if kind & 0x06 else 0)
+            reply = json.loads(body[start:])
+            began = sent.pop(reply["request_id"], None)
+            if began is not None:
+                latencies.append((time.perf_counter() - began) * 1000)
+                if len(latencies) >= total:
+                    done.set()
+
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(0.2)  # SUBACK
+
+    def request(i: int, user: str) -> None:
+        request_id = f"{client_id}-{i}"
+        body: dict[str, object] = {"request_id": request_id, "user_id": user, "model": "gpt-4o-mini"}
+        body |= {"max_input_tokens": 1000, "max_output_tokens": 500, "reply_to": f"{reply_prefix}/r"}
+        packet_id = i % 65535 + 1
+        topic = f"margins/authorize/{user}".encode()
+        sent[request_id] = time.perf_counter()
+        writer.write(
+            encode_packet(
+                0x32, encode_string(topic) + struct.pack("!H", packet_id) + json.dumps(body).encode()
+            )
+        )
+
+    for i in range(50):  # warm up the enforcer's paths; not counted
+        request(count + i, f"warm{i}")
+        await asyncio.sleep(0.002)
+    await asyncio.sleep(0.2)
+    warm = len(latencies)
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        request(i, f"user{i % users}")
+    async with asyncio.timeout(60):
+        await done.wait()
+    reading.cancel()
+    writer.close()
+    return latencies[warm:]
+
+
+def _child(argv: list[str]) -> None:
+    mode, port = argv[0], int(argv[1])
+    if mode == "_publish":
+        count, per_message, prefix = int(argv[2]), int(argv[3]), argv[4]
+        messages = _usage_messages(count, per_message, 100, prefix)
+        print(json.dumps({"publish_s": asyncio.run(_raw_publish(port, messages))}), flush=True)
+    elif mode == "_authorize":
+        print(json.dumps(asyncio.run(_authorize_load(port, int(argv[2]), float(argv[3]), 1000))), flush=True)
+
+
+def _spawn(*args: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.enforcer", *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+
+
+# -- measurements --------------------------------------------------------------------------------------
+
+
+async def _plain_subscriber_rate(port: int, count: int, per_message: int) -> float:
+    """Baseline: events/s that the enforcer's own MQTT client receives when it does nothing but parse the
+    JSON and acknowledge at once (no ledger, no store)."""
+    got = 0
+    first = last = 0.0
+    done = asyncio.Event()
+    connection: Mqtt5Connection | None = None
+
+    def on_message(message: Incoming) -> None:
+        nonlocal got, first, last
+        json.loads(message.payload)
+        assert connection is not None
+        connection.ack(message.packet_id)
+        if got == 0:
+            first = time.perf_counter()
+        got += 1
+        last = time.perf_counter()
+        if got >= count:
+            done.set()
+
+    connection = await Mqtt5Connection.open("127.0.0.1", port, receive_maximum=10_000, on_publish=on_message)
+    await connection.subscribe(["margins/usage/+"])
+    publisher = _spawn("_publish", port, count, per_message, f"plain{per_message}")
+    async with asyncio.timeout(300):
+        await done.wait()
+    await asyncio.to_thread(publisher.wait)
+    await connection.disconnect()
+    return count * per_message / (last - first)
+
+
+async def _enforcer_rate(enforcer: Enforcer, port: int, count: int, per_message: int) -> tuple[float, float]:
+    """Events/s through the enforcer, from its first message to the commit of the last; and commits/s."""
+    base_committed, base_commits = enforcer.counters["committed"], enforcer.counters["commits"]
+    base_seen = enforcer.counters["UsageRecorded"]
+    publisher = _spawn("_publish", port, count, per_message, f"enf{per_message}-{uuid.uuid4().hex[:6]}")
+    target = count * per_message
+    async with asyncio.timeout(600):
+        while enforcer.counters["UsageRecorded"] == base_seen:
+            await asyncio.sleep(0.0005)
+        first = time.perf_counter()
+        while enforcer.counters["committed"] - base_committed < target:
+            await asyncio.sleep(0.002)
+    elapsed = time.perf_counter() - first
+    await asyncio.to_thread(publisher.wait)
+    commits = enforcer.counters["commits"] - base_commits
+    return target / elapsed, commits / elapsed
+
+
+async def _echo_round_trips(port: int, count: int, rate: float) -> list[float]:
+    """Baseline: the same load against a responder on the enforcer's MQTT client that answers at once (no
+    ledger, no store): what the MQTT round trips alone cost here."""
+    connection: Mqtt5Connection | None = None
+
+    def on_message(message: Incoming) -> None:
+        request = json.loads(message.payload)
+        body = {"request_id": request["request_id"], "decision": "allow", "model": request["model"]}
+        body |= {"reservation_id": "echo", "remaining_usd": 1.0, "reason": ""}
+        assert connection is not None
+        connection.ack(message.packet_id)
+        reply_to: str = request.get("reply_to") or message.response_topic or "margins/replies/none"
+        connection.publish(reply_to, json.dumps(body).encode(), correlation=message.correlation)
+
+    connection = await Mqtt5Connection.open("127.0.0.1", port, on_publish=on_message)
+    await connection.subscribe(["margins/authorize/+"])
+    try:
+        return await _load_latencies(port, count, rate)
+    finally:
+        await connection.disconnect()
+
+
+async def _load_latencies(port: int, count: int, rate: float) -> list[float]:
+    load = _spawn("_authorize", port, count, rate)
+    out, _ = await asyncio.to_thread(load.communicate)
+    latencies: list[float] = json.loads(out)
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.asynccontextmanager
+async def _enforcer(
+    port: int, directory: Path, commit_times: list[float] | None = None
+) -> AsyncIterator[Enforcer]:
+    config = parse_config(BENCH_CAPS, "(bench)")
+    # session_expiry_s=0: a finished run's session must not keep queueing the next runs' messages
+    settings = BrokerSettings(
+        host="127.0.0.1", port=port, client_id=f"bench-{directory.name}", session_expiry_s=0
+    )
+    async with Enforcer(settings, directory / "store", config) as enforcer:
+        await enforcer.wait_subscribed()
+        if commit_times is not None:  # time each durable append of this enforcer's store
+            store: Any = enforcer._store
+            append = store.append
+
+            def timed(events: Any) -> None:
+                start = time.perf_counter()
+                append(events)
+                commit_times.append((time.perf_counter() - start) * 1000)
+
+            store.append = timed
+        yield enforcer
+
+
+async def _bench(args: argparse.Namespace, directory: Path) -> None:
+    (directory / "broker").mkdir()
+    with mosquitto(directory / "broker") as port:
+        print(f"mosquitto on 127.0.0.1:{port}; {os.cpu_count()} CPUs; durability on (fsync per commit)\n")
+        for per_message, messages in ((1, args.events), (100, args.batched_messages)):
+            plain = await _plain_subscriber_rate(port, messages, per_message)
+            async with _enforcer(port, directory / f"enf{per_message}") as enforcer:
+                rate, commit_rate = await _enforcer_rate(enforcer, port, messages, per_message)
+            label = "one event per message" if per_message == 1 else f"arrays of {per_message} events"
+            target = 10_000 if per_message == 1 else 50_000
+            print(
+                f"usage, {label}: {rate:,.0f} events/s end to end ({commit_rate:,.0f} commits/s); "
+                f"baseline plain subscriber {plain:,.0f} events/s; target {target:,} "
+                f"({'met' if rate >= target else f'missed by {1 - rate / target:.0%}'})"
+            )
+        # Let the floods above settle (their writes are still draining to disk and their ledgers are still
+        # garbage), so the latency measured is the enforcer's, not the previous phase's I/O.
+        del enforcer
+        gc.collect()
+        await asyncio.to_thread(os.sync)
+        await asyncio.sleep(2)
+        echo = await _echo_round_trips(port, args.authorizations, 1000.0)
+        commits: list[float] = []
+        async with _enforcer(port, directory / "auth", commit_times=commits) as enforcer:
+            real = await _load_latencies(port, args.authorizations, 1000.0)
+            granted = enforcer.counters["granted"]
+        p99 = _pct(real, 0.99)
+        print(
+            f"authorize at 1,000/s ({len(real):,} requests, {granted:,} granted): "
+            f"p50 {_pct(real, 0.5):.2f} ms, p99 {p99:.2f} ms, max {max(real):.1f} ms; baseline echo "
+            f"p50 {_pct(echo, 0.5):.2f} ms, p99 {_pct(echo, 0.99):.2f} ms; target p99 <= 5 ms "
+            f"({'met' if p99 <= 5 else 'missed'})"
+        )
+        print(
+            f"  of which the durable commit (write + fdatasync of the log): p50 {_pct(commits, 0.5):.2f} ms, "
+            f"p99 {_pct(commits, 0.99):.2f} ms, max {max(commits):.1f} ms over {len(commits):,} commits"
+        )
+    if args.query_events:
+        try:
+            from benchmarks.spend_query import run_query_benchmark
+        except ImportError:
+            print("top 100 this month: budget.store_bench.run_query_benchmark is not available")
+            return
+        figures = run_query_benchmark(args.query_events, 12, directory)
+        print(
+            f'margins spend "top 100 this month" over {figures["events"]:,.0f} events: '
+            f"p50 {figures['top100_ms_p50']:.1f} ms; baseline (one unpartitioned Parquet file) "
+            f"p50 {figures['baseline_ms_p50']:.1f} ms; target <= 200 ms "
+            f"({'met' if figures['top100_ms_p50'] <= 200 else 'missed'})"
+        )
+    print("\n(one run of each; rerun to see the spread)")
+
+
+def main() -> None:
+    """Print the figures; see the module docstring."""
+    if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
+        _child(sys.argv[1:])
+        return
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=30_000, help="one-event messages")
+    parser.add_argument("--batched-messages", type=int, default=3_000, help="messages of 100 events each")
+    parser.add_argument("--authorizations", type=int, default=5_000, help="at 1,000/s")
+    parser.add_argument("--query-events", type=int, default=10_000_000, help="0 skips the query benchmark")
+    args = parser.parse_args()
+    sys.setswitchinterval(0.001)  # as `margins enforce` does (see budget/cli/enforce.py)
+    with tempfile.TemporaryDirectory(prefix="margins-bench-") as tmp:
+        asyncio.run(_bench(args, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The JSON the enforcer publishes: authorization replies, retained status, alerts, counters.
+
+Amounts are USD as JSON numbers for people and dashboards; the ledger and the store keep exact integer
+nano-dollars, so a rounding here never reaches a sum.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import msgspec
+
+from budget.domain.commands import UserStatus
+from budget.domain.events import LimitCrossed
+from budget.domain.prices import nanos_to_usd
+from budget.mqtt.topics import reply_topic_problem
+
+_json = msgspec.json.Encoder()
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact JSON."""
+    return _json.encode(value)
+
+
+def safe_reply_topic(topic: str | None) -> str | None:
+    """The topic if a reply may be published there (see budget.mqtt.topics.reply_topic_problem), else None."""
+    return topic if topic is not None and reply_topic_problem(topic) is None else None
+
+
+def reply_json(
+    request_id: str | None,
+    decision: str,
+    model: str | None,
+    reservation_id: str | None,
+    remaining_usd: float | None,
+    reason: str,
+) -> bytes:
+    """An authorization answer: allow / degrade (with the model to use) / deny (with why)."""
+    return _json.encode(
+        {
+            "request_id": request_id,
+            "decision": decision,
+            "model": model,
+            "reservation_id": reservation_id,
+            "remaining_usd": remaining_usd,
+            "reason": reason,
+        }
+    )
+
+
+def status_json(status: UserStatus) -> bytes:
+    """A user's retained status on margins/status/<user>."""
+    return _json.encode(
+        {
+            "user_id": status.user_id,
+            "month": status.month,
+            "spent_usd": nanos_to_usd(status.spent_nanos),
+            "reserved_usd": nanos_to_usd(status.reserved_nanos),
+            "cap_usd": nanos_to_usd(status.cap_nanos),
+            "remaining_usd": nanos_to_usd(status.remaining_nanos),
+            "state": status.state,
+            "plan": status.plan,
+            "timezone": status.timezone,
+        }
+    )
+
+
+def alert_json(event: LimitCrossed) -> bytes:
+    """A soft-limit or cap alert on margins/alerts/<user> (once per user, month and limit)."""
+    return _json.encode(
+        {
+            "alert": event.limit,
+            "user_id": event.user_id,
+            "month": event.month,
+            "spent_usd": nanos_to_usd(event.spent_nanos),
+            "reserved_usd": nanos_to_usd(event.reserved_nanos),
+            "cap_usd": nanos_to_usd(event.cap_nanos),
+        }
+    )
+
+
+def counters_text(counters: Counter[str]) -> str:
+    """One log line's worth of counters."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(counters.items())) or "nothing handled"

@@ -1,0 +1,220 @@
+"""Arrow tables of the event store's Parquet segments (layout and commit protocol:
+budget/store/manifest.py)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from budget.domain.events import (
+    EVENT_TYPES,
+    USAGE_COLUMNS,
+    DeadLettered,
+    Event,
+    ReservationDenied,
+    UsageRecorded,
+    event_tag_of,
+)
+from budget.errors import StoreError
+from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Segment, replace_durably
+
+SOURCE_LIVE = "live"
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "VARCHAR": pa.string(),
+    "BIGINT": pa.int64(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+}
+USAGE_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in USAGE_COLUMNS.items()])
+ROLLUP_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in ROLLUP_COLUMNS.items()])
+JOURNAL_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in JOURNAL_COLUMNS.items()])
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write an immutable Parquet segment durably (temp name, fsync, rename, fsync directory)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    replace_durably(tmp, path)
+
+
+def event_month(event: Event) -> str | None:
+    """The month an event belongs to in the journal (its user's month; a dead letter's UTC month)."""
+    month = getattr(event, "month", None)
+    if isinstance(month, str):
+        return month
+    if isinstance(event, DeadLettered | UsageRecorded):
+        return utc_month(event.ts)
+    return None
+
+
+def utc_month(ts: datetime) -> str:
+    """The UTC month of an aware timestamp: where an event without a month of its own is filed."""
+    utc = ts.astimezone(UTC)
+    return f"{utc.year:04d}-{utc.month:02d}"
+
+
+def journal_table(events: Sequence[Event], bodies: Sequence[bytes], first_seq: int) -> pa.Table:
+    """The journal rows of a batch, one per event in append order, built from the event objects (the
+    reference that `batch_tables` must agree with)."""
+    reasons = [
+        e.reason if isinstance(e, DeadLettered | ReservationDenied) else None  # queryable without JSON
+        for e in events
+    ]
+    columns = {
+        "seq": pa.array(range(first_seq, first_seq + len(events)), pa.int64()),
+        "type": pa.array([_TAGS[type(e)] for e in events], pa.string()),
+        "ts": pa.array([e.ts for e in events], _ARROW_TYPES["TIMESTAMPTZ"]),
+        "user_id": pa.array([getattr(e, "user_id", None) for e in events], pa.string()),
+        "month": pa.array([event_month(e) for e in events], pa.string()),
+        "reason": pa.array(reasons, pa.string()),
+        "body": _string_column(bodies),
+    }
+    return pa.table(columns, schema=JOURNAL_SCHEMA)
+
+
+_TAGS = {kind: event_tag_of(kind) for kind in EVENT_TYPES}
+
+
+def _string_column(values: Sequence[bytes]) -> pa.Array:
+    """UTF-8 byte strings -> an Arrow string column built from one buffer (no per-item conversion)."""
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, values), dtype=np.int64, count=len(values)), out=offsets[1:])
+    data = pa.py_buffer(b"".join(values))
+    array = pa.LargeStringArray.from_buffers(len(values), pa.py_buffer(offsets.tobytes()), data)
+    return array.cast(pa.string())
+
+
+def usage_table(usages: Sequence[UsageRecorded]) -> pa.Table:
+    """Usage rows with exactly USAGE_COLUMNS (live rows carry source "live" and run_id ""), built from the
+    event objects (the reference that `batch_tables` must agree with)."""
+    n = len(usages)
+    columns: dict[str, pa.Array] = {}
+    for name, kind in USAGE_COLUMNS.items():
+        if name == "source":
+            values: list[Any] = [SOURCE_LIVE] * n
+        elif name == "run_id":
+            values = [""] * n
+        elif name == "month":
+            values = [u.month or utc_month(u.ts) for u in usages]
+        else:
+            values = [getattr(u, name) for u in usages]
+        columns[name] = pa.array(values, _ARROW_TYPES[kind])
+    return pa.table(columns, schema=USAGE_SCHEMA)
+
+
+# Every field the journal or the usage table needs, as it appears in the events' tagged JSON.
+_PARSE_SCHEMA: dict[str, Any] = {
+    "type": pl.String,
+    "ts": pl.String,
+    "user_id": pl.String,
+    "month": pl.String,
+    "reason": pl.String,
+    **{
+        name: pl.Int64 if kind == "BIGINT" else pl.String
+        for name, kind in USAGE_COLUMNS.items()
+        if name not in ("ts", "user_id", "month", "source", "run_id")
+    },
+}
+
+
+def batch_tables(bodies: Sequence[bytes], first_seq: int) -> tuple[pa.Table, dict[str, pa.Table]]:
+    """The journal table and the usage table of each month of a batch, parsed from the events' JSON in
+    one columnar pass (polars, off the GIL): far faster than walking the event objects."""
+    frame = pl.read_ndjson(io.BytesIO(b"\n".join(bodies)), schema=_PARSE_SCHEMA)
+    ts = pl.col("ts").str.replace(r"Z$", "+00:00")
+    frame = frame.with_columns(ts.str.to_datetime(_TS_FORMAT, time_unit="us", time_zone="UTC").alias("ts"))
+    filed_by_ts = pl.col("type").is_in(["dead_lettered", "usage_recorded"])
+    frame = frame.with_columns(
+        pl.coalesce(pl.col("month"), pl.when(filed_by_ts).then(pl.col("ts").dt.strftime("%Y-%m"))).alias(
+            "month"
+        )
+    )
+    journal = pa.table(
+        {
+            "seq": pa.array(np.arange(first_seq, first_seq + len(bodies), dtype=np.int64)),
+            "type": frame["type"].to_arrow(),
+            "ts": frame["ts"].to_arrow(),
+            "user_id": frame["user_id"].to_arrow(),
+            "month": frame["month"].to_arrow(),
+            "reason": frame["reason"].to_arrow(),
+            "body": _string_column(bodies),
+        }
+    ).cast(JOURNAL_SCHEMA)
+    usage = frame.filter(pl.col("type") == "usage_recorded").with_columns(
+        pl.lit(SOURCE_LIVE).alias("source"), pl.lit("").alias("run_id")
+    )
+    by_month: dict[str, pa.Table] = {}
+    for (month,), part in usage.select(list(USAGE_COLUMNS)).partition_by("month", as_dict=True).items():
+        by_month[str(month)] = part.to_arrow().cast(USAGE_SCHEMA)
+    return journal, by_month
+
+
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
+
+_event_list_decoder: msgspec.json.Decoder[list[Event]] = msgspec.json.Decoder(list[Event])
+
+
+def decode_bodies(bodies: Sequence[str]) -> list[Event]:
+    """Decode many journal bodies at once (one JSON array: far faster than one call per event)."""
+    if not bodies:
+        return []
+    return _event_list_decoder.decode(("[" + ",".join(bodies) + "]").encode())
+
+
+def read_journal_bodies(root: Path, segment: Segment) -> list[str]:
+    """A journal segment's bodies in seq order."""
+    table = pq.read_table(root / segment.file, columns=["seq", "body"])
+    if table.num_rows and table.column("seq")[0].as_py() != segment.first:
+        raise StoreError(str(root), f"{segment.file} does not start at seq {segment.first}")
+    bodies: list[str] = table.column("body").to_pylist()
+    return bodies
+
+
+def rollup_table(usage: pa.Table) -> pa.Table:
+    """Usage rows summed per (user, month)."""
+    grouped = usage.group_by(["user_id", "month"], use_threads=False).aggregate(
+        [
+            ("cost_nanos", "sum"),
+            ("cost_nanos", "count"),
+            ("input_tokens", "sum"),
+            ("output_tokens", "sum"),
+        ]
+    )
+    names = [
+        "user_id",
+        "month",
+        "cost_nanos_sum",
+        "cost_nanos_count",
+        "input_tokens_sum",
+        "output_tokens_sum",
+    ]
+    return pa.table(
+        [grouped.column(n).cast(f.type) for n, f in zip(names, ROLLUP_SCHEMA, strict=True)], ROLLUP_SCHEMA
+    )
+
+
+def merge_rollups(table: pa.Table) -> pa.Table:
+    """Concatenated rollups summed again per (user, month)."""
+    grouped = table.group_by(["user_id", "month"], use_threads=False).aggregate(
+        [(name, "sum") for name in ("spent_nanos", "events", "input_tokens", "output_tokens")]
+    )
+    names = ["user_id", "month", "spent_nanos_sum", "events_sum", "input_tokens_sum", "output_tokens_sum"]
+    return pa.table(
+        [grouped.column(n).cast(f.type) for n, f in zip(names, ROLLUP_SCHEMA, strict=True)], ROLLUP_SCHEMA
+    )
+
+
+def merge_tables(root: Path, segments: Sequence[Segment], schema: pa.Schema) -> pa.Table:
+    """Concatenate segments in seq order (for compaction)."""
+    ordered = sorted(segments, key=lambda s: s.first)
+    return pa.concat_tables([pq.read_table(root / s.file, schema=schema) for s in ordered])

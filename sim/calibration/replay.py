@@ -1,0 +1,73 @@
+"""Replay a trace through the cost levers: the same engine and figures as `simulate`, one level = the trace.
+
+Without a policies file the replay is a pass-through: every lever off, no injected failures (error,
+timeout and bad-completion rates 0, rate limits out of reach), one model. Its cost is then exactly the
+trace's tokens at that model's prices -- the baseline every what-if on this traffic is measured against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from budget.domain.prices import PriceCatalog, default_catalog
+from sim.errors import ScenarioError
+from sim.io.traces import TraceRows, to_traffic
+from sim.model import engine
+from sim.model.forecast import Forecast, summarize
+from sim.model.run import RunResult
+from sim.model.scenario import Scenario
+from sim.model.scenario_checks import parse_scenario
+
+DEFAULT_MODEL = "gpt-4o-mini"
+# Limits far above any trace's load, so the pass-through never rate-limits (rpm/tpm are per minute).
+UNBOUND_RPM = 10**9
+UNBOUND_TPM = 10**12
+
+
+def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCatalog]:
+    """Every lever off, no failures, one model: the trace's own cost."""
+    if model not in default_catalog():
+        raise ScenarioError(
+            "--model", "model", f"unknown model {model!r}; known: {', '.join(default_catalog().models)}"
+        )
+    provider: dict[str, Any] = {
+        "error_rate": 0.0,
+        "timeout_rate": 0.0,
+        "bad_completion_rate": 0.0,
+        "rpm": UNBOUND_RPM,
+        "tpm": UNBOUND_TPM,
+    }
+    table = {"name": "passthrough", "router": {"model": model}, "providers": {model: provider}}
+    return parse_scenario(table, "(pass-through)")
+
+
+def replay(
+    rows: TraceRows, scenario: Scenario, catalog: PriceCatalog, seed: int = 1
+) -> tuple[RunResult, Forecast]:
+    """Run the trace through the scenario's levers; returns the run and its figures as a one-level forecast.
+
+    The trace has no difficulty labels: requests are drawn hard with the scenario's prompts.hard_share
+    (this only moves quality and a router's choices, never the pass-through's cost).
+    """
+    hard = np.random.default_rng([seed, rows.requests]).random(rows.requests) < scenario.prompts.hard_share
+    traffic = to_traffic(rows, scenario.cache.exact.scope, hard)
+    run = engine.simulate(scenario, catalog, traffic.mau, traffic.days, seed, traffic=traffic)
+    summary = summarize(run)
+    name = f"{scenario.name} on {rows.path}"
+    result = Forecast(name, seed, traffic.days, 1, [summary], [{"replication": 0, **summary}])
+    return run, result
+
+
+def prompt_cache_figures(run: RunResult) -> dict[str, float]:
+    """How much of the billed input the provider's prompt cache read and wrote (shares of billed input)."""
+    billed = int(run.attempts.column("billed_input").sum())
+    read = int(run.attempts.column("billed_cached").sum())
+    wrote = int(run.attempts.column("billed_write").sum())
+    return {
+        "cached_input_tokens": read,
+        "cache_write_tokens": wrote,
+        "cached_input_share": read / billed if billed else 0.0,
+        "cache_write_share": wrote / billed if billed else 0.0,
+    }

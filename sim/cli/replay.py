@@ -1,0 +1,65 @@
+"""`margins replay`: a trace through the cost levers, with the same figures as `simulate`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from sim.cli.common import fail
+from sim.io.traces import FORMATS
+
+
+@click.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option(
+    "--trace-format",
+    help=f"The trace's format: {' | '.join(FORMATS)} (default: told from the file's first line)",
+)
+@click.option(
+    "--policies",
+    type=click.Path(dir_okay=False),
+    help="A scenario TOML whose levers (caches, router, providers, retries, streaming) to replay through",
+)
+@click.option("--model", help="The one model of the pass-through (default gpt-4o-mini; not with --policies)")
+@click.option(
+    "--seed", type=int, default=1, show_default=True, help="Seed of the injected failures and draws"
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def replay(
+    trace: str, trace_format: str | None, policies: str | None, model: str | None, seed: int, fmt: str
+) -> None:
+    """Replay TRACE (real arrival times and token counts) and print the same figures as `simulate`.
+
+    Without --policies every lever is off and nothing fails: the trace's own cost at --model's prices.
+    """
+    from sim.calibration.replay import DEFAULT_MODEL, passthrough_scenario, prompt_cache_figures
+    from sim.calibration.replay import replay as run_replay
+    from sim.errors import SimError
+    from sim.io.scenarios import load_scenario
+    from sim.io.traces import read_trace
+    from sim.workbench import render
+
+    if policies is not None and model is not None:
+        fail("--model is for the pass-through; with --policies the file's [router] names the models")
+    try:
+        rows = read_trace(trace, trace_format)
+        if policies is not None:
+            scenario, catalog = load_scenario(policies)
+        else:
+            scenario, catalog = passthrough_scenario(model or DEFAULT_MODEL)
+        run, result = run_replay(rows, scenario, catalog, seed)
+    except SimError as error:
+        fail(str(error))
+    if fmt == "json":
+        report = result.to_json()
+        report["trace"] = {
+            "path": trace,
+            "format": rows.format,
+            "span_s": float(rows.t.max()),
+            "exact_repeats": rows.exact_repeats,
+        }
+        report["prompt_cache"] = prompt_cache_figures(run)
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(render.forecast_table(result))

@@ -1,0 +1,1 @@
+"""The simulator's edges: users' files (scenarios, traces), figures, and the forecast database."""

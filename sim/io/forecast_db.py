@@ -1,0 +1,159 @@
+"""Write forecasts into DuckDB: the run's UsageRecorded events and its summary tables.
+
+The `usage` table has exactly the enforcer's columns (budget.events.USAGE_COLUMNS), so one query answers
+"what did we spend" (source = 'live') and "what would we have spent" (source = 'sim:<scenario>').
+Millions of events go in as Arrow batches, never row by row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import polars as pl
+
+from budget.domain.events import USAGE_COLUMNS
+from sim.model.forecast import Forecast, flatten
+from sim.model.policies.outcomes import OUTCOME_NAMES
+from sim.model.run import RunResult, Served
+
+ROWS_PER_BATCH = 500_000  # Arrow batches into DuckDB: fast, and the strings of one batch at a time
+# Layer code per row: 0 none (a provider attempt), then the layer that served the answer.
+_LAYER_NAMES = {0: None, 1: "exact", 2: "semantic", 3: "fragment"}
+_LAYER_OF = {Served.EXACT: 1, Served.SEMANTIC: 2, Served.FALSE_HIT: 2}
+
+
+class ForecastWriter:
+    """Appends runs to a DuckDB file (created with its tables when new)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.connection = duckdb.connect(str(path))
+        columns = ", ".join(f"{name} {kind}" for name, kind in USAGE_COLUMNS.items())
+        self.connection.execute(f"CREATE TABLE IF NOT EXISTS usage ({columns})")
+        self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS forecast_runs (run_id VARCHAR, scenario VARCHAR, seed BIGINT, "
+            "mau BIGINT, replication BIGINT, days BIGINT, written_at TIMESTAMPTZ, figures JSON)"
+        )
+
+    def write_run(self, run: RunResult) -> str:
+        """Store one run's usage events; returns its run id."""
+        run_id = run_key(run.scenario.name, run.seed, run.traffic.mau, run.replication)
+        self.connection.execute("DELETE FROM usage WHERE run_id = ?", [run_id])
+        compact = usage_frame(run, run_id)
+        for offset in range(0, compact.height, ROWS_PER_BATCH):
+            rows = usage_rows(run, run_id, compact.slice(offset, ROWS_PER_BATCH), offset)
+            self.connection.register("usage_batch", rows.to_arrow())
+            self.connection.execute(f"INSERT INTO usage SELECT {', '.join(USAGE_COLUMNS)} FROM usage_batch")
+            self.connection.unregister("usage_batch")
+        return run_id
+
+    def write_forecast(self, forecast: Forecast) -> None:
+        """One row per (MAU level, replication) with every figure as JSON, plus the flat `forecasts` view."""
+        now = dt.datetime.now(dt.UTC)
+        for summary in forecast.runs:
+            run_id = run_key(forecast.scenario, forecast.seed, summary["mau"], summary["replication"])
+            self.connection.execute("DELETE FROM forecast_runs WHERE run_id = ?", [run_id])
+            self.connection.execute(
+                "INSERT INTO forecast_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    forecast.scenario,
+                    forecast.seed,
+                    summary["mau"],
+                    summary["replication"],
+                    forecast.days,
+                    now,
+                    json.dumps(flatten(summary)),
+                ],
+            )
+        self.connection.execute(
+            "CREATE OR REPLACE VIEW forecasts AS SELECT run_id, scenario, seed, mau, replication, days, "
+            "CAST(figures->>'cost_usd' AS DOUBLE) AS cost_usd, "
+            "CAST(figures->>'cost_per_session_usd' AS DOUBLE) AS cost_per_session_usd, "
+            "CAST(figures->>'cost_per_user_month_usd.p90' AS DOUBLE) AS cost_per_user_month_p90_usd, "
+            "CAST(figures->>'quality' AS DOUBLE) AS quality, figures FROM forecast_runs"
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def run_key(scenario: str, seed: int, mau: int, replication: int) -> str:
+    """The id that ties a run's usage rows to its figures; rewriting the same run replaces it."""
+    return f"{scenario}-s{seed}-m{mau}-r{replication}"
+
+
+def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
+    """The run as compact UsageRecorded rows: codes and numbers (see usage_rows for the table's form).
+
+    One row per provider attempt, one per answer served from a cache layer.
+    """
+    traffic = run.traffic
+    log = run.attempts
+    attempt_request = traffic.call_request[log.column("call").astype(np.int64)]
+    cached = np.flatnonzero(np.isin(run.served, list(_LAYER_OF)))
+    fragment_calls = np.flatnonzero(traffic.call_deterministic & run.fragment_hit[traffic.call_request])
+    fragment_requests = traffic.call_request[fragment_calls]
+    request = np.concatenate([attempt_request, cached, fragment_requests])
+    zeros = np.zeros(request.size - attempt_request.size, dtype=np.int64)
+    served_layer = np.zeros(Served.FAILED + 1, dtype=np.int64)
+    for served, code in _LAYER_OF.items():
+        served_layer[served] = code
+    return pl.DataFrame(
+        {
+            "user": traffic.user[request],
+            "micros": (
+                np.concatenate([log.column("t"), traffic.t[cached], traffic.t[fragment_requests]]) * 1e6
+            ).astype(np.int64),
+            "model_code": np.concatenate(
+                [
+                    log.column("model").astype(np.int64),
+                    run.request_model[cached],
+                    run.request_model[fragment_requests],
+                ]
+            ),
+            "input_tokens": np.concatenate([log.column("billed_input").astype(np.int64), zeros]),
+            "output_tokens": np.concatenate([log.column("billed_output").astype(np.int64), zeros]),
+            "cached_input_tokens": np.concatenate([log.column("billed_cached").astype(np.int64), zeros]),
+            "cache_write_tokens": np.concatenate([log.column("billed_write").astype(np.int64), zeros]),
+            "outcome_code": np.concatenate(
+                [log.column("outcome").astype(np.int64), np.full(zeros.size, len(OUTCOME_NAMES))]
+            ),
+            "layer_code": np.concatenate(
+                [
+                    np.zeros(attempt_request.size, dtype=np.int64),
+                    served_layer[run.served[cached]],
+                    np.full(fragment_requests.size, 3),
+                ]
+            ),
+            "cost_nanos": np.concatenate([log.column("cost_nanos").astype(np.int64), zeros]),
+        }
+    )
+
+
+def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) -> pl.DataFrame:
+    """A slice of the compact rows in the usage table's columns (strings are made per slice: memory)."""
+    start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
+    ts = pl.lit(start) + pl.duration(microseconds=pl.col("micros"))
+    outcomes = dict(enumerate((*OUTCOME_NAMES, "cache_hit")))
+    return compact.select(
+        (pl.lit(f"{run_id}-") + (pl.int_range(pl.len()) + offset).cast(pl.Utf8)).alias("event_id"),
+        (pl.lit("u") + pl.col("user").cast(pl.Utf8)).alias("user_id"),
+        ts.alias("ts"),
+        ts.dt.strftime("%Y-%m").alias("month"),
+        pl.col("model_code").replace_strict(dict(enumerate(run.models)), return_dtype=pl.Utf8).alias("model"),
+        pl.lit("chat").alias("feature"),
+        "input_tokens",
+        "cached_input_tokens",
+        "cache_write_tokens",
+        "output_tokens",
+        pl.col("outcome_code").replace_strict(outcomes, return_dtype=pl.Utf8).alias("outcome"),
+        pl.col("layer_code").replace_strict(_LAYER_NAMES, return_dtype=pl.Utf8).alias("cache_layer"),
+        pl.lit(None, dtype=pl.Utf8).alias("reservation_id"),
+        "cost_nanos",
+        pl.lit(f"sim:{run.scenario.name}").alias("source"),
+        pl.lit(run_id).alias("run_id"),
+    )

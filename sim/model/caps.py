@@ -1,0 +1,359 @@
+"""Caps in the forecast: a scenario's per-user monthly cap, applied with the enforcer's own ledger.
+
+Every request that needs a model call authorizes its worst case with `budget.ledger.Ledger` before its
+calls and settles with what its attempts billed; a denied request is not sent (it scores
+`quality.denied`), a degraded one is answered by `cap.degrade_model`. The decisions are the real
+ledger's, made in time order per user, with reservations held while requests are in flight.
+
+Exact and fast: the ledger can only refuse a request when the user's settled spend plus the worst cases
+in flight would pass the cap. Settled spend never exceeds the user's uncapped total, so a user whose
+uncapped total plus the largest sum of worst cases ever in flight at once stays within the cap is
+granted everything -- the ledger would change nothing, and only the other users are replayed through
+it. (A plain "under the soft limit" test is not enough: one large worst case can overflow the headroom
+above it.) The same reasoning skips the opening stretch of a replayed user's month: until the first
+request that might not fit, everything is granted, so the ledger takes that stretch as one settled usage
+per model and decides the rest request by request. Tests hold both shortcuts to a full replay.
+
+A run shorter than the month gets the cap pro rata (cap x days / 30), as its spend is extrapolated by
+30 / days. Stated simplifications: a degraded request keeps its attempts (outcomes and tokens),
+repriced at the cheaper model and scored at that model's quality; a denied request's calls are removed,
+but the rate windows and caches are not replayed without them (the capacity a cap frees is not given to
+other requests, and a cache entry its miss stored still serves later requests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from budget.domain.config import EnforcerConfig, Plan, usd_to_nanos
+from budget.domain.events import ReservationDenied, ReservationGranted, UsageRecorded
+from budget.domain.ledger import Authorize, Ledger, RecordUsage
+from budget.domain.prices import PriceCatalog
+from sim.model.attempts import AttemptLog
+from sim.model.policies import retry
+from sim.model.policies.outcomes import BAD_SERVED
+from sim.model.run import CACHE_ANSWERS, CapDecision, CapEffect, RunResult, Served, calls_needing_model
+from sim.model.scenario import Cap
+from sim.model.traffic import MONTH_DAYS
+
+# The ledger folds spend by calendar month; the forecast's user-month is the run. A 31-day month keeps a
+# whole run (at most 30 days, plus the last requests' retries) in one ledger month.
+LEDGER_MONTH_START = datetime(2026, 1, 1, tzinfo=UTC)
+# Reservations settle when their request finishes; a TTL of a day never expires one early.
+RESERVATION_TTL_S = 86_400
+
+
+def enforcer_config(cap: Cap, cap_nanos: int) -> EnforcerConfig:
+    """The enforcer's config for a scenario's cap (one plan for every user)."""
+    return EnforcerConfig(
+        default_plan=Plan(
+            name="forecast",
+            cap_nanos=cap_nanos,
+            at_cap=cap.action,
+            degrade_model=cap.degrade_model,
+            soft_threshold_pct=max(1, round(cap.soft_threshold * 100)),
+        ),
+        reservation_ttl_s=RESERVATION_TTL_S,
+        source="scenario [cap]",
+    )
+
+
+def run_cap_nanos(cap: Cap, days: int) -> int:
+    """The cap for a run of `days` days: the monthly cap pro rata, in whole nano-dollars (rounded down)."""
+    monthly = usd_to_nanos(str(cap.monthly_usd), "scenario", "cap.monthly_usd")
+    return monthly if days >= MONTH_DAYS else monthly * days // MONTH_DAYS
+
+
+def apply_cap(run: RunResult, catalog: PriceCatalog, replay_all: bool = False) -> RunResult:
+    """The run as the scenario's cap would have shaped it. `replay_all` sends every user and every
+    request through the ledger one by one (for tests: the result must be the same)."""
+    scenario = run.scenario
+    cap = scenario.cap
+    if cap is None:
+        return run
+    requests = _Requests.of(run, catalog)
+    cap_nanos = run_cap_nanos(cap, run.traffic.days)
+    if replay_all:
+        replay = np.unique(run.traffic.user[requests.has_call])
+    else:
+        replay = _users_who_may_meet_the_cap(run, requests, cap_nanos)
+    config = enforcer_config(cap, cap_nanos)
+    decision, cost = _replay(run, requests, catalog, config, replay, skip_prefix=not replay_all)
+    return _shaped(run, catalog, requests, decision, cost, cap_nanos, int(replay.size))
+
+
+@dataclass(frozen=True, slots=True)
+class _Requests:
+    """Per request: its model calls' worst case, what its attempts billed, and when it finished."""
+
+    has_call: np.ndarray
+    max_input: np.ndarray
+    max_output: np.ndarray
+    worst_nanos: np.ndarray
+    billed_input: np.ndarray
+    billed_output: np.ndarray
+    finished: np.ndarray
+    attempt_request: np.ndarray
+
+    @classmethod
+    def of(cls, run: RunResult, catalog: PriceCatalog) -> _Requests:
+        traffic, log = run.traffic, run.attempts
+        n = traffic.requests
+        cached = np.isin(run.served, CACHE_ANSWERS)
+        needed = calls_needing_model(traffic, cached, run.fragment_hit)
+        owner = traffic.call_request[needed]
+        # A call bills at most every token on each attempt: the first, every retry the policy allows,
+        # and one regeneration of a bad completion. That bound is the worst case an app reserves.
+        attempts = retry.retry_limit(run.scenario.retry) + 2
+        max_input = sum_by(owner, traffic.input_tokens[needed], n) * attempts
+        max_output = sum_by(owner, traffic.output_tokens[needed], n) * attempts
+        prices = [catalog[model] for model in run.models]
+        per_input = np.array([max(p.input, p.cached_input, p.cache_write) for p in prices], dtype=np.int64)
+        per_output = np.array([p.output for p in prices], dtype=np.int64)
+        worst = max_input * per_input[run.request_model] + max_output * per_output[run.request_model]
+        attempt_request = traffic.call_request[log.column("call").astype(np.int64)]
+        finished = traffic.t.copy()
+        np.maximum.at(finished, attempt_request, log.column("finished_at"))
+        return cls(
+            has_call=np.bincount(owner, minlength=n) > 0,
+            max_input=max_input,
+            max_output=max_output,
+            worst_nanos=worst,
+            billed_input=sum_by(attempt_request, log.column("billed_input").astype(np.int64), n),
+            billed_output=sum_by(attempt_request, log.column("billed_output").astype(np.int64), n),
+            finished=finished,
+            attempt_request=attempt_request,
+        )
+
+
+def sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """Int64 totals of `values` per `index` in 0..n-1 (e.g. nano-dollars per user)."""
+    total = np.zeros(n, dtype=np.int64)
+    np.add.at(total, index, values.astype(np.int64))
+    return total
+
+
+def _users_who_may_meet_the_cap(run: RunResult, requests: _Requests, cap_nanos: int) -> np.ndarray:
+    """Users whose uncapped spend plus the most they ever have reserved at once could pass the cap."""
+    traffic = run.traffic
+    spent = sum_by(traffic.user, run.cost_nanos, traffic.mau)
+    rows = np.flatnonzero(requests.has_call)
+    user = np.concatenate([traffic.user[rows], traffic.user[rows]])
+    time = np.concatenate([traffic.t[rows], requests.finished[rows]])
+    delta = np.concatenate([requests.worst_nanos[rows], -requests.worst_nanos[rows]])
+    order = np.lexsort((-delta, time, user))  # at equal times, count a reservation before a release
+    user, delta = user[order], delta[order]
+    first = np.r_[True, user[1:] != user[:-1]]
+    running = _cumsum_by_group(delta, first)  # reserved at once, per user
+    peak = np.zeros(traffic.mau, dtype=np.int64)
+    np.maximum.at(peak, user, running)
+    return np.flatnonzero(spent + peak > cap_nanos)
+
+
+def _group_base(before: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """For each position, the running total just before its group started."""
+    start = np.maximum.accumulate(np.where(first, np.arange(first.size), 0))
+    based: np.ndarray = before[start]
+    return based
+
+
+def _replay(
+    run: RunResult,
+    requests: _Requests,
+    catalog: PriceCatalog,
+    config: EnforcerConfig,
+    users: np.ndarray,
+    skip_prefix: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Authorize and settle the requests of `users` through the ledger, in time order per user.
+
+    With `skip_prefix`, each user's opening stretch in which the ledger provably grants everything (up to
+    the last moment with nothing reserved before the first request that might not fit) goes to the ledger
+    as one settled usage per model instead of request by request: its spend is the same, exactly.
+    """
+    traffic = run.traffic
+    decision = np.zeros(traffic.requests, dtype=np.int64)
+    cost = run.cost_nanos.copy()
+    ledger = Ledger(config, catalog)
+    rows = np.flatnonzero(requests.has_call & np.isin(traffic.user, users))
+    # One stream of (user, time, kind, request): settlements (kind 0) before authorizations at one instant.
+    user = np.concatenate([traffic.user[rows], traffic.user[rows]])
+    time = np.concatenate([requests.finished[rows], traffic.t[rows]])
+    kind = np.concatenate([np.zeros(rows.size, dtype=np.int64), np.ones(rows.size, dtype=np.int64)])
+    request = np.concatenate([rows, rows])
+    order = np.lexsort((request, kind, time, user))
+    user, time, kind, request = user[order], time[order], kind[order], request[order]
+    name = run.scenario.name
+    if skip_prefix and request.size:
+        prefix = _granted_prefix(user, kind, request, requests.worst_nanos, run.cost_nanos, config)
+        _settle_prefix(ledger, run, requests, user[prefix], time[prefix], kind[prefix], request[prefix])
+        user, time, kind, request = user[~prefix], time[~prefix], kind[~prefix], request[~prefix]
+    granted: dict[int, ReservationGranted] = {}
+    # Plain Python values up front: the loop below is the slow part, one ledger call per step.
+    user_ids = [f"u{u}" for u in range(traffic.mau)]
+    owner = traffic.user.tolist()
+    model_names = [run.models[m] for m in run.request_model.tolist()]
+    max_input, max_output = requests.max_input.tolist(), requests.max_output.tolist()
+    billed_input, billed_output = requests.billed_input.tolist(), requests.billed_output.tolist()
+    for r, k, seconds in zip(request.tolist(), kind.tolist(), time.tolist(), strict=True):
+        now = LEDGER_MONTH_START + timedelta(seconds=seconds)
+        user_id = user_ids[owner[r]]
+        if k == 1:
+            ledger.apply_all(ledger.expire_due(now))
+            command = Authorize(
+                request_id=str(r),
+                user_id=user_id,
+                model=model_names[r],
+                max_input_tokens=max_input[r],
+                max_output_tokens=max_output[r],
+            )
+            verdict = ledger.execute(command, now)[0]  # the grant or denial comes first
+            if isinstance(verdict, ReservationGranted):
+                granted[r] = verdict
+                decision[r] = CapDecision.DEGRADED if verdict.decision == "degrade" else CapDecision.ALLOWED
+            else:
+                assert isinstance(verdict, ReservationDenied), verdict
+                decision[r], cost[r] = CapDecision.DENIED, 0
+        elif r in granted:
+            reservation = granted.pop(r)
+            usage = RecordUsage(
+                event_id=f"{name}-{r}",
+                user_id=user_id,
+                ts=now,
+                model=reservation.model,
+                input_tokens=billed_input[r],
+                output_tokens=billed_output[r],
+                reservation_id=reservation.reservation_id,
+            )
+            settled = ledger.execute(usage, now)[0]
+            assert isinstance(settled, UsageRecorded), settled
+            cost[r] = settled.cost_nanos
+    return decision, cost
+
+
+def _granted_prefix(
+    user: np.ndarray,
+    kind: np.ndarray,
+    request: np.ndarray,
+    worst: np.ndarray,
+    actual: np.ndarray,
+    config: EnforcerConfig,
+) -> np.ndarray:
+    """Events (sorted per user in time) before which nothing can be refused, ending with nothing reserved.
+
+    While every request is granted, the ledger holds spent = the settled requests' cost and reserved =
+    the open requests' worst cases; a request is granted as asked when spent + reserved + its worst case
+    is within the cap. So everything up to the first request where that sum passes the cap is granted as
+    the uncapped run made it; the prefix stops at the last settlement before it that leaves nothing open.
+    """
+    settle = kind == 0
+    first = np.r_[True, user[1:] != user[:-1]]
+    spent = _cumsum_by_group(np.where(settle, actual[request], 0), first)
+    reserved = _cumsum_by_group(np.where(settle, -worst[request], worst[request]), first)
+    may_refuse = ~settle & (spent + reserved > config.default_plan.cap_nanos)
+    refused_yet = _cumsum_by_group(may_refuse.astype(np.int64), first) > 0
+    quiet = settle & (reserved == 0) & ~refused_yet
+    group = np.cumsum(first) - 1
+    last_quiet = np.full(int(group[-1]) + 1, -1, dtype=np.int64)
+    index = np.arange(user.size)
+    np.maximum.at(last_quiet, group[quiet], index[quiet])
+    in_prefix: np.ndarray = index <= last_quiet[group]
+    return in_prefix
+
+
+def _cumsum_by_group(values: np.ndarray, first: np.ndarray) -> np.ndarray:
+    running = np.cumsum(values)
+    within: np.ndarray = running - _group_base(running - values, first)
+    return within
+
+
+def _settle_prefix(
+    ledger: Ledger,
+    run: RunResult,
+    requests: _Requests,
+    user: np.ndarray,
+    time: np.ndarray,
+    kind: np.ndarray,
+    request: np.ndarray,
+) -> None:
+    """Record each user's prefix as one usage per model (tokens summed: cost is linear in them)."""
+    settled = request[kind == 0]
+    if settled.size == 0:
+        return
+    models = len(run.models)
+    key = run.traffic.user[settled] * models + run.request_model[settled]
+    keys, inverse = np.unique(key, return_inverse=True)
+    inputs = np.bincount(inverse, weights=requests.billed_input[settled]).astype(np.int64)
+    outputs = np.bincount(inverse, weights=requests.billed_output[settled]).astype(np.int64)
+    last = np.zeros(run.traffic.mau)
+    np.maximum.at(last, user, time)
+    for k, tokens_in, tokens_out in zip(keys.tolist(), inputs.tolist(), outputs.tolist(), strict=True):
+        owner, model = divmod(k, models)
+        ts = LEDGER_MONTH_START + timedelta(seconds=float(last[owner]))
+        ledger.execute(
+            RecordUsage(
+                event_id=f"{run.scenario.name}-u{owner}-{run.models[model]}-prefix",
+                user_id=f"u{owner}",
+                ts=ts,
+                model=run.models[model],
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+            ),
+            ts,
+        )
+
+
+def _shaped(
+    run: RunResult,
+    catalog: PriceCatalog,
+    requests: _Requests,
+    decision: np.ndarray,
+    cost: np.ndarray,
+    cap_nanos: int,
+    users_replayed: int,
+) -> RunResult:
+    scenario = run.scenario
+    denied, degraded = decision == CapDecision.DENIED, decision == CapDecision.DEGRADED
+    models, request_model = run.models, run.request_model.copy()
+    log = run.attempts
+    outcome = log.column("outcome").astype(np.int64)
+    served_bad = np.zeros(run.traffic.requests, dtype=bool)
+    served_bad[requests.attempt_request[outcome == BAD_SERVED]] = True
+    quality = run.quality.copy()
+    columns = {name: log.column(name) for name in log.parts}
+    if degraded.any():
+        cheaper = scenario.cap.degrade_model if scenario.cap else None
+        assert cheaper is not None  # the ledger degrades only to the plan's degrade_model
+        if cheaper not in models:
+            models = (*models, cheaper)
+        index = models.index(cheaper)
+        request_model[degraded] = index
+        answered = degraded & (run.served == Served.MODEL) & ~served_bad
+        scores = scenario.quality_of(cheaper)
+        quality[answered] = np.where(run.traffic.hard[answered], scores.hard, scores.easy)
+        moved = degraded[requests.attempt_request]
+        price = catalog[cheaper]
+        columns["model"] = np.where(moved, index, columns["model"])
+        columns["cost_nanos"] = np.where(
+            moved,
+            columns["billed_input"] * price.input + columns["billed_output"] * price.output,
+            columns["cost_nanos"],
+        )
+    quality[denied] = scenario.quality.denied
+    kept = ~denied[requests.attempt_request]
+    served = np.where(denied, Served.DENIED, run.served)
+    return replace(
+        run,
+        models=models,
+        request_model=request_model,
+        served=served,
+        cost_nanos=cost,
+        quality=quality,
+        ttft_s=np.where(denied, np.nan, run.ttft_s),
+        fallback=run.fallback & ~denied,
+        attempts=AttemptLog({name: [values[kept]] for name, values in columns.items()}),
+        cap=CapEffect(decision, run.cost_nanos, run.quality, cap_nanos, users_replayed),
+    )

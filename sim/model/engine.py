@@ -1,0 +1,292 @@
+"""The fast path: one run of a scenario at one MAU level, in vectorized batches inside a SimPy clock.
+
+traffic -> cache layers -> router -> calls -> provider attempts (rate windows, retries, queues) per tick ->
+per-request outcome, cost, quality and time to first token. SimPy owns the clock: one process steps it a
+tick (a simulated day) at a time, and each tick's attempts are made in vectorized rounds
+(sim/model/attempts.py). The per-request reference (sim/model/reference.py) plays the same rules one
+request at a time; tests hold the two to the same totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import simpy
+
+from budget.domain.prices import PriceCatalog
+from sim.model import traffic as traffic_module
+from sim.model.attempts import AttemptLog, CallSheet, Pending, RateWindows
+from sim.model.caps import apply_cap
+from sim.model.policies import cache, prompt_cache, provider, retry, router
+from sim.model.policies.outcomes import BAD_SERVED
+from sim.model.randomness import streams_for
+from sim.model.run import RunResult, Served, calls_needing_model
+from sim.model.scenario import Scenario
+from sim.model.tick import TickRunner
+from sim.model.traffic import SECONDS_PER_DAY, Traffic
+
+TICK_S = SECONDS_PER_DAY
+# Rate windows are kept this many days past the simulated month: retries and queued calls of its last
+# day land there.
+RATE_HORIZON_DAYS = 2
+EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
+
+
+def simulate(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int = 0,
+    traffic: Traffic | None = None,
+) -> RunResult:
+    """Run the scenario once at `mau` users for `days` days.
+
+    `traffic` replaces the drawn traffic (a replayed trace, sim/io/traces.py); then its own mau and days hold.
+    """
+    streams = streams_for(seed, mau, replication)
+    if traffic is None:
+        traffic = traffic_module.generate(scenario, mau, days, streams)
+    days = traffic.days
+    n = traffic.requests
+    exact, semantic, fragment = cache_layers(scenario, traffic, streams.cache)
+    request_model = router.route(scenario.router, traffic.hard, streams.router.random(n))
+    table = provider.ProviderTable.of(scenario)
+    answered_by_cache = exact | semantic.true_hit | semantic.false_hit
+    needed = calls_needing_model(traffic, answered_by_cache, fragment)
+    call_ids = np.flatnonzero(needed)
+    call_model = request_model.astype(np.int8)[traffic.call_request]  # model codes are small
+    start = (
+        traffic.t[traffic.call_request[call_ids]]
+        + _chain_offsets(traffic, table, call_model, needed)[call_ids]
+    )
+    sheet = CallSheet(
+        model=call_model,
+        input_tokens=traffic.input_tokens,
+        output_tokens=traffic.output_tokens,
+        input_price=np.array([catalog[m].input for m in scenario.models], dtype=np.int64),
+        output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
+        **prompt_cache_sheet(scenario, catalog, traffic, call_model),
+    )
+    log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days)
+    served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
+    quality = quality_scores(scenario, request_model, traffic.hard, served, bad_served)
+    result = RunResult(
+        scenario=scenario,
+        seed=seed,
+        replication=replication,
+        traffic=traffic,
+        models=scenario.models,
+        request_model=request_model,
+        served=served,
+        fragment_hit=fragment,
+        cost_nanos=cost,
+        quality=quality,
+        ttft_s=ttft,
+        fallback=fallback,
+        attempts=log,
+        rounds=rounds,
+    )
+    if scenario.cap is None:
+        return result
+    return apply_cap(result, catalog)
+
+
+def prompt_cache_sheet(
+    scenario: Scenario, catalog: PriceCatalog, traffic: Traffic, call_model: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts."""
+    if not any(scenario.provider(m).prompt_cache for m in scenario.models):
+        return {}
+    cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
+    return {
+        "cached_input": cached,
+        "cache_write": write,
+        "cached_price": np.array([catalog[m].cached_input for m in scenario.models], dtype=np.int64),
+        "write_price": np.array([catalog[m].cache_write for m in scenario.models], dtype=np.int64),
+    }
+
+
+def cache_layers(
+    scenario: Scenario, traffic: Traffic, rng: np.random.Generator
+) -> tuple[np.ndarray, cache.LayerHits, np.ndarray]:
+    """Exact hits, semantic hits (true and false) among exact misses, and fragment hits among the rest.
+
+    `rng` is the run's cache stream: three uniforms per request, a row of them per use (the exact
+    layer's, then the semantic layer's true- and false-hit draws), all drawn into one buffer -- the same
+    numbers as one (3, requests) draw, without two more arrays of that size.
+    """
+    n = traffic.requests
+    duration = traffic.days * SECONDS_PER_DAY
+    layers = scenario.cache
+    u = rng.random(n)
+    exact = np.zeros(n, dtype=bool)
+    if layers.exact.enabled:
+        keep = cache.characteristic_time(
+            traffic.exact_key, duration, layers.exact.capacity, layers.exact.ttl_s
+        )
+        never = np.broadcast_to(1.0, n)  # no false hits: a constant, not an array of ones
+        exact = cache.lookup(
+            traffic.exact_key, traffic.t, layers.exact.ttl_s, keep, 1.0, 0.0, u, never
+        ).true_hit
+    true_hit, false_hit = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    if layers.semantic.enabled:
+        rows = np.flatnonzero(~exact)
+        keys = traffic.cluster[rows]
+        p_true, p_false = semantic_rates(scenario)
+        keep = cache.characteristic_time(keys, duration, layers.semantic.capacity, layers.semantic.ttl_s)
+        u_true = rng.random(out=u)[rows]  # the second row of draws, then the third
+        u_false = rng.random(out=u)[rows]
+        hits = cache.lookup(
+            keys, traffic.t[rows], layers.semantic.ttl_s, keep, p_true, p_false, u_true, u_false
+        )
+        true_hit[rows], false_hit[rows] = hits.true_hit, hits.false_hit
+    fragment = np.zeros(n, dtype=bool)
+    if layers.fragment.enabled and scenario.prompts.chains.deterministic_steps > 0:
+        rows = np.flatnonzero(~(exact | true_hit | false_hit) & (traffic.context >= 0))
+        keys = traffic.context[rows]
+        keep = cache.characteristic_time(keys, duration, layers.fragment.capacity, layers.fragment.ttl_s)
+        fragment[rows] = cache.lookup(
+            keys,
+            traffic.t[rows],
+            layers.fragment.ttl_s,
+            keep,
+            1.0,
+            0.0,
+            np.broadcast_to(0.0, rows.size),
+            np.broadcast_to(1.0, rows.size),
+        ).true_hit
+    return exact, cache.LayerHits(true_hit, false_hit), fragment
+
+
+def semantic_rates(scenario: Scenario) -> tuple[float, float]:
+    """True- and false-hit probabilities at the configured threshold, linear in the profile."""
+    semantic = scenario.cache.semantic
+    profile = np.asarray(semantic.profile, dtype=np.float64)
+    p_true = float(np.interp(semantic.threshold, profile[:, 0], profile[:, 1]))
+    p_false = float(np.interp(semantic.threshold, profile[:, 0], profile[:, 2]))
+    return p_true, p_false
+
+
+def _chain_offsets(
+    traffic: Traffic, table: provider.ProviderTable, call_model: np.ndarray, needed: np.ndarray
+) -> np.ndarray:
+    """When each call of a chain starts: after the clean duration of the needed steps before it.
+
+    Every chain has the same number of steps, so step k of every chain is one column: a few numpy steps.
+    """
+    offsets = np.zeros(traffic.call_request.size)
+    if traffic.steps < 2:
+        return offsets
+    first_call = np.flatnonzero(traffic.call_step == 1) - 1  # a chain's step 1 follows its first call
+    model = call_model[first_call]  # one model answers a whole chain
+    ttft, speed = table.ttft_s[model], table.tokens_per_s[model]
+    elapsed = np.zeros(first_call.size)
+    for step in range(1, traffic.steps):  # a handful of steps: one column at a time
+        before = first_call + step - 1
+        elapsed += np.where(needed[before], ttft + traffic.output_tokens[before] / speed, 0.0)
+        offsets[first_call + step] = elapsed
+    return offsets
+
+
+def _attempt_clock(
+    scenario: Scenario,
+    table: provider.ProviderTable,
+    sheet: CallSheet,
+    key: int,
+    calls: np.ndarray,
+    starts: np.ndarray,
+    days: int,
+) -> tuple[AttemptLog, int]:
+    """SimPy steps the clock a tick at a time; each tick's attempts are made by a TickRunner.
+
+    First attempts are bucketed by tick once (a stable integer sort); follow-ups that fall past the tick
+    they came from wait in a spill-over list for their tick.
+    """
+    env = simpy.Environment()
+    log = AttemptLog()
+    runner = TickRunner(
+        scenario, table, RateWindows(table, (days + RATE_HORIZON_DAYS) * SECONDS_PER_DAY), sheet, key, log
+    )
+    tick_of = (starts // TICK_S).astype(np.int16)  # 16 bits: numpy's stable sort is then a radix sort
+    order = np.argsort(tick_of, kind="stable")
+    first = Pending.first_attempts(sheet, calls[order], starts[order])
+    bounds = np.searchsorted(tick_of[order], np.arange(int(tick_of.max(initial=0)) + 2))
+
+    def clock() -> Generator[simpy.Event, None, None]:
+        tick, spill = 0, first.take(slice(0, 0))
+        while tick + 1 < bounds.size or spill.size:
+            tick_end = (tick + 1) * TICK_S
+            due = spill.t < tick_end
+            arrivals = (
+                first.take(slice(bounds[tick], bounds[tick + 1]))
+                if tick + 1 < bounds.size
+                else spill.take(due[:0])
+            )
+            later = runner.run(Pending.join([spill.take(due), arrivals]), tick_end)
+            spill = Pending.join([spill.take(~due), later])
+            tick += 1
+            yield env.timeout(TICK_S)
+
+    env.process(clock())
+    env.run()
+    return log, runner.rounds
+
+
+def _per_request(
+    traffic: Traffic, log: AttemptLog, exact: np.ndarray, semantic: cache.LayerHits
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fold attempts into requests: who served it, when the first token showed, its cost."""
+    n = traffic.requests
+    request = traffic.call_request[np.asarray(log.column("call"), dtype=np.intp)]  # int32 ids, or empty
+    action = log.column("action")
+    served = np.full(n, Served.MODEL, dtype=np.int64)
+    served[request[action == retry.FAILED]] = Served.FAILED
+    served[semantic.false_hit] = Served.FALSE_HIT
+    served[semantic.true_hit] = Served.SEMANTIC
+    served[exact] = Served.EXACT
+    done = np.flatnonzero(action == retry.DONE)
+    ttft = np.full(n, -np.inf)  # first the latest first-visible time of the request's calls
+    np.maximum.at(ttft, request[done], log.column("visible_at")[done])
+    ttft -= traffic.t
+    for code, seconds in _TTFT_WITHOUT_MODEL.items():  # a mask per code: no temporary the size of all
+        ttft[served == code] = seconds
+    fallback = np.zeros(n, dtype=bool)
+    fallback[request[action == retry.QUEUE]] = True
+    cost = np.zeros(n, dtype=np.int64)
+    np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
+    bad_served = np.zeros(n, dtype=bool)
+    bad_served[request[done[log.column("outcome")[done] == BAD_SERVED]]] = True
+    return served, ttft, fallback, cost, bad_served
+
+
+# Time to first token of a request not answered by the model, by its `served` code (NaN: it failed).
+_TTFT_WITHOUT_MODEL = {
+    Served.FAILED: np.nan,
+    Served.EXACT: EXACT_HIT_S,
+    Served.SEMANTIC: SEMANTIC_HIT_S,
+    Served.FALSE_HIT: SEMANTIC_HIT_S,
+}
+
+
+def quality_scores(
+    scenario: Scenario,
+    request_model: np.ndarray,
+    hard: np.ndarray,
+    served: np.ndarray,
+    bad_served: np.ndarray,
+) -> np.ndarray:
+    """Score per request: the answering model's eval score for its difficulty; wrong answers score low."""
+    scores = np.array(
+        [[scenario.quality_of(m).easy, scenario.quality_of(m).hard] for m in scenario.models],
+        dtype=np.float64,
+    )
+    # A flat index into scores (row: model, column: hard), in int8: models are few, so it stays small.
+    flat = request_model.astype(np.int8) * np.int8(2)
+    flat += hard
+    quality: np.ndarray = scores.ravel()[flat]
+    quality[bad_served | (served == Served.FALSE_HIT)] = scenario.quality.false_hit
+    quality[served == Served.FAILED] = scenario.quality.failed
+    return quality

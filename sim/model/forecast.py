@@ -1,0 +1,220 @@
+"""Forecasts: replications of a scenario at each MAU level, summarized with 95% intervals, and comparisons.
+
+Every figure is computed from a run's requests and attempts. Each MAU level is simulated on its own (a
+global cache hits more at 100k users than at 1k: the 1k result is never scaled up). A run of fewer than
+30 days is extrapolated to the month by 30 / days.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from budget.domain.prices import NANOS_PER_USD, PriceCatalog
+from sim.model import engine
+from sim.model.caps import sum_by
+from sim.model.policies import retry, streaming
+from sim.model.policies.outcomes import RATE_LIMITED
+from sim.model.run import CapDecision, RunResult, Served
+from sim.model.scenario import Scenario
+from sim.model.traffic import MONTH_DAYS
+
+# Student's t 97.5% quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
+_T975: tuple[float, ...] = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+_T975 += (2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
+_T975 += (2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+Summary = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """A scenario's results per MAU level: the mean over replications and the 95% half-intervals."""
+
+    scenario: str
+    seed: int
+    days: int
+    replications: int
+    results: list[Summary]
+    runs: list[Summary]  # one summary per (MAU level, replication), for the DuckDB tables
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "days": self.days,
+            "replications": self.replications,
+            "results": self.results,
+        }
+
+
+def summarize(run: RunResult) -> Summary:
+    """The forecast figures of one run."""
+    traffic = run.traffic
+    scale = MONTH_DAYS / traffic.days
+    requests = traffic.requests
+    total_nanos = int(run.cost_nanos.sum())
+    per_user = sum_by(traffic.user, run.cost_nanos, traffic.mau)
+    per_user_month = per_user * (scale / NANOS_PER_USD)
+    outcome = run.attempts.column("outcome").astype(np.int64)
+    action = run.attempts.column("action").astype(np.int64)
+    model = run.attempts.column("model").astype(np.int64)
+    made = outcome != RATE_LIMITED
+    chains = traffic.context >= 0
+    ttft = run.ttft_s[~np.isnan(run.ttft_s)] * 1000.0
+    summary: Summary = {
+        "mau": traffic.mau,
+        "requests": requests,
+        "sessions": traffic.sessions,
+        "cost_usd": total_nanos * scale / NANOS_PER_USD,
+        "cost_per_session_usd": total_nanos / NANOS_PER_USD / max(traffic.sessions, 1),
+        "cost_per_request_usd": total_nanos / NANOS_PER_USD / max(requests, 1),
+        "cost_per_user_month_usd": {
+            "mean": float(per_user_month.mean()),
+            "p50": float(np.percentile(per_user_month, 50)),
+            "p90": float(np.percentile(per_user_month, 90)),
+            "p99": float(np.percentile(per_user_month, 99)),
+        },
+        "quality": float(run.quality.mean()) if requests else 0.0,
+        "hit_rate": {
+            "exact": _share(run.served == Served.EXACT, requests),
+            "semantic": _share(run.served == Served.SEMANTIC, requests),
+            "fragment": _share(run.fragment_hit & chains, int(np.count_nonzero(chains))),
+        },
+        "false_hits": int(np.count_nonzero(run.served == Served.FALSE_HIT)),
+        "failed_requests": int(np.count_nonzero(run.served == Served.FAILED)),
+        "calls_by_model": {
+            name: int(np.count_nonzero(made & (model == i))) for i, name in enumerate(run.models)
+        },
+        "retries": int(np.count_nonzero(action == retry.RETRY)),
+        "regenerations": int(np.count_nonzero(action == retry.REGENERATE)),
+        "rate_limited": int(np.count_nonzero(~made)),
+        "queued": int(np.count_nonzero(action == retry.QUEUE)),
+        "fallbacks": int(np.count_nonzero(run.fallback)),
+        "stream_aborts": streaming.stream_aborts(run.scenario.streaming, outcome),
+        "ttft_ms": {
+            "p50": float(np.percentile(ttft, 50)) if ttft.size else 0.0,
+            "p95": float(np.percentile(ttft, 95)) if ttft.size else 0.0,
+        },
+    }
+    if run.scenario.cap is not None:
+        summary["cap"] = cap_figures(run, per_user_month, scale)
+    return summary
+
+
+def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Summary:
+    """What the cap did: who reached the soft limit and the cap, what it saved and what it cost in quality.
+
+    `users_at_cap` counts users who had a request degraded or denied; `users_over_cap_uncapped` those
+    whose month would have passed the cap without it.
+    """
+    cap = run.scenario.cap
+    assert cap is not None
+    mau = run.traffic.mau
+    figures: Summary = {
+        "monthly_usd": cap.monthly_usd,
+        "users_over_soft": _share(per_user_month >= cap.monthly_usd * cap.soft_threshold, mau),
+        "users_at_cap": _share(per_user_month >= cap.monthly_usd, mau),
+    }
+    effect = run.cap
+    if effect is None:
+        return figures
+    felt = np.zeros(mau, dtype=bool)
+    felt[run.traffic.user[effect.decision != 0]] = True
+    uncapped_user = sum_by(run.traffic.user, effect.uncapped_cost_nanos, mau)
+    uncapped_total = int(effect.uncapped_cost_nanos.sum())
+    saved = uncapped_total - int(run.cost_nanos.sum())
+    figures.update(
+        {
+            "users_at_cap": _share(felt, mau),
+            "users_over_cap_uncapped": _share(uncapped_user * (scale / NANOS_PER_USD) > cap.monthly_usd, mau),
+            "spend_saved_usd": saved * scale / NANOS_PER_USD,
+            "spend_saved_share": saved / uncapped_total if uncapped_total else 0.0,
+            "requests_degraded": int(np.count_nonzero(effect.decision == CapDecision.DEGRADED)),
+            "requests_denied": int(np.count_nonzero(effect.decision == CapDecision.DENIED)),
+            "quality_uncapped": float(effect.uncapped_quality.mean())
+            if effect.uncapped_quality.size
+            else 0.0,
+            "quality_lost": float(effect.uncapped_quality.mean() - run.quality.mean())
+            if run.quality.size
+            else 0.0,
+            "users_replayed": effect.users_replayed,
+        }
+    )
+    return figures
+
+
+def _share(mask: np.ndarray, total: int) -> float:
+    return float(np.count_nonzero(mask)) / total if total else 0.0
+
+
+def forecast(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    maus: Sequence[int],
+    days: int,
+    seed: int,
+    replications: int = 1,
+    on_run: Callable[[RunResult], object] | None = None,
+) -> Forecast:
+    """Run every MAU level `replications` times and summarize. `on_run` sees each run (e.g. to store it)."""
+    results, runs = [], []
+    for mau in maus:
+        level = []
+        for replication in range(replications):
+            run = engine.simulate(scenario, catalog, mau, days, seed, replication)
+            if on_run is not None:
+                on_run(run)
+            summary = summarize(run)
+            level.append(summary)
+            runs.append({"replication": replication, **summary})
+        results.append(combine(level))
+    return Forecast(scenario.name, seed, days, replications, results, runs)
+
+
+def combine(summaries: Sequence[Summary]) -> Summary:
+    """Mean of each figure over replications, with the 95% half-interval of each under "ci95"."""
+    flat = [flatten(s) for s in summaries]
+    keys = list(flat[0])
+    means: dict[str, float] = {}
+    halves: dict[str, float] = {}
+    for key in keys:
+        values = np.array([f.get(key, 0.0) for f in flat], dtype=np.float64)
+        means[key] = float(values.mean())
+        if len(values) > 1:
+            quantile = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
+            halves[key] = float(quantile * values.std(ddof=1) / math.sqrt(len(values)))
+    combined = unflatten(means, summaries[0])
+    if halves:
+        combined["ci95"] = halves
+    return combined
+
+
+def flatten(summary: Summary, prefix: str = "") -> dict[str, float]:
+    """{"a": {"b": 1}} -> {"a.b": 1.0}: the figures as one level, for intervals and tables."""
+    flat: dict[str, float] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def unflatten(flat: dict[str, float], like: Summary) -> Summary:
+    """Back to the nested shape of `like`, keeping counts whole where they were whole."""
+    out: Summary = {}
+    for key, value in like.items():
+        if isinstance(value, dict):
+            out[key] = unflatten(
+                {k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(key + ".")}, value
+            )
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[key] = round(flat[key], 1) if flat[key] != int(flat[key]) else int(flat[key])
+        else:
+            out[key] = flat[key]
+    return out

@@ -1,0 +1,78 @@
+"""What one run of the simulator produced: the per-request and per-attempt arrays, and the codes that
+say how each request was served. The engine (sim/model/engine.py) makes a RunResult; caps, forecasts and
+writers read it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from sim.model.attempts import AttemptLog
+from sim.model.scenario import Scenario
+from sim.model.traffic import Traffic
+
+
+class Served(IntEnum):
+    """How a request was answered (RunResult.served; stored as small numpy integers)."""
+
+    MODEL = 0  # by a model call
+    EXACT = 1  # by the exact-match cache
+    SEMANTIC = 2  # by the semantic cache, with a fitting answer
+    FALSE_HIT = 3  # by the semantic cache, with another question's answer
+    FAILED = 4  # not at all: every attempt failed
+    DENIED = 5  # not sent: the scenario's cap refused it (sim/model/caps.py)
+
+
+CACHE_ANSWERS = (Served.EXACT, Served.SEMANTIC, Served.FALSE_HIT)  # a request answered by a cache layer
+
+
+class CapDecision(IntEnum):
+    """What the scenario's cap decided for a request (CapEffect.decision)."""
+
+    ALLOWED = 0  # also when the request needed no model call
+    DEGRADED = 1  # answered by the cap's cheaper model
+    DENIED = 2  # not sent
+
+
+@dataclass(frozen=True, slots=True)
+class CapEffect:
+    """What the cap did in one run, per request, and what the run would have been without it."""
+
+    decision: np.ndarray  # CapDecision per request
+    uncapped_cost_nanos: np.ndarray
+    uncapped_quality: np.ndarray
+    cap_nanos: int  # the cap applied to this run (pro rata when the run is shorter than the month)
+    users_replayed: int  # users who went through the ledger (the others could not reach the cap)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """Everything one run produced, per request and per attempt; forecast.py summarizes it."""
+
+    scenario: Scenario
+    seed: int
+    replication: int
+    traffic: Traffic
+    models: tuple[str, ...]
+    request_model: np.ndarray  # routed model index per request
+    served: np.ndarray  # Served per request
+    fragment_hit: np.ndarray  # per request: its deterministic chain steps came from the cache
+    cost_nanos: np.ndarray  # int64 per request
+    quality: np.ndarray  # 0-100 per request
+    ttft_s: np.ndarray  # per request; NaN when it failed
+    fallback: np.ndarray  # per request: the user saw the "a little slow" fallback
+    attempts: AttemptLog
+    rounds: int
+    cap: CapEffect | None = None  # what the scenario's cap changed (sim/model/caps.py)
+
+
+def calls_needing_model(
+    traffic: Traffic, answered_by_cache: np.ndarray, fragment_hit: np.ndarray
+) -> np.ndarray:
+    """Per call: does it go to a model? Not when a cache layer answered its request, nor when it is a
+    deterministic chain step whose fragment is cached."""
+    request = traffic.call_request
+    needed: np.ndarray = ~answered_by_cache[request] & ~(traffic.call_deterministic & fragment_hit[request])
+    return needed

@@ -1,0 +1,241 @@
+"""Traffic: users, sessions, messages, prompts and the model calls they need, as numpy arrays.
+
+Everything is drawn at once, vectorized, from the run's streams; the engine then replays it through the
+cost levers. A month is 30 days: sessions are spread over it by the diurnal profile and the bursts, and a
+run of fewer days keeps the sessions that start inside them (the rest of the month is extrapolated).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.model.randomness import Streams
+from sim.model.scenario import Distribution, Scenario
+
+MONTH_DAYS = 30
+SECONDS_PER_DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    """One run's requests (one per user message, grouped by session) and the model calls they would need.
+
+    Keys are -1 where nothing can match: a novel prompt has no exact or semantic key, a plain message
+    has no chain context.
+    """
+
+    mau: int
+    days: int
+    sessions: int
+    t: np.ndarray  # float64 seconds since the start of the run
+    user: np.ndarray  # int64
+    exact_key: np.ndarray  # int64: the exact-cache key (scope applied), -1 for a unique prompt
+    cluster: np.ndarray  # int64: the semantic cluster (a catalog prompt and its paraphrases), -1 if none
+    context: np.ndarray  # int64: the chain's shared context, -1 for a single-call message
+    hard: np.ndarray  # bool
+    call_request: np.ndarray  # int64: for each call, its request
+    call_step: np.ndarray  # small ints (int8 when drawn): the call's step in its chain (0 for a single call)
+    call_deterministic: np.ndarray  # bool: a deterministic chain step (fragment-cacheable)
+    input_tokens: np.ndarray  # per call: int32 when drawn (the engine bills in int64)
+    output_tokens: np.ndarray  # per call: int32 when drawn
+    steps: int = 1  # calls in every chain (a plain message has one)
+    # Per call, the ids of its prompt's 512-token prefix blocks (a replayed Mooncake trace); empty when
+    # the prefix comes from prompts.prefix_share instead.
+    prefix_blocks: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def requests(self) -> int:
+        return int(self.t.size)
+
+    @property
+    def calls_per_request(self) -> np.ndarray:
+        return np.bincount(self.call_request, minlength=self.requests)
+
+
+def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
+    """Draw one run's traffic for `mau` monthly active users over `days` days."""
+    session_user, session_start = _sessions(scenario, mau, streams)
+    t, user, sessions = _messages(scenario, session_user, session_start, days, streams)
+    exact_key, cluster = _prompt_keys(scenario, user, streams)
+    context = _contexts(scenario, t.size, streams)
+    hard = streams.prompts.random(t.size) < scenario.prompts.hard_share
+    call_request, call_step, deterministic = _calls(scenario, context)
+    tokens = scenario.prompts
+    return Traffic(
+        mau=mau,
+        days=days,
+        sessions=sessions,
+        steps=scenario.prompts.chains.steps,
+        t=t,
+        user=user,
+        exact_key=exact_key,
+        cluster=cluster,
+        context=context,
+        hard=hard,
+        call_request=call_request,
+        call_step=call_step,
+        call_deterministic=deterministic,
+        input_tokens=lognormal_tokens(streams.tokens, tokens.input_tokens, call_request.size),
+        output_tokens=lognormal_tokens(streams.tokens, tokens.output_tokens, call_request.size),
+    )
+
+
+def _sessions(scenario: Scenario, mau: int, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions per user for the month (gamma-Poisson: heavy users exist), spread over its hours.
+
+    A burst adds sessions: "20x for 48 h" means 20 times the usual intensity in those hours, so the
+    month holds the usual sessions plus 19 x 48 hours' worth more.
+    """
+    traffic = scenario.traffic
+    weights = hourly_intensity(scenario)
+    usual = hourly_intensity(scenario, with_bursts=False)
+    mean_sessions = traffic.sessions_per_user_month * weights.sum() / usual.sum()
+    extra_mean = mean_sessions - 1.0  # every active user has at least one session
+    shape = traffic.dispersion
+    rates = streams.users.gamma(shape, extra_mean / shape, size=mau) if extra_mean > 0 else np.zeros(mau)
+    per_user = 1 + streams.users.poisson(rates)
+    session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
+    hours = streams.sessions.choice(weights.size, size=session_user.size, p=weights / weights.sum())
+    start = (hours + streams.sessions.random(session_user.size)) * 3600.0
+    return session_user, start
+
+
+def hourly_intensity(scenario: Scenario, with_bursts: bool = True) -> np.ndarray:
+    """Relative session intensity for each hour of the month: the diurnal profile times any burst."""
+    traffic = scenario.traffic
+    hours = np.arange(MONTH_DAYS * 24)
+    weights = np.asarray(traffic.diurnal, dtype=np.float64)[hours % 24]
+    for burst in traffic.bursts if with_bursts else ():
+        begin = burst.start_day * 24
+        weights = np.where((hours >= begin) & (hours < begin + burst.hours), weights * burst.factor, weights)
+    return weights
+
+
+def _messages(
+    scenario: Scenario, session_user: np.ndarray, session_start: np.ndarray, days: int, streams: Streams
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Messages of the sessions that start inside the run, spaced by exponential think times.
+
+    Returns each message's time and user, and how many sessions there were."""
+    keep = session_start < days * SECONDS_PER_DAY
+    session_user, session_start = session_user[keep], session_start[keep]
+    per_session = 1 + streams.messages.poisson(
+        scenario.traffic.messages_per_session - 1.0, size=session_user.size
+    )
+    session = np.repeat(np.arange(session_user.size, dtype=np.int64), per_session)
+    gaps = streams.messages.exponential(scenario.traffic.think_time_s, size=session.size)
+    first = np.cumsum(per_session) - per_session
+    gaps[first] = 0.0  # a session's first message opens it
+    elapsed = np.cumsum(gaps, out=gaps)
+    session_offset = np.repeat(elapsed[first], per_session)
+    elapsed -= session_offset
+    t = np.take(session_start, session, out=session_offset)  # the buffer is free again: reuse it
+    t += elapsed
+    return t, session_user[session], int(session_user.size)
+
+
+def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
+    """Exact repeats and paraphrases of a Zipf-popular catalog; the rest are novel prompts."""
+    prompts = scenario.prompts
+    n = user.size
+    draw = streams.prompts.random(n)
+    # The kind of each prompt -- an exact repeat below repeat_share, then a paraphrase, else novel -- as
+    # the two masks the keys need.
+    repeat = draw < prompts.repeat_share
+    novel = ~(repeat | (draw < prompts.repeat_share + prompts.paraphrase_share))
+    catalog_id = zipf_indices(streams.prompts, prompts.catalog_size, prompts.zipf_exponent, n, scratch=draw)
+    cluster = np.where(novel, -1, catalog_id)
+    if scenario.cache.exact.scope == "user":
+        catalog_id = user * prompts.catalog_size + catalog_id
+    catalog_id[~repeat] = -1  # in place: the array is this function's own
+    return catalog_id, cluster
+
+
+def _contexts(scenario: Scenario, n: int, streams: Streams) -> np.ndarray:
+    chains = scenario.prompts.chains
+    draw = streams.prompts.random(n)
+    is_chain = draw < chains.share
+    context = zipf_indices(
+        streams.prompts, chains.context_catalog_size, chains.context_zipf_exponent, n, scratch=draw
+    )
+    context[~is_chain] = -1
+    return context
+
+
+def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One call per plain message, `steps` calls per chain; the first deterministic_steps are cacheable."""
+    chains = scenario.prompts.chains
+    is_chain = context >= 0
+    steps = np.where(is_chain, chains.steps, 1)
+    call_request = np.repeat(np.arange(context.size, dtype=np.int64), steps)
+    chains_before = np.arange(np.count_nonzero(is_chain))
+    chain_first = np.flatnonzero(is_chain) + (chains.steps - 1) * chains_before  # earlier chains' extra calls
+    # The smallest signed type that holds every step (int8 for any sensible chain): a small array to fill.
+    call_step = np.zeros(call_request.size, dtype=np.min_scalar_type(-chains.steps))
+    for step in range(1, chains.steps):  # a handful of steps: one column of chain calls at a time
+        call_step[chain_first + step] = step
+    deterministic = np.repeat(is_chain, steps)
+    deterministic &= call_step < chains.deterministic_steps
+    return call_request, call_step, deterministic
+
+
+def zipf_indices(
+    rng: np.random.Generator, size: int, exponent: float, n: int, scratch: np.ndarray | None = None
+) -> np.ndarray:
+    """`n` draws from a finite Zipf law over 0..size-1 (item i has weight 1 / (i + 1) ** exponent).
+
+    Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size. `scratch`, a
+    float64 array of n the caller no longer needs, takes the uniforms instead of a new array.
+    """
+    accept, alias = zipf_alias_table(size, exponent)
+    u = rng.random(n) if scratch is None else rng.random(out=scratch)
+    u *= size
+    slot = u.astype(np.int64)
+    np.minimum(slot, size - 1, out=slot)
+    keep = rng.random(out=u) < accept[slot]  # the second uniforms reuse the first ones' buffer
+    picked: np.ndarray = alias[slot]
+    np.copyto(picked, slot, where=keep)
+    return picked
+
+
+@functools.lru_cache(maxsize=8)
+def zipf_alias_table(size: int, exponent: float) -> tuple[np.ndarray, np.ndarray]:
+    """The alias table of a finite Zipf law, built once per (size, exponent) in a process."""
+    weights = 1.0 / np.arange(1, size + 1, dtype=np.float64) ** exponent
+    return alias_table(weights / weights.sum())
+
+
+def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker/Vose alias table: slot i keeps i with probability accept[i], else gives alias[i]."""
+    size = probabilities.size
+    scaled = probabilities * size
+    accept = np.ones(size)
+    alias = np.arange(size, dtype=np.int64)
+    small = [i for i in range(size) if scaled[i] < 1.0]
+    large = [i for i in range(size) if scaled[i] >= 1.0]
+    while small and large:
+        low, high = small.pop(), large.pop()
+        accept[low], alias[low] = scaled[low], high
+        scaled[high] -= 1.0 - scaled[low]
+        (small if scaled[high] < 1.0 else large).append(high)
+    return accept, alias
+
+
+def lognormal_tokens(rng: np.random.Generator, dist: Distribution, n: int) -> np.ndarray:
+    """Whole token counts >= 1 with the distribution's mean."""
+    if dist.sigma == 0:
+        count = max(1, round(dist.mean))
+        return np.full(n, count, dtype=np.int32 if count < 2**31 else np.int64)
+    mu = np.log(dist.mean) - dist.sigma**2 / 2
+    normal = rng.standard_normal(n, dtype=np.float32)  # float32: twice as fast, ample for token counts
+    normal *= np.float32(dist.sigma)
+    normal += np.float32(mu)
+    np.exp(normal, out=normal)  # in place: no temporaries the size of all calls
+    np.rint(normal, out=normal)
+    np.maximum(normal, 1, out=normal)
+    # int32 (half the memory; sums are taken in int64) unless a count would not fit, as a huge sigma allows.
+    tokens: np.ndarray = normal.astype(np.int32 if normal.max(initial=0) < 2**31 else np.int64)
+    return tokens

@@ -1,0 +1,110 @@
+"""Where the money goes: what each lever saves (the same scenario with that lever off, same seed) and
+what each model costs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from budget.domain.prices import NANOS_PER_USD
+from sim.model.forecast import Summary
+from sim.model.run import RunResult
+from sim.model.scenario import Scenario
+from sim.model.traffic import MONTH_DAYS
+from sim.workbench.sweep import run_points
+from sim.workbench.variants import Scalar, variant_of
+
+
+@dataclass(frozen=True, slots=True)
+class Lever:
+    """A cost lever: whether a scenario uses it, and the settings that turn it off."""
+
+    name: str
+    is_on: Callable[[Scenario], bool]
+    off: Callable[[Scenario], tuple[tuple[str, Scalar], ...]]
+
+
+LEVERS: tuple[Lever, ...] = (
+    Lever("exact cache", lambda s: s.cache.exact.enabled, lambda s: (("cache.exact.enabled", False),)),
+    Lever(
+        "semantic cache", lambda s: s.cache.semantic.enabled, lambda s: (("cache.semantic.enabled", False),)
+    ),
+    Lever(
+        "fragment cache", lambda s: s.cache.fragment.enabled, lambda s: (("cache.fragment.enabled", False),)
+    ),
+    Lever(
+        "router",
+        lambda s: s.router.enabled,
+        lambda s: (("router.enabled", False), ("router.model", s.router.expensive_model)),
+    ),
+    Lever(
+        "cost-aware retry",
+        lambda s: s.retry.policy == "cost-aware",
+        lambda s: (("retry.policy", "sdk-default"),),
+    ),
+    Lever("streaming", lambda s: s.streaming.enabled, lambda s: (("streaming.enabled", False),)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LeverEffect:
+    """A lever's effect: the scenario's figures against the same scenario with only that lever off."""
+
+    lever: str
+    without: Summary
+    with_lever: Summary
+
+    @property
+    def saved_usd(self) -> float:
+        """Monthly spend the lever saves (USD; negative when it costs more)."""
+        return float(self.without["cost_usd"] - self.with_lever["cost_usd"])
+
+    @property
+    def saved_share(self) -> float:
+        before = float(self.without["cost_usd"])
+        return self.saved_usd / before if before else 0.0
+
+    @property
+    def quality_change(self) -> float:
+        return float(self.with_lever["quality"] - self.without["quality"])
+
+
+def lever_effects(
+    scenario: Scenario, summary: Summary, mau: int, days: int, seed: int, workers: int | None = None
+) -> list[LeverEffect]:
+    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed`."""
+    used = [lever for lever in LEVERS if lever.is_on(scenario)]
+    table = msgspec.to_builtins(scenario)
+    variants = [
+        variant_of(table, lever.off(scenario), f"{scenario.name} without {lever.name}") for lever in used
+    ]
+    summaries = run_points(variants, mau, days, seed, workers)
+    return [LeverEffect(lever.name, off, summary) for lever, off in zip(used, summaries, strict=True)]
+
+
+def cost_by_model(run: RunResult) -> dict[str, float]:
+    """Monthly spend (USD, extrapolated to 30 days) per model, from the run's billed attempts."""
+    model = run.attempts.column("model").astype(np.int64)
+    cost = run.attempts.column("cost_nanos").astype(np.int64)
+    scale = MONTH_DAYS / run.traffic.days / NANOS_PER_USD
+    return {name: float(cost[model == index].sum()) * scale for index, name in enumerate(run.models)}
+
+
+def user_month_costs(run: RunResult) -> np.ndarray:
+    """Each user's spend for the month (USD, extrapolated to 30 days)."""
+    per_user = np.zeros(run.traffic.mau, dtype=np.int64)
+    np.add.at(per_user, run.traffic.user, run.cost_nanos)
+    costs: np.ndarray = per_user * (MONTH_DAYS / run.traffic.days / NANOS_PER_USD)
+    return costs
+
+
+def top_share(costs: np.ndarray, top: float = 0.01) -> float:
+    """Share of all spend that the top `top` of users account for."""
+    total = float(costs.sum())
+    if total <= 0 or costs.size == 0:
+        return 0.0
+    count = max(1, round(costs.size * top))
+    return float(np.sort(costs)[-count:].sum()) / total

@@ -1,0 +1,139 @@
+"""Text tables for forecasts and comparisons (the CLI's `--format table`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sim.model.forecast import Forecast, flatten
+
+Row = tuple[str, str, Callable[[float], str]]
+
+
+def usd(value: float) -> str:
+    if value >= 100:
+        return f"${value:,.0f}"
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.4f}"
+
+
+def count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def score(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def ms(value: float) -> str:
+    return f"{value:,.0f} ms"
+
+
+ROWS: tuple[Row, ...] = (
+    ("requests", "requests", count),
+    ("sessions", "sessions", count),
+    ("monthly cost", "cost_usd", usd),
+    ("cost / session", "cost_per_session_usd", usd),
+    ("cost / user-month mean", "cost_per_user_month_usd.mean", usd),
+    ("cost / user-month p50", "cost_per_user_month_usd.p50", usd),
+    ("cost / user-month p90", "cost_per_user_month_usd.p90", usd),
+    ("cost / user-month p99", "cost_per_user_month_usd.p99", usd),
+    ("quality (0-100)", "quality", score),
+    ("exact cache hit rate", "hit_rate.exact", pct),
+    ("semantic cache hit rate", "hit_rate.semantic", pct),
+    ("fragment cache hit rate", "hit_rate.fragment", pct),
+    ("false semantic hits", "false_hits", count),
+    ("retries", "retries", count),
+    ("rate-limited calls", "rate_limited", count),
+    ("queued requests", "queued", count),
+    ("fallbacks shown", "fallbacks", count),
+    ("stream aborts", "stream_aborts", count),
+    ("failed requests", "failed_requests", count),
+    ("time to first token p50", "ttft_ms.p50", ms),
+    ("time to first token p95", "ttft_ms.p95", ms),
+    ("users over soft limit", "cap.users_over_soft", pct),
+    ("users at cap", "cap.users_at_cap", pct),
+)
+
+
+def _cell(result: dict[str, Any], key: str, fmt: Callable[[float], str]) -> str | None:
+    flat = flatten(result)
+    if key not in flat:
+        return None
+    text = fmt(flat[key])
+    half = result.get("ci95", {}).get(key)
+    return f"{text} ± {fmt(half)}" if half else text
+
+
+def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def forecast_table(forecast: Forecast) -> str:
+    """One column per MAU level; "± x" is the 95% half-interval across replications."""
+    header = ["", *(f"{r['mau']:,} MAU" for r in forecast.results)]
+    rows = []
+    for label, key, fmt in ROWS:
+        cells = [_cell(result, key, fmt) for result in forecast.results]
+        if all(cell is not None for cell in cells):
+            rows.append([label, *(cell or "" for cell in cells)])
+    models = sorted({m for r in forecast.results for m in r["calls_by_model"]})
+    for model in models:
+        rows.append(
+            [f"calls to {model}", *(count(r["calls_by_model"].get(model, 0)) for r in forecast.results)]
+        )
+    runs = f"{forecast.replications} replication(s)"
+    title = f"{forecast.scenario}: seed {forecast.seed}, {forecast.days} days, {runs}"
+    return f"{title}\n{_grid(header, rows)}"
+
+
+def change(before: float, after: float, fmt: Callable[[float], str] = usd) -> str:
+    """Relative change; for scores, the change in points (a quality drop is read in points)."""
+    if fmt is score:
+        return f"{after - before:+.1f} pts"
+    if before == 0:
+        return "n/a"
+    return f"{100 * (after - before) / before:+.0f}%"
+
+
+def comparison_table(forecasts: Sequence[Forecast]) -> str:
+    """Per MAU level: the scenarios side by side, and the change from the first to each other one."""
+    blocks = []
+    for level, first in enumerate(forecasts[0].results):
+        header = ["", *(f.scenario for f in forecasts), *(f"Δ {f.scenario}" for f in forecasts[1:])]
+        rows = []
+        for label, key, fmt in ROWS:
+            cells = [_cell(f.results[level], key, fmt) for f in forecasts]
+            if any(cell is None for cell in cells):
+                continue
+            base = flatten(first)[key]
+            deltas = [change(base, flatten(f.results[level])[key], fmt) for f in forecasts[1:]]
+            rows.append([label, *(cell or "" for cell in cells), *deltas])
+        blocks.append(f"{first['mau']:,} MAU\n{_grid(header, rows)}")
+    headline = [headline_line(forecasts[0], other) for other in forecasts[1:]]
+    return "\n\n".join(blocks + headline)
+
+
+def headline_line(before: Forecast, after: Forecast) -> str:
+    """ "cost per session $0.43 -> $0.07, -84%; quality 91 -> 89" at the largest MAU level."""
+    a, b = before.results[-1], after.results[-1]
+    cost_a, cost_b = a["cost_per_session_usd"], b["cost_per_session_usd"]
+    return (
+        f"{before.scenario} -> {after.scenario} at {a['mau']:,} MAU: cost per session {usd(cost_a)} -> "
+        f"{usd(cost_b)}, {change(cost_a, cost_b)}; cost per user-month p90 "
+        f"{usd(a['cost_per_user_month_usd']['p90'])} -> {usd(b['cost_per_user_month_usd']['p90'])}; "
+        f"quality {a['quality']:.0f} -> {b['quality']:.0f}"
+    )
