@@ -1,48 +1,126 @@
 """The `margins` command line: one group, the forecasting commands, and the budget side's commands.
 
-Commands from other modules are imported only when run (LazyGroup): `margins spend` should not pay for
-importing the simulator, nor `margins simulate` for the enforcer.
+Every command is a registry entry -- its name, where its click command lives, and its short help -- so
+`margins --help` lists them all without importing one, and `margins spend` never imports the simulator
+nor `margins simulate` the enforcer. A command module imports click and light stdlib at module level;
+numpy, DuckDB, polars and the heavy margins modules load inside the command when it runs.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import click
 
-from budget.cli import LAZY_COMMANDS as BUDGET_COMMANDS
+from budget.cli import COMMANDS as BUDGET_COMMANDS
 
-# command name -> "module:attribute" of its click command
-LAZY_COMMANDS = {
-    **BUDGET_COMMANDS,
-    "simulate": "sim.cli.forecast:simulate",
-    "compare": "sim.cli.forecast:compare",
-    "sweep": "sim.cli.workbench:sweep",
-    "goal-seek": "sim.cli.workbench:goal_seek_command",
-    "report": "sim.cli.workbench:report",
-    "replay": "sim.cli.replay:replay",
-    "fit": "sim.cli.fit:fit",
-    "forecast-error": "sim.cli.forecast_error:forecast_error",
-    "eval": "sim.cli.eval:eval_group",
-    "calibrate": "sim.cli.calibrate:calibrate_group",
-}
+
+class LazyCommand(NamedTuple):
+    """A command of the group, imported only when run or asked for its own help."""
+
+    name: str
+    target: str  # "module:attribute" of the click command
+    short_help: str  # what `margins --help` lists: the command's first sentence, as click derives it
+
+    def resolve(self) -> click.Command:
+        """Import the command's module and return its click command."""
+        module, _, attribute = self.target.partition(":")
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.target} is a {type(command).__name__}, not a click command")
+        return command
+
+
+COMMANDS: tuple[LazyCommand, ...] = (
+    *(LazyCommand(*entry) for entry in BUDGET_COMMANDS),
+    LazyCommand(
+        "simulate",
+        "sim.cli.forecast:simulate",
+        "Forecast spend and quality of SCENARIO (a TOML file) at each MAU level.",
+    ),
+    LazyCommand(
+        "compare",
+        "sim.cli.forecast:compare",
+        "Run SCENARIOS on the same seed (the same traffic) and show them side by side with deltas.",
+    ),
+    LazyCommand(
+        "sweep",
+        "sim.cli.workbench:sweep",
+        "Run every combination of the --vary values on the same traffic, cheapest first, frontier marked.",
+    ),
+    LazyCommand(
+        "goal-seek",
+        "sim.cli.workbench:goal_seek_command",
+        "Which configurations keep the p90 user-month under a limit (and quality above a floor), best first.",
+    ),
+    LazyCommand(
+        "report",
+        "sim.cli.workbench:report",
+        "Write the unit-economics report of SCENARIO: one self-contained HTML page with its figures.",
+    ),
+    LazyCommand(
+        "replay",
+        "sim.cli.replay:replay",
+        "Replay TRACE (real arrival times and token counts) and print the same figures as `simulate`.",
+    ),
+    LazyCommand(
+        "fit",
+        "sim.cli.fit:fit",
+        "Print a scenario (TOML) whose traffic looks like the observed usage: users, sessions, messages, "
+        "token distributions and, when usage events carry prompt_hash, the repeat rate.",
+    ),
+    LazyCommand(
+        "forecast-error",
+        "sim.cli.forecast_error:forecast_error",
+        "Compare forecast spend with actual spend overall, per model and per user decile; the comparison is "
+        "also written into the forecast file (views forecast_error_overall, _by_model, _by_decile).",
+    ),
+    LazyCommand("eval", "sim.cli.eval:eval_group", "Measure a cost lever's model against labelled data."),
+    LazyCommand(
+        "calibrate",
+        "sim.cli.calibrate:calibrate_group",
+        "Measure a cost lever's model parameters from labelled data.",
+    ),
+)
 
 
 class LazyGroup(click.Group):
-    """A click group whose commands from LAZY_COMMANDS are imported on first use."""
+    """A click group whose registered commands are imported only when one of them is used."""
+
+    def __init__(self, *args: Any, registry: Sequence[LazyCommand] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.registry = {entry.name: entry for entry in registry}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+        return sorted({*super().list_commands(ctx), *self.registry})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in LAZY_COMMANDS:
-            module, _, attribute = LAZY_COMMANDS[cmd_name].partition(":")
-            command = getattr(importlib.import_module(module), attribute)
-            assert isinstance(command, click.Command)
-            return command
+        if cmd_name in self.registry:
+            return self.registry[cmd_name].resolve()
         return super().get_command(ctx, cmd_name)
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of `--help`, from the registry's short helps: no command module is imported.
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+        Each line is shortened as click shortens a command's own help, so the listing reads the same as
+        when every command was imported to ask for it.
+        """
+        rows = []
+        for name in self.list_commands(ctx):
+            entry = self.registry.get(name)
+            command = click.Command(name, help=entry.short_help) if entry else self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command))
+        if not rows:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
+
+
+@click.group(cls=LazyGroup, registry=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="margins", prog_name="margins")
 def main() -> None:
     """margins: forecast and enforce what LLM features cost."""
