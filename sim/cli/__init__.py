@@ -115,7 +115,7 @@ class LazyGroup(click.Group):
                 rows.append((name, command))
         if not rows:
             return
-        limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+        limit = formatter.width - 6 - max(len(name) for name, _ in rows)  # click.Group's own arithmetic
         with formatter.section("Commands"):
             formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
 
