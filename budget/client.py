@@ -36,6 +36,8 @@ from budget.errors import AuthorizationTimeout, BudgetDenied, BudgetError
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.topics import AUTHORIZE_PREFIX, REPLY_PREFIX, USAGE_PREFIX
 
+__all__ = ["BudgetClient", "Grant", "GuardedCall", "guard", "usage_counts"]
+
 DEFAULT_TIMEOUT_S = 2.0
 _json = msgspec.json.Encoder()
 

@@ -1,13 +1,22 @@
 """The budget side of the `margins` command line: `enforce` and `spend`.
 
-sim.cli mounts these commands on the one `margins` group (budget never imports sim), importing each
-module only when its command runs: `margins spend` starts without loading the enforcer.
+sim.cli mounts these commands on the one `margins` group (budget never imports sim). Each entry is
+(name, "module:attribute" of its click command, its short help): `margins --help` lists the commands from
+these texts and imports a command's module only when that command runs or shows its own help, so
+`margins spend` starts without loading the enforcer.
 """
 
 from __future__ import annotations
 
-# command name -> "module:attribute" of its click command
-LAZY_COMMANDS: dict[str, str] = {
-    "spend": "budget.cli.spend:spend",
-    "enforce": "budget.cli.enforce:enforce",
-}
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    (
+        "spend",
+        "budget.cli.spend:spend",
+        "What users spent: top spenders of a month, or spend by model, feature or day, or your own SQL.",
+    ),
+    (
+        "enforce",
+        "budget.cli.enforce:enforce",
+        "Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.",
+    ),
+)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from budget.domain.config import EnforcerConfig
 from budget.errors import BudgetError
-from budget.mqtt.broker import BrokerSettings
-from budget.service.enforcer import Enforcer
-from budget.service.settings import load_config
+
+if TYPE_CHECKING:
+    from budget.domain.config import EnforcerConfig
+    from budget.mqtt.broker import BrokerSettings
 
 
 @click.command()
@@ -40,6 +40,11 @@ def enforce(
     A usage message is acknowledged to the broker only once its effect is durable in the store; a
     restart replays the store. Stops cleanly (commit, acknowledge, flush) on SIGINT or SIGTERM.
     """
+    import asyncio
+
+    from budget.mqtt.broker import BrokerSettings
+    from budget.service.settings import load_config
+
     logging.basicConfig(
         level=getattr(logging, log_level),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -63,6 +68,10 @@ def enforce(
 
 
 async def _run(broker: BrokerSettings, store_path: str, config: EnforcerConfig) -> None:
+    import asyncio
+
+    from budget.service.enforcer import Enforcer
+
     async with Enforcer(broker, store_path, config) as enforcer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -24,7 +24,7 @@ Views (all money in integer nano-dollars; `month` is "YYYY-MM" in the user's tim
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -39,22 +39,37 @@ from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Manifest, rea
 By = Literal["user", "model", "feature", "day"]
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
-_VIEWS = {
-    "spend_by_user_month": """
+# The views over other views: name -> (SQL, the views it reads). The three base views -- usage, rollup,
+# journal -- read the segments themselves.
+_DERIVED_VIEWS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "spend_by_user_month": (
+        """
         SELECT user_id, month, sum(spent_nanos)::BIGINT AS spent_nanos, sum(events)::BIGINT AS events,
                sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens
         FROM rollup GROUP BY user_id, month""",
-    "spend_by_model": """
+        ("rollup",),
+    ),
+    "spend_by_model": (
+        """
         SELECT month, model, sum(cost_nanos)::BIGINT AS spent_nanos, count(*) AS events
         FROM usage GROUP BY month, model""",
-    "spend_by_feature": """
+        ("usage",),
+    ),
+    "spend_by_feature": (
+        """
         SELECT month, feature, sum(cost_nanos)::BIGINT AS spent_nanos, count(*) AS events
         FROM usage GROUP BY month, feature""",
-    "spend_by_day": """
+        ("usage",),
+    ),
+    "spend_by_day": (
+        """
         SELECT CAST(timezone('UTC', ts) AS DATE) AS day, month, sum(cost_nanos)::BIGINT AS spent_nanos,
                count(*) AS events
         FROM usage GROUP BY day, month""",
-    "users_over_soft_limit": """
+        ("usage",),
+    ),
+    "users_over_soft_limit": (
+        """
         SELECT user_id, month,
                min(ts) FILTER (WHERE json_extract_string(body, '$.limit') = 'soft') AS soft_at,
                min(ts) FILTER (WHERE json_extract_string(body, '$.limit') = 'cap') AS capped_at,
@@ -62,16 +77,25 @@ _VIEWS = {
                (SELECT coalesce(sum(u.cost_nanos), 0)::BIGINT FROM usage u
                  WHERE u.user_id = j.user_id AND u.month = j.month) AS spent_nanos
         FROM journal j WHERE type = 'limit_crossed' GROUP BY user_id, month""",
-    "dead_letters": """
+        ("journal", "usage"),
+    ),
+    "dead_letters": (
+        """
         SELECT seq, ts, user_id, json_extract_string(body, '$.topic') AS topic, reason,
                json_extract_string(body, '$.detail') AS detail,
                json_extract_string(body, '$.payload') AS payload,
                json_extract_string(body, '$.payload_encoding') AS payload_encoding
         FROM journal WHERE type = 'dead_lettered'""",
-    "dead_letters_by_reason": """
+        ("journal",),
+    ),
+    "dead_letters_by_reason": (
+        """
         SELECT reason, count(*) AS dead_letters, min(ts) AS first_ts, max(ts) AS last_ts
         FROM journal WHERE type = 'dead_lettered' GROUP BY reason""",
+        ("journal",),
+    ),
 }
+VIEWS: tuple[str, ...] = ("usage", "rollup", "journal", *_DERIVED_VIEWS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +137,9 @@ class SpendReader:
     """A read-only view of a store at one manifest: DuckDB views over its segments.
 
     `month` narrows `usage` (and so every spend view) to that month's partition, read from the manifest
-    without opening other months' files.
+    without opening other months' files. A view is created when the first query that reads it runs:
+    binding a view over Parquet files costs more than a small query, and `margins spend --top` reads
+    only `rollup`.
     """
 
     def __init__(self, root: str | Path, month: str | None = None) -> None:
@@ -122,17 +148,38 @@ class SpendReader:
             check_month(month)
         self.manifest: Manifest = read_manifest(self.root)
         self.db = duckdb.connect(":memory:")
-        usage = [self.root / s.file for s in self.manifest.usage if month is None or s.month == month]
-        rollup = [self.root / s.file for s in self.manifest.rollup if month is None or s.month == month]
-        journal = [self.root / s.file for s in self.manifest.journal]
-        self.db.execute(f"CREATE VIEW usage AS SELECT * FROM {_parquet(usage, USAGE_COLUMNS)}")
-        self.db.execute(f"CREATE VIEW rollup AS SELECT * FROM {_parquet(rollup, ROLLUP_COLUMNS)}")
-        self.db.execute(f"CREATE VIEW journal AS SELECT * FROM {_parquet(journal, JOURNAL_COLUMNS)}")
-        for name, sql in _VIEWS.items():
-            self.db.execute(f"CREATE VIEW {name} AS {sql}")
+        self._segments = {
+            "usage": (
+                [self.root / s.file for s in self.manifest.usage if month is None or s.month == month],
+                USAGE_COLUMNS,
+            ),
+            "rollup": (
+                [self.root / s.file for s in self.manifest.rollup if month is None or s.month == month],
+                ROLLUP_COLUMNS,
+            ),
+            "journal": ([self.root / s.file for s in self.manifest.journal], JOURNAL_COLUMNS),
+        }
+        self._created: set[str] = set()
 
-    def sql(self, text: str, params: Sequence[object] = ()) -> Result:
-        """Run SQL against the views; raises QueryError with DuckDB's message on bad SQL."""
+    def _create_views(self, names: Iterable[str]) -> None:
+        """Create the named views not created yet, each after the views it reads."""
+        for name in names:
+            if name in self._created:
+                continue
+            if name in self._segments:
+                files, columns = self._segments[name]
+                self.db.execute(f"CREATE VIEW {name} AS SELECT * FROM {_parquet(files, columns)}")
+            else:
+                sql, reads = _DERIVED_VIEWS[name]
+                self._create_views(reads)
+                self.db.execute(f"CREATE VIEW {name} AS {sql}")
+            self._created.add(name)
+
+    def sql(self, text: str, params: Sequence[object] = (), views: Iterable[str] = VIEWS) -> Result:
+        """Run SQL against the views; raises QueryError with DuckDB's message on bad SQL.
+
+        `views` names the views the query reads (default: all of them, for SQL that could name any)."""
+        self._create_views(views)
         try:
             cursor = self.db.execute(text, list(params))
             rows = cursor.fetchall()
@@ -151,6 +198,7 @@ class SpendReader:
             "SELECT user_id, sum(spent_nanos)::BIGINT AS spent_nanos, sum(events)::BIGINT AS events "
             f"FROM rollup {where} GROUP BY user_id ORDER BY spent_nanos DESC, user_id LIMIT ?",
             [*params, limit],
+            views=("rollup",),
         )
 
     def spend_by(self, by: By, month: str, limit: int = 20, user: str | None = None) -> Result:
@@ -164,6 +212,7 @@ class SpendReader:
             f"SELECT {key} AS {by}, sum(cost_nanos)::BIGINT AS spent_nanos, count(*) AS events FROM usage "
             f"{where} GROUP BY {by} ORDER BY {order} LIMIT ?",
             [*params, limit],
+            views=("usage",),
         )
 
     def user_months(self, user: str) -> Result:
@@ -172,17 +221,23 @@ class SpendReader:
             "SELECT user_id, month, spent_nanos, events FROM spend_by_user_month WHERE user_id = ? "
             "ORDER BY month DESC",
             [user],
+            views=("spend_by_user_month",),
         )
 
     def users_over_soft_limit(self, month: str) -> Result:
         """Users the enforcer announced over their soft limit (or at the cap) in `month`."""
         return self.sql(
-            "SELECT * FROM users_over_soft_limit WHERE month = ? ORDER BY soft_at, user_id", [month]
+            "SELECT * FROM users_over_soft_limit WHERE month = ? ORDER BY soft_at, user_id",
+            [month],
+            views=("users_over_soft_limit",),
         )
 
     def dead_letters_by_reason(self) -> Result:
         """Dead letters counted by reason."""
-        return self.sql("SELECT * FROM dead_letters_by_reason ORDER BY dead_letters DESC, reason")
+        return self.sql(
+            "SELECT * FROM dead_letters_by_reason ORDER BY dead_letters DESC, reason",
+            views=("dead_letters_by_reason",),
+        )
 
     def close(self) -> None:
         """Release the DuckDB connection."""

@@ -92,6 +92,7 @@ def compare(
         actual = reader.sql(
             "SELECT user_id, model, sum(cost_nanos) FROM usage WHERE month = ? GROUP BY user_id, model",
             [month],
+            views=("usage",),
         ).rows
     except (BudgetError, OSError) as error:
         raise ForecastErrorError(str(store_path), f"cannot read the store: {error}") from None

@@ -8,8 +8,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
-
 from sim.calibration.router_eval import (
     LABELS,
     Confusion,
@@ -97,6 +95,8 @@ _COLUMNS = (
 def record_run(db: str | Path, record: RunRecord) -> RunRecord | None:
     """Append the run to table `router_eval_runs`; returns the previous run of the same set (same sha256),
     so a caller can show what changed. Runs are never rewritten: the table is the history."""
+    import duckdb  # only a run recorded into a file pays for loading DuckDB
+
     c = record.confusion
     with duckdb.connect(str(db)) as connection:
         connection.execute(f"CREATE TABLE IF NOT EXISTS router_eval_runs ({_COLUMNS})")

@@ -7,34 +7,19 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from sim.calibration.embedding import embed, model_version
-from sim.calibration.figures import semantic_profile_figure
-from sim.calibration.query_sets import QuerySet, read_query_sets
-from sim.calibration.semantic import (
-    OUT_OF_SCOPE,
-    OUT_OF_SCOPE_PROBE,
-    SEEN,
-    UNSEEN,
-    Lookups,
-    ProfileRow,
-    Split,
-    closest_wrong,
-    nearest_stored,
-    recommend,
-    similarity_profile,
-    split_queries,
-)
 from sim.cli.common import fail, write_or_fail
 from sim.errors import SimError
-from sim.io.figures import save
-from sim.io.user_files import file_sha256
+
+if TYPE_CHECKING:
+    from sim.calibration.query_sets import QuerySet
+    from sim.calibration.semantic import Lookups, ProfileRow, Split
 
 TABLE_STEP = 5  # the table shows every fifth threshold (0.05 apart) and the recommended one
 CLOSEST_SHOWN = 5
-KIND_NAMES = {SEEN: "seen", UNSEEN: "held-out group", OUT_OF_SCOPE_PROBE: "out of scope"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +112,11 @@ def semantic(
     """Embed labelled queries with the local all-MiniLM-L6-v2, play them through a semantic cache and
     print, per similarity threshold, the true-hit and false-hit rates a scenario's [cache.semantic]
     profile takes -- and the lowest threshold that keeps false hits under --max-false-hit."""
+    from sim.calibration.embedding import embed, model_version
+    from sim.calibration.query_sets import read_query_sets
+    from sim.calibration.semantic import nearest_stored, recommend, similarity_profile, split_queries
+    from sim.io.user_files import file_sha256
+
     try:
         queries = read_query_sets(pair_files)
         started = time.perf_counter()
@@ -157,6 +147,8 @@ def semantic(
 
 
 def _lookup_counts(split: Split) -> dict[str, int]:
+    from sim.calibration.semantic import OUT_OF_SCOPE_PROBE, SEEN, UNSEEN
+
     kinds = split.probe_kind
     return {
         "lookups_seen": int((kinds == SEEN).sum()),
@@ -166,6 +158,10 @@ def _lookup_counts(split: Split) -> dict[str, int]:
 
 
 def _closest_wrong(queries: QuerySet, split: Split, lookups: Lookups) -> list[WrongMatch]:
+    from sim.calibration.semantic import OUT_OF_SCOPE, OUT_OF_SCOPE_PROBE, SEEN, UNSEEN, closest_wrong
+
+    kind_names = {SEEN: "seen", UNSEEN: "held-out group", OUT_OF_SCOPE_PROBE: "out of scope"}
+
     def name(group: int) -> str | None:
         return None if group == OUT_OF_SCOPE else queries.group_names[group]
 
@@ -175,7 +171,7 @@ def _closest_wrong(queries: QuerySet, split: Split, lookups: Lookups) -> list[Wr
         matches.append(
             WrongMatch(
                 similarity=round(float(lookups.similarity[position]), 4),
-                kind=KIND_NAMES[int(lookups.kind[position])],
+                kind=kind_names[int(lookups.kind[position])],
                 text=queries.texts[query],
                 group=name(int(queries.groups[query])),
                 matched_text=queries.texts[match],
@@ -191,6 +187,9 @@ def _write_outputs(calibration: Calibration, profile_path: Path | None, figure_p
             profile_path, lambda: profile_path.write_text(profile_toml(calibration), encoding="utf-8")
         )
     if figure_path is not None:
+        from sim.calibration.figures import semantic_profile_figure
+        from sim.io.figures import save
+
         figure = semantic_profile_figure(calibration.rows, calibration.recommended, _title(calibration))
         write_or_fail(figure_path, lambda: save(figure, figure_path))
 

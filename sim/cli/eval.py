@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from sim.calibration.router_eval import Evaluation
-from sim.calibration.router_eval_io import RunRecord
 from sim.cli.common import fail, write_or_fail
+
+if TYPE_CHECKING:
+    from sim.calibration.router_eval import Evaluation
+    from sim.calibration.router_eval_io import RunRecord
 
 MISSES_SHOWN = 15
 
@@ -57,7 +59,7 @@ def router(
     """Route every request of the eval set with the rules (or the nearest labelled examples); print
     accuracy, the confusion matrix and the shares a scenario's [router] takes (hard_to_expensive,
     easy_to_expensive)."""
-    from sim.calibration.router_eval_io import record_run, shares_toml
+    from sim.calibration.router_eval_io import RunRecord, record_run, shares_toml
     from sim.io.user_files import file_sha256
 
     if (rules_path is None) == (examples_path is None):

@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from sim.cli.common import fail, parse_mau, write_or_fail
 from sim.errors import SimError
-from sim.io.scenarios import load_scenario
-from sim.workbench.goal_seek import goal_seek
-from sim.workbench.sweep import Sweep, run_sweep
-from sim.workbench.sweep_render import goal_seek_table, sweep_table
-from sim.workbench.variants import grid, parse_vary
+
+if TYPE_CHECKING:
+    from sim.workbench.sweep import Sweep
 
 
 def _one_level(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -77,6 +75,10 @@ def _sweep(
     plot: Path | None,
     progress: bool,
 ) -> Sweep:
+    from sim.io.scenarios import load_scenario
+    from sim.workbench.sweep import run_sweep
+    from sim.workbench.variants import grid, parse_vary
+
     try:
         base, _ = load_scenario(path)
         variants = grid(base, [parse_vary(spec) for spec in varies], path)
@@ -114,6 +116,8 @@ def sweep(
     progress: bool,
 ) -> None:
     """Run every combination of the --vary values on the same traffic, cheapest first, frontier marked."""
+    from sim.workbench.sweep_render import sweep_table
+
     if not varies:
         fail("sweep needs at least one --vary KEY=V1,V2,...")
     result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
@@ -149,6 +153,9 @@ def goal_seek_command(
     progress: bool,
 ) -> None:
     """Which configurations keep the p90 user-month under a limit (and quality above a floor), best first."""
+    from sim.workbench.goal_seek import goal_seek
+    from sim.workbench.sweep_render import goal_seek_table
+
     result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
     answer = goal_seek(result, limit, min_quality)
     if fmt == "json":

@@ -83,3 +83,15 @@ def test_guard_reports_usage_and_releases_on_error(mosquitto: Broker, tmp_path: 
                 usage.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_public_names_are_the_documented_ones() -> None:
+    """What `from budget.client import *` gives an application: the client, the guard, what they return
+    (Grant, GuardedCall) and the usage parser; nothing imported from elsewhere, nothing private."""
+    import budget.client
+
+    assert budget.client.__all__ == ["BudgetClient", "Grant", "GuardedCall", "guard", "usage_counts"]
+    for name in budget.client.__all__:
+        public = getattr(budget.client, name)
+        assert public.__module__ == "budget.client", name
+        assert public.__doc__, f"{name} has no docstring"

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from budget.cli.spend import spend
 from budget.domain.events import DeadLettered, Event, LimitCrossed, UsageRecorded
 from budget.store.event_store import EventStore
-from budget.store.queries import SpendReader, nanos_to_usd_text
+from budget.store.queries import VIEWS, SpendReader, nanos_to_usd_text
 
 REPO = Path(__file__).resolve().parents[2]
 MARGINS = Path(sys.executable).with_name("margins")
@@ -120,6 +120,41 @@ def test_users_over_the_soft_limit_and_dead_letters_by_reason(store: Path) -> No
 def test_a_month_reader_opens_only_that_months_files(store: Path, tmp_path: Path) -> None:
     with SpendReader(store, month="2026-10") as reader:
         assert reader.sql("SELECT DISTINCT month FROM usage").rows == [("2026-10",)]
+
+
+def _views(reader: SpendReader) -> set[str]:
+    return {
+        name
+        for (name,) in reader.db.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+    }
+
+
+def test_a_named_query_creates_only_the_views_it_reads(store: Path) -> None:
+    with SpendReader(store) as reader:
+        assert _views(reader) == set()
+        reader.top_spenders("2026-11")
+        assert _views(reader) == {"rollup"}
+        reader.user_months("u1")
+        assert _views(reader) == {"rollup", "spend_by_user_month"}
+        reader.users_over_soft_limit("2026-11")
+        assert _views(reader) == {
+            "rollup",
+            "spend_by_user_month",
+            "usage",
+            "journal",
+            "users_over_soft_limit",
+        }
+
+
+def test_sql_of_ones_own_sees_every_view(store: Path) -> None:
+    documented = {  # budget/store/queries.py and the README's table of views
+        *("usage", "rollup", "journal", "spend_by_user_month", "spend_by_model", "spend_by_feature"),
+        *("spend_by_day", "users_over_soft_limit", "dead_letters", "dead_letters_by_reason"),
+    }
+    assert set(VIEWS) == documented
+    with SpendReader(store) as reader:
+        assert reader.sql("SELECT 1").rows == [(1,)]
+        assert _views(reader) == documented
 
 
 def test_margins_spend_formats(store: Path) -> None:

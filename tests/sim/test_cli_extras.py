@@ -53,10 +53,15 @@ def test_a_command_module_that_cannot_be_imported_names_its_extra(monkeypatch: p
     result = run("simulate", "scenario.toml", "--mau", "1000", "--help")
     assert result.exit_code == 2
     assert result.stderr == "margins simulate needs the sim extra: pip install 'margins[sim]'\n"
+
+
+def test_the_listing_marks_the_commands_whose_extra_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim.cli, "extra_installed", lambda extra: extra != "sim")
     listing = run("--help")
     assert listing.exit_code == 0
     assert re.search(r"^  compare +\(needs the sim extra\)$", listing.stdout, re.MULTILINE)
     assert re.search(r"^  simulate +\(needs the sim extra\)$", listing.stdout, re.MULTILINE)
+    assert not re.search(r"^  spend +\(needs", listing.stdout, re.MULTILINE)
 
 
 def test_a_command_that_imports_a_missing_package_when_run_names_its_extra(
