@@ -270,6 +270,11 @@ class Enforcer:
                 batch.replies.append((reply_to, body, correlation))
         for command in decoded.commands:
             match command:
+                case RecordUsage():  # the hot path first
+                    events = self.ledger.decide(command, now)
+                    if not events:
+                        self.counters["duplicate"] += 1
+                    self._take(events, batch)
                 case AuthorizeRequest():
                     self._authorize(
                         command,
@@ -278,11 +283,6 @@ class Enforcer:
                         now,
                         batch,
                     )
-                case RecordUsage():
-                    events = self.ledger.decide(command, now)
-                    if not events:
-                        self.counters["duplicate"] += 1
-                    self._take(events, batch)
                 case ConfigureUser():
                     self._take(self.ledger.decide(command, now), batch)
                 case _:
