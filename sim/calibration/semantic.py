@@ -22,6 +22,8 @@ from enum import IntEnum, unique
 
 import numpy as np
 
+from sim.errors import ArgumentError
+
 OUT_OF_SCOPE = -1  # the group id of a query no group's answer fits
 
 
@@ -97,7 +99,7 @@ def nearest_stored(embeddings: np.ndarray, groups: np.ndarray, split: Split, chu
     """Each lookup's best match among the stored queries by cosine similarity (rows are normalised here,
     so any embedding scale works). Ties go to the first stored query."""
     if len(split.stored) == 0:
-        raise ValueError("no stored queries: every group was held out")
+        raise ArgumentError("split", "no stored queries: every group was held out")
     unit = unit_rows(embeddings)
     stored = unit[split.stored]
     similarity = np.empty(len(split.probes), dtype=np.float32)

@@ -21,6 +21,7 @@ from sim.calibration.semantic import (
     similarity_profile,
     split_queries,
 )
+from sim.errors import ArgumentError
 
 
 def test_rates_of_a_hand_worked_cache() -> None:
@@ -121,8 +122,9 @@ def test_profile_invariants(data: tuple[np.ndarray, np.ndarray, int], stored: fl
 
 def test_no_stored_query_is_an_error() -> None:
     lookups_split = Split(stored=np.array([], dtype=np.int64), probes=np.arange(2), probe_kind=np.zeros(2))
-    with pytest.raises(ValueError, match="no stored queries"):
+    with pytest.raises(ArgumentError, match="no stored queries") as caught:
         nearest_stored(np.eye(2), np.array([0, 1]), lookups_split)
+    assert caught.value.argument == "split"
 
 
 def test_a_similarity_equal_to_the_threshold_hits() -> None:
