@@ -269,12 +269,13 @@ class Enforcer:
                 )
                 batch.replies.append((reply_to, body, correlation))
         for command in decoded.commands:
+            if isinstance(command, RecordUsage):  # the hot path, ahead of the match (see Ledger.apply)
+                events = self.ledger.decide(command, now)
+                if not events:
+                    self.counters["duplicate"] += 1
+                self._take(events, batch)
+                continue
             match command:
-                case RecordUsage():  # the hot path first
-                    events = self.ledger.decide(command, now)
-                    if not events:
-                        self.counters["duplicate"] += 1
-                    self._take(events, batch)
                 case AuthorizeRequest():
                     self._authorize(
                         command,
@@ -336,11 +337,13 @@ class Enforcer:
         for event in events:
             apply(event)
             append(event)
+            if isinstance(event, UsageRecorded):  # the hot path (see Ledger.apply): only the status to send
+                dirty(event.user_id)
+                counters["UsageRecorded"] += 1
+                continue
             if event.user_id is not None:  # every event names its user; a dead letter may not know it
                 dirty(event.user_id)
             match event:
-                case UsageRecorded():  # the hot path: nothing to announce but the status
-                    counters["UsageRecorded"] += 1
                 case ReservationGranted() | ReservationDenied():
                     counters[type(event).__name__] += 1
                 case LimitCrossed():
