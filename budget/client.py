@@ -32,7 +32,7 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from budget.errors import AuthorizationTimeout, BudgetDenied, BudgetError
+from budget.errors import AuthorizationTimeout, BudgetDenied, NotConnected, UsageCountsError
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.topics import AUTHORIZE_PREFIX, REPLY_PREFIX, USAGE_PREFIX
 
@@ -87,9 +87,7 @@ def usage_counts(usage: Any) -> tuple[int, int, int]:
         output = get(usage, "output_tokens")
     cached = get(details, "cached_tokens") or 0
     if not isinstance(prompt, int) or not isinstance(output, int) or not isinstance(cached, int):
-        raise BudgetError(
-            f"usage needs integer prompt/input and completion/output token counts, got {usage!r}"
-        )
+        raise UsageCountsError(usage)
     return prompt, cached, output
 
 
@@ -233,7 +231,7 @@ class BudgetClient:
 
     def _connected(self) -> aiomqtt.Client:
         if self._client is None:
-            raise BudgetError("BudgetClient is not connected: use `async with BudgetClient.connect(...)`")
+            raise NotConnected()
         return self._client
 
 

@@ -1,4 +1,22 @@
-"""The error root of the budget package: every failure it raises on purpose is a BudgetError."""
+"""Every error the budget package raises on purpose; each carries the fields that explain it.
+
+    BudgetError               the root: catch it to report any of them
+        UnknownModelError     model, known: a model the price catalog does not list
+        PriceError            where, field, reason: a price entry that is not an exact per-token price
+        ConfigError           where, field, reason: an enforcer config file or value
+        StoreError            path, reason: the event store cannot be opened, read or written
+        QueryError            what, reason: a spend query that cannot be answered
+        BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
+            ConnectionLost    reason: the broker connection failed (budget/mqtt/connection.py)
+        TopicError            topic, prefix: a message topic without one user level (also a ValueError)
+        PayloadEncodingError  encoding, reason: a dead letter payload that does not decode (also a ValueError)
+        UsageCountsError      usage: a usage object without integer token counts (also a ValueError)
+        NotConnected          a BudgetClient used outside `async with BudgetClient.connect(...)`
+        BudgetDenied          user_id, model, reason, remaining_usd: the enforcer answered deny
+        AuthorizationTimeout  user_id, model, timeout_s: the enforcer did not answer in time
+
+A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +80,41 @@ class BrokerError(BudgetError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what}: {reason}")
+
+
+class TopicError(BudgetError, ValueError):
+    """A message topic that is `prefix` but not followed by exactly one non-empty user level."""
+
+    def __init__(self, topic: str, prefix: str) -> None:
+        self.topic = topic
+        self.prefix = prefix
+        super().__init__(f"topic {topic!r} must be {prefix}<user_id> with one non-empty user level")
+
+
+class PayloadEncodingError(BudgetError, ValueError):
+    """A dead letter's kept payload that cannot be turned back into the bytes received, as its
+    `payload_encoding` says it should."""
+
+    def __init__(self, encoding: str, reason: str) -> None:
+        self.encoding = encoding
+        self.reason = reason
+        super().__init__(f"dead letter payload is not valid {encoding}: {reason}")
+
+
+class UsageCountsError(BudgetError, ValueError):
+    """A usage object (an OpenAI-style usage, or a dict) without integer input and output token counts."""
+
+    def __init__(self, usage: object) -> None:
+        self.usage = usage
+        expected = "usage needs integer prompt/input and completion/output token counts"
+        super().__init__(f"{expected}, got {usage!r}")
+
+
+class NotConnected(BudgetError):
+    """A BudgetClient used outside `async with BudgetClient.connect(...)`."""
+
+    def __init__(self) -> None:
+        super().__init__("BudgetClient is not connected: use `async with BudgetClient.connect(...)`")
 
 
 class BudgetDenied(BudgetError):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +40,32 @@ def test_import_layers_hold() -> None:
         [str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Exception classes that live beside their code on purpose, by "module.Class".
+ERRORS_ELSEWHERE = {"budget.mqtt.connection.ConnectionLost"}
+
+
+@pytest.mark.parametrize("package", ["budget", "sim"])
+def test_every_exception_class_lives_in_the_errors_module(package: str) -> None:
+    """One home for a package's errors (PACKAGE/errors.py), whose docstring draws every one of them."""
+    errors = importlib.import_module(f"{package}.errors")
+    elsewhere = set()
+    for module_info in pkgutil.walk_packages([str(ROOT / package)], prefix=f"{package}."):
+        if module_info.name.endswith(".__main__"):
+            continue  # running it is all it does
+        module = importlib.import_module(module_info.name)
+        for name, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == module.__name__
+            ):
+                elsewhere.add(f"{module.__name__}.{name}")
+    home = {name for name in elsewhere if name.startswith(f"{package}.errors.")}
+    assert elsewhere - home - ERRORS_ELSEWHERE == set()
+    drawn = (errors.__doc__ or "").split()
+    assert [name for name in sorted(home) if name.rsplit(".", 1)[1] not in drawn] == []
 
 
 def test_no_module_imports_itself_back() -> None:

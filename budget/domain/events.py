@@ -20,6 +20,8 @@ from typing import Literal, TypeAlias
 
 import msgspec
 
+from budget.errors import PayloadEncodingError
+
 USAGE_SCHEMA_VERSION = 1
 EVENT_SCHEMA_VERSION = 1
 
@@ -205,7 +207,7 @@ class DeadLettered(msgspec.Struct, frozen=True, kw_only=True, tag="dead_lettered
             try:
                 return base64.b64decode(self.payload, validate=True)
             except binascii.Error as error:
-                raise ValueError(f"dead letter payload is not valid base64: {error}") from error
+                raise PayloadEncodingError("base64", str(error)) from error
         return self.payload.encode("utf-8")
 
 

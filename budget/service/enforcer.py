@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import assert_never
 
 from budget.domain.config import EnforcerConfig
 from budget.domain.events import (
@@ -36,7 +37,7 @@ from budget.domain.events import (
     UserConfigured,
     encode_event,
 )
-from budget.domain.ledger import Ledger, RecordUsage, reservation_id_for
+from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, reservation_id_for
 from budget.domain.prices import PriceCatalog, nanos_to_usd
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import ConnectionLost, Incoming, Mqtt5Connection, close_quietly
@@ -268,19 +269,25 @@ class Enforcer:
                 )
                 batch.replies.append((reply_to, body, correlation))
         for command in decoded.commands:
-            if isinstance(command, AuthorizeRequest):
-                self._authorize(
-                    command,
-                    command.reply_to or safe_reply_topic(response_topic),  # wire checked command.reply_to
-                    correlation,
-                    now,
-                    batch,
-                )
+            if isinstance(command, RecordUsage):  # the hot path, ahead of the match (see Ledger.apply)
+                events = self.ledger.decide(command, now)
+                if not events:
+                    self.counters["duplicate"] += 1
+                self._take(events, batch)
                 continue
-            events = self.ledger.decide(command, now)
-            if not events and isinstance(command, RecordUsage):
-                self.counters["duplicate"] += 1
-            self._take(events, batch)
+            match command:
+                case AuthorizeRequest():
+                    self._authorize(
+                        command,
+                        command.reply_to or safe_reply_topic(response_topic),  # wire checked command.reply_to
+                        correlation,
+                        now,
+                        batch,
+                    )
+                case ConfigureUser():
+                    self._take(self.ledger.decide(command, now), batch)
+                case _:
+                    assert_never(command)
 
     def _authorize(
         self,
@@ -326,39 +333,42 @@ class Enforcer:
     def _take(self, events: list[Event], batch: _Batch) -> None:
         """Apply decided events and queue what must follow their commit."""
         apply, append, dirty = self.ledger.apply, batch.events.append, batch.dirty.add
+        counters = self.counters
         for event in events:
             apply(event)
             append(event)
-            if type(event) is UsageRecorded:  # the hot path: nothing to announce but the status
+            if isinstance(event, UsageRecorded):  # the hot path (see Ledger.apply): only the status to send
                 dirty(event.user_id)
-                self.counters["UsageRecorded"] += 1
+                counters["UsageRecorded"] += 1
                 continue
-            user = getattr(event, "user_id", None)
-            if user is not None:
-                batch.dirty.add(user)
-            if isinstance(event, LimitCrossed):
-                self.counters[f"alert_{event.limit}"] += 1
-                log.info("%s limit reached: %s %s", event.limit, event.user_id, event.month)
-                batch.publishes.append((alert_topic(event.user_id), alert_json(event)))
-            elif isinstance(event, DeadLettered):
-                self._count_dead(event)
-                batch.publishes.append((DEADLETTER_TOPIC, encode_event(event)))
-                if event.reason == "unknown_model" and event.user_id:
-                    alert = {"alert": "unknown_model", "user_id": event.user_id, "detail": event.detail}
-                    batch.publishes.append((alert_topic(event.user_id), encode_json(alert)))
-            elif isinstance(event, UserConfigured):
-                log.info(
-                    "configured %s: cap_nanos=%s plan=%s tz=%s",
-                    event.user_id,
-                    event.cap_nanos,
-                    event.plan,
-                    event.timezone,
-                )
-            elif isinstance(event, ReservationExpired):
-                self.counters["expired"] += 1
-                log.info("reservation %s of %s expired", event.reservation_id, event.user_id)
-            else:
-                self.counters[type(event).__name__] += 1
+            if event.user_id is not None:  # every event names its user; a dead letter may not know it
+                dirty(event.user_id)
+            match event:
+                case ReservationGranted() | ReservationDenied():
+                    counters[type(event).__name__] += 1
+                case LimitCrossed():
+                    counters[f"alert_{event.limit}"] += 1
+                    log.info("%s limit reached: %s %s", event.limit, event.user_id, event.month)
+                    batch.publishes.append((alert_topic(event.user_id), alert_json(event)))
+                case DeadLettered():
+                    self._count_dead(event)
+                    batch.publishes.append((DEADLETTER_TOPIC, encode_event(event)))
+                    if event.reason == "unknown_model" and event.user_id:
+                        alert = {"alert": "unknown_model", "user_id": event.user_id, "detail": event.detail}
+                        batch.publishes.append((alert_topic(event.user_id), encode_json(alert)))
+                case UserConfigured():
+                    log.info(
+                        "configured %s: cap_nanos=%s plan=%s tz=%s",
+                        event.user_id,
+                        event.cap_nanos,
+                        event.plan,
+                        event.timezone,
+                    )
+                case ReservationExpired():
+                    counters["expired"] += 1
+                    log.info("reservation %s of %s expired", event.reservation_id, event.user_id)
+                case _:
+                    assert_never(event)
 
     def _dead_letter(self, topic: str, rejected: Rejected, now: datetime, batch: _Batch) -> None:
         event = DeadLettered.of(

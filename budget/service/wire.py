@@ -23,6 +23,7 @@ import msgspec
 
 from budget.domain.events import Outcome
 from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage
+from budget.errors import TopicError
 from budget.mqtt.topics import ADMIN_PREFIX, AUTHORIZE_PREFIX, USAGE_PREFIX, reply_topic_problem
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -143,7 +144,7 @@ def decode_message(
         if topic.startswith(ADMIN_PREFIX):
             return decode_admin(_topic_user(topic, ADMIN_PREFIX), payload, topic)
         return _one("bad_topic", f"no margins command is published on {topic!r}", payload)
-    except _BadTopic as error:
+    except TopicError as error:
         return _one("bad_topic", str(error), payload)
     except Exception as error:  # a decoder must not take the enforcer down, whatever the bytes
         return _one("malformed_json", f"undecodable payload ({type(error).__name__})", payload)
@@ -252,14 +253,10 @@ def _authorize_rejected(
     )
 
 
-class _BadTopic(ValueError):
-    pass
-
-
 def _topic_user(topic: str, prefix: str) -> str:
     user = topic[len(prefix) :]
     if not user or "/" in user or len(user) > 256:
-        raise _BadTopic(f"topic {topic!r} must be {prefix}<user_id> with one non-empty user level")
+        raise TopicError(topic, prefix)
     return user
 
 

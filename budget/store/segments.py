@@ -7,7 +7,7 @@ import io
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import msgspec
 import numpy as np
@@ -20,8 +20,12 @@ from budget.domain.events import (
     USAGE_COLUMNS,
     DeadLettered,
     Event,
+    LimitCrossed,
     ReservationDenied,
+    ReservationExpired,
+    ReservationGranted,
     UsageRecorded,
+    UserConfigured,
     event_tag_of,
 )
 from budget.errors import StoreError
@@ -48,13 +52,36 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 
 def event_month(event: Event) -> str | None:
-    """The month an event belongs to in the journal (its user's month; a dead letter's UTC month)."""
-    month = getattr(event, "month", None)
-    if isinstance(month, str):
-        return month
-    if isinstance(event, DeadLettered | UsageRecorded):
-        return utc_month(event.ts)
-    return None
+    """The month an event belongs to in the journal: its user's month; the UTC month of a dead letter or
+    of a usage that came without one (see FILED_BY_TS); none for a user's configuration."""
+    match event:
+        case UsageRecorded():
+            return utc_month(event.ts) if event.month is None else event.month
+        case DeadLettered():
+            return utc_month(event.ts)
+        case ReservationGranted() | ReservationDenied() | ReservationExpired() | LimitCrossed():
+            return event.month
+        case UserConfigured():
+            return None
+        case _:
+            assert_never(event)
+
+
+# The event types whose journal month can come from their timestamp (event_month, batch_tables).
+FILED_BY_TS = (UsageRecorded, DeadLettered)
+
+
+def reason_of(event: Event) -> str | None:
+    """Why an event's request was refused, for the journal's `reason` column (queryable without JSON)."""
+    match event:
+        case DeadLettered() | ReservationDenied():
+            return event.reason
+        case (
+            UsageRecorded() | ReservationGranted() | ReservationExpired() | UserConfigured() | LimitCrossed()
+        ):
+            return None
+        case _:
+            assert_never(event)
 
 
 def utc_month(ts: datetime) -> str:
@@ -66,17 +93,13 @@ def utc_month(ts: datetime) -> str:
 def journal_table(events: Sequence[Event], bodies: Sequence[bytes], first_seq: int) -> pa.Table:
     """The journal rows of a batch, one per event in append order, built from the event objects (the
     reference that `batch_tables` must agree with)."""
-    reasons = [
-        e.reason if isinstance(e, DeadLettered | ReservationDenied) else None  # queryable without JSON
-        for e in events
-    ]
     columns = {
         "seq": pa.array(range(first_seq, first_seq + len(events)), pa.int64()),
         "type": pa.array([_TAGS[type(e)] for e in events], pa.string()),
         "ts": pa.array([e.ts for e in events], _ARROW_TYPES["TIMESTAMPTZ"]),
         "user_id": pa.array([getattr(e, "user_id", None) for e in events], pa.string()),
         "month": pa.array([event_month(e) for e in events], pa.string()),
-        "reason": pa.array(reasons, pa.string()),
+        "reason": pa.array([reason_of(e) for e in events], pa.string()),
         "body": _string_column(bodies),
     }
     return pa.table(columns, schema=JOURNAL_SCHEMA)
@@ -133,7 +156,7 @@ def batch_tables(bodies: Sequence[bytes], first_seq: int) -> tuple[pa.Table, dic
     frame = pl.read_ndjson(io.BytesIO(b"\n".join(bodies)), schema=_PARSE_SCHEMA)
     ts = pl.col("ts").str.replace(r"Z$", "+00:00")
     frame = frame.with_columns(ts.str.to_datetime(_TS_FORMAT, time_unit="us", time_zone="UTC").alias("ts"))
-    filed_by_ts = pl.col("type").is_in(["dead_lettered", "usage_recorded"])
+    filed_by_ts = pl.col("type").is_in([_TAGS[kind] for kind in FILED_BY_TS])
     frame = frame.with_columns(
         pl.coalesce(pl.col("month"), pl.when(filed_by_ts).then(pl.col("ts").dt.strftime("%Y-%m"))).alias(
             "month"
@@ -150,7 +173,7 @@ def batch_tables(bodies: Sequence[bytes], first_seq: int) -> tuple[pa.Table, dic
             "body": _string_column(bodies),
         }
     ).cast(JOURNAL_SCHEMA)
-    usage = frame.filter(pl.col("type") == "usage_recorded").with_columns(
+    usage = frame.filter(pl.col("type") == _TAGS[UsageRecorded]).with_columns(
         pl.lit(SOURCE_LIVE).alias("source"), pl.lit("").alias("run_id")
     )
     by_month: dict[str, pa.Table] = {}

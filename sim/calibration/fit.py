@@ -28,14 +28,10 @@ import numpy as np
 
 from budget.domain.events import UsageRecorded
 from budget.domain.prices import default_catalog
-from sim.errors import InputError
+from sim.errors import FitError
 from sim.io.traces import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events
 
 MAX_DISPERSION = 50.0  # "no extra spread": a gamma shape this large is practically a Poisson
-
-
-class FitError(InputError):
-    """Usage that cannot be fitted (nothing in the month, an unreadable store)."""
 
 
 @dataclass(frozen=True, slots=True)

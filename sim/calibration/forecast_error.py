@@ -19,12 +19,8 @@ from typing import Any
 import duckdb
 
 from budget.domain.prices import NANOS_PER_USD
-from sim.errors import InputError
+from sim.errors import ForecastErrorError
 from sim.model.traffic import MONTH_DAYS
-
-
-class ForecastErrorError(InputError):
-    """A forecast file or store that cannot be compared; names the file and what is wrong."""
 
 
 @dataclass(frozen=True, slots=True)

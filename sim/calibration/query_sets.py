@@ -22,15 +22,11 @@ from typing import Any
 import numpy as np
 
 from sim.calibration.semantic import OUT_OF_SCOPE
-from sim.errors import FieldError
-from sim.io.user_files import UnreadableFile, read_text
+from sim.errors import QuerySetError, UnreadableFile
+from sim.io.user_files import read_text
 
 GROUP_COLUMNS = ("group", "intent", "category", "label")
 CLINC_OUT_OF_SCOPE = "oos"
-
-
-class QuerySetError(FieldError):
-    """A query file that cannot be used: names the file, where in it, and what was wrong."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,28 +23,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sim.errors import FieldError, SimError
+from sim.errors import RulesError
 
 Label = Literal["easy", "hard"]
 LABELS: tuple[Label, ...] = ("easy", "hard")
 
 _TOP_KEYS = ("description", "hard", "min_words")
 _RULE_KEYS = ("keywords", "name", "pattern")
-
-
-class RulesError(FieldError):
-    """A rules file that cannot be used: names the file, the field and what was expected."""
-
-
-class EvalSetError(SimError):
-    """An eval set line that cannot be used: names the file, the line (1-based) and what was expected."""
-
-    def __init__(self, path: str, line: int | None, reason: str) -> None:
-        self.path = path
-        self.line = line
-        self.reason = reason
-        where = f"line {line}" if line is not None else "(file)"
-        super().__init__(f"{path}: {where}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

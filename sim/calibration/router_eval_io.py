@@ -8,16 +8,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.calibration.router_eval import (
-    LABELS,
-    Confusion,
-    EvalSetError,
-    Example,
-    Rules,
-    RulesError,
-    parse_rules,
-)
-from sim.io.user_files import UnreadableFile, read_text
+from sim.calibration.router_eval import LABELS, Confusion, Example, Rules, parse_rules
+from sim.errors import EvalSetError, RulesError, UnreadableFile
+from sim.io.user_files import read_text
 
 
 def load_rules(path: str | Path) -> Rules:

@@ -13,6 +13,7 @@ import numpy as np
 
 from sim.calibration.router_eval import Verdict
 from sim.calibration.semantic import unit_rows
+from sim.errors import ArgumentError
 
 
 def knn_verdicts(
@@ -21,7 +22,7 @@ def knn_verdicts(
     """Route each query by a majority of its k most cosine-similar training examples ("hard" wins only a
     strict majority, so an even split stays on the cheap model)."""
     if not 1 <= k <= len(labels):
-        raise ValueError(f"k must be between 1 and the {len(labels)} training examples, got {k}")
+        raise ArgumentError("k", f"must be between 1 and the {len(labels)} training examples, got {k}")
     hard = np.array([label == "hard" for label in labels])
     scores = unit_rows(queries) @ unit_rows(train).T
     nearest = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -18,11 +18,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import IntEnum, unique
 
 import numpy as np
 
-OUT_OF_SCOPE = -1
-SEEN, UNSEEN, OUT_OF_SCOPE_PROBE = 0, 1, 2
+from sim.errors import ArgumentError
+
+OUT_OF_SCOPE = -1  # the group id of a query no group's answer fits
+
+
+@unique
+class ProbeKind(IntEnum):
+    """What a lookup may find in the cache (Split.probe_kind, int8)."""
+
+    SEEN = 0  # its group has queries stored: a hit of its own group is right
+    UNSEEN = 1  # its group was held out entirely: any hit is wrong (a first-time question)
+    OUT_OF_SCOPE = 2  # it has no group: any hit is wrong
+
+
 # The profile's thresholds: 0.50 to 0.99 by 0.01 (cosine similarity of unit vectors).
 DEFAULT_THRESHOLDS = tuple(round(0.50 + 0.01 * step, 2) for step in range(50))
 
@@ -33,7 +46,7 @@ class Split:
 
     stored: np.ndarray  # indices of the stored queries
     probes: np.ndarray  # indices of the lookups
-    probe_kind: np.ndarray  # per lookup: SEEN, UNSEEN or OUT_OF_SCOPE_PROBE
+    probe_kind: np.ndarray  # a ProbeKind per lookup
 
 
 def split_queries(groups: np.ndarray, *, stored_share: float, unseen_share: float, seed: int) -> Split:
@@ -51,15 +64,15 @@ def split_queries(groups: np.ndarray, *, stored_share: float, unseen_share: floa
         members = rng.permutation(np.flatnonzero(groups == group))
         if group in unseen:
             probes.append(members)
-            kinds.append(np.full(len(members), UNSEEN, dtype=np.int8))
+            kinds.append(np.full(len(members), ProbeKind.UNSEEN, dtype=np.int8))
             continue
         keep = min(max(1, round(stored_share * len(members))), max(1, len(members) - 1))
         stored.append(members[:keep])
         probes.append(members[keep:])
-        kinds.append(np.full(len(members) - keep, SEEN, dtype=np.int8))
+        kinds.append(np.full(len(members) - keep, ProbeKind.SEEN, dtype=np.int8))
     outside = np.flatnonzero(groups == OUT_OF_SCOPE)
     probes.append(outside)
-    kinds.append(np.full(len(outside), OUT_OF_SCOPE_PROBE, dtype=np.int8))
+    kinds.append(np.full(len(outside), ProbeKind.OUT_OF_SCOPE, dtype=np.int8))
     return Split(
         stored=np.concatenate(stored) if stored else np.empty(0, dtype=np.int64),
         probes=np.concatenate(probes),
@@ -74,7 +87,7 @@ class Lookups:
 
     similarity: np.ndarray
     same_group: np.ndarray
-    kind: np.ndarray
+    kind: np.ndarray  # a ProbeKind per lookup (the split's probe_kind)
     match: np.ndarray
 
 
@@ -82,7 +95,7 @@ def nearest_stored(embeddings: np.ndarray, groups: np.ndarray, split: Split, chu
     """Each lookup's best match among the stored queries by cosine similarity (rows are normalised here,
     so any embedding scale works). Ties go to the first stored query."""
     if len(split.stored) == 0:
-        raise ValueError("no stored queries: every group was held out")
+        raise ArgumentError("split", "no stored queries: every group was held out")
     unit = unit_rows(embeddings)
     stored = unit[split.stored]
     similarity = np.empty(len(split.probes), dtype=np.float32)
@@ -120,9 +133,9 @@ def similarity_profile(
     lookups: Lookups, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
 ) -> list[ProfileRow]:
     """One row per threshold (a lookup hits when its best similarity is >= the threshold)."""
-    seen = lookups.kind == SEEN
-    unseen = lookups.kind == UNSEEN
-    outside = lookups.kind == OUT_OF_SCOPE_PROBE
+    seen = lookups.kind == ProbeKind.SEEN
+    unseen = lookups.kind == ProbeKind.UNSEEN
+    outside = lookups.kind == ProbeKind.OUT_OF_SCOPE
     rows = []
     for threshold in thresholds:
         hit = lookups.similarity >= np.float32(threshold)

@@ -147,20 +147,24 @@ def semantic(
 
 
 def _lookup_counts(split: Split) -> dict[str, int]:
-    from sim.calibration.semantic import OUT_OF_SCOPE_PROBE, SEEN, UNSEEN
+    from sim.calibration.semantic import ProbeKind
 
     kinds = split.probe_kind
     return {
-        "lookups_seen": int((kinds == SEEN).sum()),
-        "lookups_unseen": int((kinds == UNSEEN).sum()),
-        "lookups_out_of_scope": int((kinds == OUT_OF_SCOPE_PROBE).sum()),
+        "lookups_seen": int((kinds == ProbeKind.SEEN).sum()),
+        "lookups_unseen": int((kinds == ProbeKind.UNSEEN).sum()),
+        "lookups_out_of_scope": int((kinds == ProbeKind.OUT_OF_SCOPE).sum()),
     }
 
 
 def _closest_wrong(queries: QuerySet, split: Split, lookups: Lookups) -> list[WrongMatch]:
-    from sim.calibration.semantic import OUT_OF_SCOPE, OUT_OF_SCOPE_PROBE, SEEN, UNSEEN, closest_wrong
+    from sim.calibration.semantic import OUT_OF_SCOPE, ProbeKind, closest_wrong
 
-    kind_names = {SEEN: "seen", UNSEEN: "held-out group", OUT_OF_SCOPE_PROBE: "out of scope"}
+    kind_names = {
+        ProbeKind.SEEN: "seen",
+        ProbeKind.UNSEEN: "held-out group",
+        ProbeKind.OUT_OF_SCOPE: "out of scope",
+    }
 
     def name(group: int) -> str | None:
         return None if group == OUT_OF_SCOPE else queries.group_names[group]
@@ -171,7 +175,7 @@ def _closest_wrong(queries: QuerySet, split: Split, lookups: Lookups) -> list[Wr
         matches.append(
             WrongMatch(
                 similarity=round(float(lookups.similarity[position]), 4),
-                kind=kind_names[int(lookups.kind[position])],
+                kind=kind_names[ProbeKind(int(lookups.kind[position]))],
                 text=queries.texts[query],
                 group=name(int(queries.groups[query])),
                 matched_text=queries.texts[match],

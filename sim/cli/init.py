@@ -21,7 +21,8 @@ SEED_STORY = ("naive-mvp.toml", "optimized.toml")
 def init(directory: Path, force: bool) -> None:
     """Copy the starter files into DIRECTORY (default ./margins): the seed story, each cost lever alone,
     the launch spike, the measured fragments they extend, and the enforcer's caps.example.toml."""
-    from sim.io.starter import StarterError, copy_starter, starter_files, starter_root
+    from sim.errors import StarterError
+    from sim.io.starter import copy_starter, starter_files, starter_root
 
     try:
         written = copy_starter(directory, starter_files(starter_root()), force=force)

@@ -16,14 +16,15 @@ import numpy as np
 import polars as pl
 
 from budget.domain.events import USAGE_COLUMNS
+from sim.model.codes import CACHE_ANSWERS, LAYER_OF_SERVED, CacheLayer, Outcome, Served
 from sim.model.forecast import Forecast, flatten
-from sim.model.policies.outcomes import OUTCOME_NAMES
-from sim.model.run import RunResult, Served
+from sim.model.run import RunResult
 
 ROWS_PER_BATCH = 500_000  # Arrow batches into DuckDB: fast, and the strings of one batch at a time
-# Layer code per row: 0 none (a provider attempt), then the layer that served the answer.
-_LAYER_NAMES = {0: None, 1: "exact", 2: "semantic", 3: "fragment"}
-_LAYER_OF = {Served.EXACT: 1, Served.SEMANTIC: 2, Served.FALSE_HIT: 2}
+# A compact row's outcome code: an attempt's Outcome, or one past them for an answer a cache layer served.
+_CACHE_HIT = len(Outcome)
+_USAGE_OUTCOMES = {**{int(o): o.usage_outcome for o in Outcome}, _CACHE_HIT: "cache_hit"}
+_USAGE_LAYERS = {int(layer): layer.usage_layer for layer in CacheLayer}
 
 
 class ForecastWriter:
@@ -94,14 +95,14 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
     traffic = run.traffic
     log = run.attempts
     attempt_request = traffic.call_request[log.column("call").astype(np.int64)]
-    cached = np.flatnonzero(np.isin(run.served, list(_LAYER_OF)))
+    cached = np.flatnonzero(np.isin(run.served, CACHE_ANSWERS))
     fragment_calls = np.flatnonzero(traffic.call_deterministic & run.fragment_hit[traffic.call_request])
     fragment_requests = traffic.call_request[fragment_calls]
     request = np.concatenate([attempt_request, cached, fragment_requests])
     zeros = np.zeros(request.size - attempt_request.size, dtype=np.int64)
-    served_layer = np.zeros(Served.FAILED + 1, dtype=np.int64)
-    for served, code in _LAYER_OF.items():
-        served_layer[served] = code
+    served_layer = np.full(max(Served) + 1, CacheLayer.NONE, dtype=np.int64)  # CacheLayer by Served
+    for served, layer in LAYER_OF_SERVED.items():
+        served_layer[served] = layer
     return pl.DataFrame(
         {
             "user": traffic.user[request],
@@ -120,13 +121,13 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
             "cached_input_tokens": np.concatenate([log.column("billed_cached").astype(np.int64), zeros]),
             "cache_write_tokens": np.concatenate([log.column("billed_write").astype(np.int64), zeros]),
             "outcome_code": np.concatenate(
-                [log.column("outcome").astype(np.int64), np.full(zeros.size, len(OUTCOME_NAMES))]
+                [log.column("outcome").astype(np.int64), np.full(zeros.size, _CACHE_HIT, dtype=np.int64)]
             ),
             "layer_code": np.concatenate(
                 [
-                    np.zeros(attempt_request.size, dtype=np.int64),
+                    np.full(attempt_request.size, CacheLayer.NONE, dtype=np.int64),
                     served_layer[run.served[cached]],
-                    np.full(fragment_requests.size, 3),
+                    np.full(fragment_requests.size, CacheLayer.FRAGMENT, dtype=np.int64),
                 ]
             ),
             "cost_nanos": np.concatenate([log.column("cost_nanos").astype(np.int64), zeros]),
@@ -138,7 +139,6 @@ def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) 
     """A slice of the compact rows in the usage table's columns (strings are made per slice: memory)."""
     start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
     ts = pl.lit(start) + pl.duration(microseconds=pl.col("micros"))
-    outcomes = dict(enumerate((*OUTCOME_NAMES, "cache_hit")))
     return compact.select(
         (pl.lit(f"{run_id}-") + (pl.int_range(pl.len()) + offset).cast(pl.Utf8)).alias("event_id"),
         (pl.lit("u") + pl.col("user").cast(pl.Utf8)).alias("user_id"),
@@ -150,8 +150,8 @@ def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) 
         "cached_input_tokens",
         "cache_write_tokens",
         "output_tokens",
-        pl.col("outcome_code").replace_strict(outcomes, return_dtype=pl.Utf8).alias("outcome"),
-        pl.col("layer_code").replace_strict(_LAYER_NAMES, return_dtype=pl.Utf8).alias("cache_layer"),
+        pl.col("outcome_code").replace_strict(_USAGE_OUTCOMES, return_dtype=pl.Utf8).alias("outcome"),
+        pl.col("layer_code").replace_strict(_USAGE_LAYERS, return_dtype=pl.Utf8).alias("cache_layer"),
         pl.lit(None, dtype=pl.Utf8).alias("reservation_id"),
         "cost_nanos",
         pl.lit(f"sim:{run.scenario.name}").alias("source"),

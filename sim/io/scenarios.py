@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from budget.domain.prices import PriceCatalog
-from sim.errors import ScenarioError
-from sim.io.user_files import UnreadableFile, read_text
+from sim.errors import ScenarioError, UnreadableFile
+from sim.io.user_files import read_text
 from sim.model.scenario import Scenario
 from sim.model.scenario_checks import merge, parse_scenario
 

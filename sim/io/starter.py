@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from sim.errors import SimError
+from sim.errors import StarterError
 
 CAPS_EXAMPLE = PurePosixPath("deploy/caps.example.toml")
 
@@ -25,10 +25,6 @@ STARTER_SCENARIOS = (
     "semantic/README.md",
     "router/measured-shares.toml",
 )
-
-
-class StarterError(SimError):
-    """The starter files cannot be found or cannot be written; the message says which and where."""
 
 
 @dataclass(frozen=True, slots=True)

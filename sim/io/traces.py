@@ -26,8 +26,8 @@ import msgspec
 import numpy as np
 
 from budget.domain.events import UsageRecorded, decode_usage
-from sim.errors import SimError
-from sim.io.user_files import UnreadableFile, read_text
+from sim.errors import TraceError, UnreadableFile
+from sim.io.user_files import read_text
 from sim.model.traffic import MONTH_DAYS, SECONDS_PER_DAY, Traffic
 
 TraceFormat = Literal["azure", "mooncake", "usage-jsonl"]
@@ -35,16 +35,6 @@ FORMATS: tuple[TraceFormat, ...] = ("azure", "mooncake", "usage-jsonl")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
 SESSION_GAP_S = 30 * 60.0  # a user's message more than 30 min after the previous one opens a new session
-
-
-class TraceError(SimError):
-    """A trace file that cannot be replayed: names the file, the line (1-based; 0 = the whole file) and
-    the field."""
-
-    def __init__(self, path: str, line: int, field: str, reason: str) -> None:
-        self.path, self.line, self.field, self.reason = path, line, field, reason
-        where = f"{path}: line {line}" if line else path
-        super().__init__(f"{where}: {field}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

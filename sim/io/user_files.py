@@ -1,7 +1,7 @@
 """Reading a user's text file (scenario, trace, rules, eval set, query set) with one wording for failure.
 
-Each reader turns `UnreadableFile` into its own error type, so every message still names the file and
-where in it; what went wrong reading it is said the same way everywhere.
+Each reader turns `UnreadableFile` (sim/errors.py) into its own error type, so every message still names
+the file and where in it; what went wrong reading it is said the same way everywhere.
 """
 
 from __future__ import annotations
@@ -9,15 +9,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from sim.errors import SimError
-
-
-class UnreadableFile(SimError):
-    """The file is missing or is not text in the expected encoding; `reason` says which."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
+from sim.errors import UnreadableFile
 
 
 def file_sha256(path: str | Path) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sim.model.codes import Action, Outcome
 from sim.model.policies import provider, retry
-from sim.model.policies.outcomes import ERROR, RATE_LIMITED, TIMEOUT
-from sim.model.randomness import hashed_uniform
+from sim.model.randomness import Draw, hashed_uniform
 from sim.model.scenario import Scenario
 
 ATTEMPT_FIELDS = (
@@ -290,9 +290,11 @@ def run_round(
     outcome, duration, visible, billed_in, billed_out = _made(scenario, table, key, batch, admitted)
     jitter = np.zeros(batch.size)
     if retry.uses_jitter(scenario.retry):
-        unanswered = (outcome == RATE_LIMITED) | (outcome == ERROR) | (outcome == TIMEOUT)
+        unanswered = (
+            (outcome == Outcome.RATE_LIMITED) | (outcome == Outcome.ERROR) | (outcome == Outcome.TIMEOUT)
+        )
         jitter[unanswered] = hashed_uniform(
-            key, batch.call[unanswered], batch.attempt_no[unanswered], provider.SALT_JITTER
+            key, batch.call[unanswered], batch.attempt_no[unanswered], Draw.JITTER
         )
     plan = retry.follow_up(
         scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
@@ -305,8 +307,8 @@ def run_round(
         call=batch.call,
         t=batch.t,
         model=model,  # small codes kept small: the log holds every attempt of the run
-        outcome=outcome.astype(np.int8),
-        action=plan.action,
+        outcome=outcome.astype(np.int8),  # Outcome
+        action=plan.action,  # Action, int8
         billed_input=billed_in,
         billed_output=billed_out,
         billed_cached=billed_cached,
@@ -343,7 +345,7 @@ def _made(
             batch.output_tokens,
         )
         return made.outcome, made.duration_s, made.first_visible_s, made.billed_input, made.billed_output
-    outcome = np.full(batch.size, RATE_LIMITED, dtype=np.int64)
+    outcome = np.full(batch.size, Outcome.RATE_LIMITED, dtype=np.int64)
     duration = np.full(batch.size, provider.RATE_LIMIT_REPLY_S)
     visible = np.zeros(batch.size)
     billed_in = np.zeros(batch.size, dtype=np.int64)
@@ -372,7 +374,9 @@ def _made(
 def _follow_ups(batch: Pending, plan: retry.FollowUp, place: np.ndarray) -> Pending:
     """The next attempt of every call whose attempt this round asked for one."""
     action = plan.action
-    again = np.flatnonzero((action == retry.RETRY) | (action == retry.QUEUE) | (action == retry.REGENERATE))
+    again = np.flatnonzero(
+        (action == Action.RETRY) | (action == Action.QUEUE) | (action == Action.REGENERATE)
+    )
     next_action = action[again]
     return Pending(
         call=batch.call[again],
@@ -381,9 +385,9 @@ def _follow_ups(batch: Pending, plan: retry.FollowUp, place: np.ndarray) -> Pend
         input_tokens=batch.input_tokens[again],
         output_tokens=batch.output_tokens[again],
         attempt_no=batch.attempt_no[again] + 1,
-        retries_used=batch.retries_used[again] + (next_action == retry.RETRY),
-        queued=batch.queued[again] + (next_action == retry.QUEUE),
-        regenerated=batch.regenerated[again] | (next_action == retry.REGENERATE),
+        retries_used=batch.retries_used[again] + (next_action == Action.RETRY),
+        queued=batch.queued[again] + (next_action == Action.QUEUE),
+        regenerated=batch.regenerated[again] | (next_action == Action.REGENERATE),
         previous_t=batch.t[again],
         previous_rank=place[again],
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from enum import IntEnum
 
 import numpy as np
 
@@ -33,9 +34,9 @@ from budget.domain.events import ReservationDenied, ReservationGranted, UsageRec
 from budget.domain.ledger import Authorize, Ledger, RecordUsage
 from budget.domain.prices import PriceCatalog
 from sim.model.attempts import AttemptLog
+from sim.model.codes import CACHE_ANSWERS, CapDecision, Outcome, Served
 from sim.model.policies import retry
-from sim.model.policies.outcomes import BAD_SERVED
-from sim.model.run import CACHE_ANSWERS, CapDecision, CapEffect, RunResult, Served, calls_needing_model
+from sim.model.run import CapEffect, RunResult, calls_needing_model
 from sim.model.scenario import Cap
 from sim.model.traffic import MONTH_DAYS
 
@@ -44,6 +45,14 @@ from sim.model.traffic import MONTH_DAYS
 LEDGER_MONTH_START = datetime(2026, 1, 1, tzinfo=UTC)
 # Reservations settle when their request finishes; a TTL of a day never expires one early.
 RESERVATION_TTL_S = 86_400
+
+
+class _Step(IntEnum):
+    """What the ledger does at one point of a user's stream; at one instant, settlements come first (the
+    stream is sorted by these values)."""
+
+    SETTLE = 0  # a request finished: record what its attempts billed against its reservation
+    AUTHORIZE = 1  # a request starts: reserve its worst case
 
 
 def enforcer_config(cap: Cap, cap_nanos: int) -> EnforcerConfig:
@@ -175,14 +184,14 @@ def _replay(
     as one settled usage per model instead of request by request: its spend is the same, exactly.
     """
     traffic = run.traffic
-    decision = np.zeros(traffic.requests, dtype=np.int64)
+    decision = np.full(traffic.requests, CapDecision.ALLOWED, dtype=np.int64)
     cost = run.cost_nanos.copy()
     ledger = Ledger(config, catalog)
     rows = np.flatnonzero(requests.has_call & np.isin(traffic.user, users))
-    # One stream of (user, time, kind, request): settlements (kind 0) before authorizations at one instant.
+    # One stream of (user, time, kind, request), kind a _Step: at one instant, settlements sort first.
     user = np.concatenate([traffic.user[rows], traffic.user[rows]])
     time = np.concatenate([requests.finished[rows], traffic.t[rows]])
-    kind = np.concatenate([np.zeros(rows.size, dtype=np.int64), np.ones(rows.size, dtype=np.int64)])
+    kind = np.repeat(np.array([_Step.SETTLE, _Step.AUTHORIZE], dtype=np.int64), rows.size)
     request = np.concatenate([rows, rows])
     order = np.lexsort((request, kind, time, user))
     user, time, kind, request = user[order], time[order], kind[order], request[order]
@@ -201,7 +210,7 @@ def _replay(
     for r, k, seconds in zip(request.tolist(), kind.tolist(), time.tolist(), strict=True):
         now = LEDGER_MONTH_START + timedelta(seconds=seconds)
         user_id = user_ids[owner[r]]
-        if k == 1:
+        if k == _Step.AUTHORIZE:
             ledger.apply_all(ledger.expire_due(now))
             command = Authorize(
                 request_id=str(r),
@@ -249,7 +258,7 @@ def _granted_prefix(
     is within the cap. So everything up to the first request where that sum passes the cap is granted as
     the uncapped run made it; the prefix stops at the last settlement before it that leaves nothing open.
     """
-    settle = kind == 0
+    settle = kind == _Step.SETTLE
     first = np.r_[True, user[1:] != user[:-1]]
     spent = _cumsum_by_group(np.where(settle, actual[request], 0), first)
     reserved = _cumsum_by_group(np.where(settle, -worst[request], worst[request]), first)
@@ -280,7 +289,7 @@ def _settle_prefix(
     request: np.ndarray,
 ) -> None:
     """Record each user's prefix as one usage per model (tokens summed: cost is linear in them)."""
-    settled = request[kind == 0]
+    settled = request[kind == _Step.SETTLE]
     if settled.size == 0:
         return
     models = len(run.models)
@@ -321,7 +330,7 @@ def _shaped(
     log = run.attempts
     outcome = log.column("outcome").astype(np.int64)
     served_bad = np.zeros(run.traffic.requests, dtype=bool)
-    served_bad[requests.attempt_request[outcome == BAD_SERVED]] = True
+    served_bad[requests.attempt_request[outcome == Outcome.BAD_SERVED]] = True
     quality = run.quality.copy()
     columns = {name: log.column(name) for name in log.parts}
     if degraded.any():

@@ -18,10 +18,10 @@ from budget.domain.prices import PriceCatalog
 from sim.model import traffic as traffic_module
 from sim.model.attempts import AttemptLog, CallSheet, Pending, RateWindows
 from sim.model.caps import apply_cap
-from sim.model.policies import cache, prompt_cache, provider, retry, router
-from sim.model.policies.outcomes import BAD_SERVED
+from sim.model.codes import Action, Outcome, Served
+from sim.model.policies import cache, prompt_cache, provider, router
 from sim.model.randomness import streams_for
-from sim.model.run import RunResult, Served, calls_needing_model
+from sim.model.run import RunResult, calls_needing_model
 from sim.model.scenario import Scenario
 from sim.model.tick import TickRunner
 from sim.model.traffic import SECONDS_PER_DAY, Traffic
@@ -243,22 +243,22 @@ def _per_request(
     request = traffic.call_request[np.asarray(log.column("call"), dtype=np.intp)]  # int32 ids, or empty
     action = log.column("action")
     served = np.full(n, Served.MODEL, dtype=np.int64)
-    served[request[action == retry.FAILED]] = Served.FAILED
+    served[request[action == Action.FAILED]] = Served.FAILED
     served[semantic.false_hit] = Served.FALSE_HIT
     served[semantic.true_hit] = Served.SEMANTIC
     served[exact] = Served.EXACT
-    done = np.flatnonzero(action == retry.DONE)
+    done = np.flatnonzero(action == Action.DONE)
     ttft = np.full(n, -np.inf)  # first the latest first-visible time of the request's calls
     np.maximum.at(ttft, request[done], log.column("visible_at")[done])
     ttft -= traffic.t
     for code, seconds in _TTFT_WITHOUT_MODEL.items():  # a mask per code: no temporary the size of all
         ttft[served == code] = seconds
     fallback = np.zeros(n, dtype=bool)
-    fallback[request[action == retry.QUEUE]] = True
+    fallback[request[action == Action.QUEUE]] = True
     cost = np.zeros(n, dtype=np.int64)
     np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
     bad_served = np.zeros(n, dtype=bool)
-    bad_served[request[done[log.column("outcome")[done] == BAD_SERVED]]] = True
+    bad_served[request[done[log.column("outcome")[done] == Outcome.BAD_SERVED]]] = True
     return served, ttft, fallback, cost, bad_served
 
 

@@ -17,9 +17,9 @@ import numpy as np
 from budget.domain.prices import NANOS_PER_USD, PriceCatalog
 from sim.model import engine
 from sim.model.caps import sum_by
-from sim.model.policies import retry, streaming
-from sim.model.policies.outcomes import RATE_LIMITED
-from sim.model.run import CapDecision, RunResult, Served
+from sim.model.codes import Action, CapDecision, Outcome, Served
+from sim.model.policies import streaming
+from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.model.traffic import MONTH_DAYS
 
@@ -63,7 +63,7 @@ def summarize(run: RunResult) -> Summary:
     outcome = run.attempts.column("outcome").astype(np.int64)
     action = run.attempts.column("action").astype(np.int64)
     model = run.attempts.column("model").astype(np.int64)
-    made = outcome != RATE_LIMITED
+    made = outcome != Outcome.RATE_LIMITED
     chains = traffic.context >= 0
     ttft = run.ttft_s[~np.isnan(run.ttft_s)] * 1000.0
     summary: Summary = {
@@ -90,10 +90,10 @@ def summarize(run: RunResult) -> Summary:
         "calls_by_model": {
             name: int(np.count_nonzero(made & (model == i))) for i, name in enumerate(run.models)
         },
-        "retries": int(np.count_nonzero(action == retry.RETRY)),
-        "regenerations": int(np.count_nonzero(action == retry.REGENERATE)),
+        "retries": int(np.count_nonzero(action == Action.RETRY)),
+        "regenerations": int(np.count_nonzero(action == Action.REGENERATE)),
         "rate_limited": int(np.count_nonzero(~made)),
-        "queued": int(np.count_nonzero(action == retry.QUEUE)),
+        "queued": int(np.count_nonzero(action == Action.QUEUE)),
         "fallbacks": int(np.count_nonzero(run.fallback)),
         "stream_aborts": streaming.stream_aborts(run.scenario.streaming, outcome),
         "ttft_ms": {
@@ -124,7 +124,7 @@ def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Sum
     if effect is None:
         return figures
     felt = np.zeros(mau, dtype=bool)
-    felt[run.traffic.user[effect.decision != 0]] = True
+    felt[run.traffic.user[effect.decision != CapDecision.ALLOWED]] = True
     uncapped_user = sum_by(run.traffic.user, effect.uncapped_cost_nanos, mau)
     uncapped_total = int(effect.uncapped_cost_nanos.sum())
     saved = uncapped_total - int(run.cost_nanos.sum())

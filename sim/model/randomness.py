@@ -9,6 +9,7 @@ which the fast path or the per-request reference happens to process attempts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum, unique
 
 import numpy as np
 
@@ -39,18 +40,29 @@ def streams_for(seed: int, mau: int, replication: int) -> Streams:
     return Streams(users, sessions, messages, prompts, tokens, router, cache, attempt_key)
 
 
+@unique
+class Draw(IntEnum):
+    """Which of an attempt's counter-based draws a uniform is for: its salt in hashed_uniform, which keeps
+    the draws of one (call, attempt) independent. Renumbering one changes every forecast."""
+
+    OUTCOME = 1  # what the attempt ends in (sim/model/policies/provider.py)
+    STALL = 2  # how much of a stalled answer was streamed before it was cut
+    JITTER = 3  # the jitter of the retry backoff (sdk-default)
+    TTFT = 4  # the spread of the time to first token
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def hashed_uniform(key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salt: int) -> np.ndarray:
+def hashed_uniform(key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salt: Draw) -> np.ndarray:
     """Uniforms in [0, 1) that depend only on (key, call, attempt, salt): splitmix64 of their mix."""
     return hashed_uniforms(key, call_ids, attempt_nos, (salt,))[0]
 
 
 def hashed_uniforms(
-    key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salts: tuple[int, ...]
+    key: int, call_ids: np.ndarray, attempt_nos: np.ndarray, salts: tuple[Draw, ...]
 ) -> list[np.ndarray]:
     """hashed_uniform for each salt in turn; the (call, attempt) part of the mix is worked out once."""
     with np.errstate(over="ignore"):

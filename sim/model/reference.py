@@ -21,26 +21,18 @@ from budget.domain.prices import PriceCatalog
 from sim.model import engine
 from sim.model import traffic as traffic_module
 from sim.model.attempts import AttemptLog
+from sim.model.codes import Action, Outcome, Served
 from sim.model.policies import prompt_cache, retry, router
-from sim.model.policies.outcomes import BAD, BAD_SERVED, ERROR, OK, RATE_LIMITED, TIMEOUT
-from sim.model.policies.provider import (
-    LOGISTIC_TO_NORMAL,
-    RATE_LIMIT_REPLY_S,
-    SALT_JITTER,
-    SALT_OUTCOME,
-    SALT_STALL,
-    SALT_TTFT,
-    ProviderTable,
-)
-from sim.model.randomness import streams_for
-from sim.model.run import RunResult, Served
+from sim.model.policies.provider import LOGISTIC_TO_NORMAL, RATE_LIMIT_REPLY_S, ProviderTable
+from sim.model.randomness import Draw, streams_for
+from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.model.traffic import SECONDS_PER_DAY
 
 _MASK = (1 << 64) - 1
 
 
-def scalar_uniform(key: int, call: int, attempt_no: int, salt: int) -> float:
+def scalar_uniform(key: int, call: int, attempt_no: int, salt: Draw) -> float:
     """The same counter-based uniform as sim.randomness.hashed_uniform, in plain integers."""
     x = (key ^ (salt * 0x9E3779B97F4A7C15)) & _MASK
     x = (x + call * 0x100000001B3 + attempt_no * 0x9E3779B97F4A7C15) & _MASK
@@ -207,7 +199,7 @@ class _Reference:
             outcome, duration, visible, billed_in, billed_out = self._attempt(
                 call, model, attempt_no, regenerated, now
             )
-            jitter = scalar_uniform(self.key, call, attempt_no, SALT_JITTER)
+            jitter = scalar_uniform(self.key, call, attempt_no, Draw.JITTER)
             action, next_t = self._follow_up(outcome, now, duration, retries, queued, jitter)
             price_in, price_out = self.prices[model]
             price_cached, price_write = self.cache_prices[model]
@@ -231,12 +223,12 @@ class _Reference:
                     now + duration,
                 )
             )
-            if action in (retry.DONE, retry.FAILED):
+            if action in (Action.DONE, Action.FAILED):
                 return
             attempt_no += 1
-            retries += action == retry.RETRY
-            queued += action == retry.QUEUE
-            regenerated = regenerated or action == retry.REGENERATE
+            retries += action == Action.RETRY
+            queued += action == Action.QUEUE
+            regenerated = regenerated or action == Action.REGENERATE
             yield self.env.timeout(next_t - now)
 
     def _admit(self, model: int, now: float, tokens: int) -> bool:
@@ -253,63 +245,63 @@ class _Reference:
 
     def _attempt(
         self, call: int, model: int, attempt_no: int, regenerated: bool, now: float
-    ) -> tuple[int, float, float, int, int]:
+    ) -> tuple[Outcome, float, float, int, int]:
         """One attempt: (outcome, duration, first visible offset, billed input, billed output)."""
         table, streaming = self.table, self.scenario.streaming
         inputs, outputs = int(self.traffic.input_tokens[call]), int(self.traffic.output_tokens[call])
         if not self._admit(model, now, inputs + outputs):
-            return RATE_LIMITED, RATE_LIMIT_REPLY_S, 0.0, 0, 0
-        u_ttft = min(max(scalar_uniform(self.key, call, attempt_no, SALT_TTFT), 1e-12), 1 - 1e-12)
+            return Outcome.RATE_LIMITED, RATE_LIMIT_REPLY_S, 0.0, 0, 0
+        u_ttft = min(max(scalar_uniform(self.key, call, attempt_no, Draw.TTFT), 1e-12), 1 - 1e-12)
         spread = math.exp(
             float(table.ttft_sigma[model]) * LOGISTIC_TO_NORMAL * math.log(u_ttft / (1 - u_ttft))
         )
         ttft, speed = float(table.ttft_s[model]) * spread, float(table.tokens_per_s[model])
         full = ttft + outputs / speed
         visible = ttft if streaming.enabled else full
-        u = scalar_uniform(self.key, call, attempt_no, SALT_OUTCOME)
+        u = scalar_uniform(self.key, call, attempt_no, Draw.OUTCOME)
         error_edge = table.error_rate[model]
         timeout_edge = error_edge + table.timeout_rate[model]
         if u < error_edge:
             billed = _billed(table.error_bills[model], inputs, outputs)
-            return ERROR, ttft, visible, *billed
+            return Outcome.ERROR, ttft, visible, *billed
         if u < timeout_edge:
             if streaming.enabled:
-                streamed = int(np.floor(scalar_uniform(self.key, call, attempt_no, SALT_STALL) * outputs))
+                streamed = int(np.floor(scalar_uniform(self.key, call, attempt_no, Draw.STALL) * outputs))
                 billed = _billed(table.timeout_bills[model], inputs, streamed)
-                return TIMEOUT, streaming.stall_detect_s, visible, *billed
+                return Outcome.TIMEOUT, streaming.stall_detect_s, visible, *billed
             billed = _billed(table.timeout_bills[model], inputs, outputs)
-            return TIMEOUT, float(table.timeout_s[model]), visible, *billed
+            return Outcome.TIMEOUT, float(table.timeout_s[model]), visible, *billed
         if u < timeout_edge + table.bad_rate[model]:
             if regenerated:
-                return BAD_SERVED, full, visible, inputs, outputs
+                return Outcome.BAD_SERVED, full, visible, inputs, outputs
             if streaming.enabled:
                 seen = min(outputs, streaming.detect_bad_after_tokens)
-                return BAD, ttft + seen / speed, visible, inputs, seen
-            return BAD, full, visible, inputs, outputs
-        return OK, full, visible, inputs, outputs
+                return Outcome.BAD, ttft + seen / speed, visible, inputs, seen
+            return Outcome.BAD, full, visible, inputs, outputs
+        return Outcome.OK, full, visible, inputs, outputs
 
     def _follow_up(
-        self, outcome: int, now: float, duration: float, retries: int, queued: int, jitter: float
-    ) -> tuple[int, float]:
+        self, outcome: Outcome, now: float, duration: float, retries: int, queued: int, jitter: float
+    ) -> tuple[Action, float]:
         policy = self.scenario.retry
         finished = now + duration
-        if outcome in (OK, BAD_SERVED):
-            return retry.DONE, finished
-        if outcome == BAD:
-            return retry.REGENERATE, finished
+        if outcome in (Outcome.OK, Outcome.BAD_SERVED):
+            return Action.DONE, finished
+        if outcome == Outcome.BAD:
+            return Action.REGENERATE, finished
         limit = retry.retry_limit(policy)
-        transient = outcome in (ERROR, TIMEOUT)
-        if policy.policy == "cost-aware" and outcome == RATE_LIMITED:
+        transient = outcome in (Outcome.ERROR, Outcome.TIMEOUT)
+        if policy.policy == "cost-aware" and outcome == Outcome.RATE_LIMITED:
             if queued < policy.queue_windows:
-                return retry.QUEUE, (now // retry.RATE_WINDOW_S + 1) * retry.RATE_WINDOW_S
-            return retry.FAILED, finished
+                return Action.QUEUE, (now // retry.RATE_WINDOW_S + 1) * retry.RATE_WINDOW_S
+            return Action.FAILED, finished
         if retries < limit and (transient or policy.policy != "cost-aware"):
             if policy.policy == "sdk-default":
                 wait = min(0.5 * 2.0**retries, 8.0) * (1.0 - 0.25 * jitter)
             else:
                 wait = policy.backoff_base_s * 2.0**retries
-            return retry.RETRY, finished + wait
-        return retry.FAILED, finished
+            return Action.RETRY, finished + wait
+        return Action.FAILED, finished
 
     def per_request(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         n, traffic = self.traffic.requests, self.traffic
@@ -320,12 +312,12 @@ class _Reference:
         for call, _t, _m, outcome, action, _bi, _bo, nanos, _bc, _bw, seen, _f in self.rows:
             request = int(traffic.call_request[call])
             cost[request] += nanos
-            if action == retry.FAILED:
+            if action == Action.FAILED:
                 served[request] = Served.FAILED
-            elif action == retry.DONE:
+            elif action == Action.DONE:
                 visible[request] = max(visible[request], seen)
-                bad_served[request] |= outcome == BAD_SERVED
-            fallback[request] |= action == retry.QUEUE
+                bad_served[request] |= outcome == Outcome.BAD_SERVED
+            fallback[request] |= action == Action.QUEUE
         by_model = served == Served.MODEL
         ttft[by_model] = (np.asarray(visible) - traffic.t)[by_model]
         ttft[served == Served.EXACT] = engine.EXACT_HIT_S

@@ -1,39 +1,16 @@
-"""What one run of the simulator produced: the per-request and per-attempt arrays, and the codes that
-say how each request was served. The engine (sim/model/engine.py) makes a RunResult; caps, forecasts and
-writers read it."""
+"""What one run of the simulator produced: the per-request and per-attempt arrays (their codes:
+sim/model/codes.py). The engine (sim/model/engine.py) makes a RunResult; caps, forecasts and writers
+read it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 
 import numpy as np
 
 from sim.model.attempts import AttemptLog
 from sim.model.scenario import Scenario
 from sim.model.traffic import Traffic
-
-
-class Served(IntEnum):
-    """How a request was answered (RunResult.served; stored as small numpy integers)."""
-
-    MODEL = 0  # by a model call
-    EXACT = 1  # by the exact-match cache
-    SEMANTIC = 2  # by the semantic cache, with a fitting answer
-    FALSE_HIT = 3  # by the semantic cache, with another question's answer
-    FAILED = 4  # not at all: every attempt failed
-    DENIED = 5  # not sent: the scenario's cap refused it (sim/model/caps.py)
-
-
-CACHE_ANSWERS = (Served.EXACT, Served.SEMANTIC, Served.FALSE_HIT)  # a request answered by a cache layer
-
-
-class CapDecision(IntEnum):
-    """What the scenario's cap decided for a request (CapEffect.decision)."""
-
-    ALLOWED = 0  # also when the request needed no model call
-    DEGRADED = 1  # answered by the cap's cheaper model
-    DENIED = 2  # not sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sim.errors import ArgumentError
+
 
 def pareto_frontier(costs: Sequence[float], qualities: Sequence[float]) -> list[bool]:
     """For each point, whether it is on the frontier (lower cost and higher quality are better).
@@ -16,7 +18,7 @@ def pareto_frontier(costs: Sequence[float], qualities: Sequence[float]) -> list[
     cost = np.asarray(costs, dtype=np.float64)
     quality = np.asarray(qualities, dtype=np.float64)
     if cost.shape != quality.shape:
-        raise ValueError("costs and qualities must have the same length")
+        raise ArgumentError("qualities", f"expected one per cost ({cost.size}), got {quality.size}")
     no_dearer = cost[:, None] <= cost[None, :]  # [a, b]: a costs no more than b
     no_worse = quality[:, None] >= quality[None, :]
     strictly = (cost[:, None] < cost[None, :]) | (quality[:, None] > quality[None, :])

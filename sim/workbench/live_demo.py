@@ -20,7 +20,7 @@ from budget.domain.ledger import Ledger, RecordUsage
 from budget.domain.prices import PriceCatalog
 from budget.store.event_store import EventStore
 from sim.model.caps import run_cap_nanos
-from sim.model.policies.outcomes import OUTCOME_NAMES
+from sim.model.codes import Outcome
 from sim.model.run import RunResult
 from sim.model.traffic import MONTH_DAYS
 
@@ -65,7 +65,7 @@ def fill_store(path: str | Path, run: RunResult, catalog: PriceCatalog, cap_usd:
                 input_tokens=inputs[i],
                 output_tokens=outputs[i],
                 feature="chat",
-                outcome=OUTCOME_NAMES[outcomes[i]],  # type: ignore[arg-type]
+                outcome=Outcome(outcomes[i]).usage_outcome,
             )
             batch.extend(ledger.execute(command, ts))
             written += 1

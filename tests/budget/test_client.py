@@ -13,7 +13,7 @@ from mqtt_helpers import Collector, mqtt
 from test_service import make_enforcer
 
 from budget.client import BudgetClient, guard, usage_counts
-from budget.errors import AuthorizationTimeout, BudgetDenied, BudgetError
+from budget.errors import AuthorizationTimeout, BudgetDenied, BudgetError, UsageCountsError
 
 
 def test_usage_counts_accepts_openai_objects_and_dicts() -> None:
@@ -29,8 +29,9 @@ def test_usage_counts_accepts_openai_objects_and_dicts() -> None:
     )
     responses = {"input_tokens": 300, "output_tokens": 20, "input_tokens_details": {"cached_tokens": 256}}
     assert usage_counts(responses) == (300, 256, 20)
-    with pytest.raises(BudgetError):
+    with pytest.raises(UsageCountsError, match="integer prompt/input and completion/output") as caught:
         usage_counts({"prompt_tokens": "many"})
+    assert caught.value.usage == {"prompt_tokens": "many"} and isinstance(caught.value, BudgetError)
 
 
 def test_no_enforcer_means_a_timeout_not_a_hang(mosquitto: Broker) -> None:

@@ -24,6 +24,7 @@ from budget.domain.events import (
     encode_event,
     event_tag,
 )
+from budget.errors import PayloadEncodingError
 
 TS = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 
@@ -113,6 +114,13 @@ def test_dead_letters_keep_any_payload_losslessly(payload: bytes) -> None:
     assert isinstance(again, DeadLettered)
     assert again.original_payload() == payload
     assert again.payload_encoding == ("utf-8" if _is_utf8(payload) else "base64")
+
+
+def test_a_corrupt_base64_dead_letter_is_a_payload_error() -> None:
+    dead = DeadLettered(ts=TS, topic="t", payload="not base64!", reason="r", payload_encoding="base64")
+    with pytest.raises(PayloadEncodingError, match="dead letter payload is not valid base64") as caught:
+        dead.original_payload()
+    assert caught.value.encoding == "base64" and isinstance(caught.value, ValueError)
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import get_args
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -280,6 +282,84 @@ def test_replay_rebuilds_the_same_state() -> None:
     replayed.apply_all(log)
     assert replayed.snapshot() == live.snapshot()
     assert replayed.status("u", NOW) == live.status("u", NOW)
+
+
+def test_apply_folds_every_type_of_event() -> None:
+    """One event of each type of the Event union, each changing what it must (a type apply forgot would
+    fail here as well as in mypy)."""
+    ledger = Ledger(make_config(), CATALOG)
+    month = "2026-11"
+
+    def granted(reservation_id: str, amount: int) -> ReservationGranted:
+        return ReservationGranted(
+            reservation_id=reservation_id,
+            request_id=reservation_id,
+            user_id="u",
+            ts=NOW,
+            month=month,
+            decision="allow",
+            model="gpt-4o",
+            requested_model="gpt-4o",
+            amount_nanos=amount,
+            expires_at=NOW + timedelta(minutes=10),
+        )
+
+    steps: list[tuple[Event, Callable[[], object], object]] = [
+        (UserConfigured(user_id="u", ts=NOW, plan="pro"), lambda: ledger.plan("u").name, "pro"),
+        (granted("r-1", 500), lambda: ledger.spent("u", month), (0, 500)),
+        (
+            UsageRecorded(
+                event_id="e1",
+                user_id="u",
+                ts=NOW,
+                model="gpt-4o",
+                input_tokens=10,
+                output_tokens=10,
+                cost_nanos=300,
+                reservation_id="r-1",
+                month=month,
+            ),
+            lambda: ledger.spent("u", month),
+            (300, 0),
+        ),
+        (granted("r-2", 70), lambda: ledger.reservation("r-2") is not None, True),
+        (
+            ReservationExpired(reservation_id="r-2", user_id="u", ts=NOW, month=month, amount_nanos=70),
+            lambda: (ledger.reservation("r-2"), ledger.spent("u", month)),
+            (None, (300, 0)),
+        ),
+        (
+            LimitCrossed(
+                user_id="u", ts=NOW, month=month, limit="soft", spent_nanos=1, reserved_nanos=0, cap_nanos=1
+            ),
+            lambda: ledger.snapshot()["crossed"],
+            frozenset({("u", month, "soft")}),
+        ),
+        (
+            ReservationDenied(
+                request_id="q",
+                user_id="u",
+                ts=NOW,
+                month=month,
+                model="gpt-4o",
+                amount_nanos=1,
+                remaining_nanos=0,
+                reason="cap",
+            ),
+            lambda: ledger.denials,
+            1,
+        ),
+        (
+            DeadLettered.of(ts=NOW, topic="t", payload=b"{", reason="malformed_json"),
+            lambda: ledger.dead_letters,
+            1,
+        ),
+    ]
+    assert {type(event) for event, _, _ in steps} == set(get_args(Event))
+    for event, state, expected in steps:
+        assert state() != expected, type(event).__name__
+        ledger.apply(event)
+        assert state() == expected, type(event).__name__
 
 
 # -- the ledger against a plain-dict model, with a real store -------------------------------------------

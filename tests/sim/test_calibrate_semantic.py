@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sim.calibration.query_sets import QuerySetError, read_query_sets
+from sim.calibration.query_sets import read_query_sets
 from sim.calibration.semantic import OUT_OF_SCOPE
 from sim.cli import main
+from sim.errors import QuerySetError
 from sim.io.scenarios import load_scenario
 from sim.model.engine import semantic_rates
 

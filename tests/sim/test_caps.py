@@ -14,8 +14,9 @@ from budget.domain.prices import NANOS_PER_USD
 from sim.errors import ScenarioError
 from sim.io.forecast_db import usage_frame
 from sim.model import caps, engine
+from sim.model.codes import CapDecision, Served
 from sim.model.forecast import summarize
-from sim.model.run import CapDecision, RunResult, Served
+from sim.model.run import RunResult
 from tests.sim.conftest import ALL_LEVERS, scenario_from
 
 NAIVE: dict[str, Any] = {

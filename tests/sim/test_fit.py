@@ -13,10 +13,10 @@ from budget.domain.events import UsageRecorded, encode_usage
 from budget.store.event_store import EventStore
 from sim.cli import main
 from sim.io.scenarios import load_scenario
+from sim.model.codes import Outcome, Served
 from sim.model.engine import simulate
 from sim.model.forecast import summarize
-from sim.model.policies.outcomes import OUTCOME_NAMES
-from sim.model.run import RunResult, Served
+from sim.model.run import RunResult
 from tests.sim.conftest import scenario_from
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -42,7 +42,7 @@ def usage_events(run: RunResult) -> list[UsageRecorded]:
             input_tokens=int(i_tokens),
             output_tokens=int(o_tokens),
             cost_nanos=int(cost),
-            outcome=OUTCOME_NAMES[int(o)],  # type: ignore[arg-type]
+            outcome=Outcome(int(o)).usage_outcome,
             prompt_hash=prompt_hash(int(traffic.call_request[c])),
         )
         for i, (c, t, m, o, i_tokens, o_tokens, cost) in enumerate(

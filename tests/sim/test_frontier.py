@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sim.errors import ArgumentError
 from sim.workbench.frontier import pareto_frontier
 
 # Few distinct values, so ties in cost and in quality are common (the cases that break a naive sweep).
@@ -36,6 +38,12 @@ def test_small_known_case() -> None:
     quality = [90.0, 85.0, 80.0, 95.0, 94.0, 85.0]
     # 0.05/80 loses to 0.05/85; 0.30/94 loses to 0.20/95; the two 0.05/85 tie and both stay.
     assert pareto_frontier(costs, quality) == [True, True, False, True, False, True]
+
+
+def test_costs_and_qualities_must_pair_up() -> None:
+    with pytest.raises(ArgumentError, match=r"qualities: expected one per cost \(2\), got 1") as caught:
+        pareto_frontier([1.0, 2.0], [50.0])
+    assert caught.value.argument == "qualities"
 
 
 def test_empty_and_single() -> None:

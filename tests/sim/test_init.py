@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from budget.service.settings import load_config
 from sim.cli import main
+from sim.errors import StarterError
 from sim.io import starter
 from sim.io.scenarios import load_scenario
-from sim.io.starter import StarterError, starter_files, starter_root
+from sim.io.starter import starter_files, starter_root
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,9 +19,8 @@ from sim.calibration.replay import passthrough_scenario, replay
 from sim.cli import main
 from sim.io.forecast_db import usage_frame
 from sim.io.traces import read_trace
-from sim.model.policies import retry
+from sim.model.codes import Action, Served
 from sim.model.policies.prompt_cache import prompt_cache_tokens
-from sim.model.run import Served
 from sim.model.scenario import Scenario
 from tests.sim.conftest import scenario_from
 
@@ -231,6 +230,6 @@ def test_usage_rows_carry_the_prompt_cache_tokens() -> None:
     # on the attempt that answers it (rate-limited attempts bill nothing; calls never answered, nothing).
     quiet, _ = passthrough(scenario, catalog)
     cached, write = prompt_cache_tokens(quiet, run.traffic, run.request_model[run.traffic.call_request])
-    answered = run.attempts.column("call")[run.attempts.column("action") == retry.DONE].astype(np.intp)
+    answered = run.attempts.column("call")[run.attempts.column("action") == Action.DONE].astype(np.intp)
     assert int(frame["cached_input_tokens"].sum()) == int(cached[answered].sum())
     assert int(frame["cache_write_tokens"].sum()) == int(write[answered].sum())

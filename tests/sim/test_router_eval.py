@@ -12,9 +12,10 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 
-from sim.calibration.router_eval import Confusion, Example, Rules, RulesError, classify, evaluate, parse_rules
+from sim.calibration.router_eval import Confusion, Example, Rules, classify, evaluate, parse_rules
 from sim.calibration.router_eval_io import load_rules, read_eval_set
 from sim.cli import main
+from sim.errors import RulesError
 from sim.io.scenarios import load_scenario
 from sim.model.scenario_checks import parse_scenario
 

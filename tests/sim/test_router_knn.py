@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from sim.calibration.router_knn import knn_verdicts
 from sim.cli import main
+from sim.errors import ArgumentError
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_SET = ROOT / "scenarios/router/eval-set.jsonl"
@@ -37,8 +38,11 @@ def test_the_majority_of_the_k_nearest_routes() -> None:
 
 
 def test_k_outside_the_training_set_is_an_error() -> None:
-    with pytest.raises(ValueError, match="k must be between 1 and the 2"):
+    with pytest.raises(
+        ArgumentError, match="k: must be between 1 and the 2 training examples, got 3"
+    ) as caught:
         knn_verdicts(np.eye(2), ["hard", "easy"], np.eye(2), k=3)
+    assert caught.value.argument == "k" and isinstance(caught.value, ValueError)
 
 
 @pytest.mark.parametrize(

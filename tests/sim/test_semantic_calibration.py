@@ -11,10 +11,8 @@ from hypothesis import strategies as st
 
 from sim.calibration.semantic import (
     OUT_OF_SCOPE,
-    OUT_OF_SCOPE_PROBE,
-    SEEN,
-    UNSEEN,
     Lookups,
+    ProbeKind,
     ProfileRow,
     Split,
     closest_wrong,
@@ -23,6 +21,7 @@ from sim.calibration.semantic import (
     similarity_profile,
     split_queries,
 )
+from sim.errors import ArgumentError
 
 
 def test_rates_of_a_hand_worked_cache() -> None:
@@ -38,7 +37,7 @@ def test_rates_of_a_hand_worked_cache() -> None:
     split = Split(
         stored=np.array([0, 1]),
         probes=np.array([2, 3, 4, 5]),
-        probe_kind=np.array([SEEN, SEEN, UNSEEN, OUT_OF_SCOPE_PROBE]),
+        probe_kind=np.array([ProbeKind.SEEN, ProbeKind.SEEN, ProbeKind.UNSEEN, ProbeKind.OUT_OF_SCOPE]),
     )
     lookups = nearest_stored(embeddings, groups, split)
     np.testing.assert_allclose(lookups.similarity, [0.96, 0.80, 0.90, 0.75], atol=1e-6)
@@ -66,11 +65,11 @@ def test_split_holds_out_groups_and_never_stores_out_of_scope() -> None:
     groups = np.concatenate([groups, np.full(7, OUT_OF_SCOPE)])
     split = split_queries(groups, stored_share=0.5, unseen_share=0.2, seed=3)
     assert sorted([*split.stored.tolist(), *split.probes.tolist()]) == list(range(len(groups)))
-    unseen_groups = set(groups[split.probes[split.probe_kind == UNSEEN]].tolist())
+    unseen_groups = set(groups[split.probes[split.probe_kind == ProbeKind.UNSEEN]].tolist())
     assert len(unseen_groups) == 2
     assert not unseen_groups & set(groups[split.stored].tolist())
     assert len(split.stored) == 8 * 3  # half of each of the 8 seen groups
-    assert set(groups[split.probes[split.probe_kind == OUT_OF_SCOPE_PROBE]].tolist()) == {OUT_OF_SCOPE}
+    assert set(groups[split.probes[split.probe_kind == ProbeKind.OUT_OF_SCOPE]].tolist()) == {OUT_OF_SCOPE}
     again = split_queries(groups, stored_share=0.5, unseen_share=0.2, seed=3)
     assert np.array_equal(again.stored, split.stored) and np.array_equal(again.probes, split.probes)
 
@@ -102,7 +101,8 @@ def test_profile_invariants(data: tuple[np.ndarray, np.ndarray, int], stored: fl
     split = split_queries(groups, stored_share=stored, unseen_share=unseen, seed=seed)
     assert len(split.stored) > 0  # at least one group is never held out
     lookups = nearest_stored(embeddings, groups, split)
-    assert not lookups.same_group[lookups.kind != SEEN].any()  # held-out and out-of-scope cannot be right
+    # Held-out and out-of-scope lookups cannot be right.
+    assert not lookups.same_group[lookups.kind != ProbeKind.SEEN].any()
     rows = similarity_profile(lookups)
     for row in rows:
         for rate in (row.true_hit, row.false_hit, row.wrong_when_seen, row.wrong_when_unseen):
@@ -122,15 +122,16 @@ def test_profile_invariants(data: tuple[np.ndarray, np.ndarray, int], stored: fl
 
 def test_no_stored_query_is_an_error() -> None:
     lookups_split = Split(stored=np.array([], dtype=np.int64), probes=np.arange(2), probe_kind=np.zeros(2))
-    with pytest.raises(ValueError, match="no stored queries"):
+    with pytest.raises(ArgumentError, match="no stored queries") as caught:
         nearest_stored(np.eye(2), np.array([0, 1]), lookups_split)
+    assert caught.value.argument == "split"
 
 
 def test_a_similarity_equal_to_the_threshold_hits() -> None:
     lookups = Lookups(
         similarity=np.array([0.9], dtype=np.float32),
         same_group=np.array([True]),
-        kind=np.array([SEEN]),
+        kind=np.array([ProbeKind.SEEN]),
         match=np.array([0]),
     )
     (row,) = similarity_profile(lookups, thresholds=[0.9])

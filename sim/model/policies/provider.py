@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.model.codes import Outcome
 from sim.model.policies import streaming
-from sim.model.policies.outcomes import BAD, BAD_SERVED, ERROR, OK, TIMEOUT
-from sim.model.randomness import hashed_uniform, hashed_uniforms
+from sim.model.randomness import Draw, hashed_uniform, hashed_uniforms
 from sim.model.scenario import Provider, Scenario
 
 RATE_LIMIT_REPLY_S = 0.05
-SALT_OUTCOME, SALT_STALL, SALT_JITTER, SALT_TTFT = 1, 2, 3, 4
 LOGISTIC_TO_NORMAL = 0.5513  # scales a logistic variate to unit variance: a close stand-in for a normal
 
 
@@ -82,27 +81,28 @@ def attempt(
     output_tokens: np.ndarray,
 ) -> AttemptOutcome:
     """Draw and price the attempts that the rate limiter admitted."""
-    u, u_ttft = hashed_uniforms(key, call, attempt_no, (SALT_OUTCOME, SALT_TTFT))
+    u, u_ttft = hashed_uniforms(key, call, attempt_no, (Draw.OUTCOME, Draw.TTFT))
     error_edge = table.error_rate[model]
     timeout_edge = error_edge + table.timeout_rate[model]
     bad_edge = timeout_edge + table.bad_rate[model]
     # The first edge below u decides: error, timeout, bad (a second bad answer is served, not regenerated
     # again), else ok. Assigned from the last rule to the first, so that the first one wins.
-    outcome = np.where(regenerated, BAD_SERVED, BAD)
-    outcome[u >= bad_edge] = OK
-    outcome[u < timeout_edge] = TIMEOUT
-    outcome[u < error_edge] = ERROR
+    outcome = np.full(call.size, Outcome.BAD, dtype=np.int64)
+    outcome[regenerated] = Outcome.BAD_SERVED
+    outcome[u >= bad_edge] = Outcome.OK
+    outcome[u < timeout_edge] = Outcome.TIMEOUT
+    outcome[u < error_edge] = Outcome.ERROR
     ttft = table.ttft_s[model] * ttft_factor(table.ttft_sigma[model], u_ttft)
     full = ttft + output_tokens / table.tokens_per_s[model]
     duration = full.copy()
     billed_input = input_tokens.astype(np.int64)  # token counts may come as int32: bills are int64
     billed_output = output_tokens.astype(np.int64)
-    is_error = outcome == ERROR
+    is_error = outcome == Outcome.ERROR
     duration[is_error] = ttft[is_error]
     _bill(is_error, model, table.error_bills, billed_input, billed_output)
     stall_share = np.zeros(call.size)
-    stalled = outcome == TIMEOUT
-    stall_share[stalled] = hashed_uniform(key, call[stalled], attempt_no[stalled], SALT_STALL)
+    stalled = outcome == Outcome.TIMEOUT
+    stall_share[stalled] = hashed_uniform(key, call[stalled], attempt_no[stalled], Draw.STALL)
     streaming.apply_failures(
         scenario.streaming,
         ttft,
@@ -114,7 +114,7 @@ def attempt(
         duration,
         billed_output,
     )
-    _bill(outcome == TIMEOUT, model, table.timeout_bills, billed_input, billed_output)
+    _bill(outcome == Outcome.TIMEOUT, model, table.timeout_bills, billed_input, billed_output)
     first_visible = np.where(scenario.streaming.enabled, ttft, full)
     return AttemptOutcome(outcome, duration, first_visible, billed_input, billed_output)
 

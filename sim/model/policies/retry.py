@@ -15,16 +15,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.model.policies.outcomes import BAD, BAD_SERVED, ERROR, OK, RATE_LIMITED, TIMEOUT
+from sim.model.codes import Action, Outcome
 from sim.model.scenario import Retry
 
 RATE_WINDOW_S = 60.0
-DONE, FAILED, RETRY, QUEUE, REGENERATE = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """Per finished attempt: what happens next (DONE, FAILED, RETRY, QUEUE, REGENERATE) and when."""
+    """Per finished attempt: what happens next (an Action, int8) and when."""
 
     action: np.ndarray
     next_t: np.ndarray
@@ -56,9 +55,9 @@ def follow_up(
     queued: np.ndarray,
     jitter: np.ndarray,
 ) -> FollowUp:
-    """Decide the next step for each attempt (vectorized); actions are int8 codes."""
-    transient = (outcome == ERROR) | (outcome == TIMEOUT)
-    limited = outcome == RATE_LIMITED
+    """Decide the next step for each attempt (vectorized): an Action per Outcome."""
+    transient = (outcome == Outcome.ERROR) | (outcome == Outcome.TIMEOUT)
+    limited = outcome == Outcome.RATE_LIMITED
     may_retry = retries_used < retry_limit(retry)
     if retry.policy == "cost-aware":
         retry_now = transient & may_retry
@@ -66,15 +65,15 @@ def follow_up(
     else:
         retry_now = (transient | limited) & may_retry
         queue = np.zeros(outcome.size, dtype=bool)
-    action = np.full(outcome.size, FAILED, dtype=np.int8)
-    action[(outcome == OK) | (outcome == BAD_SERVED)] = DONE
-    action[outcome == BAD] = REGENERATE
-    action[retry_now] = RETRY
-    action[queue] = QUEUE
+    action = np.full(outcome.size, Action.FAILED, dtype=np.int8)
+    action[(outcome == Outcome.OK) | (outcome == Outcome.BAD_SERVED)] = Action.DONE
+    action[outcome == Outcome.BAD] = Action.REGENERATE
+    action[retry_now] = Action.RETRY
+    action[queue] = Action.QUEUE
     # Most attempts finish for good: the waits are worked out only for those that retry or queue.
     next_t = started_at + duration_s
-    retrying = np.flatnonzero(action == RETRY)
+    retrying = np.flatnonzero(action == Action.RETRY)
     next_t[retrying] += backoff_s(retry, retries_used[retrying], jitter[retrying])
-    queueing = np.flatnonzero(action == QUEUE)  # cost-aware only: to the end of the window it hit
+    queueing = np.flatnonzero(action == Action.QUEUE)  # cost-aware only: to the end of the window it hit
     next_t[queueing] = (np.floor(started_at[queueing] / RATE_WINDOW_S) + 1.0) * RATE_WINDOW_S
     return FollowUp(action, next_t)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.model.codes import Route
 from sim.model.scenario import Router
-
-CHEAP, EXPENSIVE = 0, 1
 
 
 def route(router: Router, hard: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Model index per request: 0 (the cheap model, or the only one) or 1 (the expensive model).
+    """A Route per request (int64): the cheap model (or the only one), or the expensive model.
 
     The classifier is what an eval set measured: it sends `hard_to_expensive` of the hard requests and
     `easy_to_expensive` of the easy ones to the expensive model.
     """
     if not router.enabled:
-        return np.zeros(hard.size, dtype=np.int64)
+        return np.full(hard.size, Route.CHEAP, dtype=np.int64)
     to_expensive = np.where(hard, u < router.hard_to_expensive, u < router.easy_to_expensive)
-    return to_expensive.astype(np.int64)
+    routes: np.ndarray = np.where(to_expensive, Route.EXPENSIVE, Route.CHEAP).astype(np.int64, copy=False)
+    return routes
 
 
 def cheap_share(router: Router, hard_share: float) -> float:

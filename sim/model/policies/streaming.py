@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.model.policies.outcomes import BAD, TIMEOUT
+from sim.model.codes import Outcome
 from sim.model.scenario import Streaming
 
 
@@ -26,8 +26,8 @@ def apply_failures(
     billed_output: np.ndarray,
 ) -> None:
     """Set duration and billed output tokens of bad and stalled attempts, in place (arrays per attempt)."""
-    bad = outcome == BAD
-    stalled = outcome == TIMEOUT
+    bad = outcome == Outcome.BAD
+    stalled = outcome == Outcome.TIMEOUT
     if streaming.enabled:
         seen = np.minimum(output_tokens, streaming.detect_bad_after_tokens)
         duration[bad] = ttft_s[bad] + seen[bad] / tokens_per_s[bad]
@@ -42,4 +42,4 @@ def stream_aborts(streaming: Streaming, outcome: np.ndarray) -> int:
     """Attempts that streaming cut short: bad completions aborted early and stalls cut."""
     if not streaming.enabled:
         return 0
-    return int(np.count_nonzero((outcome == BAD) | (outcome == TIMEOUT)))
+    return int(np.count_nonzero((outcome == Outcome.BAD) | (outcome == Outcome.TIMEOUT)))
