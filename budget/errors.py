@@ -64,6 +64,22 @@ class BrokerError(BudgetError):
         super().__init__(f"{what}: {reason}")
 
 
+class ConnectionLost(BrokerError):
+    """The broker connection closed or failed; the enforcer reconnects."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("broker connection", reason)
+
+
+class MalformedPacket(BrokerError):
+    """Bytes that can never be a valid MQTT 5 packet (or one the enforcer's client does not speak), or a
+    packet field MQTT cannot carry; `packet` names the packet type."""
+
+    def __init__(self, packet: str, reason: str) -> None:
+        self.packet = packet
+        super().__init__(f"MQTT {packet} packet", reason)
+
+
 class BudgetDenied(BudgetError):
     """The enforcer answered deny: the call would not fit the user's cap (or could not be priced).
 
