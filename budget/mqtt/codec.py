@@ -186,7 +186,21 @@ def _publish_builder() -> Callable[[str, bytes, int, int, str | None, bytes | No
     return build
 
 
-_build_publish = _publish_builder()
+def _puback_builder() -> Callable[[int, int], PubAck]:
+    """A `PubAck` built the same way as `_publish_builder`'s packets."""
+    set_id, set_reason = (getattr(PubAck, field.name).__set__ for field in fields(PubAck))
+    new = object.__new__
+
+    def build(packet_id: int, reason_code: int) -> PubAck:
+        packet = new(PubAck)
+        set_id(packet, packet_id)
+        set_reason(packet, reason_code)
+        return packet
+
+    return build
+
+
+_build_publish, _build_puback = _publish_builder(), _puback_builder()
 
 
 def read(buffer: Buffer, start: int = 0) -> tuple[Packet | None, int]:
@@ -207,6 +221,10 @@ def read(buffer: Buffer, start: int = 0) -> tuple[Packet | None, int]:
     stop = body + length
     if stop > end:
         return _NOTHING_YET
+    if first == 0x40 and length == 2:  # a successful PUBACK: one per QoS 1 message the enforcer sends
+        packet_id = (buffer[body] << 8) | buffer[body + 1]
+        if packet_id:
+            return _build_puback(packet_id, 0), 4
     if first & 0xF0 == 0x30:  # PUBLISH, inline: it is nearly every packet the enforcer receives
         qos = (first >> 1) & 0x03
         if body + 2 > stop:
@@ -268,9 +286,14 @@ def _remaining_length(buf: Buffer, pos: int, end: int, first: int) -> tuple[int,
 
 
 def _packet_type(first: int) -> PacketType:
-    if not first >> 4:
+    kind = _PACKET_TYPES[first >> 4]
+    if kind is None:
         raise MalformedPacket("reserved (type 0)", "no MQTT packet has type 0")
-    return PacketType(first >> 4)
+    return kind
+
+
+# by number: indexing this costs a tenth of calling PacketType(n)
+_PACKET_TYPES: tuple[PacketType | None, ...] = (None, *PacketType)
 
 
 def _read_other(buf: Buffer, first: int, body: int, stop: int) -> Packet:
