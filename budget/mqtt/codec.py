@@ -10,8 +10,9 @@ response-topic and correlation-data properties), PUBACK, SUBSCRIBE, SUBACK, PING
 Other properties defined by MQTT 5 are checked and skipped; other packet types (QoS 2 handshakes,
 UNSUBSCRIBE, AUTH) are refused as `MalformedPacket`, since this client never asks for them.
 
-The hot path -- an incoming PUBLISH, an outgoing PUBLISH or PUBACK, tens of thousands a second -- is
-decoded inline and has its own encoders, `encode_publish` and `encode_puback`, which `encode` also uses.
+The per-message path -- tens of thousands a second -- is kept short: an incoming PUBLISH or PUBACK is
+decoded inline in `read`, and outgoing ones have their own encoders, `encode_publish` and `encode_puback`
+(which `encode` also uses), so a connection need not build a packet object to send one.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def read(buffer: Buffer, start: int = 0) -> tuple[Packet | None, int]:
     if first == 0x40 and length == 2:  # a successful PUBACK: one per QoS 1 message the enforcer sends
         packet_id = (buffer[body] << 8) | buffer[body + 1]
         if packet_id:
-            return _build_puback(packet_id, 0), 4
+            return _build_puback(packet_id, 0), stop - start
     if first & 0xF0 == 0x30:  # PUBLISH, inline: it is nearly every packet the enforcer receives
         qos = (first >> 1) & 0x03
         if body + 2 > stop:
