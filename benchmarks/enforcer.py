@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,9 @@ from typing import Any
 
 from budget.domain.config import parse_config
 from budget.mqtt.broker import BrokerSettings
-from budget.mqtt.connection import Incoming, Mqtt5Connection, encode_packet, encode_string
+from budget.mqtt.codec import encode, encode_publish, read
+from budget.mqtt.connection import Mqtt5Connection
+from budget.mqtt.packets import ConnAck, Connect, Packet, PubAck, Publish, Subscribe
 from budget.service.enforcer import Enforcer
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -96,38 +97,62 @@ def mosquitto(directory: Path) -> Iterator[int]:
 # -- load generators (run as child processes: `python -m benchmarks.enforcer _publish ...`) ----------
 
 
-async def _raw_publish(port: int, messages: list[tuple[bytes, bytes]], window: int = 1000) -> float:
-    """QoS 1 publishes pipelined over one MQTT 3.1.1 connection with `window` awaiting PUBACK.
+async def _read_packet(reader: asyncio.StreamReader) -> Packet:
+    """One whole packet from the stream: the first byte, the remaining length, then the body."""
+    head = await reader.readexactly(2)
+    while head[-1] & 0x80:
+        head += await reader.readexactly(1)
+    length = sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(head[1:]))
+    packet, _ = read(head + await reader.readexactly(length))
+    assert packet is not None  # the remaining length said the whole packet is there
+    return packet
+
+
+async def _open(port: int, client_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A clean MQTT 5 session, CONNACK checked."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(encode(Connect(client_id, keepalive_s=60, clean_start=True)))
+    connack = await _read_packet(reader)
+    if not isinstance(connack, ConnAck) or connack.reason_code:
+        raise SystemExit(f"broker refused the connection: {connack}")
+    return reader, writer
+
+
+async def _raw_publish(port: int, messages: list[tuple[str, bytes]], window: int = 1000) -> float:
+    """QoS 1 publishes pipelined over one MQTT 5 connection with `window` awaiting PUBACK.
 
     A minimal protocol writer: the load generator must outrun the system under test, and paho's per-message
     overhead (a few thousand messages/s per process here) would measure the generator instead.
     """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    connect = (
-        encode_string(b"MQTT")
-        + bytes([4, 0x02])
-        + struct.pack("!H", 60)
-        + encode_string(uuid.uuid4().hex.encode())
-    )
-    writer.write(encode_packet(0x10, connect))
-    if (await reader.readexactly(4))[3] != 0:
-        raise SystemExit("broker refused the connection")
+    reader, writer = await _open(port, uuid.uuid4().hex)
     credit = asyncio.Semaphore(window)
     total = len(messages)
 
     async def read_acks() -> None:
-        for _ in range(total):
-            header = await reader.readexactly(4)
-            if header[0] != 0x40:
-                raise SystemExit(f"unexpected packet {header!r}")
-            credit.release()
+        buffer, acked = b"", 0
+        while acked < total:
+            chunk = await reader.read(65536)
+            if not chunk:
+                raise SystemExit("the broker closed the connection")
+            buffer += chunk
+            pos = 0
+            while True:
+                ack, size = read(buffer, pos)
+                if ack is None:
+                    break
+                if not isinstance(ack, PubAck) or ack.reason_code >= 0x80:
+                    raise SystemExit(f"unexpected packet {ack!r}")
+                pos += size
+                acked += 1
+                credit.release()
+            buffer = buffer[pos:]
 
     acks = asyncio.create_task(read_acks())
     start = time.perf_counter()
     for index, (topic, payload) in enumerate(messages):
         await credit.acquire()
         packet_id = index % 65535 + 1
-        writer.write(encode_packet(0x32, encode_string(topic) + struct.pack("!H", packet_id) + payload))
+        writer.write(encode_publish(topic, payload, qos=1, packet_id=packet_id))
         if index % 64 == 0:
             await writer.drain()
     await acks
@@ -136,7 +161,7 @@ async def _raw_publish(port: int, messages: list[tuple[bytes, bytes]], window: i
     return elapsed
 
 
-def _usage_messages(count: int, per_message: int, users: int, prefix: str) -> list[tuple[bytes, bytes]]:
+def _usage_messages(count: int, per_message: int, users: int, prefix: str) -> list[tuple[str, bytes]]:
     ts = datetime.now(UTC).isoformat()
     out = []
     for m in range(count):
@@ -154,28 +179,20 @@ def _usage_messages(count: int, per_message: int, users: int, prefix: str) -> li
             for k in range(per_message)
         ]
         body = json.dumps(events[0] if per_message == 1 else events).encode()
-        out.append((f"margins/usage/{user}".encode(), body))
+        out.append((f"margins/usage/{user}", body))
     return out
 
 
 async def _authorize_load(port: int, count: int, rate: float, users: int) -> list[float]:
     """Round trips (ms) of `count` authorizations sent on a fixed schedule at `rate` per second.
 
-    Raw MQTT 3.1.1 (requests at QoS 1 carrying "reply_to", replies read at QoS 0) for the reason given in
+    Raw MQTT 5 (requests at QoS 1 carrying "reply_to", replies read at QoS 0) for the reason given in
     `_raw_publish`: aiomqtt's client tops out near the target rate here and would time itself.
     """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     client_id = uuid.uuid4().hex[:12]
-    connect = (
-        encode_string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + encode_string(client_id.encode())
-    )
-    writer.write(encode_packet(0x10, connect))
-    if (await reader.readexactly(4))[3] != 0:
-        raise SystemExit("broker refused the connection")
+    reader, writer = await _open(port, client_id)
     reply_prefix = f"margins/replies/{client_id}"
-    writer.write(
-        encode_packet(0x82, struct.pack("!H", 1) + encode_string(f"{reply_prefix}/#".encode()) + b"\x00")
-    )
+    writer.write(encode(Subscribe(1, ((f"{reply_prefix}/#", 0),))))
     sent: dict[str, float] = {}
     latencies: list[float] = []
     done = asyncio.Event()
@@ -183,20 +200,10 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
 
     async def read() -> None:
         while True:
-            kind = (await reader.readexactly(1))[0]
-            size, shift = 0, 0
-            while True:
-                byte = (await reader.readexactly(1))[0]
-                size |= (byte & 0x7F) << shift
-                shift += 7
-                if not byte & 0x80:
-                    break
-            body = await reader.readexactly(size)
-            if kind & 0xF0 != 0x30:
-                continue  # CONNACK / SUBACK / PUBACK
-            topic_len = struct.unpack("!H", body[:2])[0]
-            start = 2 + topic_len + (2 if kind & 0x06 else 0)
-            reply = json.loads(body[start:])
+            packet = await _read_packet(reader)
+            if not isinstance(packet, Publish):
+                continue  # SUBACK / PUBACK
+            reply = json.loads(packet.payload)
             began = sent.pop(reply["request_id"], None)
             if began is not None:
                 latencies.append((time.perf_counter() - began) * 1000)
@@ -211,12 +218,9 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
         body: dict[str, object] = {"request_id": request_id, "user_id": user, "model": "gpt-4o-mini"}
         body |= {"max_input_tokens": 1000, "max_output_tokens": 500, "reply_to": f"{reply_prefix}/r"}
         packet_id = i % 65535 + 1
-        topic = f"margins/authorize/{user}".encode()
         sent[request_id] = time.perf_counter()
         writer.write(
-            encode_packet(
-                0x32, encode_string(topic) + struct.pack("!H", packet_id) + json.dumps(body).encode()
-            )
+            encode_publish(f"margins/authorize/{user}", json.dumps(body).encode(), qos=1, packet_id=packet_id)
         )
 
     for i in range(50):  # warm up the enforcer's paths; not counted
@@ -267,7 +271,7 @@ async def _plain_subscriber_rate(port: int, count: int, per_message: int) -> flo
     done = asyncio.Event()
     connection: Mqtt5Connection | None = None
 
-    def on_message(message: Incoming) -> None:
+    def on_message(message: Publish) -> None:
         nonlocal got, first, last
         json.loads(message.payload)
         assert connection is not None
@@ -312,7 +316,7 @@ async def _echo_round_trips(port: int, count: int, rate: float) -> list[float]:
     ledger, no store): what the MQTT round trips alone cost here."""
     connection: Mqtt5Connection | None = None
 
-    def on_message(message: Incoming) -> None:
+    def on_message(message: Publish) -> None:
         request = json.loads(message.payload)
         body = {"request_id": request["request_id"], "decision": "allow", "model": request["model"]}
         body |= {"reservation_id": "echo", "remaining_usd": 1.0, "reason": ""}

@@ -7,7 +7,8 @@
         StoreError            path, reason: the event store cannot be opened, read or written
         QueryError            what, reason: a spend query that cannot be answered
         BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
-            ConnectionLost    reason: the broker connection failed (budget/mqtt/connection.py)
+            ConnectionLost    reason: the broker connection closed or failed; the enforcer reconnects
+            MalformedPacket   packet, reason: bytes that can never be a valid MQTT 5 packet
         TopicError            topic, prefix: a message topic without one user level (also a ValueError)
         PayloadEncodingError  encoding, reason: a dead letter payload that does not decode (also a ValueError)
         UsageCountsError      usage: a usage object without integer token counts (also a ValueError)
@@ -80,6 +81,22 @@ class BrokerError(BudgetError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what}: {reason}")
+
+
+class ConnectionLost(BrokerError):
+    """The broker connection closed or failed; the enforcer reconnects."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("broker connection", reason)
+
+
+class MalformedPacket(BrokerError):
+    """Bytes that can never be a valid MQTT 5 packet (or one the enforcer's client does not speak), or a
+    packet field MQTT cannot carry; `packet` names the packet type."""
+
+    def __init__(self, packet: str, reason: str) -> None:
+        self.packet = packet
+        super().__init__(f"MQTT {packet} packet", reason)
 
 
 class TopicError(BudgetError, ValueError):

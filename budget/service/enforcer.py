@@ -39,8 +39,10 @@ from budget.domain.events import (
 )
 from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, reservation_id_for
 from budget.domain.prices import PriceCatalog, nanos_to_usd
+from budget.errors import ConnectionLost
 from budget.mqtt.broker import BrokerSettings
-from budget.mqtt.connection import ConnectionLost, Incoming, Mqtt5Connection, close_quietly
+from budget.mqtt.connection import Mqtt5Connection, close_quietly
+from budget.mqtt.packets import Publish
 from budget.mqtt.topics import ADMIN_PREFIX, AUTHORIZE_PREFIX, USAGE_PREFIX, alert_topic, status_topic
 from budget.service.messages import (
     alert_json,
@@ -240,7 +242,7 @@ class Enforcer:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    def _on_message(self, message: Incoming) -> None:
+    def _on_message(self, message: Publish) -> None:
         """Runs in the loop for every message: decide and apply now, acknowledge after the commit."""
         if not self._accepting:
             return

@@ -1,4 +1,5 @@
-"""budget.mqtt.connection: packets split anywhere parse the same; properties; one write per loop turn."""
+"""budget.mqtt.connection: packets split across reads arrive whole; one write per loop turn; a bad packet
+or a broker's DISCONNECT ends the connection with the reason."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mqtt_helpers import remaining_length
 
-from budget.mqtt.connection import Incoming, Mqtt5Connection, _Protocol, _varint
+from budget.errors import ConnectionLost
+from budget.mqtt.connection import Mqtt5Connection, _Protocol
+from budget.mqtt.packets import Publish
 
 
 def publish_packet(topic: str, payload: bytes, packet_id: int, props: bytes = b"") -> bytes:
     body = struct.pack("!H", len(topic)) + topic.encode()
     body += struct.pack("!H", packet_id) if packet_id else b""
-    body += _varint(len(props)) + props + payload
-    return bytes([0x32 if packet_id else 0x30]) + _varint(len(body)) + body
+    body += remaining_length(len(props)) + props + payload
+    return bytes([0x32 if packet_id else 0x30]) + remaining_length(len(body)) + body
 
 
 def prop_string(prop: int, value: bytes) -> bytes:
@@ -38,6 +42,7 @@ class FakeTransport(asyncio.Transport):
         pass
 
 
+CONNACK = b"\x20\x03\x00\x00\x00"  # no session present, success, no properties
 PACKETS = [
     publish_packet("margins/usage/alice", b'{"a": 1}', 7),
     publish_packet(
@@ -49,17 +54,17 @@ PACKETS = [
     publish_packet("margins/admin/users/carol", b"{}", 0, b"\x26" + b"\x00\x01k\x00\x01v"),
 ]
 EXPECTED = [
-    Incoming("margins/usage/alice", b'{"a": 1}', 1, 7, None, None),
-    Incoming("margins/authorize/bob", b"x" * 300, 1, 8, "margins/replies/c/1", b"corr"),
-    Incoming("margins/admin/users/carol", b"{}", 0, 0, None, None),
+    Publish("margins/usage/alice", b'{"a": 1}', 1, 7, None, None),
+    Publish("margins/authorize/bob", b"x" * 300, 1, 8, "margins/replies/c/1", b"corr"),
+    Publish("margins/admin/users/carol", b"{}", 0, 0, None, None),
 ]
 
 
 @settings(max_examples=200, deadline=None)
 @given(cuts=st.lists(st.integers(min_value=0, max_value=sum(map(len, PACKETS))), max_size=12))
 def test_packets_split_anywhere_parse_the_same(cuts: list[int]) -> None:
-    async def run() -> list[Incoming]:
-        got: list[Incoming] = []
+    async def run() -> list[Publish]:
+        got: list[Publish] = []
         connection = Mqtt5Connection(got.append)
         protocol = _Protocol(connection)
         protocol.connection_made(FakeTransport())
@@ -92,12 +97,41 @@ def test_acks_and_publishes_of_one_loop_turn_are_one_write() -> None:
     assert written.startswith(b"\x40\x02\x00\x07\x40\x02\x00\x08\x33")  # two PUBACKs, then a retained QoS 1
 
 
-def test_a_garbled_stream_closes_the_connection() -> None:
-    async def run() -> bool:
+def closing_reason(*chunks: bytes) -> str:
+    """Feed `chunks` to a connection just past CONNACK; the reason it closed with ("" if still open)."""
+
+    async def run() -> str:
         connection = Mqtt5Connection(lambda message: None)
         protocol = _Protocol(connection)
         protocol.connection_made(FakeTransport())
-        protocol.data_received(b"\x30\xff\xff\xff\xff\xff")  # a length longer than MQTT allows
-        return connection.is_open
+        for chunk in (CONNACK, *chunks):
+            protocol.data_received(chunk)
+        if connection.is_open:
+            return ""
+        try:
+            await connection.wait_closed()
+        except ConnectionLost as error:
+            return str(error)
+        return "closed without a reason"
 
-    assert asyncio.run(run()) is False
+    return asyncio.run(run())
+
+
+def test_a_garbled_stream_closes_the_connection_and_says_why() -> None:
+    reason = closing_reason(b"\x30\xff\xff", b"\xff\xff\xff")  # a length longer than MQTT allows
+    assert "bad packet from the broker" in reason
+    assert "PUBLISH" in reason and "remaining length" in reason
+
+
+def test_a_packet_that_lies_about_its_topic_closes_the_connection() -> None:
+    # the topic length (0x0100) runs past this packet into the next one, which is well formed
+    reason = closing_reason(b"\x30\x04\x01\x00ab" + publish_packet("t", b"x", 0))
+    assert "PUBLISH" in reason and "topic" in reason
+
+
+def test_a_broker_disconnect_closes_with_its_reason_code() -> None:
+    assert closing_reason(b"\xe0\x01\x8b").endswith("broker sent DISCONNECT (reason code 0x8b)")
+
+
+def test_a_pingresp_changes_nothing() -> None:
+    assert closing_reason(b"\xd0\x00", b"\xd0", b"\x00") == ""
