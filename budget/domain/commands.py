@@ -50,6 +50,8 @@ class Authorize:
     model: str
     max_input_tokens: int
     max_output_tokens: int
+    # When the caller gives up waiting (aware); decided after it, the request holds nothing.
+    expires_at: datetime | None = None
     topic: str = ""
     payload: bytes | None = None
 
@@ -66,7 +68,17 @@ class ConfigureUser:
     payload: bytes | None = None
 
 
-Command = RecordUsage | Authorize | ConfigureUser
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RenewReservation:
+    """A running call's heartbeat: keep its reservation open for another TTL."""
+
+    reservation_id: str
+    user_id: str
+    topic: str = ""
+    payload: bytes | None = None
+
+
+Command = RecordUsage | Authorize | ConfigureUser | RenewReservation
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import msgspec
 
 from budget.errors import PayloadEncodingError
 
-USAGE_SCHEMA_VERSION = 1
+USAGE_SCHEMA_VERSION = 2  # 2 added `late` and `overshoot`; a v1 event reads with both False
 EVENT_SCHEMA_VERSION = 1
 
 Outcome = Literal["ok", "error", "timeout", "aborted", "rate_limited", "cache_hit"]
@@ -55,6 +55,10 @@ class UsageRecorded(msgspec.Struct, frozen=True, kw_only=True, tag="usage_record
     # Optional: a hash of the prompt (never the prompt), so `margins fit` can measure how often prompts
     # repeat; None when the producer does not send it.
     prompt_hash: str | None = None
+    # Counted in the month it arrived in, because its own month had closed (see budget.domain.ledger).
+    late: bool = False
+    # Its reservation had expired before it arrived: spent past the hold that covered it.
+    overshoot: bool = False
     v: int = USAGE_SCHEMA_VERSION
 
 
@@ -100,6 +104,16 @@ class ReservationGranted(msgspec.Struct, frozen=True, kw_only=True, tag="reserva
     model: str
     requested_model: str
     amount_nanos: int
+    expires_at: datetime
+    v: int = EVENT_SCHEMA_VERSION
+
+
+class ReservationRenewed(msgspec.Struct, frozen=True, kw_only=True, tag="reservation_renewed"):
+    """A running call's client renewed its reservation: it now expires at `expires_at`."""
+
+    reservation_id: str
+    user_id: str
+    ts: datetime
     expires_at: datetime
     v: int = EVENT_SCHEMA_VERSION
 
@@ -170,6 +184,8 @@ class DeadLettered(msgspec.Struct, frozen=True, kw_only=True, tag="dead_lettered
     detail: str = ""
     user_id: str | None = None
     event_id: str | None = None
+    # How many items of the message were rejected (one dead letter per message, whatever it held).
+    count: int = 1
     v: int = EVENT_SCHEMA_VERSION
 
     @classmethod
@@ -183,6 +199,7 @@ class DeadLettered(msgspec.Struct, frozen=True, kw_only=True, tag="dead_lettered
         detail: str = "",
         user_id: str | None = None,
         event_id: str | None = None,
+        count: int = 1,
     ) -> DeadLettered:
         """A dead letter keeping `payload` exactly: as text when it is UTF-8, else base64."""
         encoding: PayloadEncoding = "utf-8"
@@ -199,6 +216,7 @@ class DeadLettered(msgspec.Struct, frozen=True, kw_only=True, tag="dead_lettered
             detail=detail,
             user_id=user_id,
             event_id=event_id,
+            count=count,
         )
 
     def original_payload(self) -> bytes:
@@ -214,6 +232,7 @@ class DeadLettered(msgspec.Struct, frozen=True, kw_only=True, tag="dead_lettered
 Event: TypeAlias = (
     UsageRecorded
     | ReservationGranted
+    | ReservationRenewed
     | ReservationDenied
     | ReservationExpired
     | UserConfigured
@@ -223,6 +242,7 @@ Event: TypeAlias = (
 EVENT_TYPES: tuple[type[Event], ...] = (
     UsageRecorded,
     ReservationGranted,
+    ReservationRenewed,
     ReservationDenied,
     ReservationExpired,
     UserConfigured,

@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import assert_never
 
+import msgspec
+
 from budget.domain.commands import (
     Authorize,
     Command,
     ConfigureUser,
     RecordUsage,
+    RenewReservation,
     UserStatus,
     dead_letter,
     limits_reached,
@@ -40,6 +43,7 @@ from budget.domain.events import (
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    ReservationRenewed,
     UsageRecorded,
     UserConfigured,
 )
@@ -53,6 +57,7 @@ __all__ = [
     "ConfigureUser",
     "Ledger",
     "RecordUsage",
+    "RenewReservation",
     "UserStatus",
     "month_in",
     "reservation_id_for",
@@ -202,6 +207,8 @@ class Ledger:
                 return self._decide_authorize(command, now)
             case ConfigureUser():
                 return self._decide_configure(command, now)
+            case RenewReservation():
+                return self._decide_renew(command, now)
             case _:
                 assert_never(command)
 
@@ -252,6 +259,8 @@ class Ledger:
         reservation_id = reservation_id_for(user, command.request_id)
         if reservation_id in self._reservations:
             return []
+        if command.expires_at is not None and now > command.expires_at:
+            return []  # the caller gave up waiting: nothing is held for an answer nobody reads
         month = self.month_of(user, now)
         spent, reserved = self.spent(user, month)
         cap = self.cap_nanos(user)
@@ -318,6 +327,20 @@ class Ledger:
             expires_at=now + timedelta(seconds=self.config.reservation_ttl_s),
         )
         return [granted, *self._crossings(user, month, spent, reserved + amount, now, cap, self.plan(user))]
+
+    def _decide_renew(self, command: RenewReservation, now: datetime) -> list[Event]:
+        """A heartbeat of a running call: its open reservation lives another TTL from now. Renewing one
+        that is settled, expired or another user's does nothing (a late heartbeat is normal)."""
+        granted = self._reservations.get(command.reservation_id)
+        if granted is None or granted.user_id != command.user_id:
+            return []
+        expires_at = now + timedelta(seconds=self.config.reservation_ttl_s)
+        if expires_at <= granted.expires_at:
+            return []
+        renewed = ReservationRenewed(
+            reservation_id=command.reservation_id, user_id=command.user_id, ts=now, expires_at=expires_at
+        )
+        return [renewed]
 
     def _decide_configure(self, command: ConfigureUser, now: datetime) -> list[Event]:
         where = command.topic or "admin"
@@ -411,6 +434,13 @@ class Ledger:
                 self._reservations[event.reservation_id] = event
                 self._totals(event.user_id, event.month).reserved += event.amount_nanos
                 self._expiry.push(event.expires_at, event.reservation_id)
+            case ReservationRenewed():
+                granted = self._reservations.get(event.reservation_id)
+                if granted is not None and granted.user_id == event.user_id:
+                    self._reservations[event.reservation_id] = msgspec.structs.replace(
+                        granted, expires_at=event.expires_at
+                    )
+                    self._expiry.push(event.expires_at, event.reservation_id)
             case ReservationExpired():
                 granted = self._reservations.get(event.reservation_id)
                 if granted is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 USAGE_PREFIX = "margins/usage/"
 AUTHORIZE_PREFIX = "margins/authorize/"
+RENEW_PREFIX = "margins/renew/"
 ADMIN_PREFIX = "margins/admin/users/"
 # Replies may go only here or outside margins/: the enforcer may publish status, so a reply topic naming
 # margins/status/<victim> would let any application forge another user's status.

@@ -33,6 +33,7 @@ from budget.domain.events import (
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    ReservationRenewed,
     UsageRecorded,
     UserConfigured,
     encode_event,
@@ -369,6 +370,8 @@ class Enforcer:
                 case ReservationExpired():
                     counters["expired"] += 1
                     log.info("reservation %s of %s expired", event.reservation_id, event.user_id)
+                case ReservationRenewed():
+                    counters["renewed"] += 1
                 case _:
                     assert_never(event)
 

@@ -24,6 +24,7 @@ from budget.domain.events import (
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    ReservationRenewed,
     UsageRecorded,
     UserConfigured,
     event_tag_of,
@@ -53,7 +54,7 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 def event_month(event: Event) -> str | None:
     """The month an event belongs to in the journal: its user's month; the UTC month of a dead letter or
-    of a usage that came without one (see FILED_BY_TS); none for a user's configuration."""
+    of a usage that came without one (see FILED_BY_TS); none for a user's configuration or a renewal."""
     match event:
         case UsageRecorded():
             return utc_month(event.ts) if event.month is None else event.month
@@ -61,7 +62,7 @@ def event_month(event: Event) -> str | None:
             return utc_month(event.ts)
         case ReservationGranted() | ReservationDenied() | ReservationExpired() | LimitCrossed():
             return event.month
-        case UserConfigured():
+        case UserConfigured() | ReservationRenewed():
             return None
         case _:
             assert_never(event)
@@ -77,7 +78,12 @@ def reason_of(event: Event) -> str | None:
         case DeadLettered() | ReservationDenied():
             return event.reason
         case (
-            UsageRecorded() | ReservationGranted() | ReservationExpired() | UserConfigured() | LimitCrossed()
+            UsageRecorded()
+            | ReservationGranted()
+            | ReservationRenewed()
+            | ReservationExpired()
+            | UserConfigured()
+            | LimitCrossed()
         ):
             return None
         case _:

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from budget.domain.events import (
     EVENT_TYPES,
+    USAGE_SCHEMA_VERSION,
     DeadLettered,
     Event,
     LimitCrossed,
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    ReservationRenewed,
     UsageRecorded,
     UserConfigured,
     decode_event,
@@ -63,6 +65,7 @@ SAMPLES: list[Event] = [
         reason="cap",
     ),
     ReservationExpired(reservation_id="r-1", user_id="u", ts=TS, month="2026-11", amount_nanos=450_000),
+    ReservationRenewed(reservation_id="r-1", user_id="u", ts=TS, expires_at=TS),
     UserConfigured(user_id="u", ts=TS, cap_nanos=5_000_000_000, plan="pro", timezone="Europe/Paris"),
     LimitCrossed(
         user_id="u", ts=TS, month="2026-11", limit="soft", spent_nanos=8, reserved_nanos=0, cap_nanos=10
@@ -79,7 +82,7 @@ def test_every_event_type_has_a_sample() -> None:
 def test_tagged_json_round_trips(event: Event) -> None:
     data = encode_event(event)
     assert msgspec.json.decode(data)["type"] == event_tag(event)
-    assert msgspec.json.decode(data)["v"] == 1
+    assert msgspec.json.decode(data)["v"] == (USAGE_SCHEMA_VERSION if isinstance(event, UsageRecorded) else 1)
     assert decode_event(data) == event
 
 
@@ -90,6 +93,7 @@ def test_usage_json_written_before_month_existed_still_decodes() -> None:
     )
     event = decode_event(old)
     assert isinstance(event, UsageRecorded) and event.month is None and event.feature == "default"
+    assert not event.late and not event.overshoot and event.v == 1
     assert decode_usage(old) == event
 
 

@@ -24,6 +24,7 @@ from budget.domain.events import (
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    ReservationRenewed,
     UsageRecorded,
     UserConfigured,
 )
@@ -33,6 +34,7 @@ from budget.domain.ledger import (
     ConfigureUser,
     Ledger,
     RecordUsage,
+    RenewReservation,
     month_in,
     reservation_id_for,
     worst_case_nanos,
@@ -324,6 +326,13 @@ def test_apply_folds_every_type_of_event() -> None:
         ),
         (granted("r-2", 70), lambda: ledger.reservation("r-2") is not None, True),
         (
+            ReservationRenewed(
+                reservation_id="r-2", user_id="u", ts=NOW, expires_at=NOW + timedelta(hours=1)
+            ),
+            lambda: ledger.reservation("r-2").expires_at,  # type: ignore[union-attr]
+            NOW + timedelta(hours=1),
+        ),
+        (
             ReservationExpired(reservation_id="r-2", user_id="u", ts=NOW, month=month, amount_nanos=70),
             lambda: (ledger.reservation("r-2"), ledger.spent("u", month)),
             (None, (300, 0)),
@@ -554,3 +563,43 @@ LedgerMachine.TestCase.settings = settings(
     max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestLedgerMachine = LedgerMachine.TestCase
+
+
+def test_a_renewed_reservation_expires_a_ttl_after_its_last_renewal() -> None:
+    ledger = Ledger(make_config(), CATALOG)
+    [granted, *_] = ledger.execute(authorize("r1"), NOW)
+    assert isinstance(granted, ReservationGranted)
+    later = NOW + timedelta(seconds=500)
+    [renewed] = ledger.execute(RenewReservation(reservation_id=granted.reservation_id, user_id="u"), later)
+    assert isinstance(renewed, ReservationRenewed)
+    assert renewed.expires_at == later + timedelta(seconds=600)
+    assert ledger.expire_due(NOW + timedelta(seconds=700)) == []  # the first expiry is stale now
+    [expired] = ledger.expire_due(later + timedelta(seconds=600))
+    assert isinstance(expired, ReservationExpired) and expired.reservation_id == granted.reservation_id
+
+
+def test_renewing_what_is_not_an_open_reservation_of_that_user_does_nothing() -> None:
+    ledger = Ledger(make_config(), CATALOG)
+    [granted, *_] = ledger.execute(authorize("r1"), NOW)
+    assert isinstance(granted, ReservationGranted)
+    later = NOW + timedelta(seconds=60)
+    other_user = RenewReservation(reservation_id=granted.reservation_id, user_id="mallory")
+    assert ledger.execute(other_user, later) == []
+    assert ledger.execute(RenewReservation(reservation_id="r-unknown", user_id="u"), later) == []
+    ledger.execute(usage("e1", reservation_id=granted.reservation_id), later)
+    settled = RenewReservation(reservation_id=granted.reservation_id, user_id="u")
+    assert ledger.execute(settled, later) == []
+
+
+def test_an_authorization_decided_after_its_deadline_holds_nothing() -> None:
+    ledger = Ledger(make_config(), CATALOG)
+    request = Authorize(
+        request_id="late",
+        user_id="u",
+        model="gpt-4o",
+        max_input_tokens=1000,
+        max_output_tokens=500,
+        expires_at=NOW - timedelta(seconds=1),
+    )
+    assert ledger.execute(request, NOW) == []
+    assert ledger.status("u", NOW).reserved_nanos == 0

@@ -25,6 +25,7 @@ from budget.domain.events import (
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
+    ReservationRenewed,
     UsageRecorded,
     UserConfigured,
     encode_event,
@@ -291,12 +292,13 @@ def test_the_columnar_batch_parse_agrees_with_the_event_objects() -> None:
             user_id="u9", ts=T0, month="2026-10", limit="cap", spent_nanos=1, reserved_nanos=0, cap_nanos=1
         ),
         ReservationExpired(reservation_id="r-1", user_id="u1", ts=T0, month="2026-09", amount_nanos=5),
+        ReservationRenewed(reservation_id="r-1", user_id="u1", ts=T0, expires_at=T0),
     ]  # fmt: skip
     assert {type(e) for e in events} == set(EVENT_TYPES)  # every type, parsed both ways
     bodies = [encode_event(e) for e in events]
     journal, by_month = batch_tables(bodies, 40)
     assert journal.equals(journal_table(events, bodies, 40))
-    assert journal.column("month").to_pylist()[-4:] == ["2026-02", "2026-10", "2026-10", "2026-09"]
+    assert journal.column("month").to_pylist()[-5:] == ["2026-02", "2026-10", "2026-10", "2026-09", None]
     reasons = journal.column("reason").to_pylist()
     assert [r for r in reasons if r is not None] == ["bad_json", "cap reached"]
     usages = [e for e in events if isinstance(e, UsageRecorded)]
