@@ -236,7 +236,7 @@ class _Repair:
         if source.file == LOG:
             bodies = list(source.bodies[part])
         else:
-            bodies = [body.encode() for body in _bodies(self.root / source.file)[part]]
+            bodies = [body.encode() for body in _bodies(self.root / source.file, part)]
         journal_rows, _ = batch_tables(bodies, piece.first)
         self.say(f"{target}: written from {'the log' if source.file == LOG else source.file}")
         return write_segment(self.root, target, journal_rows, piece.first, piece.last, None)
@@ -245,8 +245,7 @@ class _Repair:
         usage: list[Segment] = []
         rollup: list[Segment] = []
         for segment in journal:
-            bodies = [b.encode() for b in _bodies(self.root / segment.file)]
-            _, by_month = batch_tables(bodies, segment.first)
+            by_month = _usage_by_month(self.root / segment.file, segment.first)
             name = segment_name(segment.first, segment.last)
             seqs = (segment.first, segment.last)
             for month, table in sorted(by_month.items()):
@@ -297,7 +296,9 @@ class _Repair:
                 (self.root / log.name).unlink(missing_ok=True)
                 removed += 1
         if removed:
-            self.say(f"log: {removed} files removed (their events are in the journal)")
+            self.say(
+                f"log: {removed} file{'' if removed == 1 else 's'} removed (its events are in the journal)"
+            )
 
     def _check_snapshots(self, end: int) -> None:
         snapshots = Snapshots(self.root)
@@ -354,23 +355,35 @@ def _log_source(first: int, lines: list[bytes]) -> Source:
 def _journal_problem(path: Path, first: int, last: int) -> str | None:
     """Why an unlisted journal file cannot be trusted (None: it holds seqs first..last, all events)."""
     try:
-        table = pq.read_table(path, columns=["seq", "body"])
+        seqs = pq.read_table(path, columns=["seq"]).column("seq").to_numpy()
+        if not np.array_equal(seqs, np.arange(first, last + 1)):
+            return f"does not hold seqs {first}..{last} in order"
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=REPLAY_BATCH, columns=["body"]):
+            decode_bodies(batch.column(0).to_pylist())
+    except (msgspec.DecodeError, TypeError) as error:  # before ValueError: a DecodeError is one
+        return f"a body is not an event: {error}"
     except (pa.ArrowException, OSError, ValueError) as error:
         return f"not readable Parquet: {str(error).splitlines()[0]}"
-    if not np.array_equal(table.column("seq").to_numpy(), np.arange(first, last + 1)):
-        return f"does not hold seqs {first}..{last} in order"
-    bodies = table.column("body")
-    try:
-        for start in range(0, len(bodies), REPLAY_BATCH):
-            decode_bodies(bodies.slice(start, REPLAY_BATCH).to_pylist())
-    except (msgspec.DecodeError, TypeError) as error:
-        return f"a body is not an event: {error}"
     return None
 
 
-def _bodies(path: Path) -> list[str]:
-    bodies: list[str] = pq.read_table(path, columns=["body"]).column("body").to_pylist()
+def _bodies(path: Path, part: slice) -> list[str]:
+    column = pq.read_table(path, columns=["body"]).column("body")
+    bodies: list[str] = column.slice(part.start, part.stop - part.start).to_pylist()
     return bodies
+
+
+def _usage_by_month(path: Path, first: int) -> dict[str, pa.Table]:
+    """A journal segment's usage rows per month, parsed a bounded number of bodies at a time (a
+    segment of 2M events parsed at once would take gigabytes)."""
+    parts: dict[str, list[pa.Table]] = {}
+    seq = first
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=REPLAY_BATCH, columns=["body"]):
+        bodies = [body.encode() for body in batch.column(0).to_pylist()]
+        for month, table in batch_tables(bodies, seq)[1].items():
+            parts.setdefault(month, []).append(table)
+        seq += len(bodies)
+    return {month: pa.concat_tables(tables) for month, tables in parts.items()}
 
 
 def _described(root: Path, file: str, piece: Piece) -> Segment:
