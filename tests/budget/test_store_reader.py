@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from store_helpers import usage_events, write_store
 
 from budget.domain.events import UsageRecorded
@@ -19,6 +20,7 @@ from budget.store.event_store import EventStore
 from budget.store.manifest import read_manifest
 from budget.store.reader import StoreReader
 from sim.calibration.fit import FitError, read_store_usage
+from sim.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +35,9 @@ def test_fit_reads_a_store_that_a_writer_holds_open(tmp_path: Path) -> None:
             EventStore.open(root, flush_interval=None)
         november = [e for e in events + pending if isinstance(e, UsageRecorded) and e.month == "2026-11"]
         assert read_store_usage(root, "2026-11") == november
+        fitted = CliRunner().invoke(main, ["fit", "--store", str(root), "--month", "2026-11"])
+        assert fitted.exit_code == 0, fitted.output
+        assert "mau = [5]" in fitted.stdout
         with StoreReader.open(root) as reader:
             assert list(reader.replay()) == events + pending
             assert list(reader.replay(after_seq=58)) == events[59:] + pending
