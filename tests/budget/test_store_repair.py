@@ -14,9 +14,9 @@ from store_helpers import file_states, replayed, spend_by_user_month, usage_even
 
 from budget.cli.store import store_group
 from budget.store.event_store import EventStore
+from budget.store.journal_plan import LOG, Source, plan_journal
 from budget.store.manifest import parse_segment_path, read_manifest
 from budget.store.queries import SpendReader
-from budget.store.repair import LOG, Source, plan_journal
 
 
 def run(*args: str) -> Result:
