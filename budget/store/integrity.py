@@ -12,12 +12,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from budget.errors import StoreError
 from budget.store.manifest import MANIFEST, Segment, repair_hint
+
+if TYPE_CHECKING:  # pyarrow loads where a file is parsed: `margins spend` checks by hash, without it
+    import pyarrow as pa
 
 CHUNK = 1 << 20
 
@@ -70,6 +71,9 @@ def segment_problem(root: Path, segment: Segment, data: bytes | None = None) -> 
 
 def parquet_rows(data: bytes) -> int | str:
     """The row count in a Parquet file's footer, or why it cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         return int(pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows)
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -99,6 +103,9 @@ def read_table(
     root: Path, segment: Segment, columns: Sequence[str] | None = None, schema: pa.Schema | None = None
 ) -> pa.Table:
     """A listed segment as an Arrow table, checked first (else StoreError naming the file)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     data = read_verified(root, segment)
     try:
         return pq.read_table(
