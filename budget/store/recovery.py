@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +233,8 @@ def quarantine(root: Path, file: str) -> Path:
 
 def keep_copy(root: Path, file: str) -> Path:
     """Copy a store file under quarantine/ (as `quarantine` would move it); the original stays."""
+    import shutil
+
     target = _quarantine_path(root, file)
     shutil.copy2(root / file, target)
     return target
