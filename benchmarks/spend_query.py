@@ -27,9 +27,10 @@ import pyarrow.parquet as pq
 
 from budget.domain.events import USAGE_COLUMNS
 from budget.domain.prices import default_catalog
-from budget.store.manifest import MANIFEST, Manifest, Segment, segment_name, write_atomic
+from budget.store.manifest import MANIFEST, Manifest, segment_name, write_atomic
 from budget.store.queries import SpendReader
-from budget.store.segments import JOURNAL_SCHEMA, USAGE_SCHEMA, merge_rollups, rollup_table, write_table
+from budget.store.segment_writer import write_segment
+from budget.store.segments import JOURNAL_SCHEMA, USAGE_SCHEMA, merge_rollups, rollup_table
 
 CHUNK = 1_000_000
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-5-nano", "claude-haiku-4.5")
@@ -93,12 +94,11 @@ def build_store(root: Path, events: int, months: int, last_month: str, seed: int
         for month in sorted(set(np.array(month_names)[np.unique(month_index)])):
             part = usage.filter(pc.equal(usage.column("month"), month))
             file = f"usage/month={month}/{name}"
-            write_table(root / file, part)
-            manifest.usage.append(Segment(file, first, first + n - 1, part.num_rows, month))
+            manifest.usage.append(write_segment(root, file, part, first, first + n - 1, month))
             rollups.setdefault(month, []).append((first, first + n - 1, rollup_table(part)))
-        journal_file = f"journal/{name}"
-        write_table(root / journal_file, _journal(usage, seq))
-        manifest.journal.append(Segment(journal_file, first, first + n - 1, n))
+        manifest.journal.append(
+            write_segment(root, f"journal/{name}", _journal(usage, seq), first, first + n - 1, None)
+        )
         manifest.last_seq = first + n - 1
     writer.close()
     # Per-user rollups are small, so compaction leaves one per month (runs of up to COMPACT_MAX_ROWS
@@ -107,8 +107,7 @@ def build_store(root: Path, events: int, months: int, last_month: str, seed: int
         summed = merge_rollups(pa.concat_tables([table for _, _, table in parts]))
         first, last = parts[0][0], parts[-1][1]
         file = f"rollup/month={month}/{segment_name(first, last)}"
-        write_table(root / file, summed)
-        manifest.rollup.append(Segment(file, first, last, summed.num_rows, month))
+        manifest.rollup.append(write_segment(root, file, summed, first, last, month))
     (root / "wal").mkdir(parents=True, exist_ok=True)
     write_atomic(root / MANIFEST, manifest.to_json())
     return baseline
@@ -168,7 +167,9 @@ def run_query_benchmark(
         built_s = time.perf_counter() - start
 
         def margins_spend() -> object:
-            with SpendReader(root) as reader:  # what `margins spend --top 100` runs: manifest, views, query
+            # What `margins spend --top 100` runs: the manifest, this month's files (each checked against
+            # its size and sha256 in the manifest), the view, the query.
+            with SpendReader(root, this_month) as reader:
                 return reader.top_spenders(this_month, 100).rows
 
         def baseline_query() -> object:

@@ -1,4 +1,4 @@
-"""The budget side of the `margins` command line: `enforce` and `spend`.
+"""The budget side of the `margins` command line: `enforce`, `spend` and `store`.
 
 sim.cli mounts these commands on the one `margins` group (budget never imports sim). Each entry is
 (name, "module:attribute" of its click command, its short help): `margins --help` lists the commands from
@@ -18,5 +18,10 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "enforce",
         "budget.cli.enforce:enforce",
         "Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.",
+    ),
+    (
+        "store",
+        "budget.cli.store:store_group",
+        "Check an event store's files, or repair a store whose manifest or segments do not add up.",
     ),
 )

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from budget.errors import BudgetError
+from budget.errors import BudgetError, StoreError
+from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
 if TYPE_CHECKING:
     from budget.domain.config import EnforcerConfig
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 @click.option("--config", "config_path", required=True, help="caps config (TOML)")
 @click.option("--client-id", default="margins-enforcer", show_default=True, help="MQTT client id (session)")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option(
+    "--min-free-mb",
+    default=DEFAULT_MIN_FREE_MB,
+    show_default=True,
+    type=click.IntRange(0),
+    help="stop (exit 2) before the store's filesystem has less than this many MiB free",
+)
 def enforce(
     broker_url: str,
     username: str | None,
@@ -34,11 +42,13 @@ def enforce(
     config_path: str,
     client_id: str,
     log_level: str,
+    min_free_mb: int,
 ) -> None:
     """Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.
 
     A usage message is acknowledged to the broker only once its effect is durable in the store; a
-    restart replays the store. Stops cleanly (commit, acknowledge, flush) on SIGINT or SIGTERM.
+    restart replays the store. Stops cleanly (commit, acknowledge, flush) on SIGINT or SIGTERM. A store
+    whose files do not add up, or whose disk is below --min-free-mb, stops it with one line and exit 2.
     """
     import asyncio
 
@@ -61,18 +71,21 @@ def enforce(
     # interval it can hold the event loop for that long at a time, which shows in authorization latency.
     sys.setswitchinterval(0.001)
     try:
-        asyncio.run(_run(broker, store_path, config))
+        asyncio.run(_run(broker, store_path, config, min_free_mb * MIB))
+    except StoreError as error:
+        click.echo(f"margins enforce: {error}", err=True)
+        sys.exit(2)
     except BudgetError as error:
         click.echo(f"margins enforce: {error}", err=True)
         sys.exit(1)
 
 
-async def _run(broker: BrokerSettings, store_path: str, config: EnforcerConfig) -> None:
+async def _run(broker: BrokerSettings, store_path: str, config: EnforcerConfig, min_free_bytes: int) -> None:
     import asyncio
 
     from budget.service.enforcer import Enforcer
 
-    async with Enforcer(broker, store_path, config) as enforcer:
+    async with Enforcer(broker, store_path, config, min_free_bytes=min_free_bytes) as enforcer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, enforcer.request_stop)

@@ -49,13 +49,16 @@ def spend(
     try:
         if month is not None:
             check_month(month)
-        with SpendReader(store, month if sql is not None else None) as reader:
+        every_month = sql is None and user is not None and by is None and month is None
+        the_month = month or datetime.now(UTC).strftime("%Y-%m")
+        # A month's query reads (and checks) only that month's files.
+        narrowed = month if sql is not None else None if every_month else the_month
+        with SpendReader(store, narrowed) as reader:
             if sql is not None:
                 result = reader.sql(sql)
-            elif user is not None and by is None and month is None:
-                result = reader.user_months(user)
+            elif every_month:
+                result = reader.user_months(str(user))
             else:
-                the_month = month or datetime.now(UTC).strftime("%Y-%m")
                 result = reader.spend_by(by or "user", the_month, top, user)  # type: ignore[arg-type]
     except BudgetError as error:
         click.echo(f"margins spend: {error}", err=True)

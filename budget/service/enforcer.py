@@ -55,6 +55,7 @@ from budget.service.messages import (
 )
 from budget.service.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, Rejected, decode_message
 from budget.store.event_store import FLUSH_INTERVAL_S, EventStore
+from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
 log = logging.getLogger("margins.enforce")
 
@@ -99,6 +100,7 @@ class Enforcer:
         inline_commit_max: int = 32,
         store_flush_interval_s: float | None = FLUSH_INTERVAL_S,
         clock: Callable[[], datetime] | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_MB * MIB,
     ) -> None:
         self.broker = broker
         self.store_path = Path(store_path)
@@ -107,6 +109,7 @@ class Enforcer:
         self._max_skew = max_skew
         self._inline_commit_max = inline_commit_max
         self._store_flush_interval = store_flush_interval_s
+        self._min_free_bytes = min_free_bytes
         self._expiry_interval = expiry_interval_s
         self._clock = clock or (lambda: datetime.now(UTC))
         self._store: EventStore | None = None
@@ -124,7 +127,10 @@ class Enforcer:
 
     async def __aenter__(self) -> Enforcer:
         self._store = await asyncio.to_thread(
-            EventStore.open, self.store_path, flush_interval=self._store_flush_interval
+            EventStore.open,
+            self.store_path,
+            flush_interval=self._store_flush_interval,
+            min_free_bytes=self._min_free_bytes,
         )
         replayed = await asyncio.to_thread(self._replay)
         # The replayed ledger lives as long as the process: keep the cyclic collector from re-scanning it

@@ -10,9 +10,16 @@ Why not write DuckDB tables directly: DuckDB admits one writing process per data
 cannot open a file another process is writing; immutable files listed by an atomically replaced manifest
 give readers a consistent snapshot with no lock at all, and the layout works on object storage too.
 
-Opening a store recovers it: a segment the manifest does not list is an interrupted flush and is deleted;
-log lines past the manifest's last seq are the events appended since, and a torn last line (a write that
-never returned) is cut off.
+Opening a store recovers it, and never removes a file it cannot account for (budget/store/recovery.py):
+a segment the manifest does not list is deleted only when the log (an interrupted flush) or verified
+listed segments (an interrupted compaction) still hold its events, and moved to quarantine/ otherwise; a
+missing or stale manifest, or a log that does not continue where the manifest ends, is a StoreError
+naming the file and `margins store repair`. Log lines past the manifest's last seq are the events
+appended since, and a torn tail of the newest log file (an append that never returned) is cut off.
+
+Every write first checks that the filesystem keeps `min_free_bytes` free afterwards
+(budget/store/headroom.py), so a nearly full disk stops the store with one clear error, not halfway
+through a segment. Ledger snapshots live beside the segments (budget/store/snapshots.py).
 """
 
 from __future__ import annotations
@@ -21,23 +28,27 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
 import msgspec
 
-from budget.domain.events import Event, decode_event
+from budget.domain.events import Event
 from budget.errors import StoreError
-from budget.store.manifest import Manifest, Segment, fsync_dir, read_manifest, write_atomic
+from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB, ensure_headroom
+from budget.store.integrity import check_present, damaged, segment_problem, with_checksum
+from budget.store.manifest import Manifest, Segment, fsync_dir, write_atomic
+from budget.store.recovery import apply_recovery, survey
 from budget.store.segment_writer import SegmentWriter, merge_run, write_batch
-from budget.store.segments import decode_bodies, read_journal_bodies
+from budget.store.segments import REPLAY_BATCH, decode_segment, read_journal_bodies
+from budget.store.snapshots import Snapshot, SnapshotPart, Snapshots, part_size
 
 FLUSH_INTERVAL_S = 1.0
 RETIRE_GRACE_S = 60.0  # a reader holding an older manifest finishes its query well within this
 COMPACT_MIN_SEGMENTS = 8  # merge once this many small segments have piled up
 COMPACT_MAX_ROWS = 2_000_000  # a segment this large is left alone
-REPLAY_BATCH = 50_000
 
 _encoder = msgspec.json.Encoder()
 
@@ -49,8 +60,9 @@ class EventStore:
     readers use budget.store.queries and never open an EventStore.
     """
 
-    def __init__(self, root: Path, flush_interval: float | None) -> None:
+    def __init__(self, root: Path, flush_interval: float | None, min_free_bytes: int) -> None:
         self.root = root
+        self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()  # guards the log and the pending batch
         self._flush_lock = threading.Lock()  # one flush / compaction at a time
         self._lock_fd = -1
@@ -68,18 +80,27 @@ class EventStore:
         self._replaying = 0  # replays in progress: retired files stay until they finish
         self.compacted_rows = 0  # rows rewritten by compaction since open (its write amplification)
         self._writer: SegmentWriter | None = None
+        self._snapshots = Snapshots(root)
+        self._snapshot_thread: ThreadPoolExecutor | None = None
 
     @classmethod
     def open(
-        cls, path: str | Path, *, flush_interval: float | None = FLUSH_INTERVAL_S, offload: bool | None = None
+        cls,
+        path: str | Path,
+        *,
+        flush_interval: float | None = FLUSH_INTERVAL_S,
+        offload: bool | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_MB * MIB,
     ) -> EventStore:
         """Open (creating if needed) and recover the store at `path`; raises StoreError when another
-        process holds it. `flush_interval` None disables the background flusher (call `flush()`).
+        process holds it, when its files do not add up (see the module docstring), or when its filesystem
+        has less than `min_free_bytes` free. `flush_interval` None disables the background flusher (call
+        `flush()`).
 
         `offload` builds and writes segments in a child process so this process's GIL stays with its own
         work (default: when the background flusher runs)."""
         root = Path(path)
-        store = cls(root, flush_interval)
+        store = cls(root, flush_interval, min_free_bytes)
         if offload if offload is not None else flush_interval is not None:
             store._writer = SegmentWriter()
         try:
@@ -102,43 +123,42 @@ class EventStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreError(str(self.root), "another process has this store open for writing") from None
-        self._manifest = read_manifest(self.root)
-        self._remove_orphans()
+        ensure_headroom(self.root, self.min_free_bytes, 0, "opening the store")
+        found = survey(self.root, decode_log=True)
+        found.raise_problems(self.root)
+        check_present(self.root, found.manifest.segments)
+        self._manifest = found.manifest
+        if found.manifest.version < 2:
+            self._add_checksums()
+        apply_recovery(self.root, found)
+        self._snapshots.remove_unfinished()
         self._next_seq = self._manifest.last_seq + 1
-        self._recover_wal()
+        for log in found.log:  # the gaps are ruled out: these are the lines after the manifest, in order
+            skip = self._next_seq - log.first_body_seq
+            if log.bodies and skip < len(log.bodies):
+                self._pending += log.events[skip:]
+                self._pending_bodies += log.bodies[skip:]
+                self._next_seq += len(log.bodies) - skip
         self._start_wal()
         self.flush()
 
-    def _remove_orphans(self) -> None:
-        manifest = self._manifest
-        listed = {s.file for s in (*manifest.journal, *manifest.usage, *manifest.rollup)}
-        listed |= {f for f, _ in manifest.retired}
-        for sub in ("journal", "usage", "rollup"):
-            for file in (self.root / sub).rglob("*.parquet*") if (self.root / sub).exists() else []:
-                if str(file.relative_to(self.root)) not in listed:
-                    file.unlink()
-
-    def _recover_wal(self) -> None:
-        """Move log lines past the manifest into the pending batch; cut a torn last line."""
-        for wal in sorted((self.root / "wal").glob("*.jsonl")):
-            seq = int(wal.stem)
-            data = wal.read_bytes()
-            good = 0
-            for line in data.splitlines(keepends=True):
-                if not line.endswith(b"\n"):
-                    break  # torn: its append never returned
-                try:
-                    event = decode_event(line)
-                except msgspec.DecodeError:
-                    break
-                good += len(line)
-                if seq >= self._next_seq:
-                    self._pending.append(event)
-                    self._pending_bodies.append(line.rstrip(b"\n"))
-                    self._next_seq = seq + 1
-                seq += 1
-            if good < len(data):
-                os.truncate(wal, good)
+    def _add_checksums(self) -> None:
+        """Upgrade a version-1 manifest: check each segment's row count, then record its size and
+        sha256 (what the file holds from now on is what readers will check against)."""
+        old = self._manifest
+        for segment in old.segments:
+            problem = segment_problem(self.root, segment)
+            if problem is not None:
+                raise damaged(self.root, problem)
+        self._commit(
+            Manifest(
+                last_seq=old.last_seq,
+                journal=[with_checksum(self.root, s) for s in old.journal],
+                usage=[with_checksum(self.root, s) for s in old.usage],
+                rollup=[with_checksum(self.root, s) for s in old.rollup],
+                retired=old.retired,
+            )
+        )
 
     def _start_wal(self) -> None:
         """Begin a new log file named by the next seq (the previous ones go once flushed)."""
@@ -150,22 +170,38 @@ class EventStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def append(self, events: Iterable[Event]) -> None:
-        """Append a batch durably: returns only once every event is fsync'd to the log."""
+    def append(self, events: Iterable[Event]) -> int:
+        """Append a batch durably: returns only once every event is fsync'd to the log, with the seq of
+        the store's last event (the batch's last, unless it was empty).
+
+        Raises StoreError -- and writes nothing -- when the write would leave less than `min_free_bytes`
+        free; a write that fails halfway leaves the store refusing every later append (the next open cuts
+        the unacknowledged tail)."""
         batch = list(events)
         if not batch:
-            return
+            return self._next_seq - 1
         bodies = [_encoder.encode(e) for e in batch]
         data = b"\n".join(bodies) + b"\n"
         with self._lock:
             self._check_open()
-            written = 0
-            while written < len(data):
-                written += os.write(self._wal_fd, data[written:])
-            os.fdatasync(self._wal_fd)
+            ensure_headroom(self.root, self.min_free_bytes, len(data), "appending to the log")
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(self._wal_fd, data[written:])
+                os.fdatasync(self._wal_fd)
+            except OSError as error:
+                self._error = StoreError(str(self.root), f"cannot append to {self._wal_path}: {error}")
+                raise self._error from error
             self._pending.extend(batch)
             self._pending_bodies.extend(bodies)
             self._next_seq += len(batch)
+            return self._next_seq - 1
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event appended (-1 for an empty store)."""
+        return self._next_seq - 1
 
     @property
     def _pending_first(self) -> int:
@@ -178,6 +214,9 @@ class EventStore:
             with self._lock:
                 if not self._pending:
                     return
+                # The segments take less than the log lines they come from (columnar, compressed).
+                needed = sum(map(len, self._pending_bodies))
+                ensure_headroom(self.root, self.min_free_bytes, needed, "writing segments")
                 events, bodies, first = self._pending, self._pending_bodies, self._pending_first
                 self._pending, self._pending_bodies = [], []
                 self._start_wal()
@@ -264,6 +303,8 @@ class EventStore:
         run = segments[start:]
         if len(run) < max(2, min_segments):
             return segments
+        needed = sum(s.size or 0 for s in run)  # the replaced files stay for the readers' grace period
+        ensure_headroom(self.root, self.min_free_bytes, needed, "compacting segments")
         merged = None if self._writer is None else self._writer.merge_run(str(self.root), kind, month, run)
         if merged is None:
             merged = merge_run(str(self.root), kind, month, run)
@@ -282,20 +323,49 @@ class EventStore:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def replay(self) -> Iterator[Event]:
-        """Every event in append order: the segments, then what is still pending."""
+    def replay(self, after_seq: int = -1) -> Iterator[Event]:
+        """Every event after `after_seq` (default: all) in append order: the segments, then what is still
+        pending. Journal segments wholly at or before `after_seq` are not read; each one read is checked
+        against the manifest first (a damaged one is a StoreError naming it)."""
         with self._flush_lock, self._lock:  # one consistent cut: no flush moves events in between
-            segments = list(self._manifest.journal)
-            pending = list(self._pending)
+            segments = [s for s in self._manifest.journal if s.last > after_seq]
+            pending = list(self._pending[max(0, after_seq + 1 - self._pending_first) :])
         self._replaying += 1
         try:
             for segment in segments:
-                bodies = read_journal_bodies(self.root, segment)
+                bodies = read_journal_bodies(self.root, segment, after_seq)
                 for start in range(0, len(bodies), REPLAY_BATCH):
-                    yield from decode_bodies(bodies[start : start + REPLAY_BATCH])
+                    yield from decode_segment(self.root, segment, bodies[start : start + REPLAY_BATCH])
         finally:
             self._replaying -= 1
         yield from pending
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def write_snapshot(self, seq: int, parts: Mapping[str, SnapshotPart]) -> Path:
+        """Store `parts` (numpy arrays or bytes, by name) as the snapshot at `seq` -- the state after
+        events 0..seq -- atomically and durably, keeping the newest two; returns its directory.
+
+        Blocks until the snapshot is durable; `snapshot_in_background` does the same off the caller's
+        thread. `parts` must not change meanwhile: pass copies."""
+        if not -1 <= seq <= self.last_seq:
+            raise ValueError(f"snapshot seq {seq} is not in the store (its last seq is {self.last_seq})")
+        self._check_open()
+        needed = sum(part_size(p) for p in parts.values())
+        ensure_headroom(self.root, self.min_free_bytes, needed, "writing a snapshot")
+        return self._snapshots.write(seq, parts)
+
+    def snapshot_in_background(self, seq: int, parts: Mapping[str, SnapshotPart]) -> Future[Path]:
+        """`write_snapshot` in the store's snapshot thread (one at a time, in order); the future holds
+        the directory, or the error. `close()` waits for it."""
+        if self._snapshot_thread is None:
+            self._snapshot_thread = ThreadPoolExecutor(1, thread_name_prefix="margins-snapshot")
+        return self._snapshot_thread.submit(self.write_snapshot, seq, parts)
+
+    def latest_snapshot(self) -> Snapshot | None:
+        """The newest snapshot that verifies and is not past the store's last seq (older ones are the
+        fallback, each one passed over logged with the reason); None when there is none: replay all."""
+        return self._snapshots.latest(self.last_seq)
 
     @property
     def manifest(self) -> Manifest:
@@ -311,6 +381,8 @@ class EventStore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._snapshot_thread is not None:
+            self._snapshot_thread.shutdown(wait=True)
         try:
             self.flush()
         finally:
@@ -331,6 +403,8 @@ class EventStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(str(self.root), "the store is closed")
+        if isinstance(self._error, StoreError):
+            raise StoreError(self._error.path, self._error.reason) from self._error
         if self._error is not None:
             raise StoreError(str(self.root), f"background flush failed: {self._error}") from self._error
 

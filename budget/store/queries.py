@@ -2,7 +2,9 @@
 
 A reader never opens the store for writing: it takes the manifest (a consistent list of immutable files,
 see budget/store/manifest.py) and lets an in-memory DuckDB read those files, so it works while the enforcer
-appends, at most one flush interval (about a second) behind it.
+appends, at most one flush interval (about a second) behind it. It refuses a store whose manifest is
+missing or stale (budget/store/recovery.py), and checks each file against the manifest's size and sha256
+before a view reads it, so a damaged file is one StoreError naming it, never a wrong answer.
 
 Views (all money in integer nano-dollars; `month` is "YYYY-MM" in the user's time zone):
 
@@ -34,7 +36,9 @@ import duckdb
 
 from budget.domain.events import USAGE_COLUMNS
 from budget.errors import QueryError
-from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Manifest, read_manifest
+from budget.store.integrity import verify_segments
+from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Manifest, Segment
+from budget.store.recovery import settled_survey
 
 By = Literal["user", "model", "feature", "day"]
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -146,18 +150,15 @@ class SpendReader:
         self.root = Path(root)
         if month is not None:
             check_month(month)
-        self.manifest: Manifest = read_manifest(self.root)
+        self.manifest: Manifest = settled_survey(self.root, decode_log=False).manifest
         self.db = duckdb.connect(":memory:")
-        self._segments = {
-            "usage": (
-                [self.root / s.file for s in self.manifest.usage if month is None or s.month == month],
-                USAGE_COLUMNS,
-            ),
+        self._segments: dict[str, tuple[list[Segment], dict[str, str]]] = {
+            "usage": ([s for s in self.manifest.usage if month is None or s.month == month], USAGE_COLUMNS),
             "rollup": (
-                [self.root / s.file for s in self.manifest.rollup if month is None or s.month == month],
+                [s for s in self.manifest.rollup if month is None or s.month == month],
                 ROLLUP_COLUMNS,
             ),
-            "journal": ([self.root / s.file for s in self.manifest.journal], JOURNAL_COLUMNS),
+            "journal": (list(self.manifest.journal), JOURNAL_COLUMNS),
         }
         self._created: set[str] = set()
 
@@ -167,7 +168,9 @@ class SpendReader:
             if name in self._created:
                 continue
             if name in self._segments:
-                files, columns = self._segments[name]
+                segments, columns = self._segments[name]
+                verify_segments(self.root, segments)
+                files = [self.root / s.file for s in segments]
                 self.db.execute(f"CREATE VIEW {name} AS SELECT * FROM {_parquet(files, columns)}")
             else:
                 sql, reads = _DERIVED_VIEWS[name]

@@ -21,6 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
+import pyarrow as pa
+
 from budget.errors import StoreError
 from budget.store.manifest import Segment, segment_name
 from budget.store.segments import (
@@ -66,16 +68,21 @@ def write_batch(
     usage: list[Segment] = []
     rollup: list[Segment] = []
     for month, table in sorted(usage_by_month.items()):
-        file = f"usage/month={month}/{name}"
-        write_table(base / file, table)
-        usage.append(Segment(file=file, first=first, last=last, rows=table.num_rows, month=month))
+        usage.append(write_segment(base, f"usage/month={month}/{name}", table, first, last, month))
         summed = rollup_table(table)
-        file = f"rollup/month={month}/{name}"
-        write_table(base / file, summed)
-        rollup.append(Segment(file=file, first=first, last=last, rows=summed.num_rows, month=month))
-    journal = Segment(file=f"journal/{name}", first=first, last=last, rows=len(bodies))
-    write_table(base / journal.file, journal_rows)
+        rollup.append(write_segment(base, f"rollup/month={month}/{name}", summed, first, last, month))
+    journal = write_segment(base, f"journal/{name}", journal_rows, first, last, None)
     return journal, usage, rollup
+
+
+def write_segment(
+    root: Path, file: str, table: pa.Table, first: int, last: int, month: str | None
+) -> Segment:
+    """Write one segment file and describe it for the manifest (rows, size, sha256)."""
+    sha256, size = write_table(root / file, table)
+    return Segment(
+        file=file, first=first, last=last, rows=table.num_rows, month=month, size=size, sha256=sha256
+    )
 
 
 def merge_run(root: str, kind: str, month: str | None, run: Sequence[Segment]) -> Segment:
@@ -88,8 +95,7 @@ def merge_run(root: str, kind: str, month: str | None, run: Sequence[Segment]) -
     table = merge_tables(Path(root), run, schema)
     if kind == "rollup":
         table = merge_rollups(table)
-    write_table(Path(root) / file, table)
-    return Segment(file=file, first=first, last=last, rows=table.num_rows, month=month)
+    return write_segment(Path(root), file, table, first, last, month)
 
 
 class SegmentWriter:
@@ -145,6 +151,8 @@ class SegmentWriter:
                 self._child = None  # gone: the caller writes in-process from now on
                 return None
             answer = json.loads(line)
+            if "store_error" in answer:  # a damaged input or the like: the child's own words
+                raise StoreError(request.get("root", "?"), answer["store_error"])
             if "error" in answer:
                 raise StoreError(request.get("root", "?"), f"segment writer: {answer['error']}")
             return answer["ok"]
@@ -178,6 +186,8 @@ def _serve(requests: IO[bytes], answers: IO[bytes]) -> None:
                 run = [Segment(**s) for s in request["run"]]
                 result = asdict(merge_run(request["root"], request["kind"], request["month"], run))
             answer: dict[str, Any] = {"ok": result}
+        except StoreError as error:
+            answer = {"store_error": error.reason}
         except Exception as error:  # reported to the store, which raises it as a StoreError
             answer = {"error": f"{type(error).__name__}: {error}"}
         try:

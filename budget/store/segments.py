@@ -29,10 +29,11 @@ from budget.domain.events import (
     UserConfigured,
     event_tag_of,
 )
-from budget.errors import StoreError
+from budget.store.integrity import damaged, file_digest, read_table
 from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Segment, replace_durably
 
 SOURCE_LIVE = "live"
+REPLAY_BATCH = 50_000  # journal bodies decoded at once: fast, and bounded in memory
 
 _ARROW_TYPES: dict[str, pa.DataType] = {
     "VARCHAR": pa.string(),
@@ -44,12 +45,15 @@ ROLLUP_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in ROLLUP_C
 JOURNAL_SCHEMA = pa.schema([(name, _ARROW_TYPES[kind]) for name, kind in JOURNAL_COLUMNS.items()])
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Write an immutable Parquet segment durably (temp name, fsync, rename, fsync directory)."""
+def write_table(path: Path, table: pa.Table) -> tuple[str, int]:
+    """Write an immutable Parquet segment durably (temp name, fsync, rename, fsync directory); returns
+    its sha256 and size for the manifest (hashed from the file as written, before it gets its name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+    digest = file_digest(tmp)
     replace_durably(tmp, path)
+    return digest
 
 
 def event_month(event: Event) -> str | None:
@@ -200,13 +204,22 @@ def decode_bodies(bodies: Sequence[str]) -> list[Event]:
     return _event_list_decoder.decode(("[" + ",".join(bodies) + "]").encode())
 
 
-def read_journal_bodies(root: Path, segment: Segment) -> list[str]:
-    """A journal segment's bodies in seq order."""
-    table = pq.read_table(root / segment.file, columns=["seq", "body"])
-    if table.num_rows and table.column("seq")[0].as_py() != segment.first:
-        raise StoreError(str(root), f"{segment.file} does not start at seq {segment.first}")
-    bodies: list[str] = table.column("body").to_pylist()
+def read_journal_bodies(root: Path, segment: Segment, after_seq: int = -1) -> list[str]:
+    """A journal segment's bodies in seq order (those after `after_seq`), its file checked first."""
+    table = read_table(root, segment, columns=["seq", "body"])
+    if table.num_rows != segment.rows or (table.num_rows and table.column("seq")[0].as_py() != segment.first):
+        raise damaged(root, f"{segment.file} does not hold seqs {segment.first}..{segment.last}")
+    skip = max(0, after_seq + 1 - segment.first)
+    bodies: list[str] = table.column("body").slice(skip).to_pylist()
     return bodies
+
+
+def decode_segment(root: Path, segment: Segment, bodies: Sequence[str]) -> list[Event]:
+    """decode_bodies, a body that is no event being a StoreError naming the segment."""
+    try:
+        return decode_bodies(bodies)
+    except msgspec.DecodeError as error:
+        raise damaged(root, f"{segment.file} holds a body that is not an event: {error}") from error
 
 
 def rollup_table(usage: pa.Table) -> pa.Table:
@@ -244,6 +257,7 @@ def merge_rollups(table: pa.Table) -> pa.Table:
 
 
 def merge_tables(root: Path, segments: Sequence[Segment], schema: pa.Schema) -> pa.Table:
-    """Concatenate segments in seq order (for compaction)."""
+    """Concatenate segments in seq order (for compaction), each checked first: a damaged file must not
+    be merged into a new one with a fresh checksum."""
     ordered = sorted(segments, key=lambda s: s.first)
-    return pa.concat_tables([pq.read_table(root / s.file, schema=schema) for s in ordered])
+    return pa.concat_tables([read_table(root, s, schema=schema) for s in ordered])

@@ -97,17 +97,14 @@ def observed_from_trace(rows: TraceRows) -> Observed:
 
 
 def read_store_usage(path: str | Path, month: str) -> list[UsageRecorded]:
-    """The usage events the enforcer counted in `month` (YYYY-MM; events without a month: by their UTC ts)."""
+    """The usage events the enforcer counted in `month` (YYYY-MM; events without a month: by their UTC ts).
+
+    Reads without the writer's lock, so it runs beside a live enforcer (budget/store/reader.py)."""
     from budget.errors import BudgetError
-    from budget.store.event_store import EventStore
+    from budget.store.reader import read_usage
 
     try:
-        with EventStore.open(path, flush_interval=None, offload=False) as store:
-            return [
-                e
-                for e in store.replay()
-                if isinstance(e, UsageRecorded) and (e.month or e.ts.strftime("%Y-%m")) == month
-            ]
+        return read_usage(path, month)
     except BudgetError as error:
         raise FitError(str(path), f"cannot read the store: {error}") from None
 

@@ -277,3 +277,16 @@ def test_margins_spend_from_another_process_while_the_writer_appends(tmp_path: P
         writer.send_signal(signal.SIGTERM)
         writer.wait(timeout=10)
         writer.stdout.close()
+
+
+def test_a_month_query_checks_its_files_without_loading_pyarrow_numpy_or_polars(store: Path) -> None:
+    """The files are checked by sha256 (hashlib): `margins spend` starts no slower for it."""
+    argv = [sys.executable, "-X", "importtime", "-m", "budget.cli.spend", "--store", str(store)]
+    result = subprocess.run(
+        [*argv, "--month", "2026-11", "--top", "1"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stdout.startswith("user_id"), result.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "import time:" in line
+    }
+    assert "duckdb" in imported and not imported & {"pyarrow", "numpy", "polars"}

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import duckdb
 import pyarrow.compute as pc
 import pytest
+from store_helpers import T0, usage_events
 
 from budget.domain.events import (
     EVENT_TYPES,
@@ -38,25 +40,6 @@ from budget.store.segment_writer import read_log
 from budget.store.segments import batch_tables, journal_table, usage_table
 
 REPO = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
-
-
-def usage_events(n: int, start: int = 0, users: int = 5) -> list[Event]:
-    """Usage spread over two months (shared by the query tests)."""
-    return [
-        UsageRecorded(
-            event_id=f"e{i}",
-            user_id=f"u{i % users}",
-            ts=T0 + timedelta(minutes=7 * i),
-            model=("gpt-4o", "gpt-4o-mini")[i % 2],
-            input_tokens=100 + i,
-            output_tokens=10,
-            cost_nanos=1_000 + i,
-            feature=("chat", "search", "summary")[i % 3],
-            month=(T0 + timedelta(minutes=7 * i)).strftime("%Y-%m"),
-        )
-        for i in range(start, start + n)
-    ]
 
 
 def other_events() -> list[Event]:
@@ -135,15 +118,25 @@ def test_a_torn_last_log_line_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
         assert list(again.replay()) == usage_events(6)
 
 
-def test_an_unlisted_segment_is_an_interrupted_flush_and_is_removed(tmp_path: Path) -> None:
+def test_an_unlisted_segment_the_log_does_not_hold_is_kept_in_quarantine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unlisted segment is deleted only when the log still holds its events (an interrupted flush,
+    test_store_recovery.py); this one's are nowhere else, so it is moved aside, not deleted."""
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         store.append(usage_events(3))
     stray = tmp_path / "s" / "usage" / "month=2026-11" / "0000000000000099-0000000000000099.parquet"
     stray.parent.mkdir(parents=True, exist_ok=True)
     stray.write_bytes(b"PAR1 half written")
-    with EventStore.open(tmp_path / "s", flush_interval=None) as store:
+    with (
+        caplog.at_level(logging.WARNING, "margins.store"),
+        EventStore.open(tmp_path / "s", flush_interval=None) as store,
+    ):
         assert not stray.exists()
         assert list(store.replay()) == usage_events(3)
+    kept = tmp_path / "s" / "quarantine" / "usage" / "month=2026-11" / stray.name
+    assert kept.read_bytes() == b"PAR1 half written"
+    assert f"moved {stray.relative_to(tmp_path / 's')} to quarantine/" in caplog.text
 
 
 def test_compaction_merges_small_segments_and_changes_nothing_else(tmp_path: Path) -> None:

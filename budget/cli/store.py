@@ -1,0 +1,72 @@
+"""`margins store check | repair`: verify an event store, or rebuild what its journal and log allow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from budget.errors import BudgetError
+
+STORE_PATH = click.Path(path_type=Path, file_okay=False)
+
+
+@click.group("store")
+def store_group() -> None:
+    """Check an event store's files, or repair a store whose manifest or segments do not add up.
+
+    `check` reads everything and changes nothing; `repair` rebuilds the manifest and the usage and
+    rollup segments from the journal and the log while no enforcer runs.
+    """
+
+
+@store_group.command("check")
+@click.argument("store", type=STORE_PATH)
+@click.pass_context
+def check(ctx: click.Context, store: Path) -> None:
+    """Verify STORE: the manifest, each segment's size, sha256 and row count, the log's lines, seq
+    contiguity and the snapshots. Prints what it checked and exits 0, or one line per problem (on
+    stderr) and exits 2. Safe beside a running enforcer."""
+    from budget.store.check import check_store
+    from budget.store.manifest import repair_hint
+
+    try:
+        report = check_store(store)
+    except BudgetError as error:
+        click.echo(f"margins store check: {error}", err=True)
+        ctx.exit(2)
+    for line in report.checked:
+        click.echo(line)
+    if not report.problems:
+        click.echo("ok")
+        return
+    for problem in report.problems:
+        click.echo(f"margins store check: {store}: {problem}", err=True)
+    click.echo(f"{len(report.problems)} problems; {repair_hint(store)}")
+    ctx.exit(2)
+
+
+@store_group.command("repair")
+@click.argument("store", type=STORE_PATH)
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.pass_context
+def repair(ctx: click.Context, store: Path, dry_run: bool) -> None:
+    """Rebuild STORE's manifest, usage and rollup segments from its journal segments and log.
+
+    Keeps whatever it cannot use in STORE/quarantine/, deletes nothing it cannot prove redundant, and
+    refuses while an enforcer has the store open, or when some seqs are in no file (exit 2)."""
+    from budget.store.repair import repair_store
+
+    try:
+        repair_store(store, dry_run=dry_run, say=click.echo)
+    except BudgetError as error:
+        click.echo(f"margins store repair: {error}", err=True)
+        ctx.exit(2)
+    except OSError as error:
+        click.echo(f"margins store repair: {store}: {error}", err=True)
+        ctx.exit(2)
+
+
+if __name__ == "__main__":
+    sys.exit(store_group())
