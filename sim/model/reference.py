@@ -4,7 +4,7 @@ It is the oracle the fast path (sim/model/engine.py) must agree with, and the ba
 against. It draws the same traffic and the same random numbers, then plays every rule one request at a
 time, written independently: a true LRU cache with write-time TTL, a rate limiter that counts admitted
 calls in true time order, scalar outcome draws, billing, streaming, retries and queues. Where the fast
-path approximates (Che's LRU, round-ordered rate windows) the two agree closely, elsewhere exactly.
+path approximates (round-ordered rate windows) the two agree closely, elsewhere exactly.
 """
 
 from __future__ import annotations
