@@ -244,7 +244,7 @@ def _per_request(
     request = traffic.call_request[np.asarray(log.column("call"), dtype=np.intp)]  # int32 ids, or empty
     action = log.column("action")
     served = np.full(n, Served.MODEL, dtype=np.int64)
-    served[request[action == Action.FAILED]] = Served.FAILED
+    served[request[(action == Action.FAILED) | (action == Action.GIVE_UP)]] = Served.FAILED
     served[semantic.false_hit] = Served.FALSE_HIT
     served[semantic.true_hit] = Served.SEMANTIC
     served[exact] = Served.EXACT
@@ -255,7 +255,7 @@ def _per_request(
     for code, seconds in _TTFT_WITHOUT_MODEL.items():  # a mask per code: no temporary the size of all
         ttft[served == code] = seconds
     fallback = np.zeros(n, dtype=bool)
-    fallback[request[action == Action.QUEUE]] = True
+    fallback[request[(action == Action.QUEUE) | (action == Action.GIVE_UP)]] = True
     cost = np.zeros(n, dtype=np.int64)
     np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
     bad_served = np.zeros(n, dtype=bool)
