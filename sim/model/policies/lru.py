@@ -54,7 +54,7 @@ def evicted(
         return first.copy()
     stream = _KeyedStream(times, order, first, tentative)
     tentative_sorted = tentative[order]
-    resident = ~first  # the first guess: nothing is pushed out
+    resident = ~first & ~stream.surely_gone(capacity)  # the first guess
     while True:
         found = stream.resident(~tentative_sorted | resident, tentative_sorted, capacity, ttl_s)
         if np.array_equal(found[tentative_sorted], resident[tentative_sorted]):
@@ -95,11 +95,19 @@ class _KeyedStream:
         self.place = _prefix_count(keyed)[keyed_rank]  # among the keyed accesses, in serving order
         self.singles_before = _prefix_count(single_touch)[keyed_rank]
         self.time = times[order]
+        self.first = first
         n = first.size
         self.group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
         group_last = np.r_[np.flatnonzero(first)[1:] - 1, n - 1]
         self.group_last = group_last[np.cumsum(first) - 1]
         self.indexed: tuple[np.ndarray, _Intervals] | None = None  # an earlier pass's intervals
+
+    def surely_gone(self, capacity: int) -> np.ndarray:
+        """Keyed accesses whose key is gone whatever touches: `capacity` one-off prompts since its previous
+        access (its previous touch is no later)."""
+        singles = self.singles_before - np.r_[0, self.singles_before[:-1]]
+        gone: np.ndarray = ~self.first & (singles >= capacity)
+        return gone
 
     def resident(self, touch: np.ndarray, tentative: np.ndarray, capacity: int, ttl_s: float) -> np.ndarray:
         """Is each keyed access's key there when it comes, given which keyed accesses touch (`touch`)?"""
