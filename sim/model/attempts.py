@@ -15,6 +15,7 @@ import numpy as np
 
 from sim.model.codes import Action, Outcome
 from sim.model.policies import provider, retry
+from sim.model.queue import ClientQueue
 from sim.model.randomness import Draw, hashed_uniform
 from sim.model.scenario import Scenario
 
@@ -26,7 +27,6 @@ ATTEMPT_FIELDS = (
     "output_tokens",
     "attempt_no",
     "retries_used",
-    "queued",
     "regenerated",
     "previous_t",
     "previous_rank",
@@ -46,7 +46,6 @@ class Pending:
     output_tokens: np.ndarray
     attempt_no: np.ndarray  # counts per call, int32: a call's attempts are rows of the log, never 2**31
     retries_used: np.ndarray
-    queued: np.ndarray
     regenerated: np.ndarray
     # When the attempt that led here was made, and its place in its window: calls due at the same
     # instant (those queued for a window's start) are served first come, first served.
@@ -56,14 +55,13 @@ class Pending:
     @classmethod
     def first_attempts(cls, sheet: CallSheet, call: np.ndarray, t: np.ndarray) -> Pending:
         """The first attempt of each call in `call`, due at `t`."""
-        counts = np.zeros(call.size, dtype=np.int32)  # never written in place: shared by three fields
+        counts = np.zeros(call.size, dtype=np.int32)  # never written in place: shared by two fields
         return cls(
             call.astype(np.int32),
             t,
             sheet.model[call].astype(np.int8, copy=False),
             sheet.input_tokens[call],
             sheet.output_tokens[call],
-            counts,
             counts,
             counts,
             np.zeros(call.size, dtype=bool),
@@ -280,10 +278,12 @@ def run_round(
     log: AttemptLog,
     fits_all: bool = False,
     load: Load | None = None,
+    queue: ClientQueue | None = None,
 ) -> Pending:
     """Make one round of attempts, log them, and return the follow-ups they lead to.
 
-    `load` is the batch's Load when the caller has it already.
+    `load` is the batch's Load when the caller has it already; `queue` holds the calls a cost-aware policy
+    queues (None: the policy queues nothing).
     """
     model = batch.model
     admitted, place = windows.admit(batch, load or Load.of(windows, batch), fits_all)
@@ -296,9 +296,9 @@ def run_round(
         jitter[unanswered] = hashed_uniform(
             key, batch.call[unanswered], batch.attempt_no[unanswered], Draw.JITTER
         )
-    plan = retry.follow_up(
-        scenario.retry, outcome, batch.t, duration, batch.retries_used, batch.queued, jitter
-    )
+    plan = retry.follow_up(scenario.retry, outcome, batch.t, duration, batch.retries_used, jitter)
+    if queue is not None:
+        plan = queue.hold(plan, batch)
     billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, model, billed_in)
     cost = billed_in * sheet.input_price[model]
     cost += billed_out * sheet.output_price[model]
@@ -386,7 +386,6 @@ def _follow_ups(batch: Pending, plan: retry.FollowUp, place: np.ndarray) -> Pend
         output_tokens=batch.output_tokens[again],
         attempt_no=batch.attempt_no[again] + 1,
         retries_used=batch.retries_used[again] + (next_action == Action.RETRY),
-        queued=batch.queued[again] + (next_action == Action.QUEUE),
         regenerated=batch.regenerated[again] | (next_action == Action.REGENERATE),
         previous_t=batch.t[again],
         previous_rank=place[again],

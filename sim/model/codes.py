@@ -55,8 +55,11 @@ class Action(IntEnum):
     DONE = 0  # the call has its answer (OK or BAD_SERVED)
     FAILED = 1  # the call gives up: its request is not answered
     RETRY = 2  # another attempt after the policy's backoff; counts against the policy's retries
-    QUEUE = 3  # cost-aware, rate limited: the user sees a fallback and the call waits for the next window
+    QUEUE = 3  # cost-aware, rate limited: the user sees a fallback and the call waits in the client's
+    # queue until a window has room for it (sim/model/queue.py)
     REGENERATE = 4  # a bad completion is asked for again, at once; not a retry
+    GIVE_UP = 5  # cost-aware, rate limited: queued like QUEUE, but no window within queue_windows has room
+    # for it: the call fails when its wait runs out (the user saw the fallback first)
 
 
 @unique

@@ -119,40 +119,41 @@ def cache_layers(
     numbers as one (3, requests) draw, without two more arrays of that size.
     """
     n = traffic.requests
-    duration = traffic.days * SECONDS_PER_DAY
     layers = scenario.cache
     u = rng.random(n)
     exact = np.zeros(n, dtype=bool)
     if layers.exact.enabled:
-        keep = cache.characteristic_time(
-            traffic.exact_key, duration, layers.exact.capacity, layers.exact.ttl_s
-        )
         never = np.broadcast_to(1.0, n)  # no false hits: a constant, not an array of ones
         exact = cache.lookup(
-            traffic.exact_key, traffic.t, layers.exact.ttl_s, keep, 1.0, 0.0, u, never
+            traffic.exact_key, traffic.t, layers.exact.ttl_s, layers.exact.capacity, 1.0, 0.0, u, never
         ).true_hit
     true_hit, false_hit = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     if layers.semantic.enabled:
         rows = np.flatnonzero(~exact)
         keys = traffic.cluster[rows]
         p_true, p_false = semantic_rates(scenario)
-        keep = cache.characteristic_time(keys, duration, layers.semantic.capacity, layers.semantic.ttl_s)
         u_true = rng.random(out=u)[rows]  # the second row of draws, then the third
         u_false = rng.random(out=u)[rows]
         hits = cache.lookup(
-            keys, traffic.t[rows], layers.semantic.ttl_s, keep, p_true, p_false, u_true, u_false
+            keys,
+            traffic.t[rows],
+            layers.semantic.ttl_s,
+            layers.semantic.capacity,
+            p_true,
+            p_false,
+            u_true,
+            u_false,
         )
         true_hit[rows], false_hit[rows] = hits.true_hit, hits.false_hit
     fragment = np.zeros(n, dtype=bool)
     if layers.fragment.enabled and scenario.prompts.chains.deterministic_steps > 0:
         rows = np.flatnonzero(~(exact | true_hit | false_hit) & (traffic.context >= 0))
         keys = traffic.context[rows]
-        keep = cache.characteristic_time(keys, duration, layers.fragment.capacity, layers.fragment.ttl_s)
         fragment[rows] = cache.lookup(
             keys,
             traffic.t[rows],
             layers.fragment.ttl_s,
-            keep,
+            layers.fragment.capacity,
             1.0,
             0.0,
             np.broadcast_to(0.0, rows.size),
@@ -243,7 +244,7 @@ def _per_request(
     request = traffic.call_request[np.asarray(log.column("call"), dtype=np.intp)]  # int32 ids, or empty
     action = log.column("action")
     served = np.full(n, Served.MODEL, dtype=np.int64)
-    served[request[action == Action.FAILED]] = Served.FAILED
+    served[request[(action == Action.FAILED) | (action == Action.GIVE_UP)]] = Served.FAILED
     served[semantic.false_hit] = Served.FALSE_HIT
     served[semantic.true_hit] = Served.SEMANTIC
     served[exact] = Served.EXACT
@@ -254,7 +255,7 @@ def _per_request(
     for code, seconds in _TTFT_WITHOUT_MODEL.items():  # a mask per code: no temporary the size of all
         ttft[served == code] = seconds
     fallback = np.zeros(n, dtype=bool)
-    fallback[request[action == Action.QUEUE]] = True
+    fallback[request[(action == Action.QUEUE) | (action == Action.GIVE_UP)]] = True
     cost = np.zeros(n, dtype=np.int64)
     np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
     bad_served = np.zeros(n, dtype=bool)

@@ -93,7 +93,7 @@ def summarize(run: RunResult) -> Summary:
         "retries": int(np.count_nonzero(action == Action.RETRY)),
         "regenerations": int(np.count_nonzero(action == Action.REGENERATE)),
         "rate_limited": int(np.count_nonzero(~made)),
-        "queued": int(np.count_nonzero(action == Action.QUEUE)),
+        "queued": int(np.count_nonzero((action == Action.QUEUE) | (action == Action.GIVE_UP))),
         "fallbacks": int(np.count_nonzero(run.fallback)),
         "stream_aborts": streaming.stream_aborts(run.scenario.streaming, outcome),
         "ttft_ms": {

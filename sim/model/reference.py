@@ -4,14 +4,14 @@ It is the oracle the fast path (sim/model/engine.py) must agree with, and the ba
 against. It draws the same traffic and the same random numbers, then plays every rule one request at a
 time, written independently: a true LRU cache with write-time TTL, a rate limiter that counts admitted
 calls in true time order, scalar outcome draws, billing, streaming, retries and queues. Where the fast
-path approximates (Che's LRU, round-ordered rate windows) the two agree closely, elsewhere exactly.
+path approximates (round-ordered rate windows) the two agree closely, elsewhere exactly.
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Generator, Hashable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Generator, Hashable
 from typing import Any
 
 import numpy as np
@@ -128,6 +128,7 @@ class _Reference:
         self.rows: list[tuple[Any, ...]] = []
         self.log = AttemptLog()
         self.env = simpy.Environment()
+        self.queue = _WindowQueue(self.env, self.table, scenario.retry.queue_windows, self._window)
         steps = traffic.calls_per_request
         self.first_call = (np.cumsum(steps) - steps).tolist()
         self.steps = steps.tolist()
@@ -192,21 +193,25 @@ class _Reference:
 
     def call(self, call: int, model: int, start: float) -> Generator[simpy.Event, None, None]:
         yield self.env.timeout(start - self.env.now)
-        attempt_no = retries = queued = 0
+        attempt_no = retries = 0
         regenerated = False
+        tokens = int(self.traffic.input_tokens[call]) + int(self.traffic.output_tokens[call])
         while True:
             now = self.env.now
             outcome, duration, visible, billed_in, billed_out = self._attempt(
                 call, model, attempt_no, regenerated, now
             )
             jitter = scalar_uniform(self.key, call, attempt_no, Draw.JITTER)
-            action, next_t = self._follow_up(outcome, now, duration, retries, queued, jitter)
+            action, next_t = self._follow_up(outcome, now, duration, retries, jitter)
+            if action == Action.QUEUE and tokens > self.table.tpm[model]:
+                action = Action.FAILED  # no window could ever hold it
             price_in, price_out = self.prices[model]
             price_cached, price_write = self.cache_prices[model]
             read = self.prompt_cached[call] if billed_in else 0
             wrote = self.prompt_write[call] if billed_in else 0
             cost = (billed_in - read - wrote) * price_in + billed_out * price_out
             cost += read * price_cached + wrote * price_write
+            row = len(self.rows)
             self.rows.append(
                 (
                     call,
@@ -227,15 +232,23 @@ class _Reference:
                 return
             attempt_no += 1
             retries += action == Action.RETRY
-            queued += action == Action.QUEUE
             regenerated = regenerated or action == Action.REGENERATE
-            yield self.env.timeout(next_t - now)
+            if action != Action.QUEUE:
+                yield self.env.timeout(next_t - now)
+                continue
+            released = yield self.queue.join(model, tokens, int(now // retry.RATE_WINDOW_S))
+            if not released:  # it waited all its windows: the row's action says so
+                self.rows[row] = (*self.rows[row][:4], Action.GIVE_UP, *self.rows[row][5:])
+                return
+
+    def _window(self, model: int, window: int) -> list[int]:
+        """The model's window's counts: requests and tokens admitted, and 1 once it refused a call."""
+        return self.windows.setdefault((model, min(window, self.last_window)), [0, 0, 0])
 
     def _admit(self, model: int, now: float, tokens: int) -> bool:
         """A window admits while both budgets hold; after its first rejection it stays closed."""
         table = self.table
-        window = min(int(now // retry.RATE_WINDOW_S), self.last_window)
-        counts = self.windows.setdefault((model, window), [0, 0, 0])
+        counts = self._window(model, int(now // retry.RATE_WINDOW_S))
         if counts[2] or counts[0] + 1 > table.rpm[model] or counts[1] + tokens > table.tpm[model]:
             counts[2] = 1
             return False
@@ -281,7 +294,7 @@ class _Reference:
         return Outcome.OK, full, visible, inputs, outputs
 
     def _follow_up(
-        self, outcome: Outcome, now: float, duration: float, retries: int, queued: int, jitter: float
+        self, outcome: Outcome, now: float, duration: float, retries: int, jitter: float
     ) -> tuple[Action, float]:
         policy = self.scenario.retry
         finished = now + duration
@@ -292,9 +305,7 @@ class _Reference:
         limit = retry.retry_limit(policy)
         transient = outcome in (Outcome.ERROR, Outcome.TIMEOUT)
         if policy.policy == "cost-aware" and outcome == Outcome.RATE_LIMITED:
-            if queued < policy.queue_windows:
-                return Action.QUEUE, (now // retry.RATE_WINDOW_S + 1) * retry.RATE_WINDOW_S
-            return Action.FAILED, finished
+            return Action.QUEUE, (now // retry.RATE_WINDOW_S + 1) * retry.RATE_WINDOW_S
         if retries < limit and (transient or policy.policy != "cost-aware"):
             if policy.policy == "sdk-default":
                 wait = min(0.5 * 2.0**retries, 8.0) * (1.0 - 0.25 * jitter)
@@ -312,17 +323,61 @@ class _Reference:
         for call, _t, _m, outcome, action, _bi, _bo, nanos, _bc, _bw, seen, _f in self.rows:
             request = int(traffic.call_request[call])
             cost[request] += nanos
-            if action == Action.FAILED:
+            if action in (Action.FAILED, Action.GIVE_UP):
                 served[request] = Served.FAILED
             elif action == Action.DONE:
                 visible[request] = max(visible[request], seen)
                 bad_served[request] |= outcome == Outcome.BAD_SERVED
-            fallback[request] |= action == Action.QUEUE
+            fallback[request] |= action in (Action.QUEUE, Action.GIVE_UP)
         by_model = served == Served.MODEL
         ttft[by_model] = (np.asarray(visible) - traffic.t)[by_model]
         ttft[served == Served.EXACT] = engine.EXACT_HIT_S
         ttft[(served == Served.SEMANTIC) | (served == Served.FALSE_HIT)] = engine.SEMANTIC_HIT_S
         return served, ttft, fallback, np.asarray(cost, dtype=np.int64), bad_served
+
+
+class _WindowQueue:
+    """The cost-aware client's queue, played one window start at a time: a queued call waits on its event
+    (True: sent now; False: it gave up). At each window's start, per model, the calls that have waited all
+    their windows give up; then the oldest go while the window has room for them."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        table: ProviderTable,
+        patience: int,
+        window: Callable[[int, int], list[int]],
+    ) -> None:
+        self.env, self.table, self.patience, self.window = env, table, patience, window
+        self.waiting: dict[int, deque[tuple[int, int, simpy.Event]]] = {}
+        self.draining: set[int] = set()
+
+    def join(self, model: int, tokens: int, window: int) -> simpy.Event:
+        """Queue a call refused in `window`; the event fires when it is sent or gives up."""
+        event = self.env.event()
+        self.waiting.setdefault(model, deque()).append((window, tokens, event))
+        if model not in self.draining:
+            self.draining.add(model)
+            self.env.process(self._drain(model))
+        return event
+
+    def _drain(self, model: int) -> Generator[simpy.Event, None, None]:
+        queue = self.waiting[model]
+        rpm, tpm = int(self.table.rpm[model]), int(self.table.tpm[model])
+        while queue:
+            now = self.env.now
+            yield self.env.timeout((now // retry.RATE_WINDOW_S + 1) * retry.RATE_WINDOW_S - now)
+            start = int(self.env.now // retry.RATE_WINDOW_S)
+            while queue and queue[0][0] + self.patience < start:
+                queue.popleft()[2].succeed(False)
+            requests, tokens, closed = self.window(model, start)
+            if closed:
+                requests = rpm
+            while queue and queue[0][0] < start and requests < rpm and tokens + queue[0][1] <= tpm:
+                _, size, event = queue.popleft()
+                requests, tokens = requests + 1, tokens + size
+                event.succeed(True)
+        self.draining.discard(model)
 
 
 def _billed(rule: str, inputs: int, outputs: int) -> tuple[int, int]:

@@ -176,7 +176,8 @@ class Provider(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
 class Retry(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """`naive`: max_retries on everything with exponential backoff; `sdk-default`: 2 retries with
     min(0.5 s x 2^n, 8 s) and jitter on 408/409/429/5xx; `cost-aware`: one retry on transient errors,
-    none on a rate limit -- show a fallback and queue the request for the next rate window."""
+    none on a rate limit -- show a fallback and queue the call until a window has room for it, failing it
+    after `queue_windows` windows (sim/model/queue.py)."""
 
     policy: Literal["naive", "sdk-default", "cost-aware"] = "sdk-default"
     max_retries: NonNegativeInt = 3

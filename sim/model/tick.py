@@ -2,9 +2,10 @@
 
 Calm stretches -- where every window's known load fits its limits, so the order of calls inside a window
 changes nothing -- go in bulk rounds. From the first window that would overflow, windows are played one
-at a time in time order, so a call queued for the next window is served there before the calls that
-arrive later, as it would be in the per-request reference. The one difference left: a follow-up made
-and due inside the same window it came from is counted after that window's other calls.
+at a time in time order, so the calls the client's queue sends at a window's start are served there
+before the calls that arrive later, as in the per-request reference; once a window is played, the calls
+it queued join the queue in the order they were refused (sim/model/queue.py). The one difference left: a
+follow-up made and due inside the same window it came from is counted after that window's other calls.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from sim.model.attempts import AttemptLog, CallSheet, Load, Pending, RateWindows, run_round
 from sim.model.policies import provider, retry
+from sim.model.queue import ClientQueue
 from sim.model.scenario import Scenario
 
 
@@ -37,12 +39,26 @@ class TickRunner:
             log,
         )
         self.rounds = 0
+        policy = scenario.retry
+        self.queue = ClientQueue(policy.queue_windows, windows) if policy.policy == "cost-aware" else None
 
     def _round(self, batch: Pending, fits_all: bool = False, load: Load | None = None) -> Pending:
         self.rounds += 1
         return run_round(
-            self.scenario, self.table, self.windows, self.sheet, self.key, batch, self.log, fits_all, load
+            self.scenario,
+            self.table,
+            self.windows,
+            self.sheet,
+            self.key,
+            batch,
+            self.log,
+            fits_all,
+            load,
+            self.queue,
         )
+
+    def _settle(self, pending: Pending) -> Pending:
+        return pending if self.queue is None else self.queue.settle(pending)
 
     def _first_contested(self, batch: Pending, load: Load) -> float:
         return self.windows.first_contested(load.window, batch.model, load.tokens)
@@ -54,7 +70,7 @@ class TickRunner:
             load = Load.of(self.windows, batch)  # read by the check and by the calm round alike
             calm = batch.t < self._first_contested(batch, load)
             if calm.any():
-                follow = self._round(batch.take(calm), fits_all=True, load=load.take(calm))
+                follow = self._settle(self._round(batch.take(calm), fits_all=True, load=load.take(calm)))
                 batch = Pending.join([batch.take(~calm), follow])
             else:
                 batch = self._contested_stretch(batch)
@@ -80,6 +96,7 @@ class TickRunner:
                 follow = self._round(now)
                 inside = follow.t < window_end
                 now, extra = follow.take(inside), Pending.join([extra, follow.take(~inside)])
+            extra = self._settle(extra)  # calls this window queued, in the order they were refused
             if not self._overflows(batch, position, extra, window_end):
                 break
         return Pending.join([batch.take(slice(position, batch.size)), extra])

@@ -59,7 +59,7 @@ def test_a_run_holds_only_known_codes_in_compact_arrays() -> None:
     table: dict[str, Any] = {
         "cache": {"exact": {"enabled": True}, "semantic": {"enabled": True}},
         "router": {"enabled": True},
-        "retry": {"policy": "cost-aware"},
+        "retry": {"policy": "cost-aware", "queue_windows": 1},  # a short wait: some calls give up
         "providers": {"gpt-4o": failing, "gpt-4o-mini": failing},
     }
     scenario, catalog = scenario_from(table)

@@ -47,6 +47,27 @@ def test_fast_path_equals_reference_when_limits_do_not_bind(policy: str, streami
         assert value == pytest.approx(reference_figures[key], rel=1e-9, abs=1e-6), key
 
 
+def test_fast_path_equals_reference_when_cache_capacity_binds() -> None:
+    small = {
+        "exact": {"enabled": True, "capacity": 60},
+        "semantic": {"enabled": True, "threshold": 0.85, "capacity": 60},
+        "fragment": {"enabled": True, "capacity": 12},
+    }
+    table = {**ALL_LEVERS, "cache": small, "providers": {"gpt-4o": FAILURES, "gpt-4o-mini": FAILURES}}
+    scenario, catalog = scenario_from(table)
+    fast = simulate(scenario, catalog, 300, 7, seed=3)
+    reference = simulate_reference(scenario, catalog, 300, 7, seed=3)
+    assert np.array_equal(fast.served, reference.served)
+    assert np.array_equal(fast.fragment_hit, reference.fragment_hit)
+    assert np.array_equal(fast.cost_nanos, reference.cost_nanos)
+    roomy = flatten(
+        summarize(simulate(*scenario_from({**table, "cache": ALL_LEVERS["cache"]}), 300, 7, seed=3))
+    )
+    binding = flatten(summarize(fast))
+    for layer in ("exact", "semantic", "fragment"):  # else this would not test capacity
+        assert binding[f"hit_rate.{layer}"] < roomy[f"hit_rate.{layer}"], layer
+
+
 def test_fast_path_stays_close_to_reference_when_rate_limits_bind() -> None:
     table = {
         "traffic": {"bursts": [{"start_day": 1, "hours": 24, "factor": 20}]},

@@ -5,7 +5,8 @@
 - sdk-default: the OpenAI and Anthropic SDK defaults: 2 retries on 408/409/429/5xx, backoff
   min(0.5 s x 2^n, 8 s) minus up to 25% jitter.
 - cost-aware: one retry on a transient error or stall; never on a rate limit: the user sees a "we're a
-  little slow" fallback and the request waits for the next rate window (up to `queue_windows` windows).
+  little slow" fallback and the call joins the client's queue, which sends it when a rate window has room
+  for it, first come, first served, or fails it after `queue_windows` windows (sim/model/queue.py).
 A bad completion is regenerated once under every policy; that is not a retry.
 """
 
@@ -52,16 +53,19 @@ def follow_up(
     started_at: np.ndarray,
     duration_s: np.ndarray,
     retries_used: np.ndarray,
-    queued: np.ndarray,
     jitter: np.ndarray,
 ) -> FollowUp:
-    """Decide the next step for each attempt (vectorized): an Action per Outcome."""
+    """Decide the next step for each attempt (vectorized): an Action per Outcome.
+
+    A call the policy queues (cost-aware, rate limited) is due at the start of the next window here; the
+    client's queue decides when it really goes, or that it gives up.
+    """
     transient = (outcome == Outcome.ERROR) | (outcome == Outcome.TIMEOUT)
     limited = outcome == Outcome.RATE_LIMITED
     may_retry = retries_used < retry_limit(retry)
     if retry.policy == "cost-aware":
         retry_now = transient & may_retry
-        queue = limited & (queued < retry.queue_windows)
+        queue = limited
     else:
         retry_now = (transient | limited) & may_retry
         queue = np.zeros(outcome.size, dtype=bool)
