@@ -5,6 +5,7 @@
         PriceError            where, field, reason: a price entry that is not an exact per-token price
         ConfigError           where, field, reason: an enforcer config file or value
         StoreError            path, reason: the event store cannot be opened, read or written
+            SnapshotDamaged   a ledger snapshot with a part missing or changed (an older one is used)
         QueryError            what, reason: a spend query that cannot be answered
         BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
             ConnectionLost    reason: the broker connection closed or failed; the enforcer reconnects
@@ -63,6 +64,10 @@ class StoreError(BudgetError):
         self.path = path
         self.reason = reason
         super().__init__(f"event store {path}: {reason}")
+
+
+class SnapshotDamaged(StoreError):
+    """A snapshot that cannot be used: a part missing, changed, or a snapshot.json that cannot be read."""
 
 
 class QueryError(BudgetError):

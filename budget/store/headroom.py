@@ -33,13 +33,14 @@ def ensure_headroom(root: Path, min_free_bytes: int, needed: int, doing: str) ->
         return
     raise StoreError(
         str(root),
-        f"{_mib(free)} free on its filesystem; {doing} ({_mib(needed)}) would leave less than the "
-        f"minimum of {_mib(min_free_bytes)} (--min-free-mb): stopped before the disk is full -- free "
+        f"{size_text(free)} free on its filesystem; {doing} ({size_text(needed)}) would leave less than the "
+        f"minimum of {size_text(min_free_bytes)} (--min-free-mb): stopped before the disk is full -- free "
         "some space (or lower the minimum) and start again",
     )
 
 
-def _mib(count: int) -> str:
+def size_text(count: int) -> str:
+    """A byte count for people: bytes, KiB or MiB."""
     if count < MIB:
         return f"{count:,} bytes" if count < 1024 else f"{count / 1024:,.1f} KiB"
     return f"{count / MIB:,.1f} MiB"

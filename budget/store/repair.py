@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from budget.domain.events import decode_event
-from budget.errors import StoreError
+from budget.errors import SnapshotDamaged, StoreError
 from budget.store.integrity import file_digest, segment_problem
 from budget.store.journal_plan import LOG, Piece, Source, plan_journal
 from budget.store.manifest import (
@@ -46,7 +46,7 @@ from budget.store.manifest import (
 from budget.store.recovery import QUARANTINE, keep_copy, quarantine
 from budget.store.segment_writer import write_segment
 from budget.store.segments import REPLAY_BATCH, batch_tables, decode_bodies, rollup_table
-from budget.store.snapshots import SNAPSHOTS, SnapshotDamaged, Snapshots
+from budget.store.snapshots import SNAPSHOTS, Snapshots
 from budget.store.wal import log_names
 
 

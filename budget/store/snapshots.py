@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from budget.errors import StoreError
+from budget.errors import SnapshotDamaged
 from budget.store.manifest import fsync_dir
 
 log = logging.getLogger("margins.store")
@@ -59,10 +59,6 @@ class Snapshot:
     seq: int
     path: Path
     parts: dict[str, bytes | np.ndarray]
-
-
-class SnapshotDamaged(StoreError):
-    """A snapshot that cannot be used: a part missing, changed, or a snapshot.json that cannot be read."""
 
 
 class _HashingFile:

@@ -14,12 +14,13 @@ from conftest import CAPS_TOML, Broker
 from mqtt_helpers import mqtt, usage_body
 from store_helpers import replayed, usage_events, write_store
 
+from budget.domain.events import encode_event
 from budget.errors import StoreError
 from budget.mqtt.broker import BrokerSettings
 from budget.service.enforcer import Enforcer
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore
-from budget.store.headroom import MIB
+from budget.store.headroom import MIB, size_text
 from budget.store.manifest import read_manifest
 
 MARGINS = Path(sys.executable).with_name("margins")
@@ -47,10 +48,11 @@ def test_an_append_that_would_go_below_the_minimum_writes_nothing(tmp_path: Path
         free[0] = MINIMUM + 100  # less than the next batch needs
         with pytest.raises(StoreError) as refused:
             store.append(usage_events(3, start=3))
+        batch = b"".join(encode_event(event) + b"\n" for event in usage_events(3, start=3))
         assert str(refused.value) == (
-            f"event store {root}: 64.0 MiB free on its filesystem; appending to the log (978 bytes) would "
-            "leave less than the minimum of 64.0 MiB (--min-free-mb): stopped before the disk is full -- "
-            "free some space (or lower the minimum) and start again"
+            f"event store {root}: 64.0 MiB free on its filesystem; appending to the log "
+            f"({size_text(len(batch))}) would leave less than the minimum of 64.0 MiB (--min-free-mb): "
+            "stopped before the disk is full -- free some space (or lower the minimum) and start again"
         )
         assert wal.stat().st_size == size and store.last_seq == 2  # nothing written, nothing counted
         free[0] = 10 * MINIMUM
