@@ -407,11 +407,8 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
             f"p99 {_pct(commits, 0.99):.2f} ms, max {max(commits):.1f} ms over {len(commits):,} commits"
         )
     if args.query_events:
-        try:
-            from benchmarks.spend_query import run_query_benchmark
-        except ImportError:
-            print("top 100 this month: budget.store_bench.run_query_benchmark is not available")
-            return
+        from benchmarks.spend_query import run_query_benchmark
+
         figures = run_query_benchmark(args.query_events, 12, directory)
         print(
             f'margins spend "top 100 this month" over {figures["events"]:,.0f} events: '
