@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import subprocess
 import time
 import uuid
@@ -74,9 +75,10 @@ def stored_usage(store: Path) -> list[UsageRecorded]:
         return [e for e in opened.replay() if isinstance(e, UsageRecorded)]
 
 
-def add_app_user(broker: Broker, username: str, password: str) -> None:
-    """Another application credential on a secured broker (restart it to apply): the ACL's `user app`
-    block copied for `username`, as deploy/mosquitto.acl.example tells operators to do."""
+def add_app_user(broker: Broker, username: str, password: str, timeout: float = 30.0) -> None:
+    """Another application credential on a running secured broker: the ACL's `user app` block copied for
+    `username`, as deploy/mosquitto.acl.example tells operators to do, then a reload (SIGHUP; a restart
+    would rewrite both files from the examples)."""
     subprocess.run(
         ["mosquitto_passwd", "-b", str(broker.directory / "passwd"), username, password], check=True
     )
@@ -84,6 +86,15 @@ def add_app_user(broker: Broker, username: str, password: str) -> None:
     text = acl.read_text()
     block = text[text.index("user app\n") : text.index("\n\n", text.index("user app\n"))]
     acl.write_text(text + "\n" + block.replace("user app", f"user {username}", 1) + "\n")
+    log = broker.directory / "mosquitto.log"
+    reloads = log.read_text(errors="replace").count("Reloading config")
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count("Reloading config") == reloads:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"mosquitto did not reload its config within {timeout}s")
+        time.sleep(0.02)
 
 
 @dataclass
