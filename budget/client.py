@@ -443,6 +443,9 @@ class BudgetClient:
                 reports = outbox.take_fresh()
             for report in reports:
                 await window.acquire()
+                if report.event_id not in outbox:  # confirmed while we waited for the window
+                    window.release()
+                    continue
                 report.in_flight = True
                 task = asyncio.create_task(self._send(link, report, window), name="margins-client-report")
                 self._sending.add(task)

@@ -88,7 +88,9 @@ def test_the_outbox_forgets_what_the_enforcer_confirmed(
     path = tmp_path / "outbox.db"
 
     async def scenario() -> int:
-        async with BudgetClient.connect(enforcer_process.broker.url, outbox=path) as budget:
+        async with BudgetClient.connect(
+            enforcer_process.broker.url, outbox=path, drain_timeout_s=1
+        ) as budget:
             for i in range(200):
                 await budget.report(f"u{i % 3}", "gpt-4o-mini", USAGE)
             return await budget.flush(30)
