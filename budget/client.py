@@ -26,8 +26,8 @@ they stay unconfirmed. Without `outbox=PATH` the outbox is in memory: reports su
 reconnects but not this process. With a path it is an SQLite file (fsync'd before `report` returns), and
 the next process that opens it re-sends what this one left.
 
-Replies come over MQTT 5 (response topic + correlation data) to margins/replies/<client id>/, the only
-place the shipped ACL lets this client read; confirmations to margins/replies/<client id>/confirm. The
+Answers come over MQTT 5 (response topic + correlation data) to margins/replies/<client id>/authorize and
+confirmations to margins/replies/<client id>/confirm: under the only topics the shipped ACL lets it read. The
 client id defaults to the username, which is what a broker with `use_username_as_clientid` (the shipped
 config) makes it anyway. Public methods raise only budget.errors exceptions.
 """
@@ -162,6 +162,7 @@ class BudgetClient:
         self.resend_after_s = resend_after_s
         self.drain_timeout_s = drain_timeout_s
         self.reply_topic = f"{REPLY_PREFIX}{settings.client_id}"
+        self.answer_topic = f"{self.reply_topic}/authorize"  # answers, told apart by their request id
         self.confirm_topic = f"{self.reply_topic}/confirm"
         self._pending: dict[str, asyncio.Future[_Reply]] = {}
         self._outbox: Outbox | None = None
@@ -322,7 +323,7 @@ class BudgetClient:
         while True:
             remaining = deadline - loop.time()
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            props.ResponseTopic = f"{self.reply_topic}/{request_id}"
+            props.ResponseTopic = self.answer_topic
             props.CorrelationData = request_id.encode()
             # The broker drops the request once the caller has given up (whole seconds, rounded up).
             props.MessageExpiryInterval = max(1, math.ceil(remaining))
