@@ -18,13 +18,13 @@ zero tokens, so its reservation returns at once. Once the body has succeeded, gu
 reporting failed: the report waits in the outbox.
 
 The client survives the broker: it reconnects by itself with backoff and subscribes again; `authorize`
-waits for a connection within its timeout (and repeats its request on a new connection: the enforcer
-answers a repeated request id with what it already decided). Every usage report goes into the outbox
-before `report` returns and stays there until the enforcer confirms its event id (after the commit that
-made it durable); unconfirmed reports are sent again on every new connection and, with backoff, while
-they stay unconfirmed. Without `outbox=PATH` the outbox is in memory: reports survive broker restarts and
-reconnects but not this process. With a path it is an SQLite file (fsync'd before `report` returns), and
-the next process that opens it re-sends what this one left.
+waits for a connection within its timeout (and repeats its request on a new connection: a repeated request
+id never reserves twice, the enforcer answers it with the reservation it already holds). Every usage
+report goes into the outbox before `report` returns and stays there until the enforcer confirms its event
+id (after the commit that made it durable); unconfirmed reports are sent again on every new connection
+and, with backoff, while they stay unconfirmed. Without `outbox=PATH` the outbox is in memory: reports
+survive broker restarts and reconnects but not this process. With a path it is an SQLite file (fsync'd
+before `report` returns), and the next process that opens it re-sends what this one left.
 
 Answers come over MQTT 5 (response topic + correlation data) to margins/replies/<client id>/authorize and
 confirmations to margins/replies/<client id>/confirm: under the only topics the shipped ACL lets it read. The
