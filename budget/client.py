@@ -205,7 +205,7 @@ class BudgetClient:
         """Open the outbox and connect (an unreachable broker is retried in the background).
 
         Raises OutboxError if the outbox file cannot be used, BrokerRefused if the broker refuses these
-        credentials or this client id."""
+        credentials or this client id, BrokerError if the TLS CA file cannot be loaded."""
         self._outbox = await Outbox.open(self.outbox_path)
         self._link = ReconnectingClient(
             self.settings, (f"{self.reply_topic}/#",), self._on_message, self._on_connected

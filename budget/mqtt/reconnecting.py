@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.properties import Properties
 
-from budget.errors import BrokerRefused, BrokerUnavailable
+from budget.errors import BrokerError, BrokerRefused, BrokerUnavailable
 from budget.mqtt.broker import BrokerSettings
 
 log = logging.getLogger("margins.client")
@@ -78,6 +79,7 @@ class ReconnectingClient:
         self._refused: BrokerRefused | None = None
         self._last_error = "not connected yet"
         self._task: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def connection(self) -> int:
@@ -92,9 +94,14 @@ class ReconnectingClient:
     async def start(self, timeout_s: float) -> None:
         """Start connecting and wait for the first attempt's outcome (at most `timeout_s`).
 
-        Raises BrokerRefused if the broker refuses for good (the background retrying stops then). An
-        unreachable broker is no error: the client keeps trying in the background and logs a warning.
+        Raises BrokerRefused if the broker refuses for good (the background retrying stops then), BrokerError
+        for a TLS CA file that cannot be loaded. An unreachable broker is no error: the client keeps trying
+        in the background and logs a warning.
         """
+        try:
+            self._tls = self.settings.tls_context()
+        except (OSError, ssl.SSLError) as error:
+            raise BrokerError("tls_ca", f"cannot use {self.settings.tls_ca}: {error}") from error
         self._task = asyncio.create_task(self._run(), name="margins-client-broker")
         try:
             async with asyncio.timeout(timeout_s):
@@ -201,7 +208,7 @@ class ReconnectingClient:
             password=s.password,
             identifier=s.client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
-            tls_context=s.tls_context(),
+            tls_context=self._tls,
             keepalive=s.keepalive_s,
             timeout=10,
             clean_start=True,
@@ -233,6 +240,9 @@ class ReconnectingClient:
                 log.warning("lost broker %s: %s; reconnecting", self.broker, self._last_error)
             else:
                 log.info("broker %s: %s; retrying", self.broker, self._last_error)
+        except Exception as error:  # whatever else paho raises must not end the reconnecting
+            self._last_error = repr(error)
+            log.exception("broker %s: unexpected error; reconnecting", self.broker)
         finally:
             if link is not None:
                 link.down.set()

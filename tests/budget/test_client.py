@@ -21,6 +21,7 @@ from budget.client import BudgetClient, Grant, guard, usage_counts
 from budget.errors import (
     AuthorizationExpired,
     AuthorizationTimeout,
+    BrokerError,
     BrokerRefused,
     BrokerUnavailable,
     BudgetDenied,
@@ -226,5 +227,18 @@ def test_refused_credentials_are_one_clear_error(secured_mosquitto: Broker) -> N
             async with BudgetClient.connect(secured_mosquitto.url, username="app", password="wrong"):
                 raise AssertionError("connected with a wrong password")
         assert caught.value.code in (0x86, 0x87) and "refused the connection" in str(caught.value)
+
+    asyncio.run(scenario())
+
+
+def test_a_tls_ca_file_that_is_no_certificate_is_one_clear_error(tmp_path: Path) -> None:
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+
+    async def scenario() -> None:
+        with pytest.raises(BrokerError, match=r"tls_ca: cannot use .*ca\.pem") as caught:
+            async with BudgetClient.connect("mqtts://127.0.0.1:1", tls_ca=str(junk)):
+                raise AssertionError("connected without a usable CA file")
+        assert not isinstance(caught.value, BrokerRefused)
 
     asyncio.run(scenario())
