@@ -74,6 +74,7 @@ def mosquitto(directory: Path) -> Iterator[int]:
             "password_file": "",
             "acl_file": "",
             "allow_anonymous": "allow_anonymous true",
+            "use_username_as_clientid": "",  # it refuses clients without a username
         }.get(key, line)
         lines.append(line)
     lines.append(f"user {getpass.getuser()}")

@@ -10,12 +10,17 @@
         BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
             ConnectionLost    reason: the broker connection closed or failed; the enforcer reconnects
             MalformedPacket   packet, reason: bytes that can never be a valid MQTT 5 packet
+            BrokerRefused     code: the broker refused a BudgetClient (credentials, client id, ACL)
+            BrokerUnavailable timeout_s: a BudgetClient had no broker connection in time; it keeps
+                              reconnecting
         TopicError            topic, prefix: a message topic without one user level (also a ValueError)
         PayloadEncodingError  encoding, reason: a dead letter payload that does not decode (also a ValueError)
         UsageCountsError      usage: a usage object without integer token counts (also a ValueError)
         NotConnected          a BudgetClient used outside `async with BudgetClient.connect(...)`
         BudgetDenied          user_id, model, reason, remaining_usd: the enforcer answered deny
         AuthorizationTimeout  user_id, model, timeout_s: the enforcer did not answer in time
+            AuthorizationExpired  the enforcer decided the request after its deadline: nothing is held
+        OutboxError           path, reason: a BudgetClient's outbox file cannot be opened or written
 
 A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
 """
@@ -162,3 +167,49 @@ class AuthorizationTimeout(BudgetError):
         self.model = model
         self.timeout_s = timeout_s
         super().__init__(f"no authorization answer for user {user_id!r}, model {model!r} within {timeout_s}s")
+
+
+class BrokerRefused(BrokerError):
+    """The broker refused a BudgetClient's connection for a reason that retrying with the same settings
+    cannot fix: bad credentials, a client id it does not accept, or no permission. `code` is the MQTT 5
+    CONNACK reason code (0x84-0x8C)."""
+
+    def __init__(self, broker: str, code: int, reason: str) -> None:
+        self.code = code
+        super().__init__(f"broker {broker}", f"refused the connection: {reason} (reason code 0x{code:02X})")
+
+
+class BrokerUnavailable(BrokerError):
+    """A BudgetClient had no broker connection within `timeout_s` (or lost it before the broker
+    acknowledged); the client keeps reconnecting in the background."""
+
+    def __init__(self, broker: str, timeout_s: float, reason: str) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"broker {broker}", f"{reason} (waited {timeout_s:g}s; still reconnecting)")
+
+
+class AuthorizationExpired(AuthorizationTimeout):
+    """The enforcer answered "expired": the request reached it after its deadline (`expires_at`, the
+    client's timeout), so it was not decided and holds nothing. Like a timeout, the call was neither allowed
+    nor denied."""
+
+    def __init__(self, user_id: str, model: str, timeout_s: float) -> None:
+        self.user_id = user_id
+        self.model = model
+        self.timeout_s = timeout_s
+        BudgetError.__init__(
+            self,
+            f"authorization for user {user_id!r}, model {model!r} reached the enforcer after its "
+            f"{timeout_s}s deadline; nothing was reserved",
+        )
+
+
+class OutboxError(BudgetError):
+    """A BudgetClient's outbox file (`outbox=PATH`) cannot be opened, read or written, or another process
+    holds it. A report that could not be written is still kept in memory and sent, but does not survive a
+    crash of this process."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"outbox {path}: {reason}")

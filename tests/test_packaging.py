@@ -34,7 +34,7 @@ DISTRIBUTION_OF = {"paho": "paho-mqtt"}
 CORE_PACKAGES = ("budget.domain", "budget.mqtt")
 CORE_MODULES = frozenset(
     {
-        *("budget", "budget.client", "budget.errors", "budget.cli"),
+        *("budget", "budget.client", "budget.outbox", "budget.errors", "budget.cli"),
         *("sim", "sim.errors", "sim.cli", "sim.cli.extras", "sim.cli.common", "sim.cli.init"),
         *("sim.io", "sim.io.starter"),
     }

@@ -79,6 +79,8 @@ class Broker:
                 line = f"acl_file {self.directory / 'acl'}" if self.secured else ""
             elif key == "allow_anonymous" and not self.secured:
                 line = "allow_anonymous true"
+            elif key == "use_username_as_clientid" and not self.secured:
+                line = ""  # it refuses clients without a username
             lines.append(line)
         lines.append(f"log_dest file {self.directory / 'mosquitto.log'}")
         # Started as root, mosquitto switches to user "mosquitto", which cannot write this test's directory
