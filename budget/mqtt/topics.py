@@ -15,8 +15,12 @@ USAGE_PREFIX = "margins/usage/"
 AUTHORIZE_PREFIX = "margins/authorize/"
 RENEW_PREFIX = "margins/renew/"
 ADMIN_PREFIX = "margins/admin/users/"
-# Replies may go only here or outside margins/: the enforcer may publish status, so a reply topic naming
-# margins/status/<victim> would let any application forge another user's status.
+# Replies (answers, confirmations) go only here. Not elsewhere under margins/: the enforcer publishes
+# status, so a reply topic naming margins/status/<victim> would forge another user's status. Not outside
+# margins/ either: the enforcer's ACL grants it margins/replies/# and no more, and a publish the broker's
+# ACL denies costs the enforcer its connection on mosquitto before 2.0.22 with `max_queued_messages 0`
+# (the broker answers PUBACK 0x87, then disconnects with "quota exceeded") -- an application could keep it
+# reconnecting by asking for replies elsewhere.
 REPLY_PREFIX = "margins/replies/"
 STATUS_PREFIX = "margins/status/"
 ALERT_PREFIX = "margins/alerts/"
@@ -65,14 +69,13 @@ def topic_problem(topic: str) -> str | None:
 
 
 def reply_topic_problem(topic: str) -> str | None:
-    """Why a reply topic taken from a request is unacceptable, or None: it must be a topic the broker
-    accepts (`topic_problem`), at most 512 characters, and under margins/replies/ or outside margins/
-    (the enforcer's own topics must not be writable through a reply)."""
+    """Why a reply topic taken from a request is unacceptable, or None: it must be under margins/replies/
+    (see REPLY_PREFIX), at most 512 characters, and a topic the broker accepts (`topic_problem`)."""
     if len(topic) > MAX_REPLY_TOPIC_CHARS:
         return f"reply topic is {len(topic):,} characters; the limit is {MAX_REPLY_TOPIC_CHARS}"
+    if not topic.startswith(REPLY_PREFIX):
+        return f"reply topic {topic[:80]!r} is not under {REPLY_PREFIX}"
     problem = topic_problem(topic)
     if problem is not None:
         return f"reply {problem}"
-    if topic.startswith("margins/") and not topic.startswith(REPLY_PREFIX):
-        return f"reply topic {topic!r} must be under {REPLY_PREFIX} or outside margins/"
     return None

@@ -55,9 +55,10 @@ def test_one_code_point_in_a_topic(char: str) -> None:
 def test_any_text_as_a_topic(topic: str) -> None:
     assert (topic_problem(topic) is None) == acceptable(topic)
     problem = reply_topic_problem(topic)
-    if problem is None:  # a safe reply topic is a valid topic outside margins' own
-        assert acceptable(topic)
-        assert not topic.startswith("margins/") or topic.startswith("margins/replies/")
+    if problem is None:  # a safe reply topic is a valid topic under margins/replies/
+        assert acceptable(topic) and topic.startswith("margins/replies/")
+    under = f"margins/replies/{topic}"
+    assert (reply_topic_problem(under) is None) == (acceptable(under) and len(under) <= 512)
 
 
 def test_every_code_point_is_classified_alike() -> None:
@@ -79,8 +80,9 @@ def test_the_length_limit_is_in_bytes_of_utf8() -> None:
 
 def test_reply_topics() -> None:
     assert reply_topic_problem("margins/replies/app/1") is None
-    assert reply_topic_problem("myapp/replies/1") is None
-    for bad in ("margins/status/bob", "margins/admin/users/bob", "a/+/b", "a/#", "$SYS/x", ""):
+    for bad in ("margins/status/bob", "margins/admin/users/bob", "myapp/replies/1", "margins/replies/+/1"):
+        assert reply_topic_problem(bad) is not None
+    for bad in ("margins/replies/#", "$SYS/x", "", "margins/replies", "Margins/replies/a"):
         assert reply_topic_problem(bad) is not None
     problem = reply_topic_problem("margins/replies/a\tb")
     assert problem is not None and "U+0009" in problem
