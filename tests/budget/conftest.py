@@ -58,6 +58,9 @@ class Broker:
     secured: bool
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # config lines to change (e.g. max_inflight_messages) and the ACL when secured (default: the example's)
+    settings: dict[str, str] = field(default_factory=dict)
+    acl: str | None = None
 
     @property
     def url(self) -> str:
@@ -79,7 +82,11 @@ class Broker:
                 line = f"acl_file {self.directory / 'acl'}" if self.secured else ""
             elif key == "allow_anonymous" and not self.secured:
                 line = "allow_anonymous true"
+            elif key in self.settings:
+                line = f"{key} {self.settings[key]}"
             lines.append(line)
+        present = {line.split(" ", 1)[0] for line in lines}
+        lines += [f"{key} {value}" for key, value in self.settings.items() if key not in present]
         lines.append(f"log_dest file {self.directory / 'mosquitto.log'}")
         # Started as root, mosquitto switches to user "mosquitto", which cannot write this test's directory
         # (no persistence database, so a restart would lose the queue): stay the user we are.
@@ -91,7 +98,7 @@ class Broker:
             passwd.write_text("")
             for user, password in PASSWORDS.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
-            shutil.copy(ACL_EXAMPLE, self.directory / "acl")
+            (self.directory / "acl").write_text(ACL_EXAMPLE.read_text() if self.acl is None else self.acl)
             os.chmod(passwd, 0o600)
             os.chmod(self.directory / "acl", 0o600)
         return conf
@@ -127,6 +134,14 @@ class Broker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def connections(self, client_id: str) -> int:
+        """How many times a client with this id connected, by the broker's own log."""
+        log = self.directory / "mosquitto.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return sum(
+            1 for line in text.splitlines() if "New client connected" in line and f" as {client_id} " in line
+        )
 
 
 @pytest.fixture

@@ -181,7 +181,11 @@ def test_a_broker_restart_mid_stream_loses_nothing(enforcer_process: EnforcerPro
     events = stored(enforcer_process.store)
     ids = [e.event_id for e in events if isinstance(e, UsageRecorded)]
     assert len(ids) == len(set(ids)) == 2000
-    assert "retrying" in enforcer_process.log.read_text()
+    log = enforcer_process.log.read_text().splitlines()
+    retries = [line for line in log if "retrying" in line]
+    assert retries and " WARNING " in retries[0]  # the first failure warns; the attempts after it inform
+    assert all(" INFO " in line for line in retries[1:])
+    assert [line for line in log if " ERROR " in line or "Traceback" in line] == []
 
 
 def test_an_application_cannot_change_a_cap_or_forge_status(

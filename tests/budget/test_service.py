@@ -5,44 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import CAPS_TOML, Broker
+from enforcer_helpers import NOW, make_enforcer, stored_events
 from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 from budget.client import BudgetClient, guard
 from budget.domain.ledger import Ledger
 from budget.errors import BudgetDenied
-from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection
-from budget.service.enforcer import Enforcer
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore
-
-NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
-
-
-def make_enforcer(
-    broker: Broker,
-    tmp_path: Path,
-    caps: str = CAPS_TOML,
-    fixed_clock: bool = True,
-    clock: Callable[[], datetime] | None = None,
-) -> Enforcer:
-    (tmp_path / "caps.toml").write_text(caps)
-    config = load_config(tmp_path / "caps.toml")
-    settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id=f"enf-{tmp_path.name}"[:60])
-    if clock is None and fixed_clock:
-        clock = lambda: NOW  # noqa: E731
-    return Enforcer(settings, tmp_path / "store", config, clock=clock, expiry_interval_s=0.1)
-
-
-def stored_events(tmp_path: Path) -> list[object]:
-    with EventStore.open(tmp_path / "store", flush_interval=None) as store:
-        return list(store.replay())
 
 
 def test_usage_is_recorded_once_status_retained_and_alerts_once(mosquitto: Broker, tmp_path: Path) -> None:
