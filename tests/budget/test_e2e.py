@@ -172,7 +172,9 @@ def test_a_broker_restart_mid_stream_loses_nothing(enforcer_process: EnforcerPro
     async def scenario() -> None:
         publishing = asyncio.create_task(publish_reliably(broker.port, messages, pace_s=0.02))
         await asyncio.sleep(0.8)
-        await asyncio.to_thread(broker.restart)  # SIGTERM (mosquitto saves its sessions), then start again
+        await asyncio.to_thread(broker.stop)  # SIGTERM: mosquitto saves its sessions
+        await asyncio.sleep(1.0)  # down long enough for the enforcer to find nobody listening
+        await asyncio.to_thread(broker.start)
         await publishing
         await wait_for_status(broker.port, {"dora": 2000 * 285_000})
 

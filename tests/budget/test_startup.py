@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Broker
@@ -16,6 +17,7 @@ from enforcer_helpers import NOW, PATIENCE_S, Authorizer, enforcer_client_id, ma
 from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 from budget.domain.events import UsageRecorded
+from budget.mqtt.connection import Mqtt5Connection
 from budget.store.event_store import EventStore
 
 USERS = 70_000  # more than the 65,535 packet ids one connection has
@@ -111,9 +113,17 @@ def test_only_users_active_this_month_are_republished(mosquitto: Broker, tmp_pat
 
 
 def test_thousands_of_publishes_through_a_receive_maximum_of_20(
-    narrow_broker: Broker, tmp_path: Path
+    narrow_broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     users = 3000
+    in_flight: list[int] = []  # after each publish of the enforcer's
+    real_publish = Mqtt5Connection.publish
+
+    def publish(connection: Mqtt5Connection, topic: str, payload: bytes, **options: Any) -> None:
+        real_publish(connection, topic, payload, **options)
+        in_flight.append(connection.in_flight)
+
+    monkeypatch.setattr(Mqtt5Connection, "publish", publish)
 
     async def scenario() -> None:
         async with make_enforcer(narrow_broker, tmp_path) as enforcer:
@@ -128,9 +138,12 @@ def test_thousands_of_publishes_through_a_receive_maximum_of_20(
                     lambda: len({t for t, _, _ in statuses.messages}) >= users, PATIENCE_S
                 )
                 statuses.stop()
+            assert narrow_broker.connections(enforcer_client_id(tmp_path)) == 1  # by the broker's log
+            assert (
+                len(in_flight) >= users and max(in_flight) == 20
+            )  # the broker's receive maximum, never more
             assert enforcer.counters["UsageRecorded"] == users
             assert enforcer.counters["connections"] == 1
             assert enforcer.counters["publish_refused"] == 0
 
     asyncio.run(scenario())
-    assert narrow_broker.connections(enforcer_client_id(tmp_path)) == 1
