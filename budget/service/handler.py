@@ -73,9 +73,7 @@ class MessageHandler:
     def handle(self, message: Publish, now: datetime, batch: Batch) -> None:
         """Decode, decide and apply one message; queue in `batch` what must follow the commit."""
         topic, payload = message.topic, message.payload
-        decoded = decode_message(
-            topic, payload, now, self._max_skew, message_expiry_s=message.message_expiry_s
-        )
+        decoded = decode_message(topic, payload, now, self._max_skew, message.message_expiry_s)
         rejection = decoded.rejection
         confirmed: list[str] | None = None  # the usage events to confirm to a sender that asked
         if message.response_topic is not None and topic.startswith(USAGE_PREFIX):
