@@ -300,6 +300,7 @@ class Enforcer:
                     self.counters["status_republished"] += 1
                     room -= 1
             await asyncio.sleep(0)  # let messages in between slices
+        self._to_republish, self._republished = [], 0  # a million user ids need not stay
         log.info("republished the status of %d users active this month", self.counters["status_republished"])
 
     # -- commit and release -----------------------------------------------------------------------

@@ -104,9 +104,9 @@ class MessageHandler:
         if dead:
             if rejection is None:
                 rejection = Rejection(items=len(decoded.commands), user_id=dead[0].user_id)
-            for event in dead:
+            for event in dead:  # (their ids are in `confirmed` already, as commands')
                 detail = event.detail if rejection.items == 1 else f"event {event.event_id!r}: {event.detail}"
-                rejection.add(event.reason, detail)
+                rejection.add(event.reason, detail, event.event_id)
         if rejection is not None:
             self._reject(rejection, message, now, batch)
         if confirmed is not None:

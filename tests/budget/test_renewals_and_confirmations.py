@@ -155,7 +155,10 @@ def test_usage_is_confirmed_to_its_response_topic_only_after_its_commit(
         else:
             assert set(value) <= durable | {"c5", "c6"}, f"confirmed {value} before its commit"  # type: ignore[arg-type]
     dead = [e for e in stored_events(tmp_path) if isinstance(e, DeadLettered)]
-    assert [(e.reason, e.count) for e in dead] == [("out_of_range", 1), ("unknown_model", 1)]
+    assert [(e.reason, e.count, e.event_id) for e in dead] == [
+        ("out_of_range", 1, "c5"),
+        ("unknown_model", 1, "c6"),
+    ]
 
 
 def test_a_publish_the_broker_refuses_is_counted_and_the_connection_stays(tmp_path: Path) -> None:
