@@ -17,11 +17,11 @@ keepalive, DISCONNECT. No QoS 2, no topic aliases (none requested, so the broker
 auth.
 
 Flow control: the broker's CONNACK says how many QoS 1 publishes it accepts in flight from us (its receive
-maximum; mosquitto's `max_inflight_messages`). A client that sends more is disconnected, and 65,535 packet
-ids are all there are, so `publish` never puts more than that on the wire: the rest wait in order in a
-queue and go out as PUBACKs come back. A PUBACK with a failure reason code (the broker refused that one
-message: not authorized, quota exceeded, ...) is reported per message to `on_refused`; it never ends the
-connection.
+maximum; mosquitto's `max_inflight_messages`). MQTT 5 lets a broker disconnect a client that sends more,
+and 65,535 packet ids are all there are, so `publish` never puts more than that on the wire: the rest wait
+in order in a queue and go out as PUBACKs come back. A PUBACK with a failure reason code (the broker
+refused that one message: not authorized, quota exceeded, ...) is reported per message to `on_refused`;
+this client never ends the connection for it.
 """
 
 from __future__ import annotations

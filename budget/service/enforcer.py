@@ -282,26 +282,32 @@ class Enforcer:
 
     async def _republish(self, client: Mqtt5Connection) -> None:
         """The retained status of every user active this month, after a start: a window at a time, so
-        answers never queue behind it. Users with events not yet durable are skipped: their status goes
-        out after their commit anyway, and a status must never show what is not on disk."""
-        users, ledger = self._to_republish, self.ledger
-        while self._republished < len(users):
-            await client.wait_for_room(REPUBLISH_BACKLOG)
-            now = self._clock()
-            busy = self._batch.dirty | (self._committing.dirty if self._committing is not None else set())
-            room = REPUBLISH_BACKLOG - client.pending
-            end = min(len(users), self._republished + REPUBLISH_SLICE)
-            while self._republished < end and room > 0:
-                user = users[self._republished]
-                self._republished += 1
-                status = ledger.status(user, now)
-                if (status.spent_nanos or status.reserved_nanos) and user not in busy:
-                    self._publish(client, status_topic(user), status_json(status), retain=True)
-                    self.counters["status_republished"] += 1
-                    room -= 1
-            await asyncio.sleep(0)  # let messages in between slices
+        answers never queue behind it. A lost connection pauses it; the next one goes on from there."""
+        try:
+            while self._republished < len(self._to_republish):
+                await client.wait_for_room(REPUBLISH_BACKLOG)
+                self._republish_slice(client, REPUBLISH_BACKLOG - client.pending)
+                await asyncio.sleep(0)  # let messages in between slices
+        except ConnectionLost:
+            return
         self._to_republish, self._republished = [], 0  # a million user ids need not stay
         log.info("republished the status of %d users active this month", self.counters["status_republished"])
+
+    def _republish_slice(self, client: Mqtt5Connection, room: int) -> None:
+        """Up to `room` statuses, looking at no more than REPUBLISH_SLICE users. Users with events not yet
+        durable are skipped: their status goes out after their commit anyway, and a status must never show
+        what is not on disk."""
+        users, now = self._to_republish, self._clock()
+        busy = self._batch.dirty | (self._committing.dirty if self._committing is not None else set())
+        end = min(len(users), self._republished + REPUBLISH_SLICE)
+        while self._republished < end and room > 0:
+            user = users[self._republished]
+            self._republished += 1
+            status = self.ledger.status(user, now)
+            if (status.spent_nanos or status.reserved_nanos) and user not in busy:
+                self._publish(client, status_topic(user), status_json(status), retain=True)
+                self.counters["status_republished"] += 1
+                room -= 1
 
     # -- commit and release -----------------------------------------------------------------------
 
