@@ -4,11 +4,14 @@
                                   [--query-events 10000000]
 
 1. Usage events/s end to end through a local mosquitto with durability on (fsync'd group commits, PUBACK
-   only after the commit): one event per message, then arrays of 100. Baseline: the same messages relayed
-   by the same broker to a plain subscriber that only parses and acknowledges them.
+   only after the commit): one event per message, then arrays of 100; and the enforcer process's CPU time
+   per event (user + system, every thread), steadier than the wall figures on a busy machine. Baseline:
+   the same messages relayed by the same broker to a plain subscriber that only parses and acknowledges.
 2. Authorize round trip p50/p99 at 1,000 authorizations/s (open loop: each request is sent on schedule,
    whatever the previous ones are doing). Baseline: the same load against a plain echo responder.
-3. `margins spend` "top 100 this month" over a 10M-event store (benchmarks.spend_query builds and times it).
+3. The same authorization load while 64 KB arrays of 32,000 bad items arrive, one every 100 ms (each is
+   one dead letter); beside it, how long the enforcer takes to handle one such message.
+4. `margins spend` "top 100 this month" over a 10M-event store (benchmarks.spend_query builds and times it).
 
 Baselines use the enforcer's own MQTT client (budget.mqtt.connection), so the difference is the
 enforcer's work.
@@ -25,7 +28,9 @@ import contextlib
 import gc
 import getpass
 import json
+import logging
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -242,9 +247,26 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
     return latencies[warm:]
 
 
+BAD_ARRAY = b"[" + b",".join([b"0"] * 32_000) + b"]"  # 64 KB, 32,000 items, none an object
+
+
+async def _bad_arrays(port: int, count: int, interval_s: float) -> None:
+    """`count` 64 KB bad arrays at QoS 1, one every `interval_s` seconds."""
+    reader, writer = await _open(port, uuid.uuid4().hex)
+    for index in range(count):
+        writer.write(encode_publish("margins/usage/bench-bad", BAD_ARRAY, qos=1, packet_id=index + 1))
+        await writer.drain()
+        await asyncio.sleep(interval_s)
+    for _ in range(count):
+        await _read_packet(reader)  # the PUBACKs
+    writer.close()
+
+
 def _child(argv: list[str]) -> None:
     mode, port = argv[0], int(argv[1])
-    if mode == "_publish":
+    if mode == "_bad":
+        asyncio.run(_bad_arrays(port, int(argv[2]), float(argv[3])))
+    elif mode == "_publish":
         count, per_message, prefix = int(argv[2]), int(argv[3]), argv[4]
         messages = _usage_messages(count, per_message, 100, prefix)
         print(json.dumps({"publish_s": asyncio.run(_raw_publish(port, messages))}), flush=True)
@@ -294,8 +316,17 @@ async def _plain_subscriber_rate(port: int, count: int, per_message: int) -> flo
     return count * per_message / (last - first)
 
 
-async def _enforcer_rate(enforcer: Enforcer, port: int, count: int, per_message: int) -> tuple[float, float]:
-    """Events/s through the enforcer, from its first message to the commit of the last; and commits/s."""
+def _cpu_s() -> float:
+    """CPU seconds this process has used, user + system, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _enforcer_rate(
+    enforcer: Enforcer, port: int, count: int, per_message: int
+) -> tuple[float, float, float]:
+    """Events/s through the enforcer, from its first message to the commit of the last; commits/s; and
+    CPU microseconds per event over the same span."""
     base_committed, base_commits = enforcer.counters["committed"], enforcer.counters["commits"]
     base_seen = enforcer.counters["UsageRecorded"]
     publisher = _spawn("_publish", port, count, per_message, f"enf{per_message}-{uuid.uuid4().hex[:6]}")
@@ -303,13 +334,13 @@ async def _enforcer_rate(enforcer: Enforcer, port: int, count: int, per_message:
     async with asyncio.timeout(600):
         while enforcer.counters["UsageRecorded"] == base_seen:
             await asyncio.sleep(0.0005)
-        first = time.perf_counter()
+        first, cpu = time.perf_counter(), _cpu_s()
         while enforcer.counters["committed"] - base_committed < target:
             await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - first
+    elapsed, cpu = time.perf_counter() - first, _cpu_s() - cpu
     await asyncio.to_thread(publisher.wait)
     commits = enforcer.counters["commits"] - base_commits
-    return target / elapsed, commits / elapsed
+    return target / elapsed, commits / elapsed, cpu / target * 1e6
 
 
 async def _echo_round_trips(port: int, count: int, rate: float) -> list[float]:
@@ -377,11 +408,12 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
         for per_message, messages in ((1, args.events), (100, args.batched_messages)):
             plain = await _plain_subscriber_rate(port, messages, per_message)
             async with _enforcer(port, directory / f"enf{per_message}") as enforcer:
-                rate, commit_rate = await _enforcer_rate(enforcer, port, messages, per_message)
+                rate, commit_rate, cpu_us = await _enforcer_rate(enforcer, port, messages, per_message)
             label = "one event per message" if per_message == 1 else f"arrays of {per_message} events"
             target = 10_000 if per_message == 1 else 50_000
             print(
-                f"usage, {label}: {rate:,.0f} events/s end to end ({commit_rate:,.0f} commits/s); "
+                f"usage, {label}: {rate:,.0f} events/s end to end ({commit_rate:,.0f} commits/s, "
+                f"{cpu_us:.1f} us CPU per event); "
                 f"baseline plain subscriber {plain:,.0f} events/s; target {target:,} "
                 f"({'met' if rate >= target else f'missed by {1 - rate / target:.0%}'})"
             )
@@ -407,6 +439,7 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
             f"  of which the durable commit (write + fdatasync of the log): p50 {_pct(commits, 0.5):.2f} ms, "
             f"p99 {_pct(commits, 0.99):.2f} ms, max {max(commits):.1f} ms over {len(commits):,} commits"
         )
+        await _bad_array_figures(port, directory, args.authorizations, real)
     if args.query_events:
         from benchmarks.spend_query import run_query_benchmark
 
@@ -418,6 +451,46 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
             f"({'met' if figures['top100_ms_p50'] <= 200 else 'missed'})"
         )
     print("\n(one run of each; rerun to see the spread)")
+
+
+async def _bad_array_figures(port: int, directory: Path, count: int, clean: list[float]) -> None:
+    """Authorizations at 1,000/s while a 64 KB array of bad items arrives every 100 ms, beside `clean`
+    (the same load without them); and the time to handle one such message in the enforcer."""
+    bad_count = max(1, int(count / 1000 / 0.1))
+    async with _enforcer(port, directory / "bad") as enforcer:
+        flood = _spawn("_bad", port, bad_count, 0.1)
+        real = await _load_latencies(port, count, 1000.0)
+        await asyncio.to_thread(flood.wait)
+        async with asyncio.timeout(120):
+            while enforcer.counters["rejected_items"] < bad_count * 32_000:
+                await asyncio.sleep(0.01)
+        handle = _handle_time(enforcer)
+
+    def spread(values: list[float]) -> str:
+        return f"p50 {_pct(values, 0.5):.2f} ms, p99 {_pct(values, 0.99):.2f} ms, max {max(values):.1f} ms"
+
+    print(
+        f"authorize at 1,000/s while a 64 KB bad array (32,000 items) arrives every 100 ms ({bad_count} of "
+        f"them, one dead letter each): {spread(real)}; without them {spread(clean)}; handling one such "
+        f"message takes {handle:.1f} ms (median of 20)"
+    )
+
+
+def _handle_time(enforcer: Enforcer) -> float:
+    """Milliseconds to decode, decide and apply one 64 KB bad array (into a batch that is thrown away)."""
+    from budget.service.handler import Batch, MessageHandler
+    from budget.service.throttle import LogThrottle
+
+    handler = MessageHandler(
+        enforcer.ledger, enforcer.counters.copy(), LogThrottle(logging.getLogger("bench"))
+    )
+    message = Publish("margins/usage/bench-bad", BAD_ARRAY, 1, 1)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        handler.handle(message, datetime.now(UTC), Batch())
+        times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
 
 
 def main() -> None:
@@ -434,6 +507,7 @@ def main() -> None:
     parser.add_argument("--query-events", type=int, default=10_000_000, help="0 skips the query benchmark")
     args = parser.parse_args()
     sys.setswitchinterval(0.001)  # as `margins enforce` does (see budget/cli/enforce.py)
+    logging.basicConfig(level=logging.ERROR)  # the floods' dead letters are counted, not printed
     with tempfile.TemporaryDirectory(prefix="margins-bench-") as tmp:
         asyncio.run(_bench(args, Path(tmp)))
 

@@ -5,8 +5,9 @@ without one. `read` takes a start offset, so a connection walks one received buf
 without copying each one out; it returns `(None, 0)` while the buffer does not yet hold the whole packet
 at `start`, and raises `MalformedPacket` for bytes that can never become a valid packet.
 
-Scope, what the enforcer's client sends and receives: CONNECT, CONNACK, PUBLISH (QoS 0-2, with the
-response-topic and correlation-data properties), PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT.
+Scope, what the enforcer's client sends and receives: CONNECT, CONNACK (with the broker's receive
+maximum), PUBLISH (QoS 0-2, with the message-expiry, response-topic and correlation-data properties),
+PUBACK, SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT.
 Other properties defined by MQTT 5 are checked and skipped; other packet types (QoS 2 handshakes,
 UNSUBSCRIBE, AUTH) are refused as `MalformedPacket`, since this client never asks for them.
 
@@ -46,7 +47,13 @@ _NOTHING_YET: tuple[None, int] = (None, 0)
 # -- properties ---------------------------------------------------------------------------------------
 
 _BYTE, _TWO, _FOUR, _VARINT, _STRING, _BINARY, _PAIR = range(7)
-_SESSION_EXPIRY, _RECEIVE_MAXIMUM, _RESPONSE_TOPIC, _CORRELATION = 0x11, 0x21, 0x08, 0x09
+_MESSAGE_EXPIRY, _SESSION_EXPIRY, _RECEIVE_MAXIMUM, _RESPONSE_TOPIC, _CORRELATION = (
+    0x02,
+    0x11,
+    0x21,
+    0x08,
+    0x09,
+)
 # every property MQTT 5 defines: id -> how it is encoded
 _PROPERTY_FORM = {
     0x01: _BYTE, 0x02: _FOUR, 0x03: _STRING, 0x08: _STRING, 0x09: _BINARY, 0x0B: _VARINT, 0x11: _FOUR,
@@ -143,9 +150,17 @@ def _read_properties(buf: Buffer, pos: int, end: int, kind: PacketType) -> tuple
     return found, stop
 
 
-def _string_property(props: dict[int, int | bytes], prop: int) -> str | None:
+def _topic_property(props: dict[int, int | bytes], prop: int) -> str | None:
     value = props.get(prop)
-    return _text(value) if isinstance(value, bytes) else None
+    # Bad UTF-8 becomes lone surrogates here, not U+FFFD: a reply topic is published to, and replacing
+    # its bytes would answer a different topic than the one asked for; a lone surrogate is refused by
+    # budget.mqtt.topics.topic_problem instead.
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else None
+
+
+def _int_property(props: dict[int, int | bytes], prop: int) -> int | None:
+    value = props.get(prop)
+    return value if isinstance(value, int) else None
 
 
 def _binary_property(props: dict[int, int | bytes], prop: int) -> bytes | None:
@@ -156,11 +171,23 @@ def _binary_property(props: dict[int, int | bytes], prop: int) -> bytes | None:
 # -- reading ------------------------------------------------------------------------------------------
 
 
-def _publish_builder() -> Callable[[str, bytes, int, int, str | None, bytes | None, bool, bool], Publish]:
+def _publish_builder() -> Callable[
+    [str, bytes, int, int, str | None, bytes | None, bool, bool, int | None], Publish
+]:
     """A `Publish` built by setting its slots directly. A frozen dataclass's own __init__ sets each field
     through object.__setattr__, which here costs as much as the rest of decoding a PUBLISH."""
     setters = tuple(getattr(Publish, field.name).__set__ for field in fields(Publish))
-    set_topic, set_payload, set_qos, set_id, set_response, set_correlation, set_retain, set_dup = setters
+    (
+        set_topic,
+        set_payload,
+        set_qos,
+        set_id,
+        set_response,
+        set_correlation,
+        set_retain,
+        set_dup,
+        set_expiry,
+    ) = setters
     new = object.__new__
 
     def build(
@@ -172,6 +199,7 @@ def _publish_builder() -> Callable[[str, bytes, int, int, str | None, bytes | No
         correlation: bytes | None,
         retain: bool,
         dup: bool,
+        message_expiry_s: int | None,
     ) -> Publish:
         packet = new(Publish)
         set_topic(packet, topic)
@@ -182,6 +210,7 @@ def _publish_builder() -> Callable[[str, bytes, int, int, str | None, bytes | No
         set_correlation(packet, correlation)
         set_retain(packet, retain)
         set_dup(packet, dup)
+        set_expiry(packet, message_expiry_s)
         return packet
 
     return build
@@ -247,12 +276,13 @@ def read(buffer: Buffer, start: int = 0) -> tuple[Packet | None, int]:
         if pos >= stop:
             raise _fail(PacketType.PUBLISH, "property length is missing")
         if buffer[pos] == 0:  # no properties, the usual case
-            response_topic = correlation = None
+            response_topic = correlation = expiry = None
             pos += 1
         else:
             props, pos = _read_properties(buffer, pos, stop, PacketType.PUBLISH)
-            response_topic = _string_property(props, _RESPONSE_TOPIC)
+            response_topic = _topic_property(props, _RESPONSE_TOPIC)
             correlation = _binary_property(props, _CORRELATION)
+            expiry = _int_property(props, _MESSAGE_EXPIRY)
         payload = buffer[pos:stop]
         if isinstance(payload, bytearray):
             payload = bytes(payload)
@@ -265,6 +295,7 @@ def read(buffer: Buffer, start: int = 0) -> tuple[Packet | None, int]:
             correlation,
             first & 0x01 != 0,  # retain
             first & 0x08 != 0,  # dup
+            expiry,
         )
         return packet, stop - start
     return _read_other(buffer, first, body, stop), stop - start
@@ -347,8 +378,11 @@ def _read_connack(buf: Buffer, pos: int, stop: int) -> tuple[Packet, int]:
         raise _fail(PacketType.CONNACK, "acknowledge flags or reason code is missing")
     if buf[pos] & 0xFE:
         raise _fail(PacketType.CONNACK, "reserved acknowledge flags set")
-    _, after = _read_properties(buf, pos + 2, stop, PacketType.CONNACK)
-    return ConnAck(bool(buf[pos]), buf[pos + 1]), after
+    props, after = _read_properties(buf, pos + 2, stop, PacketType.CONNACK)
+    receive_maximum = props.get(_RECEIVE_MAXIMUM, 65535)
+    if receive_maximum == 0:
+        raise _fail(PacketType.CONNACK, "receive maximum is 0")
+    return ConnAck(bool(buf[pos]), buf[pos + 1], int(receive_maximum)), after
 
 
 def _read_puback(buf: Buffer, pos: int, stop: int) -> tuple[Packet, int]:
@@ -442,6 +476,7 @@ def encode(packet: Packet) -> bytes:
                 correlation=packet.correlation,
                 response_topic=packet.response_topic,
                 dup=packet.dup,
+                message_expiry_s=packet.message_expiry_s,
             )
         case PubAck():
             return _encode_puback(packet)
@@ -471,6 +506,7 @@ def encode_publish(
     correlation: bytes | None = None,
     response_topic: str | None = None,
     dup: bool = False,
+    message_expiry_s: int | None = None,
 ) -> bytes:
     """One PUBLISH, without building a `Publish` first (the enforcer's replies and status)."""
     name = topic.encode()
@@ -483,8 +519,10 @@ def encode_publish(
     else:
         raise _fail(PacketType.PUBLISH, f"QoS {qos} with packet id {packet_id}{' and DUP' if dup else ''}")
     props = b"\x00"  # no properties
-    if correlation is not None or response_topic is not None:
+    if correlation is not None or response_topic is not None or message_expiry_s is not None:
         props = b""
+        if message_expiry_s is not None:
+            props += b"\x02" + _unsigned(message_expiry_s, 4, PacketType.PUBLISH, "message expiry")
         if response_topic is not None:
             props += b"\x08" + _string(response_topic.encode(), PacketType.PUBLISH, "response topic")
         if correlation is not None:
@@ -559,8 +597,15 @@ def _encode_connect(packet: Connect) -> bytes:
 
 
 def _encode_connack(packet: ConnAck) -> bytes:
-    reason = _unsigned(packet.reason_code, 1, PacketType.CONNACK, "reason code")
-    return _frame(0x20, bytes((int(packet.session_present),)) + reason + b"\x00")
+    kind = PacketType.CONNACK
+    reason = _unsigned(packet.reason_code, 1, kind, "reason code")
+    props = b""
+    if packet.receive_maximum != 65535:  # the default needs no property
+        if not packet.receive_maximum:
+            raise _fail(kind, "receive maximum is 0")
+        props = b"\x21" + _unsigned(packet.receive_maximum, 2, kind, "receive maximum")
+    body = bytes((int(packet.session_present),)) + reason + _varint(len(props)) + props
+    return _frame(0x20, body)
 
 
 def _encode_puback(packet: PubAck) -> bytes:

@@ -11,9 +11,17 @@ per `data_received`, and coalesces every write of one loop turn (a commit's PUBA
 into one `send`. It also makes acknowledgement explicit, which aiomqtt 2.x cannot (its issue #345).
 
 Scope: CONNECT (MQTT 5, clean start off, session expiry, receive maximum, user/password, TLS), SUBSCRIBE
-at QoS 1, incoming PUBLISH at QoS 0/1 with the response-topic and correlation-data properties, PUBACK sent
-only by `ack`, outgoing PUBLISH at QoS 0/1 (retain, correlation data), PINGREQ keepalive, DISCONNECT.
-No QoS 2, no topic aliases (none requested, so the broker sends none), no enhanced auth.
+at QoS 1, incoming PUBLISH at QoS 0/1 with the message-expiry, response-topic and correlation-data
+properties, PUBACK sent only by `ack`, outgoing PUBLISH at QoS 0/1 (retain, correlation data), PINGREQ
+keepalive, DISCONNECT. No QoS 2, no topic aliases (none requested, so the broker sends none), no enhanced
+auth.
+
+Flow control: the broker's CONNACK says how many QoS 1 publishes it accepts in flight from us (its receive
+maximum; mosquitto's `max_inflight_messages`). MQTT 5 lets a broker disconnect a client that sends more,
+and 65,535 packet ids are all there are, so `publish` never puts more than that on the wire: the rest wait
+in order in a queue and go out as PUBACKs come back. A PUBACK with a failure reason code (the broker
+refused that one message: not authorized, quota exceeded, ...) is reported per message to `on_refused`;
+this client never ends the connection for it.
 """
 
 from __future__ import annotations
@@ -22,8 +30,9 @@ import asyncio
 import contextlib
 import ssl
 import uuid
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from budget.errors import ConnectionLost, MalformedPacket
 from budget.mqtt.codec import encode, encode_puback, encode_publish, read
@@ -40,6 +49,18 @@ from budget.mqtt.packets import (
 )
 
 _PINGREQ = encode(PingReq())
+# Packet ids kept back from publishes for SUBSCRIBE: a broker may allow 65,535 publishes in flight, which
+# would leave no id for anything else.
+_IDS_FOR_SUBSCRIBE = 16
+
+
+class _Waiting(NamedTuple):
+    """A QoS 1 publish queued until the broker's receive maximum lets it go out."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation: bytes | None
 
 
 class _Protocol(asyncio.Protocol):
@@ -87,16 +108,29 @@ class _Protocol(asyncio.Protocol):
 
 
 class Mqtt5Connection:
-    """One connection; open with `await Mqtt5Connection.open(...)`, then `subscribe`, `ack`, `publish`."""
+    """One connection; open with `await Mqtt5Connection.open(...)`, then `subscribe`, `ack`, `publish`.
 
-    def __init__(self, on_publish: Callable[[Publish], None]) -> None:
+    `on_refused(topic, reason_code)` hears of each QoS 1 publish the broker acknowledged with a failure
+    reason code (0x80 or more).
+    """
+
+    def __init__(
+        self,
+        on_publish: Callable[[Publish], None],
+        on_refused: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._on_publish = on_publish
+        self._on_refused = on_refused
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._connack: asyncio.Future[ConnAck] = self._loop.create_future()
         self._subacks: dict[int, asyncio.Future[tuple[int, ...]]] = {}
-        self._outgoing: dict[int, bytes] = {}  # unacknowledged QoS 1 publishes by packet id
+        self._in_flight: dict[int, str] = {}  # unacknowledged QoS 1 publishes: packet id -> topic
+        self._waiting: deque[_Waiting] = deque()  # QoS 1 publishes beyond the broker's receive maximum
+        self._send_quota = 65535 - _IDS_FOR_SUBSCRIBE  # until CONNACK says otherwise
+        self._room = asyncio.Event()  # set when fewer than `_room_below` are pending, or on close
+        self._room_below = 0
         self._next_id = 0
         self._out = bytearray()
         self._flush_scheduled = False
@@ -182,19 +216,47 @@ class Mqtt5Connection:
         retain: bool = False,
         correlation: bytes | None = None,
     ) -> None:
-        """Queue a PUBLISH, written with the rest of this loop turn; QoS 1 ones are kept until PUBACK."""
-        packet_id = self._packet_id() if qos else 0
-        packet = encode_publish(
-            topic, payload, qos=qos, packet_id=packet_id, retain=retain, correlation=correlation
+        """Send a PUBLISH with the rest of this loop turn's writes. A QoS 1 one counts against the broker's
+        receive maximum until its PUBACK; beyond it, it waits in order for one to come back."""
+        if not qos:
+            self._write(encode_publish(topic, payload, retain=retain, correlation=correlation))
+        elif self._waiting or len(self._in_flight) >= self._send_quota:
+            self._waiting.append(_Waiting(topic, payload, retain, correlation))
+        else:
+            self._send(topic, payload, retain, correlation)
+
+    def _send(self, topic: str, payload: bytes, retain: bool, correlation: bytes | None) -> None:
+        packet_id = self._packet_id()
+        self._in_flight[packet_id] = topic
+        self._write(
+            encode_publish(topic, payload, qos=1, packet_id=packet_id, retain=retain, correlation=correlation)
         )
-        if qos:
-            self._outgoing[packet_id] = packet
-        self._write(packet)
 
     @property
     def pending(self) -> int:
-        """QoS 1 publishes the broker has not acknowledged yet."""
-        return len(self._outgoing)
+        """QoS 1 publishes the broker has not acknowledged yet: in flight and queued."""
+        return len(self._in_flight) + len(self._waiting)
+
+    @property
+    def in_flight(self) -> int:
+        """QoS 1 publishes sent and not acknowledged yet (at most the broker's receive maximum)."""
+        return len(self._in_flight)
+
+    @property
+    def send_quota(self) -> int:
+        """How many QoS 1 publishes may be in flight: the broker's receive maximum."""
+        return self._send_quota
+
+    async def wait_for_room(self, backlog: int) -> None:
+        """Until fewer than `backlog` QoS 1 publishes are pending (in flight or queued); raises
+        ConnectionLost if the connection ends first. For a sender that must not crowd out others."""
+        while self.pending >= backlog and self.is_open:
+            self._room_below = backlog
+            self._room.clear()
+            await self._room.wait()
+        self._room_below = 0
+        if not self.is_open:
+            raise ConnectionLost("closed")
 
     @property
     def is_open(self) -> bool:
@@ -213,6 +275,7 @@ class Mqtt5Connection:
         self.close()
 
     def close(self) -> None:
+        """Drop the connection at once (no DISCONNECT); whatever waits on it hears ConnectionLost."""
         if self._pinger is not None:
             self._pinger.cancel()
         if self._transport is not None:
@@ -223,15 +286,30 @@ class Mqtt5Connection:
         for future in futures:
             if not future.done():
                 future.set_exception(ConnectionLost("closed"))
+                # Marked as retrieved: when the connect itself failed nobody awaits the CONNACK, and an
+                # unretrieved exception is logged by asyncio at ERROR level, on every reconnect attempt.
+                future.exception()
+        self._room.set()
 
     # -- internals --------------------------------------------------------------------------------
 
     def _packet_id(self) -> int:
+        # Flow control keeps at most 65,535 - _IDS_FOR_SUBSCRIBE publishes in flight, so a free id exists.
         for _ in range(65535):
             self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self._outgoing and self._next_id not in self._subacks:
+            if self._next_id not in self._in_flight and self._next_id not in self._subacks:
                 return self._next_id
         raise ConnectionLost("all 65535 packet ids are in flight")
+
+    def _acknowledged(self, packet: PubAck) -> None:
+        topic = self._in_flight.pop(packet.packet_id, None)
+        if topic is not None and packet.reason_code >= 0x80 and self._on_refused is not None:
+            self._on_refused(topic, packet.reason_code)
+        waiting = self._waiting
+        while waiting and len(self._in_flight) < self._send_quota:
+            self._send(*waiting.popleft())
+        if self._room_below and self.pending < self._room_below:
+            self._room.set()
 
     def _write(self, data: bytes) -> None:
         self._out += data
@@ -260,8 +338,9 @@ class Mqtt5Connection:
         """Every packet but PUBLISH, which goes straight to `on_publish`."""
         match packet:
             case PubAck():
-                self._outgoing.pop(packet.packet_id, None)
+                self._acknowledged(packet)
             case ConnAck():
+                self._send_quota = min(packet.receive_maximum, 65535 - _IDS_FOR_SUBSCRIBE)
                 if not self._connack.done():
                     self._connack.set_result(packet)
             case SubAck():

@@ -44,16 +44,20 @@ class Connect:
 
 @dataclass(frozen=True, slots=True)
 class ConnAck:
-    """The broker's answer to CONNECT; a `reason_code` of 0x80 or more is a refusal."""
+    """The broker's answer to CONNECT; a `reason_code` of 0x80 or more is a refusal. `receive_maximum` is
+    how many QoS 1 publishes the broker accepts in flight from this client (65,535 when it sets none)."""
 
     TYPE: ClassVar[PacketType] = PacketType.CONNACK
     session_present: bool
     reason_code: int = 0
+    receive_maximum: int = 65535
 
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """An application message. `packet_id` is 0 at QoS 0 (nothing to acknowledge), 1-65535 otherwise."""
+    """An application message. `packet_id` is 0 at QoS 0 (nothing to acknowledge), 1-65535 otherwise.
+    `message_expiry_s` is the MQTT 5 message expiry interval: the seconds the message has left to live
+    (a broker forwards what remains of the publisher's interval), None when it never expires."""
 
     TYPE: ClassVar[PacketType] = PacketType.PUBLISH
     topic: str
@@ -64,6 +68,7 @@ class Publish:
     correlation: bytes | None = None
     retain: bool = False
     dup: bool = False
+    message_expiry_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

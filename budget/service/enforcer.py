@@ -2,13 +2,16 @@
 
 Path of a message: decode (budget.service.wire) -> dedupe and decide (ledger.decide) -> apply to the in-memory
 ledger -> group commit to the store (one fsync for everything that arrived meanwhile) -> only then its
-PUBACK, its authorization reply, the user's retained status, alerts and dead letters.
+PUBACK, its authorization reply, its confirmation, the user's retained status, alerts and dead letters.
 
 Why apply before the commit: every decision must see every earlier reservation, also those of the batch
 not yet on disk, or 200 concurrent authorizations would all be decided against the same remaining budget.
 Nothing leaves the process before its batch and all earlier batches are durable (one committer, in order),
 so whatever anyone observed is on disk; if a commit fails the process exits, the broker redelivers the
 unacknowledged messages, and the restart replays the store into a fresh ledger.
+
+Ready (subscribed, answering) comes before anything else is sent: the retained status of every user active
+this month is republished in the background, a window at a time, behind whatever answers are waiting.
 """
 
 from __future__ import annotations
@@ -19,64 +22,43 @@ import gc
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import assert_never
 
 from budget.domain.config import EnforcerConfig
-from budget.domain.events import (
-    DeadLettered,
-    Event,
-    LimitCrossed,
-    ReservationDenied,
-    ReservationExpired,
-    ReservationGranted,
-    ReservationRenewed,
-    UsageRecorded,
-    UserConfigured,
-    encode_event,
-)
-from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, reservation_id_for
-from budget.domain.prices import PriceCatalog, nanos_to_usd
+from budget.domain.events import DeadLettered
+from budget.domain.ledger import Ledger
+from budget.domain.prices import PriceCatalog
 from budget.errors import ConnectionLost
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection, close_quietly
 from budget.mqtt.packets import Publish
-from budget.mqtt.topics import ADMIN_PREFIX, AUTHORIZE_PREFIX, USAGE_PREFIX, alert_topic, status_topic
-from budget.service.messages import (
-    alert_json,
-    counters_text,
-    encode_json,
-    reply_json,
-    safe_reply_topic,
-    status_json,
+from budget.mqtt.topics import (
+    ADMIN_PREFIX,
+    AUTHORIZE_PREFIX,
+    RENEW_PREFIX,
+    USAGE_PREFIX,
+    status_topic,
+    topic_problem,
 )
-from budget.service.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, Rejected, decode_message
+from budget.service.handler import DEADLETTER_TOPIC, Batch, MessageHandler
+from budget.service.messages import confirm_json, counters_text, encode_json, status_json
+from budget.service.throttle import LogThrottle
+from budget.service.wire import DEFAULT_MAX_SKEW
 from budget.store.event_store import FLUSH_INTERVAL_S, EventStore
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
 log = logging.getLogger("margins.enforce")
 
-SUBSCRIPTIONS = tuple(f"{prefix}+" for prefix in (USAGE_PREFIX, AUTHORIZE_PREFIX, ADMIN_PREFIX))
-DEADLETTER_TOPIC = "margins/deadletter"
+SUBSCRIPTIONS = tuple(f"{prefix}+" for prefix in (USAGE_PREFIX, AUTHORIZE_PREFIX, RENEW_PREFIX, ADMIN_PREFIX))
 STATS_TOPIC = "margins/enforcer/stats"
 READY_LOG = "enforcer ready"
-
-
-@dataclass(slots=True)
-class _Batch:
-    """Decided and applied, not yet durable: the events and everything that waits for them."""
-
-    events: list[Event] = field(default_factory=list)
-    acks: list[tuple[int, int]] = field(default_factory=list)  # (connection, packet id)
-    replies: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)
-    publishes: list[tuple[str, bytes]] = field(default_factory=list)  # alerts and dead letters
-    dirty: set[str] = field(default_factory=set)
-
-    def __bool__(self) -> bool:
-        return bool(self.events or self.acks or self.replies or self.publishes)
+__all__ = ["DEADLETTER_TOPIC", "READY_LOG", "STATS_TOPIC", "SUBSCRIPTIONS", "Enforcer"]
+# The start-up status republish keeps at most this many publishes pending (in flight or queued) on the
+# connection, so an authorization reply waits behind a few hundred statuses at most, never a million.
+REPUBLISH_BACKLOG = 256
+REPUBLISH_SLICE = 1024  # users looked at per loop turn (most may have nothing this month)
 
 
 class Enforcer:
@@ -106,7 +88,9 @@ class Enforcer:
         self.store_path = Path(store_path)
         self.ledger = Ledger(config, prices if prices is not None else config.catalog())
         self.counters: Counter[str] = Counter()
-        self._max_skew = max_skew
+        self._throttle = LogThrottle(log)
+        self._handler = MessageHandler(self.ledger, self.counters, self._throttle, max_skew)
+        self._handle = self._handler.handle  # bound once: it runs for every message
         self._inline_commit_max = inline_commit_max
         self._store_flush_interval = store_flush_interval_s
         self._min_free_bytes = min_free_bytes
@@ -115,13 +99,16 @@ class Enforcer:
         self._store: EventStore | None = None
         self._client: Mqtt5Connection | None = None
         self._connection = 0  # bumped on every connect: an ack belongs to the connection it came on
-        self._batch = _Batch()
+        self._batch = Batch()
+        self._committing: Batch | None = None  # the batch being written, until it is released
         self._work = asyncio.Event()
         self._stop = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._accepting = True
         self._tasks: list[asyncio.Task[None]] = []
         self._stats_sent: dict[str, int] = {}
+        self._to_republish: list[str] = []  # users whose status goes out again after a start
+        self._republished = 0  # how many of them have been looked at
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -156,14 +143,11 @@ class Enforcer:
         for event in self._store.replay():
             self.ledger.apply(event)
             count += 1
+        # Taken here, in the replay's thread, while nothing else touches the ledger: a crash between a
+        # commit and its status publish would otherwise leave a stale retained status until the user's
+        # next event. Only users with spend or reservations this month are republished (see _republish).
+        self._to_republish = list(self.ledger.users())
         return count
-
-    def _republish_status(self, client: Mqtt5Connection) -> None:
-        """Once per start: every replayed user's status, since a crash between a commit and its status
-        publish would otherwise leave a stale retained status until the user's next event."""
-        now = self._clock()
-        for user in sorted(self.ledger.users()):
-            client.publish(status_topic(user), status_json(self.ledger.status(user, now)), retain=True)
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe to call from a signal handler on the loop)."""
@@ -173,6 +157,11 @@ class Enforcer:
         """Until the first subscription is in place (the broker then queues for us whatever we miss)."""
         async with asyncio.timeout(timeout):
             await self._subscribed.wait()
+
+    @property
+    def republishing(self) -> bool:
+        """Whether the start-up status republish is still going on."""
+        return self._republished < len(self._to_republish)
 
     async def wait(self) -> None:
         """Until a stop is requested; re-raises the error of a task that failed."""
@@ -206,19 +195,22 @@ class Enforcer:
         if self._store is not None:
             await asyncio.to_thread(self._store.close)
             self._store = None
+        self._throttle.flush_all()
         log.info("enforcer stopped: %s", counters_text(self.counters))
 
     # -- broker -----------------------------------------------------------------------------------
 
     async def _connect_loop(self) -> None:
         backoff = 0.1
+        failures = 0  # attempts in a row that failed: the first is a warning, the rest routine
         b = self.broker
         while not self._stop.is_set():
             # Known before connecting: a resumed session delivers its queue right after CONNACK, and those
             # messages must be acknowledged on this connection.
-            client = Mqtt5Connection(self._on_message)
+            client = Mqtt5Connection(self._on_message, self._on_refused)
             self._connection += 1
             self._client = client
+            republish: asyncio.Task[None] | None = None
             try:
                 await client.start(
                     b.host,
@@ -232,15 +224,28 @@ class Enforcer:
                     receive_maximum=b.receive_maximum,
                 )
                 await client.subscribe(list(SUBSCRIPTIONS))
-                backoff = 0.1
-                if not self._subscribed.is_set():
-                    self._republish_status(client)
+                self.counters["connections"] += 1
+                if failures:
+                    log.info("reconnected to %s:%d after %d failed attempts", b.host, b.port, failures)
+                backoff, failures = 0.1, 0
                 self._subscribed.set()
-                log.info("%s: subscribed on %s:%d", READY_LOG, b.host, b.port)
+                log.info(
+                    "%s: subscribed on %s:%d (the broker takes %d publishes in flight)",
+                    READY_LOG,
+                    b.host,
+                    b.port,
+                    client.send_quota,
+                )
+                if self.republishing:
+                    republish = asyncio.create_task(self._republish(client), name="margins-republish")
                 await client.wait_closed()
             except ConnectionLost as error:
-                log.warning("broker %s:%d: %s; retrying", b.host, b.port, error.reason)
+                failures += 1
+                level = logging.WARNING if failures == 1 else logging.INFO
+                log.log(level, "broker %s:%d: %s; retrying in %.1f s", b.host, b.port, error.reason, backoff)
             finally:
+                if republish is not None:
+                    republish.cancel()
                 self._client = None
                 if self._stop.is_set():
                     await close_quietly(client)
@@ -255,146 +260,60 @@ class Enforcer:
             return
         batch = self._batch
         try:
-            self._handle(message.topic, message.payload, message.response_topic, message.correlation, batch)
+            self._handle(message, self._clock(), batch)
         except Exception as error:  # a bug must cost one message (kept as a dead letter), not the service
             log.exception("cannot handle a message on %s", message.topic)
-            rejected = Rejected("internal_error", repr(error), message.payload)
-            self._dead_letter(message.topic, rejected, self._clock(), batch)
+            event = DeadLettered.of(
+                ts=self._clock(),
+                topic=message.topic,
+                payload=message.payload,
+                reason="internal_error",
+                detail=repr(error),
+            )
+            self._handler.take([event], batch)
         if message.qos:
             batch.acks.append((self._connection, message.packet_id))
         self._work.set()
 
-    def _handle(
-        self, topic: str, payload: bytes, response_topic: str | None, correlation: bytes | None, batch: _Batch
-    ) -> None:
-        now = self._clock()
-        decoded = decode_message(topic, payload, now, self._max_skew)
-        for rejected in decoded.rejected:
-            self._dead_letter(topic, rejected, now, batch)
-            reply_to = rejected.reply_to or safe_reply_topic(response_topic)  # wire checked rejected.reply_to
-            if topic.startswith(AUTHORIZE_PREFIX) and reply_to is not None:
-                body = reply_json(
-                    rejected.request_id, "deny", None, None, None, f"{rejected.reason}: {rejected.detail}"
-                )
-                batch.replies.append((reply_to, body, correlation))
-        for command in decoded.commands:
-            if isinstance(command, RecordUsage):  # the hot path, ahead of the match (see Ledger.apply)
-                events = self.ledger.decide(command, now)
-                if not events:
-                    self.counters["duplicate"] += 1
-                self._take(events, batch)
-                continue
-            match command:
-                case AuthorizeRequest():
-                    self._authorize(
-                        command,
-                        command.reply_to or safe_reply_topic(response_topic),  # wire checked command.reply_to
-                        correlation,
-                        now,
-                        batch,
-                    )
-                case ConfigureUser():
-                    self._take(self.ledger.decide(command, now), batch)
-                case _:
-                    assert_never(command)
-
-    def _authorize(
-        self,
-        request: AuthorizeRequest,
-        reply_to: str | None,
-        correlation: bytes | None,
-        now: datetime,
-        batch: _Batch,
-    ) -> None:
-        command = request.command
-        events = self.ledger.decide(command, now)
-        self._take(events, batch)
-        granted = next((e for e in events if isinstance(e, ReservationGranted)), None)
-        denied = next((e for e in events if isinstance(e, ReservationDenied)), None)
-        if granted is None and denied is None:  # a redelivered request: answer with what it already holds
-            granted = self.ledger.reservation(reservation_id_for(command.user_id, command.request_id))
-        remaining = nanos_to_usd(self.ledger.status(command.user_id, now).remaining_nanos)
-        if granted is not None:
-            self.counters["granted"] += 1
-            body = reply_json(
-                command.request_id, granted.decision, granted.model, granted.reservation_id, remaining, ""
-            )
-        elif denied is not None:
-            self.counters["denied"] += 1
-            log.info("deny %s %s: %s", command.user_id, command.model, denied.reason)
-            body = reply_json(
-                command.request_id,
-                "deny",
-                command.model,
-                None,
-                nanos_to_usd(denied.remaining_nanos),
-                denied.reason,
-            )
-        else:
-            body = reply_json(
-                command.request_id, "deny", command.model, None, remaining, "not decided; retry"
-            )
-        if reply_to is None:
-            self.counters["no_reply_topic"] += 1
-        else:
-            batch.replies.append((reply_to, body, correlation))
-
-    def _take(self, events: list[Event], batch: _Batch) -> None:
-        """Apply decided events and queue what must follow their commit."""
-        apply, append, dirty = self.ledger.apply, batch.events.append, batch.dirty.add
-        counters = self.counters
-        for event in events:
-            apply(event)
-            append(event)
-            if isinstance(event, UsageRecorded):  # the hot path (see Ledger.apply): only the status to send
-                dirty(event.user_id)
-                counters["UsageRecorded"] += 1
-                continue
-            if event.user_id is not None:  # every event names its user; a dead letter may not know it
-                dirty(event.user_id)
-            match event:
-                case ReservationGranted() | ReservationDenied():
-                    counters[type(event).__name__] += 1
-                case LimitCrossed():
-                    counters[f"alert_{event.limit}"] += 1
-                    log.info("%s limit reached: %s %s", event.limit, event.user_id, event.month)
-                    batch.publishes.append((alert_topic(event.user_id), alert_json(event)))
-                case DeadLettered():
-                    self._count_dead(event)
-                    batch.publishes.append((DEADLETTER_TOPIC, encode_event(event)))
-                    if event.reason == "unknown_model" and event.user_id:
-                        alert = {"alert": "unknown_model", "user_id": event.user_id, "detail": event.detail}
-                        batch.publishes.append((alert_topic(event.user_id), encode_json(alert)))
-                case UserConfigured():
-                    log.info(
-                        "configured %s: cap_nanos=%s plan=%s tz=%s",
-                        event.user_id,
-                        event.cap_nanos,
-                        event.plan,
-                        event.timezone,
-                    )
-                case ReservationExpired():
-                    counters["expired"] += 1
-                    log.info("reservation %s of %s expired", event.reservation_id, event.user_id)
-                case ReservationRenewed():
-                    counters["renewed"] += 1
-                case _:
-                    assert_never(event)
-
-    def _dead_letter(self, topic: str, rejected: Rejected, now: datetime, batch: _Batch) -> None:
-        event = DeadLettered.of(
-            ts=now,
-            topic=topic,
-            payload=rejected.payload,
-            reason=rejected.reason,
-            detail=rejected.detail,
-            user_id=rejected.user_id,
+    def _on_refused(self, topic: str, reason_code: int) -> None:
+        """The broker acknowledged one of our publishes with a failure: that message is lost, the
+        connection is fine."""
+        self.counters["publish_refused"] += 1
+        self._throttle.warning(
+            f"refused 0x{reason_code:02x}",
+            "the broker refused a publish to %s (reason code 0x%02x)",
+            topic,
+            reason_code,
         )
-        self._take([event], batch)
 
-    def _count_dead(self, event: DeadLettered) -> None:
-        self.counters[f"dead_letter_{event.reason}"] += 1
-        log.warning("dead letter (%s) from %s: %s", event.reason, event.topic, event.detail)
+    async def _republish(self, client: Mqtt5Connection) -> None:
+        """The retained status of every user active this month, after a start: a window at a time, so
+        answers never queue behind it. A lost connection pauses it; the next one goes on from there."""
+        try:
+            while self._republished < len(self._to_republish):
+                await client.wait_for_room(REPUBLISH_BACKLOG)
+                self._republish_slice(client, REPUBLISH_BACKLOG - client.pending)
+                await asyncio.sleep(0)  # let messages in between slices
+        except ConnectionLost:
+            return
+        self._to_republish, self._republished = [], 0  # a million user ids need not stay
+        log.info("republished the status of %d users active this month", self.counters["status_republished"])
+
+    def _republish_slice(self, client: Mqtt5Connection, room: int) -> None:
+        """Up to `room` statuses, looking at no more than REPUBLISH_SLICE users. Users with events not yet
+        durable are skipped: their status goes out after their commit anyway, and a status must never show
+        what is not on disk."""
+        users, now = self._to_republish, self._clock()
+        busy = self._batch.dirty | (self._committing.dirty if self._committing is not None else set())
+        end = min(len(users), self._republished + REPUBLISH_SLICE)
+        while self._republished < end and room > 0:
+            user = users[self._republished]
+            self._republished += 1
+            status = self.ledger.status(user, now)
+            if (status.spent_nanos or status.reserved_nanos) and user not in busy:
+                self._publish(client, status_topic(user), status_json(status), retain=True)
+                self.counters["status_republished"] += 1
+                room -= 1
 
     # -- commit and release -----------------------------------------------------------------------
 
@@ -407,7 +326,8 @@ class Enforcer:
                 await self._work.wait()
                 self._work.clear()
                 continue
-            batch, self._batch = self._batch, _Batch()
+            batch, self._batch = self._batch, Batch()
+            self._committing = batch
             if batch.events:
                 assert self._store is not None
                 if len(batch.events) <= self._inline_commit_max:
@@ -419,33 +339,50 @@ class Enforcer:
                 self.counters["committed"] += len(batch.events)
                 self.counters["commits"] += 1
             self._release(batch)
+            self._committing = None
 
-    def _release(self, batch: _Batch) -> None:
+    def _release(self, batch: Batch) -> None:
         client, connection = self._client, self._connection
         if client is None:
             return  # disconnected: the broker redelivers the messages; replies and status come again later
         for conn, packet_id in batch.acks:
             if conn == connection:  # a packet id from an earlier connection means nothing on this one
                 client.ack(packet_id)
-        for topic, body, correlation in batch.replies:
+        for topic, body, correlation in batch.replies:  # reply topics were checked when taken
             client.publish(topic, body, correlation=correlation)
+        for topic, event_ids in batch.confirms.items():
+            for body in confirm_json(event_ids):
+                client.publish(topic, body)
+            self.counters["confirmations"] += 1
         for topic, body in batch.publishes:
-            client.publish(topic, body)
+            self._publish(client, topic, body)
         if batch.dirty:
             now = self._clock()
+            status = self.ledger.status
             for user in batch.dirty:
-                client.publish(status_topic(user), status_json(self.ledger.status(user, now)), retain=True)
+                self._publish(client, status_topic(user), status_json(status(user, now)), retain=True)
+
+    def _publish(self, client: Mqtt5Connection, topic: str, body: bytes, retain: bool = False) -> None:
+        """Publish unless the broker would take the topic as malformed (and drop the connection for it)."""
+        problem = topic_problem(topic)
+        if problem is None:
+            client.publish(topic, body, retain=retain)
+            return
+        self.counters["unpublishable_topic"] += 1
+        self._throttle.warning("unpublishable topic", "not published: %s", problem)
 
     # -- timers -----------------------------------------------------------------------------------
 
     async def _expiry_loop(self) -> None:
-        """Expire unsettled reservations (as events, so a replay agrees) and publish counters."""
+        """Expire unsettled reservations (as events, so a replay agrees), publish counters, and say how
+        many log lines the throttle held back."""
         while True:
             await asyncio.sleep(self._expiry_interval)
             events = self.ledger.expire_due(self._clock())
             if events:
-                self._take(events, self._batch)
+                self._handler.take(events, self._batch)
                 self._work.set()
+            self._throttle.flush()
             client = self._client
             if client is not None and dict(self.counters) != self._stats_sent:
                 self._stats_sent = dict(self.counters)

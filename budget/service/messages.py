@@ -1,4 +1,4 @@
-"""The JSON the enforcer publishes: authorization replies, retained status, alerts, counters.
+"""The JSON the enforcer publishes: authorization replies, confirmations, retained status, alerts, counters.
 
 Amounts are USD as JSON numbers for people and dashboards; the ledger and the store keep exact integer
 nano-dollars, so a rounding here never reaches a sum.
@@ -7,6 +7,8 @@ nano-dollars, so a rounding here never reaches a sum.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -36,8 +38,10 @@ def reply_json(
     reservation_id: str | None,
     remaining_usd: float | None,
     reason: str,
+    expires_at: datetime | None = None,
 ) -> bytes:
-    """An authorization answer: allow / degrade (with the model to use) / deny (with why)."""
+    """An authorization answer: allow / degrade (with the model to use and when its reservation expires
+    unless renewed), deny (with why) or expired (decided after the request's deadline: nothing held)."""
     return _json.encode(
         {
             "request_id": request_id,
@@ -46,8 +50,31 @@ def reply_json(
             "reservation_id": reservation_id,
             "remaining_usd": remaining_usd,
             "reason": reason,
+            "expires_at": expires_at,
         }
     )
+
+
+MAX_CONFIRM_BYTES = 64 * 1024  # a confirmation stays far below any broker's message size limit
+
+
+def confirm_json(event_ids: list[str]) -> Iterator[bytes]:
+    """`{"confirmed": [...]}` for the usage events a commit settled for one sender: one message, or
+    several when the ids would not fit in MAX_CONFIRM_BYTES."""
+    start, size = 0, 16  # the braces and the key
+    for index, event_id in enumerate(event_ids):
+        length = _json_length(event_id) + 1  # and a comma
+        if size + length > MAX_CONFIRM_BYTES and index > start:
+            yield _json.encode({"confirmed": event_ids[start:index]})
+            start, size = index, 16
+        size += length
+    yield _json.encode({"confirmed": event_ids[start:]})
+
+
+def _json_length(text: str) -> int:
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return len(text) + 2  # no escapes: the text and its quotes
+    return len(_json.encode(text))
 
 
 def status_json(status: UserStatus) -> bytes:

@@ -1,8 +1,9 @@
 """The wire format: MQTT topics and JSON payloads -> ledger commands, or rejections with a precise reason.
 
 Pure (no IO, no clock: `now` is passed in). Whatever bytes arrive, `decode_message` returns; it never
-raises. Each payload becomes zero or more commands plus zero or more `Rejected` entries: a JSON array of
-usage events is judged element by element, so the good ones apply and each bad one is dead-lettered.
+raises. Each payload becomes zero or more commands plus at most one `Rejection` (budget.service.rejection):
+a JSON array of usage events is judged item by item, so the good ones apply, and however many are bad the
+message is one dead letter that counts them.
 
 Decoding is strict on purpose: a float where an int belongs, a naive timestamp, or a negative token count
 is a rejection, not a guess, because a guessed number in a ledger is money made up. The one fast path is a
@@ -22,9 +23,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from budget.domain.events import Outcome
-from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage
+from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage, RenewReservation
 from budget.errors import TopicError
-from budget.mqtt.topics import ADMIN_PREFIX, AUTHORIZE_PREFIX, USAGE_PREFIX, reply_topic_problem
+from budget.mqtt.topics import (
+    ADMIN_PREFIX,
+    AUTHORIZE_PREFIX,
+    RENEW_PREFIX,
+    USAGE_PREFIX,
+    reply_topic_problem,
+)
+from budget.service.rejection import Rejection
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_TOKENS = 10_000_000  # more than any model's context + output; beyond it a count is a bug, not a call
@@ -42,7 +50,6 @@ Reason = Literal[
     "user_mismatch",
     "future_timestamp",
     "bad_topic",
-    "bad_reply_topic",
     "bad_timezone",
     "empty",
     "internal_error",
@@ -73,7 +80,13 @@ class _AuthorizeIn(msgspec.Struct, frozen=True):
     model: _Name
     max_input_tokens: _Tokens
     max_output_tokens: _Tokens
-    reply_to: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    reply_to: str | None = None  # checked by reply_topic_problem, which says what is wrong with it
+    expires_at: _AwareTime | None = None
+
+
+class _RenewIn(msgspec.Struct, frozen=True):
+    reservation_id: _Id
+    user_id: _Id
 
 
 class _AdminIn(msgspec.Struct, frozen=True):
@@ -86,68 +99,71 @@ class _AdminIn(msgspec.Struct, frozen=True):
 _usage_decoder = msgspec.json.Decoder(_UsageIn | list[_UsageIn])
 _authorize_decoder = msgspec.json.Decoder(_AuthorizeIn)
 _admin_decoder = msgspec.json.Decoder(_AdminIn)
+_renew_decoder = msgspec.json.Decoder(_RenewIn)
 _any_decoder = msgspec.json.Decoder()
-_encoder = msgspec.json.Encoder()
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Something that cannot be applied: why (`reason`, a stable code; `detail`, for people) and what.
-
-    `payload` is the original bytes, or for one bad element of an array that element re-encoded.
-    `request_id` / `reply_to` are salvaged from a bad authorization so its sender gets a deny, not a timeout;
-    `reply_to` is set only if it passed `reply_topic_problem`.
-    """
-
-    reason: Reason
-    detail: str
-    payload: bytes
-    user_id: str | None = None
-    request_id: str | None = None
-    reply_to: str | None = None
+_DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 @dataclass(frozen=True, slots=True)
 class AuthorizeRequest:
-    """An Authorize command and where its answer goes (`reply_to` from the payload, already checked by
-    `reply_topic_problem`; may be None for MQTT 5 senders, who give a response topic as a property
-    instead)."""
+    """An Authorize command and where its answer goes: `reply_to` from the payload (MQTT 3.1.1 senders;
+    None for MQTT 5 ones, who give a response topic as a property instead). A `reply_to` that is not a
+    safe reply topic is dropped and `reply_problem` says why: the request is still decided, and not
+    answered."""
 
     command: Authorize
     reply_to: str | None
+    reply_problem: str | None = None
 
 
-Command = RecordUsage | AuthorizeRequest | ConfigureUser
+Command = RecordUsage | AuthorizeRequest | ConfigureUser | RenewReservation
 
 
 @dataclass(slots=True)
 class Decoded:
-    """What one MQTT message holds: the commands to decide, and the parts to dead-letter."""
+    """What one MQTT message holds: the commands to decide, and the rejected part (None if nothing)."""
 
     commands: list[Command] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
+    rejection: Rejection | None = None
 
 
 def decode_message(
-    topic: str, payload: bytes, now: datetime, max_skew: timedelta = DEFAULT_MAX_SKEW
+    topic: str,
+    payload: bytes,
+    now: datetime,
+    max_skew: timedelta = DEFAULT_MAX_SKEW,
+    message_expiry_s: int | None = None,
 ) -> Decoded:
-    """Decode one message by its topic; never raises. `now` (aware) bounds how far ahead a ts may be."""
+    """Decode one message by its topic; never raises. `now` (aware) bounds how far ahead a ts may be;
+    `message_expiry_s` is the MQTT 5 message expiry interval left on an authorization request."""
+    user: str | None = None
     try:
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return _one(
-                "too_large", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}", payload
-            )
+        # one startswith per kind, usage first: a generator over the prefixes costs as much again
         if topic.startswith(USAGE_PREFIX):
-            return decode_usage(_topic_user(topic, USAGE_PREFIX), payload, now, max_skew, topic)
-        if topic.startswith(AUTHORIZE_PREFIX):
-            return decode_authorize(_topic_user(topic, AUTHORIZE_PREFIX), payload, topic)
-        if topic.startswith(ADMIN_PREFIX):
-            return decode_admin(_topic_user(topic, ADMIN_PREFIX), payload, topic)
-        return _one("bad_topic", f"no margins command is published on {topic!r}", payload)
+            kind = USAGE_PREFIX
+        elif topic.startswith(AUTHORIZE_PREFIX):
+            kind = AUTHORIZE_PREFIX
+        elif topic.startswith(RENEW_PREFIX):
+            kind = RENEW_PREFIX
+        elif topic.startswith(ADMIN_PREFIX):
+            kind = ADMIN_PREFIX
+        else:
+            return _one("bad_topic", f"no margins command is published on {topic!r}")
+        user = _topic_user(topic, kind)
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            detail = f"payload is {len(payload):,} bytes; the limit is {MAX_PAYLOAD_BYTES:,}"
+            return _one("too_large", detail, user)
+        if kind is USAGE_PREFIX:
+            return decode_usage(user, payload, now, max_skew, topic)
+        if kind is AUTHORIZE_PREFIX:
+            return decode_authorize(user, payload, topic, now, message_expiry_s)
+        if kind is RENEW_PREFIX:
+            return decode_renew(user, payload, topic)
+        return decode_admin(user, payload, topic)
     except TopicError as error:
-        return _one("bad_topic", str(error), payload)
+        return _one("bad_topic", str(error))
     except Exception as error:  # a decoder must not take the enforcer down, whatever the bytes
-        return _one("malformed_json", f"undecodable payload ({type(error).__name__})", payload)
+        return _one("malformed_json", f"undecodable payload ({type(error).__name__})", user)
 
 
 def decode_usage(
@@ -157,67 +173,88 @@ def decode_usage(
     max_skew: timedelta = DEFAULT_MAX_SKEW,
     topic: str = "",
 ) -> Decoded:
-    """A usage payload (one object or an array of them) -> RecordUsage commands and rejections."""
+    """A usage payload (one object or an array of them) -> RecordUsage commands and the rejected items."""
     try:
         parsed = _usage_decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
+    except _DecodeErrors as error:
         return _usage_slow_path(error, topic_user, payload, now, max_skew, topic)
     out = Decoded()
     if isinstance(parsed, list):
         if not parsed:
-            out.rejected.append(Rejected("empty", "an empty array carries no usage", payload, topic_user))
-        for item in parsed:
-            _judge_usage(item, topic_user, now, max_skew, None, topic, out)
+            return _one("empty", "an empty array carries no usage", topic_user)
+        for index, item in enumerate(parsed):
+            _judge_usage(item, index, len(parsed), topic_user, now, max_skew, None, topic, out)
     else:
-        _judge_usage(parsed, topic_user, now, max_skew, payload, topic, out)
+        _judge_usage(parsed, None, 1, topic_user, now, max_skew, payload, topic, out)
     return out
 
 
-def decode_authorize(topic_user: str, payload: bytes, topic: str = "") -> Decoded:
-    """An authorization request -> one AuthorizeRequest, or a rejection (with whatever reply address
-    could be salvaged)."""
+def decode_authorize(
+    topic_user: str,
+    payload: bytes,
+    topic: str = "",
+    now: datetime | None = None,
+    message_expiry_s: int | None = None,
+) -> Decoded:
+    """An authorization request -> one AuthorizeRequest, or a rejection (with whatever request id and
+    reply address could be salvaged). Its deadline is the earlier of the payload's `expires_at` and
+    `now` + the message expiry interval left."""
     try:
         req = _authorize_decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
-        rejected = _classify(error, payload, topic_user)
+    except _DecodeErrors as error:
+        rejection = _classify(error, payload, topic_user)
         generic = _generic(payload)
         if isinstance(generic, dict):
-            rejected = _authorize_rejected(
-                rejected.reason,
-                rejected.detail,
-                payload,
-                topic_user,
-                generic.get("request_id"),
-                generic.get("reply_to"),
-            )
-        return Decoded(rejected=[rejected])
-    bad: tuple[Reason, str] | None = None
+            _salvage(rejection, generic.get("request_id"), generic.get("reply_to"))
+        return Decoded(rejection=rejection)
     if req.user_id != topic_user:
-        bad = ("user_mismatch", f"payload user_id {req.user_id!r} differs from topic user {topic_user!r}")
-    elif req.reply_to is not None and (problem := reply_topic_problem(req.reply_to)):
-        bad = ("bad_reply_topic", problem)
-    if bad is not None:
-        return Decoded(
-            rejected=[_authorize_rejected(bad[0], bad[1], payload, topic_user, req.request_id, req.reply_to)]
+        rejection = _rejection(
+            "user_mismatch",
+            f"payload user_id {req.user_id!r} differs from topic user {topic_user!r}",
+            topic_user,
         )
+        _salvage(rejection, req.request_id, req.reply_to)
+        return Decoded(rejection=rejection)
+    expires_at = req.expires_at
+    if message_expiry_s is not None and now is not None:
+        by_expiry = now + timedelta(seconds=message_expiry_s)
+        expires_at = by_expiry if expires_at is None else min(expires_at, by_expiry)
     command = Authorize(
         request_id=req.request_id,
         user_id=req.user_id,
         model=req.model,
         max_input_tokens=req.max_input_tokens,
         max_output_tokens=req.max_output_tokens,
+        expires_at=expires_at,
         topic=topic,
         payload=payload,
     )
-    return Decoded(commands=[AuthorizeRequest(command, req.reply_to)])
+    problem = None if req.reply_to is None else reply_topic_problem(req.reply_to)
+    reply_to = req.reply_to if problem is None else None
+    return Decoded(commands=[AuthorizeRequest(command, reply_to, problem)])
+
+
+def decode_renew(topic_user: str, payload: bytes, topic: str = "") -> Decoded:
+    """A running call's heartbeat `{"reservation_id", "user_id"}` -> one RenewReservation, or a rejection."""
+    try:
+        req = _renew_decoder.decode(payload)
+    except _DecodeErrors as error:
+        return Decoded(rejection=_classify(error, payload, topic_user))
+    if req.user_id != topic_user:
+        detail = f"payload user_id {req.user_id!r} differs from topic user {topic_user!r}"
+        return _one("user_mismatch", detail, topic_user)
+    command = RenewReservation(
+        reservation_id=req.reservation_id, user_id=req.user_id, topic=topic, payload=payload
+    )
+    return Decoded(commands=[command])
 
 
 def decode_admin(topic_user: str, payload: bytes, topic: str = "") -> Decoded:
     """A user's settings (cap_usd, plan, timezone; each optional) -> one ConfigureUser, or a rejection."""
     try:
         req = _admin_decoder.decode(payload)
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as error:
-        return Decoded(rejected=[_classify(error, payload, topic_user)])
+    except _DecodeErrors as error:
+        return Decoded(rejection=_classify(error, payload, topic_user))
     problem: tuple[Reason, str] | None = None
     if req.user_id is not None and req.user_id != topic_user:
         problem = ("user_mismatch", f"payload user_id {req.user_id!r} differs from topic user {topic_user!r}")
@@ -226,7 +263,7 @@ def decode_admin(topic_user: str, payload: bytes, topic: str = "") -> Decoded:
     elif req.timezone is not None and not _known_zone(req.timezone):
         problem = ("bad_timezone", f"unknown IANA time zone {req.timezone!r} - at `$.timezone`")
     if problem is not None:
-        return Decoded(rejected=[Rejected(problem[0], problem[1], payload, topic_user)])
+        return _one(problem[0], problem[1], topic_user)
     command = ConfigureUser(
         user_id=topic_user,
         cap_usd=req.cap_usd,
@@ -238,19 +275,12 @@ def decode_admin(topic_user: str, payload: bytes, topic: str = "") -> Decoded:
     return Decoded(commands=[command])
 
 
-def _authorize_rejected(
-    reason: Reason, detail: str, payload: bytes, topic_user: str, request_id: object, reply_to: object
-) -> Rejected:
-    """A rejected authorization with what could be salvaged of its request id and reply address: the one
-    place a reject's reply topic is checked, so every reject (whatever its reason) keeps only a safe one."""
-    return Rejected(
-        reason,
-        detail,
-        payload,
-        topic_user,
-        request_id if isinstance(request_id, str) else None,
-        reply_to if isinstance(reply_to, str) and reply_topic_problem(reply_to) is None else None,
-    )
+def _salvage(rejection: Rejection, request_id: object, reply_to: object) -> None:
+    """Keep what a rejected authorization's deny can be sent with: the one place a reject's reply topic
+    is checked, so every reject (whatever its reason) keeps only a safe one."""
+    rejection.request_id = request_id if isinstance(request_id, str) else None
+    if isinstance(reply_to, str) and reply_topic_problem(reply_to) is None:
+        rejection.reply_to = reply_to
 
 
 def _topic_user(topic: str, prefix: str) -> str:
@@ -260,12 +290,20 @@ def _topic_user(topic: str, prefix: str) -> str:
     return user
 
 
-def _one(reason: Reason, detail: str, payload: bytes, user: str | None = None) -> Decoded:
-    return Decoded(rejected=[Rejected(reason, detail, payload, user)])
+def _rejection(reason: Reason, detail: str, user: str | None = None, items: int = 1) -> Rejection:
+    rejection = Rejection(items=items, user_id=user)
+    rejection.add(reason, detail)
+    return rejection
+
+
+def _one(reason: Reason, detail: str, user: str | None = None) -> Decoded:
+    return Decoded(rejection=_rejection(reason, detail, user))
 
 
 def _judge_usage(
     item: _UsageIn,
+    index: int | None,
+    items: int,
     topic_user: str,
     now: datetime,
     max_skew: timedelta,
@@ -273,8 +311,8 @@ def _judge_usage(
     topic: str,
     out: Decoded,
 ) -> None:
-    """Check what types cannot (topic user, cached <= input, clock skew); `payload` is the message when
-    it held this one item (kept for a dead letter), None for an array element."""
+    """Check what types cannot (topic user, cached <= input, clock skew). `index` is the item's place in
+    an array (None for a lone object); `payload` is the message when it held this one item."""
     problem: tuple[Reason, str] | None = None
     if item.user_id != topic_user:
         problem = (
@@ -289,8 +327,11 @@ def _judge_usage(
     elif item.ts > now + max_skew:
         problem = ("future_timestamp", f"ts {item.ts.isoformat()} is more than {max_skew} ahead of {now}")
     if problem is not None:
-        raw = payload if payload is not None else _encoder.encode(item)
-        out.rejected.append(Rejected(problem[0], problem[1], raw, topic_user))
+        rejection = out.rejection
+        if rejection is None:
+            rejection = out.rejection = Rejection(items=items, user_id=topic_user)
+        detail = problem[1] if index is None else f"item {index}: {problem[1]}"
+        rejection.add(problem[0], detail, item.event_id)
         return
     out.commands.append(
         RecordUsage(
@@ -299,8 +340,8 @@ def _judge_usage(
             ts=item.ts,
             model=item.model,
             input_tokens=item.input_tokens,
-            cached_input_tokens=item.cached_input_tokens,
             output_tokens=item.output_tokens,
+            cached_input_tokens=item.cached_input_tokens,
             feature=item.feature,
             reservation_id=item.reservation_id,
             outcome=item.outcome,
@@ -314,24 +355,44 @@ def _usage_slow_path(
     error: Exception, topic_user: str, payload: bytes, now: datetime, max_skew: timedelta, topic: str
 ) -> Decoded:
     """The typed decode failed with `error`: find out whether the whole payload is bad or only some array
-    elements."""
+    items, judging each item once (a 64 KB array holds some 32,000) and spelling out only the first few."""
     generic = _generic(payload)
     if not isinstance(generic, list):
-        return Decoded(rejected=[_classify(error, payload, topic_user)])
-    out = Decoded()
+        whole = _classify(error, payload, topic_user)
+        if isinstance(generic, dict) and isinstance(generic.get("event_id"), str):
+            whole.event_ids.append(generic["event_id"])
+        return Decoded(rejection=whole)
     if not generic:
-        out.rejected.append(Rejected("empty", "an empty array carries no usage", payload, topic_user))
+        return _one("empty", "an empty array carries no usage", topic_user)
+    rejection = Rejection(items=len(generic), user_id=topic_user)
+    out = Decoded(rejection=rejection)
     for index, element in enumerate(generic):
-        raw = _encoder.encode(element)
+        if type(element) is not dict:  # no item at all: refused without asking msgspec
+            detail = (
+                f"item {index}: Expected `object`, got `{_json_type(element)}`" if rejection.listing else None
+            )
+            rejection.add("not_an_object", detail)
+            continue
         try:
             item = msgspec.convert(element, _UsageIn)
-        except msgspec.ValidationError as error:
-            rejected = _classify(error, raw, topic_user)
-            detail = rejected.detail.replace("`$", f"`$[{index}]", 1)
-            out.rejected.append(Rejected(rejected.reason, f"element {index}: {detail}", raw, topic_user))
+        except msgspec.ValidationError as invalid:
+            reason, text = _reason_of(invalid)
+            detail = f"item {index}: {text.replace('`$', f'`$[{index}]', 1)}" if rejection.listing else None
+            event_id = element.get("event_id")
+            rejection.add(reason, detail, event_id if isinstance(event_id, str) else None)
             continue
-        _judge_usage(item, topic_user, now, max_skew, raw, topic, out)
+        _judge_usage(item, index, len(generic), topic_user, now, max_skew, None, topic, out)
+    if not rejection.count:  # the typed decode failed, yet every item passed: cannot be, but never lose it
+        rejection.add("malformed_json", f"undecodable payload ({type(error).__name__})")
     return out
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    return {int: "int", float: "float", str: "str", list: "array"}.get(type(value), type(value).__name__)
 
 
 def _generic(payload: bytes) -> Any:
@@ -341,14 +402,20 @@ def _generic(payload: bytes) -> Any:
         return None
 
 
-def _classify(error: BaseException, payload: bytes, user: str | None) -> Rejected:
+def _classify(error: BaseException, payload: bytes, user: str | None) -> Rejection:
+    """A whole payload that does not decode: one rejection with the reason."""
+    if isinstance(error, UnicodeDecodeError) or _not_utf8(payload):
+        return _rejection("not_utf8", f"payload is not valid UTF-8: {error}", user)
+    if not isinstance(error, msgspec.ValidationError):  # ValidationError subclasses DecodeError
+        return _rejection("malformed_json", str(error), user)
+    reason, text = _reason_of(error)
+    return _rejection(reason, text, user)
+
+
+def _reason_of(error: msgspec.ValidationError) -> tuple[Reason, str]:
     text = str(error)
     reason: Reason
-    if isinstance(error, UnicodeDecodeError) or _not_utf8(payload):
-        reason, text = "not_utf8", f"payload is not valid UTF-8: {text}"
-    elif not isinstance(error, msgspec.ValidationError):  # ValidationError subclasses DecodeError
-        reason = "malformed_json"
-    elif "missing required field" in text:
+    if "missing required field" in text:
         reason = "missing_field"
     elif text.startswith(("Expected `object`", "Expected `object | array`", "Expected `array | object`")):
         reason = "not_an_object"
@@ -356,7 +423,7 @@ def _classify(error: BaseException, payload: bytes, user: str | None) -> Rejecte
         reason = "out_of_range"
     else:
         reason = "wrong_type"
-    return Rejected(reason, text, payload, user)
+    return reason, text
 
 
 def _not_utf8(payload: bytes) -> bool:

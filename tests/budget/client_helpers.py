@@ -18,22 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import pytest
 from conftest import Broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from budget.domain.events import UsageRecorded
 from budget.store.event_store import EventStore
-
-# The enforcer's side of renewals (margins/renew/<user>) and of usage confirmations lands with the service
-# work; a test marked with this runs against that enforcer and must pass once it is merged (strict: an
-# unexpected pass fails, so the mark cannot outlive its reason).
-NEEDS_HARDENED_ENFORCER = pytest.mark.xfail(
-    reason="needs `margins enforce` to take margins/renew/<user> and publish {'confirmed': [...]}: "
-    "remove this mark when the service's hardening is merged",
-    strict=True,
-)
 
 
 async def eventually(

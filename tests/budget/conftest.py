@@ -1,5 +1,6 @@
 """Fixtures for the enforcer's tests: a real mosquitto on a free loopback port, and `margins enforce`
-as a real subprocess. Everything binds to 127.0.0.1 and every wait is bounded."""
+as a real subprocess. Everything binds to 127.0.0.1 and every wait is bounded -- generously: each waits
+for a condition and returns as soon as it holds, so a busy machine costs time, not a failure."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -58,6 +59,9 @@ class Broker:
     secured: bool
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    # config lines to change (e.g. max_inflight_messages) and the ACL when secured (default: the example's)
+    settings: dict[str, str] = field(default_factory=dict)
+    acl: str | None = None
 
     @property
     def url(self) -> str:
@@ -81,8 +85,14 @@ class Broker:
                 line = "allow_anonymous true"
             elif key == "use_username_as_clientid" and not self.secured:
                 line = ""  # it refuses clients without a username
+            elif key in self.settings:
+                line = f"{key} {self.settings[key]}"
             lines.append(line)
-        lines.append(f"log_dest file {self.directory / 'mosquitto.log'}")
+        present = {line.split(" ", 1)[0] for line in lines}
+        lines += [f"{key} {value}" for key, value in self.settings.items() if key not in present]
+        # stderr, which C does not buffer, into mosquitto.log (see start): a log file would show a line
+        # only once a 4 KB buffer fills, too late for a test that counts the broker's connections
+        lines.append("log_dest stderr")
         # Started as root, mosquitto switches to user "mosquitto", which cannot write this test's directory
         # (no persistence database, so a restart would lose the queue): stay the user we are.
         lines.append(f"user {getpass.getuser()}")
@@ -93,16 +103,17 @@ class Broker:
             passwd.write_text("")
             for user, password in PASSWORDS.items():
                 subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True)
-            shutil.copy(ACL_EXAMPLE, self.directory / "acl")
+            (self.directory / "acl").write_text(ACL_EXAMPLE.read_text() if self.acl is None else self.acl)
             os.chmod(passwd, 0o600)
             os.chmod(self.directory / "acl", 0o600)
         return conf
 
     def start(self) -> None:
         conf = self.write_config()
-        self.proc = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with (self.directory / "mosquitto.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log
+            )
         try:
             wait_for_port(self.port)
         except TimeoutError:
@@ -129,6 +140,14 @@ class Broker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def connections(self, client_id: str) -> int:
+        """How many times a client with this id connected, by the broker's own log."""
+        log = self.directory / "mosquitto.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return sum(
+            1 for line in text.splitlines() if "New client connected" in line and f" as {client_id} " in line
+        )
 
 
 @pytest.fixture
@@ -176,7 +195,7 @@ class EnforcerProcess:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 120.0) -> None:
         self.starts += 1
         args = [
             str(Path(sys.executable).parent / "margins"), "enforce",
@@ -208,7 +227,7 @@ class EnforcerProcess:
             self.proc.wait(timeout=5)
         self.proc = None
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=timeout)

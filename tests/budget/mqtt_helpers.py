@@ -52,7 +52,7 @@ async def mqtt(
         identifier=f"test-{uuid.uuid4().hex[:8]}",
         protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
         max_inflight_messages=200,
-        timeout=10,
+        timeout=30,
     )
     client.pending_calls_threshold = 1_000_000
     async with client:
@@ -99,7 +99,7 @@ class Collector:
     def on(self, topic: str) -> list[Any]:
         return [json.loads(p) for t, p, _ in self.messages if t == topic]
 
-    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+    async def wait_for(self, predicate: Any, timeout: float = 120.0) -> None:
         async with asyncio.timeout(timeout):
             while not predicate():
                 self._changed.clear()

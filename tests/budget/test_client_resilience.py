@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from client_helpers import NEEDS_HARDENED_ENFORCER, enforcer_counters, eventually, stored_usage
+from client_helpers import enforcer_counters, eventually, stored_usage
 from conftest import Broker, EnforcerProcess
 from mqtt_helpers import mqtt
 from test_e2e import stored
@@ -80,7 +80,6 @@ async def _at_least(port: int, count: int) -> bool:
     return await recorded(port) >= count
 
 
-@NEEDS_HARDENED_ENFORCER
 def test_the_outbox_forgets_what_the_enforcer_confirmed(
     enforcer_process: EnforcerProcess, tmp_path: Path
 ) -> None:
@@ -214,7 +213,6 @@ def test_without_renewal_a_long_call_loses_its_hold_and_the_cap_is_passed(
     assert _long_calls(tmp_path, mosquitto) == ("allowed", 1_200_000_000)
 
 
-@NEEDS_HARDENED_ENFORCER
 def test_a_long_call_keeps_its_hold_by_renewing_it_and_the_cap_holds(
     mosquitto: Broker, tmp_path: Path
 ) -> None:

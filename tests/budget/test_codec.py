@@ -49,6 +49,7 @@ def publishes(draw: st.DrawFn, payloads: st.SearchStrategy[bytes] = small_payloa
         correlation=draw(st.none() | st.binary(max_size=40)),
         retain=draw(st.booleans()),
         dup=draw(st.booleans()) if qos else False,
+        message_expiry_s=draw(st.none() | st.integers(0, 0xFFFF_FFFF)),
     )
 
 
@@ -65,7 +66,12 @@ def packets(payloads: st.SearchStrategy[bytes] = small_payloads) -> st.SearchStr
             username=st.none() | texts,
             password=st.none() | st.binary(max_size=40),
         ),
-        st.builds(ConnAck, session_present=st.booleans(), reason_code=bytes_values),
+        st.builds(
+            ConnAck,
+            session_present=st.booleans(),
+            reason_code=bytes_values,
+            receive_maximum=st.integers(1, 0xFFFF),
+        ),
         publishes(payloads),
         st.builds(PubAck, packet_id=packet_ids, reason_code=bytes_values),
         st.builds(
@@ -155,22 +161,39 @@ def test_connect_and_subscribe_have_the_documented_layout() -> None:
 
 
 def test_what_a_broker_sends_is_read_with_the_properties_it_skips() -> None:
-    # mosquitto's CONNACK: receive maximum, topic alias maximum, assigned client id, user property
+    # mosquitto's CONNACK: receive maximum (kept), topic alias maximum, assigned client id, user property
     props = b"\x21\x00\x14\x22\x00\x0a\x12\x00\x02id\x26\x00\x01k\x00\x01v"
     assert read(b"\x20" + bytes([3 + len(props)]) + b"\x01\x00" + bytes([len(props)]) + props) == (
-        ConnAck(session_present=True),
+        ConnAck(session_present=True, receive_maximum=20),
         5 + len(props),
     )
+    assert read(b"\x20\x03\x00\x00\x00") == (ConnAck(False), 5)  # none given: 65,535
     suback = b"\x90\x06\x00\x02\x00\x01\x80\x02"
     assert read(suback) == (SubAck(2, (1, 0x80, 2)), 8)
-    # a PUBLISH with a payload format indicator, a message expiry and a subscription identifier
+    # a PUBLISH with a payload format indicator, a message expiry (kept) and a subscription identifier
     body = b"\x00\x01t" + b"\x00\x05" + b"\x0a\x01\x01\x02\x00\x00\x00\x3c\x0b\x81\x01" + b"x"
-    assert read(b"\x32" + bytes([len(body)]) + body) == (Publish("t", b"x", 1, 5), 2 + len(body))
+    assert read(b"\x32" + bytes([len(body)]) + body) == (
+        Publish("t", b"x", 1, 5, message_expiry_s=60),
+        2 + len(body),
+    )
+
+
+def test_a_connack_and_a_publish_with_properties_have_the_documented_layout() -> None:
+    assert encode(ConnAck(False, 0, receive_maximum=7)) == b"\x20\x06\x00\x00\x03\x21\x00\x07"
+    assert encode(ConnAck(True)) == b"\x20\x03\x01\x00\x00"
+    data = encode_publish("t", b"", qos=0, message_expiry_s=30, response_topic="r")
+    assert data == b"\x30\x0d\x00\x01t" + b"\x09\x02\x00\x00\x00\x1e\x08\x00\x01r"
 
 
 def test_bad_utf8_in_a_topic_is_replaced_not_refused() -> None:
     packet, _ = read(b"\x30\x05\x00\x02\xff\xfe\x00")
     assert packet == Publish("\ufffd\ufffd", b"")
+
+
+def test_bad_utf8_in_a_response_topic_stays_recognisably_bad() -> None:
+    # replaced by U+FFFD, a reply would go to a topic nobody asked for; a lone surrogate is refused later
+    packet, _ = read(b"\x30\x09\x00\x01t\x05\x08\x00\x02r\xff")
+    assert isinstance(packet, Publish) and packet.response_topic == "r\udcff"
 
 
 # -- what is refused -----------------------------------------------------------------------------------
@@ -203,6 +226,7 @@ def test_bad_utf8_in_a_topic_is_replaced_not_refused() -> None:
         (b"\x90\x03\x00\x01\x00", "SUBACK packet: no reason code"),
         (b"\x20\x04\x02\x00\x00\x00", "reserved acknowledge flags"),
         (b"\x20\x04\x00\x00\x00\x00", "1 bytes left over"),
+        (b"\x20\x06\x00\x00\x03\x21\x00\x00", "CONNACK packet: receive maximum is 0"),
         (b"\xd0\x01\x00", "PINGRESP packet: 1 bytes left over"),
         (b"\x10\x07\x00\x04MQTT\x04", "not MQTT 5"),
         (b"\x10\x0a\x00\x04MQTT\x05\x04\x00\x00", "will messages are not supported"),
@@ -226,6 +250,8 @@ def test_bytes_that_can_never_be_a_packet_are_refused_by_name(data: bytes, messa
         (PubAck(0x10000), "outside 1-65535"),
         (Connect("c", keepalive_s=70_000), "keepalive 70000 does not fit"),
         (Connect("c", receive_maximum=0), "receive maximum is 0"),
+        (ConnAck(False, receive_maximum=0), "receive maximum is 0"),
+        (Publish("t", b"", message_expiry_s=1 << 32), "message expiry 4294967296 does not fit"),
         (Subscribe(1, ()), "no topic filter"),
         (Subscribe(1, (("t", 0x30),)), "bad subscription options"),
         (SubAck(1, (256,)), "reason code 256"),

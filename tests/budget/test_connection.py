@@ -135,3 +135,143 @@ def test_a_broker_disconnect_closes_with_its_reason_code() -> None:
 
 def test_a_pingresp_changes_nothing() -> None:
     assert closing_reason(b"\xd0\x00", b"\xd0", b"\x00") == ""
+
+
+# -- flow control: never more in flight than the broker's receive maximum -------------------------------
+
+
+def connack(receive_maximum: int) -> bytes:
+    """A successful CONNACK carrying the broker's receive maximum (property 0x21)."""
+    return b"\x20\x06\x00\x00\x03\x21" + struct.pack("!H", receive_maximum)
+
+
+def puback(packet_id: int, reason_code: int | None = None) -> bytes:
+    if reason_code is None:
+        return b"\x40\x02" + struct.pack("!H", packet_id)
+    return b"\x40\x03" + struct.pack("!H", packet_id) + bytes([reason_code])
+
+
+def sent_publishes(transport: FakeTransport) -> list[tuple[str, int]]:
+    """(topic, packet id) of every QoS 1 PUBLISH written, parsed by hand (not with the codec)."""
+    data, out, pos = b"".join(transport.written), [], 0
+    while pos < len(data):
+        first, shift, length, at = data[pos], 0, 0, pos + 1
+        while True:
+            byte = data[at]
+            length |= (byte & 0x7F) << shift
+            at += 1
+            shift += 7
+            if not byte & 0x80:
+                break
+        if first & 0xF0 == 0x30 and first & 0x06:
+            size = struct.unpack("!H", data[at : at + 2])[0]
+            topic = data[at + 2 : at + 2 + size].decode()
+            out.append((topic, struct.unpack("!H", data[at + 2 + size : at + 4 + size])[0]))
+        pos = at + length
+    return out
+
+
+def test_publishes_beyond_the_receive_maximum_wait_in_order_for_pubacks() -> None:
+    async def run() -> None:
+        connection = Mqtt5Connection(lambda message: None)
+        transport = FakeTransport()
+        protocol = _Protocol(connection)
+        protocol.connection_made(transport)
+        protocol.data_received(connack(3))
+        assert connection.send_quota == 3
+        for i in range(10):
+            connection.publish(f"t/{i}", b"{}")
+        await asyncio.sleep(0)
+        first = sent_publishes(transport)
+        assert [topic for topic, _ in first] == ["t/0", "t/1", "t/2"]
+        assert (connection.in_flight, connection.pending) == (3, 10)
+        protocol.data_received(puback(first[1][1]))  # acknowledged out of order: one slot frees
+        await asyncio.sleep(0)
+        assert [topic for topic, _ in sent_publishes(transport)] == ["t/0", "t/1", "t/2", "t/3"]
+        for _ in range(20):
+            for _topic, packet_id in sent_publishes(transport):
+                protocol.data_received(puback(packet_id))  # a second PUBACK for an id changes nothing
+            await asyncio.sleep(0)
+        sent = sent_publishes(transport)
+        assert [topic for topic, _ in sent] == [f"t/{i}" for i in range(10)]
+        assert connection.pending == 0 and connection.is_open
+
+    asyncio.run(run())
+
+
+def test_a_hundred_thousand_publishes_never_run_out_of_packet_ids() -> None:
+    async def run() -> None:
+        connection = Mqtt5Connection(lambda message: None)
+        transport = FakeTransport()
+        protocol = _Protocol(connection)
+        protocol.connection_made(transport)
+        protocol.data_received(CONNACK)  # no receive maximum given: 65,535
+        for i in range(100_000):
+            connection.publish(f"margins/status/u{i}", b"{}", retain=True)
+        assert connection.in_flight < 65_535  # ids are kept back for SUBSCRIBE
+        assert connection.pending == 100_000
+        await asyncio.sleep(0)
+        topics: list[str] = []
+        while connection.pending:
+            sent = sent_publishes(transport)
+            transport.written.clear()
+            assert sent, "nothing sent while publishes are pending"
+            topics += [topic for topic, _ in sent]
+            protocol.data_received(b"".join(puback(packet_id) for _, packet_id in sent))
+            await asyncio.sleep(0)
+        assert topics == [f"margins/status/u{i}" for i in range(100_000)]  # all of them, in order
+        assert connection.is_open
+
+    asyncio.run(run())
+
+
+def test_a_refused_publish_is_reported_and_the_connection_stays() -> None:
+    async def run() -> list[tuple[str, int]]:
+        refused: list[tuple[str, int]] = []
+        connection = Mqtt5Connection(lambda message: None, lambda topic, code: refused.append((topic, code)))
+        transport = FakeTransport()
+        protocol = _Protocol(connection)
+        protocol.connection_made(transport)
+        protocol.data_received(connack(10))
+        connection.publish("elsewhere/replies/1", b"{}")
+        connection.publish("margins/status/alice", b"{}")
+        await asyncio.sleep(0)
+        (_, denied), (_, fine) = sent_publishes(transport)
+        protocol.data_received(puback(denied, 0x87) + puback(fine, 0x10))  # not authorized; no subscribers
+        assert connection.is_open and connection.pending == 0
+        return refused
+
+    assert asyncio.run(run()) == [("elsewhere/replies/1", 0x87)]
+
+
+def test_waiting_for_room_ends_when_pubacks_come_or_the_connection_closes() -> None:
+    async def run() -> None:
+        connection = Mqtt5Connection(lambda message: None)
+        transport = FakeTransport()
+        protocol = _Protocol(connection)
+        protocol.connection_made(transport)
+        protocol.data_received(connack(2))
+        for i in range(5):
+            connection.publish(f"t/{i}", b"")
+        await asyncio.sleep(0)
+        waiter = asyncio.create_task(connection.wait_for_room(2))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        for _ in range(3):
+            protocol.data_received(b"".join(puback(i) for _, i in sent_publishes(transport)))
+            transport.written.clear()
+            await asyncio.sleep(0)
+        await asyncio.wait_for(waiter, 1)
+        assert connection.pending < 2
+        for i in range(5):
+            connection.publish(f"u/{i}", b"")
+        blocked = asyncio.create_task(connection.wait_for_room(1))
+        await asyncio.sleep(0)
+        protocol.connection_lost(None)
+        try:
+            await asyncio.wait_for(blocked, 1)
+        except ConnectionLost:
+            return
+        raise AssertionError("wait_for_room returned on a closed connection")
+
+    asyncio.run(run())

@@ -50,7 +50,7 @@ async def publish_reliably(
     """Every message PUBACKed at least once, whatever happens to the broker: a window that fails is
     re-sent whole on a new connection (duplicates are the enforcer's problem, and it handles them)."""
     done = 0
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(300):
         while done < len(messages):
             try:
                 async with mqtt(port, v5=False) as client:
@@ -64,7 +64,7 @@ async def publish_reliably(
                 await asyncio.sleep(0.1)
 
 
-async def wait_for_status(port: int, expected: dict[str, int], timeout: float = 30.0) -> None:
+async def wait_for_status(port: int, expected: dict[str, int], timeout: float = 120.0) -> None:
     """Until every user's retained status shows the expected spend (to the nano-dollar, as float)."""
     async with mqtt(port) as sub:
         seen = await Collector(sub).start("margins/status/+")
@@ -172,7 +172,9 @@ def test_a_broker_restart_mid_stream_loses_nothing(enforcer_process: EnforcerPro
     async def scenario() -> None:
         publishing = asyncio.create_task(publish_reliably(broker.port, messages, pace_s=0.02))
         await asyncio.sleep(0.8)
-        await asyncio.to_thread(broker.restart)  # SIGTERM (mosquitto saves its sessions), then start again
+        await asyncio.to_thread(broker.stop)  # SIGTERM: mosquitto saves its sessions
+        await asyncio.sleep(1.0)  # down long enough for the enforcer to find nobody listening
+        await asyncio.to_thread(broker.start)
         await publishing
         await wait_for_status(broker.port, {"dora": 2000 * 285_000})
 
@@ -181,7 +183,11 @@ def test_a_broker_restart_mid_stream_loses_nothing(enforcer_process: EnforcerPro
     events = stored(enforcer_process.store)
     ids = [e.event_id for e in events if isinstance(e, UsageRecorded)]
     assert len(ids) == len(set(ids)) == 2000
-    assert "retrying" in enforcer_process.log.read_text()
+    log = enforcer_process.log.read_text().splitlines()
+    retries = [line for line in log if "retrying" in line]
+    assert retries and " WARNING " in retries[0]  # the first failure warns; the attempts after it inform
+    assert all(" INFO " in line for line in retries[1:])
+    assert [line for line in log if " ERROR " in line or "Traceback" in line] == []
 
 
 def test_an_application_cannot_change_a_cap_or_forge_status(
@@ -208,7 +214,7 @@ def test_an_application_cannot_change_a_cap_or_forge_status(
                     await app.publish("margins/usage/alice", json.dumps(body).encode(), qos=1)
                 async with (
                     BudgetClient.connect(  # and its replies reach it under margins/replies/<client id>/
-                        f"mqtt://127.0.0.1:{port}", username="app", password=PASSWORDS["app"], timeout_s=5
+                        f"mqtt://127.0.0.1:{port}", username="app", password=PASSWORDS["app"], timeout_s=30
                     ) as budget
                 ):
                     grant = await budget.authorize("alice", "gpt-4o-mini", 100, 100)

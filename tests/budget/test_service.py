@@ -5,50 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import CAPS_TOML, Broker
+from enforcer_helpers import NOW, PATIENCE_S, make_enforcer, stored_events, wait_until
 from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 from budget.client import BudgetClient, guard
 from budget.domain.ledger import Ledger
 from budget.errors import BudgetDenied
-from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection
-from budget.service.enforcer import Enforcer
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore
-
-NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
-
-
-def make_enforcer(
-    broker: Broker,
-    tmp_path: Path,
-    caps: str = CAPS_TOML,
-    fixed_clock: bool = True,
-    clock: Callable[[], datetime] | None = None,
-) -> Enforcer:
-    (tmp_path / "caps.toml").write_text(caps)
-    config = load_config(tmp_path / "caps.toml")
-    settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id=f"enf-{tmp_path.name}"[:60])
-    if clock is None and fixed_clock:
-        clock = lambda: NOW  # noqa: E731
-    return Enforcer(settings, tmp_path / "store", config, clock=clock, expiry_interval_s=0.1)
-
-
-def stored_events(tmp_path: Path) -> list[object]:
-    with EventStore.open(tmp_path / "store", flush_interval=None) as store:
-        return list(store.replay())
 
 
 def test_usage_is_recorded_once_status_retained_and_alerts_once(mosquitto: Broker, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with make_enforcer(mosquitto, tmp_path) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with mqtt(mosquitto.port) as pub, mqtt(mosquitto.port) as sub:
                 seen = await Collector(sub).start("margins/status/+", "margins/alerts/+")
                 # gpt-4o-mini, 900 in + 250 out = $0.000285; 3000 of them = $0.855 of $1.00 (soft at 80%)
@@ -58,9 +35,7 @@ def test_usage_is_recorded_once_status_retained_and_alerts_once(mosquitto: Broke
                 await seen.wait_for(
                     lambda: any(s["spent_usd"] >= 0.855 - 1e-9 for s in seen.on("margins/status/alice"))
                 )
-                async with asyncio.timeout(10):
-                    while enforcer.counters["duplicate"] < 500:
-                        await asyncio.sleep(0.01)
+                await wait_until(lambda: enforcer.counters["duplicate"] >= 500, "500 duplicates counted")
                 assert [a["alert"] for a in seen.on("margins/alerts/alice")] == ["soft"]
                 seen.stop()
             status = enforcer.ledger.status("alice", NOW)
@@ -84,7 +59,7 @@ def test_authorize_allow_settle_deny_and_degrade(mosquitto: Broker, tmp_path: Pa
 
     async def scenario() -> None:
         async with make_enforcer(mosquitto, tmp_path, caps, fixed_clock=False) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with BudgetClient.connect(f"mqtt://127.0.0.1:{mosquitto.port}") as budget:
                 async with guard(budget, "bob", "gpt-4o", 1000, max_input_tokens=2000) as call:
                     assert call.model == "gpt-4o" and not call.degraded
@@ -129,7 +104,7 @@ def test_bad_inputs_are_dead_lettered_and_counted(mosquitto: Broker, tmp_path: P
 
     async def scenario() -> None:
         async with make_enforcer(mosquitto, tmp_path) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with mqtt(mosquitto.port) as pub, mqtt(mosquitto.port) as sub:
                 seen = await Collector(sub).start("margins/deadletter", "margins/alerts/+")
                 for payload in bad:
@@ -179,7 +154,7 @@ def test_reservations_expire_on_a_timer_and_alerts_come_once_per_month(
 
     async def scenario() -> None:
         async with make_enforcer(mosquitto, tmp_path, caps, clock=lambda: now[0]) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with mqtt(mosquitto.port, v5=False) as app, mqtt(mosquitto.port) as sub:
                 seen = await Collector(sub).start("margins/alerts/+", "margins/replies/t/#")
                 # an MQTT 3.1.1 client: the answer goes to "reply_to"
@@ -197,9 +172,10 @@ def test_reservations_expire_on_a_timer_and_alerts_come_once_per_month(
                 )
                 assert enforcer.ledger.status("alice", now[0]).reserved_nanos == 750_000
                 now[0] = NOW + timedelta(seconds=2)  # past the TTL: the timer returns the amount
-                async with asyncio.timeout(5):
-                    while enforcer.ledger.status("alice", now[0]).reserved_nanos:
-                        await asyncio.sleep(0.02)
+                await wait_until(
+                    lambda: not enforcer.ledger.status("alice", now[0]).reserved_nanos,
+                    "the reservation expired",
+                )
                 assert enforcer.counters["expired"] == 1
 
                 november = [costly(f"n{i}", "2026-11-26T20:00:00Z") for i in range(6)]
@@ -238,7 +214,7 @@ def test_no_message_is_acknowledged_before_its_event_is_durable(
 
     async def scenario() -> None:
         async with make_enforcer(mosquitto, tmp_path) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with mqtt(mosquitto.port) as pub:
                 bodies = [json.dumps(usage_body(f"d{i}")).encode() for i in range(500)]
                 await publish_all(pub, "margins/usage/alice", bodies)
@@ -258,16 +234,14 @@ def test_no_message_is_acknowledged_before_its_event_is_durable(
 def test_a_restart_republishes_every_replayed_users_status(mosquitto: Broker, tmp_path: Path) -> None:
     async def scenario() -> None:
         async with make_enforcer(mosquitto, tmp_path) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with mqtt(mosquitto.port) as pub:
                 await pub.publish("margins/usage/alice", json.dumps(usage_body("r1")).encode(), qos=1)
-                async with asyncio.timeout(5):
-                    while not enforcer.counters["committed"]:
-                        await asyncio.sleep(0.01)
+                await wait_until(lambda: enforcer.counters["committed"] > 0, "the usage committed")
         async with mqtt(mosquitto.port) as pub:  # as if the status publish had been lost in a crash
             await pub.publish("margins/status/alice", b"", qos=1, retain=True)
         async with make_enforcer(mosquitto, tmp_path) as enforcer:
-            await enforcer.wait_subscribed()
+            await enforcer.wait_subscribed(PATIENCE_S)
             async with mqtt(mosquitto.port) as sub:
                 got = await Collector(sub).start("margins/status/alice")
                 await got.wait_for(lambda: got.messages)

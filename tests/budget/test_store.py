@@ -174,9 +174,9 @@ def test_compaction_merges_small_segments_and_changes_nothing_else(tmp_path: Pat
 def test_the_background_flusher_makes_appends_visible_to_readers(tmp_path: Path) -> None:
     with EventStore.open(tmp_path / "s", flush_interval=0.05) as store:
         store.append(usage_events(25))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 120  # a generous limit: a busy machine can delay the flusher by seconds
         while read_manifest(tmp_path / "s").last_seq < 24:
-            assert time.monotonic() < deadline, "the flusher did not write a segment within 5 s"
+            assert time.monotonic() < deadline, "the flusher did not write a segment within 120 s"
             time.sleep(0.02)
 
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mqtt_helpers import usage_body
 
-from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage
-from budget.mqtt.topics import reply_topic_problem
+from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage, RenewReservation
+from budget.service.rejection import MAX_LISTED, Rejection
 from budget.service.wire import MAX_PAYLOAD_BYTES, AuthorizeRequest, decode_message
 
 NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
@@ -27,12 +27,19 @@ def enc(value: object) -> bytes:
 
 
 def reasons(topic: str, payload: bytes) -> list[str]:
-    return [r.reason for r in decode_message(topic, payload, NOW).rejected]
+    rejection = decode_message(topic, payload, NOW).rejection
+    return [] if rejection is None else list(rejection.by_reason)
+
+
+def rejected(topic: str, payload: bytes) -> Rejection:
+    rejection = decode_message(topic, payload, NOW).rejection
+    assert rejection is not None
+    return rejection
 
 
 def test_one_usage_event_becomes_one_command() -> None:
     out = decode_message("margins/usage/alice", enc(usage()), NOW)
-    assert out.rejected == []
+    assert out.rejection is None
     [cmd] = out.commands
     assert isinstance(cmd, RecordUsage)
     assert cmd.event_id == "e1" and cmd.input_tokens == 900 and cmd.output_tokens == 250
@@ -64,14 +71,50 @@ def test_array_mixing_good_and_bad_keeps_the_good() -> None:
     ]
     out = decode_message("margins/usage/alice", enc(batch), NOW)
     assert [c.event_id for c in out.commands if isinstance(c, RecordUsage)] == ["a", "c"]
-    assert [r.reason for r in out.rejected] == [
-        "out_of_range",
-        "missing_field",
-        "user_mismatch",
-        "not_an_object",
-    ]
-    assert "element 1" in out.rejected[0].detail and "input_tokens" in out.rejected[0].detail
-    assert json.loads(out.rejected[0].payload)["event_id"] == "b"
+    rejection = out.rejection
+    assert rejection is not None
+    assert (rejection.count, rejection.items, rejection.reason) == (4, 6, "out_of_range")
+    assert rejection.by_reason == {
+        "out_of_range": 1,
+        "missing_field": 1,
+        "user_mismatch": 1,
+        "not_an_object": 1,
+    }
+    assert rejection.detail.startswith("4 of 6 items rejected; item 1: ")
+    assert (
+        "`$[1].input_tokens`" in rejection.detail
+        and "item 5: Expected `object`, got `str`" in rejection.detail
+    )
+    assert rejection.event_ids == ["b", "d", "e"]  # the rejected items that named an id
+    # good items first, then bad ones: the same decision either way round
+    flipped = decode_message("margins/usage/alice", enc(batch[::-1]), NOW)
+    assert [c.event_id for c in flipped.commands if isinstance(c, RecordUsage)] == ["c", "a"]
+
+
+def test_a_64kb_array_of_bad_items_is_one_rejection_that_counts_them() -> None:
+    zeros = b"[" + b",".join([b"0"] * 32_000) + b"]"
+    empties = b"[" + b",".join([b"{}"] * 21_000) + b"]"
+    assert len(zeros) <= MAX_PAYLOAD_BYTES and len(empties) <= MAX_PAYLOAD_BYTES
+    for payload, count, reason in ((zeros, 32_000, "not_an_object"), (empties, 21_000, "missing_field")):
+        out = decode_message("margins/usage/alice", payload, NOW)
+        assert out.commands == []
+        rejection = out.rejection
+        assert rejection is not None and rejection.user_id == "alice"
+        assert (rejection.count, rejection.items, rejection.reason) == (count, count, reason)
+        assert rejection.detail.startswith(f"{count:,} of {count:,} items rejected; item 0: ")
+        assert rejection.detail.endswith("; ...") and rejection.detail.count("item ") == MAX_LISTED
+        assert len(rejection.listed) == MAX_LISTED
+
+
+def test_one_rejection_becomes_one_dead_letter_keeping_the_whole_payload() -> None:
+    payload = enc([usage(event_id="a"), usage(event_id="b", model=7), usage(event_id="c", user_id="bob")])
+    rejection = rejected("margins/usage/alice", payload)
+    letter = rejection.dead_letter(NOW, "margins/usage/alice", payload)
+    assert (letter.reason, letter.count, letter.user_id, letter.event_id) == ("wrong_type", 2, "alice", None)
+    assert letter.original_payload() == payload  # re-sending it is harmless: event ids dedupe
+    lone = rejected("margins/usage/alice", enc(usage(event_id="z", user_id="bob")))
+    letter = lone.dead_letter(NOW, "margins/usage/alice", b"{}")
+    assert (letter.count, letter.event_id) == (1, "z") and letter.detail.startswith("payload user_id 'bob'")
 
 
 def test_each_kind_of_bad_input_has_its_reason() -> None:
@@ -93,6 +136,7 @@ def test_each_kind_of_bad_input_has_its_reason() -> None:
     assert reasons(topic, b"[]") == ["empty"]
     assert reasons(topic, b"42") == ["not_an_object"]
     assert reasons(topic, b"x" * (MAX_PAYLOAD_BYTES + 1)) == ["too_large"]
+    assert reasons("margins/renew/alice", b"x" * (MAX_PAYLOAD_BYTES + 1)) == ["too_large"]
     assert reasons("margins/usage/", enc(usage())) == ["bad_topic"]
     assert reasons("margins/usage/alice/extra", enc(usage())) == ["bad_topic"]
     assert reasons("elsewhere", enc(usage())) == ["bad_topic"]
@@ -122,14 +166,54 @@ def test_authorize() -> None:
     assert isinstance(req, AuthorizeRequest) and isinstance(req.command, Authorize)
     assert req.reply_to == "margins/replies/app1/q1" and req.command.max_output_tokens == 500
 
-    bad = decode_message("margins/authorize/alice", enc(body | {"max_input_tokens": -1}), NOW).rejected
-    assert [(r.reason, r.request_id, r.reply_to) for r in bad] == [
-        ("out_of_range", "q1", "margins/replies/app1/q1")
+    bad = rejected("margins/authorize/alice", enc(body | {"max_input_tokens": -1}))
+    assert (bad.reason, bad.request_id, bad.reply_to) == ("out_of_range", "q1", "margins/replies/app1/q1")
+    # an unsafe reply topic is no reason to refuse the request: it is decided, and not answered
+    for unsafe in ("margins/status/bob", "margins/replies/a\tb", "margins/replies/\x85", "r/\ufdd0", "x/+"):
+        [forged] = decode_message("margins/authorize/alice", enc(body | {"reply_to": unsafe}), NOW).commands
+        assert isinstance(forged, AuthorizeRequest) and forged.reply_to is None
+        assert forged.reply_problem is not None and forged.reply_problem.startswith("reply topic")
+    assert reasons("margins/authorize/alice", enc(body | {"user_id": "bob"})) == ["user_mismatch"]
+
+
+def test_an_authorization_deadline_is_the_earlier_of_payload_and_message_expiry() -> None:
+    body = {"request_id": "q1", "user_id": "alice", "model": "gpt-4o", "max_input_tokens": 1}
+    body |= {"max_output_tokens": 1}
+
+    def deadline(payload: dict[str, object], expiry_s: int | None) -> datetime | None:
+        topic = "margins/authorize/alice"
+        [req] = decode_message(topic, enc(payload), NOW, message_expiry_s=expiry_s).commands
+        assert isinstance(req, AuthorizeRequest)
+        return req.command.expires_at
+
+    soon = (NOW + timedelta(seconds=5)).isoformat()
+    assert deadline(body, None) is None
+    assert deadline(body, 30) == NOW + timedelta(seconds=30)
+    assert deadline(body | {"expires_at": soon}, None) == NOW + timedelta(seconds=5)
+    assert deadline(body | {"expires_at": soon}, 30) == NOW + timedelta(seconds=5)
+    assert deadline(body | {"expires_at": soon}, 2) == NOW + timedelta(seconds=2)
+    assert reasons("margins/authorize/alice", enc(body | {"expires_at": "2026-11-26T21:00:05"})) == [
+        "wrong_type"  # naive: no time zone
     ]
-    forged = decode_message("margins/authorize/alice", enc(body | {"reply_to": "margins/status/bob"}), NOW)
-    assert [(r.reason, r.reply_to) for r in forged.rejected] == [("bad_reply_topic", None)]
-    other = decode_message("margins/authorize/alice", enc(body | {"user_id": "bob"}), NOW).rejected
-    assert [r.reason for r in other] == ["user_mismatch"]
+
+
+def test_a_renewal_becomes_one_command_and_a_bad_one_a_rejection() -> None:
+    body = {"reservation_id": "r-1", "user_id": "alice"}
+    [cmd] = decode_message("margins/renew/alice", enc(body), NOW).commands
+    assert isinstance(cmd, RenewReservation)
+    assert (cmd.reservation_id, cmd.user_id, cmd.topic) == ("r-1", "alice", "margins/renew/alice")
+    assert reasons("margins/renew/alice", enc({"user_id": "alice"})) == ["missing_field"]
+    assert reasons("margins/renew/alice", enc(body | {"user_id": "bob"})) == ["user_mismatch"]
+    assert reasons("margins/renew/alice", b"{oops") == ["malformed_json"]
+    assert reasons("margins/renew/alice", enc(body | {"reservation_id": 5})) == ["wrong_type"]
+    assert reasons("margins/renew/alice/x", enc(body)) == ["bad_topic"]
+
+
+def test_a_too_large_message_names_the_topics_user() -> None:
+    for topic in ("margins/usage/alice", "margins/authorize/alice", "margins/admin/users/alice"):
+        rejection = rejected(topic, b"[" + b" " * MAX_PAYLOAD_BYTES + b"]")
+        assert (rejection.reason, rejection.user_id) == ("too_large", "alice")
+        assert "65,538 bytes; the limit is 65,536" in rejection.detail
 
 
 def test_authorize_reject_never_keeps_an_unsafe_reply_topic() -> None:
@@ -141,19 +225,14 @@ def test_authorize_reject_never_keeps_an_unsafe_reply_topic() -> None:
         "max_output_tokens": 500,
         "reply_to": "margins/status/carol",
     }
-    mismatch = decode_message("margins/authorize/alice", enc(body), NOW).rejected
-    assert [(r.reason, r.request_id, r.reply_to) for r in mismatch] == [("user_mismatch", "q1", None)]
-    malformed = decode_message("margins/authorize/alice", enc(body | {"max_input_tokens": -1}), NOW)
-    assert [(r.reason, r.reply_to) for r in malformed.rejected] == [("out_of_range", None)]
-    safe = decode_message("margins/authorize/alice", enc(body | {"reply_to": "margins/replies/a/1"}), NOW)
-    assert [(r.reason, r.reply_to) for r in safe.rejected] == [("user_mismatch", "margins/replies/a/1")]
-
-
-def test_reply_topics() -> None:
-    assert reply_topic_problem("margins/replies/app/1") is None
-    assert reply_topic_problem("myapp/replies/1") is None
-    for bad in ("margins/status/bob", "margins/admin/users/bob", "a/+/b", "a/#", "$SYS/x", ""):
-        assert reply_topic_problem(bad) is not None
+    mismatch = rejected("margins/authorize/alice", enc(body))
+    assert (mismatch.reason, mismatch.request_id, mismatch.reply_to) == ("user_mismatch", "q1", None)
+    malformed = rejected("margins/authorize/alice", enc(body | {"max_input_tokens": -1}))
+    assert (malformed.reason, malformed.reply_to) == ("out_of_range", None)
+    safe = rejected("margins/authorize/alice", enc(body | {"reply_to": "margins/replies/a/1"}))
+    assert (safe.reason, safe.reply_to) == ("user_mismatch", "margins/replies/a/1")
+    tabbed = rejected("margins/authorize/alice", enc(body | {"reply_to": "margins/replies/a\t1"}))
+    assert (tabbed.reason, tabbed.reply_to) == ("user_mismatch", None)
 
 
 def test_admin() -> None:
@@ -175,13 +254,20 @@ def test_admin() -> None:
 @settings(max_examples=400, deadline=None)
 @given(
     topic=st.sampled_from(
-        ["margins/usage/alice", "margins/authorize/alice", "margins/admin/users/alice", "margins/x", ""]
+        [
+            "margins/usage/alice",
+            "margins/authorize/alice",
+            "margins/renew/alice",
+            "margins/admin/users/alice",
+            "margins/x",
+            "",
+        ]
     ),
     payload=st.binary(max_size=512),
 )
 def test_arbitrary_bytes_never_raise(topic: str, payload: bytes) -> None:
     out = decode_message(topic, payload, NOW)
-    assert out.commands or out.rejected
+    assert out.commands or out.rejection
 
 
 json_values = st.recursive(
@@ -200,5 +286,6 @@ json_values = st.recursive(
 def test_arbitrary_json_objects_become_commands_or_reasons(fields: dict[str, object]) -> None:
     payload = enc([usage(), usage() | fields])
     out = decode_message("margins/usage/alice", payload, NOW)
-    assert len(out.commands) + len(out.rejected) == 2
-    assert all(r.detail for r in out.rejected)
+    rejection = out.rejection
+    assert len(out.commands) + (rejection.count if rejection else 0) == 2
+    assert rejection is None or (rejection.items == 2 and rejection.detail.startswith("1 of 2 items"))
