@@ -9,8 +9,8 @@ them) and carry no conversation.
 
 Sessions are contiguous runs of requests in time order (sim/model/traffic.py draws them so), so a turn's
 history is a difference of one cumulative sum. At the limit:
-- `truncate` drops the oldest turns for good: the first kept turn is the running maximum, within the
-  session, of the first turn that would let this one fit (the app trims its stored history in place);
+- `truncate` drops the oldest turns: the first kept turn is the first that lets this turn fit (a binary
+  search in the cumulative sum). It never moves back: a turn's history holds the whole previous turn;
 - `summarize` replaces the history by a summary, made by a call of its own just before the turn that would
   not fit (when there is more history than a summary). Which turns summarize depends on the summaries
   before them, so sessions are walked one turn index at a time -- every session at once, a handful of
@@ -181,14 +181,11 @@ def _histories(
 
 
 def _truncated(before: np.ndarray, start: np.ndarray, room: np.ndarray) -> _Histories:
-    """Drop the oldest turns: the first kept turn is the first that lets the turn fit, and never goes back."""
+    """Drop the oldest turns: the first kept turn is the first of the session that lets the turn fit."""
     n = room.size
-    fits_from = np.searchsorted(before, before[:n] - room, side="left")
-    np.maximum(fits_from, start, out=fits_from)
-    np.minimum(fits_from, np.arange(n), out=fits_from)  # no room at all: no history
-    # Earlier sessions' first kept turns lie before this session's start, so one running maximum over
-    # all requests keeps each session's own.
-    kept_from = np.maximum.accumulate(fits_from)
+    kept_from = np.searchsorted(before, before[:n] - room, side="left")
+    np.maximum(kept_from, start, out=kept_from)
+    np.minimum(kept_from, np.arange(n), out=kept_from)  # no room at all: no history
     nothing = np.zeros(0, dtype=np.int64)
     history = (before[:n] - before[kept_from]).astype(np.int32)
     return _Histories(history, kept_from.astype(np.int32), nothing, nothing, nothing)
