@@ -7,6 +7,11 @@ Prints simulated requests per second, wall time and peak memory of each, and the
 table runs `--repeat` times (each in a fresh process) because a shared machine's noise is as large as
 the figures' differences: every run's rate is printed, the per-level table is the median run's, and the
 targets are judged on the median.
+
+`--against OTHER.toml` measures what a scenario's difference costs the fast path instead: the two
+scenarios' tables run `--repeat` times each, interleaved (first, other, first, ...) so that both see the
+same load, and it prints every run, both medians and their ratio (e.g. the seed story with its conversation
+context against benchmarks/optimized-without-context.toml).
 """
 
 from __future__ import annotations
@@ -68,6 +73,29 @@ def table_rate(measures: list[Measure]) -> float:
     return sum(m.requests for m in measures) / sum(m.seconds for m in measures)
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def compare_interleaved(first: str, other: str, maus: list[int], days: int, seed: int, repeat: int) -> None:
+    """Both scenarios' fast-path tables, interleaved; the medians and their ratio."""
+    rates: dict[str, list[float]] = {first: [], other: []}
+    for _ in range(repeat):
+        for scenario in (first, other):
+            measures = measure_in_fresh_process("fast", scenario, maus, days, seed)
+            rates[scenario].append(table_rate(measures))
+            seconds = sum(m.seconds for m in measures)
+            requests = sum(m.requests for m in measures)
+            rate = rates[scenario][-1]
+            print(f"{Path(scenario).name:>36}: {requests:,} requests in {seconds:.2f} s = {rate:,.0f} req/s")
+    first_rate, other_rate = median(rates[first]), median(rates[other])
+    name, other_name = Path(first).name, Path(other).name
+    print(f"median of {repeat}: {name} {first_rate:,.0f} req/s, {other_name} {other_rate:,.0f} req/s")
+    print(f"{name} takes {other_rate / first_rate:.2f}x the time of {other_name} per request")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
@@ -80,11 +108,18 @@ def main() -> None:
         help="MAU levels the per-request baseline runs (100000 takes minutes); empty for none",
     )
     parser.add_argument("--repeat", type=int, default=3, help="fast-path runs of the table (median taken)")
+    parser.add_argument(
+        "--against", help="a second scenario: time both fast paths, interleaved, instead of the reference"
+    )
     args = parser.parse_args()
     maus = [int(m) for m in args.mau.split(",")]
     reference_maus = [int(m) for m in args.reference_mau.split(",") if m]
 
     print(f"scenario {args.scenario}, {args.days} days, seed {args.seed}")
+    if args.against:
+        print(f"against {args.against}")
+        compare_interleaved(args.scenario, args.against, maus, args.days, args.seed, args.repeat)
+        return
     runs = [
         measure_in_fresh_process("fast", args.scenario, maus, args.days, args.seed)
         for _ in range(args.repeat)
