@@ -50,29 +50,28 @@ class Conversation:
     summary_epoch: np.ndarray
     summaries: int
 
-    def call_epoch(self, call_request: np.ndarray, calls: np.ndarray) -> np.ndarray:
-        """The epoch of each of `calls`, calls that carry the conversation (no deterministic chain step)."""
-        turns = call_request.size - self.summaries
-        epoch: np.ndarray = self.epoch[call_request[calls]].astype(np.int64)
-        summary = np.flatnonzero(calls >= turns)
-        epoch[summary] = self.summary_epoch[calls[summary] - turns]
-        return epoch
-
-    def call_shared(self, call_request: np.ndarray, calls: np.ndarray, inputs: np.ndarray) -> np.ndarray:
-        """How many leading tokens of each of `calls`' prompt (of `inputs` tokens) a later call of its epoch
-        resends: its system prompt and history, and its own new input too when that enters the history (a
-        turn's last call); all of a summary call's prompt (no later call of its epoch comes)."""
-        turns = call_request.size - self.summaries
-        inside = np.minimum(calls, turns - 1)
-        shared: np.ndarray = self.history[call_request[inside]].astype(np.int64)
+    def prefixes(
+        self, call_request: np.ndarray, calls: np.ndarray, inputs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For `calls` -- ascending ids of calls that carry the conversation, each request's all or none
+        (as one model's cache sees them) -- their requests, epochs, and how many leading tokens of each
+        one's prompt (of `inputs` tokens) a later call of its epoch resends: its system prompt and
+        history, and its own new input too when that enters the history (a turn's last call); all of a
+        summary call's prompt (no later call of its epoch comes)."""
+        turn_calls = call_request.size - self.summaries
+        request = call_request[calls]
+        turns = int(np.searchsorted(calls, turn_calls))  # the summary calls come last
+        epoch: np.ndarray = self.epoch[request].astype(np.int64)
+        epoch[turns:] = self.summary_epoch[calls[turns:] - turn_calls]
+        shared: np.ndarray = self.history[request].astype(np.int64)
         shared += self.system_tokens
-        whole = calls >= turns
-        if self.history_carried:
-            following = np.minimum(inside + 1, turns - 1)
-            whole |= (inside == turns - 1) | (call_request[following] != call_request[inside])
         np.minimum(shared, inputs, out=shared)
+        whole = np.zeros(calls.size, dtype=bool)
+        whole[turns:] = True
+        if self.history_carried:  # a request's last call: the next one in `calls` is another request's
+            whole[:turns] = np.r_[request[1:turns] != request[: turns - 1], True][:turns]
         shared[whole] = inputs[whole]
-        return shared
+        return request, epoch, shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +97,7 @@ class _Histories:
     summary_epoch: np.ndarray
 
 
-SLICE = 1 << 20  # calls updated at a time: small temporaries
+BLOCK = 1 << 18  # requests worked on at a time (whole sessions): small temporaries
 
 
 def carry(
@@ -114,38 +113,71 @@ def carry(
 
     `input_tokens` and `output_tokens` are the drawn new input and answer of every call; calls of a request
     are contiguous and requests of a session too, in time order. `input_tokens` is overwritten with what
-    each call sends (the caller gives up its drawn array).
+    each call sends (the caller gives up its drawn array). Sessions are worked on a block at a time.
     """
     requests = int(session_messages.sum())
-    last = np.flatnonzero(np.r_[call_request[1:] != call_request[:-1], True])  # each request's last call
-    histories = _histories(context, session_messages, input_tokens[last], output_tokens[last], requests)
-    del last
-    system, limit = context.system_tokens, context.max_tokens
-    for start in range(0, call_request.size, SLICE):
-        part = slice(start, start + SLICE)
-        sends = histories.tokens[call_request[part]].astype(np.int64)
-        sends += system
-        sends += input_tokens[part]
-        np.minimum(sends, limit, out=sends)
-        np.copyto(input_tokens[part], sends, where=~call_deterministic[part], casting="unsafe")
+    history = np.zeros(requests, dtype=np.int32)
+    epoch = np.zeros(requests, dtype=np.int32)
+    summaries: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    session_end = np.cumsum(session_messages)
+    # Each block ends at the first session end past a multiple of BLOCK requests.
+    block_end = np.unique(
+        np.r_[session_end[np.searchsorted(session_end, np.arange(BLOCK, requests, BLOCK))], requests]
+    )
+    if not requests:
+        block_end = block_end[:0]
+    session_start, request_start, call_start = 0, 0, 0
+    for request_end in block_end.tolist():
+        session_stop = int(np.searchsorted(session_end, request_end, side="right"))
+        call_end = int(np.searchsorted(call_request, request_end, side="left"))
+        calls = slice(call_start, call_end)
+        owner = call_request[calls] - request_start  # each call's request, within the block
+        block = _histories(
+            context,
+            session_messages[session_start:session_stop],
+            input_tokens[calls],
+            output_tokens[calls],
+            owner,
+        )
+        history[request_start:request_end] = block.tokens
+        epoch[request_start:request_end] = block.epoch + request_start
+        if block.summary_request.size:
+            summaries.append(
+                (
+                    block.summary_request + request_start,
+                    block.summary_input,
+                    block.summary_epoch + request_start,
+                )
+            )
+        sends = block.tokens[owner].astype(np.int64)
+        sends += context.system_tokens
+        sends += input_tokens[calls]
+        np.minimum(sends, context.max_tokens, out=sends)
+        np.copyto(input_tokens[calls], sends, where=~call_deterministic[calls], casting="unsafe")
+        session_start, request_start, call_start = session_stop, request_end, call_end
+    summary = summary_input = summary_epoch = np.zeros(0, dtype=np.int64)
+    if summaries:
+        summary, summary_input, summary_epoch = (
+            np.concatenate(column) for column in zip(*summaries, strict=True)
+        )
     conversation = Conversation(
-        system_tokens=system,
+        system_tokens=context.system_tokens,
         history_carried=context.history,
-        history=histories.tokens,
-        epoch=histories.epoch,
-        summary_epoch=histories.summary_epoch,
-        summaries=int(histories.summary_request.size),
+        history=history,
+        epoch=epoch,
+        summary_epoch=summary_epoch,
+        summaries=int(summary.size),
     )
     if not conversation.summaries:
         return ConversationCalls(
             call_request, call_step, call_deterministic, input_tokens, output_tokens, conversation
         )
-    summary, count = histories.summary_request, conversation.summaries
+    count = conversation.summaries
     return ConversationCalls(
         call_request=np.concatenate([call_request, summary]),
         call_step=np.concatenate([call_step, np.full(count, SUMMARY_STEP, dtype=call_step.dtype)]),
         call_deterministic=np.concatenate([call_deterministic, np.zeros(count, dtype=bool)]),
-        input_tokens=np.concatenate([input_tokens, histories.summary_input.astype(input_tokens.dtype)]),
+        input_tokens=np.concatenate([input_tokens, summary_input.astype(input_tokens.dtype)]),
         output_tokens=np.concatenate(
             [output_tokens, np.full(count, context.summary_tokens, dtype=output_tokens.dtype)]
         ),
@@ -154,10 +186,18 @@ def carry(
 
 
 def _histories(
-    context: ConversationContext, session_messages: np.ndarray, new: np.ndarray, answer: np.ndarray, n: int
+    context: ConversationContext,
+    session_messages: np.ndarray,
+    inputs: np.ndarray,
+    outputs: np.ndarray,
+    owner: np.ndarray,
 ) -> _Histories:
     """Each turn's history (int32: at most the limit) under the context's rule, and its epoch (no history:
-    every turn its own epoch)."""
+    every turn its own epoch), for sessions of `session_messages` turns whose calls (their drawn `inputs`
+    and `outputs`) belong to requests `owner`, numbered from 0."""
+    n = int(session_messages.sum())
+    last = np.flatnonzero(np.r_[owner[1:] != owner[:-1], True])  # each request's last call
+    new, answer = inputs[last], outputs[last]
     nothing = np.zeros(0, dtype=np.int64)
     if not context.history:
         return _Histories(

@@ -101,6 +101,8 @@ def prompt_cache_sheet(
     `sent` marks the calls that go to a model."""
     if not any(scenario.provider(m).prompt_cache for m in scenario.models):
         return {}
+    if traffic.conversation is None and not traffic.prefix_blocks and scenario.prompts.prefix_share == 0:
+        return {}  # no prefix to cache: every call reads and writes nothing
     cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model, sent)
     return {
         "cached_input": cached,

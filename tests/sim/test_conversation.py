@@ -7,15 +7,18 @@ import itertools
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sim.model import conversation
 from sim.model.conversation import SUMMARY_STEP, carry
 from sim.model.engine import simulate
 from sim.model.policies.prompt_cache import prompt_cache_tokens
+from sim.model.randomness import streams_for
 from sim.model.reference_context import converse
 from sim.model.scenario import ConversationContext
-from sim.model.traffic import Traffic
+from sim.model.traffic import Traffic, draw
 from tests.sim.conftest import scenario_from
 
 # One session of five turns: each turn's new input and answer.
@@ -271,3 +274,20 @@ def test_another_session_keeps_the_shared_system_prompt_warm() -> None:
     read, write = cache_reads([0.0, 400.0], others=(350.0,))
     assert read == [0, 1200]
     assert write == [1300, 400]
+
+
+@pytest.mark.parametrize("at_limit", ["truncate", "summarize"])
+def test_working_in_blocks_of_sessions_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, at_limit: str
+) -> None:
+    context = {"system_tokens": 800, "history": True, "max_tokens": 5000, "at_limit": at_limit}
+    scenario, catalog = scenario_from({"prompts": {"context": context, "chains": {"share": 0.3}}})
+    whole = simulate(scenario, catalog, 200, 7, seed=4)
+    monkeypatch.setattr(conversation, "BLOCK", 97)  # many blocks, each ending at a session's end
+    blocks = simulate(scenario, catalog, 200, 7, seed=4)
+    reference = converse(scenario.prompts.context, draw(scenario, 200, 7, streams_for(4, 200, 0))).traffic
+    assert whole.traffic.requests > 15 * 97
+    for run in (blocks, whole):
+        assert run.traffic.input_tokens.tolist() == reference.input_tokens.tolist()
+        assert run.traffic.call_request.tolist() == reference.call_request.tolist()
+    assert np.array_equal(blocks.cost_nanos, whole.cost_nanos)

@@ -81,10 +81,8 @@ def conversation_prefixes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(read, written) input tokens of `calls`: the calls with a conversation one model's cache sees, in
     ascending id order (deterministic chain steps have none: they read and write nothing here)."""
-    request = traffic.call_request[calls]
-    epoch = conversation.call_epoch(traffic.call_request, calls)
     inputs = traffic.input_tokens[calls].astype(np.int64)
-    shared = conversation.call_shared(traffic.call_request, calls, inputs)
+    request, epoch, shared = conversation.prefixes(traffic.call_request, calls, inputs)
     t = traffic.t[request]
     read = np.zeros(calls.size, dtype=np.int64)
     # Turns' calls in id order have non-decreasing epochs, so the previous call of an epoch is the
