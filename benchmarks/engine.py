@@ -88,8 +88,11 @@ def compare_interleaved(first: str, other: str, maus: list[int], days: int, seed
             rates[scenario].append(table_rate(measures))
             seconds = sum(m.seconds for m in measures)
             requests = sum(m.requests for m in measures)
-            rate = rates[scenario][-1]
-            print(f"{Path(scenario).name:>36}: {requests:,} requests in {seconds:.2f} s = {rate:,.0f} req/s")
+            rate, peak = rates[scenario][-1], max(m.peak_gb for m in measures)
+            print(
+                f"{Path(scenario).name:>36}: {requests:,} requests in {seconds:.2f} s = {rate:,.0f} req/s, "
+                f"peak memory {peak:.2f} GB"
+            )
     first_rate, other_rate = median(rates[first]), median(rates[other])
     name, other_name = Path(first).name, Path(other).name
     print(f"median of {repeat}: {name} {first_rate:,.0f} req/s, {other_name} {other_rate:,.0f} req/s")

@@ -81,11 +81,12 @@ class ConversationContext(Frozen, frozen=True, forbid_unknown_fields=True, kw_on
     is every earlier turn of its session: its new input and its answer (those of its last call).
 
     At the limit, `truncate` drops the oldest turns, for good (the app trims its stored history), and
-    `summarize` replaces the whole history by a summary of `summary_tokens`: a model call of its own,
-    made just before the turn that would not fit, by the model that answers that turn, billed like any
-    call -- system prompt + the history it condenses in, summary_tokens out -- through the same failures,
-    retries and rate limits; the turn's calls wait for it. Either way a single message longer than the
-    limit is cut to it.
+    `summarize` replaces the whole history by a summary of `summary_tokens` (when the history is longer
+    than that): a model call of its own, made just before the turn that would not fit, whatever answers
+    that turn (the next turns carry the summary), by the model routed for it, billed like any call --
+    system prompt + the history it condenses in, summary_tokens out -- through the same failures, retries
+    and rate limits; the turn's calls wait for it. Either way a single message longer than the limit is
+    cut to it.
     """
 
     system_tokens: NonNegativeInt = 0
@@ -94,7 +95,7 @@ class ConversationContext(Frozen, frozen=True, forbid_unknown_fields=True, kw_on
         128_000  # gpt-4o's and gpt-4o-mini's context window
     )
     at_limit: Literal["truncate", "summarize"] = "truncate"
-    summary_tokens: PositiveInt = 500
+    summary_tokens: PositiveInt = 500  # a few paragraphs: what was asked, what was answered, what is open
 
     @property
     def active(self) -> bool:
