@@ -10,8 +10,9 @@ targets are judged on the median.
 
 `--against OTHER.toml` measures what a scenario's difference costs the fast path instead: the two
 scenarios' tables run `--repeat` times each, interleaved (first, other, first, ...) so that both see the
-same load, and it prints every run, both medians and their ratio (e.g. the seed story with its conversation
-context against benchmarks/optimized-without-context.toml).
+same load, and it prints every run, both medians and their ratio, of wall time and of the processes' CPU
+time (which other processes on a busy machine sway less), e.g. the seed story with its conversation
+context against benchmarks/optimized-without-context.toml.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Measure:
     requests: int
     seconds: float
     peak_gb: float
+    cpu_seconds: float = 0.0  # the process's CPU time: less swayed than wall time by other processes
 
     @property
     def rate(self) -> float:
@@ -52,11 +54,11 @@ def _measure(mode: str, scenario_path: str, maus: list[int], days: int, seed: in
     run = simulate if mode == "fast" else simulate_reference
     measures = []
     for mau in maus:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = run(scenario, catalog, mau, days, seed)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-        measures.append(Measure(mode, mau, result.traffic.requests, seconds, peak_gb))
+        measures.append(Measure(mode, mau, result.traffic.requests, seconds, peak_gb, cpu_seconds))
     return measures
 
 
@@ -80,23 +82,28 @@ def median(values: list[float]) -> float:
 
 
 def compare_interleaved(first: str, other: str, maus: list[int], days: int, seed: int, repeat: int) -> None:
-    """Both scenarios' fast-path tables, interleaved; the medians and their ratio."""
-    rates: dict[str, list[float]] = {first: [], other: []}
+    """Both scenarios' fast-path tables, interleaved; the medians of wall and CPU time and their ratios."""
+    wall: dict[str, list[float]] = {first: [], other: []}
+    cpu: dict[str, list[float]] = {first: [], other: []}
+    requests = 0
     for _ in range(repeat):
         for scenario in (first, other):
             measures = measure_in_fresh_process("fast", scenario, maus, days, seed)
-            rates[scenario].append(table_rate(measures))
-            seconds = sum(m.seconds for m in measures)
             requests = sum(m.requests for m in measures)
-            rate, peak = rates[scenario][-1], max(m.peak_gb for m in measures)
+            wall[scenario].append(sum(m.seconds for m in measures))
+            cpu[scenario].append(sum(m.cpu_seconds for m in measures))
             print(
-                f"{Path(scenario).name:>36}: {requests:,} requests in {seconds:.2f} s = {rate:,.0f} req/s, "
-                f"peak memory {peak:.2f} GB"
+                f"{Path(scenario).name:>36}: {requests:,} requests in {wall[scenario][-1]:.2f} s "
+                f"= {requests / wall[scenario][-1]:,.0f} req/s (CPU {cpu[scenario][-1]:.2f} s), "
+                f"peak memory {max(m.peak_gb for m in measures):.2f} GB"
             )
-    first_rate, other_rate = median(rates[first]), median(rates[other])
     name, other_name = Path(first).name, Path(other).name
-    print(f"median of {repeat}: {name} {first_rate:,.0f} req/s, {other_name} {other_rate:,.0f} req/s")
-    print(f"{name} takes {other_rate / first_rate:.2f}x the time of {other_name} per request")
+    for label, times in (("wall", wall), ("CPU", cpu)):
+        mine, theirs = median(times[first]), median(times[other])
+        print(
+            f"median {label} time of {repeat}: {name} {mine:.2f} s ({requests / mine:,.0f} req/s), "
+            f"{other_name} {theirs:.2f} s ({requests / theirs:,.0f} req/s): {mine / theirs:.2f}x"
+        )
 
 
 def main() -> None:

@@ -136,12 +136,13 @@ class CallSheet:
         if self.cached_input is None or self.cache_write is None:
             return zeros, zeros, zeros
         assert self.cached_price is not None and self.write_price is not None
+        read, wrote = self.cached_input[call], self.cache_write[call]
         billed = billed_in > 0
-        read = np.where(billed, self.cached_input[call], 0)
-        wrote = np.where(billed, self.cache_write[call], 0)
-        saving = read * (self.input_price[model] - self.cached_price[model]) + wrote * (
-            self.input_price[model] - self.write_price[model]
-        )
+        if not billed.all():
+            read, wrote = np.where(billed, read, 0), np.where(billed, wrote, 0)
+        # Per model first (a few prices), then per attempt: one lookup each.
+        saving = read * (self.input_price - self.cached_price)[model]
+        saving += wrote * (self.input_price - self.write_price)[model]
         return read, wrote, saving
 
 

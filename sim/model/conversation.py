@@ -61,10 +61,10 @@ class Conversation:
         turn_calls = call_request.size - self.summaries
         request = call_request[calls]
         turns = int(np.searchsorted(calls, turn_calls))  # the summary calls come last
-        epoch: np.ndarray = self.epoch[request].astype(np.int64)
+        epoch: np.ndarray = self.epoch[request]
         epoch[turns:] = self.summary_epoch[calls[turns:] - turn_calls]
-        shared: np.ndarray = self.history[request].astype(np.int64)
-        shared += self.system_tokens
+        shared: np.ndarray = self.history[request]
+        shared += self.system_tokens  # both at most the limit: int32 holds them
         np.minimum(shared, inputs, out=shared)
         whole = np.zeros(calls.size, dtype=bool)
         whole[turns:] = True
@@ -209,14 +209,14 @@ def _histories(
     before[1:] += answer
     entry = before[1:].copy() if context.at_limit == "summarize" else None
     np.cumsum(before[1:], out=before[1:])
-    history = np.repeat(before[first], session_messages)
+    start = np.repeat(first, session_messages)  # each request's session's first request
+    history = before[start]
     np.subtract(before[:n], history, out=history)
     room = context.max_tokens - context.system_tokens - new  # history that fits beside the new input
     if not np.any(history > room):
-        start = np.repeat(first.astype(np.int32), session_messages)
-        return _Histories(history.astype(np.int32), start, nothing, nothing, nothing)
+        return _Histories(history.astype(np.int32), start.astype(np.int32), nothing, nothing, nothing)
     if entry is None:
-        return _truncated(before, np.repeat(first, session_messages), room)
+        return _truncated(before, start, room)
     return _summarized(context, first, session_messages, entry, new.astype(np.int64))
 
 

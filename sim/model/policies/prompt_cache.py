@@ -81,10 +81,10 @@ def conversation_prefixes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(read, written) input tokens of `calls`: the calls with a conversation one model's cache sees, in
     ascending id order (deterministic chain steps have none: they read and write nothing here)."""
-    inputs = traffic.input_tokens[calls].astype(np.int64)
+    inputs = traffic.input_tokens[calls]  # at most the context limit
     request, epoch, shared = conversation.prefixes(traffic.call_request, calls, inputs)
     t = traffic.t[request]
-    read = np.zeros(calls.size, dtype=np.int64)
+    read = np.zeros(calls.size, dtype=inputs.dtype)
     # Turns' calls in id order have non-decreasing epochs, so the previous call of an epoch is the
     # previous call, when it has the same epoch.
     turns = int(np.searchsorted(calls, traffic.call_request.size - conversation.summaries))
@@ -99,7 +99,7 @@ def conversation_prefixes(
         found = found[t[turns:][found] - t_of[previous[found]] <= ttl_s]
         read[turns + found] = shared[previous[found]]
     warm = _sent_within(t, request, traffic.call_step[calls], ttl_s)
-    read[warm] = np.maximum(read[warm], conversation.system_tokens)
+    np.maximum(read, conversation.system_tokens, out=read, where=warm)
     np.minimum(read, inputs, out=read)
     inputs -= read  # what is written: the rest of the prompt
     return read, inputs
@@ -114,7 +114,7 @@ def _sent_within(t: np.ndarray, request: np.ndarray, step: np.ndarray, ttl_s: fl
     """
     if not t.size:
         return np.zeros(0, dtype=bool)
-    bins = (t / ttl_s).astype(np.int64)  # times are >= 0: truncation is the floor
+    bins = (t / ttl_s).astype(np.int32)  # times are >= 0: truncation is the floor
     first = np.full(int(bins.max()) + 1, np.inf)
     last = np.full(first.size, -np.inf)
     np.minimum.at(first, bins, t)
