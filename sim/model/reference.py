@@ -174,21 +174,21 @@ class _Reference:
         model = self.model[i]
         # The history's summary is made first, whatever answers the turn: the next turns carry it.
         summary = self.summary_of.get(i)
-        for call in [summary] if summary is not None else []:
-            self._send(call, model, now)
-            offset += self._clean_duration(call, model)
+        if summary is not None:
+            self._send(summary, model, now, now)
+            offset += self._clean_duration(summary, model)
         if answered:
             return
         for call in self.calls_of[i]:
             if bool(traffic.call_deterministic[call]) and self.fragment[i]:
                 continue
-            self._send(call, model, now + offset, sent_at=now)
+            self._send(call, model, now + offset, now)
             offset += self._clean_duration(call, model)
 
-    def _send(self, call: int, model: int, start: float, sent_at: float | None = None) -> None:
-        """Start the call's process; its prompt meets the provider cache at its request's time."""
+    def _send(self, call: int, model: int, start: float, request_time: float) -> None:
+        """Start the call's process at `start`; its prompt meets the provider cache at its request's time."""
         if self.prompt_log is not None:
-            read, wrote = self.prompt_log.send(call, model, start if sent_at is None else sent_at)
+            read, wrote = self.prompt_log.send(call, model, request_time)
             self.prompt_cached[call], self.prompt_write[call] = read, wrote
         self.env.process(self.call(call, model, start))
 
