@@ -7,6 +7,12 @@ Prints simulated requests per second, wall time and peak memory of each, and the
 table runs `--repeat` times (each in a fresh process) because a shared machine's noise is as large as
 the figures' differences: every run's rate is printed, the per-level table is the median run's, and the
 targets are judged on the median.
+
+`--against OTHER.toml` measures what a scenario's difference costs the fast path instead: the two
+scenarios' tables run `--repeat` times each, interleaved (first, other, first, ...) so that both see the
+same load, and it prints every run, both medians and their ratio, of wall time and of the processes' CPU
+time (which other processes on a busy machine sway less), e.g. the seed story with its conversation
+context against benchmarks/optimized-without-context.toml.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Measure:
     requests: int
     seconds: float
     peak_gb: float
+    cpu_seconds: float = 0.0  # the process's CPU time: less swayed than wall time by other processes
 
     @property
     def rate(self) -> float:
@@ -47,11 +54,11 @@ def _measure(mode: str, scenario_path: str, maus: list[int], days: int, seed: in
     run = simulate if mode == "fast" else simulate_reference
     measures = []
     for mau in maus:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = run(scenario, catalog, mau, days, seed)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-        measures.append(Measure(mode, mau, result.traffic.requests, seconds, peak_gb))
+        measures.append(Measure(mode, mau, result.traffic.requests, seconds, peak_gb, cpu_seconds))
     return measures
 
 
@@ -68,6 +75,37 @@ def table_rate(measures: list[Measure]) -> float:
     return sum(m.requests for m in measures) / sum(m.seconds for m in measures)
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def compare_interleaved(first: str, other: str, maus: list[int], days: int, seed: int, repeat: int) -> None:
+    """Both scenarios' fast-path tables, interleaved; the medians of wall and CPU time and their ratios."""
+    wall: dict[str, list[float]] = {first: [], other: []}
+    cpu: dict[str, list[float]] = {first: [], other: []}
+    requests = 0
+    for _ in range(repeat):
+        for scenario in (first, other):
+            measures = measure_in_fresh_process("fast", scenario, maus, days, seed)
+            requests = sum(m.requests for m in measures)
+            wall[scenario].append(sum(m.seconds for m in measures))
+            cpu[scenario].append(sum(m.cpu_seconds for m in measures))
+            print(
+                f"{Path(scenario).name:>36}: {requests:,} requests in {wall[scenario][-1]:.2f} s "
+                f"= {requests / wall[scenario][-1]:,.0f} req/s (CPU {cpu[scenario][-1]:.2f} s), "
+                f"peak memory {max(m.peak_gb for m in measures):.2f} GB"
+            )
+    name, other_name = Path(first).name, Path(other).name
+    for label, times in (("wall", wall), ("CPU", cpu)):
+        mine, theirs = median(times[first]), median(times[other])
+        print(
+            f"median {label} time of {repeat}: {name} {mine:.2f} s ({requests / mine:,.0f} req/s), "
+            f"{other_name} {theirs:.2f} s ({requests / theirs:,.0f} req/s): {mine / theirs:.2f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
@@ -80,11 +118,18 @@ def main() -> None:
         help="MAU levels the per-request baseline runs (100000 takes minutes); empty for none",
     )
     parser.add_argument("--repeat", type=int, default=3, help="fast-path runs of the table (median taken)")
+    parser.add_argument(
+        "--against", help="a second scenario: time both fast paths, interleaved, instead of the reference"
+    )
     args = parser.parse_args()
     maus = [int(m) for m in args.mau.split(",")]
     reference_maus = [int(m) for m in args.reference_mau.split(",") if m]
 
     print(f"scenario {args.scenario}, {args.days} days, seed {args.seed}")
+    if args.against:
+        print(f"against {args.against}")
+        compare_interleaved(args.scenario, args.against, maus, args.days, args.seed, args.repeat)
+        return
     runs = [
         measure_in_fresh_process("fast", args.scenario, maus, args.days, args.seed)
         for _ in range(args.repeat)

@@ -10,6 +10,9 @@ What is measured, and how it maps onto the scenario (sim/model/traffic.py draws 
   and `sigma` the standard deviation of the log.
 - repeats, when usage events carry `prompt_hash`: prompts sent more than once make a uniform catalog of
   that many prompts and `repeat_share` is the share of messages that send one of them.
+- conversation context, when the usage has users: input tokens against the turn index within a session
+  (sim/calibration/fit_context.py); a carried history gives [prompts.context] and makes `input_tokens`
+  the turns' own new input.
 
 The observed period is fitted as one month: a one-hour trace gives a month that looks like that hour.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import numpy as np
 
 from budget.domain.events import UsageRecorded
 from budget.domain.prices import default_catalog
+from sim.calibration import fit_context
 from sim.errors import FitError
 from sim.io.traces import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events
 
@@ -45,6 +49,11 @@ class Observed:
     output_tokens: np.ndarray
     model: str | None  # the most used model, if any
     start: str  # YYYY-MM-DD of the first message
+    # Per message, its model call's input and output tokens (-1: answered by a cache, no call); a trace's
+    # block hashes per message (Mooncake), if any.
+    message_input: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    message_output: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    blocks: tuple[tuple[int, ...], ...] = ()
 
 
 def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observed:
@@ -56,6 +65,8 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
     prompt: list[int] = []
     inputs: list[int] = []
     outputs: list[int] = []
+    message_input: list[int] = []
+    message_output: list[int] = []
     models: Counter[str] = Counter()
     first: datetime | None = None
     for event in events:
@@ -65,6 +76,8 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
             models[event.model] += 1
         elif event.outcome != "cache_hit" or event.cache_layer == "fragment":
             continue  # a failed, aborted or retried attempt, or one step of a chain: not a message
+        message_input.append(event.input_tokens if event.outcome == "ok" else -1)
+        message_output.append(event.output_tokens if event.outcome == "ok" else -1)
         first = event.ts if first is None or event.ts < first else first
         t.append(event.ts.timestamp())
         user.append(users.setdefault(event.user_id, len(users)))
@@ -80,6 +93,8 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
         output_tokens=np.asarray(outputs, dtype=np.int64),
         model=models.most_common(1)[0][0] if models else None,
         start=first.date().isoformat(),
+        message_input=np.asarray(message_input, dtype=np.int64),
+        message_output=np.asarray(message_output, dtype=np.int64),
     )
 
 
@@ -93,6 +108,9 @@ def observed_from_trace(rows: TraceRows) -> Observed:
         output_tokens=rows.output_tokens,
         model=None,
         start="2026-11-01",
+        message_input=rows.input_tokens,
+        message_output=rows.output_tokens,
+        blocks=rows.prefix_blocks,
     )
 
 
@@ -148,10 +166,51 @@ def fit_table(observed: Observed) -> dict[str, Any]:
         "catalog_size": max(int(np.count_nonzero(repeated)), 1),
         "zipf_exponent": round(zipf_exponent(counts[repeated]), 4),
     }
+    context = _context_fit(observed)
+    if context is not None and context.line.history:
+        prompts.update(context.tables())
     table: dict[str, Any] = {"traffic": traffic, "prompts": prompts}
     if observed.model is not None and observed.model in default_catalog():
         table["router"] = {"model": observed.model}
     return table
+
+
+def _context_fit(observed: Observed) -> fit_context.SessionFit | None:
+    """The conversation context over sessions of users (none: a trace of one user)."""
+    if np.unique(observed.user).size < 2 or observed.message_input.size != observed.t.size:
+        return None
+    return fit_context.fit_sessions(
+        observed.user, observed.t, observed.message_input, observed.message_output
+    )
+
+
+def fit_notes(observed: Observed) -> list[str]:
+    """What the fit found about conversation context, as comment lines for the fitted file."""
+    context = _context_fit(observed)
+    if context is not None:
+        line = context.line
+        verdict = (
+            f"history carried: system_tokens = {line.system_tokens:,}, new input {line.new_input:,.0f} "
+            f"({context.splits:,} sessions split where a new conversation began)"
+            if line.history
+            else "no history carried (system prompt and message not told apart: both in input_tokens)"
+        )
+        return [f"context: {line.describe()}", f"context: {verdict}"]
+    if not observed.blocks:
+        return []
+    previous, turn = fit_context.prefix_turns(observed.blocks)
+    answer = float(observed.output_tokens.mean())
+    conversations = int(np.count_nonzero(turn == 0))
+    traced = fit_context.fit_line(turn, observed.message_input, answer, conversations)
+    if traced is None:
+        return []
+    growth = fit_context.growth_note(previous, observed.message_input, observed.output_tokens)
+    return [
+        f"context (not applied: one user, no sessions): {int(np.count_nonzero(turn)):,} of {turn.size:,} "
+        "requests continue an earlier one by their block hashes",
+        f"context (not applied): {traced.describe('conversations')}",
+        f"context (not applied): {growth}",
+    ]
 
 
 def zipf_exponent(counts: np.ndarray) -> float:
@@ -193,9 +252,10 @@ def _lognormal(tokens: np.ndarray) -> dict[str, float]:
     return {"mean": round(max(float(tokens.mean()), 1.0), 3), "sigma": round(float(logs.std()), 4)}
 
 
-def to_toml(table: dict[str, Any], source: str) -> str:
-    """The fitted table as a scenario file (comments say where it came from)."""
-    lines = [f"# Fitted by `margins fit` from {source}.", 'name = "fitted"', ""]
+def to_toml(table: dict[str, Any], source: str, notes: Iterable[str] = ()) -> str:
+    """The fitted table as a scenario file (comments say where it came from, and `notes`)."""
+    lines = [f"# Fitted by `margins fit` from {source}.", *(f"# {note}" for note in notes)]
+    lines += ['name = "fitted"', ""]
     for section, values in table.items():
         lines.append(f"[{section}]")
         for key, value in values.items():
@@ -209,6 +269,8 @@ def to_toml(table: dict[str, Any], source: str) -> str:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

@@ -18,6 +18,7 @@ def fit(store: str | None, month: str | None, trace: str | None, trace_format: s
     """Print a scenario (TOML) whose traffic looks like the observed usage: users, sessions, messages,
     token distributions and, when usage events carry prompt_hash, the repeat rate."""
     from sim.calibration.fit import (
+        fit_notes,
         fit_table,
         observed_from_events,
         read_store_usage,
@@ -39,7 +40,7 @@ def fit(store: str | None, month: str | None, trace: str | None, trace_format: s
             assert trace is not None
             observed = read_trace_observed(trace, trace_format)
             source = f"the trace {trace}"
-        text = to_toml(fit_table(observed), source)
+        text = to_toml(fit_table(observed), source, fit_notes(observed))
         import tomllib
 
         parse_scenario(tomllib.loads(text), "(fitted)")  # what is printed always loads

@@ -10,12 +10,12 @@ retry policy what follows. Follow-ups due inside the tick make the next round; l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from sim.model.codes import Action, Outcome
 from sim.model.policies import provider, retry
-from sim.model.queue import ClientQueue
 from sim.model.randomness import Draw, hashed_uniform
 from sim.model.scenario import Scenario
 
@@ -31,6 +31,13 @@ ATTEMPT_FIELDS = (
     "previous_t",
     "previous_rank",
 )
+
+
+class Holder(Protocol):
+    """What holds the calls a cost-aware policy queues (sim/model/queue.py's ClientQueue): it may turn a
+    plan's queued follow-ups into later sends or failures."""
+
+    def hold(self, plan: retry.FollowUp, batch: Pending) -> retry.FollowUp: ...
 
 
 @dataclass(slots=True)
@@ -134,12 +141,13 @@ class CallSheet:
         if self.cached_input is None or self.cache_write is None:
             return zeros, zeros, zeros
         assert self.cached_price is not None and self.write_price is not None
+        read, wrote = self.cached_input[call], self.cache_write[call]
         billed = billed_in > 0
-        read = np.where(billed, self.cached_input[call], 0)
-        wrote = np.where(billed, self.cache_write[call], 0)
-        saving = read * (self.input_price[model] - self.cached_price[model]) + wrote * (
-            self.input_price[model] - self.write_price[model]
-        )
+        if not billed.all():
+            read, wrote = np.where(billed, read, 0), np.where(billed, wrote, 0)
+        # Per model first (a few prices), then per attempt: one lookup each.
+        saving = read * (self.input_price - self.cached_price)[model]
+        saving += wrote * (self.input_price - self.write_price)[model]
         return read, wrote, saving
 
 
@@ -278,7 +286,7 @@ def run_round(
     log: AttemptLog,
     fits_all: bool = False,
     load: Load | None = None,
-    queue: ClientQueue | None = None,
+    queue: Holder | None = None,
 ) -> Pending:
     """Make one round of attempts, log them, and return the follow-ups they lead to.
 

@@ -68,7 +68,7 @@ def simulate(
         output_tokens=traffic.output_tokens,
         input_price=np.array([catalog[m].input for m in scenario.models], dtype=np.int64),
         output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
-        **prompt_cache_sheet(scenario, catalog, traffic, call_model),
+        **prompt_cache_sheet(scenario, catalog, traffic, call_model, needed),
     )
     log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days)
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
@@ -95,12 +95,15 @@ def simulate(
 
 
 def prompt_cache_sheet(
-    scenario: Scenario, catalog: PriceCatalog, traffic: Traffic, call_model: np.ndarray
+    scenario: Scenario, catalog: PriceCatalog, traffic: Traffic, call_model: np.ndarray, sent: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts."""
+    """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts.
+    `sent` marks the calls that go to a model."""
     if not any(scenario.provider(m).prompt_cache for m in scenario.models):
         return {}
-    cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
+    if traffic.conversation is None and not traffic.prefix_blocks and scenario.prompts.prefix_share == 0:
+        return {}  # no prefix to cache: every call reads and writes nothing
+    cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model, sent)
     return {
         "cached_input": cached,
         "cache_write": write,
@@ -174,11 +177,22 @@ def semantic_rates(scenario: Scenario) -> tuple[float, float]:
 def _chain_offsets(
     traffic: Traffic, table: provider.ProviderTable, call_model: np.ndarray, needed: np.ndarray
 ) -> np.ndarray:
-    """When each call of a chain starts: after the clean duration of the needed steps before it.
+    """When each call of a request starts: after the clean duration of its history's summary, if any, and
+    of the needed chain steps before it.
 
     Every chain has the same number of steps, so step k of every chain is one column: a few numpy steps.
     """
     offsets = np.zeros(traffic.call_request.size)
+    summaries = traffic.conversation.summaries if traffic.conversation is not None else 0
+    if summaries:
+        summary = np.arange(traffic.call_request.size - summaries, traffic.call_request.size)
+        model = call_model[summary]
+        wait = np.zeros(traffic.requests)
+        wait[traffic.call_request[summary]] = (
+            table.ttft_s[model] + traffic.output_tokens[summary] / (table.tokens_per_s[model])
+        )
+        offsets = wait[traffic.call_request]
+        offsets[summary] = 0.0
     if traffic.steps < 2:
         return offsets
     first_call = np.flatnonzero(traffic.call_step == 1) - 1  # a chain's step 1 follows its first call
@@ -188,7 +202,7 @@ def _chain_offsets(
     for step in range(1, traffic.steps):  # a handful of steps: one column at a time
         before = first_call + step - 1
         elapsed += np.where(needed[before], ttft + traffic.output_tokens[before] / speed, 0.0)
-        offsets[first_call + step] = elapsed
+        offsets[first_call + step] += elapsed
     return offsets
 
 
@@ -260,6 +274,7 @@ def _per_request(
     np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
     bad_served = np.zeros(n, dtype=bool)
     bad_served[request[done[log.column("outcome")[done] == Outcome.BAD_SERVED]]] = True
+    bad_served &= served == Served.MODEL  # a bad summary does not spoil an answer a cache gave
     return served, ttft, fallback, cost, bad_served
 
 

@@ -25,6 +25,7 @@ from sim.model.codes import Action, Outcome, Served
 from sim.model.policies import prompt_cache, retry, router
 from sim.model.policies.provider import LOGISTIC_TO_NORMAL, RATE_LIMIT_REPLY_S, ProviderTable
 from sim.model.randomness import Draw, streams_for
+from sim.model.reference_context import PromptCacheLog, ReferenceConversation, converse
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.model.traffic import SECONDS_PER_DAY
@@ -70,11 +71,15 @@ def simulate_reference(
 ) -> RunResult:
     """Run the scenario one request at a time; returns the same RunResult shape as the fast path."""
     streams = streams_for(seed, mau, replication)
-    traffic = traffic_module.generate(scenario, mau, days, streams)
+    traffic = traffic_module.draw(scenario, mau, days, streams)
+    conversation = None
+    if scenario.prompts.context.active:
+        conversation = converse(scenario.prompts.context, traffic)
+        traffic = conversation.traffic
     n = traffic.requests
     u_cache = streams.cache.random((3, n))
     request_model = router.route(scenario.router, traffic.hard, streams.router.random(n))
-    run = _Reference(scenario, catalog, traffic, request_model, u_cache, streams.attempt_key)
+    run = _Reference(scenario, catalog, traffic, request_model, u_cache, streams.attempt_key, conversation)
     run.play()
     served, ttft, fallback, cost, bad_served = run.per_request()
     return RunResult(
@@ -104,6 +109,7 @@ class _Reference:
         request_model: np.ndarray,
         u_cache: np.ndarray,
         key: int,
+        conversation: ReferenceConversation | None,
     ) -> None:
         self.scenario, self.traffic, self.key = scenario, traffic, key
         self.model = request_model.tolist()
@@ -111,9 +117,18 @@ class _Reference:
         self.table = ProviderTable.of(scenario)
         self.prices = [(catalog[m].input, catalog[m].output) for m in scenario.models]
         self.cache_prices = [(catalog[m].cached_input, catalog[m].cache_write) for m in scenario.models]
-        call_model = request_model[traffic.call_request]
-        cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
-        self.prompt_cached, self.prompt_write = cached.tolist(), write.tolist()
+        self.inputs = traffic.input_tokens.tolist()
+        self.outputs = traffic.output_tokens.tolist()
+        self.summary_of = conversation.summary_of if conversation is not None else {}
+        self.prompt_log: PromptCacheLog | None = None
+        if conversation is not None:  # read and written as calls are sent
+            self.prompt_log = PromptCacheLog(scenario, conversation, self.inputs)
+            self.prompt_cached = [0] * traffic.call_request.size
+            self.prompt_write = [0] * traffic.call_request.size
+        else:
+            call_model = request_model[traffic.call_request]
+            cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
+            self.prompt_cached, self.prompt_write = cached.tolist(), write.tolist()
         layers = scenario.cache
         self.exact = LruTtlCache(layers.exact.capacity, layers.exact.ttl_s)
         self.semantic = LruTtlCache(layers.semantic.capacity, layers.semantic.ttl_s)
@@ -129,9 +144,11 @@ class _Reference:
         self.log = AttemptLog()
         self.env = simpy.Environment()
         self.queue = _WindowQueue(self.env, self.table, scenario.retry.queue_windows, self._window)
-        steps = traffic.calls_per_request
-        self.first_call = (np.cumsum(steps) - steps).tolist()
-        self.steps = steps.tolist()
+        self.calls_of: list[list[int]] = [[] for _ in range(n)]  # a request's own calls, in order
+        summaries = set(self.summary_of.values())
+        for call, request in enumerate(traffic.call_request.tolist()):
+            if call not in summaries:
+                self.calls_of[request].append(call)
 
     def play(self) -> None:
         for request in np.argsort(self.traffic.t, kind="stable").tolist():
@@ -153,17 +170,31 @@ class _Reference:
         traffic = self.traffic
         yield self.env.timeout(float(traffic.t[i]) - self.env.now)
         now = self.env.now
-        if self._cached(i, now):
-            return
+        answered = self._cached(i, now)
         offset = 0.0
         model = self.model[i]
-        for call in range(self.first_call[i], self.first_call[i] + self.steps[i]):
+        # The history's summary is made first, whatever answers the turn: the next turns carry it.
+        summary = self.summary_of.get(i)
+        if summary is not None:
+            self._send(summary, model, now, now)
+            offset += self._clean_duration(summary, model)
+        if answered:
+            return
+        for call in self.calls_of[i]:
             if bool(traffic.call_deterministic[call]) and self.fragment[i]:
                 continue
-            self.env.process(self.call(call, model, now + offset))
-            offset += float(
-                self.table.ttft_s[model] + traffic.output_tokens[call] / self.table.tokens_per_s[model]
-            )
+            self._send(call, model, now + offset, now)
+            offset += self._clean_duration(call, model)
+
+    def _send(self, call: int, model: int, start: float, request_time: float) -> None:
+        """Start the call's process at `start`; its prompt meets the provider cache at its request's time."""
+        if self.prompt_log is not None:
+            read, wrote = self.prompt_log.send(call, model, request_time)
+            self.prompt_cached[call], self.prompt_write[call] = read, wrote
+        self.env.process(self.call(call, model, start))
+
+    def _clean_duration(self, call: int, model: int) -> float:
+        return float(self.table.ttft_s[model] + self.outputs[call] / self.table.tokens_per_s[model])
 
     def _cached(self, i: int, now: float) -> bool:
         layers, traffic = self.scenario.cache, self.traffic
@@ -261,7 +292,7 @@ class _Reference:
     ) -> tuple[Outcome, float, float, int, int]:
         """One attempt: (outcome, duration, first visible offset, billed input, billed output)."""
         table, streaming = self.table, self.scenario.streaming
-        inputs, outputs = int(self.traffic.input_tokens[call]), int(self.traffic.output_tokens[call])
+        inputs, outputs = self.inputs[call], self.outputs[call]
         if not self._admit(model, now, inputs + outputs):
             return Outcome.RATE_LIMITED, RATE_LIMIT_REPLY_S, 0.0, 0, 0
         u_ttft = min(max(scalar_uniform(self.key, call, attempt_no, Draw.TTFT), 1e-12), 1 - 1e-12)
@@ -323,13 +354,16 @@ class _Reference:
         for call, _t, _m, outcome, action, _bi, _bo, nanos, _bc, _bw, seen, _f in self.rows:
             request = int(traffic.call_request[call])
             cost[request] += nanos
-            if action in (Action.FAILED, Action.GIVE_UP):
+            if (
+                action in (Action.FAILED, Action.GIVE_UP) and served[request] == Served.MODEL
+            ):  # a cache's answer stands
                 served[request] = Served.FAILED
             elif action == Action.DONE:
                 visible[request] = max(visible[request], seen)
                 bad_served[request] |= outcome == Outcome.BAD_SERVED
             fallback[request] |= action in (Action.QUEUE, Action.GIVE_UP)
         by_model = served == Served.MODEL
+        bad_served &= by_model  # a bad summary does not spoil an answer a cache gave
         ttft[by_model] = (np.asarray(visible) - traffic.t)[by_model]
         ttft[served == Served.EXACT] = engine.EXACT_HIT_S
         ttft[(served == Served.SEMANTIC) | (served == Served.FALSE_HIT)] = engine.SEMANTIC_HIT_S

@@ -49,7 +49,11 @@ def calls_needing_model(
     traffic: Traffic, answered_by_cache: np.ndarray, fragment_hit: np.ndarray
 ) -> np.ndarray:
     """Per call: does it go to a model? Not when a cache layer answered its request, nor when it is a
-    deterministic chain step whose fragment is cached."""
+    deterministic chain step whose fragment is cached. A summary of the conversation's history always
+    does: the next turns carry it whatever answered this one."""
     request = traffic.call_request
     needed: np.ndarray = ~answered_by_cache[request] & ~(traffic.call_deterministic & fragment_hit[request])
+    summaries = traffic.conversation.summaries if traffic.conversation is not None else 0
+    if summaries:
+        needed[-summaries:] = True  # summary calls come after every turn's calls
     return needed

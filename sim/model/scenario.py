@@ -71,6 +71,38 @@ class Chains(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     context_zipf_exponent: NonNegative = 1.0
 
 
+class ConversationContext(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What each call of a chat turn resends (sim/model/conversation.py): the system prompt and the history.
+
+    Off by default (no system prompt, no history): `input_tokens` is then each call's whole input. On,
+    `input_tokens` is the turn's own new input and a call that answers the user (every call but the
+    deterministic chain steps, which depend only on their shared context) sends
+    system_tokens + the history + its new input, at most `max_tokens`. With `history`, a turn's history
+    is every earlier turn of its session: its new input and its answer (those of its last call).
+
+    At the limit, `truncate` drops the oldest turns, for good (the app trims its stored history), and
+    `summarize` replaces the whole history by a summary of `summary_tokens` (when the history is longer
+    than that): a model call of its own, made just before the turn that would not fit, whatever answers
+    that turn (the next turns carry the summary), by the model routed for it, billed like any call --
+    system prompt + the history it condenses in, summary_tokens out -- through the same failures, retries
+    and rate limits; the turn's calls wait for it. Either way a single message longer than the limit is
+    cut to it.
+    """
+
+    system_tokens: NonNegativeInt = 0
+    history: bool = False
+    max_tokens: Annotated[int, Meta(ge=1, le=10_000_000, description="a whole number in 1..10,000,000")] = (
+        128_000  # gpt-4o's and gpt-4o-mini's context window
+    )
+    at_limit: Literal["truncate", "summarize"] = "truncate"
+    summary_tokens: PositiveInt = 500  # a few paragraphs: what was asked, what was answered, what is open
+
+    @property
+    def active(self) -> bool:
+        """Does a turn send anything beyond its own new input?"""
+        return self.history or self.system_tokens > 0
+
+
 class Prompts(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What users ask: exact repeats and paraphrases of a popular catalog, and novel prompts."""
 
@@ -83,9 +115,11 @@ class Prompts(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     output_tokens: Distribution = Distribution(mean=250.0, sigma=0.5)
     # Share of each call's input that is a stable prefix (system prompt, tools, earlier turns) that a
     # provider's prompt cache can serve when the same user called within its lifetime. A trace with
-    # prefix hashes (Mooncake) brings its own prefixes instead.
+    # prefix hashes (Mooncake) brings its own prefixes instead, and [prompts.context] its system prompt
+    # and history (the two do not go together).
     prefix_share: Probability = 0.0
     chains: Chains = Chains()
+    context: ConversationContext = ConversationContext()
 
 
 class ExactCache(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -20,7 +20,7 @@ import msgspec
 from budget.domain.prices import PriceCatalog, default_catalog
 from budget.errors import PriceError
 from sim.errors import ScenarioError
-from sim.model.scenario import Cap, ModelQuality, Provider, Scenario
+from sim.model.scenario import Cap, ModelQuality, Prompts, Provider, Scenario
 
 
 def merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,6 +139,7 @@ def check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> No
         raise ScenarioError(
             where, "prompts.chains.deterministic_steps", "expected at most prompts.chains.steps"
         )
+    _check_context(prompts, where)
     traffic = scenario.traffic
     if len(traffic.diurnal) != 24 or sum(traffic.diurnal) <= 0:
         raise ScenarioError(where, "traffic.diurnal", "expected 24 hourly weights >= 0, not all zero")
@@ -149,6 +150,34 @@ def check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> No
     _check_date(traffic.start, where)
     _check_cap(scenario.cap, catalog, where)
     _check_profile(scenario.cache.semantic.profile, where)
+
+
+def _check_context(prompts: Prompts, where: str) -> None:
+    context = prompts.context
+    if not context.active:
+        return
+    if prompts.prefix_share > 0:
+        raise ScenarioError(
+            where,
+            "prompts.prefix_share",
+            "expected 0 with [prompts.context]: its system prompt and history are the cacheable prefix",
+        )
+    if context.system_tokens >= context.max_tokens:
+        raise ScenarioError(
+            where,
+            "prompts.context.system_tokens",
+            f"expected fewer than prompts.context.max_tokens ({context.max_tokens:,}): a turn must fit",
+        )
+    if (
+        context.at_limit == "summarize"
+        and context.system_tokens + context.summary_tokens >= context.max_tokens
+    ):
+        raise ScenarioError(
+            where,
+            "prompts.context.summary_tokens",
+            "expected system_tokens + summary_tokens below prompts.context.max_tokens "
+            f"({context.system_tokens:,} + {context.summary_tokens:,} >= {context.max_tokens:,})",
+        )
 
 
 def _check_cap(cap: Cap | None, catalog: PriceCatalog, where: str) -> None:

@@ -8,10 +8,11 @@ run of fewer days keeps the sessions that start inside them (the rest of the mon
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from sim.model.conversation import Conversation, carry
 from sim.model.randomness import Streams
 from sim.model.scenario import Distribution, Scenario
 
@@ -45,6 +46,10 @@ class Traffic:
     # Per call, the ids of its prompt's 512-token prefix blocks (a replayed Mooncake trace); empty when
     # the prefix comes from prompts.prefix_share instead.
     prefix_blocks: tuple[tuple[int, ...], ...] = ()
+    # Messages per session, sessions in order (requests are grouped by session); None for a trace.
+    session_messages: np.ndarray | None = None
+    # The system prompt and history the calls carry ([prompts.context]); None when they carry none.
+    conversation: Conversation | None = None
 
     @property
     def requests(self) -> int:
@@ -56,9 +61,42 @@ class Traffic:
 
 
 def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
-    """Draw one run's traffic for `mau` monthly active users over `days` days."""
+    """Draw one run's traffic for `mau` monthly active users over `days` days, with its conversation
+    context when the scenario has one (each call's input is then what it sends)."""
+    drawn = draw(scenario, mau, days, streams)
+    if not scenario.prompts.context.active:
+        return drawn
+    return _with_context(drawn, scenario)
+
+
+def _with_context(traffic: Traffic, scenario: Scenario) -> Traffic:
+    """Drawn traffic with the scenario's conversation context carried (sim/model/conversation.py); its
+    input_tokens array becomes what each call sends."""
+    assert traffic.session_messages is not None, "a trace carries its context in its own token counts"
+    calls = carry(
+        scenario.prompts.context,
+        traffic.session_messages,
+        traffic.call_request,
+        traffic.call_step,
+        traffic.call_deterministic,
+        traffic.input_tokens,
+        traffic.output_tokens,
+    )
+    return replace(
+        traffic,
+        call_request=calls.call_request,
+        call_step=calls.call_step,
+        call_deterministic=calls.call_deterministic,
+        input_tokens=calls.input_tokens,
+        output_tokens=calls.output_tokens,
+        conversation=calls.conversation,
+    )
+
+
+def draw(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
+    """The drawn traffic: every call's own new input, no conversation context."""
     session_user, session_start = _sessions(scenario, mau, streams)
-    t, user, sessions = _messages(scenario, session_user, session_start, days, streams)
+    t, user, per_session = _messages(scenario, session_user, session_start, days, streams)
     exact_key, cluster = _prompt_keys(scenario, user, streams)
     context = _contexts(scenario, t.size, streams)
     hard = streams.prompts.random(t.size) < scenario.prompts.hard_share
@@ -67,7 +105,7 @@ def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traff
     return Traffic(
         mau=mau,
         days=days,
-        sessions=sessions,
+        sessions=int(per_session.size),
         steps=scenario.prompts.chains.steps,
         t=t,
         user=user,
@@ -80,6 +118,7 @@ def generate(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traff
         call_deterministic=deterministic,
         input_tokens=lognormal_tokens(streams.tokens, tokens.input_tokens, call_request.size),
         output_tokens=lognormal_tokens(streams.tokens, tokens.output_tokens, call_request.size),
+        session_messages=per_session,
     )
 
 
@@ -116,10 +155,11 @@ def hourly_intensity(scenario: Scenario, with_bursts: bool = True) -> np.ndarray
 
 def _messages(
     scenario: Scenario, session_user: np.ndarray, session_start: np.ndarray, days: int, streams: Streams
-) -> tuple[np.ndarray, np.ndarray, int]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Messages of the sessions that start inside the run, spaced by exponential think times.
 
-    Returns each message's time and user, and how many sessions there were."""
+    Returns each message's time and user, and the messages of each session (in order: requests are
+    grouped by session, in time order within one)."""
     keep = session_start < days * SECONDS_PER_DAY
     session_user, session_start = session_user[keep], session_start[keep]
     per_session = 1 + streams.messages.poisson(
@@ -134,7 +174,7 @@ def _messages(
     elapsed -= session_offset
     t = np.take(session_start, session, out=session_offset)  # the buffer is free again: reuse it
     t += elapsed
-    return t, session_user[session], int(session_user.size)
+    return t, session_user[session], per_session
 
 
 def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tuple[np.ndarray, np.ndarray]:

@@ -225,3 +225,48 @@ def test_a_run_without_a_single_request_reports_zeros(all_levers: Any) -> None:
         figures = summarize(run)
         assert figures["requests"] == 0 and figures["cost_usd"] == 0
         assert figures["cost_per_user_month_usd"]["p99"] == 0
+
+
+CONTEXTS = {
+    "truncate": {"system_tokens": 1200, "history": True, "max_tokens": 6000},
+    "summarize": {
+        "system_tokens": 1200,
+        "history": True,
+        "max_tokens": 6000,
+        "at_limit": "summarize",
+        "summary_tokens": 400,
+    },
+    "system-only": {"system_tokens": 1500, "history": False},
+}
+
+
+@pytest.mark.parametrize("context", sorted(CONTEXTS))
+@pytest.mark.parametrize("policy", ["sdk-default", "cost-aware"])
+def test_fast_path_equals_reference_with_conversation_context(context: str, policy: str) -> None:
+    cached = {**FAILURES, "prompt_cache": True, "prompt_cache_ttl_s": 120.0}
+    table = {
+        **ALL_LEVERS,
+        "prompts": {**ALL_LEVERS["prompts"], "context": CONTEXTS[context]},
+        "retry": {"policy": policy},
+        "providers": {"gpt-4o": cached, "gpt-4o-mini": {**cached, "error_bills": "input"}},
+    }
+    scenario, catalog = scenario_from(table)
+    fast = simulate(scenario, catalog, 300, 5, seed=3)
+    reference = simulate_reference(scenario, catalog, 300, 5, seed=3)
+    conversation = fast.traffic.conversation
+    assert conversation is not None
+    if context == "summarize":
+        assert conversation.summaries > 20, "summaries must happen for this test to mean anything"
+    if context == "truncate":
+        sizes = fast.traffic.session_messages
+        assert sizes is not None
+        first_turn = np.repeat(np.cumsum(sizes) - sizes, sizes)
+        assert np.count_nonzero(conversation.epoch > first_turn) > 20, "the limit must bind"
+    assert np.array_equal(fast.traffic.input_tokens, reference.traffic.input_tokens)
+    assert np.array_equal(fast.cost_nanos, reference.cost_nanos)
+    assert np.array_equal(fast.served, reference.served)
+    for column in ("billed_cached", "billed_write"):
+        assert fast.attempts.column(column).sum() == reference.attempts.column(column).sum() > 0
+    fast_figures, reference_figures = flatten(summarize(fast)), flatten(summarize(reference))
+    for key, value in fast_figures.items():
+        assert value == pytest.approx(reference_figures[key], rel=1e-9, abs=1e-6), key

@@ -47,6 +47,26 @@ BAD = [
     ("extends = 'nowhere.toml'\n", "extends", "no such file"),
     ("extends = []\n", "extends", "or a list of them"),
     ("extends = ['nowhere.toml', 3]\n", "extends", "or a list of them"),
+    ("[prompts.context]\nhistroy = true\n", "prompts.context.histroy", "did you mean 'history'"),
+    ("[prompts.context]\nhistory = 'yes'\n", "prompts.context.history", "expected `bool`"),
+    ("[prompts.context]\nsystem_tokens = -5\n", "prompts.context.system_tokens", ">= 0"),
+    ("[prompts.context]\nmax_tokens = 0\n", "prompts.context.max_tokens", ">= 1"),
+    ("[prompts.context]\nat_limit = 'drop'\n", "prompts.context.at_limit", "'drop'"),
+    (
+        "[prompts.context]\nsystem_tokens = 9000\nmax_tokens = 8000\n",
+        "prompts.context.system_tokens",
+        "fewer than prompts.context.max_tokens (8,000)",
+    ),
+    (
+        "[prompts.context]\nhistory = true\nat_limit = 'summarize'\nmax_tokens = 900\nsummary_tokens = 900\n",
+        "prompts.context.summary_tokens",
+        "below prompts.context.max_tokens",
+    ),
+    (
+        "[prompts]\nprefix_share = 0.5\n[prompts.context]\nhistory = true\n",
+        "prompts.prefix_share",
+        "expected 0 with [prompts.context]",
+    ),
 ]
 
 
