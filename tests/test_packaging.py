@@ -57,7 +57,8 @@ def declared() -> dict[str, set[str]]:
 # The ledger keeps its state in numpy arrays: it runs in the enforcer and the simulator, whose extras both
 # bring numpy; the rest of budget.domain (events, prices, config, commands) is what applications import.
 LEDGER_MODULES = frozenset(
-    f"budget.domain.{name}" for name in ("ledger", "retention", "seen", "snapshot", "tallies")
+    f"budget.domain.{name}"
+    for name in ("ledger", "retention", "seen", "snapshot", "state", "tallies", "users")
 )
 
 

@@ -36,13 +36,8 @@ ledgers therefore forget alike; decisions use the later of `now` and the horizon
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import assert_never
-
-import msgspec
-import numpy as np
 
 from budget.domain.commands import (
     Authorize,
@@ -54,25 +49,20 @@ from budget.domain.commands import (
     dead_letter,
     limits_reached,
     reservation_id_for,
-    state_of,
     usage_event,
     worst_case_nanos,
 )
-from budget.domain.config import EnforcerConfig, Plan, check_timezone, usd_to_nanos
+from budget.domain.config import Plan, check_timezone, usd_to_nanos
 from budget.domain.events import (
-    DeadLettered,
     Decision,
     Event,
-    Limit,
     LimitCrossed,
     ReservationDenied,
     ReservationExpired,
     ReservationGranted,
     ReservationRenewed,
-    UsageRecorded,
     UserConfigured,
 )
-from budget.domain.expiry import ExpiryQueue
 from budget.domain.months import (
     month_end,
     month_in,
@@ -80,12 +70,12 @@ from budget.domain.months import (
     utc_month_number,
     window_month_number,
 )
-from budget.domain.prices import PriceCatalog, nanos_to_usd
-from budget.domain.retention import OpenMonths, Remembered
-from budget.domain.seen import DIGEST_MASK, SeenIndex, content_digest, usage_key
-from budget.domain.snapshot import LedgerSnapshot, MonthArrays
-from budget.domain.tallies import CAP_FLAG, SOFT_FLAG, MonthTally, Settings, UserTable
-from budget.errors import ConfigError, SnapshotError
+from budget.domain.prices import nanos_to_usd
+from budget.domain.seen import DIGEST_MASK, content_digest, usage_key
+from budget.domain.snapshot import LedgerSnapshot
+from budget.domain.state import FLAGS, MAX_AHEAD, LedgerState
+from budget.domain.tallies import Settings
+from budget.errors import ConfigError
 
 __all__ = [
     "MAX_AHEAD",
@@ -102,139 +92,9 @@ __all__ = [
     "worst_case_nanos",
 ]
 
-# A usage may be stamped at most this far ahead of the enforcer's clock (the wire allows less): beyond it,
-# it would move the ledger's clock, and with it what the ledger forgets, ahead of time.
-MAX_AHEAD = timedelta(hours=1)
-_FLAGS: dict[Limit, int] = {"soft": SOFT_FLAG, "cap": CAP_FLAG}
 
-
-class Ledger:
+class Ledger(LedgerState):
     """Per-user monthly spend, reservations and settings, folded from events; decides commands."""
-
-    def __init__(self, config: EnforcerConfig, prices: PriceCatalog) -> None:
-        self.config = config
-        self.prices = prices
-        self._grace = timedelta(seconds=config.month_grace_s)
-        self._users = UserTable()
-        self._months = OpenMonths(self._grace)
-        self._reservations: dict[str, ReservationGranted] = {}
-        self._expiry = ExpiryQueue()
-        self._seen = SeenIndex()
-        # The last usage decided, with its key, digest and window month, until the next apply.
-        self._decided: tuple[UsageRecorded, int, int, int] | None = None
-        self.dead_letters = 0
-        self.denials = 0
-
-    # -- reading ----------------------------------------------------------------------------------
-
-    def seen(self, user_id: str, event_id: str) -> bool:
-        """Whether this user's usage event with this id was counted (and is still in the dedupe window)."""
-        return self._seen.get(usage_key(user_id, event_id)) is not None
-
-    def _settings(self, user_id: str) -> tuple[int | None, Settings]:
-        index = self._users.find(user_id)
-        return index, self._users.settings(index)
-
-    def _zone(self, settings: Settings) -> str:
-        return settings.timezone or self.config.default_timezone
-
-    def _plan(self, settings: Settings) -> Plan:
-        if not settings.plan:
-            return self.config.default_plan
-        return self.config.plans.get(settings.plan, self.config.default_plan)
-
-    def _cap(self, settings: Settings) -> int:
-        return self._plan(settings).cap_nanos if settings.cap_nanos is None else settings.cap_nanos
-
-    def timezone(self, user_id: str) -> str:
-        """The user's IANA time zone (the config's default unless an admin set one)."""
-        return self._zone(self._settings(user_id)[1])
-
-    def plan(self, user_id: str) -> Plan:
-        """The user's plan; a plan no longer in the config falls back to the default one."""
-        return self._plan(self._settings(user_id)[1])
-
-    def cap_nanos(self, user_id: str) -> int:
-        """The user's own cap if an admin set one, else their plan's."""
-        return self._cap(self._settings(user_id)[1])
-
-    def month_of(self, user_id: str, ts: datetime) -> str:
-        """The month a timestamp falls in for this user."""
-        return month_in(ts, self.timezone(user_id))
-
-    def status(self, user_id: str, now: datetime) -> UserStatus:
-        """The user's current month: spent, reserved, cap, remaining and state."""
-        index, settings = self._settings(user_id)
-        zone = self._zone(settings)
-        month = month_in(now, zone)
-        spent, reserved = self._totals(index, month)
-        cap = self._cap(settings)
-        return UserStatus(
-            user_id=user_id,
-            month=month,
-            spent_nanos=spent,
-            reserved_nanos=reserved,
-            cap_nanos=cap,
-            remaining_nanos=max(0, cap - spent - reserved),
-            state=state_of(spent, reserved, cap, self._plan(settings).soft_threshold_pct),
-            plan=settings.plan,
-            timezone=zone,
-        )
-
-    def spent(self, user_id: str, month: str) -> tuple[int, int]:
-        """(spent, reserved) nano-dollars of one user-month; (0, 0) for a month the ledger no longer keeps
-        (it can no longer change; the store has its history)."""
-        return self._totals(self._users.find(user_id), month)
-
-    def _totals(self, index: int | None, month: str) -> tuple[int, int]:
-        tally = self._months.get(month)
-        return (0, 0) if tally is None else tally.totals(index)
-
-    def months(self) -> list[str]:
-        """The months the ledger keeps: those that can still change."""
-        return sorted(self._months.tallies)
-
-    def reservation(self, reservation_id: str) -> ReservationGranted | None:
-        """An open (unsettled, unexpired) reservation."""
-        return self._reservations.get(reservation_id)
-
-    def open_reservations(self) -> list[ReservationGranted]:
-        """Every open reservation, by id."""
-        return [self._reservations[key] for key in sorted(self._reservations)]
-
-    def users(self) -> set[str]:
-        """Every user with spend or reservations in a month that can still change (this month's and last
-        month's active users, and those holding reservations)."""
-        active = [tally.active() for tally in self._months.tallies.values()]
-        if not active:
-            return set()
-        ids = self._users.ids
-        return {ids[i] for i in np.unique(np.concatenate(active)).tolist()}
-
-    def snapshot(self) -> dict[str, object]:
-        """The whole state as plain values: two ledgers agree iff their snapshots are equal."""
-        ids = self._users.ids
-        months: dict[tuple[str, str], tuple[int, int]] = {}
-        crossed: set[tuple[str, str, str]] = set()
-        for month, tally in self._months.tallies.items():
-            for i in tally.active().tolist():
-                months[(ids[i], month)] = tally.totals(i)
-            for i in np.flatnonzero(tally.flags).tolist():
-                flags = tally.flags_of(i)
-                crossed.update((ids[i], month, limit) for limit, flag in _FLAGS.items() if flags & flag)
-        settings = self._users.configured()
-        return {
-            "months": months,
-            "reservations": dict(self._reservations),
-            "settings": {user: (s.cap_nanos, s.plan, s.timezone) for user, s in settings.items()},
-            "seen": frozenset(self._seen.entries()),
-            "crossed": frozenset(crossed),
-            "expired": dict(self._months.expired),
-            "horizon": self._months.horizon,
-            "next_prune": self._months.next_prune,
-            "dead_letters": self.dead_letters,
-            "denials": self.denials,
-        }
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -490,7 +350,7 @@ class Ledger:
                 cap_nanos=cap,
             )
             for limit in reached
-            if not announced & _FLAGS[limit]
+            if not announced & FLAGS[limit]
         ]
 
     def expire_due(self, now: datetime) -> list[Event]:
@@ -505,162 +365,12 @@ class Ledger:
         granted = self._reservations.get(reservation_id)
         return granted is not None and granted.expires_at == expires_at
 
-    # -- evolving ---------------------------------------------------------------------------------
-
-    def apply(self, event: Event) -> None:
-        """Fold one event into the state. Replay = apply every stored event in order."""
-        decided, self._decided = self._decided, None
-        # A usage is nearly every event: it is tested first by isinstance, which costs less than a class
-        # pattern (a replay applies millions); the match takes the others, and assert_never makes a type
-        # left out a mypy error.
-        if isinstance(event, UsageRecorded):
-            self._apply_usage(event, decided)
-            return
-        match event:
-            case ReservationGranted():
-                self._reservations[event.reservation_id] = event
-                self._months.tally(event.month).add_reserved(
-                    self._users.add(event.user_id), event.amount_nanos
-                )
-                self._months.hold(event.month)
-                self._expiry.push(event.expires_at, event.reservation_id)
-            case ReservationRenewed():
-                granted = self._reservations.get(event.reservation_id)
-                if granted is not None and granted.user_id == event.user_id:
-                    self._reservations[event.reservation_id] = msgspec.structs.replace(
-                        granted, expires_at=event.expires_at
-                    )
-                    self._expiry.push(event.expires_at, event.reservation_id)
-            case ReservationExpired():
-                granted = self._reservations.get(event.reservation_id)
-                if granted is not None:
-                    self._months.remember(granted, event.ts)
-                    self._release(granted)
-            case UserConfigured():
-                self._users.configure(event.user_id, event.cap_nanos, event.plan, event.timezone)
-            case LimitCrossed():
-                self._months.tally(event.month).set_flag(self._users.add(event.user_id), _FLAGS[event.limit])
-            case ReservationDenied():
-                self.denials += 1
-            case DeadLettered():
-                self.dead_letters += 1
-            case _:
-                assert_never(event)
-        self._advance(event.ts)
-
-    def _apply_usage(self, event: UsageRecorded, decided: tuple[UsageRecorded, int, int, int] | None) -> None:
-        if decided is not None and decided[0] is event:
-            _, key, digest, window = decided  # decided just now: not held, nothing changed since
-        else:
-            key = usage_key(event.user_id, event.event_id)
-            if self._seen.get(key) is not None:
-                return  # a duplicate that reached the store anyway still counts once
-            digest = content_digest(
-                event.ts,
-                event.model,
-                event.input_tokens,
-                event.output_tokens,
-                event.cached_input_tokens,
-                event.cache_write_tokens,
-                event.feature,
-                event.outcome,
-                event.reservation_id,
-            )
-            window = window_month_number(event.ts)
-        if window >= self._seen.first_month:
-            self._seen.add(key, digest, window)
-        month = event.month or self.month_of(event.user_id, event.ts)
-        self._months.tally(month).add_spent(self._users.add(event.user_id), event.cost_nanos)
-        if event.reservation_id is not None:
-            granted = self._reservations.get(event.reservation_id)
-            if granted is not None and granted.user_id == event.user_id:
-                self._release(granted)
-        with contextlib.suppress(OverflowError):  # a ts early in year 1 says nothing about the clock
-            self._advance(event.ts - MAX_AHEAD)
-
-    def apply_all(self, events: Iterable[Event]) -> None:
-        """Apply events in order (a replay)."""
-        for event in events:
-            self.apply(event)
-
     def execute(self, command: Command, now: datetime) -> list[Event]:
         """Decide, then apply what was decided: the in-memory path for a caller without a store."""
         events = self.decide(command, now)
         for event in events:
             self.apply(event)
         return events
-
-    def _release(self, granted: ReservationGranted) -> None:
-        del self._reservations[granted.reservation_id]
-        tally = self._months.tally(granted.month)
-        tally.add_reserved(self._users.add(granted.user_id), -granted.amount_nanos)
-        self._months.unhold(granted.month)
-
-    def _advance(self, clock: datetime) -> None:
-        if self._months.advance(clock):
-            assert self._months.horizon is not None
-            self._seen.forget_before(utc_month_number(self._months.horizon) - 1)
-
-    # -- snapshots --------------------------------------------------------------------------------
-
-    def to_snapshot(self, seq: int) -> LedgerSnapshot:
-        """The state after the event with store sequence number `seq`, cheap enough to take between two
-        events (mutable arrays are copied, the dedupe index's runs shared); encode it elsewhere."""
-        ids, cap, plan, zone = self._users.copies()
-        users = len(ids)
-        return LedgerSnapshot(
-            seq=seq,
-            horizon=self._months.horizon,
-            next_prune=self._months.next_prune,
-            dead_letters=self.dead_letters,
-            denials=self.denials,
-            first_window_month=self._seen.first_month,
-            user_ids=ids,
-            cap=cap,
-            plan=plan,
-            zone=zone,
-            plan_names=self._users.plan_names[:],
-            zone_names=self._users.zone_names[:],
-            months={month: MonthArrays(*t.copies(users)) for month, t in self._months.tallies.items()},
-            reservations=list(self._reservations.values()),
-            expired=[(rid, r.user_id, r.month, r.forget_after) for rid, r in self._months.expired.items()],
-            seen=self._seen.freeze(),
-        )
-
-    @classmethod
-    def from_snapshot(cls, config: EnforcerConfig, prices: PriceCatalog, snapshot: LedgerSnapshot) -> Ledger:
-        """A ledger in the state `snapshot` recorded; apply the events after `snapshot.seq` to catch up.
-        Raises SnapshotError when the snapshot's parts do not fit together."""
-        ledger = cls(config, prices)
-        try:
-            ledger._users.restore(
-                list(snapshot.user_ids),
-                snapshot.cap,
-                snapshot.plan,
-                snapshot.zone,
-                list(snapshot.plan_names),
-                list(snapshot.zone_names),
-            )
-            tallies = {
-                month: MonthTally(arrays.spent, arrays.reserved, arrays.flags)
-                for month, arrays in snapshot.months.items()
-            }
-        except ValueError as error:
-            raise SnapshotError("users", str(error)) from error
-        for granted in snapshot.reservations:
-            ledger._reservations[granted.reservation_id] = granted
-            ledger._expiry.push(granted.expires_at, granted.reservation_id)
-        ledger._months.restore(
-            tallies,
-            [granted.month for granted in snapshot.reservations],
-            [(rid, Remembered(user, month, forget)) for rid, user, month, forget in snapshot.expired],
-            snapshot.horizon,
-            snapshot.next_prune,
-        )
-        ledger._seen = SeenIndex.thaw(snapshot.seen, snapshot.first_window_month)
-        ledger.dead_letters = snapshot.dead_letters
-        ledger.denials = snapshot.denials
-        return ledger
 
 
 def _expired(granted: ReservationGranted, now: datetime) -> ReservationExpired:

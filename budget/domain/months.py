@@ -24,13 +24,31 @@ def zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
 
 
+# The last month looked up per time zone, as the instants [from, to) a day inside its bounds: nearly every
+# lookup falls inside it and costs two comparisons instead of a time zone conversion. A day of margin
+# keeps the slow, exact path for instants near a month's edges (a DST change at midnight moves them).
+_recent_months: dict[str, tuple[datetime, datetime, str]] = {}
+# The same for the two UTC month numbers (UTC has no DST: exact bounds), as aware datetimes: comparing
+# two is cheaper than asking for POSIX seconds.
+_NEVER = datetime(1, 1, 1, tzinfo=UTC)
+_recent_utc = (_NEVER, _NEVER, 0)
+_recent_window = (_NEVER, _NEVER, 0)
+
+
 def month_in(ts: datetime, timezone: str) -> str:
     """The calendar month ("YYYY-MM") of an aware timestamp in an IANA time zone.
 
     Raises OverflowError (or ValueError) when the month is outside what datetime can represent there
     (the first or last hours of years 1 and 9999)."""
+    recent = _recent_months.get(timezone)
+    if recent is not None and recent[0] <= ts < recent[1]:
+        return recent[2]
     local = ts.astimezone(zone(timezone))
-    return f"{local.year:04d}-{local.month:02d}"
+    month = f"{local.year:04d}-{local.month:02d}"
+    if 1 < local.year < 9999 and (recent is None or recent[2] != month):
+        inside = month_start(month, timezone) + ZONE_MARGIN, month_end(month, timezone) - ZONE_MARGIN
+        _recent_months[timezone] = (inside[0].astimezone(UTC), inside[1].astimezone(UTC), month)
+    return month
 
 
 def month_start(month: str, timezone: str) -> datetime:
@@ -57,21 +75,34 @@ def settled_after(month: str, grace: timedelta) -> datetime:
 
 def utc_month_number(ts: datetime) -> int:
     """Months since 2000-01 of an aware instant in UTC, clamped to 0..MAX_MONTH_NUMBER."""
+    global _recent_utc
+    if _recent_utc[0] <= ts < _recent_utc[1]:
+        return _recent_utc[2]
     try:
         utc = ts.astimezone(UTC)
-    except (OverflowError, ValueError):
+    except (OverflowError, ValueError, OSError):
         return 0 if ts.year < _FIRST_YEAR else MAX_MONTH_NUMBER
-    return _clamp((utc.year - _FIRST_YEAR) * 12 + utc.month - 1)
+    number = _clamp((utc.year - _FIRST_YEAR) * 12 + utc.month - 1)
+    if 0 < number < MAX_MONTH_NUMBER and number != _recent_utc[2]:
+        _recent_utc = (month_number_start(number), month_number_start(number + 1), number)
+    return number
 
 
 def window_month_number(ts: datetime) -> int:
     """The dedupe window's month of a usage timestamp: the UTC month of `ts` plus one day, so that the
     window's day of margin before the previous month falls into the previous month."""
+    global _recent_window
+    if _recent_window[0] <= ts < _recent_window[1]:
+        return _recent_window[2]
     try:
         shifted = ts.astimezone(UTC) + ZONE_MARGIN
-    except (OverflowError, ValueError):
+    except (OverflowError, ValueError, OSError):
         return 0 if ts.year < _FIRST_YEAR else MAX_MONTH_NUMBER
-    return _clamp((shifted.year - _FIRST_YEAR) * 12 + shifted.month - 1)
+    number = _clamp((shifted.year - _FIRST_YEAR) * 12 + shifted.month - 1)
+    if 0 < number < MAX_MONTH_NUMBER and number != _recent_window[2]:
+        start = month_number_start(number) - ZONE_MARGIN
+        _recent_window = (start, month_number_start(number + 1) - ZONE_MARGIN, number)
+    return number
 
 
 def month_number_start(number: int) -> datetime:

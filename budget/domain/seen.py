@@ -116,6 +116,30 @@ class SeenIndex:
             self._prune(self._unpruned)
             self._unpruned += 1
 
+    def insert(self, key: int, digest: int, month: int) -> bool:
+        """Hold `key` unless it is held already (False then). A key of a month before the window is only
+        looked up: it would be forgotten at once."""
+        # get and add in one (a replay calls this for every usage)
+        p = (key >> _SHIFT) + _HALF
+        stage = self._stages[p]
+        found = stage.get(key)
+        if found is None:
+            keys = self._keys[p]
+            if len(keys):
+                i = keys.searchsorted(key)
+                if i < len(keys) and self._key_views[p][i] == key:
+                    found = int(self._months[p][i]) << 32
+        if found is not None and found >> 32 >= self.first_month:
+            return False
+        if month >= self.first_month:
+            stage[key] = digest | month << 32
+            if len(stage) >= self._stage_limit:
+                self._merge(p)
+            if self._unpruned < PARTITIONS:
+                self._prune(self._unpruned)
+                self._unpruned += 1
+        return True
+
     def forget_before(self, first_month: int) -> None:
         """Forget entries of window months before `first_month`: at once for lookups, and in memory one
         partition per `add` (or all at once by `compact`)."""

@@ -8,10 +8,12 @@ is an optimisation, never the truth, and the caller falls back to an older one o
 
 Parts (n = number of users, m a month "YYYY-MM" that can still change):
 
-    users.ids             uint8   msgpack list of user ids, by index
-    users.cap             int64   n: the user's own cap in nano-dollars, -1 when not set
-    users.plan            int16   n: index into meta["plan_names"], -1 when not set
-    users.zone            int16   n: index into meta["zone_names"], -1 when not set
+    users.ids             uint8   the user ids' UTF-8 bytes, back to back, by index
+    users.ends            int64   n: where each user's id ends in users.ids
+    users.cap             int64   <= n: the user's own cap in nano-dollars, -1 when not set
+    users.plan            int16   <= n: index into meta["plan_names"], -1 when not set
+    users.zone            int16   <= n: index into meta["zone_names"], -1 when not set
+                                  (the settings arrays stop after the last user an admin configured)
     month.m.spent         int64   n: settled nano-dollars in month m
     month.m.reserved      int64   n: reserved nano-dollars in month m
     month.m.flags         uint8   n: limits announced in month m (1 soft, 2 cap)
@@ -38,7 +40,6 @@ FORMAT = 1
 
 Remembered = tuple[str, str, str, datetime]  # reservation_id, user_id, month, forget_after
 
-_ids_decoder = msgspec.msgpack.Decoder(list[str])
 _reservations_decoder = msgspec.msgpack.Decoder(list[ReservationGranted])
 _expired_decoder = msgspec.msgpack.Decoder(list[tuple[str, str, str, datetime]])
 
@@ -62,7 +63,8 @@ class LedgerSnapshot:
     dead_letters: int
     denials: int
     first_window_month: int
-    user_ids: list[str]
+    user_ids: bytes
+    user_ends: np.ndarray
     cap: np.ndarray
     plan: np.ndarray
     zone: np.ndarray
@@ -76,7 +78,8 @@ class LedgerSnapshot:
     def encode(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """(metadata, parts): metadata is JSON-able and lists every part with its dtype and length."""
         parts: dict[str, np.ndarray] = {
-            "users.ids": _bytes(msgspec.msgpack.encode(self.user_ids)),
+            "users.ids": _bytes(self.user_ids),
+            "users.ends": self.user_ends,
             "users.cap": self.cap,
             "users.plan": self.plan,
             "users.zone": self.zone,
@@ -96,7 +99,7 @@ class LedgerSnapshot:
             "dead_letters": self.dead_letters,
             "denials": self.denials,
             "first_window_month": self.first_window_month,
-            "users": len(self.user_ids),
+            "users": len(self.user_ends),
             "plan_names": self.plan_names,
             "zone_names": self.zone_names,
             "months": sorted(self.months),
@@ -130,12 +133,8 @@ def _decode(meta: Mapping[str, Any], parts: Mapping[str, np.ndarray]) -> LedgerS
                 f"found {part.shape} of {part.dtype.str}",
             )
     users = int(meta["users"])
-    user_ids = _msgpack(parts, "users.ids", _ids_decoder)
-    if len(user_ids) != users:
-        raise SnapshotError("users.ids", f"{len(user_ids)} ids for {users} users")
-    for name in ("users.cap", "users.plan", "users.zone"):
-        if len(parts[name]) != users:
-            raise SnapshotError(name, f"{len(parts[name])} values for {users} users")
+    if len(parts["users.ends"]) != users:
+        raise SnapshotError("users.ends", f"{len(parts['users.ends'])} ids for {users} users")
     months: dict[str, MonthArrays] = {}
     for month in meta["months"]:
         arrays = [parts[f"month.{month}.{kind}"] for kind in ("spent", "reserved", "flags")]
@@ -153,7 +152,8 @@ def _decode(meta: Mapping[str, Any], parts: Mapping[str, np.ndarray]) -> LedgerS
         dead_letters=int(meta["dead_letters"]),
         denials=int(meta["denials"]),
         first_window_month=int(meta["first_window_month"]),
-        user_ids=user_ids,
+        user_ids=parts["users.ids"].tobytes(),
+        user_ends=parts["users.ends"],
         cap=parts["users.cap"],
         plan=parts["users.plan"],
         zone=parts["users.zone"],

@@ -1,9 +1,8 @@
-"""The ledger's per-user state in numpy arrays: users by dense index, their settings, and month totals.
+"""The ledger's per-user state in numpy arrays, by user index (budget.domain.users): settings and months.
 
-A user is an index into arrays (the dict from user id to index is the one per-user Python object). Each
-month that can still change has its own arrays of settled and reserved nano-dollars and of the limits
-already announced; a month that can no longer change is dropped whole. Arrays grow by doubling; values
-are read and written through memoryviews, which cost a fraction of numpy's per-item indexing.
+Each month that can still change has its own arrays of settled and reserved nano-dollars and of the
+limits already announced; a month that can no longer change is dropped whole. Arrays grow by doubling;
+values are read and written through memoryviews, which cost a fraction of numpy's per-item indexing.
 """
 
 from __future__ import annotations
@@ -36,12 +35,10 @@ class Settings:
 UNCONFIGURED = Settings()
 
 
-class UserTable:
-    """User ids by dense index, and each user's settings as codes into small name tables."""
+class UserSettings:
+    """Each user's settings (by user index) as codes into small name tables."""
 
     def __init__(self) -> None:
-        self.ids: list[str] = []
-        self._index: dict[str, int] = {}
         self.plan_names: list[str] = []
         self.zone_names: list[str] = []
         self._plan_codes: dict[str, int] = {}
@@ -54,21 +51,6 @@ class UserTable:
         self.cap, self.plan, self.zone = cap, plan, zone
         self._cap, self._plan, self._zone = cap.data, plan.data, zone.data
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def find(self, user_id: str) -> int | None:
-        """The user's index, or None for a user the ledger never saw."""
-        return self._index.get(user_id)
-
-    def add(self, user_id: str) -> int:
-        """The user's index, given one if new."""
-        index = self._index.get(user_id)
-        if index is None:
-            index = self._index[user_id] = len(self.ids)
-            self.ids.append(user_id)
-        return index
-
     def zone_of(self, index: int | None) -> str | None:
         """The time zone an admin set for this user, if any."""
         if index is None or index >= len(self._zone):
@@ -76,8 +58,8 @@ class UserTable:
         code = self._zone[index]
         return None if code == UNSET else self.zone_names[code]
 
-    def settings(self, index: int | None) -> Settings:
-        """Everything an admin set for this user."""
+    def of(self, index: int | None) -> Settings:
+        """Everything an admin set for the user at `index`."""
         if index is None or index >= len(self._cap):
             return UNCONFIGURED
         cap, plan, zone = self._cap[index], self._plan[index], self._zone[index]
@@ -89,9 +71,8 @@ class UserTable:
             None if zone == UNSET else self.zone_names[zone],
         )
 
-    def configure(self, user_id: str, cap_nanos: int | None, plan: str | None, timezone: str | None) -> None:
-        """Replace each setting that is given (not None)."""
-        index = self.add(user_id)
+    def configure(self, index: int, cap_nanos: int | None, plan: str | None, timezone: str | None) -> None:
+        """Replace each setting of the user at `index` that is given (not None)."""
         if index >= len(self._cap):
             size = index + 1
             self._set_arrays(
@@ -104,24 +85,22 @@ class UserTable:
         if timezone is not None:
             self._zone[index] = _code(timezone, self.zone_names, self._zone_codes)
 
-    def configured(self) -> dict[str, Settings]:
-        """Every user an admin configured, with their settings."""
+    def configured(self) -> list[int]:
+        """The indexes of users an admin configured."""
         touched = (self.cap != UNSET) | (self.plan != UNSET) | (self.zone != UNSET)
-        return {self.ids[i]: self.settings(i) for i in np.flatnonzero(touched).tolist()}
+        found: list[int] = np.flatnonzero(touched).tolist()
+        return found
 
-    def copies(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-        """Copies of the user ids and settings arrays, one entry per user (for a snapshot)."""
-        users = len(self.ids)
-        return (
-            self.ids[:],
-            _fitted(self.cap, users, UNSET),
-            _fitted(self.plan, users, UNSET),
-            _fitted(self.zone, users, UNSET),
-        )
+    def copies(self, users: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Copies of the settings arrays up to the last user an admin configured (the users after it have
+        none), for a snapshot."""
+        configured = self.configured()
+        size = min(users, configured[-1] + 1) if configured else 0
+        return self.cap[:size].copy(), self.plan[:size].copy(), self.zone[:size].copy()
 
     def restore(
         self,
-        ids: list[str],
+        users: int,
         cap: np.ndarray,
         plan: np.ndarray,
         zone: np.ndarray,
@@ -129,15 +108,11 @@ class UserTable:
         zone_names: list[str],
     ) -> None:
         """Take the state a snapshot recorded; raises ValueError when its parts disagree."""
-        if len(set(ids)) != len(ids):
-            raise ValueError("user ids repeat")
-        if not len(cap) == len(plan) == len(zone) <= len(ids):
+        if not len(cap) == len(plan) == len(zone) <= users:
             raise ValueError("settings arrays differ in length or outnumber the users")
         for codes, names in ((plan, plan_names), (zone, zone_names)):
             if len(codes) and (int(codes.min()) < UNSET or int(codes.max()) >= len(names)):
                 raise ValueError("a settings code is outside its name table")
-        self.ids = ids
-        self._index = {user: i for i, user in enumerate(ids)}
         self.plan_names, self.zone_names = plan_names, zone_names
         self._plan_codes = {name: i for i, name in enumerate(plan_names)}
         self._zone_codes = {name: i for i, name in enumerate(zone_names)}
@@ -186,7 +161,8 @@ class MonthTally:
 
     def add_spent(self, index: int, nanos: int) -> None:
         """Settled spend of the user at `index` grows by `nanos`."""
-        self._reach(index)
+        if index >= len(self._spent):  # (nearly every call: a usage) no call to _reach unless it grows
+            self._reach(index)
         self._spent[index] += nanos
 
     def add_reserved(self, index: int, nanos: int) -> None:

@@ -6,8 +6,11 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ledger_helpers import MINI_COST, authorize, make_ledger, usage
 
+from budget.domain import months
 from budget.domain.events import DeadLettered, ReservationExpired, ReservationGranted, UsageRecorded
 from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, RenewReservation
 
@@ -263,3 +266,27 @@ def test_keys_leave_the_index_when_their_month_leaves_the_window() -> None:
     ledger.execute(authorize("q1", model="gpt-4o-mini"), march)  # the ledger's clock moves to March
     assert not ledger.seen("u", "e1")
     dead(ledger.decide(usage("e1", ts=january), march), "too_old")
+
+
+ZONES = ("UTC", "America/Los_Angeles", "Asia/Tokyo", "America/Santiago", "Asia/Tehran", "Etc/GMT+12")
+INSTANTS = st.datetimes(
+    min_value=datetime(2001, 1, 1),
+    max_value=datetime(2199, 1, 1),
+    timezones=st.sampled_from([UTC, ZoneInfo("Asia/Kolkata"), ZoneInfo("America/Santiago")]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(INSTANTS, st.sampled_from(ZONES)), max_size=60))
+def test_month_lookups_agree_with_a_time_zone_conversion_whatever_came_before(
+    asked: list[tuple[datetime, str]],
+) -> None:
+    """The month functions remember the last month they found; any sequence of instants gives the months a
+    plain conversion does."""
+    for ts, zone in asked:
+        local = ts.astimezone(ZoneInfo(zone))
+        assert months.month_in(ts, zone) == f"{local.year:04d}-{local.month:02d}"
+        utc = ts.astimezone(UTC)
+        assert months.utc_month_number(ts) == (utc.year - 2000) * 12 + utc.month - 1
+        shifted = utc + timedelta(days=1)
+        assert months.window_month_number(ts) == (shifted.year - 2000) * 12 + shifted.month - 1

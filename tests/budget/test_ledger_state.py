@@ -14,6 +14,7 @@ from ledger_helpers import CATALOG, authorize, make_config, make_ledger, usage
 import budget.domain.seen
 from budget.domain.ledger import ConfigureUser, Ledger, LedgerSnapshot
 from budget.domain.seen import DIGEST_MASK, SeenIndex, content_digest, usage_key
+from budget.domain.users import UserIndex
 from budget.errors import SnapshotError
 
 KEYS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -128,8 +129,8 @@ def test_a_damaged_snapshot_names_the_part() -> None:
     del missing["month.2026-11.spent"]
     with pytest.raises(SnapshotError, match=r"month\.2026-11\.spent: missing"):
         LedgerSnapshot.decode(meta, missing)
-    short = {**parts, "users.cap": parts["users.cap"][:-1]}
-    with pytest.raises(SnapshotError, match=r"users\.cap: expected 8 values"):
+    short = {**parts, "users.ends": parts["users.ends"][:-1]}
+    with pytest.raises(SnapshotError, match=r"users\.ends: expected 8 values"):
         LedgerSnapshot.decode(meta, short)
     retyped = {**parts, "users.zone": parts["users.zone"].astype(np.int32)}
     with pytest.raises(SnapshotError, match=r"users\.zone"):
@@ -157,3 +158,30 @@ def test_inconsistent_parts_are_refused(monkeypatch: pytest.MonkeyPatch) -> None
     damaged = LedgerSnapshot(**{**{f: getattr(snapshot, f) for f in snapshot.__slots__}, "zone": zone})  # type: ignore[arg-type]
     with pytest.raises(SnapshotError, match="users: a settings code is outside its name table"):
         Ledger.from_snapshot(make_config(), CATALOG, damaged)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ids=st.lists(st.text(min_size=0, max_size=12), max_size=3000))
+def test_the_user_index_numbers_ids_as_a_dict_would(ids: list[str]) -> None:
+    """Any str (lone surrogates too), through table rebuilds, and back from its frozen parts."""
+    index = UserIndex()
+    model: dict[str, int] = {}
+    for user in ids:
+        assert index.find(user) == model.get(user)
+        assert index.add(user) == model.setdefault(user, len(model))
+    assert len(index) == len(model)
+    assert index.ids_of(range(len(model))) == list(model)
+    thawed = UserIndex.thaw(*index.frozen())
+    assert [thawed.find(user) for user in model] == list(range(len(model)))
+    assert thawed.find("\ud800 never added") is None
+
+
+def test_a_user_index_with_a_repeated_id_is_refused() -> None:
+    index = UserIndex()
+    for user in ("alice", "bob"):
+        index.add(user)
+    blob, ends = index.frozen()
+    with pytest.raises(ValueError, match="user ids repeat"):
+        UserIndex.thaw(blob + b"alice", np.append(ends, len(blob) + 5))
+    with pytest.raises(ValueError, match="do not cut"):
+        UserIndex.thaw(blob, ends + 1)
