@@ -11,6 +11,7 @@ Each design runs in a fresh process (so its RSS is its own), the two interleaved
 2. Decide `--commands` new usage reports (each a new id: every one is looked up and missed) against the
    full ledger without applying them, then execute as many (decide and apply, the enforcer's path), and
    decide as many authorizations; all at 12:00 on 29 November.
+   And time `users()`, the users whose status the enforcer republishes at start-up.
 3. This design only: take a snapshot (`to_snapshot`, what blocks the event loop), encode it (a worker
    thread's part), decode it and restore a ledger from it.
 
@@ -159,6 +160,11 @@ def run_design(design: str, users: int, events: int, commands: int) -> dict[str,
         "apply_wall_per_s": events / applying_wall,
     }
     result["ledger_mb"] = result["rss_after_mb"] - result["rss_before_mb"]
+    started = time.perf_counter()
+    active = ledger.users()
+    result["users_s"] = time.perf_counter() - started
+    assert len(active) == len({f"user-{u:07d}" for u in range(users)} & active)
+    del active
     result |= decide_rates(ledger_module, ledger, users, events, commands)
     result["peak_before_snapshots_mb"] = peak_rss_mb()
     if design == "new":
@@ -272,6 +278,7 @@ ROWS = (
     ("decide a new usage, per CPU second", "decide_per_s", "{:,.0f}"),
     ("execute a new usage (decide + apply), per CPU second", "execute_per_s", "{:,.0f}"),
     ("decide an authorization, per CPU second", "authorize_per_s", "{:,.0f}"),
+    ("users() (every active user, for the start-up statuses)", "users_s", "{:,.2f} s"),
     ("to_snapshot (blocks the loop), median of 5", "snapshot_take_ms", "{:,.1f} ms"),
     ("to_snapshot, slowest of 5", "snapshot_take_max_ms", "{:,.1f} ms"),
     ("encode (a worker thread)", "snapshot_encode_s", "{:,.2f} s"),

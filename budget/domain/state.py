@@ -149,7 +149,8 @@ class LedgerState:
         active = [tally.active() for tally in self._months.tallies.values()]
         if not active:
             return set()
-        return set(self._users.ids_of(np.unique(np.concatenate(active)).tolist()))
+        indexes = active[0] if len(active) == 1 else np.unique(np.concatenate(active))
+        return set(self._users.ids_of(indexes.tolist()))
 
     def snapshot(self) -> dict[str, object]:
         """The whole state as plain values: two ledgers agree iff their snapshots are equal."""
