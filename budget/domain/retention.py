@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -126,10 +125,6 @@ class OpenMonths:
         if queue:
             upcoming.append(queue[0][0])
         self.next_prune = min(upcoming)
-
-    def remembered_items(self) -> Iterator[tuple[str, Remembered]]:
-        """Every remembered expired reservation, by id."""
-        yield from self.expired.items()
 
     def restore(
         self,

@@ -265,10 +265,30 @@ class LedgerState:
         self._months.unhold(granted.month)
 
     def _advance(self, clock: datetime) -> None:
+        months = len(self._months.tallies)
         if self._months.advance(clock):
             assert self._months.horizon is not None
             self._seen.forget_before(utc_month_number(self._months.horizon) - 1)
+            if len(self._months.tallies) < months:
+                self._forget_idle_users()
         self._usage_moves_clock_after = self._months.horizon + MAX_AHEAD if self._months.horizon else None
+
+    def _forget_idle_users(self) -> None:
+        """Renumber users without those who hold nothing any more (no settings, nothing in a month that
+        can still change), once they are a quarter of the index: the index would otherwise grow with
+        every user ever seen. Decided by the state alone, so a replay renumbers alike."""
+        users = len(self._users)
+        keep = np.zeros(users, dtype=bool)
+        for tally in self._months.tallies.values():
+            keep |= tally.touched(users)
+        keep[self._settings_of.configured()] = True
+        idle = users - int(np.count_nonzero(keep))
+        if idle == 0 or 4 * idle < users:
+            return
+        self._users = self._users.subset(keep)
+        self._settings_of.kept(keep)
+        for tally in self._months.tallies.values():
+            tally.kept(keep)
 
     # -- snapshots --------------------------------------------------------------------------------
 

@@ -98,6 +98,12 @@ class UserSettings:
         size = min(users, configured[-1] + 1) if configured else 0
         return self.cap[:size].copy(), self.plan[:size].copy(), self.zone[:size].copy()
 
+    def kept(self, keep: np.ndarray) -> None:
+        """Keep the settings of the users `keep` marks (by old index), renumbered in order."""
+        size = min(len(self.cap), len(keep))
+        mask = keep[:size]
+        self._set_arrays(self.cap[:size][mask], self.plan[:size][mask], self.zone[:size][mask])
+
     def restore(
         self,
         users: int,
@@ -181,6 +187,19 @@ class MonthTally:
         """Remember that a limit was announced for the user at `index`."""
         self._reach(index)
         self._flags[index] |= flag
+
+    def touched(self, users: int) -> np.ndarray:
+        """For each of `users` indexes: whether this month holds anything of that user."""
+        size = min(users, len(self.spent))
+        touched = np.zeros(users, dtype=bool)
+        touched[:size] = (self.spent[:size] != 0) | (self.reserved[:size] != 0) | (self.flags[:size] != 0)
+        return touched
+
+    def kept(self, keep: np.ndarray) -> None:
+        """Keep the entries of the users `keep` marks (by old index), renumbered in order."""
+        size = min(len(self.spent), len(keep))
+        mask = keep[:size]
+        self._set_arrays(self.spent[:size][mask], self.reserved[:size][mask], self.flags[:size][mask])
 
     def active(self) -> np.ndarray:
         """Indexes of users with settled or reserved spend in this month."""

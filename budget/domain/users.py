@@ -125,6 +125,20 @@ class UserIndex:
         at = np.array(wanted, dtype=np.int64)
         return [text[a:b] for a, b in zip(starts[at].tolist(), ends[at].tolist(), strict=True)]
 
+    def subset(self, keep: np.ndarray) -> UserIndex:
+        """An index of the users `keep` marks (a bool per index), renumbered in their order."""
+        count, keep = self._count, keep[: self._count]
+        lengths = np.diff(self._ends[:count], prepend=0)
+        kept = UserIndex()
+        kept._blob = bytearray(np.frombuffer(bytes(self._blob), np.uint8)[np.repeat(keep, lengths)].tobytes())
+        kept._count = int(np.count_nonzero(keep))
+        kept._set_columns(np.cumsum(lengths[keep]), self._hashes[:count][keep])
+        slots = _MIN_SLOTS
+        while kept._count > _MAX_LOAD * slots:
+            slots *= 2
+        kept._rebuild(slots)
+        return kept
+
     def frozen(self) -> tuple[bytes, np.ndarray]:
         """(the ids' bytes, where each ends): copies, for a snapshot."""
         return bytes(self._blob), self._ends[: self._count].copy()

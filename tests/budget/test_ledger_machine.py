@@ -35,7 +35,8 @@ from budget.store.event_store import EventStore
 
 GUARDED = {"g1": "UTC", "g2": "America/Los_Angeles"}  # every call of theirs is authorized first
 FREE = {"f1": "Asia/Tokyo"}  # also reports usage it never authorized, sometimes days late
-ZONES = {**GUARDED, **FREE}
+CASUAL = {"c1": "UTC"}  # never configured: leaves the ledger's index once it holds nothing
+ZONES = {**GUARDED, **FREE, **CASUAL}
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-5-nano")
 TOKENS = st.integers(min_value=0, max_value=6000)
 GRACE = timedelta(seconds=900)
@@ -86,7 +87,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.open: dict[str, Held] = {}
         self.expired: dict[str, tuple[ReservationGranted, int, int, datetime]] = {}
         self.serial = 0
-        for user, zone in ZONES.items():
+        for user, zone in {**GUARDED, **FREE}.items():
             self.run(ConfigureUser(user_id=user, timezone=zone))
 
     def run(self, command: Command) -> list[Event]:
@@ -196,7 +197,13 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         )
 
-    @rule(user=st.sampled_from(sorted(FREE)), model=st.sampled_from(MODELS), i=TOKENS, o=TOKENS, late=TOKENS)
+    @rule(
+        user=st.sampled_from(sorted({**FREE, **CASUAL})),
+        model=st.sampled_from(MODELS),
+        i=TOKENS,
+        o=TOKENS,
+        late=TOKENS,
+    )
     def unreserved_usage(self, user: str, model: str, i: int, o: int, late: int) -> None:
         ts = self.now - timedelta(minutes=late)  # up to four days late
         command = RecordUsage(
@@ -308,7 +315,10 @@ class LedgerMachine(RuleBasedStateMachine):
         expired = self.ledger.expire_due(self.now)
         due = {rid for rid, (g, _, _) in self.open.items() if g.expires_at <= self.now}
         assert {e.reservation_id for e in expired if isinstance(e, ReservationExpired)} == due
+        indexed = len(self.ledger.to_snapshot(0).user_ends)
         self.take(expired)
+        if len(self.ledger.to_snapshot(0).user_ends) < indexed:
+            event("idle users left the index")
         for rid in sorted(due):
             granted, max_in, max_out = self.open.pop(rid)
             self.expired[rid] = (granted, max_in, max_out, self.now)

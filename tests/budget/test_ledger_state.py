@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_helpers import CATALOG, authorize, make_config, make_ledger, usage
+from ledger_helpers import CATALOG, MINI_COST, authorize, make_config, make_ledger, usage
 
 import budget.domain.seen
+from budget.domain.events import Event
 from budget.domain.ledger import ConfigureUser, Ledger, LedgerSnapshot
 from budget.domain.seen import DIGEST_MASK, SeenIndex, content_digest, usage_key
 from budget.domain.users import UserIndex
@@ -185,3 +186,33 @@ def test_a_user_index_with_a_repeated_id_is_refused() -> None:
         UserIndex.thaw(blob + b"alice", np.append(ends, len(blob) + 5))
     with pytest.raises(ValueError, match="do not cut"):
         UserIndex.thaw(blob, ends + 1)
+
+
+def indexed_users(ledger: Ledger) -> int:
+    return len(ledger.to_snapshot(seq=0).user_ends)
+
+
+def test_users_who_hold_nothing_any_more_leave_the_index() -> None:
+    """2,000 users in January, 10 of them and one configured user left in March: once January is settled
+    the index renumbers without the idle ones (a replay alike), and what the others hold stays theirs."""
+    ledger = make_ledger()
+    log: list[Event] = []
+    january = datetime(2026, 1, 10, tzinfo=UTC)
+    log += ledger.execute(ConfigureUser(user_id="admin-set", plan="pro"), january)
+    for i in range(2000):
+        log += ledger.execute(usage(f"j{i}", user=f"user-{i}", ts=january), january)
+    assert indexed_users(ledger) == 2001
+    march = datetime(2026, 3, 5, tzinfo=UTC)
+    for i in range(0, 2000, 200):
+        log += ledger.execute(usage(f"m{i}", user=f"user-{i}", ts=march, input_tokens=2000), march)
+    assert indexed_users(ledger) == 11
+    assert ledger.plan("admin-set").name == "pro"
+    assert ledger.spent("user-1000", "2026-03") == (2000 * 150 + 100 * 600, 0)
+    assert ledger.users() == {f"user-{i}" for i in range(0, 2000, 200)}
+    log += ledger.execute(usage("again", user="user-7", ts=march), march)  # back after a month away
+    assert ledger.spent("user-7", "2026-03") == (MINI_COST, 0) and indexed_users(ledger) == 12
+    replayed = make_ledger()
+    replayed.apply_all(log)
+    assert replayed.snapshot() == ledger.snapshot() and indexed_users(replayed) == 12
+    restored = Ledger.from_snapshot(ledger.config, CATALOG, ledger.to_snapshot(seq=1))
+    assert restored.snapshot() == ledger.snapshot()
