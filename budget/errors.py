@@ -5,7 +5,8 @@
         PriceError            where, field, reason: a price entry that is not an exact per-token price
         ConfigError           where, field, reason: an enforcer config file or value
         StoreError            path, reason: the event store cannot be opened, read or written
-            SnapshotDamaged   a ledger snapshot with a part missing or changed (an older one is used)
+            SnapshotDamaged   a ledger snapshot's files: a part missing or changed (an older one is used)
+        SnapshotError         part, reason: a ledger snapshot whose parts cannot be restored
         QueryError            what, reason: a spend query that cannot be answered
         BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
             ConnectionLost    reason: the broker connection closed or failed; the enforcer reconnects
@@ -73,6 +74,17 @@ class StoreError(BudgetError):
 
 class SnapshotDamaged(StoreError):
     """A snapshot that cannot be used: a part missing, changed, or a snapshot.json that cannot be read."""
+
+
+class SnapshotError(BudgetError):
+    """A ledger snapshot that cannot be restored: `part` names the part (or "meta") that is missing,
+    damaged or inconsistent. A snapshot is never the truth: the caller falls back to an older one or to
+    a full replay."""
+
+    def __init__(self, part: str, reason: str) -> None:
+        self.part = part
+        self.reason = reason
+        super().__init__(f"ledger snapshot: {part}: {reason}")
 
 
 class QueryError(BudgetError):

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
-from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -102,12 +101,6 @@ def reservation_id_for(user_id: str, request_id: str) -> str:
     return f"r-{digest}"
 
 
-def month_in(ts: datetime, timezone: str) -> str:
-    """The calendar month ("YYYY-MM") of an aware timestamp in an IANA time zone."""
-    local = ts.astimezone(ZoneInfo(timezone))
-    return f"{local.year:04d}-{local.month:02d}"
-
-
 def worst_case_nanos(price: ModelPrice, max_input_tokens: int, max_output_tokens: int) -> int:
     """The most a call can cost: every prompt token at the dearest input rate (a cache write can cost more
     than plain input), every allowed output token."""
@@ -115,24 +108,25 @@ def worst_case_nanos(price: ModelPrice, max_input_tokens: int, max_output_tokens
     return max_input_tokens * per_input + max_output_tokens * price.output
 
 
-def state_of(committed: int, cap: int, soft_threshold_pct: int) -> State:
-    """ "capped" once settled + reserved spend reaches the cap, "soft" from the soft threshold, else "ok"."""
-    if committed >= cap:
+def state_of(spent: int, reserved: int, cap: int, soft_threshold_pct: int) -> State:
+    """ "capped" once settled + reserved spend reaches the cap (no call fits any more), "soft" once settled
+    spend reaches the soft threshold, else "ok"."""
+    if spent + reserved >= cap:
         return "capped"
-    if committed >= cap * soft_threshold_pct // 100:
+    if spent >= cap * soft_threshold_pct // 100:
         return "soft"
     return "ok"
 
 
-def limits_reached(committed: int, cap: int, soft_threshold_pct: int) -> list[Limit]:
-    """The limits (soft, cap) that `committed` nano-dollars reach; none while nothing is committed, so a
-    $0 cap is not announced as crossed before anything is spent."""
-    if committed <= 0:
-        return []
+def limits_reached(spent: int, reserved: int, cap: int, soft_threshold_pct: int) -> list[Limit]:
+    """The limits a user-month has reached: "soft" when settled spend reaches the soft threshold (money
+    spent, not a worst case held for a call), "cap" when settled + reserved spend reaches the cap (what
+    authorizations are checked against). Nothing is reached while nothing is spent or held, so a $0 cap is
+    not announced as crossed before anything is committed."""
     reached: list[Limit] = []
-    if committed >= cap * soft_threshold_pct // 100:
+    if spent > 0 and spent >= cap * soft_threshold_pct // 100:
         reached.append("soft")
-    if committed >= cap:
+    if spent + reserved > 0 and spent + reserved >= cap:
         reached.append("cap")
     return reached
 
@@ -144,8 +138,11 @@ def describe(command: Command) -> bytes:
     )
 
 
-def usage_event(command: RecordUsage, cost_nanos: int, month: str) -> UsageRecorded:
-    """The UsageRecorded a valid usage report becomes, priced and placed in its month."""
+def usage_event(
+    command: RecordUsage, cost_nanos: int, month: str, *, late: bool = False, overshoot: bool = False
+) -> UsageRecorded:
+    """The UsageRecorded a valid usage report becomes, priced and placed in its month (see the month rule
+    in budget.domain.ledger for `late` and `overshoot`)."""
     return UsageRecorded(
         event_id=command.event_id,
         user_id=command.user_id,
@@ -160,6 +157,8 @@ def usage_event(command: RecordUsage, cost_nanos: int, month: str) -> UsageRecor
         outcome=command.outcome,
         reservation_id=command.reservation_id,
         month=month,
+        late=late,
+        overshoot=overshoot,
     )
 
 

@@ -2,12 +2,14 @@
 
 ```toml
 default_cap_usd = "5.00"        # a user's monthly cap unless a plan or an admin message says otherwise
-soft_threshold_pct = 80         # alert (and state "soft") at this share of the cap
+soft_threshold_pct = 80         # alert (and state "soft") once settled spend reaches this share of the cap
 at_cap = "degrade"              # "block" or "degrade"
 degrade_model = "gpt-4o-mini"   # with at_cap = "degrade": the cheaper model offered when the asked one no
                                 # longer fits
 reservation_ttl_s = 600         # an unsettled reservation returns its amount after this long
 default_timezone = "UTC"        # IANA name; a user's months are calendar months in their time zone
+month_grace_s = 900             # a month still takes usage reported by its timestamp this long after it
+                                # ends (0 to 86400); later, usage counts in the month it arrives in
 
 [plans.pro]                     # named caps / actions an admin message can assign ("plan": "pro")
 cap_usd = "50"
@@ -38,7 +40,12 @@ DEFAULT_SOFT_THRESHOLD_PCT = 80
 DEFAULT_AT_CAP: AtCap = "block"
 DEFAULT_RESERVATION_TTL_S = 600
 DEFAULT_TIMEZONE = "UTC"
+DEFAULT_MONTH_GRACE_S = 900
+# At most a day: the dedupe window (the current and the previous UTC month, and a day) must cover every
+# month that still takes usage by its timestamp.
+MAX_MONTH_GRACE_S = 86_400
 MAX_CAP_USD = Decimal("1000000000")
+_ONE_NANO_USD = Decimal(1).scaleb(-9)
 
 _TOP_FIELDS = frozenset(
     {
@@ -48,6 +55,7 @@ _TOP_FIELDS = frozenset(
         "degrade_model",
         "reservation_ttl_s",
         "default_timezone",
+        "month_grace_s",
         "plans",
         "prices",
     }
@@ -74,6 +82,7 @@ class EnforcerConfig:
     plans: Mapping[str, Plan] = field(default_factory=dict)
     reservation_ttl_s: int = DEFAULT_RESERVATION_TTL_S
     default_timezone: str = DEFAULT_TIMEZONE
+    month_grace_s: int = DEFAULT_MONTH_GRACE_S
     price_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     source: str = "(defaults)"
 
@@ -111,8 +120,12 @@ class EnforcerConfig:
             raise ConfigError(self.source, f"{error.where}.{error.field}", error.reason) from error
 
 
-def usd_to_nanos(value: object, where: str, field_name: str) -> int:
-    """A USD amount (string or number) -> integer nano-dollars, rounded down; must be >= 0 and sane."""
+def usd_to_nanos(value: object, where: str, field_name: str, *, exact: bool = True) -> int:
+    """A USD amount (string or number) -> integer nano-dollars; must be >= 0 and sane.
+
+    `exact` (the default, for caps an admin or a config file sets): the amount must be a whole number of
+    nano-dollars, so "1e-30" or "0.0000000005" is an error, never a silent $0 (or rounded) cap. Without it
+    the amount is rounded down (a forecast's float cap)."""
     if isinstance(value, bool):
         raise ConfigError(where, field_name, f"expected an amount in USD, got {value!r}")
     try:
@@ -123,7 +136,15 @@ def usd_to_nanos(value: object, where: str, field_name: str) -> int:
         raise ConfigError(
             where, field_name, f"expected an amount between 0 and {MAX_CAP_USD} USD, got {value!r}"
         )
-    return int((usd * NANOS_PER_USD).to_integral_value(rounding=ROUND_FLOOR))
+    whole = usd.quantize(_ONE_NANO_USD, rounding=ROUND_FLOOR)  # exact: at most 19 digits
+    if exact and whole != usd:
+        raise ConfigError(
+            where,
+            field_name,
+            f"{value!r} is not a whole number of nano-dollars (USD with at most 9 decimals); a cap is "
+            "never rounded",
+        )
+    return int(whole * NANOS_PER_USD)
 
 
 def check_timezone(name: object, where: str, field_name: str) -> str:
@@ -205,6 +226,9 @@ def parse_config(
         data.get("reservation_ttl_s", DEFAULT_RESERVATION_TTL_S), where, "reservation_ttl_s", 1, 86_400
     )
     timezone = check_timezone(data.get("default_timezone", DEFAULT_TIMEZONE), where, "default_timezone")
+    grace = _int_in(
+        data.get("month_grace_s", DEFAULT_MONTH_GRACE_S), where, "month_grace_s", 0, MAX_MONTH_GRACE_S
+    )
     overrides = data.get("prices", {})
     if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
         raise ConfigError(where, "prices", "expected tables of prices ([prices.MODEL] with input, output)")
@@ -213,6 +237,7 @@ def parse_config(
         plans=plans,
         reservation_ttl_s=ttl,
         default_timezone=timezone,
+        month_grace_s=grace,
         price_overrides=overrides,
         source=where,
     )

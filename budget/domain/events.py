@@ -156,8 +156,9 @@ class UserConfigured(msgspec.Struct, frozen=True, kw_only=True, tag="user_config
 
 
 class LimitCrossed(msgspec.Struct, frozen=True, kw_only=True, tag="limit_crossed"):
-    """A user's committed spend (settled + reserved) in `month` reached the soft limit or the cap; emitted
-    at most once per (user, month, limit)."""
+    """A user-month reached a limit: "soft" when settled spend reached the soft threshold, "cap" when
+    settled + reserved spend reached the cap (no call fits any more); emitted at most once per (user,
+    month, limit)."""
 
     user_id: str
     ts: datetime

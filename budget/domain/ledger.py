@@ -2,22 +2,42 @@
 
 `decide(command, now)` answers a command with the events it causes and changes nothing; `apply(event)`
 folds one event into the state. The enforcer runs decide then apply, command after command, so every
-decision sees every earlier reservation; a restart applies every stored event in order (replay is a fold).
-No clock is read here: `now` is passed in, and everything derived from it (a reservation's expiry, the
-month a usage counts in) is written into the events, so a replay never depends on when it runs.
+decision sees every earlier reservation; a restart applies every stored event in order (replay is a fold),
+or restores a snapshot (`to_snapshot` / `from_snapshot`) and applies the events after it. No clock is read
+here: `now` is passed in, and everything derived from it (a reservation's expiry, the month a usage counts
+in) is written into the events, so a replay never depends on when it runs.
 
-Money is integer nano-dollars. Spend is keyed by (user, "YYYY-MM"), the calendar month in the user's time
-zone: a new month is a new key, so nothing ever resets.
+Money is integer nano-dollars, per user and calendar month in the user's time zone ("YYYY-MM"): a new
+month is a new key, so nothing ever resets.
+
+Which month a usage counts in (the cap promise):
+
+- settling an open reservation of its user (`reservation_id`): the reservation's month, fixed when the
+  call was authorized, whenever the usage arrives;
+- its reservation expired before it arrived: the expired reservation's month, flagged `overshoot` (spent
+  past the hold that covered it). Expired reservations are remembered while their month can still change;
+- otherwise (no reservation, or one that never existed or is another user's): the month of its `ts` in
+  the user's zone while that month is open -- until its end plus `month_grace_s` by the enforcer's clock
+  -- and after that the month it arrives in, flagged `late` (its `ts` kept). A closed month never changes,
+  except by the settlement of calls reserved in it.
+
+Idempotency: a usage's key is (user_id, event_id). A repeated key with the same content is a redelivery
+(no event); with different content it is a `conflicting_duplicate` dead letter. Keys are held while their
+`ts` is in the dedupe window -- the current and the previous UTC month, and one day before -- and usage
+with an older `ts` is a `too_old` dead letter: it could not be told from one already counted.
+
+Bounded state: the ledger keeps what decisions need and drops what can no longer change -- month totals
+(numpy arrays by user index, budget.domain.tallies) of months that can still change, the dedupe index of
+the window (budget.domain.seen), open and remembered reservations. What is dropped is decided by the
+ledger's own clock, the horizon: the latest decision time its events show (a usage counts as its `ts`
+less MAX_AHEAD, the furthest ahead of the enforcer's clock a usage may be). Live, replayed and restored
+ledgers therefore forget alike; decisions use the later of `now` and the horizon.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import assert_never
-
-import msgspec
 
 from budget.domain.commands import (
     Authorize,
@@ -28,15 +48,12 @@ from budget.domain.commands import (
     UserStatus,
     dead_letter,
     limits_reached,
-    month_in,
     reservation_id_for,
-    state_of,
     usage_event,
     worst_case_nanos,
 )
-from budget.domain.config import EnforcerConfig, Plan, check_timezone, usd_to_nanos
+from budget.domain.config import Plan, check_timezone, usd_to_nanos
 from budget.domain.events import (
-    DeadLettered,
     Decision,
     Event,
     LimitCrossed,
@@ -44,18 +61,29 @@ from budget.domain.events import (
     ReservationExpired,
     ReservationGranted,
     ReservationRenewed,
-    UsageRecorded,
     UserConfigured,
 )
-from budget.domain.expiry import ExpiryQueue
-from budget.domain.prices import PriceCatalog, nanos_to_usd
+from budget.domain.months import (
+    month_end,
+    month_in,
+    month_number_start,
+    utc_month_number,
+    window_month_number,
+)
+from budget.domain.prices import nanos_to_usd
+from budget.domain.seen import DIGEST_MASK, content_digest, usage_key
+from budget.domain.snapshot import LedgerSnapshot
+from budget.domain.state import FLAGS, MAX_AHEAD, LedgerState
+from budget.domain.tallies import Settings
 from budget.errors import ConfigError
 
 __all__ = [
+    "MAX_AHEAD",
     "Authorize",
     "Command",
     "ConfigureUser",
     "Ledger",
+    "LedgerSnapshot",
     "RecordUsage",
     "RenewReservation",
     "UserStatus",
@@ -65,140 +93,22 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class _Settings:
-    """What an admin set for a user (None: not set, the config decides)."""
-
-    cap_nanos: int | None = None
-    plan: str | None = None
-    timezone: str | None = None
-
-    def merged(self, cap_nanos: int | None, plan: str | None, timezone: str | None) -> _Settings:
-        """These settings with each value that is given (not None) replacing its own."""
-        return _Settings(
-            self.cap_nanos if cap_nanos is None else cap_nanos,
-            self.plan if plan is None else plan,
-            self.timezone if timezone is None else timezone,
-        )
-
-    def resolved_plan(self, config: EnforcerConfig) -> Plan:
-        """The plan in effect; a plan no longer in the config falls back to the default one."""
-        if not self.plan:
-            return config.default_plan
-        return config.plans.get(self.plan, config.default_plan)
-
-    def resolved_timezone(self, config: EnforcerConfig) -> str:
-        """The IANA time zone in effect (the config's default unless one was set)."""
-        return self.timezone or config.default_timezone
-
-    def resolved_cap_nanos(self, config: EnforcerConfig) -> int:
-        """The user's own cap if one was set, else their plan's."""
-        return self.resolved_plan(config).cap_nanos if self.cap_nanos is None else self.cap_nanos
-
-
-_UNSET = _Settings()  # a user no admin configured
-
-
-@dataclass(slots=True)
-class _Month:
-    spent: int = 0
-    reserved: int = 0
-
-
-class Ledger:
+class Ledger(LedgerState):
     """Per-user monthly spend, reservations and settings, folded from events; decides commands."""
-
-    def __init__(self, config: EnforcerConfig, prices: PriceCatalog) -> None:
-        self.config = config
-        self.prices = prices
-        self._settings: dict[str, _Settings] = {}
-        self._months: dict[tuple[str, str], _Month] = {}
-        self._reservations: dict[str, ReservationGranted] = {}
-        self._expiry = ExpiryQueue()
-        self._seen: set[str] = set()
-        self._crossed: set[tuple[str, str, str]] = set()
-        self.dead_letters = 0
-        self.denials = 0
-
-    # -- reading ----------------------------------------------------------------------------------
-
-    def seen(self, event_id: str) -> bool:
-        """Whether a usage event with this id was already applied (the idempotency key)."""
-        return event_id in self._seen
-
-    def timezone(self, user_id: str) -> str:
-        """The user's IANA time zone (the config's default unless an admin set one)."""
-        return self._settings.get(user_id, _UNSET).resolved_timezone(self.config)
-
-    def plan(self, user_id: str) -> Plan:
-        """The user's plan; a plan no longer in the config falls back to the default one."""
-        return self._settings.get(user_id, _UNSET).resolved_plan(self.config)
-
-    def cap_nanos(self, user_id: str) -> int:
-        """The user's own cap if an admin set one, else their plan's."""
-        return self._settings.get(user_id, _UNSET).resolved_cap_nanos(self.config)
-
-    def month_of(self, user_id: str, ts: datetime) -> str:
-        """The month a timestamp falls in for this user."""
-        return month_in(ts, self.timezone(user_id))
-
-    def status(self, user_id: str, now: datetime) -> UserStatus:
-        """The user's current month: spent, reserved, cap, remaining and state."""
-        month = self.month_of(user_id, now)
-        totals = self._months.get((user_id, month), _Month())
-        cap = self.cap_nanos(user_id)
-        settings = self._settings.get(user_id)
-        return UserStatus(
-            user_id=user_id,
-            month=month,
-            spent_nanos=totals.spent,
-            reserved_nanos=totals.reserved,
-            cap_nanos=cap,
-            remaining_nanos=max(0, cap - totals.spent - totals.reserved),
-            state=state_of(totals.spent + totals.reserved, cap, self.plan(user_id).soft_threshold_pct),
-            plan=settings.plan if settings else None,
-            timezone=self.timezone(user_id),
-        )
-
-    def spent(self, user_id: str, month: str) -> tuple[int, int]:
-        """(spent, reserved) nano-dollars of one user-month."""
-        totals = self._months.get((user_id, month), _Month())
-        return totals.spent, totals.reserved
-
-    def reservation(self, reservation_id: str) -> ReservationGranted | None:
-        """An open (unsettled, unexpired) reservation."""
-        return self._reservations.get(reservation_id)
-
-    def open_reservations(self) -> list[ReservationGranted]:
-        """Every open reservation, by id."""
-        return [self._reservations[key] for key in sorted(self._reservations)]
-
-    def users(self) -> set[str]:
-        """Every user with a month that holds spend or reservations (the users `snapshot` lists)."""
-        return {user for (user, _month), m in self._months.items() if m.spent or m.reserved}
-
-    def snapshot(self) -> dict[str, object]:
-        """The whole state as plain values: two ledgers agree iff their snapshots are equal."""
-        return {
-            "months": {
-                key: (m.spent, m.reserved) for key, m in self._months.items() if m.spent or m.reserved
-            },
-            "reservations": dict(self._reservations),
-            "settings": {k: (s.cap_nanos, s.plan, s.timezone) for k, s in self._settings.items()},
-            "seen": frozenset(self._seen),
-            "crossed": frozenset(self._crossed),
-        }
 
     # -- deciding ---------------------------------------------------------------------------------
 
     def decide(self, command: Command, now: datetime) -> list[Event]:
         """The events a command causes, decided against the current state, which is left unchanged.
 
-        RecordUsage -> [UsageRecorded (+ LimitCrossed)], [] for a duplicate event id, [DeadLettered] when
-        it cannot be priced (unknown model: never charged $0) or is invalid. Authorize -> [ReservationGranted]
-        (allow, or degrade to the plan's cheaper model) or [ReservationDenied] (+ LimitCrossed), [] for a
-        request id that already holds an open reservation (see `reservation(reservation_id_for(...))`).
+        RecordUsage -> [UsageRecorded (+ LimitCrossed)], [] for a redelivery (same user, id and content),
+        [DeadLettered] when it is invalid, cannot be priced (unknown model: never charged $0), reuses a
+        counted id with other content (conflicting_duplicate) or is older than the dedupe window (too_old).
+        Authorize -> [ReservationGranted] (allow, or degrade to the plan's cheaper model) or
+        [ReservationDenied] (+ LimitCrossed), [] for a request id that already holds an open reservation
+        (see `reservation(reservation_id_for(...))`) or one decided after its `expires_at`.
         ConfigureUser -> [UserConfigured (+ LimitCrossed)] or [DeadLettered] for a bad cap, plan or zone.
+        RenewReservation -> [ReservationRenewed], or [] when it renews nothing.
         """
         if isinstance(command, RecordUsage):  # nearly every command: see apply
             return self._decide_usage(command, now)
@@ -213,10 +123,9 @@ class Ledger:
                 assert_never(command)
 
     def _decide_usage(self, command: RecordUsage, now: datetime) -> list[Event]:
-        if command.event_id in self._seen:
-            return []
-        if command.ts.tzinfo is None:
-            return [dead_letter(command, now, "bad_timestamp", "ts has no time zone", command.event_id)]
+        ts, event_id = command.ts, command.event_id
+        if ts.tzinfo is None or ts.utcoffset() is None:
+            return [dead_letter(command, now, "bad_timestamp", "ts has no time zone", event_id)]
         counts = (
             command.input_tokens,
             command.output_tokens,
@@ -225,34 +134,73 @@ class Ledger:
         )
         if min(counts) < 0 or command.cached_input_tokens + command.cache_write_tokens > command.input_tokens:
             detail = "token counts must be >= 0 and cached + cache-write tokens at most input tokens"
-            return [dead_letter(command, now, "bad_tokens", detail, command.event_id)]
+            return [dead_letter(command, now, "bad_tokens", detail, event_id)]
         if command.model not in self.prices:
             detail = f"model {command.model!r} is not in the price catalog; it is never charged $0"
-            return [dead_letter(command, now, "unknown_model", detail, command.event_id)]
-        cost = self.prices[command.model].cost_nanos(
-            command.input_tokens,
-            command.output_tokens,
-            command.cached_input_tokens,
-            command.cache_write_tokens,
-        )
-        month = self.month_of(command.user_id, command.ts)
-        usage = usage_event(command, cost, month)
-        released = self._settles(usage)
-        spent, reserved = self.spent(command.user_id, month)
-        if released is not None and released.month == month:
-            reserved -= released.amount_nanos
+            return [dead_letter(command, now, "unknown_model", detail, event_id)]
         user = command.user_id
-        return [
-            usage,
-            *self._crossings(user, month, spent + cost, reserved, now, self.cap_nanos(user), self.plan(user)),
-        ]
+        index, settings = self._settings(user)
+        zone = self._zone(settings)
+        try:
+            ts_month = month_in(ts, zone)
+        except (OverflowError, ValueError):
+            detail = f"ts {ts.isoformat()} has no calendar month in the user's time zone {zone}"
+            return [dead_letter(command, now, "bad_timestamp", detail, event_id)]
+        if ts > now + MAX_AHEAD:
+            detail = f"ts {ts.isoformat()} is more than {MAX_AHEAD} ahead of the enforcer's clock ({now})"
+            return [dead_letter(command, now, "future_timestamp", detail, event_id)]
+        clock = self._months.clock(now)
+        window = window_month_number(ts)
+        first_window_month = utc_month_number(clock) - 1
+        if window < first_window_month:
+            start = month_number_start(first_window_month) - timedelta(days=1)
+            detail = (
+                f"ts {ts.isoformat()} is before the dedupe window (from {start.isoformat()}): it cannot be "
+                "told from a usage already counted, so it is not counted"
+            )
+            return [dead_letter(command, now, "too_old", detail, event_id)]
+        key = usage_key(user, event_id)
+        digest = content_digest(
+            ts, command.model, *counts, command.feature, command.outcome, command.reservation_id
+        )
+        held = self._seen.get(key)
+        if held is not None:
+            if held & DIGEST_MASK == digest:
+                return []  # a redelivery
+            detail = (
+                f"usage {event_id!r} of user {user!r} was counted before with other content; the first "
+                "report is the stored usage with that id, this one is kept here and not counted"
+            )
+            return [dead_letter(command, now, "conflicting_duplicate", detail, event_id)]
+        cost = self.prices[command.model].cost_nanos(*counts)
+        month, late, overshoot, settles = self._place(command, ts_month, zone, clock)
+        usage = usage_event(command, cost, month, late=late, overshoot=overshoot)
+        self._decided = (usage, key, digest, window)
+        spent, reserved = self._totals(index, month)
+        if settles is not None and settles.month == month:
+            reserved -= settles.amount_nanos
+        crossings = self._crossings(
+            user, index, month, spent + cost, reserved, now, self._cap(settings), self._plan(settings)
+        )
+        return [usage, *crossings]
 
-    def _settles(self, usage: UsageRecorded) -> ReservationGranted | None:
-        if usage.reservation_id is None:
-            return None
-        granted = self._reservations.get(usage.reservation_id)
-        # Another user's reservation id settles nothing: a client cannot release someone else's hold.
-        return granted if granted is not None and granted.user_id == usage.user_id else None
+    def _place(
+        self, command: RecordUsage, ts_month: str, zone: str, clock: datetime
+    ) -> tuple[str, bool, bool, ReservationGranted | None]:
+        """(month, late, overshoot, the reservation it settles) by the month rule (module docstring)."""
+        reservation_id = command.reservation_id
+        if reservation_id is not None:
+            granted = self._reservations.get(reservation_id)
+            # Another user's reservation id settles nothing: a client cannot release someone else's hold.
+            if granted is not None and granted.user_id == command.user_id:
+                return granted.month, False, False, granted
+            expired = self._months.remembered(reservation_id, command.user_id, clock)
+            if expired is not None:
+                return expired.month, False, True, None
+        arrived = month_in(clock, zone)
+        if ts_month >= arrived or clock < month_end(ts_month, zone) + self._grace:
+            return ts_month, False, False, None
+        return arrived, True, False, None
 
     def _decide_authorize(self, command: Authorize, now: datetime) -> list[Event]:
         user = command.user_id
@@ -261,9 +209,11 @@ class Ledger:
             return []
         if command.expires_at is not None and now > command.expires_at:
             return []  # the caller gave up waiting: nothing is held for an answer nobody reads
-        month = self.month_of(user, now)
-        spent, reserved = self.spent(user, month)
-        cap = self.cap_nanos(user)
+        index, settings = self._settings(user)
+        month = month_in(now, self._zone(settings))
+        spent, reserved = self._totals(index, month)
+        cap = self._cap(settings)
+        plan = self._plan(settings)
         remaining = max(0, cap - spent - reserved)
 
         def deny(reason: str, amount: int) -> ReservationDenied:
@@ -293,7 +243,6 @@ class Ledger:
         granted_model = command.model
         amount = worst
         if spent + reserved + worst > cap:
-            plan = self.plan(user)
             cheaper = plan.degrade_model
             fits = False
             if (
@@ -311,7 +260,8 @@ class Ledger:
                     f"worst case ${nanos_to_usd(worst):.6f} exceeds the remaining "
                     f"${nanos_to_usd(remaining):.6f} of the ${nanos_to_usd(cap):.2f} cap for {month}"
                 )
-                return [deny(reason, worst), *self._crossings(user, month, spent, reserved, now, cap, plan)]
+                crossings = self._crossings(user, index, month, spent, reserved, now, cap, plan)
+                return [deny(reason, worst), *crossings]
             assert cheaper is not None
             granted_model, decision = cheaper, "degrade"
         granted = ReservationGranted(
@@ -326,7 +276,7 @@ class Ledger:
             amount_nanos=amount,
             expires_at=now + timedelta(seconds=self.config.reservation_ttl_s),
         )
-        return [granted, *self._crossings(user, month, spent, reserved + amount, now, cap, self.plan(user))]
+        return [granted, *self._crossings(user, index, month, spent, reserved + amount, now, cap, plan)]
 
     def _decide_renew(self, command: RenewReservation, now: datetime) -> list[Event]:
         """A heartbeat of a running call: its open reservation lives another TTL from now. Renewing one
@@ -358,23 +308,23 @@ class Ledger:
             user_id=command.user_id, ts=now, cap_nanos=cap, plan=plan, timezone=timezone
         )
         # Cap and plan changes move the user's limits: check them against the new settings' current month.
-        settings = self._settings.get(command.user_id, _UNSET).merged(cap, plan, timezone)
-        month = month_in(now, settings.resolved_timezone(self.config))
-        spent, reserved = self.spent(command.user_id, month)
+        index, old = self._settings(command.user_id)
+        new = Settings(
+            old.cap_nanos if cap is None else cap,
+            old.plan if plan is None else plan,
+            old.timezone if timezone is None else timezone,
+        )
+        month = month_in(now, self._zone(new))
+        spent, reserved = self._totals(index, month)
         crossings = self._crossings(
-            command.user_id,
-            month,
-            spent,
-            reserved,
-            now,
-            settings.resolved_cap_nanos(self.config),
-            settings.resolved_plan(self.config),
+            command.user_id, index, month, spent, reserved, now, self._cap(new), self._plan(new)
         )
         return [configured, *crossings]
 
     def _crossings(
         self,
         user: str,
+        index: int | None,
         month: str,
         spent: int,
         reserved: int,
@@ -382,10 +332,13 @@ class Ledger:
         cap: int,
         plan: Plan,
     ) -> list[Event]:
-        """LimitCrossed for each limit that (spent + reserved) reaches in this month under this cap and
-        plan and that was not yet announced; nothing is announced while nothing is committed (a $0 cap
-        is not "crossed")."""
-        reached = limits_reached(spent + reserved, cap, plan.soft_threshold_pct)
+        """LimitCrossed for each limit this user-month reaches under this cap and plan and that was not
+        yet announced: soft on settled spend, the cap on settled + reserved spend."""
+        reached = limits_reached(spent, reserved, cap, plan.soft_threshold_pct)
+        if not reached:
+            return []
+        tally = self._months.get(month)
+        announced = 0 if tally is None else tally.flags_of(index)
         return [
             LimitCrossed(
                 user_id=user,
@@ -397,7 +350,7 @@ class Ledger:
                 cap_nanos=cap,
             )
             for limit in reached
-            if (user, month, limit) not in self._crossed
+            if not announced & FLAGS[limit]
         ]
 
     def expire_due(self, now: datetime) -> list[Event]:
@@ -412,74 +365,12 @@ class Ledger:
         granted = self._reservations.get(reservation_id)
         return granted is not None and granted.expires_at == expires_at
 
-    # -- evolving ---------------------------------------------------------------------------------
-
-    def apply(self, event: Event) -> None:
-        """Fold one event into the state. Replay = apply every stored event in order."""
-        # A usage is nearly every event: it is tested first by isinstance, which costs less than a class
-        # pattern (a replay applies millions); the match takes the others, and assert_never makes a type
-        # left out a mypy error.
-        if isinstance(event, UsageRecorded):
-            if event.event_id in self._seen:
-                return  # a duplicate that reached the store anyway still counts once
-            self._seen.add(event.event_id)
-            month = event.month or self.month_of(event.user_id, event.ts)
-            self._totals(event.user_id, month).spent += event.cost_nanos
-            released = self._settles(event)
-            if released is not None:
-                self._release(released)
-            return
-        match event:
-            case ReservationGranted():
-                self._reservations[event.reservation_id] = event
-                self._totals(event.user_id, event.month).reserved += event.amount_nanos
-                self._expiry.push(event.expires_at, event.reservation_id)
-            case ReservationRenewed():
-                granted = self._reservations.get(event.reservation_id)
-                if granted is not None and granted.user_id == event.user_id:
-                    self._reservations[event.reservation_id] = msgspec.structs.replace(
-                        granted, expires_at=event.expires_at
-                    )
-                    self._expiry.push(event.expires_at, event.reservation_id)
-            case ReservationExpired():
-                granted = self._reservations.get(event.reservation_id)
-                if granted is not None:
-                    self._release(granted)
-            case UserConfigured():
-                settings = self._settings.get(event.user_id, _UNSET)
-                self._settings[event.user_id] = settings.merged(event.cap_nanos, event.plan, event.timezone)
-            case LimitCrossed():
-                self._crossed.add((event.user_id, event.month, event.limit))
-            case ReservationDenied():
-                self.denials += 1
-            case DeadLettered():
-                self.dead_letters += 1
-            case _:
-                assert_never(event)
-
-    def apply_all(self, events: Iterable[Event]) -> None:
-        """Apply events in order (a replay)."""
-        for event in events:
-            self.apply(event)
-
     def execute(self, command: Command, now: datetime) -> list[Event]:
         """Decide, then apply what was decided: the in-memory path for a caller without a store."""
         events = self.decide(command, now)
         for event in events:
             self.apply(event)
         return events
-
-    def _release(self, granted: ReservationGranted) -> None:
-        del self._reservations[granted.reservation_id]
-        totals = self._totals(granted.user_id, granted.month)
-        totals.reserved -= granted.amount_nanos
-
-    def _totals(self, user_id: str, month: str) -> _Month:
-        key = (user_id, month)
-        totals = self._months.get(key)
-        if totals is None:
-            totals = self._months[key] = _Month()
-        return totals
 
 
 def _expired(granted: ReservationGranted, now: datetime) -> ReservationExpired:

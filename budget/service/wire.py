@@ -14,7 +14,7 @@ that finds which element and which field is wrong.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -37,6 +37,10 @@ from budget.service.rejection import Rejection
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_TOKENS = 10_000_000  # more than any model's context + output; beyond it a count is a bug, not a call
 DEFAULT_MAX_SKEW = timedelta(minutes=5)
+# A usage ts outside these years is a bug or an attack, never a call: it is rejected before the ledger
+# works out its month (which datetime cannot do near the years 1 and 9999).
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_TS = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_CAP_USD = Decimal(1_000_000)  # a cap above a million dollars a month per user is a typo
 
 Reason = Literal[
@@ -324,6 +328,8 @@ def _judge_usage(
             "out_of_range",
             f"cached_input_tokens {item.cached_input_tokens} exceeds input_tokens {item.input_tokens}",
         )
+    elif not EARLIEST_TS <= item.ts < LATEST_TS:
+        problem = ("out_of_range", f"ts {item.ts.isoformat()} is not between the years 2000 and 2199")
     elif item.ts > now + max_skew:
         problem = ("future_timestamp", f"ts {item.ts.isoformat()} is more than {max_skew} ahead of {now}")
     if problem is not None:

@@ -72,7 +72,8 @@ def enforcer_config(cap: Cap, cap_nanos: int) -> EnforcerConfig:
 
 def run_cap_nanos(cap: Cap, days: int) -> int:
     """The cap for a run of `days` days: the monthly cap pro rata, in whole nano-dollars (rounded down)."""
-    monthly = usd_to_nanos(str(cap.monthly_usd), "scenario", "cap.monthly_usd")
+    # A scenario's cap is a float: rounded down to whole nano-dollars, where an admin's must be exact.
+    monthly = usd_to_nanos(str(cap.monthly_usd), "scenario", "cap.monthly_usd", exact=False)
     return monthly if days >= MONTH_DAYS else monthly * days // MONTH_DAYS
 
 

@@ -19,7 +19,7 @@ def test_the_shipped_example_loads() -> None:
     assert config.default_plan.at_cap == "degrade" and config.default_plan.degrade_model == "gpt-4o-mini"
     assert config.plans["free"].cap_nanos == 500_000_000 and config.plans["free"].at_cap == "block"
     assert config.plans["pro"].soft_threshold_pct == 90
-    assert config.reservation_ttl_s == 600
+    assert config.reservation_ttl_s == 600 and config.month_grace_s == 900
     catalog = config.catalog()
     assert catalog["my-finetune"].input == 300 and catalog["my-finetune"].output == 1200
     assert "gpt-4o" in catalog
@@ -31,12 +31,15 @@ def test_defaults_live_in_one_place(tmp_path: Path) -> None:
     assert config.default_plan.at_cap == "block"
     assert config.reservation_ttl_s == 600
     assert config.default_timezone == "UTC"
+    assert config.month_grace_s == 900
     empty = load_config_text("", tmp_path)
     assert empty.default_plan == config.default_plan
-    assert (empty.reservation_ttl_s, empty.default_timezone) == (
+    assert (empty.reservation_ttl_s, empty.default_timezone, empty.month_grace_s) == (
         config.reservation_ttl_s,
         config.default_timezone,
+        config.month_grace_s,
     )
+    assert load_config_text("month_grace_s = 0\n", tmp_path).month_grace_s == 0
 
 
 def load_config_text(text: str, directory: Path) -> EnforcerConfig:
@@ -54,6 +57,10 @@ def load_config_text(text: str, directory: Path) -> EnforcerConfig:
         ('at_cap = "degrade"\ndegrade_model = "gpt-99"\n', "degrade_model", "not in the price catalog"),
         ('default_cap_usd = "-3"\n', "default_cap_usd", "between 0"),
         ('default_cap_usd = "lots"\n', "default_cap_usd", "amount in USD"),
+        ('default_cap_usd = "1e-30"\n', "default_cap_usd", "'1e-30' is not a whole number of nano-dollars"),
+        ('[plans.pro]\ncap_usd = "0.0000000015"\n', "plans.pro.cap_usd", "whole number of nano-dollars"),
+        ("month_grace_s = 86401\n", "month_grace_s", "from 0 to 86400"),
+        ('month_grace_s = "15m"\n', "month_grace_s", "whole number"),
         ("soft_threshold_pct = 0\n", "soft_threshold_pct", "from 1 to 100"),
         ("reservation_ttl_s = true\n", "reservation_ttl_s", "whole number"),
         ('default_timezone = "Mars/Base"\n', "default_timezone", "unknown IANA time zone"),

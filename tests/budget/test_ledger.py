@@ -1,22 +1,19 @@
-"""The pure ledger: months in the user's zone, reservations, degrade/deny, dedupe, dead letters, limits."""
+"""The pure ledger: months in the user's zone, reservations, degrade/deny, dedupe, dead letters, limits.
+
+The month rule, ids and the dedupe window are in test_ledger_months.py; the state machine against a
+plain-dict model in test_ledger_machine.py; the compact state and snapshots in test_ledger_state.py.
+"""
 
 from __future__ import annotations
 
-import tempfile
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import get_args
-from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from ledger_helpers import CATALOG, MINI_COST, NOW, authorize, make_config, make_ledger, usage
 
-from budget.domain.config import EnforcerConfig, Plan
 from budget.domain.events import (
     DeadLettered,
     Event,
@@ -30,7 +27,6 @@ from budget.domain.events import (
 )
 from budget.domain.ledger import (
     Authorize,
-    Command,
     ConfigureUser,
     Ledger,
     RecordUsage,
@@ -39,103 +35,68 @@ from budget.domain.ledger import (
     reservation_id_for,
     worst_case_nanos,
 )
-from budget.domain.prices import default_catalog
-from budget.store.event_store import EventStore
-
-NOW = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
-CATALOG = default_catalog()
-
-
-def make_config(
-    cap_usd: str = "1", at_cap: str = "block", degrade_model: str | None = None
-) -> EnforcerConfig:
-    """A config with one default plan (shared with the state machine test)."""
-    plan = Plan(
-        name="default",
-        cap_nanos=int(Decimal(cap_usd) * 1_000_000_000),
-        at_cap=at_cap,  # type: ignore[arg-type]
-        degrade_model=degrade_model,
-        soft_threshold_pct=80,
-    )
-    pro = Plan(
-        name="pro", cap_nanos=50_000_000_000, at_cap="block", degrade_model=None, soft_threshold_pct=90
-    )
-    return EnforcerConfig(default_plan=plan, plans={"pro": pro}, reservation_ttl_s=600)
-
-
-def usage(
-    event_id: str, user: str = "u", ts: datetime = NOW, model: str = "gpt-4o-mini", **kw: object
-) -> RecordUsage:
-    fields: dict[str, object] = {"input_tokens": 1000, "output_tokens": 100, **kw}
-    return RecordUsage(event_id=event_id, user_id=user, ts=ts, model=model, **fields)  # type: ignore[arg-type]
-
-
-def authorize(
-    request_id: str, user: str = "u", model: str = "gpt-4o", tokens: tuple[int, int] = (1000, 500)
-) -> Authorize:
-    return Authorize(
-        request_id=request_id,
-        user_id=user,
-        model=model,
-        max_input_tokens=tokens[0],
-        max_output_tokens=tokens[1],
-    )
 
 
 def test_usage_is_priced_from_the_catalog_and_counted_once() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [event] = ledger.execute(usage("e1"), NOW)
     assert isinstance(event, UsageRecorded)
     assert event.cost_nanos == 1000 * 150 + 100 * 600
     assert event.month == "2026-11"
-    assert ledger.seen("e1")
+    assert ledger.seen("u", "e1")
     assert ledger.execute(usage("e1"), NOW) == []  # redelivered
     ledger.apply(event)  # replayed twice anyway
     assert ledger.status("u", NOW).spent_nanos == 210_000
 
 
-def test_users_are_those_with_spend_or_reservations() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+def test_users_are_those_with_spend_or_reservations_in_months_that_can_change() -> None:
+    ledger = make_ledger()
     assert ledger.users() == set()
     ledger.execute(ConfigureUser(user_id="only-configured", plan="pro"), NOW)
     ledger.execute(usage("e1", user="a"), NOW)
-    ledger.execute(usage("e2", user="a", ts=NOW - timedelta(days=40)), NOW)
     ledger.execute(authorize("r1", user="b"), NOW)
     assert ledger.users() == {"a", "b"}
     months = ledger.snapshot()["months"]
     assert isinstance(months, dict)
     assert ledger.users() == {user for user, _month in months}
+    # Two months on, November can no longer change: its users are no longer this ledger's to announce.
+    january = datetime(2027, 1, 5, tzinfo=UTC)
+    ledger.apply_all(ledger.expire_due(january))  # its expired reservation holds November a little longer
+    later = january + timedelta(hours=2)
+    ledger.execute(usage("e2", user="c", ts=later), later)
+    assert ledger.users() == {"c"}
+    assert ledger.months() == ["2027-01"]
 
 
-def test_late_usage_at_2330_on_31_january_in_los_angeles_is_januarys() -> None:
-    ledger = Ledger(make_config(), CATALOG)
-    ledger.execute(ConfigureUser(user_id="u", timezone="America/Los_Angeles"), NOW)
-    late = datetime(2026, 2, 1, 7, 30, tzinfo=UTC)  # 23:30 on 31 January in Los Angeles (PST, UTC-8)
-    [event] = ledger.execute(usage("e1", ts=late), NOW)
-    assert isinstance(event, UsageRecorded) and event.month == "2026-01"
-    assert ledger.spent("u", "2026-01") == (210_000, 0)
+def test_usage_at_2330_on_31_january_in_los_angeles_is_januarys() -> None:
+    ledger = make_ledger()
+    ts = datetime(2026, 2, 1, 7, 30, tzinfo=UTC)  # 23:30 on 31 January in Los Angeles (PST, UTC-8)
+    ledger.execute(ConfigureUser(user_id="u", timezone="America/Los_Angeles"), ts)
+    [event] = ledger.execute(usage("e1", ts=ts), ts + timedelta(minutes=1))
+    assert isinstance(event, UsageRecorded) and event.month == "2026-01" and not event.late
+    assert ledger.spent("u", "2026-01") == (MINI_COST, 0)
     assert ledger.spent("u", "2026-02") == (0, 0)
-    assert month_in(late, "UTC") == "2026-02"
+    assert month_in(ts, "UTC") == "2026-02"
     # The month was stored with the event: a later zone change does not move history.
-    ledger.execute(ConfigureUser(user_id="u", timezone="UTC"), NOW)
-    assert ledger.spent("u", "2026-01") == (210_000, 0)
+    ledger.execute(ConfigureUser(user_id="u", timezone="UTC"), ts + timedelta(minutes=2))
+    assert ledger.spent("u", "2026-01") == (MINI_COST, 0)
 
 
 def test_unknown_model_is_dead_lettered_never_charged() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     events = ledger.decide(usage("e1", model="gpt-9-ultra"), NOW)
     assert [type(e) for e in events] == [DeadLettered]
     dead = events[0]
     assert isinstance(dead, DeadLettered) and dead.reason == "unknown_model" and dead.event_id == "e1"
     ledger.apply(dead)
-    assert not ledger.seen("e1")
+    assert not ledger.seen("u", "e1")
     assert ledger.status("u", NOW).spent_nanos == 0
     denied = ledger.decide(authorize("r1", model="gpt-9-ultra"), NOW)
     assert [type(e) for e in denied] == [DeadLettered, ReservationDenied]
 
 
 def test_dead_letter_keeps_the_original_payload() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     raw = b'{"model": "nope", "bytes": "\xff"}'
     command = RecordUsage(
         event_id="e",
@@ -154,19 +115,42 @@ def test_dead_letter_keeps_the_original_payload() -> None:
 
 @pytest.mark.parametrize("kw", [{"input_tokens": -1}, {"cached_input_tokens": 2000}, {"output_tokens": -5}])
 def test_bad_token_counts_are_dead_lettered(kw: dict[str, int]) -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [dead] = ledger.decide(usage("e1", **kw), NOW)
     assert isinstance(dead, DeadLettered) and dead.reason == "bad_tokens"
 
 
 def test_naive_timestamp_is_dead_lettered() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [dead] = ledger.decide(usage("e1", ts=datetime(2026, 11, 1)), NOW)
     assert isinstance(dead, DeadLettered) and dead.reason == "bad_timestamp"
 
 
+@pytest.mark.parametrize(
+    ("zone", "ts"),
+    [
+        ("America/Los_Angeles", datetime(1, 1, 1, 3, 0, tzinfo=UTC)),  # before the year 1 there
+        ("Asia/Tokyo", datetime(9999, 12, 31, 20, 0, tzinfo=UTC)),  # after the year 9999 there
+    ],
+)
+def test_a_timestamp_without_a_month_in_the_users_zone_is_a_bad_timestamp(zone: str, ts: datetime) -> None:
+    ledger = make_ledger()
+    ledger.execute(ConfigureUser(user_id="u", timezone=zone), NOW)
+    [dead] = ledger.decide(usage("e1", ts=ts), NOW)
+    assert isinstance(dead, DeadLettered) and dead.reason == "bad_timestamp"
+    assert zone in dead.detail and ts.isoformat() in dead.detail
+
+
+def test_a_timestamp_far_ahead_of_the_clock_is_dead_lettered() -> None:
+    ledger = make_ledger()
+    [dead] = ledger.decide(usage("e1", ts=NOW + timedelta(hours=2)), NOW)
+    assert isinstance(dead, DeadLettered) and dead.reason == "future_timestamp"
+    [event] = ledger.decide(usage("e1", ts=NOW + timedelta(minutes=59)), NOW)
+    assert isinstance(event, UsageRecorded)
+
+
 def test_settlement_replaces_the_estimate_and_expiry_returns_it() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [granted] = ledger.execute(authorize("r1"), NOW)
     [other] = ledger.execute(authorize("r2"), NOW)
     assert isinstance(granted, ReservationGranted) and isinstance(other, ReservationGranted)
@@ -186,7 +170,7 @@ def test_settlement_replaces_the_estimate_and_expiry_returns_it() -> None:
 
 
 def test_another_users_reservation_settles_nothing() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [granted] = ledger.execute(authorize("r1", user="alice"), NOW)
     assert isinstance(granted, ReservationGranted)
     ledger.execute(usage("e1", user="mallory", reservation_id=granted.reservation_id), NOW)
@@ -194,7 +178,7 @@ def test_another_users_reservation_settles_nothing() -> None:
 
 
 def test_redelivered_authorization_reserves_once() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     assert len(ledger.execute(authorize("r1"), NOW)) == 1
     assert ledger.execute(authorize("r1"), NOW) == []
     assert ledger.status("u", NOW).reserved_nanos == worst_case_nanos(CATALOG["gpt-4o"], 1000, 500)
@@ -246,8 +230,36 @@ def test_limits_are_announced_once_each_per_month() -> None:
     assert ledger.status("u", december).spent_nanos == 0
 
 
+def test_the_soft_alert_fires_on_settled_spend_not_on_a_reservation() -> None:
+    ledger = make_ledger(cap_usd="0.01", soft_threshold_pct=50)
+    # $0.0049 settled: 49% of the cap.
+    assert ledger.execute(usage("e1", model="gpt-4o", input_tokens=1960, output_tokens=0), NOW)[1:] == []
+    # A worst case of $0.0011 takes spent + reserved to 60%, past the soft threshold: still no soft alert.
+    [granted] = ledger.execute(authorize("r1", model="gpt-4o", tokens=(440, 0)), NOW)
+    assert isinstance(granted, ReservationGranted) and granted.amount_nanos == 1_100_000
+    status = ledger.status("u", NOW)
+    assert (status.spent_nanos, status.reserved_nanos, status.state) == (4_900_000, 1_100_000, "ok")
+    # The call settles for $0.0002: spend passes 50%, and the soft alert fires now.
+    settled = usage(
+        "e2", model="gpt-4o", input_tokens=80, output_tokens=0, reservation_id=granted.reservation_id
+    )
+    [recorded, crossed] = ledger.execute(settled, NOW)
+    assert isinstance(recorded, UsageRecorded) and recorded.cost_nanos == 200_000
+    assert isinstance(crossed, LimitCrossed) and crossed.limit == "soft"
+    assert (crossed.spent_nanos, crossed.reserved_nanos) == (5_100_000, 0)
+    assert ledger.status("u", NOW).state == "soft"
+
+
+def test_the_cap_is_announced_on_settled_and_reserved_spend() -> None:
+    ledger = make_ledger(cap_usd="0.01", soft_threshold_pct=50)
+    [granted, crossed] = ledger.execute(authorize("r1", model="gpt-4o", tokens=(4000, 0)), NOW)
+    assert isinstance(granted, ReservationGranted) and granted.amount_nanos == 10_000_000
+    assert isinstance(crossed, LimitCrossed) and crossed.limit == "cap"  # nothing fits any more
+    assert ledger.status("u", NOW).state == "capped"
+
+
 def test_configure_user_sets_cap_plan_and_zone_and_rejects_bad_values() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [configured] = ledger.execute(ConfigureUser(user_id="u", cap_usd=Decimal("2.5"), plan="pro"), NOW)
     assert isinstance(configured, UserConfigured) and configured.cap_nanos == 2_500_000_000
     assert ledger.cap_nanos("u") == 2_500_000_000 and ledger.plan("u").name == "pro"
@@ -262,8 +274,20 @@ def test_configure_user_sets_cap_plan_and_zone_and_rejects_bad_values() -> None:
     assert ledger.decide(ConfigureUser(user_id="u"), NOW) == []
 
 
+@pytest.mark.parametrize("cap", ["1e-30", "0.0000000005", "2.0000000001"])
+def test_a_cap_that_is_not_whole_nano_dollars_is_rejected_never_rounded(cap: str) -> None:
+    ledger = make_ledger()
+    [dead] = ledger.decide(ConfigureUser(user_id="u", cap_usd=Decimal(cap)), NOW)
+    assert isinstance(dead, DeadLettered) and dead.reason == "bad_config"
+    assert repr(Decimal(cap)) in dead.detail and "whole number of nano-dollars" in dead.detail
+    [zero] = ledger.decide(ConfigureUser(user_id="u", cap_usd=Decimal("0")), NOW)
+    assert isinstance(zero, UserConfigured) and zero.cap_nanos == 0
+    [smallest] = ledger.decide(ConfigureUser(user_id="u", cap_usd=Decimal("1e-9")), NOW)
+    assert isinstance(smallest, UserConfigured) and smallest.cap_nanos == 1
+
+
 def test_lowering_a_cap_under_the_spend_announces_the_cap() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     ledger.execute(usage("e1"), NOW)
     events = ledger.execute(ConfigureUser(user_id="u", cap_usd=Decimal("0.0001")), NOW)
     assert [e.limit for e in events if isinstance(e, LimitCrossed)] == ["soft", "cap"]
@@ -289,7 +313,7 @@ def test_replay_rebuilds_the_same_state() -> None:
 def test_apply_folds_every_type_of_event() -> None:
     """One event of each type of the Event union, each changing what it must (a type apply forgot would
     fail here as well as in mypy)."""
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     month = "2026-11"
 
     def granted(reservation_id: str, amount: int) -> ReservationGranted:
@@ -371,202 +395,8 @@ def test_apply_folds_every_type_of_event() -> None:
         assert state() == expected, type(event).__name__
 
 
-# -- the ledger against a plain-dict model, with a real store -------------------------------------------
-
-GUARDED = {"g1": "UTC", "g2": "America/Los_Angeles"}  # every call of theirs is authorized first
-FREE = {"f1": "Asia/Tokyo"}  # also reports usage it never authorized, sometimes days late
-MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-5-nano")
-TOKENS = st.integers(min_value=0, max_value=6000)
-
-
-class LedgerMachine(RuleBasedStateMachine):
-    """Commands go decide -> apply -> store.append, as in the enforcer; the model is plain dicts."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tmp = tempfile.TemporaryDirectory()
-        self.store = EventStore.open(Path(self.tmp.name) / "store", flush_interval=None)
-        self.config = make_config(cap_usd="0.01", at_cap="degrade", degrade_model="gpt-4o-mini")
-        self.ledger = Ledger(self.config, CATALOG)
-        self.now = datetime(2026, 1, 31, 22, 0, tzinfo=UTC)  # month boundaries come quickly
-        self.spend: dict[tuple[str, str], int] = defaultdict(int)
-        self.sent: dict[str, RecordUsage] = {}
-        self.open: dict[str, tuple[ReservationGranted, int, int]] = {}
-        self.expired: list[tuple[ReservationGranted, int, int]] = []
-        self.serial = 0
-        for user, zone in {**GUARDED, **FREE}.items():
-            self.run(ConfigureUser(user_id=user, timezone=zone))
-
-    def run(self, command: Command) -> list[Event]:
-        events = self.ledger.decide(command, self.now)
-        for event in events:
-            self.ledger.apply(event)
-        self.store.append(events)
-        return events
-
-    def next_id(self, prefix: str) -> str:
-        self.serial += 1
-        return f"{prefix}{self.serial}"
-
-    def month(self, user: str, ts: datetime) -> str:
-        zone = {**GUARDED, **FREE}[user]
-        return ts.astimezone(ZoneInfo(zone)).strftime("%Y-%m")
-
-    def record(self, command: RecordUsage) -> None:
-        events = self.run(command)
-        assert isinstance(events[0], UsageRecorded)
-        cost = CATALOG.cost_nanos(
-            command.model, command.input_tokens, command.output_tokens, command.cached_input_tokens
-        )
-        assert events[0].cost_nanos == cost
-        self.spend[(command.user_id, self.month(command.user_id, command.ts))] += cost
-        self.sent[command.event_id] = command
-
-    @rule(
-        user=st.sampled_from(sorted({**GUARDED, **FREE})), model=st.sampled_from(MODELS), i=TOKENS, o=TOKENS
-    )
-    def authorize(self, user: str, model: str, i: int, o: int) -> None:
-        request = Authorize(
-            request_id=self.next_id("q"), user_id=user, model=model, max_input_tokens=i, max_output_tokens=o
-        )
-        decision = self.run(request)[0]
-        if isinstance(decision, ReservationGranted):
-            assert decision.month == self.month(user, self.now)
-            self.open[decision.reservation_id] = (decision, i, o)
-        else:
-            assert isinstance(decision, ReservationDenied)
-
-    @precondition(lambda self: bool(self.open))
-    @rule(data=st.data())
-    def settle(self, data: st.DataObject) -> None:
-        reservation_id = data.draw(st.sampled_from(sorted(self.open)))
-        granted, max_in, max_out = self.open.pop(reservation_id)
-        used_in = data.draw(st.integers(0, max_in))
-        # The call happened when it was authorized and is reported now: its month is the grant's.
-        self.record(
-            RecordUsage(
-                event_id=self.next_id("e"),
-                user_id=granted.user_id,
-                ts=granted.ts,
-                model=granted.model,
-                input_tokens=used_in,
-                cached_input_tokens=data.draw(st.integers(0, used_in)),
-                output_tokens=data.draw(st.integers(0, max_out)),
-                reservation_id=reservation_id,
-            )
-        )
-
-    @rule(user=st.sampled_from(sorted(FREE)), model=st.sampled_from(MODELS), i=TOKENS, o=TOKENS, late=TOKENS)
-    def unreserved_usage(self, user: str, model: str, i: int, o: int, late: int) -> None:
-        ts = self.now - timedelta(minutes=late)
-        self.record(
-            RecordUsage(
-                event_id=self.next_id("e"), user_id=user, ts=ts, model=model, input_tokens=i, output_tokens=o
-            )
-        )
-
-    @precondition(lambda self: bool(self.expired))
-    @rule(data=st.data())
-    def settle_after_expiry(self, data: st.DataObject) -> None:
-        """A free user's call reported after its reservation expired: still spent, so still recorded."""
-        candidates = [e for e in self.expired if e[0].user_id in FREE]
-        if not candidates:
-            return
-        granted, max_in, max_out = data.draw(st.sampled_from(candidates))
-        self.record(
-            RecordUsage(
-                event_id=self.next_id("e"),
-                user_id=granted.user_id,
-                ts=granted.ts,
-                model=granted.model,
-                input_tokens=max_in,
-                output_tokens=max_out,
-                reservation_id=granted.reservation_id,
-            )
-        )
-
-    @precondition(lambda self: bool(self.sent))
-    @rule(data=st.data())
-    def redeliver(self, data: st.DataObject) -> None:
-        before = self.ledger.snapshot()
-        assert self.run(self.sent[data.draw(st.sampled_from(sorted(self.sent)))]) == []
-        assert self.ledger.snapshot() == before
-
-    @rule(user=st.sampled_from(sorted({**GUARDED, **FREE})))
-    def unknown_model(self, user: str) -> None:
-        command = RecordUsage(
-            event_id=self.next_id("x"),
-            user_id=user,
-            ts=self.now,
-            model="free-lunch",
-            input_tokens=9,
-            output_tokens=9,
-        )
-        assert [type(e) for e in self.run(command)] == [DeadLettered]
-
-    @rule(cents=st.integers(0, 10))
-    def reconfigure_free_user(self, cents: int) -> None:
-        self.run(ConfigureUser(user_id="f1", cap_usd=Decimal(cents) / 100))
-
-    @rule(seconds=st.integers(1, 4 * 3600))
-    def advance(self, seconds: int) -> None:
-        self.now += timedelta(seconds=seconds)
-        expired = self.ledger.expire_due(self.now)
-        due = {rid for rid, (g, _, _) in self.open.items() if g.expires_at <= self.now}
-        assert {e.reservation_id for e in expired if isinstance(e, ReservationExpired)} == due
-        for event in expired:
-            self.ledger.apply(event)
-        self.store.append(expired)
-        self.expired += [self.open.pop(rid) for rid in sorted(due)]
-
-    @rule()
-    def flush(self) -> None:
-        self.store.flush()
-
-    @invariant()
-    def spend_is_the_sum_of_distinct_events(self) -> None:
-        reserved: dict[tuple[str, str], int] = defaultdict(int)
-        for granted, _, _ in self.open.values():
-            reserved[(granted.user_id, granted.month)] += granted.amount_nanos
-        for key in set(self.spend) | set(reserved):
-            assert self.ledger.spent(*key) == (self.spend[key], reserved[key]), key
-        assert {r.reservation_id for r in self.ledger.open_reservations()} == set(self.open)
-
-    @invariant()
-    def authorized_users_never_exceed_the_cap(self) -> None:
-        cap = self.config.default_plan.cap_nanos
-        for (user, month), spent in self.spend.items():
-            if user in GUARDED:
-                assert spent + self.ledger.spent(user, month)[1] <= cap, (user, month)
-
-    def teardown(self) -> None:
-        try:
-            replayed = Ledger(self.config, CATALOG)
-            replayed.apply_all(self.store.replay())
-            assert replayed.snapshot() == self.ledger.snapshot()
-            self.store.close()
-            with EventStore.open(Path(self.tmp.name) / "store", flush_interval=None) as reopened:
-                again = Ledger(self.config, CATALOG)
-                again.apply_all(reopened.replay())
-            assert again.snapshot() == self.ledger.snapshot()
-            # Every reservation settles or expires: past the TTL nothing is held.
-            later = self.now + timedelta(seconds=self.config.reservation_ttl_s)
-            again.apply_all(again.expire_due(later))
-            assert again.open_reservations() == []
-            assert all(reserved == 0 for _, reserved in again.snapshot()["months"].values())  # type: ignore[attr-defined]
-        finally:
-            self.store.close()
-            self.tmp.cleanup()
-
-
-LedgerMachine.TestCase.settings = settings(
-    max_examples=40, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
-TestLedgerMachine = LedgerMachine.TestCase
-
-
 def test_a_renewed_reservation_expires_a_ttl_after_its_last_renewal() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [granted, *_] = ledger.execute(authorize("r1"), NOW)
     assert isinstance(granted, ReservationGranted)
     later = NOW + timedelta(seconds=500)
@@ -579,7 +409,7 @@ def test_a_renewed_reservation_expires_a_ttl_after_its_last_renewal() -> None:
 
 
 def test_renewing_what_is_not_an_open_reservation_of_that_user_does_nothing() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     [granted, *_] = ledger.execute(authorize("r1"), NOW)
     assert isinstance(granted, ReservationGranted)
     later = NOW + timedelta(seconds=60)
@@ -592,7 +422,7 @@ def test_renewing_what_is_not_an_open_reservation_of_that_user_does_nothing() ->
 
 
 def test_an_authorization_decided_after_its_deadline_holds_nothing() -> None:
-    ledger = Ledger(make_config(), CATALOG)
+    ledger = make_ledger()
     request = Authorize(
         request_id="late",
         user_id="u",

@@ -179,9 +179,12 @@ def test_reservations_expire_on_a_timer_and_alerts_come_once_per_month(
                 assert enforcer.counters["expired"] == 1
 
                 november = [costly(f"n{i}", "2026-11-26T20:00:00Z") for i in range(6)]
-                october = [costly(f"o{i}", "2026-10-15T12:00:00Z") for i in range(6)]  # late: October's
-                await publish_all(app, "margins/usage/alice", november + october)
-                expected = [("soft", "2026-11"), ("cap", "2026-11"), ("soft", "2026-10"), ("cap", "2026-10")]
+                await publish_all(app, "margins/usage/alice", november)
+                await seen.wait_for(lambda: len(seen.on("margins/alerts/alice")) >= 2)
+                now[0] = datetime(2026, 12, 1, 0, 5, tzinfo=UTC)  # a new month is a new key
+                december = [costly(f"d{i}", "2026-12-01T00:04:00Z") for i in range(6)]
+                await publish_all(app, "margins/usage/alice", december)
+                expected = [("soft", "2026-11"), ("cap", "2026-11"), ("soft", "2026-12"), ("cap", "2026-12")]
                 await seen.wait_for(lambda: len(seen.on("margins/alerts/alice")) >= 4)
                 await asyncio.sleep(0.3)
                 assert sorted((a["alert"], a["month"]) for a in seen.on("margins/alerts/alice")) == sorted(

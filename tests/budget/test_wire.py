@@ -132,6 +132,8 @@ def test_each_kind_of_bad_input_has_its_reason() -> None:
     assert reasons(topic, enc(usage(user_id="bob"))) == ["user_mismatch"]
     assert reasons(topic, enc(usage(ts="2026-11-26T20:00:00"))) == ["wrong_type"]  # naive: no time zone
     assert reasons(topic, enc(usage(ts="2026-11-26T21:06:00Z"))) == ["future_timestamp"]
+    for far in ("0001-01-01T00:00:00+05:00", "1999-12-31T23:59:59Z", "9999-12-31T23:00:00-05:00"):
+        assert reasons(topic, enc(usage(ts=far))) == ["out_of_range"], far
     assert reasons(topic, enc(usage(outcome="great"))) == ["wrong_type"]
     assert reasons(topic, b"[]") == ["empty"]
     assert reasons(topic, b"42") == ["not_an_object"]
