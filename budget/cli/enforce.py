@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from budget.errors import BudgetError, StoreError
+from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
 if TYPE_CHECKING:
@@ -33,6 +34,14 @@ if TYPE_CHECKING:
     type=click.IntRange(0),
     help="stop (exit 2) before the store's filesystem has less than this many MiB free",
 )
+@click.option(
+    "--snapshot-every",
+    default=SNAPSHOT_EVERY_EVENTS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="snapshot the ledger after this many events (and every 10 minutes with any); a restart replays "
+    "only the events after the newest snapshot",
+)
 def enforce(
     broker_url: str,
     username: str | None,
@@ -43,12 +52,14 @@ def enforce(
     client_id: str,
     log_level: str,
     min_free_mb: int,
+    snapshot_every: int,
 ) -> None:
     """Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.
 
     A usage message is acknowledged to the broker only once its effect is durable in the store; a
-    restart replays the store. Stops cleanly (commit, acknowledge, flush) on SIGINT or SIGTERM. A store
-    whose files do not add up, or whose disk is below --min-free-mb, stops it with one line and exit 2.
+    restart restores the newest ledger snapshot and replays the events after it. Stops cleanly (commit,
+    acknowledge, flush, snapshot) on SIGINT or SIGTERM. A store whose files do not add up, or whose disk
+    is below --min-free-mb, stops it with one line and exit 2.
     """
     import asyncio
 
@@ -71,7 +82,7 @@ def enforce(
     # interval it can hold the event loop for that long at a time, which shows in authorization latency.
     sys.setswitchinterval(0.001)
     try:
-        asyncio.run(_run(broker, store_path, config, min_free_mb * MIB))
+        asyncio.run(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every))
     except StoreError as error:
         click.echo(f"margins enforce: {error}", err=True)
         sys.exit(2)
@@ -80,12 +91,16 @@ def enforce(
         sys.exit(1)
 
 
-async def _run(broker: BrokerSettings, store_path: str, config: EnforcerConfig, min_free_bytes: int) -> None:
+async def _run(
+    broker: BrokerSettings, store_path: str, config: EnforcerConfig, min_free_bytes: int, snapshot_every: int
+) -> None:
     import asyncio
 
     from budget.service.enforcer import Enforcer
 
-    async with Enforcer(broker, store_path, config, min_free_bytes=min_free_bytes) as enforcer:
+    async with Enforcer(
+        broker, store_path, config, min_free_bytes=min_free_bytes, snapshot_every_events=snapshot_every
+    ) as enforcer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, enforcer.request_stop)

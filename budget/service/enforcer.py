@@ -8,7 +8,8 @@ Why apply before the commit: every decision must see every earlier reservation, 
 not yet on disk, or 200 concurrent authorizations would all be decided against the same remaining budget.
 Nothing leaves the process before its batch and all earlier batches are durable (one committer, in order),
 so whatever anyone observed is on disk; if a commit fails the process exits, the broker redelivers the
-unacknowledged messages, and the restart replays the store into a fresh ledger.
+unacknowledged messages, and the restart restores the newest ledger snapshot and replays the events after
+it (budget.service.snapshots; snapshots are taken as the ledger goes on, and at a clean stop).
 
 Ready (subscribed, answering) comes before anything else is sent: the retained status of every user active
 this month is republished in the background, a window at a time, behind whatever answers are waiting.
@@ -42,8 +43,10 @@ from budget.mqtt.topics import (
     status_topic,
     topic_problem,
 )
+from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.service.handler import DEADLETTER_TOPIC, Batch, MessageHandler
 from budget.service.messages import confirm_json, counters_text, encode_json, status_json
+from budget.service.snapshots import SnapshotTaker, restore, settings_key
 from budget.service.throttle import LogThrottle
 from budget.service.wire import DEFAULT_MAX_SKEW
 from budget.store.event_store import FLUSH_INTERVAL_S, EventStore
@@ -64,10 +67,11 @@ REPUBLISH_SLICE = 1024  # users looked at per loop turn (most may have nothing t
 class Enforcer:
     """The live enforcer as an `async with` component.
 
-    Entering opens the store, replays it into the ledger and starts three named tasks: the broker
-    connection (reconnecting with backoff), the committer, and the reservation-expiry timer. `wait()`
-    returns when `request_stop()` is called and raises if a task failed; leaving the block commits and
-    acknowledges what was decided, closes the store and disconnects.
+    Entering opens the store, restores the ledger (its newest snapshot and the events after it) and starts
+    three named tasks: the broker connection (reconnecting with backoff), the committer, and the
+    reservation-expiry timer. `wait()` returns when `request_stop()` is called and raises if a task failed;
+    leaving the block commits and acknowledges what was decided, snapshots the ledger, closes the store and
+    disconnects.
     """
 
     def __init__(
@@ -83,14 +87,18 @@ class Enforcer:
         store_flush_interval_s: float | None = FLUSH_INTERVAL_S,
         clock: Callable[[], datetime] | None = None,
         min_free_bytes: int = DEFAULT_MIN_FREE_MB * MIB,
+        snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS,
     ) -> None:
         self.broker = broker
         self.store_path = Path(store_path)
-        self.ledger = Ledger(config, prices if prices is not None else config.catalog())
+        self._config = config
+        self._prices = prices if prices is not None else config.catalog()
+        self._max_skew = max_skew
         self.counters: Counter[str] = Counter()
         self._throttle = LogThrottle(log)
-        self._handler = MessageHandler(self.ledger, self.counters, self._throttle, max_skew)
-        self._handle = self._handler.handle  # bound once: it runs for every message
+        self._set_ledger(Ledger(config, self._prices))  # replaced by the restored one on entering
+        self._snapshot_every_events = snapshot_every_events
+        self._snapshots: SnapshotTaker | None = None
         self._inline_commit_max = inline_commit_max
         self._store_flush_interval = store_flush_interval_s
         self._min_free_bytes = min_free_bytes
@@ -139,15 +147,23 @@ class Enforcer:
 
     def _replay(self) -> int:
         assert self._store is not None
-        count = 0
-        for event in self._store.replay():
-            self.ledger.apply(event)
-            count += 1
+        restored = restore(self._store, self._config, self._prices)
+        self._set_ledger(restored.ledger)
+        self._snapshots = SnapshotTaker(
+            self._store, self.ledger, settings_key(self._config), every_events=self._snapshot_every_events
+        )
+        if restored.snapshot_seq is not None:
+            log.info("restored the ledger from its snapshot at seq %d", restored.snapshot_seq)
         # Taken here, in the replay's thread, while nothing else touches the ledger: a crash between a
         # commit and its status publish would otherwise leave a stale retained status until the user's
         # next event. Only users with spend or reservations this month are republished (see _republish).
         self._to_republish = list(self.ledger.users())
-        return count
+        return restored.replayed
+
+    def _set_ledger(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._handler = MessageHandler(ledger, self.counters, self._throttle, self._max_skew)
+        self._handle = self._handler.handle  # bound once: it runs for every message
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe to call from a signal handler on the loop)."""
@@ -193,6 +209,8 @@ class Enforcer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._store is not None:
+            if self._snapshots is not None:
+                await asyncio.to_thread(self._snapshots.final, len(self._batch.events))
             await asyncio.to_thread(self._store.close)
             self._store = None
         self._throttle.flush_all()
@@ -340,6 +358,8 @@ class Enforcer:
                 self.counters["commits"] += 1
             self._release(batch)
             self._committing = None
+            if self._snapshots is not None:
+                self._snapshots.after_commit(uncommitted=len(self._batch.events))
 
     def _release(self, batch: Batch) -> None:
         client, connection = self._client, self._connection

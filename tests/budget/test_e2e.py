@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import json
 import random
+import re
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +136,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
         messages.append((f"margins/usage/{user}", json.dumps(body).encode()))
         if i % 10 == 0:  # an application that re-sends some reports
             messages.append(messages[rng.randrange(len(messages))])
+    enforcer_process.extra += ["--snapshot-every", "40"]  # kills land before, during and after snapshots
     enforcer_process.start()
 
     async def scenario() -> None:
@@ -160,6 +163,54 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
     replayed.apply_all(events)  # type: ignore[arg-type]
     month = datetime.now(UTC).strftime("%Y-%m")
     assert {u: replayed.spent(u, month)[0] for u in expected} == dict(expected)
+
+
+def _last_start(log: Path) -> tuple[int | None, int]:
+    """(the snapshot seq the newest start restored, or None; how many events it replayed after it)."""
+    text = log.read_text(errors="replace")
+    restored = re.findall(r"restored the ledger from its snapshot at seq (\d+)", text)
+    replayed = re.findall(r"replayed (\d+) events", text)
+    start = text.rsplit("replayed ", 1)[0]
+    from_snapshot = restored and start.rfind("restored the ledger") > start.rfind("enforcer ready")
+    return (int(restored[-1]) if from_snapshot else None), int(replayed[-1])
+
+
+def test_a_restart_restores_the_newest_snapshot_and_replays_only_what_came_after(
+    enforcer_process: EnforcerProcess,
+) -> None:
+    prices = default_catalog()
+    now = datetime.now(UTC).isoformat()
+    bodies = [usage_body(f"s{i}", user=f"u{i % 4}", ts=now, input_tokens=100 + i) for i in range(450)]
+    expected: Counter[str] = Counter()
+    for body in bodies:
+        expected[body["user_id"]] += prices.cost_nanos(body["model"], body["input_tokens"], 250)
+    messages = [(f"margins/usage/{b['user_id']}", json.dumps(b).encode()) for b in bodies]
+    enforcer_process.extra += ["--snapshot-every", "100"]
+    port, log = enforcer_process.broker.port, enforcer_process.log
+    enforcer_process.start()
+    assert _last_start(log) == (None, 0)
+    asyncio.run(publish_reliably(port, messages[:300]))
+    assert enforcer_process.terminate() == 0  # a clean stop snapshots what it holds
+    enforcer_process.start()
+    after_stop = _last_start(log)
+    assert after_stop[0] is not None and after_stop[1] == 0
+    written = log.read_text().count("snapshot at seq")
+    asyncio.run(publish_reliably(port, messages[300:420]))  # 120 events: one snapshot while running
+    deadline = time.monotonic() + 120  # it is written in a thread of its own
+    while log.read_text().count("snapshot at seq") == written:
+        assert time.monotonic() < deadline, "no snapshot written after 120 more events"
+        time.sleep(0.02)
+    asyncio.run(publish_reliably(port, messages[420:]))  # 30 more, fewer than a snapshot takes
+    asyncio.run(wait_for_status(port, dict(expected)))  # everything committed
+    enforcer_process.kill()  # SIGKILL: no snapshot at the stop
+    stored_count = len(stored(enforcer_process.store))
+    enforcer_process.start()
+    snapshot_seq, replayed = _last_start(log)
+    newest = int(re.findall(r"snapshot at seq (\d+)", log.read_text())[-1])
+    assert snapshot_seq == newest > after_stop[0]  # the running snapshot, not the one of the stop
+    assert snapshot_seq + 1 + replayed == stored_count and replayed >= 30  # it covers the rest
+    asyncio.run(wait_for_status(port, dict(expected)))  # the restored ledger's statuses, to the nano-dollar
+    assert enforcer_process.terminate() == 0
 
 
 def test_a_broker_restart_mid_stream_loses_nothing(enforcer_process: EnforcerProcess) -> None:
