@@ -42,6 +42,16 @@ def cannot_write(path: Path, error: Exception) -> str:
     return f"{path}: (file): cannot be written: {reason}"
 
 
+def cache_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--cache-dir`: where the commands that embed text keep their embeddings."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where embeddings are cached (default: $XDG_CACHE_HOME/margins/embeddings, else "
+        "~/.cache/margins/embeddings); delete it to clear the cache",
+    )(command)
+
+
 def parse_mau(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
     if value is None:
         return None

@@ -4,11 +4,16 @@ prints to stdout is the same byte for byte either way."""
 from __future__ import annotations
 
 import io
+import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from sim.calibration.embedding import model_version
+from sim.calibration.embedding_cache import EmbeddingCache, text_key
+from sim.calibration.query_sets import read_query_sets
 from sim.io.progress import SILENT, on_terminal, progress_bar, wanted
 from tests.sim.terminal_helpers import Ran, margins_on_terminal, margins_piped
 
@@ -16,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NAIVE = str(ROOT / "scenarios/seed-story/naive-mvp.toml")
 OPTIMIZED = str(ROOT / "scenarios/seed-story/optimized.toml")
 TRACE = str(ROOT / "tests/data/azure_code_sample.csv")
+BANKING = ROOT / "tests/data/semantic/banking77_sample.csv"
 SMALL = ["--mau", "200,400", "--days", "3"]
 
 
@@ -115,3 +121,23 @@ def test_report_counts_its_runs_by_section(tmp_path: Path) -> None:
     assert "report:" in drawn and "10/10" in drawn
     for section in ("MAU table: 200 MAU", "levers: ", "baseline naive-mvp: 400 MAU", "drawing the figures"):
         assert section in drawn, section
+
+
+def test_calibrate_shows_the_threshold_sweep(tmp_path: Path) -> None:
+    """With every embedding in the cache the command needs no model, so this runs without the extra."""
+    queries = read_query_sets([BANKING])
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(len(queries.group_names), 16))
+    vectors = centres[queries.groups] + 0.3 * rng.normal(size=(len(queries.texts), 16))
+    keys = [text_key(text) for text in queries.texts]
+    EmbeddingCache(tmp_path, model_version(), print).add(keys, vectors.astype(np.float32))
+    args = ["calibrate", "semantic", "--pairs", str(BANKING), "--cache-dir", str(tmp_path)]
+    shown, piped = margins_on_terminal(*args), margins_piped(*args)
+    assert shown.returncode == piped.returncode == 0, piped.stderr.decode()
+    assert piped.stderr == b""
+    timing = re.compile(rb", [0-9.]+ s \(")  # the embedding time is the one figure that may differ
+    assert timing.sub(b"", shown.stdout) == timing.sub(b"", piped.stdout)
+    assert b"144 of 144 from the cache" in piped.stdout
+    drawn = shown.stderr.decode()
+    assert "144 of 144 from the cache" in drawn
+    assert "threshold sweep:" in drawn and "lookup" in drawn
