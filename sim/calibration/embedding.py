@@ -83,8 +83,9 @@ def embed(
     cache = EmbeddingCache(cache_dir, model_version(), progress.say) if cache_dir is not None else None
     known = cache.lookup(keys) if cache is not None else {}
     todo = _texts_to_embed(texts, keys, known)
+    from_cache = sum(1 for key in keys if key in known)
     progress.expect(len(todo))
-    cached = f"{len(texts) - len(todo):,} of {len(texts):,} from the cache"
+    cached = f"{from_cache:,} of {len(texts):,} from the cache"
     if todo:
         progress.note(f"loading {MODEL_NAME}; {cached}")
         model = _load_model()
@@ -95,7 +96,6 @@ def embed(
     if cache is not None:
         cache.compact()
     vectors = np.stack([known[key] for key in keys]) if keys else np.empty((0, 0), dtype=np.float32)
-    from_cache = sum(1 for key in keys if key not in todo)
     return Embedded(np.asarray(vectors, dtype=np.float32), from_cache)
 
 

@@ -43,9 +43,10 @@ class CountingModel:
 
 
 class Notes:
-    """Progress that keeps the lines said to the user."""
+    """Progress that keeps what it is told and the lines said to the user."""
 
     def __init__(self) -> None:
+        self.notes: list[str] = []
         self.lines: list[str] = []
 
     def expect(self, total: int) -> None:
@@ -55,7 +56,7 @@ class Notes:
         pass
 
     def note(self, text: str) -> None:
-        pass
+        self.notes.append(text)
 
     def say(self, line: str) -> None:
         self.lines.append(line)
@@ -89,9 +90,11 @@ def test_only_texts_the_cache_lacks_are_embedded_each_once(model: CountingModel,
     embed(TEXTS[:3], tmp_path)
     model.encoded.clear()
     texts = [*TEXTS, TEXTS[4], TEXTS[0]]
-    result = embed(texts, tmp_path)
+    progress = Notes()
+    result = embed(texts, tmp_path, progress)
     assert sorted(model.encoded) == sorted(TEXTS[3:])  # the repeat of a new text is embedded once
     assert result.from_cache == 4  # TEXTS[0:3] and the repeat of TEXTS[0]
+    assert progress.notes[-1] == "4 of 7 from the cache"
     assert np.array_equal(result.vectors, model.encode(texts))
 
 
