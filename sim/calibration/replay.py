@@ -7,6 +7,7 @@ trace's tokens at that model's prices -- the baseline every what-if on this traf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,16 +45,23 @@ def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCat
 
 
 def replay(
-    rows: TraceRows, scenario: Scenario, catalog: PriceCatalog, seed: int = 1
+    rows: TraceRows,
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    seed: int = 1,
+    on_phase: Callable[[str], object] | None = None,
 ) -> tuple[RunResult, Forecast]:
     """Run the trace through the scenario's levers; returns the run and its figures as a one-level forecast.
 
     The trace has no difficulty labels: requests are drawn hard with the scenario's prompts.hard_share
-    (this only moves quality and a router's choices, never the pass-through's cost).
+    (this only moves quality and a router's choices, never the pass-through's cost). `on_phase` hears the
+    run's phases, as `engine.simulate` tells them.
     """
     hard = np.random.default_rng([seed, rows.requests]).random(rows.requests) < scenario.prompts.hard_share
     traffic = to_traffic(rows, scenario.cache.exact.scope, hard)
-    run = engine.simulate(scenario, catalog, traffic.mau, traffic.days, seed, traffic=traffic)
+    run = engine.simulate(
+        scenario, catalog, traffic.mau, traffic.days, seed, traffic=traffic, on_phase=on_phase
+    )
     summary = summarize(run)
     name = f"{scenario.name} on {rows.path}"
     result = Forecast(name, seed, traffic.days, 1, [summary], [{"replication": 0, **summary}])

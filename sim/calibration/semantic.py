@@ -23,6 +23,7 @@ from enum import IntEnum, unique
 import numpy as np
 
 from sim.errors import ArgumentError
+from sim.io.progress import SILENT, Progress
 
 OUT_OF_SCOPE = -1  # the group id of a query no group's answer fits
 
@@ -91,9 +92,15 @@ class Lookups:
     match: np.ndarray
 
 
-def nearest_stored(embeddings: np.ndarray, groups: np.ndarray, split: Split, chunk: int = 2048) -> Lookups:
+def nearest_stored(
+    embeddings: np.ndarray,
+    groups: np.ndarray,
+    split: Split,
+    progress: Progress = SILENT,
+    chunk: int = 2048,
+) -> Lookups:
     """Each lookup's best match among the stored queries by cosine similarity (rows are normalised here,
-    so any embedding scale works). Ties go to the first stored query."""
+    so any embedding scale works). Ties go to the first stored query. `progress` counts the lookups."""
     if len(split.stored) == 0:
         raise ArgumentError("split", "no stored queries: every group was held out")
     unit = unit_rows(embeddings)
@@ -104,6 +111,7 @@ def nearest_stored(embeddings: np.ndarray, groups: np.ndarray, split: Split, chu
         scores = unit[split.probes[start : start + chunk]] @ stored.T
         best[start : start + chunk] = np.argmax(scores, axis=1)
         similarity[start : start + chunk] = scores[np.arange(len(scores)), best[start : start + chunk]]
+        progress.advance(len(scores))
     same = groups[split.stored][best] == groups[split.probes]
     same &= groups[split.probes] != OUT_OF_SCOPE
     return Lookups(similarity=similarity, same_group=same, kind=split.probe_kind, match=split.stored[best])

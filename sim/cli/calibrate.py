@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from sim.cli.common import fail, write_or_fail
+from sim.cli.common import cache_dir_option, fail, write_or_fail
 from sim.errors import SimError
+from sim.io.progress import progress_bar, wanted
 
 if TYPE_CHECKING:
     from sim.calibration.query_sets import QuerySet
@@ -49,6 +50,7 @@ class Calibration:
     lookups_unseen: int
     lookups_out_of_scope: int
     embed_seconds: float
+    embeddings_from_cache: int
     max_false_hit: float
     rows: list[ProfileRow]
     recommended: ProfileRow | None
@@ -98,6 +100,7 @@ def calibrate_group() -> None:
     help="Share of groups held out of the cache (first-time questions)",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@cache_dir_option
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def semantic(
     pair_files: tuple[str, ...],
@@ -107,12 +110,16 @@ def semantic(
     stored_share: float,
     unseen_share: float,
     seed: int,
+    cache_dir: Path | None,
     fmt: str,
 ) -> None:
     """Embed labelled queries with the local all-MiniLM-L6-v2, play them through a semantic cache and
     print, per similarity threshold, the true-hit and false-hit rates a scenario's [cache.semantic]
-    profile takes -- and the lowest threshold that keeps false hits under --max-false-hit."""
+    profile takes -- and the lowest threshold that keeps false hits under --max-false-hit.
+
+    Embeddings are cached on disk (--cache-dir): a second run on the same queries does not run the model."""
     from sim.calibration.embedding import embed, model_version
+    from sim.calibration.embedding_cache import default_cache_dir
     from sim.calibration.query_sets import read_query_sets
     from sim.calibration.semantic import nearest_stored, recommend, similarity_profile, split_queries
     from sim.io.user_files import file_sha256
@@ -120,13 +127,15 @@ def semantic(
     try:
         queries = read_query_sets(pair_files)
         started = time.perf_counter()
-        embeddings = embed(queries.texts)
+        with progress_bar("embedding", "query", wanted(fmt)) as bar:
+            embedded = embed(queries.texts, cache_dir or default_cache_dir(), bar)
     except SimError as error:
         fail(str(error))
     embed_seconds = time.perf_counter() - started
     split = split_queries(queries.groups, stored_share=stored_share, unseen_share=unseen_share, seed=seed)
-    lookups = nearest_stored(embeddings, queries.groups, split)
-    rows = similarity_profile(lookups)
+    with progress_bar("threshold sweep", "lookup", wanted(fmt), len(split.probes)) as bar:
+        lookups = nearest_stored(embedded.vectors, queries.groups, split, bar)
+        rows = similarity_profile(lookups)
     calibration = Calibration(
         files=list(pair_files),
         file_sha256=[file_sha256(p) for p in pair_files],
@@ -137,6 +146,7 @@ def semantic(
         stored=len(split.stored),
         **_lookup_counts(split),
         embed_seconds=embed_seconds,
+        embeddings_from_cache=embedded.from_cache,
         max_false_hit=max_false_hit,
         rows=rows,
         recommended=recommend(rows, max_false_hit),
@@ -230,7 +240,8 @@ def table(c: Calibration) -> str:
     """The run as the terminal shows it: the split, then the curve every 0.05 and the recommendation."""
     lines = [
         f"semantic calibration: {c.queries:,} queries in {c.groups} groups from {', '.join(c.files)}",
-        f"embeddings: {c.model}, {c.embed_seconds:.1f} s",
+        f"embeddings: {c.model}, {c.embed_seconds:.1f} s ({c.embeddings_from_cache:,} of {c.queries:,} from "
+        "the cache)",
         f"split (seed {c.seed}): {c.stored:,} stored; lookups: {c.lookups_seen:,} seen, "
         f"{c.lookups_unseen:,} of held-out groups, {c.lookups_out_of_scope:,} out of scope",
         "",

@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from budget.domain.prices import PriceCatalog
     from sim.io.forecast_db import ForecastWriter
+    from sim.io.progress import Progress
     from sim.model.forecast import Forecast
+    from sim.model.run import RunResult
+    from sim.model.scenario import Scenario
 
 T = TypeVar("T")
 
 
 def fail(message: str) -> NoReturn:
-    """One clear line on stderr and exit code 2: bad input is never a traceback."""
+    """One clear line on stderr and exit code 2: bad input is never a traceback. (Not while a progress bar
+    is drawn: leave its block first, so the line does not land on the bar's.)"""
     click.echo(f"margins: {message}", err=True)
     sys.exit(2)
 
@@ -28,8 +33,23 @@ def write_or_fail(path: Path, write: Callable[[], T], errors: tuple[type[Excepti
     try:
         return write()
     except errors as error:
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        fail(f"{path}: (file): cannot be written: {reason}")
+        fail(cannot_write(path, error))
+
+
+def cannot_write(path: Path, error: Exception) -> str:
+    """The one line saying that `path` could not be written, and why."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return f"{path}: (file): cannot be written: {reason}"
+
+
+def cache_dir_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--cache-dir`: where the commands that embed text keep their embeddings."""
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where embeddings are cached (default: $XDG_CACHE_HOME/margins/embeddings, else "
+        "~/.cache/margins/embeddings); delete it to clear the cache",
+    )(command)
 
 
 def parse_mau(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[int] | None:
@@ -73,40 +93,29 @@ def forecast_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def run_forecast(
-    path: str,
+def run_forecasts(
+    paths: list[str],
     mau: list[int] | None,
     days: int | None,
     seed: int,
     replications: int,
-    writer: ForecastWriter | None,
-) -> Forecast:
+    out: Path | None,
+    show_progress: bool = False,
+) -> list[Forecast]:
+    """Forecast each scenario file, writing every run into `out` (DuckDB) when given.
+
+    Every file is loaded (and checked) before the first run. With `show_progress`, a bar on stderr
+    counts the runs -- scenarios x MAU levels x replications -- and names the run and its phase.
+    """
     from sim.errors import SimError
+    from sim.io.progress import progress_bar
     from sim.io.scenarios import load_scenario
-    from sim.model.forecast import forecast
 
     try:
-        scenario, catalog = load_scenario(path)
+        loaded = [load_scenario(path) for path in paths]
     except SimError as error:
         fail(str(error))
-    result = forecast(
-        scenario,
-        catalog,
-        mau or scenario.traffic.mau,
-        days or scenario.traffic.days,
-        seed,
-        replications,
-        on_run=writer.write_run if writer is not None else None,
-    )
-    if writer is not None:
-        writer.write_forecast(result)
-    return result
-
-
-def run_forecasts(
-    paths: list[str], mau: list[int] | None, days: int | None, seed: int, replications: int, out: Path | None
-) -> list[Forecast]:
-    """Forecast each scenario file, writing every run into `out` (DuckDB) when given."""
+    runs = sum(len(mau or scenario.traffic.mau) for scenario, _ in loaded) * replications
     writer: ForecastWriter | None = None
     if out is not None:
         # DuckDB and polars load only for a run that writes them (about 0.4 s of start-up)
@@ -114,7 +123,52 @@ def run_forecasts(
 
         writer = ForecastWriter(out)
     try:
-        return [run_forecast(path, mau, days, seed, replications, writer) for path in paths]
+        with progress_bar("compare" if len(paths) > 1 else "simulate", "run", show_progress, runs) as bar:
+            return [
+                _forecast(scenario, catalog, mau, days, seed, replications, writer, bar, len(paths) > 1)
+                for scenario, catalog in loaded
+            ]
     finally:
         if writer is not None:
             writer.close()
+
+
+def _forecast(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: list[int] | None,
+    days: int | None,
+    seed: int,
+    replications: int,
+    writer: ForecastWriter | None,
+    bar: Progress,
+    name_it: bool,
+) -> Forecast:
+    """One scenario's forecast; the bar advances a run at a time and notes the phase (prefixed with the
+    scenario's name when `name_it`)."""
+    from sim.model.forecast import forecast
+
+    prefix = f"{scenario.name}, " if name_it else ""
+
+    def note(phase: str) -> None:
+        bar.note(prefix + phase)
+
+    def ran(run: RunResult) -> None:
+        if writer is not None:
+            note(f"{run.traffic.mau:,} MAU: writing its events")
+            writer.write_run(run)
+        bar.advance()
+
+    result = forecast(
+        scenario,
+        catalog,
+        mau or scenario.traffic.mau,
+        days or scenario.traffic.days,
+        seed,
+        replications,
+        on_run=ran,
+        on_phase=note,
+    )
+    if writer is not None:
+        writer.write_forecast(result)
+    return result

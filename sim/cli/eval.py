@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sim.cli.common import fail, write_or_fail
+from sim.cli.common import cache_dir_option, fail, write_or_fail
+from sim.io.progress import progress_bar, wanted
 
 if TYPE_CHECKING:
     from sim.calibration.router_eval import Evaluation
@@ -40,6 +41,7 @@ def eval_group() -> None:
 @click.option(
     "--k", type=click.IntRange(1), default=5, show_default=True, help="Neighbours that vote (--examples)"
 )
+@cache_dir_option
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file: append this run")
 @click.option(
     "--write-shares",
@@ -52,6 +54,7 @@ def router(
     rules_path: str | None,
     examples_path: str | None,
     k: int,
+    cache_dir: Path | None,
     db: Path | None,
     write_shares: Path | None,
     fmt: str,
@@ -64,7 +67,7 @@ def router(
 
     if (rules_path is None) == (examples_path is None):
         fail("eval router: give --rules FILE or --examples FILE (one of them)")
-    evaluation, classifier = _evaluate(set_path, rules_path, examples_path, k)
+    evaluation, classifier = _evaluate(set_path, rules_path, examples_path, k, cache_dir, wanted(fmt))
     record = RunRecord(
         run_at=dt.datetime.now(dt.UTC),
         set_path=set_path,
@@ -83,10 +86,16 @@ def router(
 
 
 def _evaluate(
-    set_path: str, rules_path: str | None, examples_path: str | None, k: int
+    set_path: str,
+    rules_path: str | None,
+    examples_path: str | None,
+    k: int,
+    cache_dir: Path | None,
+    show_progress: bool,
 ) -> tuple[Evaluation, str]:
     """The eval set classified by the rules, or by the k nearest labelled examples; and what classified it
-    (the rules file, or "knn k=K on FILE"), as the history records it."""
+    (the rules file, or "knn k=K on FILE"), as the history records it. Embeddings are read from and
+    kept in the cache under `cache_dir` (None: the default place)."""
     from sim.calibration.router_eval import evaluate, tally
     from sim.calibration.router_eval_io import load_rules, read_eval_set
     from sim.errors import SimError
@@ -96,13 +105,16 @@ def _evaluate(
         if rules_path is not None:
             return evaluate(examples, load_rules(rules_path)), rules_path
         from sim.calibration.embedding import embed
+        from sim.calibration.embedding_cache import default_cache_dir
         from sim.calibration.router_knn import knn_verdicts
 
         assert examples_path is not None
         training = read_eval_set(examples_path)
         if k > len(training):
             fail(f"{examples_path}: (file): --k {k} needs at least {k} examples, found {len(training)}")
-        vectors = embed([e.text for e in training] + [e.text for e in examples])
+        texts = [e.text for e in training] + [e.text for e in examples]
+        with progress_bar("embedding", "text", show_progress) as bar:
+            vectors = embed(texts, cache_dir or default_cache_dir(), bar).vectors
         verdicts = knn_verdicts(
             vectors[: len(training)], [e.label for e in training], vectors[len(training) :], k
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from sim.cli.common import fail, forecast_options, run_forecasts
+from sim.io.progress import wanted
 
 
 @click.command()
@@ -25,7 +26,7 @@ def simulate(
     """Forecast spend and quality of SCENARIO (a TOML file) at each MAU level."""
     from sim.workbench import render
 
-    [result] = run_forecasts([scenario], mau, days, seed, replications, out)
+    [result] = run_forecasts([scenario], mau, days, seed, replications, out, wanted(fmt))
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -49,7 +50,7 @@ def compare(
 
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
-    results = run_forecasts(list(scenarios), mau, days, seed, replications, out)
+    results = run_forecasts(list(scenarios), mau, days, seed, replications, out, wanted(fmt))
     levels = {tuple(r["mau"] for r in f.results) for f in results}
     if len(levels) > 1:
         fail("the scenarios have different MAU levels; pass --mau to compare them on the same ones")

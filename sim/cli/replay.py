@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
 from sim.cli.common import fail
+from sim.io.progress import progress_bar, wanted
 
 
 @click.command()
@@ -43,12 +45,15 @@ def replay(
     if policies is not None and model is not None:
         fail("--model is for the pass-through; with --policies the file's [router] names the models")
     try:
-        rows = read_trace(trace, trace_format)
-        if policies is not None:
-            scenario, catalog = load_scenario(policies)
-        else:
-            scenario, catalog = passthrough_scenario(model or DEFAULT_MODEL)
-        run, result = run_replay(rows, scenario, catalog, seed)
+        with progress_bar("replay", "run", wanted(fmt), total=1) as bar:
+            bar.note(f"reading {Path(trace).name}")
+            rows = read_trace(trace, trace_format)
+            if policies is not None:
+                scenario, catalog = load_scenario(policies)
+            else:
+                scenario, catalog = passthrough_scenario(model or DEFAULT_MODEL)
+            run, result = run_replay(rows, scenario, catalog, seed, on_phase=bar.note)
+            bar.advance()
     except SimError as error:
         fail(str(error))
     if fmt == "json":

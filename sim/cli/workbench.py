@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sim.cli.common import fail, parse_mau, write_or_fail
+from sim.cli.common import cannot_write, fail, parse_mau, write_or_fail
 from sim.errors import SimError
+from sim.io.progress import progress_bar, wanted
 
 if TYPE_CHECKING:
     from sim.workbench.sweep import Sweep
@@ -56,7 +57,10 @@ def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
         ),
         click.option(
-            "--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr"
+            "--progress/--no-progress",
+            default=True,
+            show_default=True,
+            help="Progress bar on stderr (only when it is a terminal, never with --format json)",
         ),
     ]
     for option in reversed(options):
@@ -73,7 +77,7 @@ def _sweep(
     workers: int | None,
     out: Path | None,
     plot: Path | None,
-    progress: bool,
+    show_progress: bool,
 ) -> Sweep:
     from sim.io.scenarios import load_scenario
     from sim.workbench.sweep import run_sweep
@@ -85,7 +89,8 @@ def _sweep(
     except SimError as error:
         fail(str(error))
     level = mau or base.traffic.mau[0]
-    result = run_sweep(base.name, variants, level, days or base.traffic.days, seed, workers, progress)
+    with progress_bar("sweep", "point", show_progress, len(variants)) as bar:
+        result = run_sweep(base.name, variants, level, days or base.traffic.days, seed, workers, bar)
     if out is not None:
         import duckdb
 
@@ -120,7 +125,7 @@ def sweep(
 
     if not varies:
         fail("sweep needs at least one --vary KEY=V1,V2,...")
-    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
+    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, wanted(fmt, progress))
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -156,7 +161,7 @@ def goal_seek_command(
     from sim.workbench.goal_seek import goal_seek
     from sim.workbench.sweep_render import goal_seek_table
 
-    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, progress)
+    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, wanted(fmt, progress))
     answer = goal_seek(result, limit, min_quality)
     if fmt == "json":
         click.echo(json.dumps(answer.to_json(), indent=2))
@@ -201,9 +206,13 @@ def report(
     except OSError as error:
         fail(f"{out}: cannot create its folder: {error.strerror or error}")
     try:
-        data = gather(scenario, baseline, mau, days, seed, workers)
+        with progress_bar("report", "run", wanted()) as bar:
+            data = gather(scenario, baseline, mau, days, seed, workers, bar)
+            bar.note(f"drawing the figures, writing {out}")
+            written = write_report(out, data)
     except SimError as error:
         fail(str(error))
-    written = write_or_fail(out, lambda: write_report(out, data))
+    except OSError as error:
+        fail(cannot_write(out, error))
     for path in written:
         click.echo(str(path))

@@ -9,7 +9,7 @@ request at a time; tests hold the two to the same totals.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import numpy as np
 import simpy
@@ -41,16 +41,22 @@ def simulate(
     seed: int,
     replication: int = 0,
     traffic: Traffic | None = None,
+    on_phase: Callable[[str], object] | None = None,
 ) -> RunResult:
     """Run the scenario once at `mau` users for `days` days.
 
     `traffic` replaces the drawn traffic (a replayed trace, sim/io/traces.py); then its own mau and days hold.
+    `on_phase` hears what the run starts on next ("traffic", "caches", "attempts, day 3 of 30", ...): a
+    few dozen calls a run, so a progress display costs the engine nothing.
     """
+    phase = on_phase or _ignore
     streams = streams_for(seed, mau, replication)
     if traffic is None:
+        phase("traffic")
         traffic = traffic_module.generate(scenario, mau, days, streams)
     days = traffic.days
     n = traffic.requests
+    phase("caches")
     exact, semantic, fragment = cache_layers(scenario, traffic, streams.cache)
     request_model = router.route(scenario.router, traffic.hard, streams.router.random(n))
     table = provider.ProviderTable.of(scenario)
@@ -70,7 +76,8 @@ def simulate(
         output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
         **prompt_cache_sheet(scenario, catalog, traffic, call_model, needed),
     )
-    log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days)
+    log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days, phase)
+    phase("requests")
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
     quality = quality_scores(scenario, request_model, traffic.hard, served, bad_served)
     result = RunResult(
@@ -91,7 +98,12 @@ def simulate(
     )
     if scenario.cap is None:
         return result
+    phase("cap")
     return apply_cap(result, catalog)
+
+
+def _ignore(_phase: str) -> None:
+    pass
 
 
 def prompt_cache_sheet(
@@ -214,6 +226,7 @@ def _attempt_clock(
     calls: np.ndarray,
     starts: np.ndarray,
     days: int,
+    phase: Callable[[str], object],
 ) -> tuple[AttemptLog, int]:
     """SimPy steps the clock a tick at a time; each tick's attempts are made by a TickRunner.
 
@@ -233,6 +246,7 @@ def _attempt_clock(
     def clock() -> Generator[simpy.Event, None, None]:
         tick, spill = 0, first.take(slice(0, 0))
         while tick + 1 < bounds.size or spill.size:
+            phase(f"attempts, day {tick + 1} of {days}" if tick < days else "attempts after the last day")
             tick_end = (tick + 1) * TICK_S
             due = spill.t < tick_end
             arrivals = (

@@ -160,20 +160,37 @@ def forecast(
     seed: int,
     replications: int = 1,
     on_run: Callable[[RunResult], object] | None = None,
+    on_phase: Callable[[str], object] | None = None,
 ) -> Forecast:
-    """Run every MAU level `replications` times and summarize. `on_run` sees each run (e.g. to store it)."""
+    """Run every MAU level `replications` times and summarize. `on_run` sees each run (e.g. to store it);
+    `on_phase` hears which run is under way and its phase ("10,000 MAU: caches")."""
     results, runs = [], []
     for mau in maus:
         level = []
         for replication in range(replications):
-            run = engine.simulate(scenario, catalog, mau, days, seed, replication)
+            heard = _prefixed(on_phase, mau, replication, replications) if on_phase else None
+            run = engine.simulate(scenario, catalog, mau, days, seed, replication, on_phase=heard)
             if on_run is not None:
                 on_run(run)
+            if heard is not None:
+                heard("figures")
             summary = summarize(run)
             level.append(summary)
             runs.append({"replication": replication, **summary})
         results.append(combine(level))
     return Forecast(scenario.name, seed, days, replications, results, runs)
+
+
+def _prefixed(
+    on_phase: Callable[[str], object], mau: int, replication: int, replications: int
+) -> Callable[[str], object]:
+    """`on_phase` with each phase prefixed by the run it belongs to."""
+    run = (
+        f"{mau:,} MAU"
+        if replications == 1
+        else f"{mau:,} MAU, replication {replication + 1} of {replications}"
+    )
+    return lambda phase: on_phase(f"{run}: {phase}")
 
 
 def combine(summaries: Sequence[Summary]) -> Summary:

@@ -10,6 +10,7 @@ import msgspec
 import numpy as np
 
 from budget.domain.prices import NANOS_PER_USD
+from sim.io.progress import SILENT, Progress
 from sim.model.forecast import Summary
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
@@ -72,16 +73,28 @@ class LeverEffect:
         return float(self.with_lever["quality"] - self.without["quality"])
 
 
+def levers_used(scenario: Scenario) -> list[Lever]:
+    """The cost levers `scenario` turns on."""
+    return [lever for lever in LEVERS if lever.is_on(scenario)]
+
+
 def lever_effects(
-    scenario: Scenario, summary: Summary, mau: int, days: int, seed: int, workers: int | None = None
+    scenario: Scenario,
+    summary: Summary,
+    mau: int,
+    days: int,
+    seed: int,
+    workers: int | None = None,
+    progress: Progress = SILENT,
 ) -> list[LeverEffect]:
-    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed`."""
-    used = [lever for lever in LEVERS if lever.is_on(scenario)]
+    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed`
+    (`progress` advances a lever at a time)."""
+    used = levers_used(scenario)
     table = msgspec.to_builtins(scenario)
     variants = [
         variant_of(table, lever.off(scenario), f"{scenario.name} without {lever.name}") for lever in used
     ]
-    summaries = run_points(variants, mau, days, seed, workers)
+    summaries = run_points(variants, mau, days, seed, workers, progress)
     return [LeverEffect(lever.name, off, summary) for lever, off in zip(used, summaries, strict=True)]
 
 

@@ -15,12 +15,20 @@ from pathlib import Path
 import numpy as np
 
 from sim.io.figures import bar_figure, save
+from sim.io.progress import SILENT, Progress
 from sim.io.scenarios import load_scenario
 from sim.model.forecast import Forecast, Summary, flatten, forecast
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.workbench import plots, render
-from sim.workbench.breakdown import LeverEffect, cost_by_model, lever_effects, top_share, user_month_costs
+from sim.workbench.breakdown import (
+    LeverEffect,
+    cost_by_model,
+    lever_effects,
+    levers_used,
+    top_share,
+    user_month_costs,
+)
 
 CAP_ROWS: tuple[render.Row, ...] = (
     ("cap per user-month", "cap.monthly_usd", render.usd),
@@ -61,8 +69,10 @@ def gather(
     days: int | None,
     seed: int,
     workers: int | None = None,
+    progress: Progress = SILENT,
 ) -> ReportData:
-    """Run the forecasts the page needs (raises SimError for a bad scenario)."""
+    """Run the forecasts the page needs (raises SimError for a bad scenario). `progress` counts the runs
+    -- the MAU table's, one per lever, the baseline's -- and notes the section and the run's phase."""
     scenario, catalog = load_scenario(path)
     base = load_scenario(baseline_path) if baseline_path else None
     levels = list(maus or scenario.traffic.mau)
@@ -73,20 +83,49 @@ def gather(
     def keep_focus(run: RunResult) -> None:
         if run.traffic.mau == focus_mau and not captured:
             captured.append(run)
+        progress.advance()
 
-    result = forecast(scenario, catalog, levels, days, seed, on_run=keep_focus)
+    progress.expect(len(levels) + len(levers_used(scenario)) + (len(levels) if base else 0))
+    table = _Section(progress, "MAU table")
+    result = forecast(scenario, catalog, levels, days, seed, on_run=keep_focus, on_phase=table.note)
     run = captured[0]
     focus = result.results[levels.index(focus_mau)]
-    baseline = forecast(base[0], base[1], levels, days, seed) if base else None
+    levers = lever_effects(scenario, focus, focus_mau, days, seed, workers, _Section(progress, "levers"))
+    baseline = None
+    if base is not None:
+        section = _Section(progress, f"baseline {base[0].name}")
+        baseline = forecast(*base, levels, days, seed, on_run=section.run_done, on_phase=section.note)
     return ReportData(
         scenario=scenario,
         forecast=result,
         focus=focus,
         user_costs=user_month_costs(run),
         model_costs=cost_by_model(run),
-        levers=lever_effects(scenario, focus, focus_mau, days, seed, workers),
+        levers=levers,
         baseline=baseline,
     )
+
+
+class _Section:
+    """Progress of one section of the report: notes carry the section's name."""
+
+    def __init__(self, progress: Progress, name: str) -> None:
+        self._progress, self._name = progress, name
+
+    def expect(self, total: int) -> None:
+        pass  # the report's whole length is set once, in `gather`
+
+    def advance(self, units: int = 1) -> None:
+        self._progress.advance(units)
+
+    def note(self, text: str) -> None:
+        self._progress.note(f"{self._name}: {text}")
+
+    def say(self, line: str) -> None:
+        self._progress.say(line)
+
+    def run_done(self, _run: RunResult) -> None:
+        self._progress.advance()
 
 
 def figures(data: ReportData) -> dict[str, bytes]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm import tqdm
-
 from budget.domain.prices import PriceCatalog
+from sim.io.progress import SILENT, Progress
 from sim.model import engine
 from sim.model.forecast import Summary, summarize
 from sim.model.scenario import Scenario
@@ -87,9 +85,16 @@ class Sweep:
         return [point for point in self.points if point.on_frontier]
 
 
-def run_point(scenario: Scenario, catalog: PriceCatalog, mau: int, days: int, seed: int) -> Summary:
+def run_point(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    on_phase: Callable[[str], object] | None = None,
+) -> Summary:
     """Simulate one variant and summarize it (the unit of work a pool worker does)."""
-    return summarize(engine.simulate(scenario, catalog, mau, days, seed))
+    return summarize(engine.simulate(scenario, catalog, mau, days, seed, on_phase=on_phase))
 
 
 def default_workers() -> int:
@@ -107,9 +112,9 @@ def run_sweep(
     days: int,
     seed: int,
     workers: int | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> Sweep:
-    """Run every variant at `mau` users for `days` days on `seed`; `progress` draws a bar on stderr."""
+    """Run every variant at `mau` users for `days` days on `seed`; `progress` advances a point at a time."""
     summaries = run_points(variants, mau, days, seed, workers, progress)
     return assemble(scenario_name, variants, summaries, mau, days, seed)
 
@@ -127,7 +132,7 @@ def assemble(
     costs = [float(s["cost_per_user_month_usd"]["mean"]) for s in summaries]
     on_frontier = pareto_frontier(costs, [float(s["quality"]) for s in summaries])
     points = [
-        SweepPoint(variant.settings, variant.label() or "(base)", summary, flag)
+        SweepPoint(variant.settings, _point_name(variant), summary, flag)
         for variant, summary, flag in zip(variants, summaries, on_frontier, strict=True)
     ]
     order = sorted(range(len(points)), key=lambda i: costs[i])
@@ -140,28 +145,41 @@ def run_points(
     days: int,
     seed: int,
     workers: int | None = None,
-    progress: bool = False,
+    progress: Progress = SILENT,
 ) -> list[Summary]:
-    """Each variant's summary, in the variants' order, run on a pool of `workers` (default: the cores)."""
+    """Each variant's summary, in the variants' order, run on a pool of `workers` (default: the cores).
+
+    `progress` advances as each point finishes and notes the point (in this process, also its phase).
+    """
     workers = max(1, min(workers or default_workers(), len(variants)))
-    bar = tqdm(total=len(variants), desc="sweep", unit="point", file=sys.stderr, disable=not progress)
     results: list[Summary | None] = [None] * len(variants)
-    with bar:
-        if workers == 1:
-            for index, variant in enumerate(variants):
-                results[index] = run_point(variant.scenario, variant.catalog, mau, days, seed)
-                bar.update()
-        else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {
-                    pool.submit(run_point, v.scenario, v.catalog, mau, days, seed): index
-                    for index, v in enumerate(variants)
-                }
-                for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    bar.update()
+    if workers == 1:
+        for index, variant in enumerate(variants):
+            heard = _noting(progress, _point_name(variant))
+            results[index] = run_point(variant.scenario, variant.catalog, mau, days, seed, heard)
+            progress.advance()
+    else:
+        progress.note(f"{len(variants)} points on {workers} processes")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(run_point, v.scenario, v.catalog, mau, days, seed): index
+                for index, v in enumerate(variants)
+            }
+            for future in as_completed(futures):
+                index = futures[future]
+                results[index] = future.result()
+                progress.note(f"{_point_name(variants[index])} done")
+                progress.advance()
     return [summary for summary in results if summary is not None]
+
+
+def _point_name(variant: Variant) -> str:
+    return variant.label() or "(base)"
+
+
+def _noting(progress: Progress, point: str) -> Callable[[str], None]:
+    return lambda phase: progress.note(f"{point}: {phase}")
 
 
 def setting_columns(sweep: Sweep) -> list[str]:

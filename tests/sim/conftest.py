@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,3 +34,12 @@ ALL_LEVERS: dict[str, Any] = {
 @pytest.fixture
 def all_levers() -> tuple[Scenario, PriceCatalog]:
     return scenario_from(ALL_LEVERS, "all-levers")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def embedding_cache_of_the_test_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Commands that embed text cache under $XDG_CACHE_HOME: one for the test run, never the user's."""
+    root = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(root))
+        yield root
