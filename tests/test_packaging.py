@@ -138,7 +138,7 @@ def venv(tmp_path: Path) -> Venv:
 def test_the_wheel_holds_the_packages_the_starter_files_and_the_licence(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"budget", "sim", "margins-0.1.0.dist-info"}
-    for name in ("budget/py.typed", "sim/py.typed", "budget/domain/prices.toml"):
+    for name in ("budget/py.typed", "sim/py.typed"):
         assert name in names
     starter = {
         f"sim/_starter/scenarios/{path.relative_to(ROOT / 'scenarios').as_posix()}"

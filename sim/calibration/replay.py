@@ -28,10 +28,9 @@ UNBOUND_TPM = 10**12
 
 def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCatalog]:
     """Every lever off, no failures, one model: the trace's own cost."""
-    if model not in default_catalog():
-        raise ScenarioError(
-            "--model", "model", f"unknown model {model!r}; known: {', '.join(default_catalog().models)}"
-        )
+    catalog = default_catalog()
+    if model not in catalog:
+        raise ScenarioError("--model", "model", str(catalog.unknown(model)))
     provider: dict[str, Any] = {
         "error_rate": 0.0,
         "timeout_rate": 0.0,

@@ -20,6 +20,7 @@ from sim.model.attempts import AttemptLog, CallSheet, Pending, RateWindows
 from sim.model.caps import apply_cap
 from sim.model.codes import Action, Outcome, Served
 from sim.model.policies import cache, prompt_cache, provider, router
+from sim.model.pricing import PriceSheet
 from sim.model.randomness import streams_for
 from sim.model.run import RunResult, calls_needing_model
 from sim.model.scenario import Scenario
@@ -62,13 +63,15 @@ def simulate(
         traffic.t[traffic.call_request[call_ids]]
         + _chain_offsets(traffic, table, call_model, needed)[call_ids]
     )
+    prices = PriceSheet.of(catalog, scenario.models)
     sheet = CallSheet(
         model=call_model,
         input_tokens=traffic.input_tokens,
         output_tokens=traffic.output_tokens,
-        input_price=np.array([catalog[m].input for m in scenario.models], dtype=np.int64),
-        output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
-        **prompt_cache_sheet(scenario, catalog, traffic, call_model),
+        input_price=prices.input,
+        output_price=prices.output,
+        price_row=prices.call_rows(call_model, traffic.input_tokens),
+        **prompt_cache_sheet(scenario, prices, traffic, call_model),
     )
     log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days)
     served, ttft, fallback, cost, bad_served = _per_request(traffic, log, exact, semantic)
@@ -95,7 +98,7 @@ def simulate(
 
 
 def prompt_cache_sheet(
-    scenario: Scenario, catalog: PriceCatalog, traffic: Traffic, call_model: np.ndarray
+    scenario: Scenario, prices: PriceSheet, traffic: Traffic, call_model: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts."""
     if not any(scenario.provider(m).prompt_cache for m in scenario.models):
@@ -104,8 +107,8 @@ def prompt_cache_sheet(
     return {
         "cached_input": cached,
         "cache_write": write,
-        "cached_price": np.array([catalog[m].cached_input for m in scenario.models], dtype=np.int64),
-        "write_price": np.array([catalog[m].cache_write for m in scenario.models], dtype=np.int64),
+        "cached_price": prices.cached_input,
+        "write_price": prices.cache_write,
     }
 
 

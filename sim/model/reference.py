@@ -109,8 +109,7 @@ class _Reference:
         self.model = request_model.tolist()
         self.u_cache = u_cache.tolist()
         self.table = ProviderTable.of(scenario)
-        self.prices = [(catalog[m].input, catalog[m].output) for m in scenario.models]
-        self.cache_prices = [(catalog[m].cached_input, catalog[m].cache_write) for m in scenario.models]
+        self.prices = [catalog[m] for m in scenario.models]
         call_model = request_model[traffic.call_request]
         cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model)
         self.prompt_cached, self.prompt_write = cached.tolist(), write.tolist()
@@ -205,8 +204,9 @@ class _Reference:
             action, next_t = self._follow_up(outcome, now, duration, retries, jitter)
             if action == Action.QUEUE and tokens > self.table.tpm[model]:
                 action = Action.FAILED  # no window could ever hold it
-            price_in, price_out = self.prices[model]
-            price_cached, price_write = self.cache_prices[model]
+            rates = self.prices[model].rates_for(int(self.traffic.input_tokens[call]))
+            price_in, price_out = rates.input, rates.output
+            price_cached, price_write = rates.cached_input, rates.cache_write
             read = self.prompt_cached[call] if billed_in else 0
             wrote = self.prompt_write[call] if billed_in else 0
             cost = (billed_in - read - wrote) * price_in + billed_out * price_out
