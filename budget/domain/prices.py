@@ -209,6 +209,16 @@ class PriceCatalog:
         price = self[model] if at is None else self.price_at(model, at)
         return price.cost_nanos(input_tokens, output_tokens, cached_input_tokens, cache_write_tokens)
 
+    def provenance(self) -> dict[str, Any]:
+        """Which prices these are, for a forecast to say: the catalog (package and version), the day its
+        data was published, the day whose prices were applied, and the models a [prices] table set."""
+        return {
+            "catalog": self.source.name,
+            "as_of": self.source.as_of,
+            "priced_on": self.on.isoformat() if self.on is not None else None,
+            "overridden": sorted(self.overridden),
+        }
+
     def pinned(self) -> PriceCatalog:
         """This catalog with its history dropped: every model at the price in force on `on`, whatever a
         timestamp says (a forecast prices its whole month at one day's prices)."""

@@ -55,7 +55,8 @@ def replay(
     run = engine.simulate(scenario, catalog, traffic.mau, traffic.days, seed, traffic=traffic)
     summary = summarize(run)
     name = f"{scenario.name} on {rows.path}"
-    result = Forecast(name, seed, traffic.days, 1, [summary], [{"replication": 0, **summary}])
+    runs = [{"replication": 0, **summary}]
+    result = Forecast(name, seed, traffic.days, 1, [summary], runs, catalog.provenance())
     return run, result
 
 
