@@ -29,14 +29,31 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 # Where an import name differs from the name of the distribution that brings it.
-DISTRIBUTION_OF = {"paho": "paho-mqtt"}
-# What the core install must run: what applications import, and the command shell with `init`.
+DISTRIBUTION_OF = {"paho": "paho-mqtt", "genai_prices": "genai-prices"}
+# What the core install must run: what applications import, and the command shell with `init` and
+# `prices` (which reads a caps config or a scenario file for their overrides).
 CORE_PACKAGES = ("budget.domain", "budget.mqtt")
 CORE_MODULES = frozenset(
     {
-        *("budget", "budget.client", "budget.errors", "budget.cli"),
-        *("sim", "sim.errors", "sim.cli", "sim.cli.extras", "sim.cli.common", "sim.cli.init"),
-        *("sim.io", "sim.io.starter"),
+        *(
+            "budget",
+            "budget.client",
+            "budget.errors",
+            "budget.cli",
+            "budget.service",
+            "budget.service.settings",
+        ),
+        *(
+            "sim",
+            "sim.errors",
+            "sim.cli",
+            "sim.cli.extras",
+            "sim.cli.common",
+            "sim.cli.init",
+            "sim.cli.prices",
+        ),
+        *("sim.io", "sim.io.starter", "sim.io.scenarios", "sim.io.user_files"),
+        *("sim.model", "sim.model.scenario", "sim.model.scenario_checks"),
     }
 )
 
@@ -166,7 +183,8 @@ def test_the_core_install_runs_the_shell_and_the_client_without_the_heavy_packag
     venv.install(str(wheel))
     for heavy in ("numpy", "duckdb", "pyarrow", "polars", "simpy", "matplotlib", "tqdm"):
         assert not venv.has(heavy), heavy
-    assert "init" in ok(venv.run("margins", "--help"))
+    listing = ok(venv.run("margins", "--help"))
+    assert "init" in listing and "What MODELS are charged per 1M tokens" in listing
     ok(venv.run("python", "-c", "import budget.client, budget.domain.ledger; budget.client.BudgetClient"))
     # Users' months are in their own time zones: with no system zone database, tzdata answers.
     check_zone = (
@@ -181,6 +199,9 @@ def test_the_core_install_runs_the_shell_and_the_client_without_the_heavy_packag
         assert copy.read_bytes() == file.source.read_bytes(), copy
         assert f"demo/{file.target}" in written
     assert "pip install 'margins[sim]'" in written
+    # Prices come with the core install: the catalog, and a scenario's overrides on top of it.
+    priced = ok(venv.run("margins", "prices", "gpt-4o", "--scenario", SEED_STORY[0]))
+    assert priced.splitlines()[2].split() == ["gpt-4o", "any", "2.50", "1.25", "2.50", "10.00"]
 
     simulate = venv.run("margins", "simulate", SEED_STORY[0])
     assert (simulate.returncode, simulate.stderr) == (
