@@ -301,3 +301,17 @@ def test_a_catalog_travels_to_worker_processes() -> None:
     copy = pickle.loads(pickle.dumps(CATALOG))
     assert copy.resolve("gpt-4o-2024-08-06") == "gpt-4o"
     assert copy["claude-sonnet-4.5"] == CATALOG["claude-sonnet-4.5"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the ledger charges catalog[model] (the prices of the catalog's day), not price_at(model, ts)",
+)
+def test_the_ledger_charges_a_late_event_at_the_price_in_force_at_its_timestamp() -> None:
+    plan = Plan(name="default", cap_nanos=10**12, at_cap="block", degrade_model=None, soft_threshold_pct=80)
+    ledger = Ledger(EnforcerConfig(default_plan=plan), CATALOG)
+    then = datetime(2025, 6, 1, tzinfo=UTC)  # o3 cost $10 / $40 per 1M tokens until 2025-06-09
+    use = RecordUsage(event_id="e1", user_id="u1", ts=then, model="o3", input_tokens=1000, output_tokens=100)
+    [usage, *_] = ledger.execute(use, datetime(2026, 12, 2, tzinfo=UTC))
+    assert isinstance(usage, UsageRecorded)
+    assert usage.cost_nanos == 1000 * 10_000 + 100 * 40_000
