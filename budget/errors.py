@@ -3,6 +3,7 @@
     BudgetError               the root: catch it to report any of them
         UnknownModelError     model, closest, refused: a model the price catalog cannot price
         PriceError            where, field, reason: a price entry that is not an exact per-token price
+        PriceRefused          model, reason: a catalog price margins cannot charge exactly per token
         ConfigError           where, field, reason: an enforcer config file or value
         StoreError            path, reason: the event store cannot be opened, read or written
             SnapshotDamaged   a ledger snapshot with a part missing or changed (an older one is used)
@@ -52,6 +53,16 @@ class PriceError(BudgetError):
         self.field = field
         self.reason = reason
         super().__init__(f"{where}: {field}: {reason}")
+
+
+class PriceRefused(BudgetError):
+    """A price in the catalog's data that margins cannot charge exactly per text token; the model is listed
+    as refused, with `reason`, and a [prices.MODEL] table can price it."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(reason)
 
 
 class ConfigError(BudgetError):

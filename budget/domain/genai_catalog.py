@@ -24,6 +24,7 @@ from decimal import Decimal
 from genai_prices import data, types
 
 from budget.domain.prices import ALWAYS, CatalogSource, ModelPrice, PriceCatalog, PriceChange, Rates, Tier
+from budget.errors import PriceRefused
 
 PROVIDERS = ("openai", "anthropic", "google")
 # The day each genai-prices release margins was tested with was published (the package does not carry
@@ -36,10 +37,6 @@ PRICE_KEYS = {
     "cache_write": "cache_write_mtok",
     "output": "output_mtok",
 }
-
-
-class Refused(Exception):
-    """A model price margins cannot charge exactly; the message says why."""
 
 
 def catalog_source() -> CatalogSource:
@@ -59,8 +56,8 @@ def read_catalog(on: date) -> PriceCatalog:
                 continue
             try:
                 changes = model_history(model)
-            except Refused as why:
-                refused[model.id] = str(why)
+            except PriceRefused as why:
+                refused[model.id] = why.reason
                 continue
             prices[model.id] = in_force(changes, on)
             if len(changes) > 1:
@@ -103,7 +100,7 @@ class Lookup:
 
 
 def model_history(model: types.ModelInfo) -> tuple[PriceChange, ...]:
-    """Every price of a model with the day it starts, in the catalog's order; raises Refused."""
+    """Every price of a model with the day it starts, in the catalog's order; raises PriceRefused."""
     if isinstance(model.prices, types.ModelPrice):
         return (PriceChange(ALWAYS, convert(model.id, model.prices)),)
     changes = []
@@ -114,7 +111,9 @@ def model_history(model: types.ModelInfo) -> tuple[PriceChange, ...]:
         elif isinstance(constraint, types.StartDateConstraint):
             since = constraint.start_date
         else:
-            raise Refused("the catalog prices it by time of day; margins charges one price a day")
+            raise PriceRefused(
+                model.id, "the catalog prices it by time of day; margins charges one price a day"
+            )
         changes.append(PriceChange(since, convert(model.id, conditional.prices)))
     return tuple(changes)
 
@@ -127,7 +126,7 @@ def convert(model: str, price: types.ModelPrice) -> ModelPrice:
         if value is not None:
             values[name] = value
     if "input" not in values or "output" not in values:
-        raise Refused("the catalog lists no per-token price for its input and output text tokens")
+        raise PriceRefused(model, "the catalog lists no per-token price for its input and output text tokens")
     starts = sorted(
         {
             tier.start
@@ -163,9 +162,10 @@ def _whole_nanos(model: str, name: str, usd_per_million: Decimal, above: int | N
     nanos = usd_per_million * 1000  # USD per 1M tokens -> nano-dollars per token
     if nanos != nanos.to_integral_value():
         where = "" if above is None else f" for prompts above {above:,} tokens"
-        raise Refused(
+        raise PriceRefused(
+            model,
             f"the catalog's {name.replace('_', ' ')} price{where}, ${usd_per_million} per 1M tokens, is not "
             f"a whole number of nano-dollars per token and margins never rounds a price: give it in "
-            f"[prices.{model}]"
+            f"[prices.{model}]",
         )
     return int(nanos)

@@ -36,8 +36,9 @@ OVERRIDE_FIELDS = (*PRICE_FIELDS, "tiers", "like")
 TIER_FIELDS = ("above", *PRICE_FIELDS)
 
 
-def apply_overrides(catalog: PriceCatalog, overrides: Mapping[str, Any], where: str) -> PriceCatalog:
-    """`catalog` with each model of `overrides` replaced or added; errors name `where`.MODEL.field."""
+def with_overrides(catalog: PriceCatalog, overrides: Mapping[str, Any], where: str) -> PriceCatalog:
+    """`catalog` with each model of `overrides` replaced or added (USD per 1M tokens per field); errors
+    name `where`.MODEL.field, e.g. prices.gpt-4o.input."""
     prices = dict(catalog.prices)
     history = dict(catalog.history)
     refused = dict(catalog.refused)
@@ -90,20 +91,19 @@ def parse_model_price(
 
 
 def _rates(fields: Mapping[str, Any], where: str, base: Rates | None, prefix: str) -> Rates:
+    """Named fields in nano-dollars; the others from `base`, or without one from the named input."""
     if base is None:
         for required in ("input", "output"):
             if required not in fields:
                 raise PriceError(where, prefix + required, "missing; a price needs input and output")
-        given = fields["input"]
-        defaults = {"cached_input": given, "cache_write": given}
     nanos = {}
     for name in PRICE_FIELDS:
         if name in fields:
             nanos[name] = usd_per_million_to_nanos(fields[name], where, prefix + name)
         elif base is not None:
             nanos[name] = getattr(base, name)
-        else:
-            nanos[name] = usd_per_million_to_nanos(defaults[name], where, prefix + name)
+        else:  # cached_input and cache_write of a new price: the input price (no discount, no surcharge)
+            nanos[name] = usd_per_million_to_nanos(fields["input"], where, prefix + "input")
     return Rates(**nanos)
 
 

@@ -9,8 +9,8 @@ A model's price may have tiers by prompt size (Anthropic and Google charge more 
 whose prompt passes 200k tokens), and it may change over time. A catalog holds the prices in force on one
 day (`on`) and, for models whose price changed or will change, their dated history: a usage event is
 priced at the price in force at its timestamp (`price_at`). The default catalog is genai-prices' data
-(budget/domain/genai_catalog.py); `[prices.MODEL]` tables in a scenario or the caps config override or
-add models (budget/domain/price_overrides.py).
+(budget/domain/genai_catalog.py, read by budget/domain/catalog.py); `[prices.MODEL]` tables in a
+scenario or the caps config override or add models (budget/domain/price_overrides.py).
 """
 
 from __future__ import annotations
@@ -224,16 +224,6 @@ class PriceCatalog:
         timestamp says (a forecast prices its whole month at one day's prices)."""
         return PriceCatalog(self.prices, self.source, self.on, {}, self.refused, self.overridden, self.lookup)
 
-    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]], where: str) -> PriceCatalog:
-        """A new catalog where each named model is replaced or added (USD per 1M tokens per field).
-
-        `where` names the overriding table in errors (e.g. "prices"). The rules are in
-        budget/domain/price_overrides.py.
-        """
-        from budget.domain.price_overrides import apply_overrides
-
-        return apply_overrides(self, overrides, where)
-
 
 def usd_per_million_to_nanos(value: object, where: str, field: str) -> int:
     """USD per 1M tokens (a string or number) -> exact nano-dollars per token; never rounded."""
@@ -259,17 +249,3 @@ def nanos_to_usd_per_million(nanos: int) -> Decimal:
 def nanos_to_usd(nanos: int) -> float:
     """For display only: money stays in integer nano-dollars everywhere it is summed."""
     return nanos / NANOS_PER_USD
-
-
-_DEFAULT: dict[date, PriceCatalog] = {}
-
-
-def default_catalog(on: date | None = None) -> PriceCatalog:
-    """The default catalog (genai-prices' data, with its history) at the prices in force on `on`
-    (default: today, UTC); read once per day asked for."""
-    day = on if on is not None else datetime.now(UTC).date()
-    if day not in _DEFAULT:
-        from budget.domain.genai_catalog import read_catalog  # the catalog's data loads only when asked for
-
-        _DEFAULT[day] = read_catalog(day)
-    return _DEFAULT[day]

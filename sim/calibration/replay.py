@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from budget.domain.prices import PriceCatalog, default_catalog
+from budget.domain.catalog import default_catalog
+from budget.domain.prices import PriceCatalog
 from sim.errors import ScenarioError
 from sim.io.traces import TraceRows, to_traffic
 from sim.model import engine

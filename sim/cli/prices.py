@@ -58,7 +58,7 @@ def prices(models: tuple[str, ...], config: Path | None, scenario: Path | None, 
 
 
 def _catalog(config: Path | None, scenario: Path | None) -> PriceCatalog:
-    from budget.domain.prices import default_catalog
+    from budget.domain.catalog import default_catalog
     from budget.errors import BudgetError
     from sim.errors import SimError
 

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from budget.domain.prices import PriceCatalog, default_catalog
+from budget.domain.catalog import default_catalog
+from budget.domain.price_overrides import with_overrides
+from budget.domain.prices import PriceCatalog
 from budget.errors import PriceError
 from sim.errors import ScenarioError
 from sim.model.scenario import Cap, ModelQuality, Provider, Scenario
@@ -204,7 +206,7 @@ def parse_scenario(data: Mapping[str, Any], where: str) -> tuple[Scenario, Price
         scenario = msgspec.structs.replace(scenario, name=Path(where).stem)
     try:
         # A forecast prices its whole month at today's prices, whatever its dates say.
-        catalog = default_catalog().with_overrides(scenario.prices, "prices").pinned()
+        catalog = with_overrides(default_catalog(), scenario.prices, "prices").pinned()
     except PriceError as error:
         raise ScenarioError(where, f"{error.where}.{error.field}", error.reason) from None
     check_semantics(scenario, catalog, where)

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from budget.domain.catalog import default_catalog
 from budget.domain.config import EnforcerConfig, Plan
 from budget.domain.events import (
     DeadLettered,
@@ -39,7 +40,6 @@ from budget.domain.ledger import (
     reservation_id_for,
     worst_case_nanos,
 )
-from budget.domain.prices import default_catalog
 from budget.store.event_store import EventStore
 
 NOW = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)

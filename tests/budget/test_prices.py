@@ -13,10 +13,12 @@ import pytest
 from genai_prices import types
 
 from budget.domain import genai_catalog
+from budget.domain.catalog import default_catalog
 from budget.domain.commands import worst_case_nanos
 from budget.domain.config import EnforcerConfig, Plan
 from budget.domain.events import ReservationGranted, UsageRecorded
 from budget.domain.ledger import Authorize, Ledger, RecordUsage
+from budget.domain.price_overrides import with_overrides
 from budget.domain.prices import (
     ALWAYS,
     CatalogSource,
@@ -25,9 +27,8 @@ from budget.domain.prices import (
     PriceChange,
     Rates,
     Tier,
-    default_catalog,
 )
-from budget.errors import PriceError, UnknownModelError
+from budget.errors import PriceError, PriceRefused, UnknownModelError
 
 ROOT = Path(__file__).resolve().parents[2]
 TODAY = date(2026, 12, 2)
@@ -128,9 +129,7 @@ def test_a_price_that_is_not_whole_nano_dollars_is_refused_with_its_reason() -> 
     )
     # The same rule on a price made up here, so it holds whatever the data: a tier's price counts too.
     tiered = types.TieredPrices(base=Decimal("1"), tiers=[types.Tier(start=128_000, price=Decimal("0.0375"))])
-    with pytest.raises(
-        genai_catalog.Refused, match=r"input price for prompts above 128,000 tokens, \$0.0375"
-    ):
+    with pytest.raises(PriceRefused, match=r"input price for prompts above 128,000 tokens, \$0.0375"):
         genai_catalog.convert("made-up", types.ModelPrice(input_mtok=tiered, output_mtok=Decimal("2")))
 
 
@@ -156,7 +155,8 @@ def test_the_catalogs_prices_are_measured_whole_except_the_refused() -> None:
 def tiered_catalog() -> PriceCatalog:
     """A model dearer on every token above 200,000 prompt tokens, defined here (not from the data)."""
     base = PriceCatalog({}, CatalogSource("test"))
-    return base.with_overrides(
+    return with_overrides(
+        base,
         {
             "long": {
                 "input": "3.00",
@@ -221,8 +221,8 @@ def test_the_catalogs_tiers_are_its_own() -> None:
 
 
 def test_a_partial_override_keeps_the_catalogs_other_fields_and_tiers() -> None:
-    catalog = CATALOG.with_overrides(
-        {"gpt-4o": {"input": "2.00"}, "claude-sonnet-4.5": {"output": "14.00"}}, "prices"
+    catalog = with_overrides(
+        CATALOG, {"gpt-4o": {"input": "2.00"}, "claude-sonnet-4.5": {"output": "14.00"}}, "prices"
     )
     assert catalog["gpt-4o"].base == Rates(2000, 1250, 2500, 10_000)
     assert catalog["claude-sonnet-4.5"].base == Rates(3000, 300, 3750, 14_000)
@@ -232,13 +232,14 @@ def test_a_partial_override_keeps_the_catalogs_other_fields_and_tiers() -> None:
 
 
 def test_an_override_prices_every_name_of_the_model() -> None:
-    catalog = CATALOG.with_overrides({"claude-haiku-4.5": {"output": "4.00"}}, "prices")
+    catalog = with_overrides(CATALOG, {"claude-haiku-4.5": {"output": "4.00"}}, "prices")
     assert catalog["claude-haiku-4-5-20251001"].output == 4000
     assert catalog["claude-haiku-4.5"].output == 4000
 
 
 def test_a_new_model_a_deployment_name_and_a_flat_override_of_a_tiered_model() -> None:
-    catalog = CATALOG.with_overrides(
+    catalog = with_overrides(
+        CATALOG,
         {
             "my-finetune": {"input": "0.30", "output": "1.20"},
             "support-bot": {"like": "claude-sonnet-4.5"},
@@ -266,7 +267,7 @@ def test_a_new_model_a_deployment_name_and_a_flat_override_of_a_tiered_model() -
 )
 def test_a_bad_override_names_the_field(table: dict[str, object], message: str) -> None:
     with pytest.raises(PriceError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        CATALOG.with_overrides(table, "prices")
+        with_overrides(CATALOG, table, "prices")
 
 
 # -- history ----------------------------------------------------------------------------------------
@@ -293,7 +294,7 @@ def test_history_is_the_catalogs_own_order_of_changes() -> None:
     assert catalog.price_at("m", datetime(2024, 12, 31, 23, 0, tzinfo=UTC)) == old
     assert catalog.price_at("m", datetime(2025, 1, 1, 0, 30, tzinfo=UTC)) == new
     assert catalog.pinned().price_at("m", datetime(2024, 12, 31, tzinfo=UTC)) == new  # a forecast's prices
-    overridden = catalog.with_overrides({"m": {"input": "0.001"}}, "prices")
+    overridden = with_overrides(catalog, {"m": {"input": "0.001"}}, "prices")
     assert overridden.price_at("m", datetime(2024, 1, 1, tzinfo=UTC)).input == 1  # an override: always
 
 

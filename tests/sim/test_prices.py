@@ -16,7 +16,8 @@ import duckdb
 import numpy as np
 import pytest
 
-from budget.domain.prices import default_catalog
+from budget.domain.catalog import default_catalog
+from budget.domain.price_overrides import with_overrides
 from sim.errors import ScenarioError
 from sim.model.engine import simulate
 from sim.model.reference import simulate_reference
@@ -131,7 +132,7 @@ def test_a_forecast_file_written_before_prices_were_recorded_takes_new_runs(tmp_
 def test_the_report_page_says_which_prices(tmp_path: Path) -> None:
     from sim.workbench.report import prices_line
 
-    line = prices_line(default_catalog().with_overrides({"gpt-4o": {"input": "2"}}, "prices").provenance())
+    line = prices_line(with_overrides(default_catalog(), {"gpt-4o": {"input": "2"}}, "prices").provenance())
     assert re.fullmatch(
         r"Prices: genai-prices [\d.]+, data published 2026-11-10, as in force on \d{4}-\d\d-\d\d; the "
         r"scenario's \[prices\] set gpt-4o\.",
