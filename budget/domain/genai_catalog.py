@@ -23,7 +23,16 @@ from decimal import Decimal
 
 from genai_prices import data, types
 
-from budget.domain.prices import ALWAYS, CatalogSource, ModelPrice, PriceCatalog, PriceChange, Rates, Tier
+from budget.domain.prices import (
+    ALWAYS,
+    CatalogSource,
+    ModelPrice,
+    PriceCatalog,
+    PriceChange,
+    Rates,
+    Tier,
+    in_force,
+)
 from budget.errors import PriceRefused
 
 PROVIDERS = ("openai", "anthropic", "google")
@@ -63,15 +72,6 @@ def read_catalog(on: date) -> PriceCatalog:
             if len(changes) > 1:
                 history[model.id] = changes
     return PriceCatalog(prices, catalog_source(), on, history, refused, frozenset(), Lookup(PROVIDERS))
-
-
-def in_force(changes: tuple[PriceChange, ...], on: date) -> ModelPrice:
-    """The price of the last change (in the catalog's order) that started by `on`: genai-prices' rule."""
-    price = changes[0].price
-    for change in changes:
-        if change.since <= on:
-            price = change.price
-    return price
 
 
 def _providers() -> list[types.Provider]:

@@ -111,6 +111,16 @@ class PriceChange:
     price: ModelPrice
 
 
+def in_force(changes: tuple[PriceChange, ...], day: date) -> ModelPrice:
+    """The price of the last change, in the catalog's order, that started by `day` (genai-prices' rule;
+    the first price when none has)."""
+    price = changes[0].price
+    for change in changes:
+        if change.since <= day:
+            price = change.price
+    return price
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogSource:
     """Where a catalog's prices come from: e.g. "genai-prices 0.2.3", and the day its data was published
@@ -188,12 +198,7 @@ class PriceCatalog:
         changes = self.history.get(listed)
         if not changes:
             return self.prices[listed]
-        day = at.astimezone(UTC).date() if at.tzinfo is not None else at.date()
-        in_force = changes[0]
-        for change in changes:
-            if change.since <= day:
-                in_force = change
-        return in_force.price
+        return in_force(changes, at.astimezone(UTC).date() if at.tzinfo is not None else at.date())
 
     def cost_nanos(
         self,
@@ -239,11 +244,6 @@ def usd_per_million_to_nanos(value: object, where: str, field: str) -> int:
     if nanos != nanos.to_integral_value():
         raise PriceError(where, field, f"at most 3 decimals (whole nano-dollars per token), got {value!r}")
     return int(nanos)
-
-
-def nanos_to_usd_per_million(nanos: int) -> Decimal:
-    """Nano-dollars per token -> USD per 1M tokens, exactly (5 -> 0.005)."""
-    return Decimal(nanos) / 1000
 
 
 def nanos_to_usd(nanos: int) -> float:
