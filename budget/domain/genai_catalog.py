@@ -17,10 +17,10 @@ installed package's snapshot, named by its version, so a run can say which price
 
 from __future__ import annotations
 
-import importlib.metadata
 from datetime import date
 from decimal import Decimal
 
+import genai_prices
 from genai_prices import data, types
 
 from budget.domain.prices import (
@@ -50,7 +50,7 @@ PRICE_KEYS = {
 
 def catalog_source() -> CatalogSource:
     """The installed genai-prices: its version and the day it was published (when margins knows it)."""
-    version = importlib.metadata.version("genai-prices")
+    version = genai_prices.__version__
     return CatalogSource(f"genai-prices {version}", RELEASED.get(version))
 
 
