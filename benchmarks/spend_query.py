@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from budget.domain.catalog import default_catalog
 from budget.domain.events import USAGE_COLUMNS
-from budget.domain.prices import default_catalog
 from budget.store.manifest import MANIFEST, Manifest, segment_name, write_atomic
 from budget.store.queries import SpendReader
 from budget.store.segment_writer import write_segment

@@ -1,8 +1,9 @@
 """Every error the budget package raises on purpose; each carries the fields that explain it.
 
     BudgetError               the root: catch it to report any of them
-        UnknownModelError     model, known: a model the price catalog does not list
+        UnknownModelError     model, closest, refused: a model the price catalog cannot price
         PriceError            where, field, reason: a price entry that is not an exact per-token price
+        PriceRefused          model, reason: a catalog price margins cannot charge exactly per token
         ConfigError           where, field, reason: an enforcer config file or value
         StoreError            path, reason: the event store cannot be opened, read or written
             SnapshotDamaged   a ledger snapshot's files: a part missing or changed (an older one is used)
@@ -34,12 +35,20 @@ class BudgetError(Exception):
 
 
 class UnknownModelError(BudgetError):
-    """A model that the price catalog does not list: it is never free, so it cannot be priced."""
+    """A model the price catalog cannot price -- it does not list it, or lists it at a price margins cannot
+    charge exactly (`refused`, the reason) -- so it is never charged $0. `closest`: listed names like it."""
 
-    def __init__(self, model: str, known: tuple[str, ...]) -> None:
+    def __init__(self, model: str, closest: tuple[str, ...], refused: str | None = None) -> None:
         self.model = model
-        self.known = known
-        super().__init__(f"unknown model {model!r}; the price catalog lists: {', '.join(known)}")
+        self.closest = closest
+        self.refused = refused
+        if refused is not None:
+            message = f"model {model!r} cannot be priced: {refused}"
+        elif closest:
+            message = f"unknown model {model!r}; closest in the price catalog: {', '.join(closest)}"
+        else:
+            message = f"unknown model {model!r}; the price catalog lists no similar name"
+        super().__init__(message)
 
 
 class PriceError(BudgetError):
@@ -50,6 +59,16 @@ class PriceError(BudgetError):
         self.field = field
         self.reason = reason
         super().__init__(f"{where}: {field}: {reason}")
+
+
+class PriceRefused(BudgetError):
+    """A price in the catalog's data that margins cannot charge exactly per text token; the model is listed
+    as refused, with `reason`, and a [prices.MODEL] table can price it."""
+
+    def __init__(self, model: str, reason: str) -> None:
+        self.model = model
+        self.reason = reason
+        super().__init__(reason)
 
 
 class ConfigError(BudgetError):

@@ -29,14 +29,18 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 # Where an import name differs from the name of the distribution that brings it.
-DISTRIBUTION_OF = {"paho": "paho-mqtt"}
-# What the core install must run: what applications import, and the command shell with `init`.
+DISTRIBUTION_OF = {"paho": "paho-mqtt", "genai_prices": "genai-prices"}
+# What the core install must run: what applications import, and the command shell with `init` and
+# `prices` (which reads a caps config or a scenario file for their overrides).
 CORE_PACKAGES = ("budget.domain", "budget.mqtt")
 CORE_MODULES = frozenset(
     {
         *("budget", "budget.client", "budget.outbox", "budget.errors", "budget.cli"),
+        *("budget.service", "budget.service.settings", "budget.service.defaults"),
         *("sim", "sim.errors", "sim.cli", "sim.cli.extras", "sim.cli.common", "sim.cli.init"),
-        *("sim.io", "sim.io.starter"),
+        *("sim.cli.prices",),
+        *("sim.io", "sim.io.starter", "sim.io.scenarios", "sim.io.user_files"),
+        *("sim.model", "sim.model.scenario", "sim.model.scenario_checks"),
     }
 )
 
@@ -149,7 +153,7 @@ def venv(tmp_path: Path) -> Venv:
 def test_the_wheel_holds_the_packages_the_starter_files_and_the_licence(wheel: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names} == {"budget", "sim", "margins-0.1.0.dist-info"}
-    for name in ("budget/py.typed", "sim/py.typed", "budget/domain/prices.toml"):
+    for name in ("budget/py.typed", "sim/py.typed"):
         assert name in names
     starter = {
         f"sim/_starter/scenarios/{path.relative_to(ROOT / 'scenarios').as_posix()}"
@@ -177,7 +181,8 @@ def test_the_core_install_runs_the_shell_and_the_client_without_the_heavy_packag
     venv.install(str(wheel))
     for heavy in ("numpy", "duckdb", "pyarrow", "polars", "simpy", "matplotlib", "tqdm"):
         assert not venv.has(heavy), heavy
-    assert "init" in ok(venv.run("margins", "--help"))
+    listing = ok(venv.run("margins", "--help"))
+    assert "init" in listing and "What MODELS are charged per 1M tokens" in listing
     imports = "import budget.client, budget.domain.commands, budget.domain.config; budget.client.BudgetClient"
     ok(venv.run("python", "-c", imports))
     # Users' months are in their own time zones: with no system zone database, tzdata answers.
@@ -193,6 +198,9 @@ def test_the_core_install_runs_the_shell_and_the_client_without_the_heavy_packag
         assert copy.read_bytes() == file.source.read_bytes(), copy
         assert f"demo/{file.target}" in written
     assert "pip install 'margins[sim]'" in written
+    # Prices come with the core install: the catalog, and a scenario's overrides on top of it.
+    priced = ok(venv.run("margins", "prices", "gpt-4o", "--scenario", SEED_STORY[0]))
+    assert priced.splitlines()[2].split() == ["gpt-4o", "any", "2.50", "1.25", "2.50", "10.00"]
 
     simulate = venv.run("margins", "simulate", SEED_STORY[0])
     assert (simulate.returncode, simulate.stderr) == (

@@ -103,9 +103,10 @@ def reservation_id_for(user_id: str, request_id: str) -> str:
 
 def worst_case_nanos(price: ModelPrice, max_input_tokens: int, max_output_tokens: int) -> int:
     """The most a call can cost: every prompt token at the dearest input rate (a cache write can cost more
-    than plain input), every allowed output token."""
-    per_input = max(price.input, price.cached_input, price.cache_write)
-    return max_input_tokens * per_input + max_output_tokens * price.output
+    than plain input), every allowed output token, at the dearest tier a prompt of `max_input_tokens`
+    tokens can reach (a prompt past 200k tokens makes a tiered model dearer on every token)."""
+    per_input, per_output = price.worst_rates(max_input_tokens)
+    return max_input_tokens * per_input + max_output_tokens * per_output
 
 
 def state_of(spent: int, reserved: int, cap: int, soft_threshold_pct: int) -> State:

@@ -29,7 +29,9 @@ from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from budget.domain.prices import NANOS_PER_USD, PriceCatalog, default_catalog
+from budget.domain.catalog import default_catalog
+from budget.domain.price_overrides import with_overrides
+from budget.domain.prices import NANOS_PER_USD, PriceCatalog
 from budget.errors import ConfigError, PriceError
 
 AtCap = Literal["block", "degrade"]
@@ -115,7 +117,7 @@ class EnforcerConfig:
         if not self.price_overrides:
             return base
         try:
-            return base.with_overrides(self.price_overrides, "prices")
+            return with_overrides(base, self.price_overrides, "prices")
         except PriceError as error:
             raise ConfigError(self.source, f"{error.where}.{error.field}", error.reason) from error
 

@@ -172,7 +172,7 @@ class Ledger(LedgerState):
                 "report is the stored usage with that id, this one is kept here and not counted"
             )
             return [dead_letter(command, now, "conflicting_duplicate", detail, event_id)]
-        cost = self.prices[command.model].cost_nanos(*counts)
+        cost = self.prices.price_at(command.model, ts).cost_nanos(*counts)  # a price change never reprices
         month, late, overshoot, settles = self._place(command, ts_month, zone, clock)
         usage = usage_event(command, cost, month, late=late, overshoot=overshoot)
         self._decided = (usage, key, digest, window)
@@ -237,7 +237,7 @@ class Ledger(LedgerState):
                 deny(f"unknown model {command.model!r}", 0),
             ]
         worst = worst_case_nanos(
-            self.prices[command.model], command.max_input_tokens, command.max_output_tokens
+            self.prices.price_at(command.model, now), command.max_input_tokens, command.max_output_tokens
         )
         decision: Decision = "allow"
         granted_model = command.model
@@ -252,7 +252,7 @@ class Ledger(LedgerState):
                 and cheaper in self.prices
             ):
                 amount = worst_case_nanos(
-                    self.prices[cheaper], command.max_input_tokens, command.max_output_tokens
+                    self.prices.price_at(cheaper, now), command.max_input_tokens, command.max_output_tokens
                 )
                 fits = spent + reserved + amount <= cap
             if not fits:

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from budget.domain.catalog import default_catalog
 from budget.domain.events import UsageRecorded
-from budget.domain.prices import default_catalog
 from sim.calibration import fit_context
 from sim.errors import FitError
 from sim.io.traces import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events

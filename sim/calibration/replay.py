@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from budget.domain.prices import PriceCatalog, default_catalog
+from budget.domain.catalog import default_catalog
+from budget.domain.prices import PriceCatalog
 from sim.errors import ScenarioError
 from sim.io.traces import TraceRows, to_traffic
 from sim.model import engine
@@ -29,10 +30,9 @@ UNBOUND_TPM = 10**12
 
 def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCatalog]:
     """Every lever off, no failures, one model: the trace's own cost."""
-    if model not in default_catalog():
-        raise ScenarioError(
-            "--model", "model", f"unknown model {model!r}; known: {', '.join(default_catalog().models)}"
-        )
+    catalog = default_catalog()
+    if model not in catalog:
+        raise ScenarioError("--model", "model", str(catalog.unknown(model)))
     provider: dict[str, Any] = {
         "error_rate": 0.0,
         "timeout_rate": 0.0,
@@ -64,7 +64,8 @@ def replay(
     )
     summary = summarize(run)
     name = f"{scenario.name} on {rows.path}"
-    result = Forecast(name, seed, traffic.days, 1, [summary], [{"replication": 0, **summary}])
+    runs = [{"replication": 0, **summary}]
+    result = Forecast(name, seed, traffic.days, 1, [summary], runs, catalog.provenance())
     return run, result
 
 

@@ -85,6 +85,11 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "Measure a cost lever's model parameters from labelled data.",
     ),
     LazyCommand(
+        "prices",
+        "sim.cli.prices:prices",
+        "What MODELS are charged per 1M tokens (every model of the catalog when none is named).",
+    ),
+    LazyCommand(
         "init",
         "sim.cli.init:init",
         "Copy the starter files into DIRECTORY (default ./margins): the seed story, each cost lever alone, "
@@ -92,6 +97,8 @@ COMMANDS: tuple[LazyCommand, ...] = (
     ),
 )
 BUDGET_COMMAND_NAMES = frozenset(name for name, _target, _help in BUDGET_COMMANDS)
+# Commands the core install runs (`pip install margins`): no extra to name.
+CORE_COMMAND_NAMES = frozenset({"init", "prices"})
 
 
 class LazyGroup(click.Group):
@@ -111,9 +118,10 @@ class LazyGroup(click.Group):
             try:
                 return self.registry[cmd_name].resolve()
             except ModuleNotFoundError as missing:
-                if not is_missing_dependency(missing):
+                extra = extra_for(cmd_name)
+                if extra is None or not is_missing_dependency(missing):
                     raise
-                return needs_extra_command(cmd_name, extra_for(cmd_name))
+                return needs_extra_command(cmd_name, extra)
         return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> object:
@@ -121,9 +129,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except ModuleNotFoundError as missing:
             command = ctx.invoked_subcommand
-            if command not in self.registry or not is_missing_dependency(missing):
+            extra = extra_for(command) if command in self.registry else None
+            if command is None or extra is None or not is_missing_dependency(missing):
                 raise
-            exit_needing(command, extra_for(command))
+            exit_needing(command, extra)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list of `--help`, from the registry's short helps: no command module is imported.
@@ -147,13 +156,16 @@ class LazyGroup(click.Group):
     def _listed(name: str, entry: LazyCommand) -> click.Command:
         """What the listing shows for a registered command: its short help, or the extra it lacks."""
         extra = extra_for(name)
-        if not extra_installed(extra):
+        if extra is not None and not extra_installed(extra):
             return click.Command(name, help=f"(needs the {extra} extra)")
         return click.Command(name, help=entry.short_help)
 
 
-def extra_for(cmd_name: str) -> str:
-    """The optional extra a command needs: the enforcer's commands `enforce`, the simulator's `sim`."""
+def extra_for(cmd_name: str) -> str | None:
+    """The optional extra a command needs: the enforcer's commands `enforce`, the simulator's `sim`, the
+    core install's commands none."""
+    if cmd_name in CORE_COMMAND_NAMES:
+        return None
     return "enforce" if cmd_name in BUDGET_COMMAND_NAMES else "sim"
 
 

@@ -25,6 +25,15 @@ ROWS_PER_BATCH = 500_000  # Arrow batches into DuckDB: fast, and the strings of 
 _CACHE_HIT = len(Outcome)
 _USAGE_OUTCOMES = {**{int(o): o.usage_outcome for o in Outcome}, _CACHE_HIT: "cache_hit"}
 _USAGE_LAYERS = {int(layer): layer.usage_layer for layer in CacheLayer}
+RUN_COLUMNS = ("run_id", "scenario", "seed", "mau", "replication", "days", "written_at", "figures")
+# Which prices priced a run (budget.domain.prices.PriceCatalog.provenance): the catalog and its version,
+# the day its data was published, the day whose prices applied, the models a [prices] table overrode.
+PRICE_COLUMNS = {
+    "price_catalog": "VARCHAR",
+    "prices_as_of": "DATE",
+    "priced_on": "DATE",
+    "prices_overridden": "VARCHAR[]",
+}
 
 
 class ForecastWriter:
@@ -38,6 +47,9 @@ class ForecastWriter:
             "CREATE TABLE IF NOT EXISTS forecast_runs (run_id VARCHAR, scenario VARCHAR, seed BIGINT, "
             "mau BIGINT, replication BIGINT, days BIGINT, written_at TIMESTAMPTZ, figures JSON)"
         )
+        # Which prices priced the run; added to a file written before they were recorded (NULL there).
+        for column, kind in PRICE_COLUMNS.items():
+            self.connection.execute(f"ALTER TABLE forecast_runs ADD COLUMN IF NOT EXISTS {column} {kind}")
 
     def write_run(self, run: RunResult) -> str:
         """Store one run's usage events; returns its run id."""
@@ -54,11 +66,20 @@ class ForecastWriter:
     def write_forecast(self, forecast: Forecast) -> None:
         """One row per (MAU level, replication) with every figure as JSON, plus the flat `forecasts` view."""
         now = dt.datetime.now(dt.UTC)
+        prices = forecast.prices
+        provenance = [
+            prices.get("catalog"),
+            prices.get("as_of"),
+            prices.get("priced_on"),
+            list(prices.get("overridden", [])),
+        ]
+        columns = ", ".join((*RUN_COLUMNS, *PRICE_COLUMNS))
+        marks = ", ".join("?" * (len(RUN_COLUMNS) + len(PRICE_COLUMNS)))
         for summary in forecast.runs:
             run_id = run_key(forecast.scenario, forecast.seed, summary["mau"], summary["replication"])
             self.connection.execute("DELETE FROM forecast_runs WHERE run_id = ?", [run_id])
             self.connection.execute(
-                "INSERT INTO forecast_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO forecast_runs ({columns}) VALUES ({marks})",
                 [
                     run_id,
                     forecast.scenario,
@@ -68,6 +89,7 @@ class ForecastWriter:
                     forecast.days,
                     now,
                     json.dumps(flatten(summary)),
+                    *provenance,
                 ],
             )
         self.connection.execute(

@@ -123,17 +123,24 @@ class CallSheet:
     model: np.ndarray
     input_tokens: np.ndarray
     output_tokens: np.ndarray
-    input_price: np.ndarray  # nano-dollars per token, per model index
+    # Nano-dollars per token, per price row (sim/model/pricing.py): the model index, or with tiers by
+    # prompt size, each call's own row in `price_row`.
+    input_price: np.ndarray
     output_price: np.ndarray
+    price_row: np.ndarray | None = None
     # The provider's prompt cache (sim/model/policies/prompt_cache.py): per call, input tokens read from
-    # it and written to it, and their prices per model index. None: no prompt caching.
+    # it and written to it, and their prices per price row. None: no prompt caching.
     cached_input: np.ndarray | None = None
     cache_write: np.ndarray | None = None
     cached_price: np.ndarray | None = None
     write_price: np.ndarray | None = None
 
+    def rows(self, call: np.ndarray, model: np.ndarray) -> np.ndarray:
+        """The price row of each attempt (of `call`, made with `model`)."""
+        return model if self.price_row is None else self.price_row[call]
+
     def prompt_cache_bill(
-        self, call: np.ndarray, model: np.ndarray, billed_in: np.ndarray
+        self, call: np.ndarray, row: np.ndarray, billed_in: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of the billed input, the tokens read from and written to the prompt cache, and what that saves
         (negative: costs more) against the plain input price. An attempt that bills no input reads none."""
@@ -145,9 +152,9 @@ class CallSheet:
         billed = billed_in > 0
         if not billed.all():
             read, wrote = np.where(billed, read, 0), np.where(billed, wrote, 0)
-        # Per model first (a few prices), then per attempt: one lookup each.
-        saving = read * (self.input_price - self.cached_price)[model]
-        saving += wrote * (self.input_price - self.write_price)[model]
+        # Per price row first (a few prices), then per attempt: one lookup each.
+        saving = read * (self.input_price - self.cached_price)[row]
+        saving += wrote * (self.input_price - self.write_price)[row]
         return read, wrote, saving
 
 
@@ -307,9 +314,10 @@ def run_round(
     plan = retry.follow_up(scenario.retry, outcome, batch.t, duration, batch.retries_used, jitter)
     if queue is not None:
         plan = queue.hold(plan, batch)
-    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, model, billed_in)
-    cost = billed_in * sheet.input_price[model]
-    cost += billed_out * sheet.output_price[model]
+    row = sheet.rows(batch.call, model)
+    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, row, billed_in)
+    cost = billed_in * sheet.input_price[row]
+    cost += billed_out * sheet.output_price[row]
     cost -= saving
     log.add(
         call=batch.call,

@@ -20,6 +20,7 @@ from sim.model.attempts import AttemptLog, CallSheet, Pending, RateWindows
 from sim.model.caps import apply_cap
 from sim.model.codes import Action, Outcome, Served
 from sim.model.policies import cache, prompt_cache, provider, router
+from sim.model.pricing import PriceSheet
 from sim.model.randomness import streams_for
 from sim.model.run import RunResult, calls_needing_model
 from sim.model.scenario import Scenario
@@ -68,13 +69,15 @@ def simulate(
         traffic.t[traffic.call_request[call_ids]]
         + _chain_offsets(traffic, table, call_model, needed)[call_ids]
     )
+    prices = PriceSheet.of(catalog, scenario.models)
     sheet = CallSheet(
         model=call_model,
         input_tokens=traffic.input_tokens,
         output_tokens=traffic.output_tokens,
-        input_price=np.array([catalog[m].input for m in scenario.models], dtype=np.int64),
-        output_price=np.array([catalog[m].output for m in scenario.models], dtype=np.int64),
-        **prompt_cache_sheet(scenario, catalog, traffic, call_model, needed),
+        input_price=prices.input,
+        output_price=prices.output,
+        price_row=prices.call_rows(call_model, traffic.input_tokens),
+        **prompt_cache_sheet(scenario, prices, traffic, call_model, needed),
     )
     log, rounds = _attempt_clock(scenario, table, sheet, streams.attempt_key, call_ids, start, days, phase)
     phase("requests")
@@ -107,7 +110,7 @@ def _ignore(_phase: str) -> None:
 
 
 def prompt_cache_sheet(
-    scenario: Scenario, catalog: PriceCatalog, traffic: Traffic, call_model: np.ndarray, sent: np.ndarray
+    scenario: Scenario, prices: PriceSheet, traffic: Traffic, call_model: np.ndarray, sent: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts.
     `sent` marks the calls that go to a model."""
@@ -119,8 +122,8 @@ def prompt_cache_sheet(
     return {
         "cached_input": cached,
         "cache_write": write,
-        "cached_price": np.array([catalog[m].cached_input for m in scenario.models], dtype=np.int64),
-        "write_price": np.array([catalog[m].cache_write for m in scenario.models], dtype=np.int64),
+        "cached_price": prices.cached_input,
+        "write_price": prices.cache_write,
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ class Forecast:
     replications: int
     results: list[Summary]
     runs: list[Summary]  # one summary per (MAU level, replication), for the DuckDB tables
+    prices: dict[str, Any] = field(default_factory=dict)  # which prices: PriceCatalog.provenance()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Forecast:
             "seed": self.seed,
             "days": self.days,
             "replications": self.replications,
+            "prices": self.prices,
             "results": self.results,
         }
 
@@ -178,7 +180,7 @@ def forecast(
             level.append(summary)
             runs.append({"replication": replication, **summary})
         results.append(combine(level))
-    return Forecast(scenario.name, seed, days, replications, results, runs)
+    return Forecast(scenario.name, seed, days, replications, results, runs, catalog.provenance())
 
 
 def _prefixed(

@@ -115,8 +115,7 @@ class _Reference:
         self.model = request_model.tolist()
         self.u_cache = u_cache.tolist()
         self.table = ProviderTable.of(scenario)
-        self.prices = [(catalog[m].input, catalog[m].output) for m in scenario.models]
-        self.cache_prices = [(catalog[m].cached_input, catalog[m].cache_write) for m in scenario.models]
+        self.prices = [catalog[m] for m in scenario.models]  # rates by prompt size: rates_for(tokens)
         self.inputs = traffic.input_tokens.tolist()
         self.outputs = traffic.output_tokens.tolist()
         self.summary_of = conversation.summary_of if conversation is not None else {}
@@ -236,8 +235,9 @@ class _Reference:
             action, next_t = self._follow_up(outcome, now, duration, retries, jitter)
             if action == Action.QUEUE and tokens > self.table.tpm[model]:
                 action = Action.FAILED  # no window could ever hold it
-            price_in, price_out = self.prices[model]
-            price_cached, price_write = self.cache_prices[model]
+            rates = self.prices[model].rates_for(self.inputs[call])
+            price_in, price_out = rates.input, rates.output
+            price_cached, price_write = rates.cached_input, rates.cache_write
             read = self.prompt_cached[call] if billed_in else 0
             wrote = self.prompt_write[call] if billed_in else 0
             cost = (billed_in - read - wrote) * price_in + billed_out * price_out

@@ -8,7 +8,7 @@ what was expected (the checks that say so live in sim/model/scenario_checks.py).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -272,7 +272,8 @@ class Scenario(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     streaming: Streaming = Streaming()
     quality: Quality = Quality()
     cap: Cap | None = None
-    prices: dict[str, dict[str, str | float]] = msgspec.field(default_factory=dict)
+    # [prices.MODEL] overrides, checked by budget/domain/price_overrides.py (rates, tiers, like).
+    prices: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
     @property
     def models(self) -> tuple[str, ...]:

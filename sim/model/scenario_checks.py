@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-from budget.domain.prices import PriceCatalog, default_catalog
+from budget.domain.catalog import default_catalog
+from budget.domain.price_overrides import with_overrides
+from budget.domain.prices import PriceCatalog
 from budget.errors import PriceError
 from sim.errors import ScenarioError
 from sim.model.scenario import Cap, ModelQuality, Prompts, Provider, Scenario
@@ -122,16 +124,12 @@ def check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> No
     )
     for field, model in model_fields:
         if model not in catalog:
-            raise ScenarioError(
-                where,
-                field,
-                f"unknown model {model!r}; known: {', '.join(catalog.models)} (or add [prices.{model}])",
-            )
+            raise ScenarioError(where, field, f"{catalog.unknown(model)} (or add [prices.{model}])")
     for section in ("providers", "quality.models"):
         table = scenario.providers if section == "providers" else scenario.quality.models
         for model in table:
             if model not in catalog:
-                raise ScenarioError(where, f"{section}.{model}", f"unknown model {model!r}")
+                raise ScenarioError(where, f"{section}.{model}", str(catalog.unknown(model)))
     prompts = scenario.prompts
     if prompts.repeat_share + prompts.paraphrase_share > 1.0:
         raise ScenarioError(where, "prompts.paraphrase_share", "repeat_share + paraphrase_share must be <= 1")
@@ -149,6 +147,7 @@ def check_semantics(scenario: Scenario, catalog: PriceCatalog, where: str) -> No
         )
     _check_date(traffic.start, where)
     _check_cap(scenario.cap, catalog, where)
+    _check_flat_prices_under_cap(scenario, catalog, where)
     _check_profile(scenario.cache.semantic.profile, where)
 
 
@@ -186,7 +185,25 @@ def _check_cap(cap: Cap | None, catalog: PriceCatalog, where: str) -> None:
     if cap.action == "degrade" and cap.degrade_model is None:
         raise ScenarioError(where, "cap.degrade_model", 'action = "degrade" needs a degrade_model')
     if cap.degrade_model is not None and cap.degrade_model not in catalog:
-        raise ScenarioError(where, "cap.degrade_model", f"unknown model {cap.degrade_model!r}")
+        raise ScenarioError(where, "cap.degrade_model", str(catalog.unknown(cap.degrade_model)))
+
+
+def _check_flat_prices_under_cap(scenario: Scenario, catalog: PriceCatalog, where: str) -> None:
+    """A capped forecast settles each request's calls as one usage, whose prompt is their sum: a price by
+    prompt size cannot be charged that way, so it is refused rather than charged at the wrong tier."""
+    cap = scenario.cap
+    if cap is None:
+        return
+    for model in (*scenario.models, *([cap.degrade_model] if cap.degrade_model else [])):
+        tiers = catalog[model].tiers
+        if tiers:
+            raise ScenarioError(
+                where,
+                "cap",
+                f"model {model!r} is priced by prompt size (dearer above {tiers[0].above:,} prompt tokens), "
+                f"which a forecast with a cap cannot charge yet: use a model without tiers or give "
+                f"[prices.{model}] tiers = []",
+            )
 
 
 def _check_date(text: str, where: str) -> None:
@@ -217,7 +234,8 @@ def parse_scenario(data: Mapping[str, Any], where: str) -> tuple[Scenario, Price
     if not scenario.name:
         scenario = msgspec.structs.replace(scenario, name=Path(where).stem)
     try:
-        catalog = default_catalog().with_overrides(scenario.prices, "prices")
+        # A forecast prices its whole month at today's prices, whatever its dates say.
+        catalog = with_overrides(default_catalog(), scenario.prices, "prices").pinned()
     except PriceError as error:
         raise ScenarioError(where, f"{error.where}.{error.field}", error.reason) from None
     check_semantics(scenario, catalog, where)

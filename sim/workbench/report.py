@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -257,6 +258,17 @@ def baseline_section(data: ReportData) -> str:
     return "".join(parts)
 
 
+def prices_line(prices: dict[str, Any]) -> str:
+    """Which prices the page's figures use: the catalog, its data's date, the day priced, overrides."""
+    published = f", data published {prices['as_of']}" if prices.get("as_of") else ""
+    catalog = prices.get("catalog", "unknown catalog")
+    line = f"Prices: {catalog}{published}, as in force on {prices.get('priced_on')}"
+    overridden = prices.get("overridden") or []
+    if overridden:
+        line += f"; the scenario's [prices] set {', '.join(overridden)}"
+    return line + "."
+
+
 def render_html(data: ReportData, images: dict[str, bytes]) -> str:
     """The whole page as one string: styles inline, figures as data URIs, nothing fetched."""
     scenario, focus = data.scenario, data.focus
@@ -274,6 +286,7 @@ def render_html(data: ReportData, images: dict[str, bytes]) -> str:
         f"<p>{html.escape(scenario.description)}</p>" if scenario.description else "",
         f"<p class=meta>Seed {data.forecast.seed}, {data.forecast.days} simulated days (extrapolated to a "
         f"30-day month), written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by margins report.</p>",
+        f"<p class=meta>{html.escape(prices_line(data.forecast.prices))}</p>",
         f"<p class=headline>{html.escape(headline)}</p>",
         "<h2>At each MAU level</h2>",
         "<p>Each level is simulated on its own: global caches hit more with more users.</p>",

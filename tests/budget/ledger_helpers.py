@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from budget.domain.catalog import default_catalog
 from budget.domain.config import EnforcerConfig, Plan
 from budget.domain.ledger import Authorize, Ledger, RecordUsage
-from budget.domain.prices import default_catalog
 
 NOW = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 CATALOG = default_catalog()

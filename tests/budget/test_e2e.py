@@ -22,9 +22,9 @@ from conftest import PASSWORDS, Broker, EnforcerProcess
 from mqtt_helpers import Collector, mqtt, usage_body
 
 from budget.client import BudgetClient
+from budget.domain.catalog import default_catalog
 from budget.domain.events import DeadLettered, UsageRecorded, UserConfigured
 from budget.domain.ledger import Ledger
-from budget.domain.prices import default_catalog
 from budget.errors import BudgetDenied
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore

@@ -22,7 +22,8 @@ from sim.cli import COMMANDS, LazyCommand, main
 from sim.io.traces import FORMATS
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("numpy", "duckdb", "polars", "pyarrow", "matplotlib", "simpy", "torch")
+# genai_prices: the price catalog's data, with pydantic and an HTTP client (~0.2 s), loads when priced.
+HEAVY = ("numpy", "duckdb", "polars", "pyarrow", "matplotlib", "simpy", "torch", "genai_prices", "pydantic")
 TINY_RUN = ("simulate", str(ROOT / "scenarios/seed-story/naive-mvp.toml"), "--mau", "100", "--days", "1")
 
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from budget.domain.catalog import default_catalog
 from budget.domain.events import UsageRecorded, encode_usage
-from budget.domain.prices import PriceCatalog, default_catalog
+from budget.domain.prices import PriceCatalog
 from sim.calibration.replay import passthrough_scenario, replay
 from sim.cli import main
 from sim.io.forecast_db import usage_frame
