@@ -30,7 +30,7 @@ from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, RenewReserv
 from budget.domain.prices import nanos_to_usd
 from budget.mqtt.packets import Publish
 from budget.mqtt.topics import AUTHORIZE_PREFIX, USAGE_PREFIX, alert_topic, reply_topic_problem
-from budget.service.messages import alert_json, encode_json, reply_json
+from budget.service.messages import alert_json, encode_json, overshoot_json, reply_json
 from budget.service.rejection import Rejection
 from budget.service.throttle import LogThrottle
 from budget.service.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, decode_message
@@ -124,6 +124,8 @@ class MessageHandler:
                 append(event)
                 dirty(event.user_id)
                 counters["UsageRecorded"] += 1
+                if event.overshoot or event.late:
+                    self._flagged(event, batch)
                 continue
             if dead is not None and isinstance(event, DeadLettered):
                 dead.append(event)
@@ -165,6 +167,22 @@ class MessageHandler:
                     counters["renewed"] += 1
                 case _:
                     assert_never(event)
+
+    def _flagged(self, usage: UsageRecorded, batch: Batch) -> None:
+        """Count a late usage; count, log and alert an overshoot (spent past its expired reservation)."""
+        if usage.late:
+            self.counters["late"] += 1
+        if usage.overshoot:
+            self.counters["overshoot"] += 1
+            self.throttle.warning(
+                "overshoot",
+                "overshoot: usage %s of %s settled reservation %s after it expired (%s)",
+                usage.event_id,
+                usage.user_id,
+                usage.reservation_id,
+                usage.month,
+            )
+            batch.publishes.append((alert_topic(usage.user_id), overshoot_json(usage)))
 
     def _reject(self, rejection: Rejection, message: Publish, now: datetime, batch: Batch) -> None:
         """The message's one dead letter; a deny for a rejected authorization; an unknown-model alert."""

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from budget.domain.commands import UserStatus
-from budget.domain.events import LimitCrossed
+from budget.domain.events import LimitCrossed, UsageRecorded
 from budget.domain.prices import nanos_to_usd
 from budget.mqtt.topics import reply_topic_problem
 
@@ -104,6 +104,21 @@ def alert_json(event: LimitCrossed) -> bytes:
             "spent_usd": nanos_to_usd(event.spent_nanos),
             "reserved_usd": nanos_to_usd(event.reserved_nanos),
             "cap_usd": nanos_to_usd(event.cap_nanos),
+        }
+    )
+
+
+def overshoot_json(usage: UsageRecorded) -> bytes:
+    """An overshoot alert on margins/alerts/<user>: a call outlived its unrenewed reservation, and what it
+    spent counted anyway (it was spent), possibly past the cap by at most its own worst case."""
+    return _json.encode(
+        {
+            "alert": "overshoot",
+            "user_id": usage.user_id,
+            "month": usage.month,
+            "event_id": usage.event_id,
+            "reservation_id": usage.reservation_id,
+            "cost_usd": nanos_to_usd(usage.cost_nanos),
         }
     )
 

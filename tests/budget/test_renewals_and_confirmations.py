@@ -17,7 +17,7 @@ from mqtt_helpers import Collector, mqtt, usage_body
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from budget.domain.events import DeadLettered, ReservationGranted, ReservationRenewed
+from budget.domain.events import DeadLettered, ReservationGranted, ReservationRenewed, UsageRecorded
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection
 from budget.service.enforcer import Enforcer
@@ -196,3 +196,35 @@ def test_a_publish_the_broker_refuses_is_counted_and_the_connection_stays(tmp_pa
         assert broker.connections("enforcer") == 1  # the shipped config: client id = username
     finally:
         broker.kill()
+
+
+def test_usage_settling_an_expired_reservation_counts_as_an_overshoot_and_alerts(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    now = [NOW]
+
+    async def scenario() -> None:
+        async with make_enforcer(mosquitto, tmp_path, clock=lambda: now[0]) as enforcer:
+            await enforcer.wait_subscribed(PATIENCE_S)
+            async with mqtt(mosquitto.port) as app, mqtt(mosquitto.port) as sub:
+                authorizer = await Authorizer(app).start()
+                alerts = await Collector(sub).start("margins/alerts/+")
+                grant = await authorizer.ask("long-call")
+                now[0] = NOW + timedelta(seconds=601)  # never renewed: the hold lapses
+                await wait_until(lambda: enforcer.counters["expired"] == 1, "the reservation expired")
+                body = usage_body("u-long", reservation_id=grant["reservation_id"], ts=now[0].isoformat())
+                await app.publish("margins/usage/alice", json.dumps(body).encode(), qos=1)
+                await alerts.wait_for(lambda: len(alerts.on("margins/alerts/alice")) >= 1, PATIENCE_S)
+                [alert] = alerts.on("margins/alerts/alice")
+                assert (alert["alert"], alert["event_id"], alert["reservation_id"]) == (
+                    "overshoot",
+                    "u-long",
+                    grant["reservation_id"],
+                )
+                assert alert["cost_usd"] > 0 and enforcer.counters["overshoot"] == 1
+                alerts.stop()
+                authorizer.stop()
+
+    asyncio.run(scenario())
+    [usage] = [e for e in stored_events(tmp_path) if isinstance(e, UsageRecorded)]
+    assert usage.overshoot and usage.reservation_id is not None
