@@ -38,11 +38,11 @@ import msgspec
 from budget.domain.events import Event
 from budget.errors import StoreError
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB, ensure_headroom
-from budget.store.integrity import check_present, damaged, segment_problem, with_checksum
+from budget.store.integrity import check_present, damaged, read_verified, segment_problem, with_checksum
 from budget.store.manifest import Manifest, Segment, fsync_dir, write_atomic
 from budget.store.recovery import apply_recovery, survey
 from budget.store.segment_writer import SegmentWriter, merge_run, write_batch
-from budget.store.segments import REPLAY_BATCH, decode_segment, read_journal_bodies
+from budget.store.segments import decode_segment, journal_bodies
 from budget.store.snapshots import Snapshot, SnapshotPart, Snapshots, part_size
 
 FLUSH_INTERVAL_S = 1.0
@@ -333,9 +333,9 @@ class EventStore:
         self._replaying += 1
         try:
             for segment in segments:
-                bodies = read_journal_bodies(self.root, segment, after_seq)
-                for start in range(0, len(bodies), REPLAY_BATCH):
-                    yield from decode_segment(self.root, segment, bodies[start : start + REPLAY_BATCH])
+                data = read_verified(self.root, segment)
+                for bodies in journal_bodies(self.root, segment, data, after_seq):
+                    yield from decode_segment(self.root, segment, bodies)
         finally:
             self._replaying -= 1
         yield from pending

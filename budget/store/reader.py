@@ -24,7 +24,7 @@ from budget.errors import StoreError
 from budget.store.integrity import damaged, segment_problem
 from budget.store.manifest import Manifest, Segment, read_manifest_or_none, segment_files
 from budget.store.recovery import SURVEY_ATTEMPTS, assess
-from budget.store.segments import REPLAY_BATCH, decode_segment, event_month
+from budget.store.segments import decode_segment, event_month, journal_bodies
 from budget.store.wal import LogFile, log_names, read_log_file
 
 
@@ -60,11 +60,8 @@ class StoreReader:
         for segment, fd in self._journal:
             if segment.last <= after_seq:
                 continue
-            table = self._read(segment, fd, ["seq", "body"])
-            skip = max(0, after_seq + 1 - segment.first)
-            bodies = table.column("body").slice(skip).to_pylist()
-            for start in range(0, len(bodies), REPLAY_BATCH):
-                yield from decode_segment(self.root, segment, bodies[start : start + REPLAY_BATCH])
+            for bodies in journal_bodies(self.root, segment, self._verified(segment, fd), after_seq):
+                yield from decode_segment(self.root, segment, bodies)
         for log in self._log:
             skip = max(0, after_seq + 1 - log.first_body_seq)
             yield from log.events[skip:]
@@ -84,11 +81,15 @@ class StoreReader:
             found += [e for e in log.events if isinstance(e, UsageRecorded) and event_month(e) == month]
         return found
 
-    def _read(self, segment: Segment, fd: int, columns: list[str]) -> pa.Table:
+    def _verified(self, segment: Segment, fd: int) -> bytes:
         data = _read_all(fd)
         problem = segment_problem(self.root, segment, data)
         if problem is not None:
             raise damaged(self.root, problem)
+        return data
+
+    def _read(self, segment: Segment, fd: int, columns: list[str]) -> pa.Table:
+        data = self._verified(segment, fd)
         try:
             return pq.read_table(pa.BufferReader(data), columns=columns)
         except (pa.ArrowException, OSError, ValueError) as error:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pyarrow.compute as pc
 import pytest
-from store_helpers import T0, usage_events
+from store_helpers import T0, usage_events, write_store
 
 from budget.domain.events import (
     EVENT_TYPES,
@@ -33,9 +33,11 @@ from budget.domain.events import (
     encode_event,
 )
 from budget.errors import StoreError
+from budget.store import segments
 from budget.store.event_store import EventStore
 from budget.store.manifest import read_manifest
 from budget.store.queries import SpendReader
+from budget.store.reader import StoreReader
 from budget.store.segment_writer import read_log
 from budget.store.segments import batch_tables, journal_table, usage_table
 
@@ -200,7 +202,8 @@ WRITER = textwrap.dedent(
     import sys
     from datetime import UTC, datetime, timedelta
     from budget.domain.events import UsageRecorded
-    from budget.store.event_store import EventStore
+    from budget.store import segments
+from budget.store.event_store import EventStore
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     run = sys.argv[2]
@@ -371,3 +374,16 @@ def test_the_segment_writer_reads_exactly_the_batch_from_the_log_files(tmp_path:
     assert read_log([str(newer)], 3, 3) == [b"l3"]
     with pytest.raises(StoreError, match=r"lacks seqs 3\.\.5"):
         read_log([str(newer)], 3, 5)
+
+
+def test_replay_reads_a_segment_a_batch_at_a_time_from_any_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segments, "REPLAY_BATCH", 7)  # 25 events: batches of 7, 7, 7 and 4
+    events = write_store(tmp_path / "s", [25])
+    with EventStore.open(tmp_path / "s", flush_interval=None, offload=False) as store:
+        for after_seq in range(-1, 25):
+            assert list(store.replay(after_seq=after_seq)) == events[after_seq + 1 :]
+    with StoreReader.open(tmp_path / "s") as reader:
+        for after_seq in (-1, 6, 7, 13, 24):
+            assert list(reader.replay(after_seq=after_seq)) == events[after_seq + 1 :]
