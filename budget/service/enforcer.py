@@ -150,7 +150,11 @@ class Enforcer:
         restored = restore(self._store, self._config, self._prices)
         self._set_ledger(restored.ledger)
         self._snapshots = SnapshotTaker(
-            self._store, self.ledger, settings_key(self._config), every_events=self._snapshot_every_events
+            self._store,
+            self.ledger,
+            settings_key(self._config),
+            covered=restored.snapshot_seq,
+            every_events=self._snapshot_every_events,
         )
         if restored.snapshot_seq is not None:
             log.info("restored the ledger from its snapshot at seq %d", restored.snapshot_seq)

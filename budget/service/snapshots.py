@@ -92,7 +92,8 @@ def _from_snapshot(
 class SnapshotTaker:
     """Takes a snapshot of `ledger` every `every_events` committed events or `every_s` seconds with any,
     one at a time: taken on the event loop between two events (a copy of the arrays that change), encoded
-    and written in a thread of its own."""
+    and written in a thread of its own. `covered` is the seq of the snapshot the ledger was restored from
+    (None after a full replay: then the first commit, or the stop, snapshots what the replay built)."""
 
     def __init__(
         self,
@@ -100,13 +101,14 @@ class SnapshotTaker:
         ledger: Ledger,
         settings: str,
         *,
+        covered: int | None,
         every_events: int = SNAPSHOT_EVERY_EVENTS,
         every_s: float = SNAPSHOT_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store, self._ledger, self._settings = store, ledger, settings
         self._every_events, self._every_s, self._clock = every_events, every_s, clock
-        self._last_seq = store.last_seq  # what the newest snapshot (or the restore) covers
+        self._last_seq = -1 if covered is None else covered  # the newest snapshot's seq (None: none)
         self._last_at = clock()
         self._waiting: LedgerSnapshot | None = None  # taken, its seq not yet in the store
         self._writing: Future[Path] | None = None

@@ -47,7 +47,7 @@ def _run(store: EventStore, events: list[Event], every: int, batch: int = 10) ->
     """What the enforcer does: apply a batch, commit it, then let the taker look."""
     ledger = Ledger(CONFIG, CATALOG)
     ledger.apply_all(store.replay())
-    taker = SnapshotTaker(store, ledger, settings_key(CONFIG), every_events=every)
+    taker = SnapshotTaker(store, ledger, settings_key(CONFIG), covered=None, every_events=every)
     for start in range(0, len(events), batch):
         chunk = events[start : start + batch]
         ledger.apply_all(chunk)
@@ -75,7 +75,7 @@ def test_a_stop_with_events_uncommitted_writes_no_snapshot(tmp_path: Path) -> No
     events = list(decided_events(60))
     with _open(tmp_path / "s") as store:
         ledger = Ledger(CONFIG, CATALOG)
-        taker = SnapshotTaker(store, ledger, settings_key(CONFIG), every_events=20)
+        taker = SnapshotTaker(store, ledger, settings_key(CONFIG), covered=None, every_events=20)
         ledger.apply_all(events[:30])
         store.append(events[:25])  # the ledger runs 5 events ahead of the store
         taker.after_commit(uncommitted=5)  # due, taken at seq 29: waits for the store to hold it
@@ -87,7 +87,7 @@ def test_a_snapshot_taken_ahead_is_written_after_the_commit_that_reaches_it(tmp_
     events = list(decided_events(60))
     with _open(tmp_path / "s") as store:
         ledger = Ledger(CONFIG, CATALOG)
-        taker = SnapshotTaker(store, ledger, settings_key(CONFIG), every_events=20)
+        taker = SnapshotTaker(store, ledger, settings_key(CONFIG), covered=None, every_events=20)
         ledger.apply_all(events[:30])
         store.append(events[:25])
         taker.after_commit(uncommitted=5)  # due: taken at seq 29, which the store does not hold yet
@@ -136,3 +136,19 @@ def test_a_snapshot_that_cannot_be_restored_means_a_full_replay(
         assert restored.snapshot_seq is None and restored.replayed == len(events)
         assert restored.ledger.snapshot() == _replayed(store).snapshot()
     assert "cannot be restored" in caplog.text
+
+
+def test_a_stop_after_a_full_replay_snapshots_it_even_with_nothing_new(tmp_path: Path) -> None:
+    events = list(decided_events(50))
+    with _open(tmp_path / "s") as store:
+        store.append(events)
+    for expected_written in (1, 0):  # after the full replay; then restored from that snapshot
+        with _open(tmp_path / "s") as store:
+            restored = restore(store, CONFIG, CATALOG)
+            taker = SnapshotTaker(
+                store, restored.ledger, settings_key(CONFIG), covered=restored.snapshot_seq, every_events=1000
+            )
+            taker.final(uncommitted=0)
+            assert taker.written == expected_written
+            newest = store.latest_snapshot()
+            assert newest is not None and newest.seq == len(events) - 1
