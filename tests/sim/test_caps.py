@@ -17,7 +17,7 @@ from sim.model import caps, engine
 from sim.model.codes import CapDecision, Served
 from sim.model.forecast import summarize
 from sim.model.run import RunResult
-from tests.sim.conftest import ALL_LEVERS, scenario_from
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 NAIVE: dict[str, Any] = {
     "traffic": {"sessions_per_user_month": 12, "dispersion": 0.5},

@@ -13,7 +13,7 @@ from sim.model.codes import Served
 from sim.model.engine import simulate
 from sim.model.forecast import flatten, summarize
 from sim.model.reference import simulate_reference
-from tests.sim.conftest import ALL_LEVERS, scenario_from
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 FAILURES = {"error_rate": 0.05, "timeout_rate": 0.02, "bad_completion_rate": 0.05}
 
