@@ -15,6 +15,7 @@ from sim.model.policies.retry import RATE_WINDOW_S
 from sim.model.reference import simulate_reference
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
+from tests.sim.engines import Simulator
 from tests.sim.scenarios import scenario_from
 
 CLEAN = {"error_rate": 0.0, "timeout_rate": 0.0, "bad_completion_rate": 0.0}
@@ -76,10 +77,10 @@ def _waits(run: RunResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 @pytest.mark.parametrize("shape", SPIKES)
 def test_the_queue_sends_calls_first_come_first_served_into_windows_with_room(
-    shape: tuple[int, int, int, int],
+    simulator: Simulator, shape: tuple[int, int, int, int]
 ) -> None:
     scenario, catalog = _spike(shape, {"policy": "cost-aware", "queue_windows": 3}, FAILING)
-    run = simulate(scenario, catalog, 300, 3, seed=4)
+    run = simulator(scenario, catalog, 300, 3, seed=4)
     refused, model, sent, outcome = _waits(run)
     assert refused.size > 100
     assert np.all(outcome[~np.isnan(sent)] != Outcome.RATE_LIMITED)  # never sent into a full window
