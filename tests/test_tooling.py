@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -30,8 +31,67 @@ def test_ruff_format_is_applied() -> None:
 
 
 def test_mypy_strict_on_the_packages() -> None:
+    """The files in [tool.mypy]: the packages strictly, benchmarks, and tests/ under a relaxed override."""
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_tests_share_helpers_through_modules_never_through_conftest_or_a_test_file() -> None:
+    """What tests share lives in helper modules (tests/budget/broker.py, tests/sim/scenarios.py, ...)
+    imported by their full name; a conftest.py holds fixtures only and no test file is imported."""
+    tests = ROOT / "tests"
+    helpers = {path.stem for path in tests.rglob("*.py")}
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                names = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if (
+                    name.startswith(".")  # one import mode: absolute names only
+                    or parts[0] in helpers  # a sibling found only because pytest put its folder on sys.path
+                    or any(part == "conftest" or part.startswith("test_") for part in parts)
+                ):
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    assert wrong == []
+
+
+def test_every_test_folder_is_a_package_and_its_conftest_holds_fixtures_only() -> None:
+    tests = ROOT / "tests"
+    folders = {path.parent for path in tests.rglob("*.py")}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
+    not_fixtures = []
+    for conftest in sorted(tests.rglob("conftest.py")):
+        for node in ast.parse(conftest.read_text()).body:
+            if isinstance(node, ast.Import | ast.ImportFrom) or _is_docstring(node):
+                continue
+            if isinstance(node, ast.FunctionDef) and (node.name.startswith("pytest_") or _is_fixture(node)):
+                continue
+            not_fixtures.append(f"{conftest.relative_to(ROOT)}:{node.lineno}")
+    assert not_fixtures == []
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+def _is_fixture(function: ast.FunctionDef) -> bool:
+    """Decorated with pytest.fixture, bare or called."""
+    for decorator in function.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if ast.unparse(target) in ("pytest.fixture", "fixture"):
+            return True
+    return False
 
 
 def test_import_layers_hold() -> None:

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from conftest import Broker
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from budget.domain.events import UsageRecorded
 from budget.store.event_store import EventStore
+from tests.budget.broker import Broker
 
 
 async def eventually(
@@ -54,7 +54,7 @@ async def enforcer_counters(port: int, wait_s: float = 2.0) -> dict[str, int]:
         ):
             await client.subscribe("margins/enforcer/stats", qos=0)
             async for message in client.messages:
-                counters: dict[str, int] = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                counters: dict[str, int] = json.loads(bytes(message.payload))
                 return counters
     return {}
 
@@ -145,7 +145,7 @@ class FakeEnforcer:
                     for name in ("ResponseTopic", "CorrelationData", "MessageExpiryInterval")
                     if props is not None and hasattr(props, name)
                 }
-                body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                body = json.loads(bytes(message.payload))
                 topic = str(message.topic)
                 self.seen.append(Seen(topic, body, found))
                 reply_to = found.get("ResponseTopic")
@@ -173,7 +173,7 @@ class FakeEnforcer:
             if granted
             else None,
         }
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
         await client.publish(reply_to, json.dumps(reply).encode(), qos=1, properties=props)

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from conftest import CAPS_TOML, Broker
 
 from budget.mqtt.broker import BrokerSettings
 from budget.service.enforcer import Enforcer
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore
+from tests.budget.broker import Broker
+from tests.budget.enforcer_process import CAPS_TOML
 
 NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
 # Generous limits for waits on conditions: a busy shared machine can be slow by seconds, never by this.

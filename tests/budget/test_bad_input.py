@@ -10,8 +10,11 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import Broker
-from enforcer_helpers import (
+
+from budget.domain.events import DeadLettered, ReservationGranted
+from budget.service.wire import MAX_PAYLOAD_BYTES
+from tests.budget.broker import Broker
+from tests.budget.enforcer_helpers import (
     PATIENCE_S,
     Authorizer,
     enforcer_client_id,
@@ -19,10 +22,7 @@ from enforcer_helpers import (
     stored_events,
     wait_until,
 )
-from mqtt_helpers import Collector, mqtt, usage_body
-
-from budget.domain.events import DeadLettered, ReservationGranted
-from budget.service.wire import MAX_PAYLOAD_BYTES
+from tests.budget.mqtt_helpers import Collector, mqtt, usage_body
 
 ZEROS = b"[" + b",".join([b"0"] * 32_000) + b"]"  # 64 KB: 32,000 items, none of them an object
 EMPTIES = b"[" + b",".join([b"{}"] * 21_000) + b"]"  # 63 KB: 21,000 objects missing every field

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from client_helpers import add_app_user, eventually
-from conftest import PASSWORDS, Broker, EnforcerProcess
-from mqtt_helpers import Collector, mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from budget.client import BudgetClient
+from tests.budget.broker import PASSWORDS, Broker
+from tests.budget.client_helpers import add_app_user, eventually
+from tests.budget.enforcer_process import EnforcerProcess
+from tests.budget.mqtt_helpers import Collector, mqtt
 
 SPY_PASSWORD = "app2-secret"
 
@@ -90,7 +91,7 @@ def test_a_sigkilled_broker_comes_back_with_what_it_saved(mosquitto: Broker) -> 
         return log.read_text(errors="replace").count("Saving in-memory database")
 
     def offline_session() -> aiomqtt.Client:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
         return aiomqtt.Client(
             "127.0.0.1",
@@ -116,7 +117,7 @@ def test_a_sigkilled_broker_comes_back_with_what_it_saved(mosquitto: Broker) -> 
     async def receive() -> bytes:
         async with offline_session() as subscriber, asyncio.timeout(30):
             async for message in subscriber.messages:
-                return bytes(message.payload)  # type: ignore[arg-type]
+                return bytes(message.payload)
         raise AssertionError("the session ended without a message")
 
     asyncio.run(queue_one())

@@ -12,10 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from client_helpers import FakeEnforcer, eventually
-from conftest import CAPS_TOML, Broker
-from mqtt_helpers import Collector, mqtt
-from test_service import make_enforcer
 
 from budget.client import BudgetClient, Grant, guard, usage_counts
 from budget.errors import (
@@ -28,6 +24,11 @@ from budget.errors import (
     BudgetError,
     UsageCountsError,
 )
+from tests.budget.broker import Broker
+from tests.budget.client_helpers import FakeEnforcer, eventually
+from tests.budget.enforcer_helpers import make_enforcer
+from tests.budget.enforcer_process import CAPS_TOML
+from tests.budget.mqtt_helpers import Collector, mqtt
 
 
 def test_usage_counts_accepts_openai_objects_and_dicts() -> None:

@@ -14,16 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from client_helpers import enforcer_counters, eventually, stored_usage
-from conftest import Broker, EnforcerProcess
-from mqtt_helpers import mqtt
-from test_e2e import stored
 
-import budget.client
 from budget.client import BudgetClient, Grant, guard
 from budget.domain.events import ReservationDenied, ReservationGranted
 from budget.errors import AuthorizationTimeout, BudgetDenied
 from budget.outbox import Outbox
+from tests.budget.broker import Broker
+from tests.budget.client_helpers import enforcer_counters, eventually, stored_usage
+from tests.budget.enforcer_process import EnforcerProcess
+from tests.budget.mqtt_helpers import mqtt
+from tests.budget.store_helpers import replayed
 
 USAGE = {"prompt_tokens": 900, "completion_tokens": 250}  # gpt-4o-mini: $0.000285
 
@@ -209,7 +209,7 @@ def test_without_renewal_a_long_call_loses_its_hold_and_the_cap_is_passed(
     async def no_renewals(*args: object) -> None:
         await asyncio.Event().wait()
 
-    monkeypatch.setattr(budget.client, "_keep_reserved", no_renewals)
+    monkeypatch.setattr("budget.client._keep_reserved", no_renewals)
     assert _long_calls(tmp_path, mosquitto) == ("allowed", 1_200_000_000)
 
 
@@ -233,7 +233,11 @@ def test_an_authorization_that_waited_in_the_broker_past_its_deadline_is_not_gra
         async with BudgetClient.connect(broker.url, timeout_s=1, drain_timeout_s=1) as budget:
             with pytest.raises(AuthorizationTimeout):
                 await budget.authorize("dave", "gpt-4o-mini", 100, 100, request_id="with-deadline")
-        old_style = {"request_id": "no-deadline", "user_id": "dave", "model": "gpt-4o-mini"}
+        old_style: dict[str, object] = {
+            "request_id": "no-deadline",
+            "user_id": "dave",
+            "model": "gpt-4o-mini",
+        }
         old_style |= {"max_input_tokens": 100, "max_output_tokens": 100, "reply_to": "margins/replies/gone/r"}
         async with mqtt(broker.port) as app:
             await app.publish("margins/authorize/dave", json.dumps(old_style).encode(), qos=1)
@@ -241,7 +245,7 @@ def test_an_authorization_that_waited_in_the_broker_past_its_deadline_is_not_gra
         await asyncio.sleep(2.5)
         await asyncio.to_thread(enforcer_process.start)
         async with mqtt(broker.port) as app:  # a usage after both: once it is recorded, both were handled
-            body = {"event_id": "marker", "user_id": "dave", "model": "gpt-4o-mini"}
+            body: dict[str, object] = {"event_id": "marker", "user_id": "dave", "model": "gpt-4o-mini"}
             body |= {"ts": datetime.now(UTC).isoformat(), "input_tokens": 1, "output_tokens": 1}
             await app.publish("margins/usage/dave", json.dumps(body).encode(), qos=1)
         await eventually(lambda: _at_least(broker.port, 1), "the marker recorded")
@@ -250,7 +254,7 @@ def test_an_authorization_that_waited_in_the_broker_past_its_deadline_is_not_gra
     assert enforcer_process.terminate() == 0
     decided = {
         e.request_id: type(e).__name__
-        for e in stored(enforcer_process.store)
+        for e in replayed(enforcer_process.store)
         if isinstance(e, ReservationGranted | ReservationDenied)
     }
     assert decided == {"no-deadline": "ReservationGranted"}

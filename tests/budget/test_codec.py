@@ -9,7 +9,6 @@ import contextlib
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from mqtt_helpers import remaining_length
 
 from budget.errors import BrokerError, MalformedPacket
 from budget.mqtt.codec import encode, encode_puback, encode_publish, read
@@ -26,6 +25,7 @@ from budget.mqtt.packets import (
     SubAck,
     Subscribe,
 )
+from tests.budget.mqtt_helpers import remaining_length
 
 texts = st.text(max_size=40)
 packet_ids = st.integers(1, 0xFFFF)

@@ -9,11 +9,11 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mqtt_helpers import remaining_length
 
 from budget.errors import ConnectionLost
 from budget.mqtt.connection import Mqtt5Connection, _Protocol
 from budget.mqtt.packets import Publish
+from tests.budget.mqtt_helpers import remaining_length
 
 
 def publish_packet(topic: str, payload: bytes, packet_id: int, props: bytes = b"") -> bytes:

@@ -13,32 +13,29 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
 from click.testing import CliRunner
-from conftest import PASSWORDS, Broker, EnforcerProcess
-from mqtt_helpers import Collector, mqtt, usage_body
 
 from budget.client import BudgetClient
 from budget.domain.catalog import default_catalog
-from budget.domain.events import DeadLettered, UsageRecorded, UserConfigured
+from budget.domain.events import DeadLettered, ReservationGranted, UsageRecorded, UserConfigured
 from budget.domain.ledger import Ledger
 from budget.errors import BudgetDenied
 from budget.service.settings import load_config
-from budget.store.event_store import EventStore
 from sim.cli import main as margins
+from tests.budget.broker import PASSWORDS, Broker
+from tests.budget.enforcer_process import EnforcerProcess
+from tests.budget.mqtt_helpers import Collector, mqtt, usage_body
+from tests.budget.store_helpers import replayed
 
 MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini")
 
 
-def stored(store: Path) -> list[object]:
-    with EventStore.open(store, flush_interval=None) as opened:
-        return list(opened.replay())
-
-
-def spent_by_user(events: list[object]) -> dict[str, int]:
+def spent_by_user(events: Sequence[object]) -> dict[str, int]:
     totals: Counter[str] = Counter()
     for event in events:
         if isinstance(event, UsageRecorded):
@@ -110,8 +107,8 @@ def test_200_concurrent_authorizations_never_exceed_the_cap(enforcer_process: En
     assert granted == 50_000_000 // worst  # exactly what fits, no more
     assert granted + denied == 200
     assert enforcer_process.terminate() == 0
-    events = stored(enforcer_process.store)
-    reserved = sum(e.amount_nanos for e in events if type(e).__name__ == "ReservationGranted")  # type: ignore[attr-defined]
+    events = replayed(enforcer_process.store)
+    reserved = sum(e.amount_nanos for e in events if isinstance(e, ReservationGranted))
     assert spent_by_user(events)["carol"] + reserved <= 1_000_000_000
 
 
@@ -153,26 +150,26 @@ def test_sigkill_at_random_moments_loses_nothing_and_counts_nothing_twice(
 
     asyncio.run(scenario())
     assert enforcer_process.terminate() == 0
-    events = stored(enforcer_process.store)
+    events = replayed(enforcer_process.store)
     usage_ids = [e.event_id for e in events if isinstance(e, UsageRecorded)]
     assert len(usage_ids) == len(set(usage_ids)) == len(ids)  # nothing twice in the store
     assert set(usage_ids) == ids  # nothing lost
     assert spent_by_user(events) == dict(expected)
     config = load_config(enforcer_process.config)
-    replayed = Ledger(config, config.catalog())
-    replayed.apply_all(events)  # type: ignore[arg-type]
+    rebuilt = Ledger(config, config.catalog())
+    rebuilt.apply_all(events)
     month = datetime.now(UTC).strftime("%Y-%m")
-    assert {u: replayed.spent(u, month)[0] for u in expected} == dict(expected)
+    assert {u: rebuilt.spent(u, month)[0] for u in expected} == dict(expected)
 
 
 def _last_start(log: Path) -> tuple[int | None, int]:
     """(the snapshot seq the newest start restored, or None; how many events it replayed after it)."""
     text = log.read_text(errors="replace")
     restored = re.findall(r"restored the ledger from its snapshot at seq (\d+)", text)
-    replayed = re.findall(r"replayed (\d+) events", text)
+    counts = re.findall(r"replayed (\d+) events", text)
     start = text.rsplit("replayed ", 1)[0]
     from_snapshot = restored and start.rfind("restored the ledger") > start.rfind("enforcer ready")
-    return (int(restored[-1]) if from_snapshot else None), int(replayed[-1])
+    return (int(restored[-1]) if from_snapshot else None), int(counts[-1])
 
 
 def test_a_restart_restores_the_newest_snapshot_and_replays_only_what_came_after(
@@ -203,12 +200,12 @@ def test_a_restart_restores_the_newest_snapshot_and_replays_only_what_came_after
     asyncio.run(publish_reliably(port, messages[420:]))  # 30 more, fewer than a snapshot takes
     asyncio.run(wait_for_status(port, dict(expected)))  # everything committed
     enforcer_process.kill()  # SIGKILL: no snapshot at the stop
-    stored_count = len(stored(enforcer_process.store))
+    stored_count = len(replayed(enforcer_process.store))
     enforcer_process.start()
-    snapshot_seq, replayed = _last_start(log)
+    snapshot_seq, after_snapshot = _last_start(log)
     newest = int(re.findall(r"snapshot at seq (\d+)", log.read_text())[-1])
     assert snapshot_seq == newest > after_stop[0]  # the running snapshot, not the one of the stop
-    assert snapshot_seq + 1 + replayed == stored_count and replayed >= 30  # it covers the rest
+    assert snapshot_seq + 1 + after_snapshot == stored_count and after_snapshot >= 30  # it covers the rest
     asyncio.run(wait_for_status(port, dict(expected)))  # the restored ledger's statuses, to the nano-dollar
     assert enforcer_process.terminate() == 0
 
@@ -231,7 +228,7 @@ def test_a_broker_restart_mid_stream_loses_nothing(enforcer_process: EnforcerPro
 
     asyncio.run(scenario())
     assert enforcer_process.terminate() == 0
-    events = stored(enforcer_process.store)
+    events = replayed(enforcer_process.store)
     ids = [e.event_id for e in events if isinstance(e, UsageRecorded)]
     assert len(ids) == len(set(ids)) == 2000
     log = enforcer_process.log.read_text().splitlines()
@@ -281,7 +278,7 @@ def test_an_application_cannot_change_a_cap_or_forge_status(
         assert statuses[-1]["cap_usd"] == 2.0
     finally:
         assert enforcer.terminate() == 0
-    events = stored(tmp_path / "store")
+    events = replayed(tmp_path / "store")
     configured = [e for e in events if isinstance(e, UserConfigured)]
     assert [(e.user_id, e.cap_nanos) for e in configured] == [("alice", 2_000_000_000)]
     assert [e.event_id for e in events if isinstance(e, UsageRecorded)] == ["acl-ok"]
@@ -301,7 +298,7 @@ def test_sigterm_stops_cleanly_and_bad_flags_exit_2(
     assert enforcer_process.terminate() == 0
     log = enforcer_process.log.read_text()
     assert "enforcer stopped" in log and "dead_letter_malformed_json=1" in log
-    assert [e.reason for e in stored(enforcer_process.store) if isinstance(e, DeadLettered)] == [
+    assert [e.reason for e in replayed(enforcer_process.store) if isinstance(e, DeadLettered)] == [
         "malformed_json"
     ]
 

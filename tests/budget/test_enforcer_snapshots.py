@@ -12,13 +12,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from ledger_helpers import CATALOG, NOW, authorize, make_config, usage
 
 from budget.domain.config import EnforcerConfig
 from budget.domain.events import Event
 from budget.domain.ledger import Ledger
 from budget.service.snapshots import META, SnapshotTaker, restore, settings_key
 from budget.store.event_store import EventStore
+from tests.budget.ledger_helpers import CATALOG, NOW, authorize, make_config, usage
 
 CONFIG = make_config(cap_usd="0.05")
 

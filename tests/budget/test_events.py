@@ -107,8 +107,10 @@ def test_unknown_tag_and_bad_fields_are_rejected() -> None:
 
 
 def test_events_are_frozen() -> None:
+    usage = SAMPLES[0]
+    assert isinstance(usage, UsageRecorded)
     with pytest.raises(AttributeError):
-        SAMPLES[0].cost_nanos = 0  # type: ignore[misc]
+        usage.cost_nanos = 0  # type: ignore[misc]
 
 
 @given(st.binary(max_size=300))

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
-from ledger_helpers import CATALOG, MINI_COST, NOW, authorize, make_config, make_ledger, usage
 
 from budget.domain.events import (
     DeadLettered,
@@ -35,6 +34,7 @@ from budget.domain.ledger import (
     reservation_id_for,
     worst_case_nanos,
 )
+from tests.budget.ledger_helpers import CATALOG, MINI_COST, NOW, authorize, make_config, make_ledger, usage
 
 
 def test_usage_is_priced_from_the_catalog_and_counted_once() -> None:
@@ -114,7 +114,7 @@ def test_dead_letter_keeps_the_original_payload() -> None:
 
 
 @pytest.mark.parametrize("kw", [{"input_tokens": -1}, {"cached_input_tokens": 2000}, {"output_tokens": -5}])
-def test_bad_token_counts_are_dead_lettered(kw: dict[str, int]) -> None:
+def test_bad_token_counts_are_dead_lettered(kw: dict[str, Any]) -> None:
     ledger = make_ledger()
     [dead] = ledger.decide(usage("e1", **kw), NOW)
     assert isinstance(dead, DeadLettered) and dead.reason == "bad_tokens"

@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from ledger_helpers import CATALOG, make_config
 
 import budget.domain.seen
 from budget.domain.events import (
@@ -32,6 +31,7 @@ from budget.domain.events import (
 )
 from budget.domain.ledger import Authorize, Command, ConfigureUser, Ledger, LedgerSnapshot, RecordUsage
 from budget.store.event_store import EventStore
+from tests.budget.ledger_helpers import CATALOG, make_config
 
 GUARDED = {"g1": "UTC", "g2": "America/Los_Angeles"}  # every call of theirs is authorized first
 FREE = {"f1": "Asia/Tokyo"}  # also reports usage it never authorized, sometimes days late

@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_helpers import MINI_COST, authorize, make_ledger, usage
 
 from budget.domain import months
 from budget.domain.events import DeadLettered, ReservationExpired, ReservationGranted, UsageRecorded
 from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, RenewReservation
+from tests.budget.ledger_helpers import MINI_COST, authorize, make_ledger, usage
 
 MIDNIGHT = datetime(2026, 2, 1, tzinfo=UTC)  # the end of January in UTC
 BEFORE = MIDNIGHT - timedelta(seconds=1)  # 23:59:59 on 31 January
 
 
-def recorded(events: list[object]) -> UsageRecorded:
+def recorded(events: Sequence[object]) -> UsageRecorded:
     assert events and isinstance(events[0], UsageRecorded), events
     return events[0]
 
 
-def dead(events: list[object], reason: str) -> DeadLettered:
+def dead(events: Sequence[object], reason: str) -> DeadLettered:
     assert len(events) == 1 and isinstance(events[0], DeadLettered), events
     assert events[0].reason == reason, events[0].detail
     return events[0]

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_helpers import CATALOG, MINI_COST, authorize, make_config, make_ledger, usage
 
 import budget.domain.seen
 from budget.domain.events import Event
@@ -17,6 +16,7 @@ from budget.domain.ledger import ConfigureUser, Ledger, LedgerSnapshot
 from budget.domain.seen import DIGEST_MASK, SeenIndex, content_digest, usage_key
 from budget.domain.users import UserIndex
 from budget.errors import SnapshotError
+from tests.budget.ledger_helpers import CATALOG, MINI_COST, authorize, make_config, make_ledger, usage
 
 KEYS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
@@ -156,7 +156,7 @@ def test_inconsistent_parts_are_refused(monkeypatch: pytest.MonkeyPatch) -> None
     snapshot = LedgerSnapshot.decode(meta, parts)
     zone = snapshot.zone.copy()
     zone[0] = 99  # no such zone name
-    damaged = LedgerSnapshot(**{**{f: getattr(snapshot, f) for f in snapshot.__slots__}, "zone": zone})  # type: ignore[arg-type]
+    damaged = LedgerSnapshot(**{**{f: getattr(snapshot, f) for f in snapshot.__slots__}, "zone": zone})
     with pytest.raises(SnapshotError, match="users: a settings code is outside its name table"):
         Ledger.from_snapshot(make_config(), CATALOG, damaged)
 

@@ -100,7 +100,7 @@ def test_spend_by_model_feature_and_day(store: Path) -> None:
             expected: Counter[str] = Counter()
             for e in november:
                 expected[getattr(e, by)] += e.cost_nanos
-            rows = reader.spend_by(by, "2026-11", limit=50).rows  # type: ignore[arg-type]
+            rows = reader.spend_by(by, "2026-11", limit=50).rows
             assert {key: spent for key, spent, _ in rows} == dict(expected)
         days = reader.spend_by("day", "2026-11", limit=50).rows
         assert [str(d) for d, _, _ in days] == sorted({e.ts.date().isoformat() for e in november})

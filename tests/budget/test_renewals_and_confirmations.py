@@ -11,9 +11,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ACL_EXAMPLE, PASSWORDS, Broker
-from enforcer_helpers import NOW, PATIENCE_S, Authorizer, make_enforcer, stored_events, wait_until
-from mqtt_helpers import Collector, mqtt, usage_body
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -23,6 +20,16 @@ from budget.mqtt.connection import Mqtt5Connection
 from budget.service.enforcer import Enforcer
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore
+from tests.budget.broker import ACL_EXAMPLE, PASSWORDS, Broker
+from tests.budget.enforcer_helpers import (
+    NOW,
+    PATIENCE_S,
+    Authorizer,
+    make_enforcer,
+    stored_events,
+    wait_until,
+)
+from tests.budget.mqtt_helpers import Collector, mqtt, usage_body
 
 
 def test_renewals_keep_a_reservation_open_and_the_reply_says_until_when(
@@ -87,7 +94,7 @@ def test_an_authorization_decided_after_its_deadline_is_expired_and_holds_nothin
                 # the MQTT 5 message expiry interval of the request is a deadline too (30 s from now: in time)
                 expiring = Properties(PacketTypes.PUBLISH)
                 expiring.MessageExpiryInterval = 30
-                body = {"request_id": "prop", "user_id": "alice", "model": "gpt-4o-mini"}
+                body: dict[str, object] = {"request_id": "prop", "user_id": "alice", "model": "gpt-4o-mini"}
                 body |= {"max_input_tokens": 1, "max_output_tokens": 1, "reply_to": f"{authorizer.prefix}/p"}
                 await app.publish(
                     "margins/authorize/alice", json.dumps(body).encode(), qos=1, properties=expiring
@@ -105,7 +112,7 @@ def test_an_authorization_decided_after_its_deadline_is_expired_and_holds_nothin
 def test_usage_is_confirmed_to_its_response_topic_only_after_its_commit(
     mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log: list[tuple[str, object]] = []
+    log: list[tuple[str, set[object]]] = []
     real_append, real_publish = EventStore.append, Mqtt5Connection.publish
 
     def append(store: EventStore, events: Iterable[object]) -> None:
@@ -115,7 +122,7 @@ def test_usage_is_confirmed_to_its_response_topic_only_after_its_commit(
 
     def publish(connection: Mqtt5Connection, topic: str, payload: bytes, **options: object) -> None:
         if topic.endswith("/confirm"):
-            log.append(("confirm", json.loads(payload)["confirmed"]))
+            log.append(("confirm", set(json.loads(payload)["confirmed"])))
         real_publish(connection, topic, payload, **options)  # type: ignore[arg-type]
 
     monkeypatch.setattr(EventStore, "append", append)
@@ -151,9 +158,9 @@ def test_usage_is_confirmed_to_its_response_topic_only_after_its_commit(
     durable: set[object] = set()
     for kind, value in log:
         if kind == "durable":
-            durable |= value  # type: ignore[operator]
+            durable |= value
         else:
-            assert set(value) <= durable | {"c5", "c6"}, f"confirmed {value} before its commit"  # type: ignore[arg-type]
+            assert set(value) <= durable | {"c5", "c6"}, f"confirmed {value} before its commit"
     dead = [e for e in stored_events(tmp_path) if isinstance(e, DeadLettered)]
     assert [(e.reason, e.count, e.event_id) for e in dead] == [
         ("out_of_range", 1, "c5"),

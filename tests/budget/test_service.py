@@ -10,9 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import CAPS_TOML, Broker
-from enforcer_helpers import NOW, PATIENCE_S, make_enforcer, stored_events, wait_until
-from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 from budget.client import BudgetClient, guard
 from budget.domain.ledger import Ledger
@@ -20,6 +17,10 @@ from budget.errors import BudgetDenied
 from budget.mqtt.connection import Mqtt5Connection
 from budget.service.settings import load_config
 from budget.store.event_store import EventStore
+from tests.budget.broker import Broker
+from tests.budget.enforcer_helpers import NOW, PATIENCE_S, make_enforcer, stored_events, wait_until
+from tests.budget.enforcer_process import CAPS_TOML
+from tests.budget.mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 
 def test_usage_is_recorded_once_status_retained_and_alerts_once(mosquitto: Broker, tmp_path: Path) -> None:
@@ -158,7 +159,7 @@ def test_reservations_expire_on_a_timer_and_alerts_come_once_per_month(
             async with mqtt(mosquitto.port, v5=False) as app, mqtt(mosquitto.port) as sub:
                 seen = await Collector(sub).start("margins/alerts/+", "margins/replies/t/#")
                 # an MQTT 3.1.1 client: the answer goes to "reply_to"
-                request = {"request_id": "q1", "user_id": "alice", "model": "gpt-4o-mini"}
+                request: dict[str, object] = {"request_id": "q1", "user_id": "alice", "model": "gpt-4o-mini"}
                 request |= {
                     "max_input_tokens": 1000,
                     "max_output_tokens": 1000,

@@ -12,13 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Broker
-from enforcer_helpers import NOW, PATIENCE_S, Authorizer, enforcer_client_id, make_enforcer, wait_until
-from mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 from budget.domain.events import UsageRecorded
 from budget.mqtt.connection import Mqtt5Connection
 from budget.store.event_store import EventStore
+from tests.budget.broker import Broker
+from tests.budget.enforcer_helpers import (
+    NOW,
+    PATIENCE_S,
+    Authorizer,
+    enforcer_client_id,
+    make_enforcer,
+    wait_until,
+)
+from tests.budget.mqtt_helpers import Collector, mqtt, publish_all, usage_body
 
 USERS = 70_000  # more than the 65,535 packet ids one connection has
 

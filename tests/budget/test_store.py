@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pyarrow.compute as pc
 import pytest
-from store_helpers import T0, usage_events, write_store
 
 from budget.domain.events import (
     EVENT_TYPES,
@@ -40,6 +39,7 @@ from budget.store.queries import SpendReader
 from budget.store.reader import StoreReader
 from budget.store.segment_writer import read_log
 from budget.store.segments import batch_tables, journal_table, usage_table
+from tests.budget.store_helpers import T0, usage_events, write_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,17 +79,17 @@ def test_usage_segments_have_exactly_the_usage_columns(tmp_path: Path) -> None:
     with EventStore.open(tmp_path / "s", flush_interval=None) as store:
         store.append([*usage_events(40), *other_events()])
     manifest = read_manifest(tmp_path / "s")
-    assert sorted({s.month for s in manifest.usage}) == ["2026-10", "2026-11"]
+    assert {s.month for s in manifest.usage} == {"2026-10", "2026-11"}
     for segment in manifest.usage:
         assert f"month={segment.month}" in segment.file
-        described = duckdb.sql(
+        described = duckdb.execute(
             f"DESCRIBE SELECT * FROM read_parquet('{tmp_path / 's' / segment.file}')"
         ).fetchall()
         assert [(row[0], row[1]) for row in described] == [
             (name, "TIMESTAMP WITH TIME ZONE" if kind == "TIMESTAMPTZ" else kind)
             for name, kind in USAGE_COLUMNS.items()
         ]
-        rows = duckdb.sql(
+        rows = duckdb.execute(
             f"SELECT DISTINCT source, run_id, month FROM read_parquet('{tmp_path / 's' / segment.file}')"
         ).fetchall()
         assert rows == [("live", "", segment.month)]

@@ -10,9 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CAPS_TOML, Broker
-from mqtt_helpers import mqtt, usage_body
-from store_helpers import replayed, usage_events, write_store
 
 from budget.domain.events import encode_event
 from budget.errors import StoreError
@@ -22,6 +19,10 @@ from budget.service.settings import load_config
 from budget.store.event_store import EventStore
 from budget.store.headroom import MIB, size_text
 from budget.store.manifest import read_manifest
+from tests.budget.broker import Broker
+from tests.budget.enforcer_process import CAPS_TOML
+from tests.budget.mqtt_helpers import mqtt, usage_body
+from tests.budget.store_helpers import replayed, usage_events, write_store
 
 MARGINS = Path(sys.executable).with_name("margins")
 MINIMUM = 64 * MIB

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import CAPS_TOML
-from store_helpers import usage_events, write_store
 
 from budget.cli.spend import spend
 from budget.cli.store import store_group
 from budget.errors import StoreError
 from budget.store.event_store import EventStore
 from budget.store.manifest import Segment, read_manifest
+from tests.budget.enforcer_process import CAPS_TOML
+from tests.budget.store_helpers import usage_events, write_store
 
 MARGINS = Path(sys.executable).with_name("margins")
 DAMAGE = ("truncated", "overwritten", "deleted", "rewritten")

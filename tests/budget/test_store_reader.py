@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from store_helpers import usage_events, write_store
 
 from budget.domain.events import UsageRecorded
 from budget.errors import StoreError
 from budget.store.event_store import EventStore
 from budget.store.manifest import read_manifest
 from budget.store.reader import StoreReader
-from sim.calibration.fit import FitError, read_store_usage
+from sim.calibration.fit import read_store_usage
 from sim.cli import main
+from sim.errors import FitError
+from tests.budget.store_helpers import usage_events, write_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,7 +92,7 @@ def test_a_reader_beside_a_writing_process_sees_every_event_up_to_its_cut_in_ord
     )
     assert writer.stdout is not None
     try:
-        seen = []
+        seen: list[int] = []
         deadline = time.monotonic() + 6
         while time.monotonic() < deadline or len(seen) < 5:
             acknowledged = int(writer.stdout.readline())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from store_helpers import file_states, replayed, spend_by_user_month, usage_events, write_store
 
 from budget.cli.spend import spend
 from budget.errors import StoreError
@@ -19,6 +18,7 @@ from budget.store.queries import SpendReader
 from budget.store.repair import repair_store
 from budget.store.segment_writer import merge_run, write_batch
 from budget.store.segments import decode_bodies
+from tests.budget.store_helpers import file_states, replayed, spend_by_user_month, usage_events, write_store
 
 
 def _refused(root: Path, *phrases: str, spend_reads_it: bool = True) -> None:

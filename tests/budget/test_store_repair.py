@@ -10,13 +10,13 @@ import numpy as np
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from store_helpers import file_states, replayed, spend_by_user_month, usage_events, write_store
 
 from budget.cli.store import store_group
 from budget.store.event_store import EventStore
 from budget.store.journal_plan import LOG, Source, plan_journal
 from budget.store.manifest import parse_segment_path, read_manifest
 from budget.store.queries import SpendReader
+from tests.budget.store_helpers import file_states, replayed, spend_by_user_month, usage_events, write_store
 
 
 def run(*args: str) -> Result:

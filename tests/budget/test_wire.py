@@ -9,11 +9,11 @@ from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mqtt_helpers import usage_body
 
 from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage, RenewReservation
 from budget.service.rejection import MAX_LISTED, Rejection
 from budget.service.wire import MAX_PAYLOAD_BYTES, AuthorizeRequest, decode_message
+from tests.budget.mqtt_helpers import usage_body
 
 NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
 

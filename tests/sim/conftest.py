@@ -1,34 +1,16 @@
-"""Helpers shared by the simulator tests: small scenarios built from tables, run fast."""
+"""Fixtures for the simulator's tests; the scenarios they build on are in tests/sim/scenarios.py."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from budget.domain.prices import PriceCatalog
 from sim.model.scenario import Scenario
-from sim.model.scenario_checks import parse_scenario
-
-
-def scenario_from(table: dict[str, Any], name: str = "test") -> tuple[Scenario, PriceCatalog]:
-    """A validated scenario from a plain table (as a TOML file would give it)."""
-    return parse_scenario({"name": name, **table}, f"{name}.toml")
-
-
-ALL_LEVERS: dict[str, Any] = {
-    "prompts": {"chains": {"share": 0.3, "steps": 3, "deterministic_steps": 2}},
-    "cache": {
-        "exact": {"enabled": True},
-        "semantic": {"enabled": True, "threshold": 0.85},
-        "fragment": {"enabled": True},
-    },
-    "router": {"enabled": True, "cheap_model": "gpt-4o-mini", "expensive_model": "gpt-4o"},
-    "retry": {"policy": "cost-aware"},
-    "streaming": {"enabled": True},
-}
+from tests.sim.engines import SIMULATORS, Simulator
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 
 @pytest.fixture
@@ -43,3 +25,10 @@ def embedding_cache_of_the_test_run(tmp_path_factory: pytest.TempPathFactory) ->
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(root))
         yield root
+
+
+@pytest.fixture(params=sorted(SIMULATORS), scope="module")
+def simulator(request: pytest.FixtureRequest) -> Simulator:
+    """The fast engine, then the per-request reference: for what must hold whichever runs the scenario.
+    Module-scoped, so hypothesis may draw many examples against it (it keeps no state)."""
+    return SIMULATORS[request.param]

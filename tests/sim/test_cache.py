@@ -18,7 +18,7 @@ from sim.model.engine import cache_layers, semantic_rates
 from sim.model.policies.cache import lookup
 from sim.model.policies.lru import WaveletMatrix
 from sim.model.randomness import streams_for
-from tests.sim.conftest import scenario_from
+from tests.sim.scenarios import scenario_from
 
 
 class OrderedLru(OrderedDict[Hashable, float]):
@@ -41,9 +41,7 @@ class OrderedLru(OrderedDict[Hashable, float]):
             self.popitem(last=False)
 
 
-def sequential(  # type: ignore[no-untyped-def]
-    cache: MutableMapping[Hashable, float], keys, times, ttl, p_true, p_false, u_true, u_false
-):
+def sequential(cache: MutableMapping[Hashable, float], keys, times, ttl, p_true, p_false, u_true, u_false):
     """One access at a time, in time order (ties in stream order), against `cache` (key -> write time):
     a found, fresh entry is a hit when the true-hit draw says so; otherwise a drawn false hit serves a
     wrong answer and stores nothing; otherwise the answer is written (single-flight)."""
@@ -70,7 +68,7 @@ def sequential(  # type: ignore[no-untyped-def]
     p_false=st.sampled_from([0.0, 0.3]),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_lookup_matches_a_sequential_lru(data, capacity, ttl, p_true, p_false, seed):  # type: ignore[no-untyped-def]
+def test_lookup_matches_a_sequential_lru(data, capacity, ttl, p_true, p_false, seed):
     keys = np.array([k for k, _ in data], dtype=np.int64)
     times = np.array([t for _, t in data], dtype=np.float64)  # unsorted, with ties
     rng = np.random.default_rng(seed)
@@ -178,7 +176,7 @@ def test_capacity_binds_on_that_traffic_from_the_smallest_to_the_largest(zipf_tr
     values=st.lists(st.integers(0, 70), min_size=1, max_size=60),
     queries=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(0, 80)), max_size=20),
 )
-def test_wavelet_counts_values_below_a_bound_in_a_range(values, queries):  # type: ignore[no-untyped-def]
+def test_wavelet_counts_values_below_a_bound_in_a_range(values, queries):
     array = np.array(values, dtype=np.int64)
     lo = np.array([min(a, b, len(values)) for a, b, _ in queries], dtype=np.int64)
     hi = np.array([min(max(a, b), len(values)) for a, b, _ in queries], dtype=np.int64)

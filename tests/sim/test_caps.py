@@ -17,7 +17,8 @@ from sim.model import caps, engine
 from sim.model.codes import CapDecision, Served
 from sim.model.forecast import summarize
 from sim.model.run import RunResult
-from tests.sim.conftest import ALL_LEVERS, scenario_from
+from tests.sim.engines import Simulator
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 NAIVE: dict[str, Any] = {
     "traffic": {"sessions_per_user_month": 12, "dispersion": 0.5},
@@ -46,14 +47,14 @@ def month_spend_usd(run: RunResult) -> np.ndarray:
     seed=st.integers(0, 1000),
 )
 def test_no_user_month_passes_the_cap_when_every_call_is_authorized(
-    cap_usd: float, action: str, levers: str, policy: str, days: int, seed: int
+    simulator: Simulator, cap_usd: float, action: str, levers: str, policy: str, days: int, seed: int
 ) -> None:
     table = dict(NAIVE if levers == "naive" else ALL_LEVERS)
     table["retry"] = {"policy": policy}
     scenario, catalog = scenario_from(
         with_cap(table, monthly_usd=cap_usd, action=action, degrade_model="gpt-4o-mini")
     )
-    run = engine.simulate(scenario, catalog, 150, days, seed)
+    run = simulator(scenario, catalog, 150, days, seed)
     assert run.cap is not None
     assert month_spend_usd(run).max() <= cap_usd + 1e-12
     # Without the cap the heavy users do pass it (otherwise this test would prove nothing) ...
@@ -101,10 +102,10 @@ def test_a_cap_nobody_reaches_changes_nothing() -> None:
     assert figures["users_replayed"] == 0
 
 
-def test_blocking_denies_costs_nothing_scores_denied_and_is_reported() -> None:
+def test_blocking_denies_costs_nothing_scores_denied_and_is_reported(simulator: Simulator) -> None:
     table = {**NAIVE, "quality": {"denied": 5.0}}
     scenario, catalog = scenario_from(with_cap(table, monthly_usd=1.0))
-    run = engine.simulate(scenario, catalog, 300, 5, 3)
+    run = simulator(scenario, catalog, 300, 5, 3)
     assert run.cap is not None
     denied = run.cap.decision == CapDecision.DENIED
     assert denied.any()
@@ -117,11 +118,11 @@ def test_blocking_denies_costs_nothing_scores_denied_and_is_reported() -> None:
     assert 0 < figures["users_at_cap"] <= 1 and 0 < figures["users_over_soft"] <= 1
 
 
-def test_degrading_moves_requests_to_the_cheaper_model() -> None:
+def test_degrading_moves_requests_to_the_cheaper_model(simulator: Simulator) -> None:
     scenario, catalog = scenario_from(
         with_cap(NAIVE, monthly_usd=0.1, action="degrade", degrade_model="gpt-4o-mini")
     )
-    run = engine.simulate(scenario, catalog, 300, 5, 3)
+    run = simulator(scenario, catalog, 300, 5, 3)
     assert run.cap is not None
     degraded = run.cap.decision == CapDecision.DEGRADED
     assert degraded.any()
@@ -131,9 +132,9 @@ def test_degrading_moves_requests_to_the_cheaper_model() -> None:
     assert summarize(run)["calls_by_model"]["gpt-4o-mini"] > 0
 
 
-def test_a_requests_worst_case_covers_what_it_bills() -> None:
+def test_a_requests_worst_case_covers_what_it_bills(simulator: Simulator) -> None:
     scenario, catalog = scenario_from(with_cap({**NAIVE, "retry": {"policy": "naive"}}, monthly_usd=1.0))
-    run = engine.simulate(scenario, catalog, 300, 5, 3)
+    run = simulator(scenario, catalog, 300, 5, 3)
     assert run.cap is not None
     requests = caps._Requests.of(run, catalog)
     assert (run.cap.uncapped_cost_nanos <= requests.worst_nanos).all()

@@ -38,7 +38,7 @@ def importing(monkeypatch: pytest.MonkeyPatch, command_module: str, load: Callab
     def import_module(name: str, package: str | None = None) -> object:
         return load() if name == command_module else real(name, package)
 
-    monkeypatch.setattr(sim.cli.importlib, "import_module", import_module)
+    monkeypatch.setattr("sim.cli.importlib.import_module", import_module)
 
 
 def run(*args: str) -> Result:

@@ -23,7 +23,7 @@ from sim.model.codes import (
 )
 from sim.model.engine import simulate
 from sim.model.randomness import Draw
-from tests.sim.conftest import scenario_from
+from tests.sim.scenarios import scenario_from
 
 FAMILIES = (Outcome, Action, Served, CapDecision, Route, CacheLayer, Draw, ProbeKind)
 

@@ -19,7 +19,7 @@ from sim.model.randomness import streams_for
 from sim.model.reference_context import converse
 from sim.model.scenario import ConversationContext
 from sim.model.traffic import Traffic, draw
-from tests.sim.conftest import scenario_from
+from tests.sim.scenarios import scenario_from
 
 # One session of five turns: each turn's new input and answer.
 NEW = [50, 60, 600, 10, 20]

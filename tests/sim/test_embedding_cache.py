@@ -39,7 +39,8 @@ class CountingModel:
         self.encoded += texts
         rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:DIMENSION], np.uint8) for t in texts]
         vectors = np.array(rows, dtype=np.float32) + 1.0
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return unit
 
 
 class Notes:

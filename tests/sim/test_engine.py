@@ -1,4 +1,7 @@
-"""The fast path: reproducible, faithful to the per-request reference, and right to the nano-dollar."""
+"""The fast path: reproducible, faithful to the per-request reference, and right to the nano-dollar.
+
+Tests that take `simulator` state what any correct simulator does, and run on the fast engine and on the
+reference alike; the others compare the two, exactly where they must agree, closely where they may not."""
 
 from __future__ import annotations
 
@@ -13,16 +16,17 @@ from sim.model.codes import Served
 from sim.model.engine import simulate
 from sim.model.forecast import flatten, summarize
 from sim.model.reference import simulate_reference
-from tests.sim.conftest import ALL_LEVERS, scenario_from
+from tests.sim.engines import Simulator
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 FAILURES = {"error_rate": 0.05, "timeout_rate": 0.02, "bad_completion_rate": 0.05}
 
 
-def test_same_seed_same_numbers(all_levers: Any) -> None:
+def test_same_seed_same_numbers(all_levers: Any, simulator: Simulator) -> None:
     scenario, catalog = all_levers
-    first = summarize(simulate(scenario, catalog, 500, 5, seed=11))
-    again = summarize(simulate(scenario, catalog, 500, 5, seed=11))
-    other = summarize(simulate(scenario, catalog, 500, 5, seed=12))
+    first = summarize(simulator(scenario, catalog, 500, 5, seed=11))
+    again = summarize(simulator(scenario, catalog, 500, 5, seed=11))
+    other = summarize(simulator(scenario, catalog, 500, 5, seed=12))
     assert first == again
     assert first["cost_usd"] != other["cost_usd"]
 
@@ -83,7 +87,7 @@ def test_fast_path_stays_close_to_reference_when_rate_limits_bind() -> None:
         assert fast[key] == pytest.approx(reference[key], rel=0.02), key
 
 
-def test_cost_arithmetic_matches_a_hand_computed_case() -> None:
+def test_cost_arithmetic_matches_a_hand_computed_case(simulator: Simulator) -> None:
     # One user, one session, one message, fixed tokens, no failures: 1000 in and 200 out on gpt-4o.
     table = {
         "traffic": {"sessions_per_user_month": 1, "messages_per_session": 1},
@@ -94,14 +98,16 @@ def test_cost_arithmetic_matches_a_hand_computed_case() -> None:
         "providers": {"gpt-4o": {"error_rate": 0, "timeout_rate": 0, "bad_completion_rate": 0}},
     }
     scenario, catalog = scenario_from(table)
-    run = simulate(scenario, catalog, 1, 30, seed=1)
+    run = simulator(scenario, catalog, 1, 30, seed=1)
     # gpt-4o: $2.50 / 1M input = 2,500 nano-dollars a token; $10.00 / 1M output = 10,000.
     assert run.traffic.requests == 1
     assert run.cost_nanos.tolist() == [1000 * 2500 + 200 * 10_000]
     assert summarize(run)["cost_usd"] == pytest.approx(0.0045)
 
 
-def test_a_timeout_without_streaming_bills_the_whole_completion_and_waits_the_timeout() -> None:
+def test_a_timeout_without_streaming_bills_the_whole_completion_and_waits_the_timeout(
+    simulator: Simulator,
+) -> None:
     table = {
         "traffic": {"sessions_per_user_month": 1, "messages_per_session": 1},
         "prompts": {"input_tokens": {"mean": 100, "sigma": 0}, "output_tokens": {"mean": 50, "sigma": 0}},
@@ -109,7 +115,7 @@ def test_a_timeout_without_streaming_bills_the_whole_completion_and_waits_the_ti
         "providers": {"gpt-4o": {"error_rate": 0, "timeout_rate": 1, "timeout_s": 30, "ttft_sigma": 0}},
     }
     scenario, catalog = scenario_from(table)
-    run = simulate(scenario, catalog, 1, 30, seed=1)
+    run = simulator(scenario, catalog, 1, 30, seed=1)
     # Three attempts (the first and two retries), each billed in full, then the request fails.
     assert run.cost_nanos.tolist() == [3 * (100 * 2500 + 50 * 10_000)]
     assert run.attempts.column("finished_at")[0] - run.attempts.column("t")[0] == pytest.approx(30.0)
@@ -154,23 +160,23 @@ def _table(params: dict[str, Any], **extra: Any) -> dict[str, Any]:
     }
 
 
-def _cost(table: dict[str, Any], seed: int) -> int:
+def _cost(simulator: Simulator, table: dict[str, Any], seed: int) -> int:
     scenario, catalog = scenario_from(table)
-    return int(simulate(scenario, catalog, 150, 3, seed=seed).cost_nanos.sum())
+    return int(simulator(scenario, catalog, 150, 3, seed=seed).cost_nanos.sum())
 
 
 @settings(max_examples=25, deadline=None)
 @given(params=spend_params, layer=st.sampled_from(["exact", "semantic", "fragment"]))
-def test_a_cache_never_raises_spend(params: dict[str, Any], layer: str) -> None:
-    without = _cost(_table(params), params["seed"])
-    with_cache = _cost(_table(params, cache={layer: {"enabled": True}}), params["seed"])
+def test_a_cache_never_raises_spend(simulator: Simulator, params: dict[str, Any], layer: str) -> None:
+    without = _cost(simulator, _table(params), params["seed"])
+    with_cache = _cost(simulator, _table(params, cache={layer: {"enabled": True}}), params["seed"])
     assert with_cache <= without
 
 
 @settings(max_examples=25, deadline=None)
 @given(params=spend_params, hard_to_expensive=st.floats(0, 1), easy_to_expensive=st.floats(0, 1))
 def test_a_router_to_a_cheaper_model_never_raises_spend(
-    params: dict[str, Any], hard_to_expensive: float, easy_to_expensive: float
+    simulator: Simulator, params: dict[str, Any], hard_to_expensive: float, easy_to_expensive: float
 ) -> None:
     router = {
         "enabled": True,
@@ -179,19 +185,20 @@ def test_a_router_to_a_cheaper_model_never_raises_spend(
         "hard_to_expensive": hard_to_expensive,
         "easy_to_expensive": easy_to_expensive,
     }
-    assert _cost(_table(params, router=router), params["seed"]) <= _cost(_table(params), params["seed"])
+    with_router = _cost(simulator, _table(params, router=router), params["seed"])
+    assert with_router <= _cost(simulator, _table(params), params["seed"])
 
 
 @settings(max_examples=25, deadline=None)
 @given(params=spend_params, retries=st.integers(1, 5), timeout_bills=st.sampled_from(["input", "full"]))
 def test_naive_retry_never_spends_less_than_cost_aware(
-    params: dict[str, Any], retries: int, timeout_bills: str
+    simulator: Simulator, params: dict[str, Any], retries: int, timeout_bills: str
 ) -> None:
     table = _table(params)
     for provider in table["providers"].values():
         provider["timeout_bills"] = timeout_bills
-    naive = _cost({**table, "retry": {"policy": "naive", "max_retries": retries}}, params["seed"])
-    cost_aware = _cost({**table, "retry": {"policy": "cost-aware"}}, params["seed"])
+    naive = _cost(simulator, {**table, "retry": {"policy": "naive", "max_retries": retries}}, params["seed"])
+    cost_aware = _cost(simulator, {**table, "retry": {"policy": "cost-aware"}}, params["seed"])
     assert naive >= cost_aware
 
 
@@ -214,17 +221,13 @@ def test_fast_path_equals_reference_with_provider_prompt_caching(streaming: bool
     assert fast.cost_nanos.sum() < simulate(uncached, catalog, 300, 5, seed=3).cost_nanos.sum()
 
 
-def test_a_run_without_a_single_request_reports_zeros(all_levers: Any) -> None:
+def test_a_run_without_a_single_request_reports_zeros(all_levers: Any, simulator: Simulator) -> None:
     scenario, catalog = all_levers
     # One user with one session in a 30-day month: a 1-day run sees nothing, most seeds.
     seed = next(s for s in range(100) if simulate(scenario, catalog, 1, 1, seed=s).traffic.requests == 0)
-    for run in (
-        simulate(scenario, catalog, 1, 1, seed=seed),
-        simulate_reference(scenario, catalog, 1, 1, seed=seed),
-    ):
-        figures = summarize(run)
-        assert figures["requests"] == 0 and figures["cost_usd"] == 0
-        assert figures["cost_per_user_month_usd"]["p99"] == 0
+    figures = summarize(simulator(scenario, catalog, 1, 1, seed=seed))
+    assert figures["requests"] == 0 and figures["cost_usd"] == 0
+    assert figures["cost_per_user_month_usd"]["p99"] == 0
 
 
 CONTEXTS = {

@@ -13,8 +13,8 @@ from sim.calibration.fit_context import fit_line, prefix_turns, turn_index
 from sim.io.scenarios import load_scenario
 from sim.model.engine import simulate
 from sim.model.forecast import summarize
-from tests.sim.conftest import scenario_from
-from tests.sim.test_fit import DATA, fit_cli, usage_events, write_jsonl
+from tests.sim.scenarios import scenario_from
+from tests.sim.usage import DATA, fit_cli, usage_events, write_jsonl
 
 SYSTEM, NEW, ANSWER = 2000, 300, 200
 

@@ -16,8 +16,8 @@ from sim.cli import main
 from sim.io.forecast_db import ForecastWriter
 from sim.model.engine import simulate
 from sim.model.forecast import forecast
-from tests.sim.conftest import scenario_from
-from tests.sim.test_fit import usage_events
+from tests.sim.scenarios import scenario_from
+from tests.sim.usage import usage_events
 
 TABLE = {"router": {"model": "gpt-4o-mini"}, "traffic": {"days": 30}}
 
@@ -50,7 +50,9 @@ def test_the_comparison_is_a_table_and_views(files: tuple[Path, Path, np.ndarray
     assert result.exit_code == 0, result.stderr
     assert "decile 10 (per user)" in result.stdout and "model gpt-4o-mini" in result.stdout
     with duckdb.connect(str(forecast_path), read_only=True) as db:
-        f_usd, a_usd, error, f_users, a_users = db.execute("SELECT * FROM forecast_error_overall").fetchone()
+        overall = db.execute("SELECT * FROM forecast_error_overall").fetchone()
+        assert overall is not None
+        f_usd, a_usd, error, f_users, a_users = overall
         runs = db.execute("SELECT days, figures->>'cost_usd' FROM forecast_runs").fetchall()
         deciles = db.execute("SELECT * FROM forecast_error_by_decile").fetchall()
     assert a_usd == pytest.approx(per_user.sum()) and a_users == 200 and f_users == 200

@@ -21,7 +21,7 @@ from budget.domain.price_overrides import with_overrides
 from sim.errors import ScenarioError
 from sim.model.engine import simulate
 from sim.model.reference import simulate_reference
-from tests.sim.conftest import ALL_LEVERS, scenario_from
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 ROOT = Path(__file__).resolve().parents[2]
 NAIVE = str(ROOT / "scenarios/seed-story/naive-mvp.toml")

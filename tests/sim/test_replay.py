@@ -23,7 +23,7 @@ from sim.io.traces import read_trace
 from sim.model.codes import Action, Served
 from sim.model.policies.prompt_cache import prompt_cache_tokens
 from sim.model.scenario import Scenario
-from tests.sim.conftest import scenario_from
+from tests.sim.scenarios import scenario_from
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 AZURE = [DATA / "azure_conv_sample.csv", DATA / "azure_code_sample.csv"]

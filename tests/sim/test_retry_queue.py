@@ -7,13 +7,16 @@ from typing import Any
 import numpy as np
 import pytest
 
+from budget.domain.prices import PriceCatalog
 from sim.model.codes import Action, Outcome
 from sim.model.engine import simulate
 from sim.model.forecast import flatten, summarize
 from sim.model.policies.retry import RATE_WINDOW_S
 from sim.model.reference import simulate_reference
 from sim.model.run import RunResult
-from tests.sim.conftest import scenario_from
+from sim.model.scenario import Scenario
+from tests.sim.engines import Simulator
+from tests.sim.scenarios import scenario_from
 
 CLEAN = {"error_rate": 0.0, "timeout_rate": 0.0, "bad_completion_rate": 0.0}
 FAILING = {"error_rate": 0.05, "timeout_rate": 0.02, "bad_completion_rate": 0.05}
@@ -23,7 +26,9 @@ FAILING = {"error_rate": 0.05, "timeout_rate": 0.02, "bad_completion_rate": 0.05
 SPIKES = [(20, 24, 12, 15_000), (60, 3, 8, 15_000), (3, 24, 30, 5_000)]
 
 
-def _spike(shape: tuple[int, int, int, int], policy: dict[str, Any], failures: dict[str, float]) -> Any:
+def _spike(
+    shape: tuple[int, int, int, int], policy: dict[str, Any], failures: dict[str, float]
+) -> tuple[Scenario, PriceCatalog]:
     factor, hours, rpm, tpm = shape
     return scenario_from(
         {
@@ -72,10 +77,10 @@ def _waits(run: RunResult) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 @pytest.mark.parametrize("shape", SPIKES)
 def test_the_queue_sends_calls_first_come_first_served_into_windows_with_room(
-    shape: tuple[int, int, int, int],
+    simulator: Simulator, shape: tuple[int, int, int, int]
 ) -> None:
     scenario, catalog = _spike(shape, {"policy": "cost-aware", "queue_windows": 3}, FAILING)
-    run = simulate(scenario, catalog, 300, 3, seed=4)
+    run = simulator(scenario, catalog, 300, 3, seed=4)
     refused, model, sent, outcome = _waits(run)
     assert refused.size > 100
     assert np.all(outcome[~np.isnan(sent)] != Outcome.RATE_LIMITED)  # never sent into a full window

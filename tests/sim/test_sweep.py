@@ -15,7 +15,7 @@ from sim.model.policies import router
 from sim.workbench.sweep import run_sweep
 from sim.workbench.sweep_render import sweep_table
 from sim.workbench.variants import grid, parse_scalar, parse_vary
-from tests.sim.conftest import ALL_LEVERS, scenario_from
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMIZED = str(ROOT / "scenarios/seed-story/optimized.toml")
