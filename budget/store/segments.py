@@ -223,6 +223,9 @@ def journal_bodies(root: Path, segment: Segment, data: bytes, after_seq: int = -
         except (pa.ArrowException, OSError, ValueError) as error:
             raise damaged(root, f"{segment.file} is damaged: {str(error).splitlines()[0]}") from error
         if batch is None:
+            # Arrow's allocator keeps what the batches freed for reuse; a replay happens once, so hand it back
+            # (with 100,000 events after a snapshot, RSS at ready stayed ~100 MB higher without this).
+            pa.default_memory_pool().release_unused()
             return
         seqs = batch.column(0)
         if len(seqs) and seqs[0].as_py() != first:
