@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from budget.domain.events import UsageRecorded
-from budget.domain.prices import default_catalog
 from sim.calibration import fit_context
+from sim.calibration.fit_outcomes import fit_outcomes
 from sim.errors import FitError
 from sim.io.traces import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events
 
@@ -54,6 +54,8 @@ class Observed:
     message_input: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     message_output: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     blocks: tuple[tuple[int, ...], ...] = ()
+    # The usage events themselves (a store or usage-jsonl): their models, failures and cache hits.
+    events: tuple[UsageRecorded, ...] = ()
 
 
 def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observed:
@@ -69,7 +71,8 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
     message_output: list[int] = []
     models: Counter[str] = Counter()
     first: datetime | None = None
-    for event in events:
+    kept = tuple(events)
+    for event in kept:
         if event.outcome == "ok":
             inputs.append(event.input_tokens)
             outputs.append(event.output_tokens)
@@ -95,6 +98,7 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
         start=first.date().isoformat(),
         message_input=np.asarray(message_input, dtype=np.int64),
         message_output=np.asarray(message_output, dtype=np.int64),
+        events=kept,
     )
 
 
@@ -137,8 +141,21 @@ def read_trace_observed(path: str | Path, trace_format: str | None) -> Observed:
     return observed_from_trace(parse_trace(where, text, trace_format))
 
 
+def fit_scenario(
+    observed: Observed, model: str | None = None, where: str = "(usage)"
+) -> tuple[dict[str, Any], list[str]]:
+    """A whole scenario table that runs as written, and notes for the fitted file's comments: the traffic
+    (fit_table), the models, failures and caches (sim/calibration/fit_outcomes.py), and what was found
+    about conversation context. `model` prices every call at one model (a trace's default: gpt-4o-mini)."""
+    table = fit_table(observed)
+    outcomes = fit_outcomes(observed.events, model, where)
+    for section, values in outcomes.tables.items():
+        table[section] = {**table.get(section, {}), **values}
+    return table, [*outcomes.notes, *fit_notes(observed)]
+
+
 def fit_table(observed: Observed) -> dict[str, Any]:
-    """The scenario table (traffic, prompts, router) that draws traffic like the observed usage."""
+    """The traffic and prompts tables that draw traffic like the observed usage."""
     sessions_of_user, messages, think, starts = _sessions(observed)
     extra = sessions_of_user - 1.0
     mean_extra, var_extra = float(extra.mean()), float(extra.var())
@@ -169,10 +186,7 @@ def fit_table(observed: Observed) -> dict[str, Any]:
     context = _context_fit(observed)
     if context is not None and context.line.history:
         prompts.update(context.tables())
-    table: dict[str, Any] = {"traffic": traffic, "prompts": prompts}
-    if observed.model is not None and observed.model in default_catalog():
-        table["router"] = {"model": observed.model}
-    return table
+    return {"traffic": traffic, "prompts": prompts}
 
 
 def _context_fit(observed: Observed) -> fit_context.SessionFit | None:
@@ -260,12 +274,17 @@ def to_toml(table: dict[str, Any], source: str, notes: Iterable[str] = ()) -> st
         lines.append(f"[{section}]")
         for key, value in values.items():
             if isinstance(value, dict):
-                inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
-                lines.append(f"{key} = {{ {inner} }}")
+                inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+                lines.append(f"{_toml_key(key)} = {{ {inner} }}")
             else:
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one (a model such as gpt-4.1 needs quotes)."""
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:

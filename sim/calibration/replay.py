@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from budget.domain.prices import PriceCatalog, default_catalog
+from sim.calibration.fit_outcomes import DEFAULT_MODEL, passthrough_provider
 from sim.errors import ScenarioError
 from sim.io.traces import TraceRows, to_traffic
 from sim.model import engine
@@ -21,10 +22,7 @@ from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.model.scenario_checks import parse_scenario
 
-DEFAULT_MODEL = "gpt-4o-mini"
-# Limits far above any trace's load, so the pass-through never rate-limits (rpm/tpm are per minute).
-UNBOUND_RPM = 10**9
-UNBOUND_TPM = 10**12
+__all__ = ["DEFAULT_MODEL", "passthrough_scenario", "prompt_cache_figures", "replay"]
 
 
 def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCatalog]:
@@ -33,14 +31,11 @@ def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCat
         raise ScenarioError(
             "--model", "model", f"unknown model {model!r}; known: {', '.join(default_catalog().models)}"
         )
-    provider: dict[str, Any] = {
-        "error_rate": 0.0,
-        "timeout_rate": 0.0,
-        "bad_completion_rate": 0.0,
-        "rpm": UNBOUND_RPM,
-        "tpm": UNBOUND_TPM,
+    table: dict[str, Any] = {
+        "name": "passthrough",
+        "router": {"model": model},
+        "providers": {model: passthrough_provider()},
     }
-    table = {"name": "passthrough", "router": {"model": model}, "providers": {model: provider}}
     return parse_scenario(table, "(pass-through)")
 
 

@@ -69,8 +69,9 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand(
         "fit",
         "sim.cli.fit:fit",
-        "Print a scenario (TOML) whose traffic looks like the observed usage: users, sessions, messages, "
-        "token distributions and, when usage events carry prompt_hash, the repeat rate.",
+        "Print a scenario (TOML) that runs as written and looks like the observed usage: users, sessions, "
+        "messages, token distributions, the repeat rate (with prompt_hash), the models, their failures and "
+        "the caches observed; nothing the usage does not show is invented (no failures, no rate limits).",
     ),
     LazyCommand(
         "forecast-error",
