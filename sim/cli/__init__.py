@@ -74,6 +74,13 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "the caches observed; nothing the usage does not show is invented (no failures, no rate limits).",
     ),
     LazyCommand(
+        "backtest",
+        "sim.cli.backtest:backtest",
+        "Fit on the usage before --train-until, forecast the horizon after it, and print forecast vs actual "
+        "(cost, requests, tokens, per model, per user decile) with a prediction interval, beside the naive "
+        '"same as the last period" forecast.',
+    ),
+    LazyCommand(
         "forecast-error",
         "sim.cli.forecast_error:forecast_error",
         "Compare forecast spend with actual spend overall, per model and per user decile; the comparison is "
