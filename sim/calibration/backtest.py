@@ -2,16 +2,18 @@
 happened -- beside the naive forecast "the same as the last period".
 
 The forecast of the horizon [T, T + D]:
-- requests: the trend of the requests before T (sim/calibration/trend.py) projected over D;
+- requests: the trend of the requests before T projected over D, or the last period's level when that
+  forecast the training part's own later stretches better (sim/calibration/trend.py, forecast_volume);
 - cost and tokens per request: the scenario `margins fit` writes from the usage before T, simulated
   `replications` times (its model mix, failures and caches price each request as they were priced);
   the forecast is the projected requests times the mean per request;
 - per model and per user decile: the cost forecast split by the simulation's shares (point forecasts).
-The prediction interval of each total (cost, requests, tokens) combines, on the log scale, the trend's
-uncertainty, the period-to-period variation of that quantity's own totals around the trend before T, and
-for cost and tokens the simulation's spread per request across replications, scaled from the simulated
-volume to the horizon's (a sample of N requests varies as 1 / N) and by (1 + 1 / R) for the mean's own
-error (trend.py states the first two).
+The prediction interval of each total (cost, requests, tokens) adds variances on the log scale: the
+requests' (the larger of the chosen method's model spread -- trend uncertainty and bin-to-bin variation --
+and its error at the earlier cut-offs, trend.py), and for cost and tokens the bin-to-bin variation of
+the figure per request before T (over ceil(H) independent bins) and the simulation's spread per request
+across its R replications, scaled from the simulated volume to the horizon's (a sample of N requests
+varies as 1 / N) plus the mean's own error (1 / R).
 
 The actual: the usage in [T, T + D] -- the events' own cost, or for a trace its tokens at the model's
 prices (what `margins replay` bills it). The naive forecast: the usage in the last D before T (or all of
@@ -21,90 +23,20 @@ it, when less than D came before T) scaled to D.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 
 import numpy as np
 
-from budget.domain.events import UsageRecorded
-from budget.domain.prices import NANOS_PER_USD, default_catalog
+from budget.domain.prices import NANOS_PER_USD
+from sim.calibration.backtest_usage import Usage, describe_duration, describe_time
 from sim.calibration.fit import Observed, fit_scenario, observed_from_events, observed_from_trace
-from sim.calibration.fit_outcomes import DEFAULT_MODEL
-from sim.calibration.trend import Trend, bin_totals, choose_bin, fit_trend
+from sim.calibration.trend import Trend, VolumeForecast, bin_totals, choose_bin, fit_trend, forecast_volume
 from sim.errors import BacktestError
-from sim.io.traces import TraceRows
 from sim.model.engine import simulate
 from sim.model.run import RunResult
 from sim.model.scenario_checks import parse_scenario
 
 DECILES = 10
-DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)")
-UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """What actually happened, as arrays over billed events (a trace: one row, one request, one call)."""
-
-    t: np.ndarray  # float64 seconds: epoch for usage events, offset from the first request for a trace
-    user: np.ndarray  # int64
-    model: np.ndarray  # int64 index into models
-    models: tuple[str, ...]
-    cost_nanos: np.ndarray  # int64
-    input_tokens: np.ndarray  # int64
-    output_tokens: np.ndarray  # int64
-    message: np.ndarray  # bool: the event is a request (ok or answered by the exact or semantic cache)
-    absolute: bool  # are times epoch seconds (dates mean something)?
-    trace: TraceRows | None = None
-    events: tuple[UsageRecorded, ...] = ()
-
-    @property
-    def users(self) -> int:
-        return int(np.unique(self.user).size)
-
-
-def usage_from_trace(rows: TraceRows, model: str | None) -> Usage:
-    """A trace priced as `margins replay` prices it: every row at one model's prices."""
-    name = model or DEFAULT_MODEL
-    price = default_catalog()[name]
-    return Usage(
-        t=rows.t,
-        user=rows.user,
-        model=np.zeros(rows.requests, dtype=np.int64),
-        models=(name,),
-        cost_nanos=rows.input_tokens * price.input + rows.output_tokens * price.output,
-        input_tokens=rows.input_tokens,
-        output_tokens=rows.output_tokens,
-        message=np.ones(rows.requests, dtype=bool),
-        absolute=False,
-        trace=rows,
-    )
-
-
-def usage_from_events(events: Sequence[UsageRecorded], where: str) -> Usage:
-    """Usage events as billed: every event counts its cost; requests as `margins fit` counts them."""
-    if not events:
-        raise BacktestError(where, "no usage events")
-    models = tuple(sorted({e.model for e in events}))
-    users: dict[str, int] = {}
-    return Usage(
-        t=np.array([e.ts.timestamp() for e in events], dtype=np.float64),
-        user=np.array([users.setdefault(e.user_id, len(users)) for e in events], dtype=np.int64),
-        model=np.array([models.index(e.model) for e in events], dtype=np.int64),
-        models=models,
-        cost_nanos=np.array([e.cost_nanos for e in events], dtype=np.int64),
-        input_tokens=np.array([e.input_tokens for e in events], dtype=np.int64),
-        output_tokens=np.array([e.output_tokens for e in events], dtype=np.int64),
-        message=np.array([_is_message(e) for e in events], dtype=bool),
-        absolute=True,
-        events=tuple(events),
-    )
-
-
-def _is_message(event: UsageRecorded) -> bool:
-    return event.outcome == "ok" or (event.outcome == "cache_hit" and event.cache_layer != "fragment")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,53 +75,12 @@ class Backtest:
     horizon_s: float
     absolute: bool
     trend: Trend
+    volume: VolumeForecast
     level: float
     replications: int
     training_requests: int
     figures: tuple[Figure, ...]
     notes: tuple[str, ...] = ()
-
-
-def parse_duration(text: str, option: str) -> float:
-    """'40m', '21d', '1.5h', '3600s' or '2w' as seconds (> 0)."""
-    match = DURATION.fullmatch(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise BacktestError(option, f"expected a duration such as 40m, 6h, 7d or 2w, got {text!r}")
-    return float(match.group(1)) * UNIT_S[match.group(2)]
-
-
-def parse_cutoff(text: str, usage: Usage) -> float:
-    """T as a time in `usage`'s clock: an offset from its first event ('21d') or, for usage events with
-    real timestamps, a date or date-time (UTC unless it names its zone)."""
-    start = float(usage.t.min())
-    if DURATION.fullmatch(text.strip()):
-        return start + parse_duration(text, "--train-until")
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise BacktestError(
-            "--train-until", f"expected a date-time (2026-11-21T00:00) or an offset (21d, 40m), got {text!r}"
-        ) from None
-    if not usage.absolute:
-        raise BacktestError(
-            "--train-until",
-            f"a trace's times count from its first request: give an offset such as 40m, not {text!r}",
-        )
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def describe_time(usage_absolute: bool, at: float, start: float) -> str:
-    """A time as a reader knows it: a UTC date-time, or an offset from the trace's first request."""
-    if usage_absolute:
-        return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"+{describe_duration(at - start)}"
-
-
-def describe_duration(seconds: float) -> str:
-    for unit in ("d", "h", "m"):
-        if seconds >= UNIT_S[unit] and (seconds / UNIT_S[unit]) % 1 < 1e-9:
-            return f"{seconds / UNIT_S[unit]:g}{unit}"
-    return f"{seconds:g}s"
 
 
 def check_window(usage: Usage, until: float, horizon_s: float | None) -> float:
@@ -231,19 +122,21 @@ def backtest(
     bin_s = choose_bin(until - start)
     bins = int((until - start) // bin_s)
     before = usage.t < until
-    trend = fit_trend(bin_totals(usage.t[before & usage.message], None, until, bin_s, bins), bin_s)
+    counts = bin_totals(usage.t[before & usage.message], None, until, bin_s, bins)
+    trend = fit_trend(counts, bin_s)
+    volume = forecast_volume(trend, counts, horizon)
     table, notes = fit_scenario(_training(usage, until), model, "(the part before T)")
     runs = _simulate(table, replications, seed)
-    requests = trend.project(horizon)
     t_value = trend.t_quantile(level)
+    ones = usage.message.astype(np.float64)
     figures = [
         _figure(
             "requests",
-            _actual(usage, until, horizon, usage.message.astype(np.float64)),
-            requests,
-            math.sqrt(trend.trend_variance(horizon) + trend.noise_variance(horizon)),
+            _actual(usage, until, horizon, ones),
+            volume.total,
+            volume.log_sd,
             t_value,
-            _naive(usage, until, horizon, usage.message.astype(np.float64)),
+            _naive(usage, until, horizon, ones),
         )
     ]
     per_request = {"cost (USD)": runs.cost_usd, "input tokens": runs.input, "output tokens": runs.output}
@@ -252,17 +145,21 @@ def backtest(
         "input tokens": usage.input_tokens.astype(np.float64),
         "output tokens": usage.output_tokens.astype(np.float64),
     }
+    ahead = max(math.ceil(trend.horizon_bins(horizon) - 1e-9), 1)
     for name, per_run in per_request.items():
         ratio = per_run / runs.requests
-        spread = trend.residual_spread(bin_totals(usage.t[before], weights[name][before], until, bin_s, bins))
-        simulated = _simulation_variance(ratio, float(runs.requests.mean()), requests)
-        total_variance = trend.trend_variance(horizon) + trend.noise_variance(horizon, spread) + simulated
+        totals = bin_totals(usage.t[before], weights[name][before], until, bin_s, bins)
+        variance = (
+            volume.log_sd**2
+            + _per_request_variance(totals, counts) / ahead
+            + _simulation_variance(ratio, float(runs.requests.mean()), volume.total)
+        )
         figures.append(
             _figure(
                 name,
                 _actual(usage, until, horizon, weights[name]),
-                requests * float(ratio.mean()),
-                math.sqrt(total_variance),
+                volume.total * float(ratio.mean()),
+                math.sqrt(variance),
                 t_value,
                 _naive(usage, until, horizon, weights[name]),
             )
@@ -276,6 +173,7 @@ def backtest(
         horizon_s=horizon,
         absolute=usage.absolute,
         trend=trend,
+        volume=volume,
         level=level,
         replications=replications,
         training_requests=int(np.count_nonzero(before & usage.message)),
@@ -287,6 +185,15 @@ def backtest(
 def _figure(name: str, actual: float, forecast: float, log_sd: float, t_value: float, naive: float) -> Figure:
     half = t_value * log_sd
     return Figure(name, actual, forecast, forecast * math.exp(-half), forecast * math.exp(half), naive)
+
+
+def _per_request_variance(totals: np.ndarray, counts: np.ndarray) -> float:
+    """Variance of the log of a figure per request from bin to bin (bins with requests): what moves a
+    horizon's cost beside its volume (longer prompts one day, shorter the next)."""
+    busy = (counts > 0) & (totals > 0)
+    if np.count_nonzero(busy) < 3:
+        return 0.0
+    return float(np.log(totals[busy] / counts[busy]).var(ddof=1))
 
 
 def _simulation_variance(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.calibration.backtest import Backtest, Figure, describe_duration, describe_time
+from sim.calibration.backtest import Backtest, Figure
+from sim.calibration.backtest_usage import describe_duration, describe_time
 
 
 def render(result: Backtest, source: str) -> str:
@@ -23,9 +24,10 @@ def render(result: Backtest, source: str) -> str:
         f"trend: {trend.growth(period):+.1%} a {_PERIOD_NAMES[period]} (+- {trend.growth_se(period):.1%}); "
         f"variation around it: {trend.dispersion:.3f} (sd of log requests a bin), lag-1 autocorrelation "
         f"{trend.autocorrelation:.2f}",
-        f"{result.level:.0%} interval: trend + variation + the simulation's spread over "
-        f"{result.replications} replications; naive = the last {describe_duration(result.horizon_s)} "
-        "before the cut-off, scaled to the horizon",
+        _volume_line(result),
+        f"{result.level:.0%} interval: the requests' spread, the variation per request and the "
+        f"simulation's over {result.replications} replications; naive = the last "
+        f"{describe_duration(result.horizon_s)} before the cut-off, scaled to the horizon",
         *(f"# {note}" for note in result.notes),
         "",
     ]
@@ -68,6 +70,13 @@ def to_json(result: Backtest, source: str) -> dict[str, Any]:
             "dispersion": trend.dispersion,
             "autocorrelation": trend.autocorrelation,
         },
+        "volume": {
+            "method": result.volume.method,
+            "checks": result.volume.checks,
+            "trend_error": result.volume.trend_error,
+            "level_error": result.volume.level_error,
+            "log_sd": result.volume.log_sd,
+        },
         "figures": [
             {
                 "name": f.name,
@@ -87,6 +96,19 @@ def to_json(result: Backtest, source: str) -> dict[str, Any]:
 
 
 _PERIOD_NAMES = {7 * 86400.0: "week", 3600.0: "hour", 60.0: "minute"}
+
+
+def _volume_line(result: Backtest) -> str:
+    volume = result.volume
+    if volume.trend_error is None or volume.level_error is None:
+        return (
+            f"requests: by the trend ({volume.checks} earlier cut-offs: too few to compare it with the "
+            "last period)"
+        )
+    return (
+        f"requests: by the {volume.method}; at {volume.checks} earlier cut-offs the trend missed by "
+        f"{volume.trend_error:.3f} and the last period by {volume.level_error:.3f} (rms log error)"
+    )
 
 
 def _growth_period(bin_s: float) -> float:

@@ -219,3 +219,49 @@ def student_t_quantile(probability: float, degrees: int) -> float:
         middle = (low + high) / 2
         low, high = (middle, high) if upper_half(middle) < target else (low, middle)
     return (low + high) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeForecast:
+    """The horizon's requests: from the trend or from the last period, whichever forecast the training
+    part's own later stretches better, and the spread of the log of the total."""
+
+    method: str  # "trend" or "last period"
+    total: float
+    log_sd: float
+    checks: int  # earlier cut-offs inside the training part the two methods were tried at
+    trend_error: float | None  # root mean square log error of each there (None: too few checks)
+    level_error: float | None
+
+
+def forecast_volume(trend: Trend, counts: np.ndarray, horizon_s: float) -> VolumeForecast:
+    """Choose between the trend and the last period by forecasting the training part from inside it.
+
+    At each earlier cut-off k (from a quarter of the bins on, at least five, while a whole horizon of
+    bins follows it), both forecast the next ceil(H) bins from the bins before k: the trend fitted on
+    them, and the mean of their last ceil(H) bins. The method with the smaller root mean square log
+    error is used; the interval's log spread is the larger of that error and what the model says (the
+    trend: its covariance and the bins' AR(1) variation; the last period: the bins' AR(1) variation of
+    a level measured over the same number of bins, counted twice -- the level's own error and the
+    horizon's). With fewer than three cut-offs to try, the trend is used as the model says.
+    """
+    ahead = max(math.ceil(trend.horizon_bins(horizon_s) - 1e-9), 1)
+    level_total = float(counts[-ahead:].mean()) * trend.horizon_bins(horizon_s)
+    trend_sd = math.sqrt(trend.trend_variance(horizon_s) + trend.noise_variance(horizon_s))
+    level_sd = math.sqrt(2 * trend.noise_variance(horizon_s))
+    origins = range(max(FEWEST_BINS + 2, counts.size // 4), counts.size - ahead + 1)
+    if len(origins) < FEWEST_BINS:
+        return VolumeForecast("trend", trend.project(horizon_s), trend_sd, len(origins), None, None)
+    trend_errors, level_errors = [], []
+    for k in origins:
+        actual = float(counts[k : k + ahead].sum()) + 0.5
+        earlier = fit_trend(counts[:k], trend.bin_s)
+        trend_errors.append(math.log((earlier.project(ahead * trend.bin_s) + 0.5) / actual))
+        level_errors.append(math.log((float(counts[max(k - ahead, 0) : k].mean()) * ahead + 0.5) / actual))
+    trend_error = math.sqrt(float(np.mean(np.square(trend_errors))))
+    level_error = math.sqrt(float(np.mean(np.square(level_errors))))
+    if trend_error <= level_error:
+        total, sd, method = trend.project(horizon_s), max(trend_sd, trend_error), "trend"
+    else:
+        total, sd, method = level_total, max(level_sd, level_error), "last period"
+    return VolumeForecast(method, total, sd, len(origins), trend_error, level_error)

@@ -11,7 +11,7 @@ import click
 from sim.cli.common import fail
 
 if TYPE_CHECKING:
-    from sim.calibration.backtest import Usage
+    from sim.calibration.backtest_usage import Usage
 
 
 @click.command()
@@ -51,6 +51,7 @@ def backtest(
     "same as the last period" forecast."""
     from sim.calibration import backtest as bt
     from sim.calibration.backtest_render import render, to_json
+    from sim.calibration.backtest_usage import parse_cutoff, parse_duration
     from sim.errors import SimError
 
     if (store is None) == (trace is None):
@@ -63,8 +64,8 @@ def backtest(
             assert store is not None
             usage = _store_usage(store, train_until, horizon)
             source = f"the store {store}"
-        until = bt.parse_cutoff(train_until, usage)
-        horizon_s = None if horizon is None else bt.parse_duration(horizon, "--horizon")
+        until = parse_cutoff(train_until, usage)
+        horizon_s = None if horizon is None else parse_duration(horizon, "--horizon")
         result = bt.backtest(usage, until, horizon_s, model, replications, seed, level)
     except SimError as error:
         fail(str(error))
@@ -75,7 +76,7 @@ def backtest(
 
 
 def _trace_usage(trace: str, trace_format: str | None, model: str | None) -> Usage:
-    from sim.calibration.backtest import usage_from_events, usage_from_trace
+    from sim.calibration.backtest_usage import usage_from_events, usage_from_trace
     from sim.io.traces import detect_format, parse_trace, read_trace_text, usage_events
 
     text = read_trace_text(trace)
@@ -87,7 +88,7 @@ def _trace_usage(trace: str, trace_format: str | None, model: str | None) -> Usa
 
 def _store_usage(store: str, train_until: str, horizon: str | None) -> Usage:
     """The store's usage in the months around T (a store's T must be a date: its usage spans months)."""
-    from sim.calibration.backtest import parse_duration, usage_from_events
+    from sim.calibration.backtest_usage import parse_duration, usage_from_events
     from sim.calibration.fit import read_store_usage
 
     try:

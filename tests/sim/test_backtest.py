@@ -103,6 +103,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         "a date on a trace": ("--trace", trace, "--train-until", "2026-11-05"),
         "not a time": ("--trace", trace, "--train-until", "soon"),
         "not a duration": ("--trace", trace, "--train-until", "8d", "--horizon", "-1d"),
+        "an unknown model": ("--trace", trace, "--train-until", "8d", "--model", "gpt-9"),
         "no source": ("--train-until", "8d"),
         "missing file": ("--trace", str(tmp_path / "none.csv"), "--train-until", "8d"),
     }
