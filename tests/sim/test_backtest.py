@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from budget.store.event_store import EventStore
 from sim.calibration.trend import bin_totals, fit_trend
 from sim.cli import main
+from sim.model.engine import simulate
+from tests.sim.conftest import scenario_from
+from tests.sim.test_fit import usage_events
 
 GROWTH_PER_WEEK = 0.10
 START = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
@@ -110,3 +114,23 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     for case, args in cases.items():
         code, _, err = backtest_cli(*args)
         assert code == 2 and err.count("\n") == 1 and err.startswith("margins: "), (case, err)
+
+
+def test_a_store_is_back_tested_by_date_with_user_deciles(tmp_path: Path) -> None:
+    scenario, catalog = scenario_from({"router": {"model": "gpt-4o-mini"}, "traffic": {"days": 30}})
+    events = usage_events(simulate(scenario, catalog, 60, 30, seed=4))
+    with EventStore.open(tmp_path / "store", flush_interval=None, offload=False) as store:
+        store.append(events)
+        store.flush()
+    args = ("--store", str(tmp_path / "store"), "--train-until", "2026-11-21", "--horizon", "7d")
+    code, out, err = backtest_cli(*args, "--format", "json")
+    assert code == 0, err
+    figures = {figure["name"]: figure for figure in json.loads(out)["figures"]}
+    cut = START + dt.timedelta(days=20)
+    actual = sum(e.cost_nanos for e in events if cut <= e.ts <= cut + dt.timedelta(days=7)) / 1e9
+    assert figures["cost (USD)"]["actual"] == pytest.approx(actual)
+    deciles = [figures[f"decile {d} of users (USD)"] for d in range(1, 11)]
+    assert sum(d["actual"] for d in deciles) == pytest.approx(actual)
+    assert deciles[-1]["forecast"] > deciles[0]["forecast"]
+    code, _, err = backtest_cli("--store", str(tmp_path / "store"), "--train-until", "20d")
+    assert code == 2 and "with --store" in err
