@@ -1,4 +1,5 @@
-"""Fit the traffic part of a scenario from observed usage: the enforcer's store or a trace file.
+"""Fit a scenario from observed usage (the enforcer's store or a trace file): its traffic here, its models,
+failures and caches in sim/calibration/fit_outcomes.py; fit_scenario joins them into a file that runs.
 
 What is measured, and how it maps onto the scenario (sim/model/traffic.py draws traffic from the same model):
 - users: the distinct users with a message; a message is a usage event answered by a model (`ok`) or by
@@ -20,7 +21,6 @@ The observed period is fitted as one month: a one-hour trace gives a month that 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,7 +47,6 @@ class Observed:
     prompt: np.ndarray  # int64 prompt key per message, -1 when unknown
     input_tokens: np.ndarray  # per model call
     output_tokens: np.ndarray
-    model: str | None  # the most used model, if any
     start: str  # YYYY-MM-DD of the first message
     # Per message, its model call's input and output tokens (-1: answered by a cache, no call); a trace's
     # block hashes per message (Mooncake), if any.
@@ -69,14 +68,12 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
     outputs: list[int] = []
     message_input: list[int] = []
     message_output: list[int] = []
-    models: Counter[str] = Counter()
     first: datetime | None = None
     kept = tuple(events)
     for event in kept:
         if event.outcome == "ok":
             inputs.append(event.input_tokens)
             outputs.append(event.output_tokens)
-            models[event.model] += 1
         elif event.outcome != "cache_hit" or event.cache_layer == "fragment":
             continue  # a failed, aborted or retried attempt, or one step of a chain: not a message
         message_input.append(event.input_tokens if event.outcome == "ok" else -1)
@@ -94,7 +91,6 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
         prompt=np.asarray(prompt, dtype=np.int64),
         input_tokens=np.asarray(inputs, dtype=np.int64),
         output_tokens=np.asarray(outputs, dtype=np.int64),
-        model=models.most_common(1)[0][0] if models else None,
         start=first.date().isoformat(),
         message_input=np.asarray(message_input, dtype=np.int64),
         message_output=np.asarray(message_output, dtype=np.int64),
@@ -110,7 +106,6 @@ def observed_from_trace(rows: TraceRows) -> Observed:
         prompt=rows.exact_key,
         input_tokens=rows.input_tokens,
         output_tokens=rows.output_tokens,
-        model=None,
         start="2026-11-01",
         message_input=rows.input_tokens,
         message_output=rows.output_tokens,
