@@ -4,6 +4,7 @@
         InputError                where (a file, a store), reason
             FitError              usage that cannot be fitted (margins fit)
             ForecastErrorError    a forecast or store that cannot be compared (margins forecast-error)
+            BacktestError         a cut-off or horizon the data cannot back-test (margins backtest)
         FieldError                path, field, reason: a file with a bad field
             ScenarioError         a scenario file (or a sweep's --vary)
             QuerySetError         a labelled query file (margins calibrate semantic)
@@ -39,6 +40,10 @@ class FitError(InputError):
 
 class ForecastErrorError(InputError):
     """A forecast file or store that cannot be compared; names the file and what is wrong."""
+
+
+class BacktestError(InputError):
+    """A back-test that cannot run: a cut-off outside the data, a horizon past its end, nothing before it."""
 
 
 class FieldError(SimError):

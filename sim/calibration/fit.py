@@ -1,4 +1,5 @@
-"""Fit the traffic part of a scenario from observed usage: the enforcer's store or a trace file.
+"""Fit a scenario from observed usage (the enforcer's store or a trace file): its traffic here, its models,
+failures and caches in sim/calibration/fit_outcomes.py; fit_scenario joins them into a file that runs.
 
 What is measured, and how it maps onto the scenario (sim/model/traffic.py draws traffic from the same model):
 - users: the distinct users with a message; a message is a usage event answered by a model (`ok`) or by
@@ -20,7 +21,6 @@ The observed period is fitted as one month: a one-hour trace gives a month that 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from budget.domain.catalog import default_catalog
 from budget.domain.events import UsageRecorded
 from sim.calibration import fit_context
+from sim.calibration.fit_outcomes import fit_outcomes
 from sim.errors import FitError
 from sim.io.traces import TraceRows, detect_format, parse_trace, read_trace_text, session_starts, usage_events
 
@@ -47,13 +47,14 @@ class Observed:
     prompt: np.ndarray  # int64 prompt key per message, -1 when unknown
     input_tokens: np.ndarray  # per model call
     output_tokens: np.ndarray
-    model: str | None  # the most used model, if any
     start: str  # YYYY-MM-DD of the first message
     # Per message, its model call's input and output tokens (-1: answered by a cache, no call); a trace's
     # block hashes per message (Mooncake), if any.
     message_input: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     message_output: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     blocks: tuple[tuple[int, ...], ...] = ()
+    # The usage events themselves (a store or usage-jsonl): their models, failures and cache hits.
+    events: tuple[UsageRecorded, ...] = ()
 
 
 def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observed:
@@ -67,13 +68,12 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
     outputs: list[int] = []
     message_input: list[int] = []
     message_output: list[int] = []
-    models: Counter[str] = Counter()
     first: datetime | None = None
-    for event in events:
+    kept = tuple(events)
+    for event in kept:
         if event.outcome == "ok":
             inputs.append(event.input_tokens)
             outputs.append(event.output_tokens)
-            models[event.model] += 1
         elif event.outcome != "cache_hit" or event.cache_layer == "fragment":
             continue  # a failed, aborted or retried attempt, or one step of a chain: not a message
         message_input.append(event.input_tokens if event.outcome == "ok" else -1)
@@ -91,10 +91,10 @@ def observed_from_events(events: Iterable[UsageRecorded], where: str) -> Observe
         prompt=np.asarray(prompt, dtype=np.int64),
         input_tokens=np.asarray(inputs, dtype=np.int64),
         output_tokens=np.asarray(outputs, dtype=np.int64),
-        model=models.most_common(1)[0][0] if models else None,
         start=first.date().isoformat(),
         message_input=np.asarray(message_input, dtype=np.int64),
         message_output=np.asarray(message_output, dtype=np.int64),
+        events=kept,
     )
 
 
@@ -106,7 +106,6 @@ def observed_from_trace(rows: TraceRows) -> Observed:
         prompt=rows.exact_key,
         input_tokens=rows.input_tokens,
         output_tokens=rows.output_tokens,
-        model=None,
         start="2026-11-01",
         message_input=rows.input_tokens,
         message_output=rows.output_tokens,
@@ -137,8 +136,21 @@ def read_trace_observed(path: str | Path, trace_format: str | None) -> Observed:
     return observed_from_trace(parse_trace(where, text, trace_format))
 
 
+def fit_scenario(
+    observed: Observed, model: str | None = None, where: str = "(usage)"
+) -> tuple[dict[str, Any], list[str]]:
+    """A whole scenario table that runs as written, and notes for the fitted file's comments: the traffic
+    (fit_table), the models, failures and caches (sim/calibration/fit_outcomes.py), and what was found
+    about conversation context. `model` prices every call at one model (a trace's default: gpt-4o-mini)."""
+    table = fit_table(observed)
+    outcomes = fit_outcomes(observed.events, model, where)
+    for section, values in outcomes.tables.items():
+        table[section] = {**table.get(section, {}), **values}
+    return table, [*outcomes.notes, *fit_notes(observed)]
+
+
 def fit_table(observed: Observed) -> dict[str, Any]:
-    """The scenario table (traffic, prompts, router) that draws traffic like the observed usage."""
+    """The traffic and prompts tables that draw traffic like the observed usage."""
     sessions_of_user, messages, think, starts = _sessions(observed)
     extra = sessions_of_user - 1.0
     mean_extra, var_extra = float(extra.mean()), float(extra.var())
@@ -169,10 +181,7 @@ def fit_table(observed: Observed) -> dict[str, Any]:
     context = _context_fit(observed)
     if context is not None and context.line.history:
         prompts.update(context.tables())
-    table: dict[str, Any] = {"traffic": traffic, "prompts": prompts}
-    if observed.model is not None and observed.model in default_catalog():
-        table["router"] = {"model": observed.model}
-    return table
+    return {"traffic": traffic, "prompts": prompts}
 
 
 def _context_fit(observed: Observed) -> fit_context.SessionFit | None:
@@ -260,12 +269,17 @@ def to_toml(table: dict[str, Any], source: str, notes: Iterable[str] = ()) -> st
         lines.append(f"[{section}]")
         for key, value in values.items():
             if isinstance(value, dict):
-                inner = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items())
-                lines.append(f"{key} = {{ {inner} }}")
+                inner = ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
+                lines.append(f"{_toml_key(key)} = {{ {inner} }}")
             else:
-                lines.append(f"{key} = {_toml_value(value)}")
+                lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_key(key: str) -> str:
+    """A bare key when TOML allows one (a model such as gpt-4.1 needs quotes)."""
+    return key if key and all(c.isascii() and (c.isalnum() or c in "_-") for c in key) else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:

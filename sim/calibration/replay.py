@@ -14,6 +14,7 @@ import numpy as np
 
 from budget.domain.catalog import default_catalog
 from budget.domain.prices import PriceCatalog
+from sim.calibration.fit_outcomes import DEFAULT_MODEL, passthrough_provider
 from sim.errors import ScenarioError
 from sim.io.traces import TraceRows, to_traffic
 from sim.model import engine
@@ -22,10 +23,7 @@ from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.model.scenario_checks import parse_scenario
 
-DEFAULT_MODEL = "gpt-4o-mini"
-# Limits far above any trace's load, so the pass-through never rate-limits (rpm/tpm are per minute).
-UNBOUND_RPM = 10**9
-UNBOUND_TPM = 10**12
+__all__ = ["DEFAULT_MODEL", "passthrough_scenario", "prompt_cache_figures", "replay"]
 
 
 def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCatalog]:
@@ -33,14 +31,11 @@ def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCat
     catalog = default_catalog()
     if model not in catalog:
         raise ScenarioError("--model", "model", str(catalog.unknown(model)))
-    provider: dict[str, Any] = {
-        "error_rate": 0.0,
-        "timeout_rate": 0.0,
-        "bad_completion_rate": 0.0,
-        "rpm": UNBOUND_RPM,
-        "tpm": UNBOUND_TPM,
+    table: dict[str, Any] = {
+        "name": "passthrough",
+        "router": {"model": model},
+        "providers": {model: passthrough_provider()},
     }
-    table = {"name": "passthrough", "router": {"model": model}, "providers": {model: provider}}
     return parse_scenario(table, "(pass-through)")
 
 

@@ -69,8 +69,16 @@ COMMANDS: tuple[LazyCommand, ...] = (
     LazyCommand(
         "fit",
         "sim.cli.fit:fit",
-        "Print a scenario (TOML) whose traffic looks like the observed usage: users, sessions, messages, "
-        "token distributions and, when usage events carry prompt_hash, the repeat rate.",
+        "Print a scenario (TOML) that runs as written and looks like the observed usage: users, sessions, "
+        "messages, token distributions, the repeat rate (with prompt_hash), the models, their failures and "
+        "the caches observed; nothing the usage does not show is invented (no failures, no rate limits).",
+    ),
+    LazyCommand(
+        "backtest",
+        "sim.cli.backtest:backtest",
+        "Fit on the usage before --train-until, forecast the horizon after it, and print forecast vs actual "
+        "(cost, requests, tokens, per model, per user decile) with a prediction interval, beside the naive "
+        '"same as the last period" forecast.',
     ),
     LazyCommand(
         "forecast-error",

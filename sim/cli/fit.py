@@ -14,12 +14,18 @@ from sim.cli.common import fail
 @click.option("--month", help="The month to fit from the store, YYYY-MM")
 @click.option("--trace", type=click.Path(dir_okay=False), help="A trace file instead of a store")
 @click.option("--trace-format", help="azure | mooncake | usage-jsonl (default: told from the file)")
-def fit(store: str | None, month: str | None, trace: str | None, trace_format: str | None) -> None:
-    """Print a scenario (TOML) whose traffic looks like the observed usage: users, sessions, messages,
-    token distributions and, when usage events carry prompt_hash, the repeat rate."""
+@click.option(
+    "--model",
+    help="Price every call at this model (a trace's default: gpt-4o-mini; usage events name their own)",
+)
+def fit(
+    store: str | None, month: str | None, trace: str | None, trace_format: str | None, model: str | None
+) -> None:
+    """Print a scenario (TOML) that runs as written and looks like the observed usage: users, sessions,
+    messages, token distributions, the repeat rate (with prompt_hash), the models, their failures and the
+    caches observed; nothing the usage does not show is invented (no failures, no rate limits)."""
     from sim.calibration.fit import (
-        fit_notes,
-        fit_table,
+        fit_scenario,
         observed_from_events,
         read_store_usage,
         read_trace_observed,
@@ -34,13 +40,16 @@ def fit(store: str | None, month: str | None, trace: str | None, trace_format: s
         if store is not None:
             if month is None or not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
                 fail(f"--month: expected YYYY-MM, got {month!r}")
-            observed = observed_from_events(read_store_usage(store, month), f"{store} (month {month})")
+            where = f"{store} (month {month})"
+            observed = observed_from_events(read_store_usage(store, month), where)
             source = f"the store {store}, month {month}"
         else:
             assert trace is not None
+            where = trace
             observed = read_trace_observed(trace, trace_format)
             source = f"the trace {trace}"
-        text = to_toml(fit_table(observed), source, fit_notes(observed))
+        table, notes = fit_scenario(observed, model, where)
+        text = to_toml(table, source, notes)
         import tomllib
 
         parse_scenario(tomllib.loads(text), "(fitted)")  # what is printed always loads

@@ -41,7 +41,7 @@ def test_a_known_context_is_fitted_back_and_forecasts_a_held_back_month(tmp_path
     assert code == 0, err
     assert "# context: history carried" in out
     path = tmp_path / "fitted.toml"
-    path.write_text(out + "\n[cache.exact]\nenabled = true\n")
+    path.write_text(out)  # as printed: no hand edits
     fitted, fitted_catalog = load_scenario(path)
     context = fitted.prompts.context
     # Tolerances: the system prompt within 5%, the new input's mean within 10% (it is the slope, about
