@@ -40,9 +40,14 @@ from __future__ import annotations
 
 from typing import Any, Literal, overload
 
-from anthropic import Anthropic, AsyncAnthropic
-from anthropic.types import Message, MessageDeltaUsage, RawMessageStreamEvent
-from anthropic.types import Usage as AnthropicUsage
+try:
+    from anthropic import Anthropic, AsyncAnthropic
+    from anthropic.types import Message, MessageDeltaUsage, RawMessageStreamEvent
+    from anthropic.types import Usage as AnthropicUsage
+except ImportError as missing:  # one line that says what to install, not a bare ModuleNotFoundError
+    raise ImportError(
+        "budget.integrations.anthropic needs the anthropic extra: pip install 'margins[anthropic]'"
+    ) from missing
 
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall

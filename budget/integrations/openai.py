@@ -33,9 +33,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, overload
 
-from openai import AsyncOpenAI, OpenAI
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from openai.types.completion_usage import CompletionUsage
+try:
+    from openai import AsyncOpenAI, OpenAI
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from openai.types.completion_usage import CompletionUsage
+except ImportError as missing:  # one line that says what to install, not a bare ModuleNotFoundError
+    raise ImportError(
+        "budget.integrations.openai needs the openai extra: pip install 'margins[openai]'"
+    ) from missing
 
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall
