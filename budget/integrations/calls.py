@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -65,6 +66,7 @@ class AsyncCall:
         self._held = held
         self._call = call
         self._finished = False
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     async def open(cls, budget: BudgetClient, limits: Limits) -> AsyncCall:
@@ -93,6 +95,19 @@ class AsyncCall:
             await self._held.__aexit__(None, None, None)
         except Exception:
             log.exception("usage of a call of %s not reported", self._call.user_id)
+
+    def abandon(self, usage: Usage, outcome: Outcome) -> None:
+        """`finish` from any thread without waiting, for a stream dropped before it settled."""
+        if self._finished:
+            return
+        finishing = self.finish(usage, outcome)
+        try:
+            self._loop.call_soon_threadsafe(_run_detached, finishing)
+        except RuntimeError:  # the loop is closed: the client's outbox is gone with it
+            finishing.close()
+            log.error(
+                "usage of a dropped stream of %s not reported: its event loop is closed", self._call.user_id
+            )
 
 
 class BlockingCall:
@@ -134,6 +149,19 @@ class BlockingCall:
         except Exception:
             log.exception("usage of a call under model %s not reported", self.model)
 
+    def abandon(self, usage: Usage, outcome: Outcome) -> None:
+        """`finish` without waiting, for a stream dropped before it settled (from any thread, the
+        BudgetThread's own included)."""
+        if self._held is None:
+            return
+        self._held = None
+        try:
+            self._budget.loop.call_soon_threadsafe(_resolve, self._done, (usage, outcome))
+        except RuntimeError:
+            log.error(
+                "usage of a dropped stream under model %s not reported: its BudgetThread stopped", self.model
+            )
+
 
 async def _hold(
     budget: BudgetClient,
@@ -157,3 +185,12 @@ async def _hold(
 def _resolve(done: asyncio.Future[tuple[Usage, Outcome]], result: tuple[Usage, Outcome]) -> None:
     if not done.done():
         done.set_result(result)
+
+
+_detached: set[asyncio.Task[None]] = set()  # abandoned calls' reports under way: a task needs a reference
+
+
+def _run_detached(finishing: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(finishing, name="margins-report-dropped-stream")
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)

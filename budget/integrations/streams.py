@@ -6,13 +6,16 @@ usage once it came, and what was received so far. The wrapper settles the call
 - with the final usage (outcome ok) as soon as the provider sent it;
 - when the stream ends without it, with what was received (outcome ok);
 - when the stream raises, with what was received (outcome error), and re-raises;
-- when it is closed (or its `with` block left) before the end, with what was received (outcome aborted).
+- when it is closed (or its `with` block left) before the end, with what was received (outcome aborted);
+- when it is dropped unsettled (garbage-collected: a loop left with `break`, say), likewise, without
+  waiting for the report to reach the outbox.
 
 Settling never raises into the user's code (see budget.integrations.calls).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -54,6 +57,7 @@ class GuardedStream(Generic[T]):
         self.unguarded = stream
         self._tally = tally
         self._call = call
+        weakref.finalize(self, _abandon, tally, call)
 
     def __iter__(self) -> Iterator[T]:
         return self
@@ -114,6 +118,7 @@ class AsyncGuardedStream(Generic[T]):
         self.unguarded = stream
         self._tally = tally
         self._call = call
+        weakref.finalize(self, _abandon, tally, call)
 
     def __aiter__(self) -> AsyncIterator[T]:
         return self
@@ -164,3 +169,12 @@ class AsyncGuardedStream(Generic[T]):
             await self._call.finish(final, "ok")
         else:
             await self._call.finish(self._tally.received(), outcome)
+
+
+def _abandon(tally: Tally[Any], call: BlockingCall | AsyncCall) -> None:
+    """A stream dropped unsettled: report what it received (nothing, if it was settled already)."""
+    final = tally.final()
+    if final is not None:
+        call.abandon(final, "ok")
+    else:
+        call.abandon(tally.received(), "aborted")

@@ -4,6 +4,7 @@ mosquitto and the enforcer in-process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -196,5 +197,27 @@ def test_a_synchronous_client_is_guarded_alike(mosquitto: Broker, tmp_path: Path
         assert (closed_output, closed_outcome) == (0, "aborted")  # nothing of the reply had arrived
         assert closed_input > len(QUESTION[0]["content"])
         assert live.status("gus").reserved_nanos == 0
+
+    run(scenario, mosquitto, tmp_path)
+
+
+def test_a_stream_dropped_unfinished_is_reported_when_collected(mosquitto: Broker, tmp_path: Path) -> None:
+    async def scenario(live: Bench, stand_in: StandIn) -> None:
+        client = guarded(async_client(stand_in), live.budget, user_id="hal")
+
+        async def first_words() -> str:
+            stream = await client.chat.completions.create(
+                model="gpt-4o", messages=QUESTION, max_tokens=100, stream=True
+            )
+            async for chunk in stream:
+                if chunk.choices[0].delta.content:
+                    return chunk.choices[0].delta.content  # leaves the loop, and the stream, unclosed
+            raise AssertionError("no content")
+
+        assert await first_words() == "Your "
+        gc.collect()  # the stream is garbage now (CPython has usually freed it already)
+        (report,) = await live.settled("hal", 1)
+        assert (report["output_tokens"], report["outcome"]) == (len(b"Your "), "aborted")
+        assert live.status("hal").reserved_nanos == 0
 
     run(scenario, mosquitto, tmp_path)
