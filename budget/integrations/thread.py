@@ -18,6 +18,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from budget.client import BudgetClient
+from budget.errors import NotConnected
 
 T = TypeVar("T")
 STOP_TIMEOUT_S = 60.0
@@ -49,11 +50,14 @@ class BudgetThread:
             self._stop_loop()
 
     def submit(self, work: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run a coroutine in the client's loop; refuses to be called from that loop, where waiting on the
-        result would block the loop that must produce it."""
+        """Run a coroutine in the client's loop. Raises NotConnected outside `with`, and refuses to be called
+        from that loop, where waiting on the result would block the loop that must produce it."""
         if threading.current_thread() is self._thread:
             work.close()
             raise RuntimeError("a BudgetThread cannot be waited on from its own event loop")
+        if not self._thread.is_alive():  # nothing would ever run the work: say so rather than hang
+            work.close()
+            raise NotConnected()
         return asyncio.run_coroutine_threadsafe(work, self.loop)
 
     def _stop_loop(self) -> None:

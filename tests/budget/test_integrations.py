@@ -66,3 +66,17 @@ def test_a_guard_refuses_a_client_with_the_wrong_kind_of_budget() -> None:
     budget = BudgetClient.connect("mqtt://127.0.0.1:1")
     with pytest.raises(TypeError, match="an OpenAI with a BudgetThread"):
         guarded(openai.OpenAI(api_key="sk"), budget, user_id="ann")  # type: ignore[call-overload]
+
+
+def test_a_budget_thread_outside_with_says_so_instead_of_hanging() -> None:
+    from budget.client import BudgetClient
+    from budget.errors import NotConnected
+    from budget.integrations.thread import BudgetThread
+
+    budget = BudgetThread(BudgetClient.connect("mqtt://127.0.0.1:1"))
+
+    async def nothing() -> None:
+        pass
+
+    with pytest.raises(NotConnected):
+        budget.submit(nothing())
