@@ -144,6 +144,19 @@ def usage_counts(usage: Any) -> tuple[int, int, int]:
     return prompt, cached, output
 
 
+def _cache_write_count(usage: Any) -> int:
+    """Prompt tokens a usage object or dict says were written to the provider's prompt cache, under
+    margins' own name `cache_write_tokens` (0 when absent): Anthropic bills them above the input price.
+    They are part of the input count, as cached tokens are."""
+    value = usage.get("cache_write_tokens") if isinstance(usage, Mapping) else None
+    value = getattr(usage, "cache_write_tokens", None) if value is None else value
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise UsageCountsError(usage)
+    return value
+
+
 class BudgetClient:
     """An application's connection to margins, kept up by itself; use `BudgetClient.connect(...)`."""
 
@@ -353,10 +366,12 @@ class BudgetClient:
 
         Reporting the same `event_id` again is safe: margins counts an event id once (the first report
         wins). Raises UsageCountsError for usage without token counts, OutboxError if the outbox file
-        cannot be written (the report is then kept in memory and still sent).
+        cannot be written (the report is then kept in memory and still sent). A `cache_write_tokens` count
+        in `usage` (margins' name for prompt tokens written to the provider's cache) is reported with it.
         """
         outbox = self._started()[1]
         prompt, cached, output = usage_counts(usage)
+        cache_write = _cache_write_count(usage)
         event_id = event_id or uuid.uuid4().hex
         body = {
             "event_id": event_id,
@@ -370,6 +385,8 @@ class BudgetClient:
             "reservation_id": reservation_id,
             "outcome": outcome,
         }
+        if cache_write:  # absent when 0, so a report without cache writes reads as it always did
+            body["cache_write_tokens"] = cache_write
         try:
             await outbox.add(event_id, f"{USAGE_PREFIX}{user_id}", _json.encode(body))
         finally:
@@ -491,6 +508,7 @@ class GuardedCall:
     def record(self, usage: Any, outcome: str = "ok") -> None:
         """The call's usage (OpenAI-style object or dict), reported when the guard exits."""
         usage_counts(usage)  # fail here, at the caller's line, not at exit
+        _cache_write_count(usage)
         self.usage, self.outcome = usage, outcome
 
 

@@ -23,6 +23,8 @@
         AuthorizationTimeout  user_id, model, timeout_s: the enforcer did not answer in time
             AuthorizationExpired  the enforcer decided the request after its deadline: nothing is held
         OutboxError           path, reason: a BudgetClient's outbox file cannot be opened or written
+        UnguardedCall         call, reason: an SDK call a guard cannot bound (no output limit, say); also a
+                              ValueError
 
 A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
 """
@@ -244,3 +246,14 @@ class OutboxError(BudgetError):
         self.path = path
         self.reason = reason
         super().__init__(f"outbox {path}: {reason}")
+
+
+class UnguardedCall(BudgetError, ValueError):
+    """An SDK call that a guarded client (budget.integrations) cannot authorize as given, such as one
+    without an output token limit, whose worst case has no bound: `call` names the SDK method. Raised
+    before the model is called."""
+
+    def __init__(self, call: str, reason: str) -> None:
+        self.call = call
+        self.reason = reason
+        super().__init__(f"{call}: {reason}")

@@ -32,7 +32,9 @@ pytestmark = pytest.mark.timeout(1800)
 DISTRIBUTION_OF = {"paho": "paho-mqtt", "genai_prices": "genai-prices"}
 # What the core install must run: what applications import, and the command shell with `init` and
 # `prices` (which reads a caps config or a scenario file for their overrides).
-CORE_PACKAGES = ("budget.domain", "budget.mqtt")
+CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations")
+# The SDK guards: each needs its SDK's extra; the rest of budget.integrations is core.
+SDK_EXTRAS = {"budget.integrations.openai": "openai", "budget.integrations.anthropic": "anthropic"}
 CORE_MODULES = frozenset(
     {
         *("budget", "budget.client", "budget.outbox", "budget.errors", "budget.cli"),
@@ -68,7 +70,9 @@ LEDGER_MODULES = frozenset(
 
 def install_for(module: str) -> str:
     """Which install must run `module`: the core, else its package's extra (`enforce` for the enforcer's
-    modules and the ledger, `sim` for the simulator's)."""
+    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard)."""
+    if module in SDK_EXTRAS:
+        return SDK_EXTRAS[module]
     if module in LEDGER_MODULES:
         return "enforce"
     if module in CORE_MODULES or module.startswith(tuple(f"{package}." for package in CORE_PACKAGES)):
@@ -96,6 +100,8 @@ def test_every_module_imports_only_what_its_install_brings() -> None:
     assert install_for("sim.cli.forecast") == "sim" and install_for("budget.cli.spend") == "enforce"
     assert install_for("sim.cli.init") == "core" and install_for("budget.domain.events") == "core"
     assert install_for("budget.domain.ledger") == "enforce"
+    assert install_for("budget.integrations.openai") == "openai"
+    assert install_for("budget.integrations.thread") == "core"
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -171,6 +177,8 @@ def test_the_wheel_holds_the_packages_the_starter_files_and_the_licence(wheel: P
         "Provides-Extra: enforce",
         "Provides-Extra: sim",
         "Provides-Extra: semantic",
+        "Provides-Extra: openai",
+        "Provides-Extra: anthropic",
     ):
         assert line in metadata
 
@@ -185,6 +193,13 @@ def test_the_core_install_runs_the_shell_and_the_client_without_the_heavy_packag
     assert "init" in listing and "What MODELS are charged per 1M tokens" in listing
     imports = "import budget.client, budget.domain.commands, budget.domain.config; budget.client.BudgetClient"
     ok(venv.run("python", "-c", imports))
+    ok(venv.run("python", "-c", "import budget.integrations.thread"))
+    for sdk in ("openai", "anthropic"):
+        assert not venv.has(sdk), sdk
+        guard = venv.run("python", "-c", f"import budget.integrations.{sdk}")
+        assert guard.returncode == 1
+        needs = f"budget.integrations.{sdk} needs the {sdk} extra: pip install 'margins[{sdk}]'"
+        assert guard.stderr.rstrip().endswith(needs), guard.stderr
     # Users' months are in their own time zones: with no system zone database, tzdata answers.
     check_zone = (
         "import zoneinfo; from budget.domain.config import check_timezone; assert zoneinfo.TZPATH == (); "

@@ -73,6 +73,7 @@ class _UsageIn(msgspec.Struct, frozen=True):
     input_tokens: _Tokens
     output_tokens: _Tokens
     cached_input_tokens: _Tokens = 0
+    cache_write_tokens: _Tokens = 0
     feature: _Name = "default"
     reservation_id: _Id | None = None
     outcome: Outcome = "ok"
@@ -328,6 +329,12 @@ def _judge_usage(
             "out_of_range",
             f"cached_input_tokens {item.cached_input_tokens} exceeds input_tokens {item.input_tokens}",
         )
+    elif item.cached_input_tokens + item.cache_write_tokens > item.input_tokens:
+        problem = (
+            "out_of_range",
+            f"cached_input_tokens {item.cached_input_tokens} + cache_write_tokens {item.cache_write_tokens}"
+            f" exceed input_tokens {item.input_tokens}",
+        )
     elif not EARLIEST_TS <= item.ts < LATEST_TS:
         problem = ("out_of_range", f"ts {item.ts.isoformat()} is not between the years 2000 and 2199")
     elif item.ts > now + max_skew:
@@ -348,6 +355,7 @@ def _judge_usage(
             input_tokens=item.input_tokens,
             output_tokens=item.output_tokens,
             cached_input_tokens=item.cached_input_tokens,
+            cache_write_tokens=item.cache_write_tokens,
             feature=item.feature,
             reservation_id=item.reservation_id,
             outcome=item.outcome,

@@ -60,6 +60,18 @@ def test_optional_fields_default() -> None:
     )
 
 
+def test_cache_writes_are_carried_and_bounded_by_the_input() -> None:
+    [cmd] = decode_message(
+        "margins/usage/alice", enc(usage(cached_input_tokens=500, cache_write_tokens=400)), NOW
+    ).commands
+    assert isinstance(cmd, RecordUsage)
+    assert (cmd.input_tokens, cmd.cached_input_tokens, cmd.cache_write_tokens) == (900, 500, 400)
+    too_many = rejected("margins/usage/alice", enc(usage(cached_input_tokens=500, cache_write_tokens=401)))
+    assert list(too_many.by_reason) == ["out_of_range"]
+    assert "cached_input_tokens 500 + cache_write_tokens 401 exceed input_tokens 900" in too_many.listed[0]
+    assert reasons("margins/usage/alice", enc(usage(cache_write_tokens=-1))) == ["out_of_range"]
+
+
 def test_array_mixing_good_and_bad_keeps_the_good() -> None:
     batch = [
         usage(event_id="a"),

@@ -1,0 +1,82 @@
+"""budget.integrations without a provider: the prompt's token bound, what each guard accepts, and that
+the client and the shared modules never import an SDK."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from budget.integrations.prompt_bound import (
+    PER_MESSAGE_TOKENS,
+    PER_REQUEST_TOKENS,
+    REMOTE_MEDIA_TOKENS,
+    prompt_token_bound,
+    text_bytes,
+)
+
+
+def test_the_bound_counts_every_byte_of_the_messages_and_tools_and_each_message() -> None:
+    one = [{"role": "user", "content": "hi"}]
+    base = prompt_token_bound(messages=one)
+    assert base == len('[{"role": "user", "content": "hi"}]') + PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS
+    # a non-ASCII character is several bytes, each of which may be a token of its own
+    assert prompt_token_bound(messages=[{"role": "user", "content": "h\u00e9"}]) == base + 1
+    two = [*one, {"role": "assistant", "content": "hi"}]
+    assert prompt_token_bound(messages=two) > 2 * base - PER_REQUEST_TOKENS
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    assert prompt_token_bound(tools, messages=one) > base + len("lookup")
+    assert prompt_token_bound(None, messages=one) == base
+
+
+def test_media_named_by_url_gets_an_allowance_and_inline_media_its_bytes() -> None:
+    def image(url: str) -> list[dict[str, object]]:
+        part = {"type": "image_url", "image_url": {"url": url}}
+        return [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, part]}]
+
+    remote = prompt_token_bound(messages=image("https://example.com/cat.png"))
+    inline = prompt_token_bound(messages=image("data:image/png;base64," + "A" * 4000))
+    assert remote > REMOTE_MEDIA_TOKENS > inline - 4000 > 0
+    anthropic_file = [
+        {"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f1"}}]}
+    ]
+    assert prompt_token_bound(messages=anthropic_file) > REMOTE_MEDIA_TOKENS
+
+
+def test_text_bytes_counts_strings_only() -> None:
+    assert text_bytes("ab", None, "\u00e9", 7) == 4
+
+
+def test_the_client_and_the_shared_modules_import_no_sdk() -> None:
+    probe = (
+        "import sys, budget.client, budget.integrations, budget.integrations.thread, "
+        "budget.integrations.calls, budget.integrations.streams, budget.integrations.prompt_bound; "
+        "print(sorted({'openai', 'anthropic'} & set(sys.modules)))"
+    )
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert shown.stdout == "[]\n"
+
+
+def test_a_guard_refuses_a_client_with_the_wrong_kind_of_budget() -> None:
+    openai = pytest.importorskip("openai")
+    from budget.client import BudgetClient
+    from budget.integrations.openai import guarded
+
+    budget = BudgetClient.connect("mqtt://127.0.0.1:1")
+    with pytest.raises(TypeError, match="an OpenAI with a BudgetThread"):
+        guarded(openai.OpenAI(api_key="sk"), budget, user_id="ann")
+
+
+def test_a_budget_thread_outside_with_says_so_instead_of_hanging() -> None:
+    from budget.client import BudgetClient
+    from budget.errors import NotConnected
+    from budget.integrations.thread import BudgetThread
+
+    budget = BudgetThread(BudgetClient.connect("mqtt://127.0.0.1:1"))
+
+    async def nothing() -> None:
+        pass
+
+    with pytest.raises(NotConnected):
+        budget.submit(nothing())
