@@ -202,8 +202,7 @@ WRITER = textwrap.dedent(
     import sys
     from datetime import UTC, datetime, timedelta
     from budget.domain.events import UsageRecorded
-    from budget.store import segments
-from budget.store.event_store import EventStore
+    from budget.store.event_store import EventStore
 
     t0 = datetime(2026, 11, 1, tzinfo=UTC)
     run = sys.argv[2]
