@@ -118,10 +118,14 @@ class SnapshotTaker:
     def after_commit(self, uncommitted: int) -> None:
         """Called after each commit with how many events the ledger holds that the store does not yet."""
         last_seq = self._store.last_seq
-        if self._waiting is not None and last_seq >= self._waiting.seq:
-            self._write(self._waiting)
-            self._waiting = None
-        if self._waiting is not None or self._busy() or not self._due(last_seq + uncommitted):
+        if self._busy():  # one at a time: a snapshot due meanwhile is taken after this one
+            return
+        if self._waiting is not None:
+            if last_seq >= self._waiting.seq:
+                self._write(self._waiting)
+                self._waiting = None
+            return
+        if not self._due(last_seq + uncommitted):
             return
         snapshot = self._ledger.to_snapshot(last_seq + uncommitted)
         if uncommitted:
