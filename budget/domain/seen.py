@@ -11,6 +11,12 @@ a dict that reaches `stage_limit` entries is merged into its run, which costs on
 1/64 of the index, ~2 MB at 10M keys: about a millisecond). A lookup is a dict probe and one binary
 search. Forgetting old months is spread out the same way: one partition per insert.
 
+Nearly every lookup is of a new key, which the run does not hold. Beside each run a one-bit-per-slot
+filter (FILTER_BITS slots a key, rounded up to a power of two: 1-2 bytes a key) marks the slots its keys'
+low bits fall in; an unmarked slot answers "not held" without the binary search, which costs several times
+more from Python. A marked slot (the key, or 6-12% of the others) searches as before. The filter is built
+with its run, which is replaced, never changed in place.
+
 A 64-bit key collision between two different events (about 3e-6 over 10M keys) shows as a conflicting
 duplicate, which is kept as a dead letter; only a collision of key and digest together (about 1e-15)
 would take a new event for a redelivery.
@@ -18,6 +24,7 @@ would take a new event for a redelivery.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,14 +40,34 @@ _SHIFT = 64 - PARTITION_BITS
 _HALF = PARTITIONS // 2  # signed keys: the top bits run from -32 to 31
 DIGEST_MASK = 0xFFFF_FFFF
 STAGE_LIMIT = 4096
+FILTER_BITS = 8  # filter slots per key in a run, at least
+_EMPTY_FILTER = (bytes(8), 63)  # a run of no keys: every slot unmarked
 
 _pack = msgspec.msgpack.encode
+_signed_64 = struct.Struct("<q").unpack
+_PAIR = b"\x92"  # msgpack: an array of two
+
+KeyHasher = blake2b
 
 
 def usage_key(user_id: str, event_id: str) -> int:
-    """The idempotency key of a usage event: (user_id, event_id) hashed to a signed 64-bit integer."""
-    digest = blake2b(_pack((user_id, event_id)), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    """The idempotency key of a usage event: (user_id, event_id) packed as a msgpack pair and hashed to a
+    signed 64-bit integer (8 bytes of BLAKE2b, little-endian)."""
+    return usage_key_of(key_hasher(user_id), event_id)
+
+
+def key_hasher(user_id: str) -> KeyHasher:
+    """A hasher fed with the first half of a user's keys, to be copied for each of their events (which
+    costs less than starting a hash)."""
+    return blake2b(_PAIR + _pack(user_id), digest_size=8)
+
+
+def usage_key_of(hasher: KeyHasher, event_id: str) -> int:
+    """`usage_key(user_id, event_id)` given `key_hasher(user_id)`."""
+    h = hasher.copy()
+    h.update(_pack(event_id))
+    key: int = _signed_64(h.digest())[0]
+    return key
 
 
 def content_digest(
@@ -82,6 +109,8 @@ class SeenIndex:
         self._digests = [np.empty(0, np.uint32) for _ in range(PARTITIONS)]
         self._months = [np.empty(0, np.uint16) for _ in range(PARTITIONS)]
         self._key_views = [keys.data for keys in self._keys]
+        self._filters = [_EMPTY_FILTER[0]] * PARTITIONS
+        self._filter_masks = [_EMPTY_FILTER[1]] * PARTITIONS
         # Recent entries per partition: key -> digest | month << 32.
         self._stages: list[dict[int, int]] = [{} for _ in range(PARTITIONS)]
         self.first_month = 0  # entries of earlier window months are forgotten
@@ -98,6 +127,9 @@ class SeenIndex:
         p = (key >> _SHIFT) + _HALF
         found = self._stages[p].get(key)
         if found is None:
+            slot = key & self._filter_masks[p]
+            if not self._filters[p][slot >> 3] >> (slot & 7) & 1:
+                return None
             keys = self._keys[p]
             i = int(keys.searchsorted(key))
             if i == len(keys) or self._key_views[p][i] != key:
@@ -124,8 +156,9 @@ class SeenIndex:
         stage = self._stages[p]
         found = stage.get(key)
         if found is None:
-            keys = self._keys[p]
-            if len(keys):
+            slot = key & self._filter_masks[p]
+            if self._filters[p][slot >> 3] >> (slot & 7) & 1:
+                keys = self._keys[p]
                 i = keys.searchsorted(key)
                 if i < len(keys) and self._key_views[p][i] == key:
                     found = int(self._months[p][i]) << 32
@@ -199,6 +232,7 @@ class SeenIndex:
         # Runs are replaced, never changed in place: a snapshot may hold the old ones.
         self._keys[p], self._digests[p], self._months[p] = keys, digests, months
         self._key_views[p] = keys.data
+        self._filters[p], self._filter_masks[p] = run_filter(keys)
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -222,6 +256,17 @@ class SeenIndex:
         index.first_month = first_month
         index._unpruned = 0
         return index
+
+
+def run_filter(keys: np.ndarray) -> tuple[bytes, int]:
+    """A run's filter (see the module docstring): the bitmap (bit `slot % 8` of byte `slot // 8`), and
+    the mask that takes a key's slot from its low bits."""
+    if not len(keys):
+        return _EMPTY_FILTER
+    slots = 1 << max(6, (FILTER_BITS * len(keys) - 1).bit_length())
+    marked = np.zeros(slots, dtype=np.bool_)
+    marked[keys & (slots - 1)] = True
+    return np.packbits(marked, bitorder="little").tobytes(), slots - 1
 
 
 @dataclass(frozen=True, slots=True)
