@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from ledger_helpers import CATALOG, MINI_COST, authorize, make_config, make_ledger, usage
+from ledger_helpers import CATALOG, MINI_COST, NOW, authorize, make_config, make_ledger, usage
 
 import budget.domain.seen
-from budget.domain.events import Event, LimitCrossed, UsageRecorded
+from budget.domain.events import DeadLettered, Event, LimitCrossed, UsageRecorded
 from budget.domain.ledger import ConfigureUser, Ledger, LedgerSnapshot
 from budget.domain.profiles import Profile, RecentUsers
 from budget.domain.seen import (
@@ -308,3 +308,25 @@ def test_what_decisions_keep_of_recent_users_follows_their_renumbering() -> None
     replayed = make_ledger()
     replayed.apply_all(log)
     assert replayed.snapshot() == ledger.snapshot()
+
+
+def test_a_usage_report_without_its_payload_is_described_field_by_field() -> None:
+    """What a dead letter keeps of a usage report made in Python (no original payload)."""
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    ledger = make_ledger()
+    [dead] = ledger.decide(usage("e", ts=ts, model="no-such-model", topic="t"), NOW)
+    assert isinstance(dead, DeadLettered) and dead.reason == "unknown_model"
+    assert msgspec.json.decode(dead.payload) == {
+        "event_id": "e",
+        "user_id": "u",
+        "ts": "2026-01-01T00:00:00Z",
+        "model": "no-such-model",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "feature": "default",
+        "reservation_id": None,
+        "outcome": "ok",
+        "topic": "t",
+    }
