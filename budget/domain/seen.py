@@ -12,10 +12,10 @@ a dict that reaches `stage_limit` entries is merged into its run, which costs on
 search. Forgetting old months is spread out the same way: one partition per insert.
 
 Nearly every lookup is of a new key, which the run does not hold. Beside each run a one-bit-per-slot
-filter (FILTER_BITS slots a key, rounded up to a power of two: 1-2 bytes a key) marks the slots its keys'
-low bits fall in; an unmarked slot answers "not held" without the binary search, which costs several times
-more from Python. A marked slot (the key, or 6-12% of the others) searches as before. The filter is built
-with its run, which is replaced, never changed in place.
+filter of FILTER_BITS slots a key (one byte a key: 10 MB at 10M keys) marks the slot of each of its keys
+(the key modulo the slots); an unmarked slot answers "not held" without the binary search, which costs
+several times more from Python. A marked slot (the key's, or up to 1 in 8 of the others) searches as
+before. The filter is built with its run, which is replaced, never changed in place.
 
 A 64-bit key collision between two different events (about 3e-6 over 10M keys) shows as a conflicting
 duplicate, which is kept as a dead letter; only a collision of key and digest together (about 1e-15)
@@ -40,8 +40,8 @@ _SHIFT = 64 - PARTITION_BITS
 _HALF = PARTITIONS // 2  # signed keys: the top bits run from -32 to 31
 DIGEST_MASK = 0xFFFF_FFFF
 STAGE_LIMIT = 4096
-FILTER_BITS = 8  # filter slots per key in a run, at least
-_EMPTY_FILTER = (bytes(8), 63)  # a run of no keys: every slot unmarked
+FILTER_BITS = 8  # filter slots per key in a run
+_EMPTY_FILTER = (bytes(8), 64)  # a run of no keys: every slot unmarked
 
 _pack = msgspec.msgpack.encode
 _signed_64 = struct.Struct("<q").unpack
@@ -110,7 +110,7 @@ class SeenIndex:
         self._months = [np.empty(0, np.uint16) for _ in range(PARTITIONS)]
         self._key_views = [keys.data for keys in self._keys]
         self._filters = [_EMPTY_FILTER[0]] * PARTITIONS
-        self._filter_masks = [_EMPTY_FILTER[1]] * PARTITIONS
+        self._filter_slots = [_EMPTY_FILTER[1]] * PARTITIONS
         # Recent entries per partition: key -> digest | month << 32.
         self._stages: list[dict[int, int]] = [{} for _ in range(PARTITIONS)]
         self.first_month = 0  # entries of earlier window months are forgotten
@@ -127,7 +127,7 @@ class SeenIndex:
         p = (key >> _SHIFT) + _HALF
         found = self._stages[p].get(key)
         if found is None:
-            slot = key & self._filter_masks[p]
+            slot = key % self._filter_slots[p]
             if not self._filters[p][slot >> 3] >> (slot & 7) & 1:
                 return None
             keys = self._keys[p]
@@ -156,7 +156,7 @@ class SeenIndex:
         stage = self._stages[p]
         found = stage.get(key)
         if found is None:
-            slot = key & self._filter_masks[p]
+            slot = key % self._filter_slots[p]
             if self._filters[p][slot >> 3] >> (slot & 7) & 1:
                 keys = self._keys[p]
                 i = keys.searchsorted(key)
@@ -232,7 +232,7 @@ class SeenIndex:
         # Runs are replaced, never changed in place: a snapshot may hold the old ones.
         self._keys[p], self._digests[p], self._months[p] = keys, digests, months
         self._key_views[p] = keys.data
-        self._filters[p], self._filter_masks[p] = run_filter(keys)
+        self._filters[p], self._filter_slots[p] = run_filter(keys)
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -260,13 +260,13 @@ class SeenIndex:
 
 def run_filter(keys: np.ndarray) -> tuple[bytes, int]:
     """A run's filter (see the module docstring): the bitmap (bit `slot % 8` of byte `slot // 8`), and
-    the mask that takes a key's slot from its low bits."""
+    its number of slots (a key's slot is the key modulo that, as Python and numpy both take it: >= 0)."""
     if not len(keys):
         return _EMPTY_FILTER
-    slots = 1 << max(6, (FILTER_BITS * len(keys) - 1).bit_length())
+    slots = FILTER_BITS * len(keys) + 7 & ~7  # whole bytes
     marked = np.zeros(slots, dtype=np.bool_)
-    marked[keys & (slots - 1)] = True
-    return np.packbits(marked, bitorder="little").tobytes(), slots - 1
+    marked[keys % slots] = True
+    return np.packbits(marked, bitorder="little").tobytes(), slots
 
 
 @dataclass(frozen=True, slots=True)
