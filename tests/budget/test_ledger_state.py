@@ -23,6 +23,7 @@ from budget.domain.seen import (
     FILTER_BITS,
     SeenIndex,
     content_digest,
+    filter_with,
     key_hasher,
     run_filter,
     usage_key,
@@ -87,6 +88,14 @@ def test_a_runs_filter_marks_every_key_and_at_most_one_slot_in_eight(keys: list[
         assert bitmap[slot >> 3] >> (slot & 7) & 1
     marked = int(np.unpackbits(np.frombuffer(bitmap, np.uint8)).sum())
     assert marked <= len(keys) and marked * FILTER_BITS <= slots
+    # A merge marks its keys in a copy of the filter it had: every key of the grown run is marked.
+    first, rest = keys[: len(keys) // 2], keys[len(keys) // 2 :]
+    early, early_slots = run_filter(np.array(sorted(first), dtype=np.int64))
+    grown = filter_with(early, early_slots, np.array(rest, dtype=np.int64))
+    assert len(grown) == len(early)
+    for key in keys:
+        slot = key % early_slots
+        assert grown[slot >> 3] >> (slot & 7) & 1
 
 
 @settings(max_examples=50, deadline=None)
