@@ -1,14 +1,16 @@
 """The enforcer's benchmark, each figure beside a baseline measured in the same run:
 
     uv run python -m benchmarks.enforcer [--events 30000] [--batched-messages 3000] [--authorizations 5000]
-                                  [--query-events 10000000]
+                                  [--query-events 10000000] [--runs 1]
 
 1. Usage events/s end to end through a local mosquitto with durability on (fsync'd group commits, PUBACK
    only after the commit): one event per message, then arrays of 100; and the enforcer process's CPU time
    per event (user + system, every thread), steadier than the wall figures on a busy machine. Baseline:
    the same messages relayed by the same broker to a plain subscriber that only parses and acknowledges.
 2. Authorize round trip p50/p99 at 1,000 authorizations/s (open loop: each request is sent on schedule,
-   whatever the previous ones are doing). Baseline: the same load against a plain echo responder.
+   whatever the previous ones are doing). Baseline: the same load against a plain echo responder. Beside
+   it, the durable commits' own time, and the store's disk alone: 4 KB appends + fdatasync timed right
+   after, which a commit cannot beat.
 3. The same authorization load while 64 KB arrays of 32,000 bad items arrive, one every 100 ms (each is
    one dead letter); beside it, how long the enforcer takes to handle one such message.
 4. `margins spend` "top 100 this month" over a 10M-event store (benchmarks.spend_query builds and times it).
@@ -17,7 +19,10 @@ Baselines use the enforcer's own MQTT client (budget.mqtt.connection), so the di
 enforcer's work.
 The enforcer runs in this process (so it can be watched exactly: the clock stops when its counters say
 every event is committed); the load comes from child processes, so neither side steals the other's loop.
-Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the machine.
+`--runs N` repeats sections 1-3 (each run with a broker and stores of its own) and prints each figure as
+the median of the runs with their range; the load average is printed at the start, after each run and at
+the end. Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the
+machine.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -401,22 +407,24 @@ async def _enforcer(
         yield enforcer
 
 
-async def _bench(args: argparse.Namespace, directory: Path) -> None:
-    (directory / "broker").mkdir()
+Figures = dict[str, float]
+
+
+async def _one_run(args: argparse.Namespace, directory: Path) -> Figures:
+    """Every figure of sections 1-3 once, with a broker and stores of its own under `directory`."""
+    figures: Figures = {}
+    (directory / "broker").mkdir(parents=True)
     with mosquitto(directory / "broker") as port:
-        print(f"mosquitto on 127.0.0.1:{port}; {os.cpu_count()} CPUs; durability on (fsync per commit)\n")
         for per_message, messages in ((1, args.events), (100, args.batched_messages)):
             plain = await _plain_subscriber_rate(port, messages, per_message)
             async with _enforcer(port, directory / f"enf{per_message}") as enforcer:
                 rate, commit_rate, cpu_us = await _enforcer_rate(enforcer, port, messages, per_message)
-            label = "one event per message" if per_message == 1 else f"arrays of {per_message} events"
-            target = 10_000 if per_message == 1 else 50_000
-            print(
-                f"usage, {label}: {rate:,.0f} events/s end to end ({commit_rate:,.0f} commits/s, "
-                f"{cpu_us:.1f} us CPU per event); "
-                f"baseline plain subscriber {plain:,.0f} events/s; target {target:,} "
-                f"({'met' if rate >= target else f'missed by {1 - rate / target:.0%}'})"
-            )
+            figures |= {
+                f"rate_{per_message}": rate,
+                f"commits_{per_message}": commit_rate,
+                f"cpu_us_{per_message}": cpu_us,
+                f"plain_{per_message}": plain,
+            }
         # Let the floods above settle (their writes are still draining to disk and their ledgers are still
         # garbage), so the latency measured is the enforcer's, not the previous phase's I/O.
         del enforcer
@@ -427,19 +435,114 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
         commits: list[float] = []
         async with _enforcer(port, directory / "auth", commit_times=commits) as enforcer:
             real = await _load_latencies(port, args.authorizations, 1000.0)
-            granted = enforcer.counters["granted"]
-        p99 = _pct(real, 0.99)
+            figures["granted"] = enforcer.counters["granted"]
+        fsyncs = await asyncio.to_thread(_fdatasync_times, directory / "auth" / "store")
+        figures |= _spread("auth", real) | _spread("echo", echo) | _spread("commit", commits)
+        figures |= _spread("fsync", fsyncs)
+        figures["requests"] = len(real)
+        bad, handle = await _bad_array_figures(port, directory, args.authorizations)
+        figures |= _spread("bad", bad) | {"handle_ms": handle}
+    return figures
+
+
+def _spread(name: str, values: list[float]) -> Figures:
+    return {f"{name}_p50": _pct(values, 0.5), f"{name}_p99": _pct(values, 0.99), f"{name}_max": max(values)}
+
+
+def _fdatasync_times(directory: Path, count: int = 500) -> list[float]:
+    """Milliseconds each of `count` 4 KB appends + fdatasync takes on the store's disk, with nothing else
+    of the enforcer running: what the disk gives a commit here and now."""
+    path = directory / "fsync-probe"
+    block = os.urandom(4096)
+    times = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - start) * 1000)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return times
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: on a shared machine, what the figures were measured under."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _summary(runs: list[Figures], key: str, form: str = "{:,.0f}") -> str:
+    """The median of `key` over the runs, with their range when there are several."""
+    values = sorted(run[key] for run in runs)
+    median = statistics.median(values)
+    if len(values) == 1:
+        return form.format(median)
+    return f"{form.format(median)} ({form.format(values[0])}-{form.format(values[-1])})"
+
+
+def _verdict(met: bool, value: float, target: float) -> str:
+    return "met" if met else f"missed by {abs(1 - value / target):.0%}"
+
+
+def _report(runs: list[Figures]) -> None:
+    """Print each figure as the median of the runs (and their range)."""
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    n = len(runs)
+    of = f"median of {n} runs (range)" if n > 1 else "one run"
+    print(f"figures: {of}\n")
+    for per_message in (1, 100):
+        label = "one event per message" if per_message == 1 else f"arrays of {per_message} events"
+        target = 10_000 if per_message == 1 else 50_000
+        rate = median[f"rate_{per_message}"]
         print(
-            f"authorize at 1,000/s ({len(real):,} requests, {granted:,} granted): "
-            f"p50 {_pct(real, 0.5):.2f} ms, p99 {p99:.2f} ms, max {max(real):.1f} ms; baseline echo "
-            f"p50 {_pct(echo, 0.5):.2f} ms, p99 {_pct(echo, 0.99):.2f} ms; target p99 <= 5 ms "
-            f"({'met' if p99 <= 5 else 'missed'})"
+            f"usage, {label}: {_summary(runs, f'rate_{per_message}')} events/s end to end "
+            f"({_summary(runs, f'commits_{per_message}')} commits/s, "
+            f"{_summary(runs, f'cpu_us_{per_message}', '{:.1f}')} us CPU per event); "
+            f"baseline plain subscriber {_summary(runs, f'plain_{per_message}')} events/s; "
+            f"target {target:,} ({_verdict(rate >= target, rate, target)})"
         )
-        print(
-            f"  of which the durable commit (write + fdatasync of the log): p50 {_pct(commits, 0.5):.2f} ms, "
-            f"p99 {_pct(commits, 0.99):.2f} ms, max {max(commits):.1f} ms over {len(commits):,} commits"
-        )
-        await _bad_array_figures(port, directory, args.authorizations, real)
+    ms = "{:.2f}"
+    p99 = median["auth_p99"]
+    print(
+        f"authorize at 1,000/s ({median['requests']:,.0f} requests, {median['granted']:,.0f} granted): "
+        f"p50 {_summary(runs, 'auth_p50', ms)} ms, p99 {_summary(runs, 'auth_p99', ms)} ms, "
+        f"max {_summary(runs, 'auth_max', '{:.1f}')} ms; baseline echo p50 {_summary(runs, 'echo_p50', ms)} "
+        f"ms, p99 {_summary(runs, 'echo_p99', ms)} ms; target p99 <= 5 ms ({'met' if p99 <= 5 else 'missed'})"
+    )
+    print(
+        f"  of which the durable commit (write + fdatasync of the log): "
+        f"p50 {_summary(runs, 'commit_p50', ms)} ms, p99 {_summary(runs, 'commit_p99', ms)} ms, "
+        f"max {_summary(runs, 'commit_max', '{:.1f}')} ms"
+    )
+    print(
+        f"  the store's disk alone (4 KB append + fdatasync, 500 times, right after): "
+        f"p50 {_summary(runs, 'fsync_p50', ms)} ms, p99 {_summary(runs, 'fsync_p99', ms)} ms, "
+        f"max {_summary(runs, 'fsync_max', '{:.1f}')} ms"
+    )
+    print(
+        f"authorize at 1,000/s while a 64 KB bad array (32,000 items) arrives every 100 ms (one dead letter "
+        f"each): p50 {_summary(runs, 'bad_p50', ms)} ms, p99 {_summary(runs, 'bad_p99', ms)} ms, "
+        f"max {_summary(runs, 'bad_max', '{:.1f}')} ms; handling one such message takes "
+        f"{_summary(runs, 'handle_ms', '{:.1f}')} ms (median of 20 each run)"
+    )
+
+
+async def _bench(args: argparse.Namespace, directory: Path) -> None:
+    print(f"load average at start: {_load()}; {os.cpu_count()} CPUs; durability on (fsync per commit)")
+    runs = []
+    for run in range(args.runs):
+        figures = await _one_run(args, directory / f"run{run}")
+        runs.append(figures)
+        if args.runs > 1:
+            print(
+                f"  run {run + 1}: {figures['rate_1']:,.0f} / {figures['rate_100']:,.0f} events/s, "
+                f"{figures['cpu_us_1']:.1f} / {figures['cpu_us_100']:.1f} us CPU per event (one per "
+                f"message / arrays of 100), authorize p99 {figures['auth_p99']:.2f} ms; load {_load()}"
+            )
+    print()
+    _report(runs)
     if args.query_events:
         from benchmarks.spend_query import run_query_benchmark
 
@@ -450,12 +553,12 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
             f"p50 {figures['baseline_ms_p50']:.1f} ms; target <= 200 ms "
             f"({'met' if figures['top100_ms_p50'] <= 200 else 'missed'})"
         )
-    print("\n(one run of each; rerun to see the spread)")
+    print(f"\nload average at end: {_load()}")
 
 
-async def _bad_array_figures(port: int, directory: Path, count: int, clean: list[float]) -> None:
-    """Authorizations at 1,000/s while a 64 KB array of bad items arrives every 100 ms, beside `clean`
-    (the same load without them); and the time to handle one such message in the enforcer."""
+async def _bad_array_figures(port: int, directory: Path, count: int) -> tuple[list[float], float]:
+    """Round trips (ms) of authorizations at 1,000/s while a 64 KB array of bad items arrives every 100 ms;
+    and the time to handle one such message in the enforcer."""
     bad_count = max(1, int(count / 1000 / 0.1))
     async with _enforcer(port, directory / "bad") as enforcer:
         flood = _spawn("_bad", port, bad_count, 0.1)
@@ -464,16 +567,7 @@ async def _bad_array_figures(port: int, directory: Path, count: int, clean: list
         async with asyncio.timeout(120):
             while enforcer.counters["rejected_items"] < bad_count * 32_000:
                 await asyncio.sleep(0.01)
-        handle = _handle_time(enforcer)
-
-    def spread(values: list[float]) -> str:
-        return f"p50 {_pct(values, 0.5):.2f} ms, p99 {_pct(values, 0.99):.2f} ms, max {max(values):.1f} ms"
-
-    print(
-        f"authorize at 1,000/s while a 64 KB bad array (32,000 items) arrives every 100 ms ({bad_count} of "
-        f"them, one dead letter each): {spread(real)}; without them {spread(clean)}; handling one such "
-        f"message takes {handle:.1f} ms (median of 20)"
-    )
+        return real, _handle_time(enforcer)
 
 
 def _handle_time(enforcer: Enforcer) -> float:
@@ -505,6 +599,7 @@ def main() -> None:
     parser.add_argument("--batched-messages", type=int, default=3_000, help="messages of 100 events each")
     parser.add_argument("--authorizations", type=int, default=5_000, help="at 1,000/s")
     parser.add_argument("--query-events", type=int, default=10_000_000, help="0 skips the query benchmark")
+    parser.add_argument("--runs", type=int, default=1, help="runs of sections 1-3: medians and ranges")
     args = parser.parse_args()
     sys.setswitchinterval(0.001)  # as `margins enforce` does (see budget/cli/enforce.py)
     logging.basicConfig(level=logging.ERROR)  # the floods' dead letters are counted, not printed

@@ -18,12 +18,14 @@ from budget.domain.prices import ModelPrice
 State = Literal["ok", "soft", "capped"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecordUsage:
+class RecordUsage(msgspec.Struct, frozen=True, kw_only=True):
     """A usage report: a model call that happened (it was spent, so it is always recorded if valid).
 
     `topic` and `payload` are the original message, kept in a dead letter if the report cannot be applied.
     """
+
+    # A msgspec Struct, not a frozen dataclass like the other commands: one is made per usage event, and
+    # a frozen dataclass sets each of its 13 fields through object.__setattr__ (~1.8 us an event here).
 
     event_id: str
     user_id: str
@@ -134,9 +136,8 @@ def limits_reached(spent: int, reserved: int, cap: int, soft_threshold_pct: int)
 
 def describe(command: Command) -> bytes:
     """A JSON rendering of a command, kept in a dead letter when the original payload was not passed in."""
-    return msgspec.json.encode(
-        {name: getattr(command, name) for name in command.__slots__ if name != "payload"}
-    )
+    names = command.__struct_fields__ if isinstance(command, RecordUsage) else command.__slots__
+    return msgspec.json.encode({name: getattr(command, name) for name in names if name != "payload"})
 
 
 def usage_event(

@@ -71,7 +71,7 @@ from budget.domain.months import (
     window_month_number,
 )
 from budget.domain.prices import nanos_to_usd
-from budget.domain.seen import DIGEST_MASK, content_digest, usage_key
+from budget.domain.seen import DIGEST_MASK, content_digest, usage_key_of
 from budget.domain.snapshot import LedgerSnapshot
 from budget.domain.state import FLAGS, MAX_AHEAD, LedgerState
 from budget.domain.tallies import Settings
@@ -95,6 +95,9 @@ __all__ = [
 
 class Ledger(LedgerState):
     """Per-user monthly spend, reservations and settings, folded from events; decides commands."""
+
+    # (now, horizon, what `_moment` worked out from them)
+    _moment_memo: tuple[datetime, datetime | None, tuple[datetime, datetime, int]] | None = None
 
     # -- deciding ---------------------------------------------------------------------------------
 
@@ -123,35 +126,42 @@ class Ledger(LedgerState):
                 assert_never(command)
 
     def _decide_usage(self, command: RecordUsage, now: datetime) -> list[Event]:
+        # Nearly every command: written for speed (locals, the common cases inline; each call or
+        # attribute read costs tens of nanoseconds, and an event took a few microseconds in all).
         ts, event_id = command.ts, command.event_id
-        if ts.tzinfo is None or ts.utcoffset() is None:
+        if ts.utcoffset() is None:  # naive
             return [dead_letter(command, now, "bad_timestamp", "ts has no time zone", event_id)]
-        counts = (
-            command.input_tokens,
-            command.output_tokens,
-            command.cached_input_tokens,
-            command.cache_write_tokens,
-        )
-        if min(counts) < 0 or command.cached_input_tokens + command.cache_write_tokens > command.input_tokens:
+        input_tokens, output_tokens = command.input_tokens, command.output_tokens
+        cached, cache_write = command.cached_input_tokens, command.cache_write_tokens
+        if (
+            input_tokens < 0
+            or output_tokens < 0
+            or cached < 0
+            or cache_write < 0
+            or cached + cache_write > input_tokens
+        ):
             detail = "token counts must be >= 0 and cached + cache-write tokens at most input tokens"
             return [dead_letter(command, now, "bad_tokens", detail, event_id)]
-        if command.model not in self.prices:
-            detail = f"model {command.model!r} is not in the price catalog; it is never charged $0"
-            return [dead_letter(command, now, "unknown_model", detail, event_id)]
+        prices, model = self.prices, command.model
+        price = prices.prices.get(model)  # the common case: a listed name whose price never changed
+        if price is None or model in prices.history:
+            if model not in prices:  # neither listed nor another name of a listed model
+                detail = f"model {model!r} is not in the price catalog; it is never charged $0"
+                return [dead_letter(command, now, "unknown_model", detail, event_id)]
+            price = prices.price_at(model, ts)  # a price change never reprices the calls before it
         user = command.user_id
-        index, settings = self._settings(user)
-        zone = self._zone(settings)
+        profile = self._recent.get(user) or self._profile(user)
+        zone = profile.zone
         try:
             ts_month = month_in(ts, zone)
         except (OverflowError, ValueError):
             detail = f"ts {ts.isoformat()} has no calendar month in the user's time zone {zone}"
             return [dead_letter(command, now, "bad_timestamp", detail, event_id)]
-        if ts > now + MAX_AHEAD:
+        latest, clock, first_window_month = self._moment(now)
+        if ts > latest:
             detail = f"ts {ts.isoformat()} is more than {MAX_AHEAD} ahead of the enforcer's clock ({now})"
             return [dead_letter(command, now, "future_timestamp", detail, event_id)]
-        clock = self._months.clock(now)
         window = window_month_number(ts)
-        first_window_month = utc_month_number(clock) - 1
         if window < first_window_month:
             start = month_number_start(first_window_month) - timedelta(days=1)
             detail = (
@@ -159,9 +169,17 @@ class Ledger(LedgerState):
                 "told from a usage already counted, so it is not counted"
             )
             return [dead_letter(command, now, "too_old", detail, event_id)]
-        key = usage_key(user, event_id)
+        key = usage_key_of(profile.keys, event_id)
         digest = content_digest(
-            ts, command.model, *counts, command.feature, command.outcome, command.reservation_id
+            ts,
+            command.model,
+            input_tokens,
+            output_tokens,
+            cached,
+            cache_write,
+            command.feature,
+            command.outcome,
+            command.reservation_id,
         )
         held = self._seen.get(key)
         if held is not None:
@@ -172,17 +190,36 @@ class Ledger(LedgerState):
                 "report is the stored usage with that id, this one is kept here and not counted"
             )
             return [dead_letter(command, now, "conflicting_duplicate", detail, event_id)]
-        cost = self.prices.price_at(command.model, ts).cost_nanos(*counts)  # a price change never reprices
-        month, late, overshoot, settles = self._place(command, ts_month, zone, clock)
+        cost = price.cost_nanos(input_tokens, output_tokens, cached, cache_write)
+        if command.reservation_id is None and ts_month >= month_in(clock, zone):
+            month, late, overshoot, settles = ts_month, False, False, None  # the common case of _place
+        else:
+            month, late, overshoot, settles = self._place(command, ts_month, zone, clock)
         usage = usage_event(command, cost, month, late=late, overshoot=overshoot)
-        self._decided = (usage, key, digest, window)
-        spent, reserved = self._totals(index, month)
+        index = profile.index
+        tally = self._months.tallies.get(month)
+        self._decided = (usage, key, digest, window, index, tally)
+        spent, reserved = (0, 0) if tally is None else tally.totals(index)
+        spent += cost
         if settles is not None and settles.month == month:
             reserved -= settles.amount_nanos
-        crossings = self._crossings(
-            user, index, month, spent + cost, reserved, now, self._cap(settings), self._plan(settings)
-        )
-        return [usage, *crossings]
+        cap, plan = profile.cap, profile.plan
+        if not limits_reached(spent, reserved, cap, plan.soft_threshold_pct):
+            return [usage]
+        return [usage, *self._crossings(user, index, month, spent, reserved, now, cap, plan)]
+
+    def _moment(self, now: datetime) -> tuple[datetime, datetime, int]:
+        """(the latest ts a usage may carry, the clock decisions go by, the dedupe window's first month) at
+        `now`: worked out once for all the usage of one message (they share `now`), again when the
+        horizon moves."""
+        horizon = self._months.horizon
+        memo = self._moment_memo
+        if memo is not None and memo[0] is now and memo[1] is horizon:
+            return memo[2]
+        clock = self._months.clock(now)
+        moment = (now + MAX_AHEAD, clock, utc_month_number(clock) - 1)
+        self._moment_memo = (now, horizon, moment)
+        return moment
 
     def _place(
         self, command: RecordUsage, ts_month: str, zone: str, clock: datetime
@@ -209,11 +246,10 @@ class Ledger(LedgerState):
             return []
         if command.expires_at is not None and now > command.expires_at:
             return []  # the caller gave up waiting: nothing is held for an answer nobody reads
-        index, settings = self._settings(user)
-        month = month_in(now, self._zone(settings))
+        profile = self._profile(user)
+        index, cap, plan = profile.index, profile.cap, profile.plan
+        month = month_in(now, profile.zone)
         spent, reserved = self._totals(index, month)
-        cap = self._cap(settings)
-        plan = self._plan(settings)
         remaining = max(0, cap - spent - reserved)
 
         def deny(reason: str, amount: int) -> ReservationDenied:

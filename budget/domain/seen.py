@@ -11,6 +11,14 @@ a dict that reaches `stage_limit` entries is merged into its run, which costs on
 1/64 of the index, ~2 MB at 10M keys: about a millisecond). A lookup is a dict probe and one binary
 search. Forgetting old months is spread out the same way: one partition per insert.
 
+Nearly every lookup is of a new key, which the run does not hold. Beside each run a one-bit-per-slot
+filter marks the slot of each of its keys (the key modulo the slots); an unmarked slot answers "not held"
+without the binary search, which costs several times more from Python. A marked slot (the key's, or 1 in
+8 to 1 in 4 of the others) searches as before. A filter is built with FILTER_BITS slots a key (one byte a
+key); a merge marks its new keys in a copy (a rebuild would cost more than the merge: ~1.4 ms against
+~0.8 ms at 10M keys), until the run has doubled (MIN_FILTER_BITS slots a key) or lost keys to forgetting,
+which build it anew. So the filters take 0.5-1 byte a key: 5-10 MB at 10M keys.
+
 A 64-bit key collision between two different events (about 3e-6 over 10M keys) shows as a conflicting
 duplicate, which is kept as a dead letter; only a collision of key and digest together (about 1e-15)
 would take a new event for a redelivery.
@@ -18,6 +26,7 @@ would take a new event for a redelivery.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -33,14 +42,35 @@ _SHIFT = 64 - PARTITION_BITS
 _HALF = PARTITIONS // 2  # signed keys: the top bits run from -32 to 31
 DIGEST_MASK = 0xFFFF_FFFF
 STAGE_LIMIT = 4096
+FILTER_BITS = 8  # filter slots per key in a run, when built
+MIN_FILTER_BITS = 4  # below this many slots per key, a merge builds the filter anew
+_EMPTY_FILTER = (bytes(8), 64)  # a run of no keys: every slot unmarked
 
 _pack = msgspec.msgpack.encode
+_signed_64 = struct.Struct("<q").unpack
+_PAIR = b"\x92"  # msgpack: an array of two
+
+KeyHasher = blake2b
 
 
 def usage_key(user_id: str, event_id: str) -> int:
-    """The idempotency key of a usage event: (user_id, event_id) hashed to a signed 64-bit integer."""
-    digest = blake2b(_pack((user_id, event_id)), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    """The idempotency key of a usage event: (user_id, event_id) packed as a msgpack pair and hashed to a
+    signed 64-bit integer (8 bytes of BLAKE2b, little-endian)."""
+    return usage_key_of(key_hasher(user_id), event_id)
+
+
+def key_hasher(user_id: str) -> KeyHasher:
+    """A hasher fed with the first half of a user's keys, to be copied for each of their events (which
+    costs less than starting a hash)."""
+    return blake2b(_PAIR + _pack(user_id), digest_size=8)
+
+
+def usage_key_of(hasher: KeyHasher, event_id: str) -> int:
+    """`usage_key(user_id, event_id)` given `key_hasher(user_id)`."""
+    h = hasher.copy()
+    h.update(_pack(event_id))
+    key: int = _signed_64(h.digest())[0]
+    return key
 
 
 def content_digest(
@@ -82,6 +112,8 @@ class SeenIndex:
         self._digests = [np.empty(0, np.uint32) for _ in range(PARTITIONS)]
         self._months = [np.empty(0, np.uint16) for _ in range(PARTITIONS)]
         self._key_views = [keys.data for keys in self._keys]
+        self._filters = [_EMPTY_FILTER[0]] * PARTITIONS
+        self._filter_slots = [_EMPTY_FILTER[1]] * PARTITIONS
         # Recent entries per partition: key -> digest | month << 32.
         self._stages: list[dict[int, int]] = [{} for _ in range(PARTITIONS)]
         self.first_month = 0  # entries of earlier window months are forgotten
@@ -98,6 +130,9 @@ class SeenIndex:
         p = (key >> _SHIFT) + _HALF
         found = self._stages[p].get(key)
         if found is None:
+            slot = key % self._filter_slots[p]
+            if not self._filters[p][slot >> 3] >> (slot & 7) & 1:
+                return None
             keys = self._keys[p]
             i = int(keys.searchsorted(key))
             if i == len(keys) or self._key_views[p][i] != key:
@@ -124,8 +159,9 @@ class SeenIndex:
         stage = self._stages[p]
         found = stage.get(key)
         if found is None:
-            keys = self._keys[p]
-            if len(keys):
+            slot = key % self._filter_slots[p]
+            if self._filters[p][slot >> 3] >> (slot & 7) & 1:
+                keys = self._keys[p]
                 i = keys.searchsorted(key)
                 if i < len(keys) and self._key_views[p][i] == key:
                     found = int(self._months[p][i]) << 32
@@ -182,6 +218,7 @@ class SeenIndex:
             np.insert(self._keys[p], at, keys),
             np.insert(self._digests[p], at, digests),
             np.insert(self._months[p], at, months),
+            added=keys,
         )
         self._stages[p] = {}
         self._prune(p)
@@ -195,10 +232,23 @@ class SeenIndex:
         if any(value >> 32 < self.first_month for value in stage.values()):
             self._stages[p] = {k: v for k, v in stage.items() if v >> 32 >= self.first_month}
 
-    def _set(self, p: int, keys: np.ndarray, digests: np.ndarray, months: np.ndarray) -> None:
+    def _set(
+        self,
+        p: int,
+        keys: np.ndarray,
+        digests: np.ndarray,
+        months: np.ndarray,
+        added: np.ndarray | None = None,
+    ) -> None:
+        """Replace partition `p`'s run; `added`: the run is the old one plus these keys."""
         # Runs are replaced, never changed in place: a snapshot may hold the old ones.
         self._keys[p], self._digests[p], self._months[p] = keys, digests, months
         self._key_views[p] = keys.data
+        slots = self._filter_slots[p]
+        if added is not None and slots >= MIN_FILTER_BITS * len(keys):
+            self._filters[p] = filter_with(self._filters[p], slots, added)
+        else:
+            self._filters[p], self._filter_slots[p] = run_filter(keys)
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -222,6 +272,25 @@ class SeenIndex:
         index.first_month = first_month
         index._unpruned = 0
         return index
+
+
+def run_filter(keys: np.ndarray) -> tuple[bytes, int]:
+    """A run's filter (see the module docstring): the bitmap (bit `slot % 8` of byte `slot // 8`), and
+    its number of slots (a key's slot is the key modulo that, as Python and numpy both take it: >= 0)."""
+    if not len(keys):
+        return _EMPTY_FILTER
+    slots = FILTER_BITS * len(keys) + 7 & ~7  # whole bytes
+    marked = np.zeros(slots, dtype=np.bool_)
+    marked[keys % slots] = True
+    return np.packbits(marked, bitorder="little").tobytes(), slots
+
+
+def filter_with(bitmap: bytes, slots: int, keys: np.ndarray) -> bytes:
+    """A copy of a run's filter with the slots of `keys` marked too."""
+    marked = np.frombuffer(bitmap, np.uint8).copy()
+    at = keys % slots
+    np.bitwise_or.at(marked, at >> 3, (1 << (at & 7)).astype(np.uint8))
+    return marked.tobytes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Self, assert_never
+from typing import Self, TypeAlias, assert_never
 
 import msgspec
 import numpy as np
@@ -33,6 +33,7 @@ from budget.domain.events import (
 from budget.domain.expiry import ExpiryQueue
 from budget.domain.months import month_in, utc_month_number, window_month_number
 from budget.domain.prices import PriceCatalog
+from budget.domain.profiles import Profile, RecentUsers
 from budget.domain.retention import OpenMonths, Remembered
 from budget.domain.seen import SeenIndex, content_digest, usage_key
 from budget.domain.snapshot import LedgerSnapshot, MonthArrays
@@ -44,6 +45,9 @@ from budget.errors import SnapshotError
 # it would move the ledger's clock, and with it what the ledger forgets, ahead of time.
 MAX_AHEAD = timedelta(hours=1)
 FLAGS: dict[Limit, int] = {"soft": SOFT_FLAG, "cap": CAP_FLAG}
+# A usage as decided, for its apply: the event, its dedupe key, digest and window month, the user's index
+# (None: not yet numbered) and its month's totals (None: not yet kept).
+Decided: TypeAlias = tuple[UsageRecorded, int, int, int, int | None, MonthTally | None]
 
 
 class LedgerState:
@@ -59,10 +63,10 @@ class LedgerState:
         self._reservations: dict[str, ReservationGranted] = {}
         self._expiry = ExpiryQueue()
         self._seen = SeenIndex()
+        self._recent = RecentUsers()
         # A usage moves the clock only if stamped after this (the horizon plus MAX_AHEAD).
         self._usage_moves_clock_after: datetime | None = None
-        # The last usage decided, with its key, digest and window month, until the next apply.
-        self._decided: tuple[UsageRecorded, int, int, int] | None = None
+        self._decided: Decided | None = None  # the last usage decided, until the next apply
         self.dead_letters = 0
         self.denials = 0
 
@@ -75,6 +79,18 @@ class LedgerState:
     def _settings(self, user_id: str) -> tuple[int | None, Settings]:
         index = self._users.find(user_id)
         return index, self._settings_of.of(index)
+
+    def _profile(self, user_id: str) -> Profile:
+        """The user as decisions see them, kept for the users seen lately (budget.domain.profiles)."""
+        profile = self._recent.get(user_id)
+        if profile is None:
+            index, settings = self._settings(user_id)
+            plan = self._plan(settings)
+            cap = plan.cap_nanos if settings.cap_nanos is None else settings.cap_nanos
+            profile = Profile(user_id, index, settings, self._zone(settings), cap, plan)
+            if index is not None:  # a new user is numbered when applied: nothing to keep before that
+                self._recent.keep(profile)
+        return profile
 
     def _zone(self, settings: Settings) -> str:
         return settings.timezone or self.config.default_timezone
@@ -105,11 +121,10 @@ class LedgerState:
 
     def status(self, user_id: str, now: datetime) -> UserStatus:
         """The user's current month: spent, reserved, cap, remaining and state."""
-        index, settings = self._settings(user_id)
-        zone = self._zone(settings)
+        profile = self._profile(user_id)
+        zone, cap = profile.zone, profile.cap
         month = month_in(now, zone)
-        spent, reserved = self._totals(index, month)
-        cap = self._cap(settings)
+        spent, reserved = self._totals(profile.index, month)
         return UserStatus(
             user_id=user_id,
             month=month,
@@ -117,8 +132,8 @@ class LedgerState:
             reserved_nanos=reserved,
             cap_nanos=cap,
             remaining_nanos=max(0, cap - spent - reserved),
-            state=state_of(spent, reserved, cap, self._plan(settings).soft_threshold_pct),
-            plan=settings.plan,
+            state=state_of(spent, reserved, cap, profile.plan.soft_threshold_pct),
+            plan=profile.settings.plan,
             timezone=zone,
         )
 
@@ -211,6 +226,7 @@ class LedgerState:
             case UserConfigured():
                 index = self._users.add(event.user_id)
                 self._settings_of.configure(index, event.cap_nanos, event.plan, event.timezone)
+                self._recent.forget(event.user_id)
             case LimitCrossed():
                 self._months.tally(event.month).set_flag(self._users.add(event.user_id), FLAGS[event.limit])
             case ReservationDenied():
@@ -221,12 +237,17 @@ class LedgerState:
                 assert_never(event)
         self._advance(event.ts)
 
-    def _apply_usage(self, event: UsageRecorded, decided: tuple[UsageRecorded, int, int, int] | None) -> None:
+    def _apply_usage(self, event: UsageRecorded, decided: Decided | None) -> None:
         ts = event.ts
         if decided is not None and decided[0] is event:
-            _, key, digest, window = decided  # decided just now: not held, and nothing changed since
+            # Decided just now: not held, and nothing has changed since (any apply clears `_decided`).
+            _, key, digest, window, index, tally = decided
             if window >= self._seen.first_month:
                 self._seen.add(key, digest, window)
+            if index is None:
+                index = self._users.add(event.user_id)
+            if tally is None:
+                tally = self._months.tally(event.month or self.month_of(event.user_id, ts))
         else:
             digest = content_digest(
                 ts,
@@ -242,8 +263,9 @@ class LedgerState:
             key = usage_key(event.user_id, event.event_id)
             if not self._seen.insert(key, digest, window_month_number(ts)):
                 return  # a duplicate that reached the store anyway still counts once
-        month = event.month or self.month_of(event.user_id, ts)
-        self._months.tally(month).add_spent(self._users.add(event.user_id), event.cost_nanos)
+            index = self._users.add(event.user_id)
+            tally = self._months.tally(event.month or self.month_of(event.user_id, ts))
+        tally.add_spent(index, event.cost_nanos)
         if event.reservation_id is not None:
             granted = self._reservations.get(event.reservation_id)
             if granted is not None and granted.user_id == event.user_id:
@@ -286,6 +308,7 @@ class LedgerState:
         if idle == 0 or 4 * idle < users:
             return
         self._users = self._users.subset(keep)
+        self._recent.clear()  # their indexes changed
         self._settings_of.kept(keep)
         for tally in self._months.tallies.values():
             tally.kept(keep)

@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import budget.domain.seen
-from budget.domain.events import Event
+from budget.domain.events import DeadLettered, Event, LimitCrossed, UsageRecorded
 from budget.domain.ledger import ConfigureUser, Ledger, LedgerSnapshot
-from budget.domain.seen import DIGEST_MASK, SeenIndex, content_digest, usage_key
+from budget.domain.profiles import Profile, RecentUsers
+from budget.domain.seen import (
+    DIGEST_MASK,
+    FILTER_BITS,
+    SeenIndex,
+    content_digest,
+    filter_with,
+    key_hasher,
+    run_filter,
+    usage_key,
+    usage_key_of,
+)
+from budget.domain.tallies import UNCONFIGURED
 from budget.domain.users import UserIndex
 from budget.errors import SnapshotError
-from tests.budget.ledger_helpers import CATALOG, MINI_COST, authorize, make_config, make_ledger, usage
+from tests.budget.ledger_helpers import CATALOG, MINI_COST, NOW, authorize, make_config, make_ledger, usage
 
 KEYS = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
@@ -53,6 +68,43 @@ def test_the_dedupe_index_holds_what_a_dict_holds(
         assert index.get(key) == digest | month << 32
     thawed = SeenIndex.thaw(index.freeze(), index.first_month)
     assert set(thawed.entries()) == set(index.entries())
+    for key, (digest, month) in model.items():
+        assert thawed.get(key) == digest | month << 32
+        assert not thawed.insert(key, digest, month)
+    for key, *_ in steps:
+        if key not in model:
+            assert thawed.get(key) is None
+
+
+@settings(max_examples=30, deadline=None)
+@given(keys=st.lists(KEYS, max_size=3000, unique=True))
+def test_a_runs_filter_marks_every_key_and_at_most_one_slot_in_eight(keys: list[int]) -> None:
+    """No key of the run is ever answered "not held" by its filter, and an absent key finds its slot
+    marked (and pays for the binary search) at most 1 time in FILTER_BITS."""
+    bitmap, slots = run_filter(np.array(sorted(keys), dtype=np.int64))
+    assert len(bitmap) * 8 == slots >= FILTER_BITS * len(keys)
+    for key in keys:
+        slot = key % slots
+        assert bitmap[slot >> 3] >> (slot & 7) & 1
+    marked = int(np.unpackbits(np.frombuffer(bitmap, np.uint8)).sum())
+    assert marked <= len(keys) and marked * FILTER_BITS <= slots
+    # A merge marks its keys in a copy of the filter it had: every key of the grown run is marked.
+    first, rest = keys[: len(keys) // 2], keys[len(keys) // 2 :]
+    early, early_slots = run_filter(np.array(sorted(first), dtype=np.int64))
+    grown = filter_with(early, early_slots, np.array(rest, dtype=np.int64))
+    assert len(grown) == len(early)
+    for key in keys:
+        slot = key % early_slots
+        assert grown[slot >> 3] >> (slot & 7) & 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(user=st.text(max_size=40), event_id=st.text(max_size=40))
+def test_a_usage_key_is_blake2b_of_the_msgpack_pair(user: str, event_id: str) -> None:
+    """The key never changes with how it is computed: snapshots hold keys made by earlier versions."""
+    packed = msgspec.msgpack.encode([user, event_id])
+    expected = int.from_bytes(hashlib.blake2b(packed, digest_size=8).digest(), "little", signed=True)
+    assert usage_key(user, event_id) == expected == usage_key_of(key_hasher(user), event_id)
 
 
 def test_keys_and_digests_are_stable_and_tell_users_and_content_apart() -> None:
@@ -64,6 +116,35 @@ def test_keys_and_digests_are_stable_and_tell_users_and_content_apart() -> None:
     assert content_digest(ts, *fields) == content_digest(ts.astimezone(), *fields)
     assert content_digest(ts, *fields) != content_digest(ts + timedelta(microseconds=1), *fields)
     assert 0 <= content_digest(ts, *fields) <= DIGEST_MASK
+
+
+def test_new_settings_reach_the_users_next_usage_at_once() -> None:
+    """Decisions keep what they worked out about recent users: a configure must replace it."""
+    ledger = make_ledger(cap_usd="1")
+    now = datetime(2026, 11, 30, 20, 0, tzinfo=UTC)  # already December in Tokyo
+    [first] = ledger.execute(usage("a", ts=now), now)
+    assert isinstance(first, UsageRecorded) and first.month == "2026-11"
+    ledger.execute(ConfigureUser(user_id="u", timezone="Asia/Tokyo"), now)
+    [second] = ledger.execute(usage("b", ts=now), now)
+    assert isinstance(second, UsageRecorded) and second.month == "2026-12"
+    assert ledger.execute(ConfigureUser(user_id="u", cap_usd=Decimal("0.0003")), now)[1:] == []
+    _, *crossed = ledger.execute(usage("c", ts=now), now)  # 2 x MINI_COST passes a $0.0003 cap
+    assert [(e.limit, e.month) for e in crossed if isinstance(e, LimitCrossed)] == [
+        ("soft", "2026-12"),
+        ("cap", "2026-12"),
+    ]
+
+
+def test_recent_users_are_bounded() -> None:
+    recent = RecentUsers(limit=3)
+    plan = make_config().default_plan
+    profiles = [Profile(f"u{i}", i, UNCONFIGURED, "UTC", 1, plan) for i in range(7)]
+    for profile in profiles:
+        recent.keep(profile)
+        assert recent.get(profile.user_id) is profile
+    assert sum(recent.get(p.user_id) is not None for p in profiles) <= 3
+    recent.forget("u6")
+    assert recent.get("u6") is None
 
 
 def busy_ledger() -> Ledger:
@@ -216,3 +297,45 @@ def test_users_who_hold_nothing_any_more_leave_the_index() -> None:
     assert replayed.snapshot() == ledger.snapshot() and indexed_users(replayed) == 12
     restored = Ledger.from_snapshot(ledger.config, CATALOG, ledger.to_snapshot(seq=1))
     assert restored.snapshot() == ledger.snapshot()
+
+
+def test_what_decisions_keep_of_recent_users_follows_their_renumbering() -> None:
+    """Users known to decisions (each reported twice in January) are renumbered once January is settled:
+    their March usage still lands on their own totals, as in a replay."""
+    ledger = make_ledger()
+    log: list[Event] = []
+    january = datetime(2026, 1, 10, tzinfo=UTC)
+    for round_ in range(2):
+        for i in range(100):
+            log += ledger.execute(usage(f"j{round_}-{i}", user=f"user-{i}", ts=january), january)
+    march = datetime(2026, 3, 5, tzinfo=UTC)
+    for i in range(99, 0, -10):  # the last numbered first: every later one was renumbered
+        log += ledger.execute(usage(f"m{i}", user=f"user-{i}", ts=march, input_tokens=1000 + i), march)
+    assert indexed_users(ledger) == 10
+    for i in range(99, 0, -10):
+        assert ledger.spent(f"user-{i}", "2026-03") == (MINI_COST + 150 * i, 0)
+    replayed = make_ledger()
+    replayed.apply_all(log)
+    assert replayed.snapshot() == ledger.snapshot()
+
+
+def test_a_usage_report_without_its_payload_is_described_field_by_field() -> None:
+    """What a dead letter keeps of a usage report made in Python (no original payload)."""
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    ledger = make_ledger()
+    [dead] = ledger.decide(usage("e", ts=ts, model="no-such-model", topic="t"), NOW)
+    assert isinstance(dead, DeadLettered) and dead.reason == "unknown_model"
+    assert msgspec.json.decode(dead.payload) == {
+        "event_id": "e",
+        "user_id": "u",
+        "ts": "2026-01-01T00:00:00Z",
+        "model": "no-such-model",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "feature": "default",
+        "reservation_id": None,
+        "outcome": "ok",
+        "topic": "t",
+    }

@@ -329,3 +329,19 @@ def test_an_authorization_reserves_at_the_price_in_force_when_it_is_decided() ->
     assert isinstance(before, ReservationGranted) and isinstance(after, ReservationGranted)
     assert before.amount_nanos == 1000 * 10_000 + 100 * 40_000
     assert after.amount_nanos < before.amount_nanos
+
+
+def test_the_ledger_prices_a_usage_named_by_a_dated_snapshot_as_its_model() -> None:
+    plan = Plan(name="default", cap_nanos=10**12, at_cap="block", degrade_model=None, soft_threshold_pct=80)
+    ledger = Ledger(EnforcerConfig(default_plan=plan), CATALOG)
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+    def use(event_id: str, model: str) -> RecordUsage:
+        return RecordUsage(
+            event_id=event_id, user_id="u1", ts=now, model=model, input_tokens=1000, output_tokens=100
+        )
+
+    [dated, *_] = ledger.execute(use("e1", "gpt-4o-2024-08-06"), now)
+    [plain, *_] = ledger.execute(use("e2", "gpt-4o"), now)
+    assert isinstance(dated, UsageRecorded) and isinstance(plain, UsageRecorded)
+    assert dated.cost_nanos == plain.cost_nanos == 1000 * 2_500 + 100 * 10_000
