@@ -104,6 +104,42 @@ def test_format_is_told_from_the_file() -> None:
     assert read_trace(MOONCAKE[0]).format == "mooncake"
 
 
+AZURE_2023 = (
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    "2023-11-16 18:15:46.6805900,374,44\n"
+    "2023-11-16 18:15:50.9951690,396,109\n"
+    "2023-11-16 18:16:01,879,28\n"
+)
+AZURE_2024 = (
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    "2024-05-10 00:00:00.006000+00:00,1631,55\n"
+    "2024-05-10 00:00:04.311000+00:00,2270,303\n"
+    "2024-05-10 02:00:15+02:00,412,12\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_t"),
+    [(AZURE_2023, [0.0, 4.314579, 14.31941]), (AZURE_2024, [0.0, 4.305, 14.994])],
+    ids=["2023", "2024"],
+)
+def test_both_azure_timestamp_releases_read(tmp_path: Path, text: str, expected_t: list[float]) -> None:
+    path = tmp_path / "azure.csv"
+    path.write_text(text)
+    rows = read_trace(path)
+    assert rows.format == "azure"
+    assert rows.t.tolist() == pytest.approx(expected_t, abs=1e-6)
+    assert rows.input_tokens.tolist() == [int(line.split(",")[1]) for line in text.splitlines()[1:]]
+
+
+def test_an_azure_timestamp_in_neither_release_format_names_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "azure.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00+00:00,1,1\nMay 10,1,1\n")
+    code, _, err = run_cli("replay", str(path))
+    assert code == 2 and err.count("\n") == 1
+    assert f"{path}: line 3: TIMESTAMP" in err and "'May 10'" in err
+
+
 def run_cli(*args: str) -> tuple[int, str, str]:
     result = CliRunner().invoke(main, list(args))
     return result.exit_code, result.stdout, result.stderr
