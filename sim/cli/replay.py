@@ -21,7 +21,8 @@ from sim.io.progress import progress_bar, wanted
 @click.option(
     "--policies",
     type=click.Path(dir_okay=False),
-    help="A scenario TOML whose levers (caches, router, providers, retries, streaming) to replay through",
+    help="A scenario TOML whose levers (caches, router, providers, retries, streaming) to replay through; "
+    "only what it states changes the pass-through (no failures or rate limits it does not write)",
 )
 @click.option("--model", help="The one model of the pass-through (default gpt-4o-mini; not with --policies)")
 @click.option(
@@ -34,11 +35,17 @@ def replay(
     """Replay TRACE (real arrival times and token counts) and print the same figures as `simulate`.
 
     Without --policies every lever is off and nothing fails: the trace's own cost at --model's prices.
+    With --policies only what the file states changes that pass-through.
     """
-    from sim.calibration.replay import DEFAULT_MODEL, passthrough_scenario, prompt_cache_figures
+    from sim.calibration.replay import (
+        DEFAULT_MODEL,
+        passthrough_scenario,
+        policies_scenario,
+        prompt_cache_figures,
+    )
     from sim.calibration.replay import replay as run_replay
     from sim.errors import SimError
-    from sim.io.scenarios import load_scenario
+    from sim.io.scenarios import read_table
     from sim.io.traces import read_trace
     from sim.workbench import render
 
@@ -49,7 +56,7 @@ def replay(
             bar.note(f"reading {Path(trace).name}")
             rows = read_trace(trace, trace_format)
             if policies is not None:
-                scenario, catalog = load_scenario(policies)
+                scenario, catalog = policies_scenario(read_table(policies), policies)
             else:
                 scenario, catalog = passthrough_scenario(model or DEFAULT_MODEL)
             run, result = run_replay(rows, scenario, catalog, seed, on_phase=bar.note)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from budget.domain.catalog import default_catalog
 from budget.domain.events import UsageRecorded, encode_usage
 from budget.domain.prices import PriceCatalog
-from sim.calibration.replay import passthrough_scenario, replay
+from sim.calibration.replay import passthrough_scenario, policies_scenario, replay
 from sim.cli import main
 from sim.io.forecast_db import usage_frame
 from sim.io.traces import read_trace
@@ -97,6 +97,32 @@ def test_the_exact_cache_hits_each_exact_repeat_in_the_trace(path: Path) -> None
     run, result = replay(read_trace(path), scenario, catalog)
     assert int((run.served == Served.EXACT).sum()) == repeats
     assert result.results[0]["hit_rate"]["exact"] == pytest.approx(repeats / len(hash_lists))
+
+
+def test_a_policies_file_changes_only_what_it_states(tmp_path: Path) -> None:
+    rows = read_trace(MOONCAKE[1])
+    plain_run, _ = replay(rows, *passthrough_scenario())
+    policies = tmp_path / "exact.toml"
+    policies.write_text("[cache.exact]\nenabled = true\n")
+    code, out, err = run_cli("replay", str(MOONCAKE[1]), "--policies", str(policies), "--format", "json")
+    assert code == 0, err
+    level = json.loads(out)["results"][0]
+    assert (level["failed_requests"], level["rate_limited"], level["retries"]) == (0, 0, 0)
+    assert level["regenerations"] == 0 and level["hit_rate"]["exact"] > 0
+    cached_run, _ = replay(rows, *policies_scenario({"cache": {"exact": {"enabled": True}}}, "exact.toml"))
+    served_from_cache = cached_run.served == Served.EXACT
+    # Each request the cache answered costs nothing; every other request bills what it billed before.
+    assert int(cached_run.cost_nanos.sum()) == int(plain_run.cost_nanos[~served_from_cache].sum())
+    assert int(cached_run.cost_nanos[served_from_cache].sum()) == 0
+
+
+def test_a_policies_file_keeps_the_provider_fields_it_writes() -> None:
+    stated = {"router": {"model": "gpt-4o"}, "providers": {"gpt-4o": {"error_rate": 0.2}}}
+    scenario, _ = policies_scenario(stated, "errors.toml")
+    provider = scenario.provider("gpt-4o")
+    assert provider.error_rate == 0.2
+    assert (provider.timeout_rate, provider.bad_completion_rate) == (0.0, 0.0)
+    assert scenario.name == "errors"
 
 
 def test_format_is_told_from_the_file() -> None:
