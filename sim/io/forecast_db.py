@@ -2,7 +2,8 @@
 
 The `usage` table has exactly the enforcer's columns (budget.events.USAGE_COLUMNS), so one query answers
 "what did we spend" (source = 'live') and "what would we have spent" (source = 'sim:<scenario>').
-Millions of events go in as Arrow batches, never row by row.
+Millions of events go in as Arrow batches, never row by row. `forecast_tokens` holds each run's billed
+tokens per model (the `tokens_by_model` figures), one row per run and model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -26,6 +28,14 @@ _CACHE_HIT = len(Outcome)
 _USAGE_OUTCOMES = {**{int(o): o.usage_outcome for o in Outcome}, _CACHE_HIT: "cache_hit"}
 _USAGE_LAYERS = {int(layer): layer.usage_layer for layer in CacheLayer}
 RUN_COLUMNS = ("run_id", "scenario", "seed", "mau", "replication", "days", "written_at", "figures")
+TOKEN_TABLE_COLUMNS = {
+    "run_id": "VARCHAR",
+    "model": "VARCHAR",
+    "input_tokens": "BIGINT",
+    "cached_input_tokens": "BIGINT",
+    "cache_write_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+}
 # Which prices priced a run (budget.domain.prices.PriceCatalog.provenance): the catalog and its version,
 # the day its data was published, the day whose prices applied, the models a [prices] table overrode.
 PRICE_COLUMNS = {
@@ -47,6 +57,8 @@ class ForecastWriter:
             "CREATE TABLE IF NOT EXISTS forecast_runs (run_id VARCHAR, scenario VARCHAR, seed BIGINT, "
             "mau BIGINT, replication BIGINT, days BIGINT, written_at TIMESTAMPTZ, figures JSON)"
         )
+        tokens = ", ".join(f"{name} {kind}" for name, kind in TOKEN_TABLE_COLUMNS.items())
+        self.connection.execute(f"CREATE TABLE IF NOT EXISTS forecast_tokens ({tokens})")
         # Which prices priced the run; added to a file written before they were recorded (NULL there).
         for column, kind in PRICE_COLUMNS.items():
             self.connection.execute(f"ALTER TABLE forecast_runs ADD COLUMN IF NOT EXISTS {column} {kind}")
@@ -92,6 +104,7 @@ class ForecastWriter:
                     *provenance,
                 ],
             )
+            self._write_tokens(run_id, summary)
         self.connection.execute(
             "CREATE OR REPLACE VIEW forecasts AS SELECT run_id, scenario, seed, mau, replication, days, "
             "CAST(figures->>'cost_usd' AS DOUBLE) AS cost_usd, "
@@ -99,6 +112,18 @@ class ForecastWriter:
             "CAST(figures->>'cost_per_user_month_usd.p90' AS DOUBLE) AS cost_per_user_month_p90_usd, "
             "CAST(figures->>'quality' AS DOUBLE) AS quality, figures FROM forecast_runs"
         )
+
+    def _write_tokens(self, run_id: str, summary: dict[str, Any]) -> None:
+        self.connection.execute("DELETE FROM forecast_tokens WHERE run_id = ?", [run_id])
+        rows = [
+            [run_id, model, tokens["input"], tokens["cached_input"], tokens["cache_write"], tokens["output"]]
+            for model, tokens in summary.get("tokens_by_model", {}).items()
+        ]
+        if rows:
+            marks = ", ".join("?" * len(TOKEN_TABLE_COLUMNS))
+            self.connection.executemany(
+                f"INSERT INTO forecast_tokens ({', '.join(TOKEN_TABLE_COLUMNS)}) VALUES ({marks})", rows
+            )
 
     def close(self) -> None:
         self.connection.close()

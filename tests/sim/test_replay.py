@@ -75,6 +75,9 @@ def test_pass_through_reproduces_tokens_and_cost_to_the_nano_dollar(model: str, 
         assert int(run.cost_nanos.sum()) == inputs * price.input + outputs * price.output, path.name
         assert result.results[0]["requests"] == rows.requests
         assert result.results[0]["failed_requests"] == 0 and result.results[0]["rate_limited"] == 0
+        tokens = result.results[0]["tokens"]
+        assert (tokens["input"], tokens["output"]) == (inputs, outputs), path.name
+        assert result.results[0]["tokens_by_model"][model]["input"] == inputs
 
 
 def test_usage_events_keep_their_users_and_sessions(tmp_path: Path) -> None:
