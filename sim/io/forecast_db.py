@@ -63,13 +63,15 @@ class ForecastWriter:
         for column, kind in PRICE_COLUMNS.items():
             self.connection.execute(f"ALTER TABLE forecast_runs ADD COLUMN IF NOT EXISTS {column} {kind}")
 
-    def write_run(self, run: RunResult) -> str:
-        """Store one run's usage events; returns its run id."""
-        run_id = run_key(run.scenario.name, run.seed, run.traffic.mau, run.replication)
+    def write_run(self, run: RunResult, name: str | None = None) -> str:
+        """Store one run's usage events; returns its run id. `name` (default: the scenario's) is the
+        name its forecast is written under, so that the run's rows and figures share one run id."""
+        name = run.scenario.name if name is None else name
+        run_id = run_key(name, run.seed, run.traffic.mau, run.replication)
         self.connection.execute("DELETE FROM usage WHERE run_id = ?", [run_id])
         compact = usage_frame(run, run_id)
         for offset in range(0, compact.height, ROWS_PER_BATCH):
-            rows = usage_rows(run, run_id, compact.slice(offset, ROWS_PER_BATCH), offset)
+            rows = usage_rows(run, run_id, compact.slice(offset, ROWS_PER_BATCH), offset, name)
             self.connection.register("usage_batch", rows.to_arrow())
             self.connection.execute(f"INSERT INTO usage SELECT {', '.join(USAGE_COLUMNS)} FROM usage_batch")
             self.connection.unregister("usage_batch")
@@ -182,8 +184,11 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
     )
 
 
-def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) -> pl.DataFrame:
-    """A slice of the compact rows in the usage table's columns (strings are made per slice: memory)."""
+def usage_rows(
+    run: RunResult, run_id: str, compact: pl.DataFrame, offset: int, name: str | None = None
+) -> pl.DataFrame:
+    """A slice of the compact rows in the usage table's columns (strings are made per slice: memory);
+    `source` is 'sim:' and `name` (default: the scenario's)."""
     start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
     ts = pl.lit(start) + pl.duration(microseconds=pl.col("micros"))
     return compact.select(
@@ -201,6 +206,6 @@ def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) 
         pl.col("layer_code").replace_strict(_USAGE_LAYERS, return_dtype=pl.Utf8).alias("cache_layer"),
         pl.lit(None, dtype=pl.Utf8).alias("reservation_id"),
         "cost_nanos",
-        pl.lit(f"sim:{run.scenario.name}").alias("source"),
+        pl.lit(f"sim:{run.scenario.name if name is None else name}").alias("source"),
         pl.lit(run_id).alias("run_id"),
     )

@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import msgspec
 import numpy as np
 import pytest
@@ -126,6 +127,23 @@ def test_a_policies_file_keeps_the_provider_fields_it_writes() -> None:
     assert provider.error_rate == 0.2
     assert (provider.timeout_rate, provider.bad_completion_rate) == (0.0, 0.0)
     assert scenario.name == "errors"
+
+
+def test_replay_out_stores_the_traces_own_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "replay.duckdb"
+    code, out_text, err = run_cli("replay", str(AZURE[0]), "--out", str(out), "--format", "json")
+    assert code == 0, err
+    inputs, outputs = plain_totals(AZURE[0])
+    with duckdb.connect(str(out), read_only=True) as db:
+        stored = db.execute(
+            "SELECT model, input_tokens, output_tokens, run_id FROM forecast_tokens"
+        ).fetchall()
+        usage = db.execute(
+            "SELECT run_id, sum(input_tokens), sum(output_tokens) FROM usage GROUP BY ALL"
+        ).fetchall()
+    assert [row[:3] for row in stored] == [("gpt-4o-mini", inputs, outputs)]
+    assert usage == [(stored[0][3], inputs, outputs)]  # events and figures share the run id
+    assert json.loads(out_text)["results"][0]["tokens"]["input"] == inputs
 
 
 def test_format_is_told_from_the_file() -> None:
