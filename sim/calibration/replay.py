@@ -3,11 +3,13 @@
 Without a policies file the replay is a pass-through: every lever off, no injected failures (error,
 timeout and bad-completion rates 0, rate limits out of reach), one model. Its cost is then exactly the
 trace's tokens at that model's prices -- the baseline every what-if on this traffic is measured against.
+A policies file is applied on top of that pass-through: only what it states changes, so a replay through
+an exact cache differs from the pass-through by the cache alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,9 @@ from sim.model import engine
 from sim.model.forecast import Forecast, summarize
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
-from sim.model.scenario_checks import parse_scenario
+from sim.model.scenario_checks import merge, parse_scenario
 
-__all__ = ["DEFAULT_MODEL", "passthrough_scenario", "prompt_cache_figures", "replay"]
+__all__ = ["DEFAULT_MODEL", "passthrough_scenario", "policies_scenario", "prompt_cache_figures", "replay"]
 
 
 def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCatalog]:
@@ -37,6 +39,28 @@ def passthrough_scenario(model: str = DEFAULT_MODEL) -> tuple[Scenario, PriceCat
         "providers": {model: passthrough_provider()},
     }
     return parse_scenario(table, "(pass-through)")
+
+
+def policies_scenario(policies: Mapping[str, Any], where: str) -> tuple[Scenario, PriceCatalog]:
+    """The pass-through with only the tables `policies` states on top; `where` names it in errors.
+
+    A scenario file read alone brings every default, among them provider errors, timeouts, bad
+    completions and rate limits the trace never had, which would be counted as the levers' doing. Here
+    each model the policies call starts from the pass-through provider and changes only in the fields
+    the file writes; without a [router], the pass-through's model answers.
+    """
+    table = merge({"router": {"model": DEFAULT_MODEL}}, policies)
+    scenario, _ = parse_scenario(table, where)
+    stated: Mapping[str, Any] = policies.get("providers", {})
+    providers = {
+        model: merge(passthrough_provider(), stated.get(model, {})) for model in _called_models(scenario)
+    }
+    return parse_scenario(merge(table, {"providers": providers}), where)
+
+
+def _called_models(scenario: Scenario) -> tuple[str, ...]:
+    degrade = scenario.cap.degrade_model if scenario.cap is not None else None
+    return (*scenario.models, degrade) if degrade else scenario.models
 
 
 def replay(

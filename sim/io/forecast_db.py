@@ -2,7 +2,8 @@
 
 The `usage` table has exactly the enforcer's columns (budget.events.USAGE_COLUMNS), so one query answers
 "what did we spend" (source = 'live') and "what would we have spent" (source = 'sim:<scenario>').
-Millions of events go in as Arrow batches, never row by row.
+Millions of events go in as Arrow batches, never row by row. `forecast_tokens` holds each run's billed
+tokens per model (the `tokens_by_model` figures), one row per run and model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -26,6 +28,14 @@ _CACHE_HIT = len(Outcome)
 _USAGE_OUTCOMES = {**{int(o): o.usage_outcome for o in Outcome}, _CACHE_HIT: "cache_hit"}
 _USAGE_LAYERS = {int(layer): layer.usage_layer for layer in CacheLayer}
 RUN_COLUMNS = ("run_id", "scenario", "seed", "mau", "replication", "days", "written_at", "figures")
+TOKEN_TABLE_COLUMNS = {
+    "run_id": "VARCHAR",
+    "model": "VARCHAR",
+    "input_tokens": "BIGINT",
+    "cached_input_tokens": "BIGINT",
+    "cache_write_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+}
 # Which prices priced a run (budget.domain.prices.PriceCatalog.provenance): the catalog and its version,
 # the day its data was published, the day whose prices applied, the models a [prices] table overrode.
 PRICE_COLUMNS = {
@@ -47,17 +57,21 @@ class ForecastWriter:
             "CREATE TABLE IF NOT EXISTS forecast_runs (run_id VARCHAR, scenario VARCHAR, seed BIGINT, "
             "mau BIGINT, replication BIGINT, days BIGINT, written_at TIMESTAMPTZ, figures JSON)"
         )
+        tokens = ", ".join(f"{name} {kind}" for name, kind in TOKEN_TABLE_COLUMNS.items())
+        self.connection.execute(f"CREATE TABLE IF NOT EXISTS forecast_tokens ({tokens})")
         # Which prices priced the run; added to a file written before they were recorded (NULL there).
         for column, kind in PRICE_COLUMNS.items():
             self.connection.execute(f"ALTER TABLE forecast_runs ADD COLUMN IF NOT EXISTS {column} {kind}")
 
-    def write_run(self, run: RunResult) -> str:
-        """Store one run's usage events; returns its run id."""
-        run_id = run_key(run.scenario.name, run.seed, run.traffic.mau, run.replication)
+    def write_run(self, run: RunResult, name: str | None = None) -> str:
+        """Store one run's usage events; returns its run id. `name` (default: the scenario's) is the
+        name its forecast is written under, so that the run's rows and figures share one run id."""
+        name = run.scenario.name if name is None else name
+        run_id = run_key(name, run.seed, run.traffic.mau, run.replication)
         self.connection.execute("DELETE FROM usage WHERE run_id = ?", [run_id])
         compact = usage_frame(run, run_id)
         for offset in range(0, compact.height, ROWS_PER_BATCH):
-            rows = usage_rows(run, run_id, compact.slice(offset, ROWS_PER_BATCH), offset)
+            rows = usage_rows(run, run_id, compact.slice(offset, ROWS_PER_BATCH), offset, name)
             self.connection.register("usage_batch", rows.to_arrow())
             self.connection.execute(f"INSERT INTO usage SELECT {', '.join(USAGE_COLUMNS)} FROM usage_batch")
             self.connection.unregister("usage_batch")
@@ -92,6 +106,7 @@ class ForecastWriter:
                     *provenance,
                 ],
             )
+            self._write_tokens(run_id, summary)
         self.connection.execute(
             "CREATE OR REPLACE VIEW forecasts AS SELECT run_id, scenario, seed, mau, replication, days, "
             "CAST(figures->>'cost_usd' AS DOUBLE) AS cost_usd, "
@@ -99,6 +114,18 @@ class ForecastWriter:
             "CAST(figures->>'cost_per_user_month_usd.p90' AS DOUBLE) AS cost_per_user_month_p90_usd, "
             "CAST(figures->>'quality' AS DOUBLE) AS quality, figures FROM forecast_runs"
         )
+
+    def _write_tokens(self, run_id: str, summary: dict[str, Any]) -> None:
+        self.connection.execute("DELETE FROM forecast_tokens WHERE run_id = ?", [run_id])
+        rows = [
+            [run_id, model, tokens["input"], tokens["cached_input"], tokens["cache_write"], tokens["output"]]
+            for model, tokens in summary.get("tokens_by_model", {}).items()
+        ]
+        if rows:
+            marks = ", ".join("?" * len(TOKEN_TABLE_COLUMNS))
+            self.connection.executemany(
+                f"INSERT INTO forecast_tokens ({', '.join(TOKEN_TABLE_COLUMNS)}) VALUES ({marks})", rows
+            )
 
     def close(self) -> None:
         self.connection.close()
@@ -157,8 +184,11 @@ def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
     )
 
 
-def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) -> pl.DataFrame:
-    """A slice of the compact rows in the usage table's columns (strings are made per slice: memory)."""
+def usage_rows(
+    run: RunResult, run_id: str, compact: pl.DataFrame, offset: int, name: str | None = None
+) -> pl.DataFrame:
+    """A slice of the compact rows in the usage table's columns (strings are made per slice: memory);
+    `source` is 'sim:' and `name` (default: the scenario's)."""
     start = dt.datetime.fromisoformat(run.scenario.traffic.start).replace(tzinfo=dt.UTC)
     ts = pl.lit(start) + pl.duration(microseconds=pl.col("micros"))
     return compact.select(
@@ -176,6 +206,6 @@ def usage_rows(run: RunResult, run_id: str, compact: pl.DataFrame, offset: int) 
         pl.col("layer_code").replace_strict(_USAGE_LAYERS, return_dtype=pl.Utf8).alias("cache_layer"),
         pl.lit(None, dtype=pl.Utf8).alias("reservation_id"),
         "cost_nanos",
-        pl.lit(f"sim:{run.scenario.name}").alias("source"),
+        pl.lit(f"sim:{run.scenario.name if name is None else name}").alias("source"),
         pl.lit(run_id).alias("run_id"),
     )

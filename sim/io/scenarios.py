@@ -24,9 +24,14 @@ def load_scenario(path: str | Path) -> tuple[Scenario, PriceCatalog]:
     merge into it key by key, so a what-if names only what it changes. A list of files layers them in
     order (e.g. a base scenario, then a measured semantic-cache profile).
     """
+    return parse_scenario(read_table(path), str(path))
+
+
+def read_table(path: str | Path) -> dict[str, Any]:
+    """A scenario file's table merged onto the tables it `extends`, not yet validated."""
     data = read_with_bases(Path(path))
     data.pop("extends", None)
-    return parse_scenario(data, str(path))
+    return data
 
 
 def read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

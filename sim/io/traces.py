@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,12 @@ TraceFormat = Literal["azure", "mooncake", "usage-jsonl"]
 FORMATS: tuple[TraceFormat, ...] = ("azure", "mooncake", "usage-jsonl")
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+# Azure's TIMESTAMP: 2023 'YYYY-MM-DD HH:MM:SS.fffffff'; 2024 adds an offset, '...SS.ffffff+00:00'.
+_AZURE_STAMP = re.compile(
+    r"(?P<head>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})"
+    r"(?:\.(?P<fraction>\d+))?"
+    r"(?P<offset>Z|[+-]\d{2}:?\d{2})?"
+)
 SESSION_GAP_S = 30 * 60.0  # a user's message more than 30 min after the previous one opens a new session
 
 
@@ -111,7 +118,8 @@ def parse_trace(where: str, text: str, trace_format: str) -> TraceRows:
 
 
 def parse_azure(path: str, text: str) -> TraceRows:
-    """The Azure LLM inference trace CSV: TIMESTAMP (UTC, 'YYYY-MM-DD HH:MM:SS.fffffff'), token columns."""
+    """The Azure LLM inference trace CSV: TIMESTAMP (UTC, 'YYYY-MM-DD HH:MM:SS.fffffff'
+    in the 2023 release, '...SS.ffffff+00:00' in 2024), token columns."""
     reader = csv.reader(io.StringIO(text))
     header = next(reader, [])
     missing = [name for name in AZURE_COLUMNS if name not in header]
@@ -303,16 +311,30 @@ def _tokens(path: str, line: int, field: str, value: Any) -> int:
 
 
 def _timestamp(path: str, line: int, field: str, value: str) -> float:
-    # Azure writes 7 fractional digits (100 ns); datetime takes at most 6, so the 7th is cut off.
-    text = value.strip()
-    head, dot, fraction = text.partition(".")
+    # datetime takes at most 6 fractional digits and Azure 2023 writes 7 (100 ns), so the fraction is
+    # added separately rather than parsed. A stamp without an offset is UTC.
+    match = _AZURE_STAMP.fullmatch(value.strip())
     try:
-        stamp = datetime.fromisoformat(head).replace(tzinfo=UTC)
-        return stamp.timestamp() + (float("0." + fraction) if dot and fraction else 0.0)
+        if match is None:
+            raise ValueError(value)
+        head, fraction, offset = match.group("head", "fraction", "offset")
+        stamp = datetime.fromisoformat(head + _iso_offset(offset))
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.timestamp() + (float("0." + fraction) if fraction else 0.0)
     except ValueError:
         raise TraceError(
-            path, line, field, f"expected a timestamp YYYY-MM-DD HH:MM:SS, got {value!r}"
+            path,
+            line,
+            field,
+            f"expected a timestamp YYYY-MM-DD HH:MM:SS[.fraction][+HH:MM], got {value!r}",
         ) from None
+
+
+def _iso_offset(offset: str | None) -> str:
+    if offset is None:
+        return ""
+    return "+00:00" if offset == "Z" else offset
 
 
 def _epoch(event: UsageRecorded) -> float:

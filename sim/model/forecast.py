@@ -2,7 +2,8 @@
 
 Every figure is computed from a run's requests and attempts. Each MAU level is simulated on its own (a
 global cache hits more at 100k users than at 1k: the 1k result is never scaled up). A run of fewer than
-30 days is extrapolated to the month by 30 / days.
+30 days has its costs extrapolated to the month by 30 / days; its token totals are the run's own, so that
+they can be checked against a provider's usage page or a replayed trace.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ _T975 += (2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
 _T975 += (2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 Summary = dict[str, Any]
+
+# Billed token kinds: the result's name for each and the attempt-log column it sums. Input counts every
+# billed input token; cached input and cache writes are the parts of it the provider's prompt cache read
+# and wrote (billed at their own prices).
+TOKEN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("input", "billed_input"),
+    ("cached_input", "billed_cached"),
+    ("cache_write", "billed_write"),
+    ("output", "billed_output"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +113,25 @@ def summarize(run: RunResult) -> Summary:
             "p50": float(np.percentile(ttft, 50)) if ttft.size else 0.0,
             "p95": float(np.percentile(ttft, 95)) if ttft.size else 0.0,
         },
+        **token_totals(run),
     }
     if run.scenario.cap is not None:
         summary["cap"] = cap_figures(run, per_user_month, scale)
     return summary
+
+
+def token_totals(run: RunResult) -> Summary:
+    """The billed tokens of the run's attempts (over the days simulated, not extrapolated), in total
+    ("tokens") and per model ("tokens_by_model"), each as input, cached_input, cache_write and output."""
+    model = run.attempts.column("model").astype(np.int64)
+    columns = {name: run.attempts.column(column).astype(np.int64) for name, column in TOKEN_COLUMNS}
+    return {
+        "tokens": {name: int(values.sum()) for name, values in columns.items()},
+        "tokens_by_model": {
+            name: {kind: int(values[model == i].sum()) for kind, values in columns.items()}
+            for i, name in enumerate(run.models)
+        },
+    }
 
 
 def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Summary:

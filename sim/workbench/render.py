@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sim.model.forecast import Forecast, flatten
+from sim.model.forecast import TOKEN_COLUMNS, Forecast, Summary, flatten
 
 Row = tuple[str, str, Callable[[float], str]]
 
@@ -61,6 +61,32 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+TOKEN_LABELS = {
+    "input": "input tokens",
+    "cached_input": "  of which cached",
+    "cache_write": "  of which cache writes",
+    "output": "output tokens",
+}
+
+
+def token_rows(results: Sequence[Summary]) -> list[tuple[str, str]]:
+    """(label, flat key) of the billed-token rows: the totals, then each model's that billed any."""
+    rows = [(TOKEN_LABELS[kind], f"tokens.{kind}") for kind, _ in TOKEN_COLUMNS]
+    models = sorted(
+        {m for r in results for m, tokens in r.get("tokens_by_model", {}).items() if any(tokens.values())}
+    )
+    for model in models:
+        rows += [
+            (f"{model}: {TOKEN_LABELS[kind].strip()}", f"tokens_by_model.{model}.{kind}")
+            for kind, _ in TOKEN_COLUMNS
+        ]
+    return rows
+
+
+def _token_title(days: int) -> str:
+    return f"billed tokens, {days} days"
+
+
 def _cell(result: dict[str, Any], key: str, fmt: Callable[[float], str]) -> str | None:
     flat = flatten(result)
     if key not in flat:
@@ -97,7 +123,12 @@ def forecast_table(forecast: Forecast) -> str:
         )
     runs = f"{forecast.replications} replication(s)"
     title = f"{forecast.scenario}: seed {forecast.seed}, {forecast.days} days, {runs}"
-    return f"{title}\n{_grid(header, rows)}"
+    tokens = [
+        [label, *(count(flatten(r).get(key, 0.0)) for r in forecast.results)]
+        for label, key in token_rows(forecast.results)
+    ]
+    token_header = [_token_title(forecast.days), *header[1:]]
+    return f"{title}\n{_grid(header, rows)}\n\n{_grid(token_header, tokens)}"
 
 
 def change(before: float, after: float, fmt: Callable[[float], str] = usd) -> str:
@@ -122,9 +153,22 @@ def comparison_table(forecasts: Sequence[Forecast]) -> str:
             base = flatten(first)[key]
             deltas = [change(base, flatten(f.results[level])[key], fmt) for f in forecasts[1:]]
             rows.append([label, *(cell or "" for cell in cells), *deltas])
-        blocks.append(f"{first['mau']:,} MAU\n{_grid(header, rows)}")
+        blocks.append(
+            f"{first['mau']:,} MAU\n{_grid(header, rows)}\n\n{_token_grid(forecasts, level, header)}"
+        )
     headline = [headline_line(forecasts[0], other) for other in forecasts[1:]]
     return "\n\n".join(blocks + headline)
+
+
+def _token_grid(forecasts: Sequence[Forecast], level: int, header: Sequence[str]) -> str:
+    """The billed tokens of each scenario at one MAU level, and the change from the first."""
+    results = [f.results[level] for f in forecasts]
+    flat = [flatten(r) for r in results]
+    rows = []
+    for label, key in token_rows(results):
+        values = [f.get(key, 0.0) for f in flat]
+        rows.append([label, *(count(v) for v in values), *(change(values[0], v, count) for v in values[1:])])
+    return _grid([_token_title(forecasts[0].days), *header[1:]], rows)
 
 
 def headline_line(before: Forecast, after: Forecast) -> str:

@@ -30,6 +30,7 @@ from sim.workbench.breakdown import (
     top_share,
     user_month_costs,
 )
+from sim.workbench.quality_method import FORMULA, quality_sources
 
 CAP_ROWS: tuple[render.Row, ...] = (
     ("cap per user-month", "cap.monthly_usd", render.usd),
@@ -321,6 +322,11 @@ def render_html(data: ReportData, images: dict[str, bytes]) -> str:
             ),
         ]
     sections.append(baseline_section(data))
+    sections += [
+        "<h2>How quality is scored</h2>",
+        f"<p>{html.escape(FORMULA)}</p>",
+        _table(["input", "value", "where it comes from"], quality_sources(scenario)),
+    ]
     body = "\n".join(section for section in sections if section)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>margins report: {html.escape(scenario.name)}</title>

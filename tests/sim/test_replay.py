@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import msgspec
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from budget.domain.catalog import default_catalog
 from budget.domain.events import UsageRecorded, encode_usage
 from budget.domain.prices import PriceCatalog
-from sim.calibration.replay import passthrough_scenario, replay
+from sim.calibration.replay import passthrough_scenario, policies_scenario, replay
 from sim.cli import main
 from sim.io.forecast_db import usage_frame
 from sim.io.traces import read_trace
@@ -75,6 +76,9 @@ def test_pass_through_reproduces_tokens_and_cost_to_the_nano_dollar(model: str, 
         assert int(run.cost_nanos.sum()) == inputs * price.input + outputs * price.output, path.name
         assert result.results[0]["requests"] == rows.requests
         assert result.results[0]["failed_requests"] == 0 and result.results[0]["rate_limited"] == 0
+        tokens = result.results[0]["tokens"]
+        assert (tokens["input"], tokens["output"]) == (inputs, outputs), path.name
+        assert result.results[0]["tokens_by_model"][model]["input"] == inputs
 
 
 def test_usage_events_keep_their_users_and_sessions(tmp_path: Path) -> None:
@@ -99,9 +103,88 @@ def test_the_exact_cache_hits_each_exact_repeat_in_the_trace(path: Path) -> None
     assert result.results[0]["hit_rate"]["exact"] == pytest.approx(repeats / len(hash_lists))
 
 
+def test_a_policies_file_changes_only_what_it_states(tmp_path: Path) -> None:
+    rows = read_trace(MOONCAKE[1])
+    plain_run, _ = replay(rows, *passthrough_scenario())
+    policies = tmp_path / "exact.toml"
+    policies.write_text("[cache.exact]\nenabled = true\n")
+    code, out, err = run_cli("replay", str(MOONCAKE[1]), "--policies", str(policies), "--format", "json")
+    assert code == 0, err
+    level = json.loads(out)["results"][0]
+    assert (level["failed_requests"], level["rate_limited"], level["retries"]) == (0, 0, 0)
+    assert level["regenerations"] == 0 and level["hit_rate"]["exact"] > 0
+    cached_run, _ = replay(rows, *policies_scenario({"cache": {"exact": {"enabled": True}}}, "exact.toml"))
+    served_from_cache = cached_run.served == Served.EXACT
+    # Each request the cache answered costs nothing; every other request bills what it billed before.
+    assert int(cached_run.cost_nanos.sum()) == int(plain_run.cost_nanos[~served_from_cache].sum())
+    assert int(cached_run.cost_nanos[served_from_cache].sum()) == 0
+
+
+def test_a_policies_file_keeps_the_provider_fields_it_writes() -> None:
+    stated = {"router": {"model": "gpt-4o"}, "providers": {"gpt-4o": {"error_rate": 0.2}}}
+    scenario, _ = policies_scenario(stated, "errors.toml")
+    provider = scenario.provider("gpt-4o")
+    assert provider.error_rate == 0.2
+    assert (provider.timeout_rate, provider.bad_completion_rate) == (0.0, 0.0)
+    assert scenario.name == "errors"
+
+
+def test_replay_out_stores_the_traces_own_tokens(tmp_path: Path) -> None:
+    out = tmp_path / "replay.duckdb"
+    code, out_text, err = run_cli("replay", str(AZURE[0]), "--out", str(out), "--format", "json")
+    assert code == 0, err
+    inputs, outputs = plain_totals(AZURE[0])
+    with duckdb.connect(str(out), read_only=True) as db:
+        stored = db.execute(
+            "SELECT model, input_tokens, output_tokens, run_id FROM forecast_tokens"
+        ).fetchall()
+        usage = db.execute(
+            "SELECT run_id, sum(input_tokens), sum(output_tokens) FROM usage GROUP BY ALL"
+        ).fetchall()
+    assert [row[:3] for row in stored] == [("gpt-4o-mini", inputs, outputs)]
+    assert usage == [(stored[0][3], inputs, outputs)]  # events and figures share the run id
+    assert json.loads(out_text)["results"][0]["tokens"]["input"] == inputs
+
+
 def test_format_is_told_from_the_file() -> None:
     assert read_trace(AZURE[0]).format == "azure"
     assert read_trace(MOONCAKE[0]).format == "mooncake"
+
+
+AZURE_2023 = (
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    "2023-11-16 18:15:46.6805900,374,44\n"
+    "2023-11-16 18:15:50.9951690,396,109\n"
+    "2023-11-16 18:16:01,879,28\n"
+)
+AZURE_2024 = (
+    "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+    "2024-05-10 00:00:00.006000+00:00,1631,55\n"
+    "2024-05-10 00:00:04.311000+00:00,2270,303\n"
+    "2024-05-10 02:00:15+02:00,412,12\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_t"),
+    [(AZURE_2023, [0.0, 4.314579, 14.31941]), (AZURE_2024, [0.0, 4.305, 14.994])],
+    ids=["2023", "2024"],
+)
+def test_both_azure_timestamp_releases_read(tmp_path: Path, text: str, expected_t: list[float]) -> None:
+    path = tmp_path / "azure.csv"
+    path.write_text(text)
+    rows = read_trace(path)
+    assert rows.format == "azure"
+    assert rows.t.tolist() == pytest.approx(expected_t, abs=1e-6)
+    assert rows.input_tokens.tolist() == [int(line.split(",")[1]) for line in text.splitlines()[1:]]
+
+
+def test_an_azure_timestamp_in_neither_release_format_names_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "azure.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:00+00:00,1,1\nMay 10,1,1\n")
+    code, _, err = run_cli("replay", str(path))
+    assert code == 2 and err.count("\n") == 1
+    assert f"{path}: line 3: TIMESTAMP" in err and "'May 10'" in err
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

@@ -11,7 +11,9 @@ from click.testing import CliRunner
 
 from sim.cli import main
 from sim.workbench.breakdown import top_share
+from sim.workbench.quality_method import quality_sources
 from sim.workbench.report import focus_level
+from tests.sim.scenarios import scenario_from
 
 ROOT = Path(__file__).resolve().parents[2]
 NAIVE = str(ROOT / "scenarios/seed-story/naive-mvp.toml")
@@ -79,3 +81,35 @@ def test_top_share() -> None:
     costs = np.array([1.0] * 99 + [101.0])
     assert top_share(costs, 0.01) == 101.0 / 200.0
     assert top_share(np.zeros(10)) == 0.0
+
+
+def test_the_quality_method_says_which_inputs_the_scenario_states() -> None:
+    table = {
+        "router": {"enabled": True, "cheap_model": "gpt-4o-mini", "expensive_model": "gpt-4o"},
+        "quality": {"models": {"gpt-4o": {"easy": 96, "hard": 91}}},
+        "cache": {"semantic": {"enabled": True}},
+        "providers": {"gpt-4o-mini": {"bad_completion_rate": 0.05}},
+    }
+    scenario, _ = scenario_from(table)
+    sources = {name: (value, source) for name, value, source in quality_sources(scenario)}
+    assert sources["gpt-4o: easy / hard eval score"] == (
+        "96 / 91",
+        "[quality.models] in the scenario (your eval set)",
+    )
+    assert sources["gpt-4o-mini: easy / hard eval score"][1].endswith("(assumed)")
+    assert sources["semantic cache: true / false hits at its threshold"][1].endswith("(assumed)")
+    assert sources["gpt-4o-mini: bad completion rate"][0] == "0.05"
+    assert sources["gpt-4o: bad completion rate"][1] == "default (assumed)"
+    measured, _ = scenario_from({"cache": {"semantic": {"enabled": True, "profile": [[0.9, 0.5, 0.01]]}}})
+    profile = {name: source for name, _, source in quality_sources(measured)}
+    assert profile["semantic cache: true / false hits at its threshold"].startswith("the scenario's profile")
+
+
+def test_the_report_states_how_quality_is_scored(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    args = ["report", NAIVE, "--mau", "200", "--days", "2", "--out", str(out), "--workers", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "<h2>How quality is scored</h2>" in page
+    assert "<td>gpt-4o: easy / hard eval score</td><td>94 / 89</td>" in page
