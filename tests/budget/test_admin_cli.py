@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from budget.cli.admin import confirmation, status_shows
 from sim.cli import main as margins
+from tests.budget.broker import PASSWORDS, Broker
 from tests.budget.enforcer_helpers import Authorizer
 from tests.budget.enforcer_process import EnforcerProcess
 from tests.budget.mqtt_helpers import mqtt
@@ -84,6 +86,31 @@ def test_admin_set_plan_and_timezone_then_an_unknown_plan_is_rejected(
     assert rejected.exit_code == 1
     assert rejected.stderr.count("\n") == 1
     assert "platinum" in rejected.stderr
+
+
+def test_the_shipped_acl_lets_the_admin_user_set_and_read_a_cap(
+    secured_mosquitto: Broker, tmp_path: Path, caps_file: Path
+) -> None:
+    enforcer = EnforcerProcess(secured_mosquitto, tmp_path / "store", caps_file, tmp_path / "enforcer.log")
+    enforcer.start()
+    try:
+        (tmp_path / "admin.pw").write_text(PASSWORDS["admin"] + "\n")
+        login = [
+            "--broker",
+            secured_mosquitto.url,
+            "--username",
+            "admin",
+            "--password-file",
+            str(tmp_path / "admin.pw"),
+        ]
+        result = run("admin", "set", "alice", "--cap", "3", *login, "--format", "json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["cap_usd"] == 3
+        shown = run("status", "alice", *login, "--format", "json")
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout)["cap_usd"] == 3
+    finally:
+        enforcer.kill()
 
 
 def test_status_without_broker_or_store_is_one_line_exit_1(enforcer_process: EnforcerProcess) -> None:
