@@ -24,7 +24,7 @@ DEADLETTER_TOPIC = "margins/deadletter"  # where the enforcer publishes what it 
 
 @click.group("admin")
 def admin_group() -> None:
-    """Administer users' caps, plans and time zones through a running enforcer."""
+    """Set a user's cap, plan or time zone through the enforcer and show the status it then publishes."""
 
 
 @admin_group.command("set")

@@ -58,7 +58,9 @@ def status(
     timeout_s: float,
     fmt: str,
 ) -> None:
-    """USER's status as the enforcer last published it (retained on margins/status/USER): month, spent,
+    """A user's status from the enforcer (retained), or their month's spend from the store.
+
+    USER's status as the enforcer last published it (retained on margins/status/USER): month, spent,
     reserved, cap, remaining, state, plan and time zone.
 
     When the broker cannot be reached and --store is given, USER's spend this month from the store
