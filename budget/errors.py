@@ -216,9 +216,10 @@ class BrokerUnavailable(BrokerError):
     """A BudgetClient had no broker connection within `timeout_s` (or lost it before the broker
     acknowledged); the client keeps reconnecting in the background."""
 
-    def __init__(self, broker: str, timeout_s: float, reason: str) -> None:
+    def __init__(self, broker: str, timeout_s: float, reason: str, *, reconnecting: bool = True) -> None:
         self.timeout_s = timeout_s
-        super().__init__(f"broker {broker}", f"{reason} (waited {timeout_s:g}s; still reconnecting)")
+        still = "; still reconnecting" if reconnecting else ""
+        super().__init__(f"broker {broker}", f"{reason} (waited {timeout_s:g}s{still})")
 
 
 class AuthorizationExpired(AuthorizationTimeout):

@@ -1,4 +1,4 @@
-"""The budget side of the `margins` command line: `enforce`, `spend` and `store`.
+"""The budget side of the `margins` command line: `enforce`, `spend`, `admin`, `status` and `store`.
 
 sim.cli mounts these commands on the one `margins` group (budget never imports sim). Each entry is
 (name, "module:attribute" of its click command, its short help): `margins --help` lists the commands from
@@ -18,6 +18,16 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "enforce",
         "budget.cli.enforce:enforce",
         "Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.",
+    ),
+    (
+        "admin",
+        "budget.cli.admin:admin_group",
+        "Set a user's cap, plan or time zone through the enforcer and show the status it then publishes.",
+    ),
+    (
+        "status",
+        "budget.cli.status:status",
+        "A user's status from the enforcer (retained), or their month's spend from the store.",
     ),
     (
         "store",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from budget.cli.broker_options import broker_options, broker_settings
 from budget.errors import BudgetError, StoreError
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
@@ -19,10 +20,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--broker", "broker_url", required=True, help="mqtt://HOST:PORT (or mqtts:// for TLS)")
-@click.option("--username", default=None, help="MQTT user of the enforcer")
-@click.option("--password-file", default=None, help="file holding the MQTT password (first line)")
-@click.option("--tls-ca", default=None, help="CA certificate file to verify the broker (implies TLS)")
+@broker_options
 @click.option("--store", "store_path", required=True, help="event store directory (created if missing)")
 @click.option("--config", "config_path", required=True, help="caps config (TOML)")
 @click.option("--client-id", default="margins-enforcer", show_default=True, help="MQTT client id (session)")
@@ -63,7 +61,6 @@ def enforce(
     """
     import asyncio
 
-    from budget.mqtt.broker import BrokerSettings
     from budget.service.settings import load_config
 
     logging.basicConfig(
@@ -73,9 +70,7 @@ def enforce(
     )
     try:
         config = load_config(config_path)
-        broker = BrokerSettings.from_url(
-            broker_url, username=username, password_file=password_file, tls_ca=tls_ca, client_id=client_id
-        )
+        broker = broker_settings(broker_url, username, password_file, tls_ca, client_id)
     except BudgetError as error:
         raise click.UsageError(str(error)) from error
     # The store's flusher thread turns events into Parquet each second; with the default 5 ms GIL switch

@@ -5,13 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from budget.errors import BudgetError
+
+if TYPE_CHECKING:
+    from budget.domain.config import EnforcerConfig
+    from budget.store.queries import UserSettings
 
 FORMATS = ("table", "json", "csv")
 
@@ -26,6 +31,13 @@ FORMATS = ("table", "json", "csv")
 )
 @click.option("--sql", "sql", default=None, help="Any SELECT over the views (see budget/store/queries.py).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The enforcer's caps config: the default or plan cap of users no admin gave a cap of their own.",
+)
 @click.pass_context
 def spend(
     ctx: click.Context,
@@ -36,14 +48,18 @@ def spend(
     by: str | None,
     sql: str | None,
     fmt: str,
+    config_path: Path | None,
 ) -> None:
     """What users spent: top spenders of a month, or spend by model, feature or day, or your own SQL.
 
     Reads the store's Parquet segments in place, so it runs beside a live enforcer (about a second behind).
     Views for --sql: usage, rollup, journal, spend_by_user_month, spend_by_model, spend_by_feature,
     spend_by_day, users_over_soft_limit, dead_letters, dead_letters_by_reason (money in *_nanos,
-    1e-9 USD; --month narrows them to that month). Bad input: one message, exit code 2.
+    1e-9 USD; --month narrows them to that month). Spend by user shows each user's cap and the % of it
+    spent: the cap an admin last set (from the store), else with --config the user's plan's or the
+    default cap, else "-". Bad input: one message, exit code 2.
     """
+    from budget.service.settings import load_config
     from budget.store.queries import SpendReader, check_month
 
     try:
@@ -60,10 +76,49 @@ def spend(
                 result = reader.user_months(str(user))
             else:
                 result = reader.spend_by(by or "user", the_month, top, user)  # type: ignore[arg-type]
+            records = result.records()
+            if sql is None and (by or "user") == "user":
+                config = None if config_path is None else load_config(config_path)
+                users = sorted({str(r["user_id"]) for r in records})
+                records = with_caps(
+                    records, reader.user_settings(users), config, unknown=None if fmt == "json" else "-"
+                )
     except BudgetError as error:
         click.echo(f"margins spend: {error}", err=True)
         ctx.exit(2)
-    click.echo(render(result.columns, result.records(), fmt), nl=False)
+    click.echo(render(result.columns, records, fmt), nl=False)
+
+
+def with_caps(
+    records: list[dict[str, Any]],
+    settings: Mapping[str, UserSettings],
+    config: EnforcerConfig | None,
+    unknown: str | None = "-",
+) -> list[dict[str, Any]]:
+    """Each user's record with cap_usd and pct_of_cap (spent_nanos as a % of the cap, one decimal) beside
+    its spend: the cap an admin last set, else the plan's (or default) cap of `config`, else `unknown`."""
+    from budget.store.queries import nanos_to_usd_text
+
+    out = []
+    for record in records:
+        cap = user_cap(settings.get(str(record["user_id"])), config)
+        spent = record.get("spent_nanos")
+        pct = f"{100 * spent / cap:.1f}" if cap and isinstance(spent, int) else unknown
+        out.append(
+            record | {"cap_usd": unknown if cap is None else nanos_to_usd_text(cap), "pct_of_cap": pct}
+        )
+    return out
+
+
+def user_cap(settings: UserSettings | None, config: EnforcerConfig | None) -> int | None:
+    """A user's cap in nano-dollars as the enforcer applies it, or None when the store and config do not
+    tell: their own cap, else their plan's (a plan the config no longer names: the default)."""
+    if settings is not None and settings.cap_nanos is not None:
+        return settings.cap_nanos
+    if config is None:
+        return None
+    plan = settings.plan if settings is not None else None
+    return config.plans.get(plan, config.default_plan).cap_nanos if plan else config.default_plan.cap_nanos
 
 
 def render(columns: tuple[str, ...], records: list[dict[str, Any]], fmt: str) -> str:

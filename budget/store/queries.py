@@ -103,6 +103,15 @@ VIEWS: tuple[str, ...] = ("usage", "rollup", "journal", *_DERIVED_VIEWS)
 
 
 @dataclass(frozen=True, slots=True)
+class UserSettings:
+    """A user's settings as the store's UserConfigured events leave them (None: never set)."""
+
+    cap_nanos: int | None
+    plan: str | None
+    timezone: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """A query's column names and rows (plain Python values)."""
 
@@ -226,6 +235,30 @@ class SpendReader:
             [user],
             views=("spend_by_user_month",),
         )
+
+    def user_settings(self, users: Sequence[str]) -> dict[str, UserSettings]:
+        """What admins last set for each of `users` that has a UserConfigured event: each setting from the
+        latest event that set it (an event's unset field leaves the setting as it was)."""
+        if not users:
+            return {}
+        marks = ", ".join("?" for _ in users)
+        result = self.sql(
+            f"""
+            SELECT user_id,
+                   arg_max(json_extract_string(body, '$.cap_nanos'), seq)
+                       FILTER (WHERE json_extract_string(body, '$.cap_nanos') IS NOT NULL),
+                   arg_max(json_extract_string(body, '$.plan'), seq)
+                       FILTER (WHERE json_extract_string(body, '$.plan') IS NOT NULL),
+                   arg_max(json_extract_string(body, '$.timezone'), seq)
+                       FILTER (WHERE json_extract_string(body, '$.timezone') IS NOT NULL)
+            FROM journal WHERE type = 'user_configured' AND user_id IN ({marks}) GROUP BY user_id""",
+            list(users),
+            views=("journal",),
+        )
+        return {
+            user: UserSettings(None if cap is None else int(cap), plan, timezone)
+            for user, cap, plan, timezone in result.rows
+        }
 
     def users_over_soft_limit(self, month: str) -> Result:
         """Users the enforcer announced over their soft limit (or at the cap) in `month`."""

@@ -162,7 +162,8 @@ def test_margins_spend_formats(store: Path) -> None:
     table = runner.invoke(spend, ["--store", str(store), "--month", "2026-11", "--top", "2"])
     assert table.exit_code == 0, table.output
     lines = table.output.splitlines()
-    assert lines[0].split() == ["user_id", "spent_usd", "events"] and len(lines) == 3
+    assert lines[0].split() == ["user_id", "spent_usd", "events", "cap_usd", "pct_of_cap"] and len(lines) == 3
+    assert all(line.split()[-2:] == ["-", "-"] for line in lines[1:])  # no admin set a cap, no --config
     as_json = runner.invoke(
         spend, ["--store", str(store), "--month", "2026-11", "--by", "model", "--format", "json"]
     )
