@@ -97,7 +97,7 @@ def with_caps(
 ) -> list[dict[str, Any]]:
     """Each user's record with cap_usd and pct_of_cap (spent_nanos as a % of the cap, one decimal) beside
     its spend: the cap an admin last set, else the plan's (or default) cap of `config`, else `unknown`."""
-    from budget.store.queries import nanos_to_usd_text
+    from budget.domain.prices import nanos_to_usd_text
 
     out = []
     for record in records:

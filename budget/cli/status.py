@@ -122,7 +122,8 @@ def store_status(store: Path, user: str, now: datetime) -> dict[str, Any]:
     """USER's spend in their current month (in the time zone an admin set, else UTC) from the store, with
     the cap an admin set if any; marked "source": "store"."""
     from budget.domain.months import month_in
-    from budget.store.queries import SpendReader, nanos_to_usd_text
+    from budget.domain.prices import nanos_to_usd_text
+    from budget.store.queries import SpendReader
 
     with SpendReader(store) as reader:
         settings = reader.user_settings([user]).get(user)

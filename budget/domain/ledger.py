@@ -70,7 +70,7 @@ from budget.domain.months import (
     utc_month_number,
     window_month_number,
 )
-from budget.domain.prices import nanos_to_usd
+from budget.domain.prices import nanos_to_usd, nanos_to_usd_text
 from budget.domain.seen import DIGEST_MASK, content_digest, usage_key_of
 from budget.domain.snapshot import LedgerSnapshot
 from budget.domain.state import FLAGS, MAX_AHEAD, LedgerState
@@ -294,7 +294,7 @@ class Ledger(LedgerState):
             if not fits:
                 reason = (
                     f"worst case ${nanos_to_usd(worst):.6f} exceeds the remaining "
-                    f"${nanos_to_usd(remaining):.6f} of the ${nanos_to_usd(cap):.2f} cap for {month}"
+                    f"${nanos_to_usd(remaining):.6f} of the ${nanos_to_usd_text(cap)} cap for {month}"
                 )
                 crossings = self._crossings(user, index, month, spent, reserved, now, cap, plan)
                 return [deny(reason, worst), *crossings]

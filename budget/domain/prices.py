@@ -249,3 +249,9 @@ def usd_per_million_to_nanos(value: object, where: str, field: str) -> int:
 def nanos_to_usd(nanos: int) -> float:
     """For display only: money stays in integer nano-dollars everywhere it is summed."""
     return nanos / NANOS_PER_USD
+
+
+def nanos_to_usd_text(nanos: int) -> str:
+    """Exact USD text of a nano-dollar amount (285000 -> "0.000285"; 5e9 -> "5"): never rounded."""
+    text = f"{Decimal(nanos).scaleb(-9):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text

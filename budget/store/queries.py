@@ -28,13 +28,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
 
 from budget.domain.events import USAGE_COLUMNS
+from budget.domain.prices import nanos_to_usd_text
 from budget.errors import QueryError
 from budget.store.integrity import verify_segments
 from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Manifest, Segment
@@ -129,12 +129,6 @@ class Result:
                     record[name[: -len("_nanos")] + "_usd"] = nanos_to_usd_text(value)
             out.append(record)
         return out
-
-
-def nanos_to_usd_text(nanos: int) -> str:
-    """Exact USD text of a nano-dollar amount (285000 -> "0.000285"; 5e9 -> "5")."""
-    text = f"{Decimal(nanos).scaleb(-9):f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _parquet(files: Sequence[Path], columns: dict[str, str]) -> str:

@@ -433,3 +433,10 @@ def test_an_authorization_decided_after_its_deadline_holds_nothing() -> None:
     )
     assert ledger.execute(request, NOW) == []
     assert ledger.status("u", NOW).reserved_nanos == 0
+
+
+def test_a_denial_names_the_cap_exactly_never_rounded() -> None:
+    ledger = make_ledger(cap_usd="0.005")  # gpt-4o's worst case for 1000 in / 500 out is $0.0075
+    [denied] = ledger.execute(authorize("r1"), NOW)
+    assert isinstance(denied, ReservationDenied)
+    assert "of the $0.005 cap for 2026-11" in denied.reason

@@ -20,8 +20,9 @@ from click.testing import CliRunner
 
 from budget.cli.spend import spend
 from budget.domain.events import DeadLettered, Event, LimitCrossed, UsageRecorded
+from budget.domain.prices import nanos_to_usd_text
 from budget.store.event_store import EventStore
-from budget.store.queries import VIEWS, SpendReader, nanos_to_usd_text
+from budget.store.queries import VIEWS, SpendReader
 
 REPO = Path(__file__).resolve().parents[2]
 MARGINS = Path(sys.executable).with_name("margins")
