@@ -122,14 +122,18 @@ def usage_counts(usage: Any) -> tuple[int, int, int]:
     """(input, cached input, output) tokens of an OpenAI-style usage object or dict.
 
     Chat Completions names them prompt_tokens / completion_tokens / prompt_tokens_details.cached_tokens;
-    the Responses API input_tokens / output_tokens / input_tokens_details.cached_tokens. Both are accepted.
+    the Responses API input_tokens / output_tokens / input_tokens_details.cached_tokens. Both are accepted,
+    and so is Anthropic's usage, whose input_tokens leave out cache_read_input_tokens and
+    cache_creation_input_tokens: margins counts all three as input, the reads as cached input.
     """
-
-    def get(obj: Any, name: str) -> Any:
-        if obj is None:
-            return None
-        return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-
+    read, written = _get(usage, "cache_read_input_tokens"), _get(usage, "cache_creation_input_tokens")
+    if read is not None or written is not None:  # Anthropic's shape
+        fresh, output = _get(usage, "input_tokens"), _get(usage, "output_tokens")
+        counts = (fresh, read or 0, written or 0, output)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise UsageCountsError(usage)
+        return fresh + (read or 0) + (written or 0), read or 0, output
+    get = _get
     prompt = get(usage, "prompt_tokens")
     details = get(usage, "prompt_tokens_details")
     if prompt is None:
@@ -144,12 +148,18 @@ def usage_counts(usage: Any) -> tuple[int, int, int]:
     return prompt, cached, output
 
 
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
 def _cache_write_count(usage: Any) -> int:
     """Prompt tokens a usage object or dict says were written to the provider's prompt cache, under
-    margins' own name `cache_write_tokens` (0 when absent): Anthropic bills them above the input price.
-    They are part of the input count, as cached tokens are."""
-    value = usage.get("cache_write_tokens") if isinstance(usage, Mapping) else None
-    value = getattr(usage, "cache_write_tokens", None) if value is None else value
+    margins' own name `cache_write_tokens` or Anthropic's `cache_creation_input_tokens` (0 when absent):
+    Anthropic bills them above the input price. They are part of the input count, as cached tokens are."""
+    value = _get(usage, "cache_write_tokens")
+    value = _get(usage, "cache_creation_input_tokens") if value is None else value
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool):

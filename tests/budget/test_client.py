@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from budget.client import BudgetClient, Grant, guard, usage_counts
+from budget.client import BudgetClient, Grant, _cache_write_count, guard, usage_counts
 from budget.errors import (
     AuthorizationExpired,
     AuthorizationTimeout,
@@ -47,6 +47,19 @@ def test_usage_counts_accepts_openai_objects_and_dicts() -> None:
     with pytest.raises(UsageCountsError, match="integer prompt/input and completion/output") as caught:
         usage_counts({"prompt_tokens": "many"})
     assert caught.value.usage == {"prompt_tokens": "many"} and isinstance(caught.value, BudgetError)
+
+
+def test_usage_counts_reads_anthropic_usage_with_its_cache_outside_input_tokens() -> None:
+    # Anthropic's input_tokens leave the cache out: 2000 prompt tokens = 200 new + 1500 read + 300 written
+    usage = SimpleNamespace(
+        input_tokens=200, cache_read_input_tokens=1500, cache_creation_input_tokens=300, output_tokens=60
+    )
+    assert usage_counts(usage) == (2000, 1500, 60) and _cache_write_count(usage) == 300
+    no_cache = {"input_tokens": 200, "cache_read_input_tokens": None, "cache_creation_input_tokens": None}
+    assert usage_counts(no_cache | {"output_tokens": 7}) == (200, 0, 7)
+    assert _cache_write_count(no_cache) == 0
+    with pytest.raises(UsageCountsError):
+        usage_counts({"input_tokens": 1, "cache_read_input_tokens": "x", "output_tokens": 1})
 
 
 def test_no_enforcer_means_a_timeout_not_a_hang(mosquitto: Broker) -> None:
