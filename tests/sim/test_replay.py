@@ -25,8 +25,8 @@ from sim.model.codes import Action, Served
 from sim.model.policies.prompt_cache import prompt_cache_tokens
 from sim.model.scenario import Scenario
 from tests.sim.scenarios import scenario_from
+from tests.sim.usage import DATA
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 AZURE = [DATA / "azure_conv_sample.csv", DATA / "azure_code_sample.csv"]
 MOONCAKE = [DATA / "mooncake_conversation_sample.jsonl", DATA / "mooncake_synthetic_sample.jsonl"]
 
