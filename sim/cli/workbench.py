@@ -189,6 +189,13 @@ def goal_seek_command(
 @click.option(
     "--workers", type=click.IntRange(1, 256), help="Processes for the lever runs (default: the cores)"
 )
+@click.option(
+    "--replications",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Runs per MAU level for the MAU table; two or more give its 95% intervals",
+)
 def report(
     scenario: str,
     baseline: str | None,
@@ -197,6 +204,7 @@ def report(
     days: int | None,
     seed: int,
     workers: int | None,
+    replications: int,
 ) -> None:
     """Write the unit-economics report of SCENARIO: one self-contained HTML page with its figures."""
     from sim.workbench.report import gather, write_report
@@ -207,7 +215,7 @@ def report(
         fail(f"{out}: cannot create its folder: {error.strerror or error}")
     try:
         with progress_bar("report", "run", wanted()) as bar:
-            data = gather(scenario, baseline, mau, days, seed, workers, bar)
+            data = gather(scenario, baseline, mau, days, seed, workers, bar, replications)
             bar.note(f"drawing the figures, writing {out}")
             written = write_report(out, data)
     except SimError as error:

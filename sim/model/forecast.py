@@ -1,5 +1,9 @@
 """Forecasts: replications of a scenario at each MAU level, summarized with 95% intervals, and comparisons.
 
+Two intervals, because they answer two questions: the confidence interval of the mean ("ci95": where the
+average month lies; it narrows as replications grow) and the prediction interval for one month ("pi95":
+where the next single month lies; it does not narrow below the month-to-month spread).
+
 Every figure is computed from a run's requests and attempts. Each MAU level is simulated on its own (a
 global cache hits more at 100k users than at 1k: the 1k result is never scaled up). A run of fewer than
 30 days has its costs extrapolated to the month by 30 / days; its token totals are the run's own, so that
@@ -44,7 +48,9 @@ TOKEN_COLUMNS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Forecast:
-    """A scenario's results per MAU level: the mean over replications and the 95% half-intervals."""
+    """A scenario's results per MAU level: the mean over replications, and with two or more of them the
+    95% half-widths of the confidence interval of the mean ("ci95") and of the prediction interval for one
+    month ("pi95")."""
 
     scenario: str
     seed: int
@@ -222,21 +228,38 @@ def _prefixed(
 
 
 def combine(summaries: Sequence[Summary]) -> Summary:
-    """Mean of each figure over replications, with the 95% half-interval of each under "ci95"."""
+    """Mean of each figure over replications; with two or more, the 95% half-widths of each figure's
+    confidence interval of the mean under "ci95" and prediction interval for one month under "pi95"."""
     flat = [flatten(s) for s in summaries]
     keys = list(flat[0])
     means: dict[str, float] = {}
-    halves: dict[str, float] = {}
+    of_the_mean: dict[str, float] = {}
+    for_one_month: dict[str, float] = {}
     for key in keys:
         values = np.array([f.get(key, 0.0) for f in flat], dtype=np.float64)
         means[key] = float(values.mean())
         if len(values) > 1:
-            quantile = _T975[len(values) - 2] if len(values) - 1 <= len(_T975) else 1.96
-            halves[key] = float(quantile * values.std(ddof=1) / math.sqrt(len(values)))
+            of_the_mean[key], for_one_month[key] = half_widths(values)
     combined = unflatten(means, summaries[0])
-    if halves:
-        combined["ci95"] = halves
+    if of_the_mean:
+        combined["ci95"] = of_the_mean
+        combined["pi95"] = for_one_month
     return combined
+
+
+def half_widths(values: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, float]:
+    """The 95% half-widths from R >= 2 replications with sample standard deviation s, t = t_{0.975,R-1}:
+    the confidence interval of the mean, t * s / sqrt(R), and the prediction interval for one more
+    month, t * s * sqrt(1 + 1/R) (the mean's uncertainty plus one month's own spread). Their ratio is
+    sqrt(R + 1)."""
+    replications = len(values)
+    degrees = replications - 1
+    quantile = _T975[degrees - 1] if degrees <= len(_T975) else 1.96
+    spread = float(values.std(ddof=1))
+    return (
+        quantile * spread / math.sqrt(replications),
+        quantile * spread * math.sqrt(1 + 1 / replications),
+    )
 
 
 def flatten(summary: Summary, prefix: str = "") -> dict[str, float]:

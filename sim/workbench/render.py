@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from sim.model.forecast import TOKEN_COLUMNS, Forecast, Summary, flatten
 
@@ -87,13 +86,30 @@ def _token_title(days: int) -> str:
     return f"billed tokens, {days} days"
 
 
-def _cell(result: dict[str, Any], key: str, fmt: Callable[[float], str]) -> str | None:
+INTERVAL_LEGEND = (
+    "x ± a [± b]: x = mean over replications, a = 95% CI of the mean, "
+    "b = 95% prediction interval for one month"
+)
+
+
+def interval_legend(results: Sequence[Summary]) -> str | None:
+    """The line that names the two intervals, when any result carries them (two or more replications)."""
+    return INTERVAL_LEGEND if any("ci95" in result for result in results) else None
+
+
+def figure_cell(result: Summary, key: str, fmt: Callable[[float], str]) -> str | None:
+    """One figure of a result as text: "x ± a [± b]" with its intervals (INTERVAL_LEGEND), or None when
+    the result lacks it."""
     flat = flatten(result)
     if key not in flat:
         return None
     text = fmt(flat[key])
-    half = result.get("ci95", {}).get(key)
-    return f"{text} ± {fmt(half)}" if half else text
+    of_the_mean = result.get("ci95", {}).get(key)
+    if not of_the_mean:
+        return text
+    for_one_month = result.get("pi95", {}).get(key)
+    month = f" [± {fmt(for_one_month)}]" if for_one_month is not None else ""
+    return f"{text} ± {fmt(of_the_mean)}{month}"
 
 
 def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -109,11 +125,11 @@ def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def forecast_table(forecast: Forecast) -> str:
-    """One column per MAU level; "± x" is the 95% half-interval across replications."""
+    """One column per MAU level; with replications, each figure's two intervals as INTERVAL_LEGEND says."""
     header = ["", *(f"{r['mau']:,} MAU" for r in forecast.results)]
     rows = []
     for label, key, fmt in ROWS:
-        cells = [_cell(result, key, fmt) for result in forecast.results]
+        cells = [figure_cell(result, key, fmt) for result in forecast.results]
         if all(cell is not None for cell in cells):
             rows.append([label, *(cell or "" for cell in cells)])
     models = sorted({m for r in forecast.results for m in r["calls_by_model"]})
@@ -123,6 +139,9 @@ def forecast_table(forecast: Forecast) -> str:
         )
     runs = f"{forecast.replications} replication(s)"
     title = f"{forecast.scenario}: seed {forecast.seed}, {forecast.days} days, {runs}"
+    legend = interval_legend(forecast.results)
+    if legend:
+        title = f"{title}\n{legend}"
     tokens = [
         [label, *(count(flatten(r).get(key, 0.0)) for r in forecast.results)]
         for label, key in token_rows(forecast.results)
@@ -147,7 +166,7 @@ def comparison_table(forecasts: Sequence[Forecast]) -> str:
         header = ["", *(f.scenario for f in forecasts), *(f"Δ {f.scenario}" for f in forecasts[1:])]
         rows = []
         for label, key, fmt in ROWS:
-            cells = [_cell(f.results[level], key, fmt) for f in forecasts]
+            cells = [figure_cell(f.results[level], key, fmt) for f in forecasts]
             if any(cell is None for cell in cells):
                 continue
             base = flatten(first)[key]
@@ -157,7 +176,8 @@ def comparison_table(forecasts: Sequence[Forecast]) -> str:
             f"{first['mau']:,} MAU\n{_grid(header, rows)}\n\n{_token_grid(forecasts, level, header)}"
         )
     headline = [headline_line(forecasts[0], other) for other in forecasts[1:]]
-    return "\n\n".join(blocks + headline)
+    legend = interval_legend([r for f in forecasts for r in f.results])
+    return "\n\n".join(([legend] if legend else []) + blocks + headline)
 
 
 def _token_grid(forecasts: Sequence[Forecast], level: int, header: Sequence[str]) -> str:

@@ -72,9 +72,12 @@ def gather(
     seed: int,
     workers: int | None = None,
     progress: Progress = SILENT,
+    replications: int = 1,
 ) -> ReportData:
     """Run the forecasts the page needs (raises SimError for a bad scenario). `progress` counts the runs
-    -- the MAU table's, one per lever, the baseline's -- and notes the section and the run's phase."""
+    -- the MAU table's, one per lever, the baseline's -- and notes the section and the run's phase. The MAU
+    table runs `replications` times per level (two or more give its intervals); the breakdowns use the
+    first replication at the focus level, the levers and the baseline one run each."""
     scenario, catalog = load_scenario(path)
     base = load_scenario(baseline_path) if baseline_path else None
     levels = list(maus or scenario.traffic.mau)
@@ -87,9 +90,12 @@ def gather(
             captured.append(run)
         progress.advance()
 
-    progress.expect(len(levels) + len(levers_used(scenario)) + (len(levels) if base else 0))
+    table_runs = len(levels) * replications
+    progress.expect(table_runs + len(levers_used(scenario)) + (len(levels) if base else 0))
     table = _Section(progress, "MAU table")
-    result = forecast(scenario, catalog, levels, days, seed, on_run=keep_focus, on_phase=table.note)
+    result = forecast(
+        scenario, catalog, levels, days, seed, replications, on_run=keep_focus, on_phase=table.note
+    )
     run = captured[0]
     focus = result.results[levels.index(focus_mau)]
     levers = lever_effects(scenario, focus, focus_mau, days, seed, workers, _Section(progress, "levers"))
@@ -197,13 +203,20 @@ def _figure_rows(results: Sequence[Summary], rows: Sequence[render.Row]) -> list
 
 
 def mau_table(result: Forecast) -> str:
-    """Every figure of the forecast, one column per MAU level."""
-    rows = _figure_rows(result.results, render.ROWS)
+    """Every figure of the forecast, one column per MAU level; with replications, each figure's two
+    intervals and the line that names them."""
+    rows = []
+    for label, key, fmt in render.ROWS:
+        cells = [render.figure_cell(r, key, fmt) for r in result.results]
+        if all(text is not None for text in cells):
+            rows.append([label, *(text or "" for text in cells)])
     for model in sorted({m for r in result.results for m in r["calls_by_model"]}):
         rows.append(
             [f"calls to {model}", *(render.count(r["calls_by_model"].get(model, 0)) for r in result.results)]
         )
-    return _table(["", *(f"{r['mau']:,} MAU" for r in result.results)], rows)
+    table = _table(["", *(f"{r['mau']:,} MAU" for r in result.results)], rows)
+    legend = render.interval_legend(result.results)
+    return f"<p class=meta>{html.escape(legend)}</p>{table}" if legend else table
 
 
 def lever_table(data: ReportData) -> str:

@@ -113,3 +113,13 @@ def test_the_report_states_how_quality_is_scored(tmp_path: Path) -> None:
     page = out.read_text()
     assert "<h2>How quality is scored</h2>" in page
     assert "<td>gpt-4o: easy / hard eval score</td><td>94 / 89</td>" in page
+
+
+def test_report_with_replications_labels_both_intervals_of_its_mau_table(tmp_path: Path) -> None:
+    out = tmp_path / "replicated.html"
+    args = ["report", NAIVE, "--mau", "150", "--days", "2", "--replications", "3", "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "a = 95% CI of the mean, b = 95% prediction interval for one month" in page
+    assert re.search(r"<td>monthly cost</td><td>\$[\d.,]+ ± \$[\d.,]+ \[± \$[\d.,]+\]</td>", page)
