@@ -24,12 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import json
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -39,11 +36,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.broker import broker
 from benchmarks.enforcer import _open, _raw_publish, _read_packet
 from budget.mqtt.codec import encode, encode_publish, read
 from budget.mqtt.packets import Connect, Disconnect, PubAck, Subscribe
-
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
 
 @dataclass(frozen=True)
@@ -59,12 +55,6 @@ class Run:
     save_ms: float
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _autosave_lines(setting: str) -> list[str]:
     if setting.startswith("changes:"):
         return [f"autosave_interval {setting.split(':', 1)[1]}", "autosave_on_changes true"]
@@ -74,40 +64,15 @@ def _autosave_lines(setting: str) -> list[str]:
 @contextlib.contextmanager
 def _mosquitto(directory: Path, setting: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     """The shipped config, anonymous, on a free port, with this autosave setting; yields (port, process)."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
     (directory / "data").mkdir(parents=True)
-    replaced = {
-        "listener": f"listener {port} 127.0.0.1",
+    settings = {
         "persistence_location": f"persistence_location {directory / 'data'}/",
-        "password_file": "",
-        "acl_file": "",
-        "allow_anonymous": "allow_anonymous true",
-        "use_username_as_clientid": "",
         "autosave_interval": "",
         "autosave_on_changes": "",
     }
-    lines = [
-        replaced.get(line.split(" ", 1)[0], line)
-        for line in (DEPLOY / "mosquitto.conf.example").read_text().splitlines()
-    ]
-    lines += _autosave_lines(setting)
-    lines += [f"log_dest file {directory / 'mosquitto.log'}", "log_type all", f"user {getpass.getuser()}"]
-    conf = directory / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("mosquitto did not start")
-            time.sleep(0.02)
-        yield port, proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
+    extra = [*_autosave_lines(setting), f"log_dest file {directory / 'mosquitto.log'}", "log_type all"]
+    with broker(directory, settings, extra, kill=True) as running:
+        yield running
 
 
 async def _offline_session(port: int) -> None:

@@ -31,24 +31,22 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import getpass
 import json
 import logging
 import os
 import resource
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.broker import mosquitto
 from budget.domain.config import parse_config
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.codec import encode, encode_publish, read
@@ -56,54 +54,10 @@ from budget.mqtt.connection import Mqtt5Connection
 from budget.mqtt.packets import ConnAck, Connect, Packet, PubAck, Publish, Subscribe
 from budget.service.enforcer import Enforcer
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 BENCH_CAPS: dict[str, object] = {"default_cap_usd": "1000000", "reservation_ttl_s": 600}
 
 
 # -- a broker of our own ------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def mosquitto(directory: Path) -> Iterator[int]:
-    """The shipped config (anonymous, this port and directory) in a mosquitto child; yields its port."""
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(binary).exists():
-        raise SystemExit("mosquitto is not installed (apt-get install -y mosquitto)")
-    port = _free_port()
-    lines = []
-    for line in (DEPLOY / "mosquitto.conf.example").read_text().splitlines():
-        key = line.split(" ", 1)[0]
-        line = {
-            "listener": f"listener {port} 127.0.0.1",
-            "persistence_location": f"persistence_location {directory}/",
-            "password_file": "",
-            "acl_file": "",
-            "allow_anonymous": "allow_anonymous true",
-            "use_username_as_clientid": "",  # it refuses clients without a username
-        }.get(key, line)
-        lines.append(line)
-    lines.append(f"user {getpass.getuser()}")
-    conf = directory / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit("mosquitto did not start")
-            time.sleep(0.02)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 # -- load generators (run as child processes: `python -m benchmarks.enforcer _publish ...`) ----------

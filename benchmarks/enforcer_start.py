@@ -39,7 +39,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.enforcer import BENCH_CAPS, mosquitto
+from benchmarks.broker import mosquitto
+from benchmarks.enforcer import BENCH_CAPS
 from budget.domain.config import parse_config
 from budget.domain.events import UsageRecorded
 from budget.mqtt.broker import BrokerSettings
