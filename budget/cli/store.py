@@ -50,7 +50,7 @@ def check(ctx: click.Context, store: Path) -> None:
 
 @store_group.command("backup")
 @click.argument("store", type=STORE_PATH)
-@click.argument("dest", type=STORE_PATH)
+@click.argument("dest", type=click.Path(path_type=Path))  # a file there: our one-line refusal
 @click.pass_context
 def backup(ctx: click.Context, store: Path, dest: Path) -> None:
     """Copy STORE into DEST (a new or empty directory): one consistent cut of its events, safe beside a
