@@ -32,6 +32,6 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     (
         "store",
         "budget.cli.store:store_group",
-        "Check an event store's files, or repair a store whose manifest or segments do not add up.",
+        "Check, back up or repair an event store.",
     ),
 )

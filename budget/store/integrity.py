@@ -51,20 +51,26 @@ def segment_problem(root: Path, segment: Segment, data: bytes | None = None) -> 
         return f"{segment.file} is missing (listed in {MANIFEST})"
     except OSError as error:
         return f"{segment.file} cannot be read: {error.strerror or error}"
+    if segment.sha256 is not None:
+        return digest_problem(segment, sha256, size)
     if segment.size is not None and size != segment.size:
         return f"{segment.file} is damaged: {size} bytes, {MANIFEST} says {segment.size}"
-    if segment.sha256 is not None:
-        if sha256 != segment.sha256:
-            return (
-                f"{segment.file} is damaged: its sha256 is not the one in {MANIFEST} (changed since written)"
-            )
-        return None
     assert data is not None
     rows = parquet_rows(data)
     if isinstance(rows, str):
         return f"{segment.file} is damaged: not a readable Parquet file ({rows})"
     if rows != segment.rows:
         return f"{segment.file} is damaged: {rows} rows, {MANIFEST} says {segment.rows}"
+    return None
+
+
+def digest_problem(segment: Segment, sha256: str, size: int) -> str | None:
+    """What is wrong with a file of `size` bytes hashing to `sha256` as a copy of a version-2 segment
+    (None: it is the file the manifest describes)."""
+    if segment.size is not None and size != segment.size:
+        return f"{segment.file} is damaged: {size} bytes, {MANIFEST} says {segment.size}"
+    if sha256 != segment.sha256:
+        return f"{segment.file} is damaged: its sha256 is not the one in {MANIFEST} (changed since written)"
     return None
 
 
