@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.budget.broker import REPO
@@ -22,6 +22,7 @@ class AlertsProcess:
     broker_url: str
     state: Path
     log: Path
+    extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -30,6 +31,7 @@ class AlertsProcess:
         args = [
             str(Path(sys.executable).parent / "margins"), "alerts", "--webhook", self.webhook,
             "--broker", broker_url or self.broker_url, "--state", str(self.state), "--timeout", "30",
+            *self.extra,
         ]  # fmt: skip
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=out, cwd=REPO)

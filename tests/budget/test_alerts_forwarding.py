@@ -18,7 +18,7 @@ import pytest
 
 from budget.alerts.delivered import DeliveredRecord
 from tests.budget.alerts_process import AlertsProcess
-from tests.budget.broker import REPO, Broker, free_port
+from tests.budget.broker import PASSWORDS, REPO, Broker, free_port
 from tests.budget.enforcer_process import EnforcerProcess
 from tests.budget.mqtt_helpers import mqtt, usage_body
 from tests.budget.tcp_proxy import TcpProxy
@@ -194,6 +194,36 @@ def test_a_400_is_not_retried_and_not_posted_again(
     over_the_cap(mosquitto, "bob")
     hook.wait_for(lambda: len(hook.posts) >= 4, what="bob's alerts posted")
     assert [p["user_id"] for p in hook.bodies()] == ["alice", "alice", "bob", "bob"]
+
+
+def test_with_the_shipped_acl_the_alerts_credential_reads_alerts(
+    tmp_path: Path, secured_mosquitto: Broker, caps_file: Path, hook: Receiver
+) -> None:
+    enforcer = EnforcerProcess(secured_mosquitto, tmp_path / "store", caps_file, tmp_path / "enforcer.log")
+    (tmp_path / "alerts.pw").write_text(PASSWORDS["alerts"] + "\n")
+    credentials = ["--username", "alerts", "--password-file", str(tmp_path / "alerts.pw")]
+    forwarder = AlertsProcess(
+        hook.url, secured_mosquitto.url, tmp_path / "state", tmp_path / "alerts.log", extra=credentials
+    )
+    try:
+        enforcer.start()
+        forwarder.start()
+        body = usage_body(
+            "big", "alice", model="gpt-4o", input_tokens=1_000_000, output_tokens=0,
+            ts=datetime.now(UTC).isoformat(),
+        )  # fmt: skip
+
+        async def publish() -> None:
+            async with mqtt(secured_mosquitto.port, "app", PASSWORDS["app"]) as app:
+                await app.publish("margins/usage/alice", json.dumps(body).encode(), qos=1)
+
+        asyncio.run(publish())
+        hook.wait_for(lambda: len(hook.accepted()) >= 2, what="soft and cap posted")
+        assert [p["alert"] for p in hook.bodies()] == ["soft", "cap"]
+        assert forwarder.terminate() == 0
+    finally:
+        forwarder.kill()
+        enforcer.kill()
 
 
 @pytest.mark.parametrize(
