@@ -25,6 +25,8 @@
         OutboxError           path, reason: a BudgetClient's outbox file cannot be opened or written
         AlertStateError       path, reason: `margins alerts`' record of delivered alerts cannot be used
         WebhookError          url, reason: a webhook URL `margins alerts` cannot post to
+        NotAnAlert            topic, reason: a message on margins/alerts/+ that is not an alert (also a
+                              ValueError)
         UnguardedCall         call, reason: an SDK call a guard cannot bound (no output limit, say); also a
                               ValueError
 
@@ -278,3 +280,12 @@ class WebhookError(BudgetError):
         self.url = url
         self.reason = reason
         super().__init__(f"--webhook {url!r}: {reason}")
+
+
+class NotAnAlert(BudgetError, ValueError):
+    """A message on the alerts topic that is not an alert (not a JSON object with an `alert` field)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"{topic}: {reason}")

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from budget.errors import NotAnAlert
+
 TOPIC_FILTER = "margins/alerts/+"
 _ALERT_PREFIX = TOPIC_FILTER[:-1]
 
@@ -32,18 +34,14 @@ class Alert:
         return json.dumps({**self.fields, "text": alert_text(self.fields)}, separators=(",", ":")).encode()
 
 
-class NotAnAlert(ValueError):
-    """A message on the alerts topic that is not an alert (not a JSON object with an `alert` field)."""
-
-
 def parse_alert(topic: str, payload: bytes) -> Alert:
-    """The alert a message carries; raises NotAnAlert saying what is wrong with it."""
+    """The alert a message carries; raises NotAnAlert (budget.errors) saying what is wrong with it."""
     try:
         fields = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as error:
-        raise NotAnAlert(f"not JSON: {error}") from error
+        raise NotAnAlert(topic, f"not JSON: {error}") from error
     if not isinstance(fields, dict) or not isinstance(fields.get("alert"), str):
-        raise NotAnAlert("not a JSON object with an 'alert' field")
+        raise NotAnAlert(topic, "not a JSON object with an 'alert' field")
     user_id = fields.get("user_id")
     if not isinstance(user_id, str):
         user_id = topic.removeprefix(_ALERT_PREFIX)

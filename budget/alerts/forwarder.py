@@ -21,10 +21,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from types import TracebackType
 
-from budget.alerts.content import TOPIC_FILTER, NotAnAlert, parse_alert
+from budget.alerts.content import TOPIC_FILTER, parse_alert
 from budget.alerts.delivered import DeliveredRecord
 from budget.alerts.webhook import Backoff, Verdict, WebhookTarget, post, retry_after_s, verdict
-from budget.errors import ConnectionLost
+from budget.errors import ConnectionLost, NotAnAlert
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection, close_quietly
 from budget.mqtt.packets import Publish
@@ -165,7 +165,7 @@ class AlertForwarder:
                 alert = parse_alert(message.topic, message.payload)
             except NotAnAlert as error:
                 self.counters["not_alerts"] += 1
-                log.warning("not forwarded: a message on %s is not an alert: %s", message.topic, error)
+                log.warning("not forwarded, not an alert: %s", error)
                 self._ack(connection, message)
                 continue
             if alert.key in self.record:

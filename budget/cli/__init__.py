@@ -23,7 +23,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     (
         "alerts",
         "budget.cli.alerts:alerts",
-        "Forward the enforcer's alerts to a webhook as JSON: in order, retried, never posted twice.",
+        "Forward soft, cap, overshoot and unknown-model alerts to a webhook as JSON.",
     ),
     (
         "admin",

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from budget.alerts.content import NotAnAlert, alert_text, parse_alert
+from budget.alerts.content import alert_text, parse_alert
 from budget.domain.events import DeadLettered, LimitCrossed, UsageRecorded
+from budget.errors import NotAnAlert
 from budget.service.messages import alert_json, overshoot_json, unknown_model_json
 
 T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
@@ -123,5 +124,5 @@ def test_an_alert_without_an_id_is_keyed_by_a_digest_of_its_content() -> None:
 
 @pytest.mark.parametrize("payload", [b"not json", b"[1]", b'{"user_id": "u"}', b"\xff"])
 def test_what_is_not_an_alert_says_so(payload: bytes) -> None:
-    with pytest.raises(NotAnAlert):
+    with pytest.raises(NotAnAlert, match=r"^margins/alerts/u: "):
         parse_alert("margins/alerts/u", payload)
