@@ -125,10 +125,11 @@ class AlertForwarder:
                 backoff, failures = 0.1, 0
                 log.info("%s: subscribed to %s on %s:%d", READY_LOG, TOPIC_FILTER, b.host, b.port)
                 await client.wait_closed()
-            except ConnectionLost as error:
+            except (ConnectionLost, TimeoutError) as error:  # TimeoutError: no SUBACK in time
                 failures += 1
                 level = logging.WARNING if failures == 1 else logging.INFO
-                log.log(level, "broker %s:%d: %s; retrying in %.1f s", b.host, b.port, error.reason, backoff)
+                reason = error.reason if isinstance(error, ConnectionLost) else "no answer to SUBSCRIBE"
+                log.log(level, "broker %s:%d: %s; retrying in %.1f s", b.host, b.port, reason, backoff)
             finally:
                 if not self._stop.is_set():
                     client.close()

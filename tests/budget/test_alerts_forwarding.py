@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from budget.alerts.delivered import DeliveredRecord
-from tests.budget.alerts_process import AlertsProcess
+from tests.budget.alerts_process import READY, AlertsProcess
 from tests.budget.broker import PASSWORDS, REPO, Broker, free_port
 from tests.budget.enforcer_process import EnforcerProcess
 from tests.budget.mqtt_helpers import mqtt, usage_body
@@ -118,6 +118,22 @@ def test_alerts_published_while_it_is_stopped_are_delivered_when_it_starts(
     hook.wait_for(lambda: len(hook.posts) >= 4, what="the alerts kept by the broker posted")
     bodies = hook.bodies()
     assert [(b["user_id"], b["alert"]) for b in bodies] == [
+        ("alice", "soft"), ("alice", "cap"), ("bob", "soft"), ("bob", "cap"),
+    ]  # fmt: skip
+
+
+def test_after_a_broker_restart_it_reconnects_to_its_session_and_goes_on(
+    mosquitto: Broker, enforcer_process: EnforcerProcess, alerts_process: AlertsProcess, hook: Receiver
+) -> None:
+    enforcer_process.start()
+    alerts_process.start()
+    over_the_cap(mosquitto, "alice")
+    hook.wait_for(lambda: len(hook.posts) >= 2, what="alice's alerts posted")
+    mosquitto.restart()
+    alerts_process.wait_for_log(READY, count=2)  # subscribed again, on a new connection
+    over_the_cap(mosquitto, "bob")
+    hook.wait_for(lambda: len(hook.posts) >= 4, what="bob's alerts posted after the restart")
+    assert [(b["user_id"], b["alert"]) for b in hook.bodies()] == [
         ("alice", "soft"), ("alice", "cap"), ("bob", "soft"), ("bob", "cap"),
     ]  # fmt: skip
 
