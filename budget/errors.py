@@ -23,6 +23,10 @@
         AuthorizationTimeout  user_id, model, timeout_s: the enforcer did not answer in time
             AuthorizationExpired  the enforcer decided the request after its deadline: nothing is held
         OutboxError           path, reason: a BudgetClient's outbox file cannot be opened or written
+        AlertStateError       path, reason: `margins alerts`' record of delivered alerts cannot be used
+        WebhookError          url, reason: a webhook URL `margins alerts` cannot post to
+        NotAnAlert            topic, reason: a message on margins/alerts/+ that is not an alert (also a
+                              ValueError)
         UnguardedCall         call, reason: an SDK call a guard cannot bound (no output limit, say); also a
                               ValueError
 
@@ -258,3 +262,30 @@ class UnguardedCall(BudgetError, ValueError):
         self.call = call
         self.reason = reason
         super().__init__(f"{call}: {reason}")
+
+
+class AlertStateError(BudgetError):
+    """The alert forwarder's record of delivered alerts (under --state) cannot be read or written."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"alert state {path}: {reason}")
+
+
+class WebhookError(BudgetError):
+    """A webhook URL the alert forwarder cannot post to (not http(s), no host, a bad port)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"--webhook {url!r}: {reason}")
+
+
+class NotAnAlert(BudgetError, ValueError):
+    """A message on the alerts topic that is not an alert (not a JSON object with an `alert` field)."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(f"{topic}: {reason}")

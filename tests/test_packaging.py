@@ -32,12 +32,13 @@ pytestmark = pytest.mark.timeout(1800)
 DISTRIBUTION_OF = {"paho": "paho-mqtt", "genai_prices": "genai-prices"}
 # What the core install must run: what applications import, and the command shell with `init` and
 # `prices` (which reads a caps config or a scenario file for their overrides).
-CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations")
+CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations", "budget.alerts")
 # The SDK guards: each needs its SDK's extra; the rest of budget.integrations is core.
 SDK_EXTRAS = {"budget.integrations.openai": "openai", "budget.integrations.anthropic": "anthropic"}
 CORE_MODULES = frozenset(
     {
         *("budget", "budget.client", "budget.outbox", "budget.errors", "budget.cli"),
+        *("budget.cli.alerts", "budget.cli.broker_options"),
         *("budget.service", "budget.service.settings", "budget.service.defaults"),
         *("sim", "sim.errors", "sim.cli", "sim.cli.extras", "sim.cli.common", "sim.cli.init"),
         *("sim.cli.prices",),

@@ -1,4 +1,5 @@
-"""The budget side of the `margins` command line: `enforce`, `spend`, `admin`, `status` and `store`.
+"""The budget side of the `margins` command line: `enforce`, `alerts`, `spend`, `admin`, `status` and
+`store`.
 
 sim.cli mounts these commands on the one `margins` group (budget never imports sim). Each entry is
 (name, "module:attribute" of its click command, its short help): `margins --help` lists the commands from
@@ -18,6 +19,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
         "enforce",
         "budget.cli.enforce:enforce",
         "Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.",
+    ),
+    (
+        "alerts",
+        "budget.cli.alerts:alerts",
+        "Forward soft, cap, overshoot and unknown-model alerts to a webhook as JSON.",
     ),
     (
         "admin",

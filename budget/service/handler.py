@@ -30,7 +30,7 @@ from budget.domain.ledger import ConfigureUser, Ledger, RecordUsage, RenewReserv
 from budget.domain.prices import nanos_to_usd
 from budget.mqtt.packets import Publish
 from budget.mqtt.topics import AUTHORIZE_PREFIX, USAGE_PREFIX, alert_topic, reply_topic_problem
-from budget.service.messages import alert_json, encode_json, overshoot_json, reply_json
+from budget.service.messages import alert_json, overshoot_json, reply_json, unknown_model_json
 from budget.service.rejection import Rejection
 from budget.service.throttle import LogThrottle
 from budget.service.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, decode_message
@@ -210,8 +210,7 @@ class MessageHandler:
                 body = reply_json(rejection.request_id, "deny", None, None, None, reason)
                 batch.replies.append((reply_to, body, message.correlation))
         if "unknown_model" in rejection.by_reason and event.user_id:
-            alert = {"alert": "unknown_model", "user_id": event.user_id, "detail": event.detail}
-            batch.publishes.append((alert_topic(event.user_id), encode_json(alert)))
+            batch.publishes.append((alert_topic(event.user_id), unknown_model_json(event, event.user_id)))
 
     def _authorize(
         self,

@@ -6,6 +6,7 @@ nano-dollars, so a rounding here never reaches a sum.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -14,7 +15,7 @@ from typing import Any
 import msgspec
 
 from budget.domain.commands import UserStatus
-from budget.domain.events import LimitCrossed, UsageRecorded
+from budget.domain.events import DeadLettered, LimitCrossed, UsageRecorded
 from budget.domain.prices import nanos_to_usd
 from budget.mqtt.topics import reply_topic_problem
 
@@ -94,10 +95,20 @@ def status_json(status: UserStatus) -> bytes:
     )
 
 
+# Every alert carries an `id` made from its content, the same each time the same thing is alerted (a
+# redelivered message, a replayed commit): whoever forwards alerts can recognise one already sent.
+
+
+def alert_id(kind: str, user_id: str, detail: str) -> str:
+    """`kind:user:detail` -- one alert's identity (see alert_json, overshoot_json, unknown_model_json)."""
+    return f"{kind}:{user_id}:{detail}"
+
+
 def alert_json(event: LimitCrossed) -> bytes:
     """A soft-limit or cap alert on margins/alerts/<user> (once per user, month and limit)."""
     return _json.encode(
         {
+            "id": alert_id(event.limit, event.user_id, event.month),
             "alert": event.limit,
             "user_id": event.user_id,
             "month": event.month,
@@ -113,12 +124,28 @@ def overshoot_json(usage: UsageRecorded) -> bytes:
     spent counted anyway (it was spent), possibly past the cap by at most its own worst case."""
     return _json.encode(
         {
+            "id": alert_id("overshoot", usage.user_id, usage.event_id),
             "alert": "overshoot",
             "user_id": usage.user_id,
             "month": usage.month,
             "event_id": usage.event_id,
             "reservation_id": usage.reservation_id,
             "cost_usd": nanos_to_usd(usage.cost_nanos),
+        }
+    )
+
+
+def unknown_model_json(dead: DeadLettered, user_id: str) -> bytes:
+    """An unknown-model alert on margins/alerts/<user>: usage named a model the price catalog cannot price,
+    so it was dead-lettered (never charged $0). Its id is the usage event's id when the message held one
+    item, else a digest of the message: the same message dead-lettered again gives the same id."""
+    detail = dead.event_id or hashlib.sha256(dead.original_payload()).hexdigest()[:32]
+    return _json.encode(
+        {
+            "id": alert_id("unknown_model", user_id, detail),
+            "alert": "unknown_model",
+            "user_id": user_id,
+            "detail": dead.detail,
         }
     )
 

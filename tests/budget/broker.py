@@ -20,7 +20,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CONF_EXAMPLE = REPO / "deploy" / "mosquitto.conf.example"
 ACL_EXAMPLE = REPO / "deploy" / "mosquitto.acl.example"
-PASSWORDS = {"app": "app-secret", "admin": "admin-secret", "enforcer": "enforcer-secret"}
+PASSWORDS = {
+    "app": "app-secret",
+    "admin": "admin-secret",
+    "enforcer": "enforcer-secret",
+    "alerts": "alerts-secret",
+}
 
 
 def mosquitto_binary() -> str:
