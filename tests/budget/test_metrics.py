@@ -4,48 +4,15 @@ mosquitto, its exposition parsed as Prometheus would."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from pathlib import Path
 
 from budget.domain.events import DeadLettered, ReservationDenied, ReservationGranted, UsageRecorded
-from budget.service.enforcer import Enforcer
 from budget.service.metrics import EnforcerMetrics
 from budget.store.manifest import read_manifest
 from tests.budget.broker import Broker
-from tests.budget.enforcer_helpers import PATIENCE_S, Authorizer, make_enforcer, stored_events, wait_until
-from tests.budget.metrics_helpers import samples, value
-from tests.budget.mqtt_helpers import mqtt, publish_all, usage_body
-
-USAGE_MESSAGES = 40
-ARRAY = 3  # events in the one array message
-BAD = [b"{not json", b"\xff\xfe\x00", json.dumps(usage_body("odd", model="mystery-9")).encode()]
-
-
-async def _send_traffic(enforcer: Enforcer, port: int) -> None:
-    """Usage (single events and one array), an allowed and a denied authorization, three dead letters."""
-    async with mqtt(port) as pub, mqtt(port) as replies:
-        bodies = [json.dumps(usage_body(f"e{i}")).encode() for i in range(USAGE_MESSAGES)]
-        bodies.append(json.dumps([usage_body(f"a{i}") for i in range(ARRAY)]).encode())
-        await publish_all(pub, "margins/usage/alice", bodies)
-        for payload in BAD:
-            await pub.publish("margins/usage/alice", payload, qos=1)
-        authorizer = await Authorizer(replies).start()
-        assert (await authorizer.ask("small"))["decision"] == "allow"
-        # 5M output tokens of gpt-4o-mini is $3, past the $1 cap
-        assert (await authorizer.ask("huge", max_output_tokens=5_000_000))["decision"] == "deny"
-        authorizer.stop()
-
-    def dead() -> int:
-        return sum(n for key, n in enforcer.counters.items() if key.startswith("dead_letter_"))
-
-    await wait_until(
-        lambda: enforcer.counters["UsageRecorded"] == USAGE_MESSAGES + ARRAY and dead() == len(BAD),
-        "every usage event recorded and every bad message dead-lettered",
-    )
-    store = enforcer.store
-    assert store is not None
-    await wait_until(lambda: enforcer.counters["committed"] == store.last_seq + 1, "everything committed")
+from tests.budget.enforcer_helpers import PATIENCE_S, make_enforcer, stored_events
+from tests.budget.metrics_helpers import ARRAY, USAGE_MESSAGES, samples, send_traffic, value
 
 
 def test_metrics_match_what_the_store_holds(mosquitto: Broker, tmp_path: Path) -> None:
@@ -58,7 +25,7 @@ def test_metrics_match_what_the_store_holds(mosquitto: Broker, tmp_path: Path) -
         async with make_enforcer(mosquitto, tmp_path, store_flush_interval_s=None) as enforcer:
             metrics = EnforcerMetrics(enforcer)
             await enforcer.wait_subscribed(PATIENCE_S)
-            await _send_traffic(enforcer, mosquitto.port)
+            await send_traffic(enforcer, mosquitto.port)
             scraped.update(samples(metrics))
             log_bytes_on_disk = sum(p.stat().st_size for p in (tmp_path / "store" / "wal").iterdir())
             assert value(scraped, "margins_commits_total") == enforcer.counters["commits"]
@@ -68,7 +35,11 @@ def test_metrics_match_what_the_store_holds(mosquitto: Broker, tmp_path: Path) -
     kinds = Counter(type(e).__name__ for e in events)
     assert value(scraped, "margins_events_committed_total") == len(events)
     assert value(scraped, "margins_store_events") == len(events)
-    assert value(scraped, "margins_usage_events_total") == kinds[UsageRecorded.__name__] == 43
+    assert (
+        value(scraped, "margins_usage_events_total")
+        == kinds[UsageRecorded.__name__]
+        == USAGE_MESSAGES + ARRAY
+    )
     dead = Counter(e.reason for e in events if isinstance(e, DeadLettered))
     assert dead == {"malformed_json": 1, "not_utf8": 1, "unknown_model": 1}
     for reason, count in dead.items():
@@ -99,7 +70,7 @@ def test_after_a_restart_store_size_replay_and_snapshot_age(mosquitto: Broker, t
     async def first_run() -> int:
         async with make_enforcer(mosquitto, tmp_path) as enforcer:
             await enforcer.wait_subscribed(PATIENCE_S)
-            await _send_traffic(enforcer, mosquitto.port)
+            await send_traffic(enforcer, mosquitto.port)
             return enforcer.counters["committed"]
 
     committed = asyncio.run(first_run())  # a clean stop flushes segments and snapshots the ledger
