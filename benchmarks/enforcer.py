@@ -21,8 +21,9 @@ The enforcer runs in this process (so it can be watched exactly: the clock stops
 every event is committed); the load comes from child processes, so neither side steals the other's loop.
 `--runs N` repeats sections 1-3 (each run with a broker and stores of its own) and prints each figure as
 the median of the runs with their range; the load average is printed at the start, after each run and at
-the end. Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the
-machine.
+the end. `--metrics` attaches EnforcerMetrics to the enforcers of sections 1 and 2 and scrapes them once
+a second on their loop, as a `/metrics` route would: run with and without it to see what metrics cost.
+Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the machine.
 """
 
 from __future__ import annotations
