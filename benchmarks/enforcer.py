@@ -1,7 +1,7 @@
 """The enforcer's benchmark, each figure beside a baseline measured in the same run:
 
     uv run python -m benchmarks.enforcer [--events 30000] [--batched-messages 3000] [--authorizations 5000]
-                                  [--query-events 10000000] [--runs 1]
+                                  [--query-events 10000000] [--runs 1] [--metrics]
 
 1. Usage events/s end to end through a local mosquitto with durability on (fsync'd group commits, PUBACK
    only after the commit): one event per message, then arrays of 100; and the enforcer process's CPU time
@@ -21,8 +21,9 @@ The enforcer runs in this process (so it can be watched exactly: the clock stops
 every event is committed); the load comes from child processes, so neither side steals the other's loop.
 `--runs N` repeats sections 1-3 (each run with a broker and stores of its own) and prints each figure as
 the median of the runs with their range; the load average is printed at the start, after each run and at
-the end. Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the
-machine.
+the end. `--metrics` attaches EnforcerMetrics to the enforcers of sections 1 and 2 and scrapes them once
+a second on their loop, as a `/metrics` route would: run with and without it to see what metrics cost.
+Requires the mosquitto binary (apt-get install mosquitto). Not a test: figures vary with the machine.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from budget.mqtt.codec import encode, encode_publish, read
 from budget.mqtt.connection import Mqtt5Connection
 from budget.mqtt.packets import ConnAck, Connect, Packet, PubAck, Publish, Subscribe
 from budget.service.enforcer import Enforcer
+from budget.service.metrics import EnforcerMetrics
 
 BENCH_CAPS: dict[str, object] = {"default_cap_usd": "1000000", "reservation_ttl_s": 600}
 
@@ -339,7 +341,7 @@ def _pct(values: list[float], q: float) -> float:
 
 @contextlib.asynccontextmanager
 async def _enforcer(
-    port: int, directory: Path, commit_times: list[float] | None = None
+    port: int, directory: Path, commit_times: list[float] | None = None, metrics: bool = False
 ) -> AsyncIterator[Enforcer]:
     config = parse_config(BENCH_CAPS, "(bench)")
     # session_expiry_s=0: a finished run's session must not keep queueing the next runs' messages
@@ -358,7 +360,22 @@ async def _enforcer(
                 commit_times.append((time.perf_counter() - start) * 1000)
 
             store.append = timed
-        yield enforcer
+        if not metrics:
+            yield enforcer
+            return
+        # As a /metrics route on the enforcer's loop would: the histograms observed, a scrape every second.
+        exposition = EnforcerMetrics(enforcer).exposition
+
+        async def scrape_every_second() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                exposition()
+
+        scraper = asyncio.create_task(scrape_every_second())
+        try:
+            yield enforcer
+        finally:
+            scraper.cancel()
 
 
 Figures = dict[str, float]
@@ -371,7 +388,7 @@ async def _one_run(args: argparse.Namespace, directory: Path) -> Figures:
     with mosquitto(directory / "broker") as port:
         for per_message, messages in ((1, args.events), (100, args.batched_messages)):
             plain = await _plain_subscriber_rate(port, messages, per_message)
-            async with _enforcer(port, directory / f"enf{per_message}") as enforcer:
+            async with _enforcer(port, directory / f"enf{per_message}", metrics=args.metrics) as enforcer:
                 rate, commit_rate, cpu_us = await _enforcer_rate(enforcer, port, messages, per_message)
             figures |= {
                 f"rate_{per_message}": rate,
@@ -387,7 +404,7 @@ async def _one_run(args: argparse.Namespace, directory: Path) -> Figures:
         await asyncio.sleep(2)
         echo = await _echo_round_trips(port, args.authorizations, 1000.0)
         commits: list[float] = []
-        async with _enforcer(port, directory / "auth", commit_times=commits) as enforcer:
+        async with _enforcer(port, directory / "auth", commits, args.metrics) as enforcer:
             real = await _load_latencies(port, args.authorizations, 1000.0)
             figures["granted"] = enforcer.counters["granted"]
         fsyncs = await asyncio.to_thread(_fdatasync_times, directory / "auth" / "store")
@@ -554,6 +571,9 @@ def main() -> None:
     parser.add_argument("--authorizations", type=int, default=5_000, help="at 1,000/s")
     parser.add_argument("--query-events", type=int, default=10_000_000, help="0 skips the query benchmark")
     parser.add_argument("--runs", type=int, default=1, help="runs of sections 1-3: medians and ranges")
+    parser.add_argument(
+        "--metrics", action="store_true", help="attach EnforcerMetrics and scrape it once a second"
+    )
     args = parser.parse_args()
     sys.setswitchinterval(0.001)  # as `margins enforce` does (see budget/cli/enforce.py)
     logging.basicConfig(level=logging.ERROR)  # the floods' dead letters are counted, not printed

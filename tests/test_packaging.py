@@ -29,7 +29,11 @@ pytestmark = pytest.mark.timeout(1800)
 
 
 # Where an import name differs from the name of the distribution that brings it.
-DISTRIBUTION_OF = {"paho": "paho-mqtt", "genai_prices": "genai-prices"}
+DISTRIBUTION_OF = {
+    "paho": "paho-mqtt",
+    "genai_prices": "genai-prices",
+    "prometheus_client": "prometheus-client",
+}
 # What the core install must run: what applications import, and the command shell with `init` and
 # `prices` (which reads a caps config or a scenario file for their overrides).
 CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations", "budget.alerts")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from budget.cli.broker_options import broker_options, broker_settings
+from budget.cli.log_format import LOG_FORMATS, LogFormat, configure_logging
 from budget.errors import BudgetError, StoreError
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 @click.option("--config", "config_path", required=True, help="caps config (TOML)")
 @click.option("--client-id", default="margins-enforcer", show_default=True, help="MQTT client id (session)")
 @click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(LOG_FORMATS),
+    help="stderr log lines: text for people, json for a log shipper (one object per line)",
+)
 @click.option(
     "--min-free-mb",
     default=DEFAULT_MIN_FREE_MB,
@@ -49,6 +57,7 @@ def enforce(
     config_path: str,
     client_id: str,
     log_level: str,
+    log_format: LogFormat,
     min_free_mb: int,
     snapshot_every: int,
 ) -> None:
@@ -63,11 +72,7 @@ def enforce(
 
     from budget.service.settings import load_config
 
-    logging.basicConfig(
-        level=getattr(logging, log_level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(log_level, log_format)
     try:
         config = load_config(config_path)
         broker = broker_settings(broker_url, username, password_file, tls_ca, client_id)
@@ -79,11 +84,18 @@ def enforce(
     try:
         asyncio.run(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every))
     except StoreError as error:
-        click.echo(f"margins enforce: {error}", err=True)
-        sys.exit(2)
+        _exit_with(str(error), 2, log_format)
     except BudgetError as error:
-        click.echo(f"margins enforce: {error}", err=True)
-        sys.exit(1)
+        _exit_with(str(error), 1, log_format)
+
+
+def _exit_with(message: str, code: int, log_format: LogFormat) -> None:
+    """The one line a failed run ends with: as a log record when the log is JSON, so every line parses."""
+    if log_format == "json":
+        logging.getLogger("margins.enforce").error("margins enforce: %s", message, extra={"exit_code": code})
+    else:
+        click.echo(f"margins enforce: {message}", err=True)
+    sys.exit(code)
 
 
 async def _run(

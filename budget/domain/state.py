@@ -158,6 +158,11 @@ class LedgerState:
         """Every open reservation, by id."""
         return [self._reservations[key] for key in sorted(self._reservations)]
 
+    @property
+    def open_reservation_count(self) -> int:
+        """How many reservations are open (granted, neither settled nor expired)."""
+        return len(self._reservations)
+
     def users(self) -> set[str]:
         """Every user with spend or reservations in a month that can still change (this month's and last
         month's active users, and those holding reservations)."""

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,7 @@ from budget.mqtt.topics import (
 )
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.service.handler import DEADLETTER_TOPIC, Batch, MessageHandler
+from budget.service.instruments import ReplayStats, Timings
 from budget.service.messages import confirm_json, counters_text, encode_json, status_json
 from budget.service.snapshots import SnapshotTaker, restore, settings_key
 from budget.service.throttle import LogThrottle
@@ -117,6 +119,9 @@ class Enforcer:
         self._stats_sent: dict[str, int] = {}
         self._to_republish: list[str] = []  # users whose status goes out again after a start
         self._republished = 0  # how many of them have been looked at
+        self._timings: Timings | None = None
+        self.replay_stats: ReplayStats | None = None  # set once the store is replayed
+        self._restored_from: int | None = None  # the seq of the snapshot the ledger was restored from
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -127,7 +132,9 @@ class Enforcer:
             flush_interval=self._store_flush_interval,
             min_free_bytes=self._min_free_bytes,
         )
+        started = time.perf_counter()
         replayed = await asyncio.to_thread(self._replay)
+        self.replay_stats = ReplayStats(replayed, time.perf_counter() - started, self._restored_from)
         # The replayed ledger lives as long as the process: keep the cyclic collector from re-scanning it
         # in every full collection (tens of ms over a large ledger, paid by whichever request is waiting).
         gc.collect()
@@ -149,6 +156,7 @@ class Enforcer:
         assert self._store is not None
         restored = restore(self._store, self._config, self._prices)
         self._set_ledger(restored.ledger)
+        self._restored_from = restored.snapshot_seq
         self._snapshots = SnapshotTaker(
             self._store,
             self.ledger,
@@ -168,6 +176,15 @@ class Enforcer:
         self.ledger = ledger
         self._handler = MessageHandler(ledger, self.counters, self._throttle, self._max_skew)
         self._handle = self._handler.handle  # bound once: it runs for every message
+
+    def observe_with(self, timings: Timings) -> None:
+        """Hand every commit's duration and every authorization's time in the process to `timings`."""
+        self._timings = timings
+
+    @property
+    def store(self) -> EventStore | None:
+        """The open event store (None before entering and after leaving)."""
+        return self._store
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe to call from a signal handler on the loop)."""
@@ -281,6 +298,9 @@ class Enforcer:
         if not self._accepting:
             return
         batch = self._batch
+        arrived, replies = 0.0, 0
+        if self._timings is not None and message.topic.startswith(AUTHORIZE_PREFIX):
+            arrived, replies = time.perf_counter(), len(batch.replies)  # per authorization, never per usage
         try:
             self._handle(message, self._clock(), batch)
         except Exception as error:  # a bug must cost one message (kept as a dead letter), not the service
@@ -295,6 +315,8 @@ class Enforcer:
             self._handler.take([event], batch)
         if message.qos:
             batch.acks.append((self._connection, message.packet_id))
+        if arrived and len(batch.replies) > replies:
+            batch.arrivals.append(arrived)
         self._work.set()
 
     def _on_refused(self, topic: str, reason_code: int) -> None:
@@ -352,12 +374,15 @@ class Enforcer:
             self._committing = batch
             if batch.events:
                 assert self._store is not None
+                started = time.perf_counter()
                 if len(batch.events) <= self._inline_commit_max:
                     # A small batch (an authorization or a few events) costs one fdatasync (~0.3 ms here); a
                     # thread hop would cost more, because the worker waits for the GIL behind the loop.
                     self._store.append(batch.events)
                 else:  # a big one: keep receiving the next batch while this one is written
                     await asyncio.to_thread(self._store.append, batch.events)
+                if self._timings is not None:
+                    self._timings.committed(time.perf_counter() - started)
                 self.counters["committed"] += len(batch.events)
                 self.counters["commits"] += 1
             self._release(batch)
@@ -374,6 +399,8 @@ class Enforcer:
                 client.ack(packet_id)
         for topic, body, correlation in batch.replies:  # reply topics were checked when taken
             client.publish(topic, body, correlation=correlation)
+        if batch.arrivals and self._timings is not None:
+            self._timings.replied(batch.arrivals, time.perf_counter())
         for topic, event_ids in batch.confirms.items():
             for body in confirm_json(event_ids):
                 client.publish(topic, body)

@@ -50,6 +50,7 @@ class Batch:
     publishes: list[tuple[str, bytes]] = field(default_factory=list)  # alerts and dead letters
     confirms: dict[str, list[str]] = field(default_factory=dict)  # reply topic -> event ids settled
     dirty: set[str] = field(default_factory=set)
+    arrivals: list[float] = field(default_factory=list)  # perf_counter() of timed authorizations replied to
 
     def __bool__(self) -> bool:
         return bool(self.events or self.acks or self.replies or self.publishes or self.confirms)
@@ -230,6 +231,8 @@ class MessageHandler:
         remaining = nanos_to_usd(self.ledger.status(command.user_id, now).remaining_nanos)
         if granted is not None:
             self.counters["granted"] += 1
+            if granted.decision == "degrade":
+                self.counters["degraded"] += 1
             body = reply_json(
                 command.request_id,
                 granted.decision,

@@ -24,6 +24,7 @@ through a segment. Ledger snapshots live beside the segments (budget/store/snaps
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import threading
@@ -366,6 +367,28 @@ class EventStore:
         """The newest snapshot that verifies and is not past the store's last seq (older ones are the
         fallback, each one passed over logged with the reason); None when there is none: replay all."""
         return self._snapshots.latest(self.last_seq)
+
+    def newest_snapshot_written_at(self) -> float | None:
+        """When the newest snapshot was written (Unix seconds), None without one; not verified."""
+        return self._snapshots.newest_written_at()
+
+    def size_bytes(self) -> dict[str, int]:
+        """Bytes on disk by part -- "segments" (as the manifest lists them) and "log" (the write-ahead log
+        files) -- from the manifest and a listing of the log directory: no file is read or hashed."""
+        root = self.root
+        segments = 0
+        for segment in self._manifest.segments:  # one manifest object: the flusher replaces it whole
+            if segment.size is not None:
+                segments += segment.size
+            else:  # a version-1 manifest does not record sizes
+                with contextlib.suppress(OSError):
+                    segments += (root / segment.file).stat().st_size
+        log = 0
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root / "wal"):
+                with contextlib.suppress(OSError):  # flushed and deleted meanwhile
+                    log += entry.stat().st_size
+        return {"segments": segments, "log": log}
 
     @property
     def manifest(self) -> Manifest:

@@ -33,13 +33,14 @@ def make_enforcer(
     caps: str = CAPS_TOML,
     fixed_clock: bool = True,
     clock: Callable[[], datetime] | None = None,
+    **options: Any,
 ) -> Enforcer:
     (tmp_path / "caps.toml").write_text(caps)
     config = load_config(tmp_path / "caps.toml")
     settings = BrokerSettings(host="127.0.0.1", port=broker.port, client_id=enforcer_client_id(tmp_path))
     if clock is None and fixed_clock:
         clock = lambda: NOW  # noqa: E731
-    return Enforcer(settings, tmp_path / "store", config, clock=clock, expiry_interval_s=0.1)
+    return Enforcer(settings, tmp_path / "store", config, clock=clock, expiry_interval_s=0.1, **options)
 
 
 def enforcer_client_id(tmp_path: Path) -> str:
