@@ -128,7 +128,7 @@ class Months:
         basis = self.basis
         return math.fsum(per_period[p.index] for p in basis) / len(basis)
 
-    def monthly_total(self, nanos_per_period: Sequence[int]) -> float:
+    def monthly_total(self, nanos_per_period: Sequence[int] | np.ndarray) -> float:
         """A monthly total in USD: the mean over the complete months, or the partial month's total
         extrapolated to its whole length."""
         complete = self.complete
