@@ -6,8 +6,15 @@ The comparison is written into the forecast file as tables and views, so it stay
 - `actual_spend`: the store's spend in the month per (user, model), from its flushed usage segments;
 - views `forecast_error_overall`, `forecast_error_by_model`, `forecast_error_by_decile`.
 Forecast users are simulated, so users are compared by decile of monthly spend (decile 10 spends most):
-the mean spend per user in each decile, forecast against actual. A run of fewer than 30 days is scaled to
-the month, as the forecast's own figures are. Error = (forecast - actual) / actual.
+the mean spend per user in each decile, forecast against actual. Error = (forecast - actual) / actual.
+
+A forecast month is one complete month of a run (the file's `forecast_periods`): a run of several months
+gives several, and they are averaged like replications (`forecast_error_months` lists them). A run with
+no complete month has its partial month extrapolated to the whole month -- each user's spend times
+month_days / days, which overstates the spread of the deciles (simulate a whole month to compare them).
+A usage event counts in the month its timestamp falls in; the last month also takes the events of
+sessions that ran past the run's end. A file written before runs had periods counts each run as one
+30-day month, scaled by 30 / days, as it was then.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import duckdb
 
 from budget.domain.prices import NANOS_PER_USD
 from sim.errors import ForecastErrorError
-from sim.model.traffic import MONTH_DAYS
+from sim.io.forecast_db import PERIOD_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,18 +40,39 @@ class ErrorReport:
     by_decile: list[tuple[Any, ...]]
 
 
+PERIOD_TABLE = ", ".join(f"{name} {kind}" for name, kind in PERIOD_COLUMNS.items())
 _VIEWS = {
+    "forecast_error_months": """
+        WITH listed AS (
+                 SELECT run_id, period, epoch_us(CAST(start AS TIMESTAMP)) AS start_us, days, month_days,
+                        complete
+                 FROM forecast_periods
+                 UNION ALL
+                 SELECT run_id, 0, NULL, days, 30, days >= 30 FROM forecast_runs
+                 WHERE run_id NOT IN (SELECT run_id FROM forecast_periods)),
+             runs AS (SELECT run_id, count(*) FILTER (WHERE complete) AS complete_months,
+                             max(period) AS last_period
+                      FROM listed GROUP BY run_id)
+        SELECT l.run_id, l.period, l.start_us,
+               CASE WHEN l.period = r.last_period THEN NULL
+                    ELSE l.start_us + CAST(l.days AS BIGINT) * 86400000000 END AS end_us,
+               CASE WHEN r.complete_months > 0 THEN 1.0 ELSE l.month_days / l.days END AS factor
+        FROM listed l JOIN runs r USING (run_id)
+        WHERE l.run_id IN (SELECT run_id FROM forecast_error_runs)
+          AND (l.complete OR r.complete_months = 0)""",
     "forecast_spend": f"""
-        SELECT u.run_id, u.user_id, u.model,
-               sum(u.cost_nanos) * ({MONTH_DAYS}.0 / r.days) / (SELECT count(*) FROM forecast_error_runs)
+        SELECT u.run_id, m.period, u.user_id, u.model,
+               sum(u.cost_nanos) * m.factor / (SELECT count(*) FROM forecast_error_months)
                    / {NANOS_PER_USD} AS usd
-        FROM usage u JOIN forecast_runs r USING (run_id)
-        WHERE u.run_id IN (SELECT run_id FROM forecast_error_runs)
-        GROUP BY u.run_id, u.user_id, u.model, r.days""",
+        FROM usage u JOIN forecast_error_months m
+          ON u.run_id = m.run_id
+         AND (m.start_us IS NULL OR epoch_us(u.ts) >= m.start_us)
+         AND (m.end_us IS NULL OR epoch_us(u.ts) < m.end_us)
+        GROUP BY u.run_id, m.period, u.user_id, u.model, m.factor""",
     "forecast_error_overall": """
         WITH f AS (SELECT sum(usd) AS usd,
-                          count(DISTINCT (run_id, user_id))
-                              / (SELECT count(*) FROM forecast_error_runs) AS users
+                          count(DISTINCT (run_id, period, user_id))
+                              / (SELECT count(*) FROM forecast_error_months) AS users
                    FROM forecast_spend),
              a AS (SELECT sum(usd) AS usd, count(DISTINCT user_id) AS users FROM actual_spend)
         SELECT f.usd AS forecast_usd, a.usd AS actual_usd, (f.usd - a.usd) / a.usd AS error,
@@ -58,8 +86,9 @@ _VIEWS = {
                CASE WHEN a.usd > 0 THEN (coalesce(f.usd, 0) - a.usd) / a.usd END AS error
         FROM f FULL OUTER JOIN a ON f.model = a.model ORDER BY model""",
     "forecast_error_by_decile": """
-        WITH fu AS (SELECT run_id, user_id, sum(usd) * (SELECT count(*) FROM forecast_error_runs) AS usd
-                    FROM forecast_spend GROUP BY run_id, user_id),
+        WITH fu AS (SELECT run_id, period, user_id,
+                           sum(usd) * (SELECT count(*) FROM forecast_error_months) AS usd
+                    FROM forecast_spend GROUP BY run_id, period, user_id),
              au AS (SELECT user_id, sum(usd) AS usd FROM actual_spend GROUP BY user_id),
              f AS (SELECT ntile(10) OVER (ORDER BY usd) AS decile, usd FROM fu),
              a AS (SELECT ntile(10) OVER (ORDER BY usd) AS decile, usd FROM au),
@@ -98,6 +127,8 @@ def compare(
         with duckdb.connect(where) as db:
             runs = _runs(db, where, run)
             db.execute("CREATE OR REPLACE TABLE forecast_error_runs (run_id VARCHAR)")
+            # A file written before runs had periods has no such table: its runs count as one month each.
+            db.execute(f"CREATE TABLE IF NOT EXISTS forecast_periods ({PERIOD_TABLE})")
             db.executemany("INSERT INTO forecast_error_runs VALUES (?)", [[r] for r in runs])
             db.execute(
                 "CREATE OR REPLACE TABLE actual_spend "

@@ -64,17 +64,21 @@ def parse_mau(_ctx: click.Context, _param: click.Parameter, value: str | None) -
     return levels
 
 
+# Every command that simulates takes --days from this one range: sim.model.periods' MIN_DAYS..MAX_DAYS,
+# written out so that reading the options does not import numpy (a test holds the two equal).
+DAYS = click.IntRange(1, 366)
+DAYS_HELP = (
+    "Days to simulate, 1 to 366: whole or partial months from the scenario's start (default: the scenario's)"
+)
+
+
 def forecast_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options `simulate` and `compare` share."""
     options = [
         click.option(
             "--mau", callback=parse_mau, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)"
         ),
-        click.option(
-            "--days",
-            type=click.IntRange(1, 30),
-            help="Days to simulate, at most the 30-day month (default: the scenario's)",
-        ),
+        click.option("--days", type=DAYS, help=DAYS_HELP),
         click.option(
             "--seed", type=int, default=1, show_default=True, help="Same seed, same traffic, same numbers"
         ),

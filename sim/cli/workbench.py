@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sim.cli.common import cannot_write, fail, parse_mau, write_or_fail
+from sim.cli.common import DAYS, DAYS_HELP, cannot_write, fail, parse_mau, write_or_fail
 from sim.errors import SimError
 from sim.io.progress import progress_bar, wanted
 
@@ -42,11 +42,7 @@ def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="A dotted scenario key and its values, e.g. cache.semantic.threshold=0.85,0.9 (repeatable)",
         ),
         click.option("--mau", callback=_one_level, help="The MAU level (default: the scenario's first)"),
-        click.option(
-            "--days",
-            type=click.IntRange(1, 30),
-            help="Days to simulate, at most a month (default: the scenario's)",
-        ),
+        click.option("--days", type=DAYS, help=DAYS_HELP),
         click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic"),
         click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: one per core)"),
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file"),
@@ -184,7 +180,7 @@ def goal_seek_command(
 @click.option(
     "--mau", callback=parse_mau, help="MAU levels, e.g. 1000,10000,100000 (default: the scenario's)"
 )
-@click.option("--days", type=click.IntRange(1, 30), help="Days to simulate (default: the scenario's)")
+@click.option("--days", type=DAYS, help=DAYS_HELP)
 @click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic")
 @click.option(
     "--workers", type=click.IntRange(1, 256), help="Processes for the lever runs (default: the cores)"

@@ -36,6 +36,22 @@ TOKEN_TABLE_COLUMNS = {
     "cache_write_tokens": "BIGINT",
     "output_tokens": "BIGINT",
 }
+# Each run's months (sim/model/periods.py) and their own figures: per-user figures are that month's
+# spend, never scaled; `complete` is false for a month the run ends inside.
+PERIOD_COLUMNS = {
+    "run_id": "VARCHAR",
+    "period": "BIGINT",
+    "start": "DATE",
+    "days": "BIGINT",
+    "month_days": "BIGINT",
+    "complete": "BOOLEAN",
+    "requests": "BIGINT",
+    "cost_usd": "DOUBLE",
+    "cost_per_user_mean_usd": "DOUBLE",
+    "cost_per_user_p50_usd": "DOUBLE",
+    "cost_per_user_p90_usd": "DOUBLE",
+    "cost_per_user_p99_usd": "DOUBLE",
+}
 # Which prices priced a run (budget.domain.prices.PriceCatalog.provenance): the catalog and its version,
 # the day its data was published, the day whose prices applied, the models a [prices] table overrode.
 PRICE_COLUMNS = {
@@ -59,6 +75,8 @@ class ForecastWriter:
         )
         tokens = ", ".join(f"{name} {kind}" for name, kind in TOKEN_TABLE_COLUMNS.items())
         self.connection.execute(f"CREATE TABLE IF NOT EXISTS forecast_tokens ({tokens})")
+        periods = ", ".join(f"{name} {kind}" for name, kind in PERIOD_COLUMNS.items())
+        self.connection.execute(f"CREATE TABLE IF NOT EXISTS forecast_periods ({periods})")
         # Which prices priced the run; added to a file written before they were recorded (NULL there).
         for column, kind in PRICE_COLUMNS.items():
             self.connection.execute(f"ALTER TABLE forecast_runs ADD COLUMN IF NOT EXISTS {column} {kind}")
@@ -107,6 +125,7 @@ class ForecastWriter:
                 ],
             )
             self._write_tokens(run_id, summary)
+            self._write_periods(run_id, summary)
         self.connection.execute(
             "CREATE OR REPLACE VIEW forecasts AS SELECT run_id, scenario, seed, mau, replication, days, "
             "CAST(figures->>'cost_usd' AS DOUBLE) AS cost_usd, "
@@ -125,6 +144,28 @@ class ForecastWriter:
             marks = ", ".join("?" * len(TOKEN_TABLE_COLUMNS))
             self.connection.executemany(
                 f"INSERT INTO forecast_tokens ({', '.join(TOKEN_TABLE_COLUMNS)}) VALUES ({marks})", rows
+            )
+
+    def _write_periods(self, run_id: str, summary: dict[str, Any]) -> None:
+        self.connection.execute("DELETE FROM forecast_periods WHERE run_id = ?", [run_id])
+        rows = [
+            [
+                run_id,
+                index,
+                period["start"],
+                period["days"],
+                period["month_days"],
+                period["complete"],
+                period["requests"],
+                period["cost_usd"],
+                *(period["cost_per_user_usd"][key] for key in ("mean", "p50", "p90", "p99")),
+            ]
+            for index, period in enumerate(summary.get("periods", []))
+        ]
+        if rows:
+            marks = ", ".join("?" * len(PERIOD_COLUMNS))
+            self.connection.executemany(
+                f"INSERT INTO forecast_periods ({', '.join(PERIOD_COLUMNS)}) VALUES ({marks})", rows
             )
 
     def close(self) -> None:

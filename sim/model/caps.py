@@ -14,11 +14,14 @@ above it.) The same reasoning skips the opening stretch of a replayed user's mon
 request that might not fit, everything is granted, so the ledger takes that stretch as one settled usage
 per model and decides the rest request by request. Tests hold both shortcuts to a full replay.
 
-A run shorter than the month gets the cap pro rata (cap x days / 30), as its spend is extrapolated by
-30 / days. Stated simplifications: a degraded request keeps its attempts (outcomes and tokens),
-repriced at the cheaper model and scored at that model's quality; a denied request's calls are removed,
-but the rate windows and caches are not replayed without them (the capacity a cap frees is not given to
-other requests, and a cache entry its miss stored still serves later requests).
+The cap is per month, as the enforcer's: each period of the run (sim/model/periods.py) is replayed
+through a ledger of its own, so a user's spend starts again from zero at each month's start, and a
+partial month (a run ending inside it) gets the whole cap -- the run stops early, the cap does not
+shrink. A request counts in the period it starts in. Stated simplifications: a degraded request keeps
+its attempts (outcomes and tokens), repriced at the cheaper model and scored at that model's quality; a
+denied request's calls are removed, but the rate windows and caches are not replayed without them (the
+capacity a cap frees is not given to other requests, and a cache entry its miss stored still serves
+later requests).
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ from budget.domain.ledger import Authorize, Ledger, RecordUsage
 from budget.domain.prices import PriceCatalog
 from sim.model.attempts import AttemptLog
 from sim.model.codes import CACHE_ANSWERS, CapDecision, Outcome, Served
+from sim.model.periods import period_index, run_periods
 from sim.model.policies import retry
 from sim.model.run import CapEffect, RunResult, calls_needing_model
 from sim.model.scenario import Cap
-from sim.model.traffic import MONTH_DAYS
 
-# The ledger folds spend by calendar month; the forecast's user-month is the run. A 31-day month keeps a
-# whole run (at most 30 days, plus the last requests' retries) in one ledger month.
+# The ledger folds spend by calendar month; each period is replayed in a ledger of its own whose clock
+# starts here. A 31-day month keeps a whole period (at most 31 days) in one ledger month; only requests
+# of a 31-day last period that end a session after the run's end could spill past it.
 LEDGER_MONTH_START = datetime(2026, 1, 1, tzinfo=UTC)
 # Reservations settle when their request finishes; a TTL of a day never expires one early.
 RESERVATION_TTL_S = 86_400
@@ -70,11 +74,10 @@ def enforcer_config(cap: Cap, cap_nanos: int) -> EnforcerConfig:
     )
 
 
-def run_cap_nanos(cap: Cap, days: int) -> int:
-    """The cap for a run of `days` days: the monthly cap pro rata, in whole nano-dollars (rounded down)."""
+def monthly_cap_nanos(cap: Cap) -> int:
+    """The cap of every period, whole or partial, in whole nano-dollars (rounded down)."""
     # A scenario's cap is a float: rounded down to whole nano-dollars, where an admin's must be exact.
-    monthly = usd_to_nanos(str(cap.monthly_usd), "scenario", "cap.monthly_usd", exact=False)
-    return monthly if days >= MONTH_DAYS else monthly * days // MONTH_DAYS
+    return usd_to_nanos(str(cap.monthly_usd), "scenario", "cap.monthly_usd", exact=False)
 
 
 def apply_cap(run: RunResult, catalog: PriceCatalog, replay_all: bool = False) -> RunResult:
@@ -85,14 +88,36 @@ def apply_cap(run: RunResult, catalog: PriceCatalog, replay_all: bool = False) -
     if cap is None:
         return run
     requests = _Requests.of(run, catalog)
-    cap_nanos = run_cap_nanos(cap, run.traffic.days)
-    if replay_all:
-        replay = np.unique(run.traffic.user[requests.has_call])
-    else:
-        replay = _users_who_may_meet_the_cap(run, requests, cap_nanos)
+    cap_nanos = monthly_cap_nanos(cap)
     config = enforcer_config(cap, cap_nanos)
-    decision, cost = _replay(run, requests, catalog, config, replay, skip_prefix=not replay_all)
-    return _shaped(run, catalog, requests, decision, cost, cap_nanos, int(replay.size))
+    periods = run_periods(scenario.traffic.start, run.traffic.days)
+    period = period_index(periods, run.traffic.t)
+    decision = np.full(run.traffic.requests, CapDecision.ALLOWED, dtype=np.int64)
+    cost = run.cost_nanos.copy()
+    replayed = 0
+    for each in periods:
+        in_period = period == each.index
+        if replay_all:
+            replay = np.unique(run.traffic.user[requests.has_call & in_period])
+        else:
+            replay = _users_who_may_meet_the_cap(run, requests, cap_nanos, in_period)
+        month = _Month(in_period, each.start_s, Ledger(config, catalog))
+        _replay(run, requests, month, replay, decision, cost, skip_prefix=not replay_all)
+        replayed += int(replay.size)
+    return _shaped(run, catalog, requests, decision, cost, cap_nanos, replayed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Month:
+    """One period's replay: its requests, where its clock starts in the run, and its own ledger."""
+
+    requests: np.ndarray  # bool per request: it starts in this period
+    start_s: float
+    ledger: Ledger
+
+    def now(self, seconds: float) -> datetime:
+        """The ledger's clock at `seconds` since the run's start."""
+        return LEDGER_MONTH_START + timedelta(seconds=seconds - self.start_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,11 +171,14 @@ def sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return total
 
 
-def _users_who_may_meet_the_cap(run: RunResult, requests: _Requests, cap_nanos: int) -> np.ndarray:
-    """Users whose uncapped spend plus the most they ever have reserved at once could pass the cap."""
+def _users_who_may_meet_the_cap(
+    run: RunResult, requests: _Requests, cap_nanos: int, in_period: np.ndarray
+) -> np.ndarray:
+    """Users whose uncapped spend in the period plus the most they ever have reserved at once in it could
+    pass the cap."""
     traffic = run.traffic
-    spent = sum_by(traffic.user, run.cost_nanos, traffic.mau)
-    rows = np.flatnonzero(requests.has_call)
+    spent = sum_by(traffic.user[in_period], run.cost_nanos[in_period], traffic.mau)
+    rows = np.flatnonzero(requests.has_call & in_period)
     user = np.concatenate([traffic.user[rows], traffic.user[rows]])
     time = np.concatenate([traffic.t[rows], requests.finished[rows]])
     delta = np.concatenate([requests.worst_nanos[rows], -requests.worst_nanos[rows]])
@@ -173,22 +201,22 @@ def _group_base(before: np.ndarray, first: np.ndarray) -> np.ndarray:
 def _replay(
     run: RunResult,
     requests: _Requests,
-    catalog: PriceCatalog,
-    config: EnforcerConfig,
+    month: _Month,
     users: np.ndarray,
+    decision: np.ndarray,
+    cost: np.ndarray,
     skip_prefix: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Authorize and settle the requests of `users` through the ledger, in time order per user.
+) -> None:
+    """Authorize and settle the period's requests of `users` through its ledger, in time order per user,
+    writing each request's decision and cost into `decision` and `cost`.
 
     With `skip_prefix`, each user's opening stretch in which the ledger provably grants everything (up to
     the last moment with nothing reserved before the first request that might not fit) goes to the ledger
     as one settled usage per model instead of request by request: its spend is the same, exactly.
     """
     traffic = run.traffic
-    decision = np.full(traffic.requests, CapDecision.ALLOWED, dtype=np.int64)
-    cost = run.cost_nanos.copy()
-    ledger = Ledger(config, catalog)
-    rows = np.flatnonzero(requests.has_call & np.isin(traffic.user, users))
+    ledger = month.ledger
+    rows = np.flatnonzero(requests.has_call & month.requests & np.isin(traffic.user, users))
     # One stream of (user, time, kind, request), kind a _Step: at one instant, settlements sort first.
     user = np.concatenate([traffic.user[rows], traffic.user[rows]])
     time = np.concatenate([requests.finished[rows], traffic.t[rows]])
@@ -198,8 +226,8 @@ def _replay(
     user, time, kind, request = user[order], time[order], kind[order], request[order]
     name = run.scenario.name
     if skip_prefix and request.size:
-        prefix = _granted_prefix(user, kind, request, requests.worst_nanos, run.cost_nanos, config)
-        _settle_prefix(ledger, run, requests, user[prefix], time[prefix], kind[prefix], request[prefix])
+        prefix = _granted_prefix(user, kind, request, requests.worst_nanos, run.cost_nanos, ledger.config)
+        _settle_prefix(month, run, requests, user[prefix], time[prefix], kind[prefix], request[prefix])
         user, time, kind, request = user[~prefix], time[~prefix], kind[~prefix], request[~prefix]
     granted: dict[int, ReservationGranted] = {}
     # Plain Python values up front: the loop below is the slow part, one ledger call per step.
@@ -209,7 +237,7 @@ def _replay(
     max_input, max_output = requests.max_input.tolist(), requests.max_output.tolist()
     billed_input, billed_output = requests.billed_input.tolist(), requests.billed_output.tolist()
     for r, k, seconds in zip(request.tolist(), kind.tolist(), time.tolist(), strict=True):
-        now = LEDGER_MONTH_START + timedelta(seconds=seconds)
+        now = month.now(seconds)
         user_id = user_ids[owner[r]]
         if k == _Step.AUTHORIZE:
             ledger.apply_all(ledger.expire_due(now))
@@ -241,7 +269,6 @@ def _replay(
             settled = ledger.execute(usage, now)[0]
             assert isinstance(settled, UsageRecorded), settled
             cost[r] = settled.cost_nanos
-    return decision, cost
 
 
 def _granted_prefix(
@@ -281,7 +308,7 @@ def _cumsum_by_group(values: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 
 def _settle_prefix(
-    ledger: Ledger,
+    month: _Month,
     run: RunResult,
     requests: _Requests,
     user: np.ndarray,
@@ -302,8 +329,8 @@ def _settle_prefix(
     np.maximum.at(last, user, time)
     for k, tokens_in, tokens_out in zip(keys.tolist(), inputs.tolist(), outputs.tolist(), strict=True):
         owner, model = divmod(k, models)
-        ts = LEDGER_MONTH_START + timedelta(seconds=float(last[owner]))
-        ledger.execute(
+        ts = month.now(float(last[owner]))
+        month.ledger.execute(
             RecordUsage(
                 event_id=f"{run.scenario.name}-u{owner}-{run.models[model]}-prefix",
                 user_id=f"u{owner}",

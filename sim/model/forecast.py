@@ -5,9 +5,18 @@ average month lies; it narrows as replications grow) and the prediction interval
 where the next single month lies; it does not narrow below the month-to-month spread).
 
 Every figure is computed from a run's requests and attempts. Each MAU level is simulated on its own (a
-global cache hits more at 100k users than at 1k: the 1k result is never scaled up). A run of fewer than
-30 days has its costs extrapolated to the month by 30 / days; its token totals are the run's own, so that
-they can be checked against a provider's usage page or a replayed trace.
+global cache hits more at 100k users than at 1k: the 1k result is never scaled up).
+
+A run covers months (sim/model/periods.py) and each month is a period: every per-user-month figure --
+the percentiles of users' spend, users over the soft limit and at the cap -- is computed from each
+user's spend within each period, and listed per period under "periods". The headline per-user-month
+figures are the mean of the complete months' (`per_user_month` says so), or, when the run ends before a
+month is complete, the partial month's as they are ("partial: 7 of 30 days"): a user's spend is never
+multiplied up. Monthly totals (`cost_usd`, the cap's `spend_saved_usd`) are likewise the mean of the
+complete months; from a partial month alone they are extrapolated to its whole length, explicitly:
+`cost_usd_month_extrapolated` and `extrapolation` (the factor and its basis) say so, and `cost_usd_run`
+is what the run cost. Token totals are the run's own, so that they can be checked against a provider's
+usage page or a replayed trace.
 """
 
 from __future__ import annotations
@@ -23,10 +32,10 @@ from budget.domain.prices import NANOS_PER_USD, PriceCatalog
 from sim.model import engine
 from sim.model.caps import sum_by
 from sim.model.codes import Action, CapDecision, Outcome, Served
+from sim.model.periods import Period, period_index, run_periods
 from sim.model.policies import streaming
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
-from sim.model.traffic import MONTH_DAYS
 
 # Student's t 97.5% quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
 _T975: tuple[float, ...] = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -71,14 +80,96 @@ class Forecast:
         }
 
 
+# Dollars per nano-dollar, as one factor: per-user figures are nano-dollar totals times it.
+USD_PER_NANO = 1.0 / NANOS_PER_USD
+PERCENTILES = (50, 90, 99)
+
+
+@dataclass(frozen=True, slots=True)
+class Months:
+    """A run's periods, and each request's period and user's spend per period."""
+
+    periods: tuple[Period, ...]
+    of_request: np.ndarray  # the period of each request
+    user_spend: np.ndarray  # int64 nano-dollars, one row per period, one column per user
+
+    @classmethod
+    def of(cls, run: RunResult) -> Months:
+        traffic = run.traffic
+        periods = run_periods(run.scenario.traffic.start, traffic.days)
+        of_request = period_index(periods, traffic.t)
+        return cls(periods, of_request, cls.spread(run, of_request, run.cost_nanos, len(periods)))
+
+    @staticmethod
+    def spread(run: RunResult, of_request: np.ndarray, cost: np.ndarray, count: int) -> np.ndarray:
+        """Each user's total of `cost` (per request) in each period, as a (periods, users) array."""
+        mau = run.traffic.mau
+        return sum_by(of_request * mau + run.traffic.user, cost, count * mau).reshape(count, mau)
+
+    @property
+    def complete(self) -> list[Period]:
+        return [p for p in self.periods if p.complete]
+
+    @property
+    def basis(self) -> list[Period]:
+        """The periods the headline per-user-month figures come from: the complete months, or else the
+        one partial month the run covers."""
+        return self.complete or [self.periods[0]]
+
+    def per_user_month_label(self) -> str:
+        complete = len(self.complete)
+        if complete == 0:
+            only = self.periods[0]
+            return f"partial: {only.days} of {only.month_days} days"
+        return "1 complete month" if complete == 1 else f"mean of {complete} complete months"
+
+    def headline(self, per_period: Sequence[float]) -> float:
+        """A per-user-month figure: its mean over the basis periods (the partial month's as it is)."""
+        basis = self.basis
+        return math.fsum(per_period[p.index] for p in basis) / len(basis)
+
+    def monthly_total(self, nanos_per_period: Sequence[int] | np.ndarray) -> float:
+        """A monthly total in USD: the mean over the complete months, or the partial month's total
+        extrapolated to its whole length."""
+        complete = self.complete
+        if complete:
+            return sum(nanos_per_period[p.index] for p in complete) / len(complete) / NANOS_PER_USD
+        only = self.periods[0]
+        return nanos_per_period[0] * only.extrapolation / NANOS_PER_USD
+
+    def extrapolation(self) -> Summary | None:
+        """The factor and its basis when monthly totals are extrapolated (no complete month), else None."""
+        if self.complete:
+            return None
+        only = self.periods[0]
+        return {
+            "factor": only.extrapolation,
+            "basis": f"{only.days} of {only.month_days} days of the month from {only.start.isoformat()}",
+        }
+
+    def totals(self, cost: np.ndarray) -> list[int]:
+        """The sum of `cost` (per request, nano-dollars) in each period."""
+        totals: list[int] = sum_by(self.of_request, cost, len(self.periods)).tolist()
+        return totals
+
+
+def user_figures(spend_nanos: np.ndarray) -> dict[str, float]:
+    """Mean and percentiles of users' spend in one period (USD, not scaled)."""
+    usd = spend_nanos * USD_PER_NANO
+    return {
+        "mean": float(usd.mean()),
+        **{f"p{q}": float(np.percentile(usd, q)) for q in PERCENTILES},
+    }
+
+
 def summarize(run: RunResult) -> Summary:
     """The forecast figures of one run."""
     traffic = run.traffic
-    scale = MONTH_DAYS / traffic.days
     requests = traffic.requests
+    months = Months.of(run)
     total_nanos = int(run.cost_nanos.sum())
-    per_user = sum_by(traffic.user, run.cost_nanos, traffic.mau)
-    per_user_month = per_user * (scale / NANOS_PER_USD)
+    period_costs = months.totals(run.cost_nanos)
+    per_period_users = [user_figures(row) for row in months.user_spend]
     outcome = run.attempts.column("outcome").astype(np.int64)
     action = run.attempts.column("action").astype(np.int64)
     model = run.attempts.column("model").astype(np.int64)
@@ -89,14 +180,12 @@ def summarize(run: RunResult) -> Summary:
         "mau": traffic.mau,
         "requests": requests,
         "sessions": traffic.sessions,
-        "cost_usd": total_nanos * scale / NANOS_PER_USD,
+        "cost_usd": months.monthly_total(period_costs),
         "cost_per_session_usd": total_nanos / NANOS_PER_USD / max(traffic.sessions, 1),
         "cost_per_request_usd": total_nanos / NANOS_PER_USD / max(requests, 1),
         "cost_per_user_month_usd": {
-            "mean": float(per_user_month.mean()),
-            "p50": float(np.percentile(per_user_month, 50)),
-            "p90": float(np.percentile(per_user_month, 90)),
-            "p99": float(np.percentile(per_user_month, 99)),
+            key: months.headline([figures[key] for figures in per_period_users])
+            for key in per_period_users[0]
         },
         "quality": float(run.quality.mean()) if requests else 0.0,
         "hit_rate": {
@@ -120,10 +209,35 @@ def summarize(run: RunResult) -> Summary:
             "p95": float(np.percentile(ttft, 95)) if ttft.size else 0.0,
         },
         **token_totals(run),
+        **period_figures(months, total_nanos, period_costs, per_period_users),
     }
     if run.scenario.cap is not None:
-        summary["cap"] = cap_figures(run, per_user_month, scale)
+        summary["cap"] = cap_figures(run, months)
+        for period, figures in zip(summary["periods"], summary["cap"].pop("periods"), strict=True):
+            period["cap"] = figures
     return summary
+
+
+def period_figures(
+    months: Months, total_nanos: int, period_costs: list[int], per_period_users: list[dict[str, float]]
+) -> Summary:
+    """What the run cost, how the monthly figures were made from its periods, and each period's own."""
+    figures: Summary = {"cost_usd_run": total_nanos / NANOS_PER_USD}
+    extrapolation = months.extrapolation()
+    if extrapolation is not None:
+        figures["cost_usd_month_extrapolated"] = months.monthly_total(period_costs)
+        figures["extrapolation"] = extrapolation
+    figures["per_user_month"] = months.per_user_month_label()
+    figures["periods"] = [
+        {
+            **period.to_json(),
+            "requests": int(np.count_nonzero(months.of_request == period.index)),
+            "cost_usd": cost / NANOS_PER_USD,
+            "cost_per_user_usd": users,
+        }
+        for period, cost, users in zip(months.periods, period_costs, per_period_users, strict=True)
+    ]
+    return figures
 
 
 def token_totals(run: RunResult) -> Summary:
@@ -140,33 +254,50 @@ def token_totals(run: RunResult) -> Summary:
     }
 
 
-def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Summary:
+def cap_figures(run: RunResult, months: Months) -> Summary:
     """What the cap did: who reached the soft limit and the cap, what it saved and what it cost in quality.
 
-    `users_at_cap` counts users who had a request degraded or denied; `users_over_cap_uncapped` those
-    whose month would have passed the cap without it.
+    Each month is capped on its own (sim/model/caps.py): the shares of users are per period ("periods",
+    which summarize() moves into each period's figures) and their headline is the mean over the complete
+    months, like the per-user-month costs. `users_at_cap` counts users who had a request degraded or
+    denied; `users_over_cap_uncapped` those whose month would have passed the cap without it.
     """
     cap = run.scenario.cap
     assert cap is not None
     mau = run.traffic.mau
-    figures: Summary = {
-        "monthly_usd": cap.monthly_usd,
-        "users_over_soft": _share(per_user_month >= cap.monthly_usd * cap.soft_threshold, mau),
-        "users_at_cap": _share(per_user_month >= cap.monthly_usd, mau),
-    }
+    spend = months.user_spend
+    per_period: list[Summary] = [
+        {
+            "users_over_soft": _share(row * USD_PER_NANO >= cap.monthly_usd * cap.soft_threshold, mau),
+            "users_at_cap": _share(row * USD_PER_NANO >= cap.monthly_usd, mau),
+        }
+        for row in spend
+    ]
     effect = run.cap
+    if effect is not None:
+        felt = np.zeros((len(months.periods), mau), dtype=bool)
+        limited = effect.decision != CapDecision.ALLOWED
+        felt[months.of_request[limited], run.traffic.user[limited]] = True
+        uncapped = Months.spread(run, months.of_request, effect.uncapped_cost_nanos, len(months.periods))
+        for shares, felt_row, uncapped_row in zip(per_period, felt, uncapped, strict=True):
+            shares["users_at_cap"] = _share(felt_row, mau)
+            shares["users_over_cap_uncapped"] = _share(uncapped_row * USD_PER_NANO > cap.monthly_usd, mau)
+    figures: Summary = {"monthly_usd": cap.monthly_usd}
+    for key in per_period[0]:
+        figures[key] = months.headline([period[key] for period in per_period])
     if effect is None:
-        return figures
-    felt = np.zeros(mau, dtype=bool)
-    felt[run.traffic.user[effect.decision != CapDecision.ALLOWED]] = True
-    uncapped_user = sum_by(run.traffic.user, effect.uncapped_cost_nanos, mau)
+        return {**figures, "periods": per_period}
     uncapped_total = int(effect.uncapped_cost_nanos.sum())
     saved = uncapped_total - int(run.cost_nanos.sum())
+    saved_per_period = [
+        before - after
+        for before, after in zip(
+            months.totals(effect.uncapped_cost_nanos), months.totals(run.cost_nanos), strict=True
+        )
+    ]
     figures.update(
         {
-            "users_at_cap": _share(felt, mau),
-            "users_over_cap_uncapped": _share(uncapped_user * (scale / NANOS_PER_USD) > cap.monthly_usd, mau),
-            "spend_saved_usd": saved * scale / NANOS_PER_USD,
+            "spend_saved_usd": months.monthly_total(saved_per_period),
             "spend_saved_share": saved / uncapped_total if uncapped_total else 0.0,
             "requests_degraded": int(np.count_nonzero(effect.decision == CapDecision.DEGRADED)),
             "requests_denied": int(np.count_nonzero(effect.decision == CapDecision.DENIED)),
@@ -177,9 +308,10 @@ def cap_figures(run: RunResult, per_user_month: np.ndarray, scale: float) -> Sum
             if run.quality.size
             else 0.0,
             "users_replayed": effect.users_replayed,
+            "spend_saved_usd_run": saved / NANOS_PER_USD,
         }
     )
-    return figures
+    return {**figures, "periods": per_period}
 
 
 def _share(mask: np.ndarray, total: int) -> float:
@@ -263,26 +395,36 @@ def half_widths(values: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, f
 
 
 def flatten(summary: Summary, prefix: str = "") -> dict[str, float]:
-    """{"a": {"b": 1}} -> {"a.b": 1.0}: the figures as one level, for intervals and tables."""
+    """{"a": {"b": 1}, "c": [{"d": 2}]} -> {"a.b": 1.0, "c.0.d": 2.0}: the figures as one level, for
+    intervals and tables. Labels (text, true/false) describe the figures and are left out."""
     flat: dict[str, float] = {}
     for key, value in summary.items():
         if isinstance(value, dict):
             flat.update(flatten(value, f"{prefix}{key}."))
-        else:
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                flat.update(flatten(item, f"{prefix}{key}.{index}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[f"{prefix}{key}"] = float(value)
     return flat
 
 
 def unflatten(flat: dict[str, float], like: Summary) -> Summary:
-    """Back to the nested shape of `like`, keeping counts whole where they were whole."""
+    """Back to the nested shape of `like`, keeping counts whole where they were whole and its labels."""
     out: Summary = {}
     for key, value in like.items():
         if isinstance(value, dict):
-            out[key] = unflatten(
-                {k[len(key) + 1 :]: v for k, v in flat.items() if k.startswith(key + ".")}, value
-            )
-        elif isinstance(value, int) and not isinstance(value, bool):
+            out[key] = unflatten(_under(flat, key), value)
+        elif isinstance(value, list):
+            out[key] = [unflatten(_under(flat, f"{key}.{i}"), item) for i, item in enumerate(value)]
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            out[key] = value
+        elif isinstance(value, int):
             out[key] = round(flat[key], 1) if flat[key] != int(flat[key]) else int(flat[key])
         else:
             out[key] = flat[key]
     return out
+
+
+def _under(flat: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) + 1 :]: v for k, v in flat.items() if k.startswith(prefix + ".")}

@@ -20,8 +20,8 @@ class CapEffect:
     decision: np.ndarray  # CapDecision per request
     uncapped_cost_nanos: np.ndarray
     uncapped_quality: np.ndarray
-    cap_nanos: int  # the cap applied to this run (pro rata when the run is shorter than the month)
-    users_replayed: int  # users who went through the ledger (the others could not reach the cap)
+    cap_nanos: int  # the cap of each month of the run, whole or partial
+    users_replayed: int  # user-months that went through the ledger (the others could not reach the cap)
 
 
 @dataclass(frozen=True, slots=True)

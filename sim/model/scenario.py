@@ -48,7 +48,7 @@ class Traffic(Frozen, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Who comes, how often, and when."""
 
     mau: list[PositiveInt] = msgspec.field(default_factory=lambda: [1000, 10000, 100000])
-    days: Annotated[int, Meta(ge=1, le=30, description="days simulated, at most a month")] = 30
+    days: Annotated[int, Meta(ge=1, le=366, description="days simulated: 1 to 366, months from `start`")] = 30
     start: str = "2026-11-01"
     # Sessions per user per month: gamma-Poisson (negative binomial). A smaller `dispersion` gives a
     # heavier tail: a few users with many sessions, the ones that eat the margin.

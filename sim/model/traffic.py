@@ -1,8 +1,9 @@
 """Traffic: users, sessions, messages, prompts and the model calls they need, as numpy arrays.
 
 Everything is drawn at once, vectorized, from the run's streams; the engine then replays it through the
-cost levers. A month is 30 days: sessions are spread over it by the diurnal profile and the bursts, and a
-run of fewer days keeps the sessions that start inside them (the rest of the month is extrapolated).
+cost levers. A run covers months counted from its start (sim/model/periods.py): each month's sessions are
+spread over its own hours by the diurnal profile and the bursts, and a run that ends inside a month keeps
+the sessions that start before its end.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from sim.model.conversation import Conversation, carry
+from sim.model.periods import SECONDS_PER_DAY as SECONDS_PER_DAY
+from sim.model.periods import Period, run_periods
 from sim.model.randomness import Streams
 from sim.model.scenario import Distribution, Scenario
 
 MONTH_DAYS = 30
-SECONDS_PER_DAY = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ def _with_context(traffic: Traffic, scenario: Scenario) -> Traffic:
 
 def draw(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
     """The drawn traffic: every call's own new input, no conversation context."""
-    session_user, session_start = _sessions(scenario, mau, streams)
+    session_user, session_start = _sessions(scenario, mau, days, streams)
     t, user, per_session = _messages(scenario, session_user, session_start, days, streams)
     exact_key, cluster = _prompt_keys(scenario, user, streams)
     context = _contexts(scenario, t.size, streams)
@@ -122,33 +124,51 @@ def draw(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
     )
 
 
-def _sessions(scenario: Scenario, mau: int, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
-    """Sessions per user for the month (gamma-Poisson: heavy users exist), spread over its hours.
+def _sessions(scenario: Scenario, mau: int, days: int, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
+    """Sessions per user for each month the run covers (gamma-Poisson: heavy users exist), each month's
+    spread over its own hours; the last month is drawn whole, and _messages keeps what the run covers.
 
-    A burst adds sessions: "20x for 48 h" means 20 times the usual intensity in those hours, so the
-    month holds the usual sessions plus 19 x 48 hours' worth more.
+    A user's heaviness (the gamma draw) is drawn once and kept from month to month: a heavy user stays
+    heavy, and their sessions are a fresh Poisson draw each month. A burst adds sessions: "20x for 48 h"
+    means 20 times the usual intensity in those hours, so its month holds the usual sessions plus
+    19 x 48 hours' worth more.
     """
-    traffic = scenario.traffic
-    weights = hourly_intensity(scenario)
-    usual = hourly_intensity(scenario, with_bursts=False)
-    mean_sessions = traffic.sessions_per_user_month * weights.sum() / usual.sum()
-    extra_mean = mean_sessions - 1.0  # every active user has at least one session
-    shape = traffic.dispersion
-    rates = streams.users.gamma(shape, extra_mean / shape, size=mau) if extra_mean > 0 else np.zeros(mau)
-    per_user = 1 + streams.users.poisson(rates)
-    session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
-    hours = streams.sessions.choice(weights.size, size=session_user.size, p=weights / weights.sum())
-    start = (hours + streams.sessions.random(session_user.size)) * 3600.0
-    return session_user, start
+    users, starts = [], []
+    heaviness: np.ndarray | None = None
+    for period in run_periods(scenario.traffic.start, days):
+        weights = hourly_intensity(scenario, period)
+        usual = hourly_intensity(scenario, period, with_bursts=False)
+        mean_sessions = scenario.traffic.sessions_per_user_month * weights.sum() / usual.sum()
+        extra_mean = mean_sessions - 1.0  # every active user has at least one session
+        shape = scenario.traffic.dispersion
+        if extra_mean <= 0:
+            rates = np.zeros(mau)
+        elif heaviness is None:
+            rates = streams.users.gamma(shape, extra_mean / shape, size=mau)
+            heaviness = rates / extra_mean
+        else:
+            rates = heaviness * extra_mean
+        per_user = 1 + streams.users.poisson(rates)
+        session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
+        hours = streams.sessions.choice(weights.size, size=session_user.size, p=weights / weights.sum())
+        start = (hours + streams.sessions.random(session_user.size)) * 3600.0
+        if period.first_day:
+            start += period.start_s
+        users.append(session_user)
+        starts.append(start)
+    if len(users) == 1:
+        return users[0], starts[0]
+    return np.concatenate(users), np.concatenate(starts)
 
 
-def hourly_intensity(scenario: Scenario, with_bursts: bool = True) -> np.ndarray:
-    """Relative session intensity for each hour of the month: the diurnal profile times any burst."""
+def hourly_intensity(scenario: Scenario, period: Period, with_bursts: bool = True) -> np.ndarray:
+    """Relative session intensity for each hour of a month the run covers: the diurnal profile times any
+    burst (a burst's start_day counts from the run's start)."""
     traffic = scenario.traffic
-    hours = np.arange(MONTH_DAYS * 24)
+    hours = np.arange(period.month_days * 24)
     weights = np.asarray(traffic.diurnal, dtype=np.float64)[hours % 24]
     for burst in traffic.bursts if with_bursts else ():
-        begin = burst.start_day * 24
+        begin = (burst.start_day - period.first_day) * 24
         weights = np.where((hours >= begin) & (hours < begin + burst.hours), weights * burst.factor, weights)
     return weights
 

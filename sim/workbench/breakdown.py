@@ -9,12 +9,11 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from budget.domain.prices import NANOS_PER_USD
 from sim.io.progress import SILENT, Progress
-from sim.model.forecast import Summary
+from sim.model.caps import sum_by
+from sim.model.forecast import USD_PER_NANO, Months, Summary
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
-from sim.model.traffic import MONTH_DAYS
 from sim.workbench.sweep import run_points
 from sim.workbench.variants import Scalar, variant_of
 
@@ -99,18 +98,24 @@ def lever_effects(
 
 
 def cost_by_model(run: RunResult) -> dict[str, float]:
-    """Monthly spend (USD, extrapolated to 30 days) per model, from the run's billed attempts."""
+    """Monthly spend (USD) per model, from the run's billed attempts: the mean over the run's complete
+    months, or extrapolated from a partial one (as the forecast's monthly cost)."""
+    months = Months.of(run)
     model = run.attempts.column("model").astype(np.int64)
     cost = run.attempts.column("cost_nanos").astype(np.int64)
-    scale = MONTH_DAYS / run.traffic.days / NANOS_PER_USD
-    return {name: float(cost[model == index].sum()) * scale for index, name in enumerate(run.models)}
+    period = months.of_request[run.traffic.call_request[run.attempts.column("call").astype(np.int64)]]
+    return {
+        name: months.monthly_total(sum_by(period[model == index], cost[model == index], len(months.periods)))
+        for index, name in enumerate(run.models)
+    }
 
 
 def user_month_costs(run: RunResult) -> np.ndarray:
-    """Each user's spend for the month (USD, extrapolated to 30 days)."""
-    per_user = np.zeros(run.traffic.mau, dtype=np.int64)
-    np.add.at(per_user, run.traffic.user, run.cost_nanos)
-    costs: np.ndarray = per_user * (MONTH_DAYS / run.traffic.days / NANOS_PER_USD)
+    """The spend of each user in each month the per-user-month figures come from (USD, never scaled):
+    one value per user and complete month, or per user in the partial month of a shorter run."""
+    months = Months.of(run)
+    rows = [p.index for p in months.basis]
+    costs: np.ndarray = months.user_spend[rows].ravel() * USD_PER_NANO
     return costs
 
 

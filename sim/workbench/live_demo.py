@@ -19,10 +19,9 @@ from budget.domain.config import EnforcerConfig, Plan, usd_to_nanos
 from budget.domain.ledger import Ledger, RecordUsage
 from budget.domain.prices import PriceCatalog
 from budget.store.event_store import EventStore
-from sim.model.caps import run_cap_nanos
+from sim.model.caps import monthly_cap_nanos
 from sim.model.codes import Outcome
 from sim.model.run import RunResult
-from sim.model.traffic import MONTH_DAYS
 
 BATCH = 5_000
 
@@ -33,9 +32,7 @@ def fill_store(path: str | Path, run: RunResult, catalog: PriceCatalog, cap_usd:
     cap = run.scenario.cap
     plan = Plan(
         name="default",
-        cap_nanos=usd_to_nanos(cap_usd, "live demo", "cap_usd")
-        if cap is None
-        else run_cap_nanos(cap, MONTH_DAYS),
+        cap_nanos=usd_to_nanos(cap_usd, "live demo", "cap_usd") if cap is None else monthly_cap_nanos(cap),
         at_cap="block",
         degrade_model=None,
         soft_threshold_pct=80,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sim.model.forecast import TOKEN_COLUMNS, Forecast, Summary, flatten
 
@@ -58,6 +59,46 @@ ROWS: tuple[Row, ...] = (
     ("users over soft limit", "cap.users_over_soft", pct),
     ("users at cap", "cap.users_at_cap", pct),
 )
+
+
+PERIOD_FIGURES: tuple[tuple[str, str], ...] = (
+    ("cost", "cost_usd"),
+    ("cost / user p50", "cost_per_user_usd.p50"),
+    ("cost / user p90", "cost_per_user_usd.p90"),
+    ("cost / user p99", "cost_per_user_usd.p99"),
+)
+
+
+def rows_for(result: Summary) -> list[Row]:
+    """ROWS labelled for how the run made its monthly figures, then, when it covers more than one
+    month, each month's own: a total extrapolated from a partial month says so, and per-user figures
+    that are not one complete month's say what they are."""
+    extrapolation = result.get("extrapolation")
+    basis = result.get("per_user_month", "1 complete month")
+    rows = [_labelled(row, extrapolation, basis) for row in ROWS]
+    periods = result.get("periods", [])
+    if len(periods) > 1:
+        for index, period in enumerate(periods):
+            name = period_name(period)
+            rows += [(f"{name}: {label}", f"periods.{index}.{key}", usd) for label, key in PERIOD_FIGURES]
+    return rows
+
+
+def _labelled(row: Row, extrapolation: dict[str, Any] | None, basis: str) -> Row:
+    label, key, fmt = row
+    if key == "cost_usd" and extrapolation is not None:
+        days = extrapolation["basis"].split(" ", 1)[0]
+        return (f"{label} (extrapolated from {days} days)", key, fmt)
+    if (key == "cost_usd" or key.startswith("cost_per_user_month_usd.")) and basis != "1 complete month":
+        return (f"{label} ({basis})", key, fmt)
+    return row
+
+
+def period_name(period: dict[str, Any]) -> str:
+    """ "2026-11", or "2026-12, 15 of 31 days" for a month the run ends inside."""
+    start = str(period["start"])
+    name = start[:7] if start.endswith("-01") else start
+    return name if period["complete"] else f"{name}, {period['days']} of {period['month_days']} days"
 
 
 TOKEN_LABELS = {
@@ -128,7 +169,7 @@ def forecast_table(forecast: Forecast) -> str:
     """One column per MAU level; with replications, each figure's two intervals as INTERVAL_LEGEND says."""
     header = ["", *(f"{r['mau']:,} MAU" for r in forecast.results)]
     rows = []
-    for label, key, fmt in ROWS:
+    for label, key, fmt in rows_for(forecast.results[0]):
         cells = [figure_cell(result, key, fmt) for result in forecast.results]
         if all(cell is not None for cell in cells):
             rows.append([label, *(cell or "" for cell in cells)])
@@ -165,7 +206,7 @@ def comparison_table(forecasts: Sequence[Forecast]) -> str:
     for level, first in enumerate(forecasts[0].results):
         header = ["", *(f.scenario for f in forecasts), *(f"Δ {f.scenario}" for f in forecasts[1:])]
         rows = []
-        for label, key, fmt in ROWS:
+        for label, key, fmt in rows_for(first):
             cells = [figure_cell(f.results[level], key, fmt) for f in forecasts]
             if any(cell is None for cell in cells):
                 continue

@@ -283,6 +283,18 @@ def prices_line(prices: dict[str, Any]) -> str:
     return line + "."
 
 
+def month_basis(result: Summary) -> str:
+    """What the monthly figures are: "per-user-month figures: 1 complete month", and for a run shorter
+    than a month "...: partial: 7 of 30 days; monthly totals extrapolated from 7 of 30 days (x4.29)"."""
+    line = f"per-user-month figures: {result.get('per_user_month', '1 complete month')}"
+    extrapolation = result.get("extrapolation")
+    if extrapolation is None:
+        return line
+    return (
+        f"{line}; monthly totals extrapolated from {extrapolation['basis']} (x{extrapolation['factor']:.2f})"
+    )
+
+
 def render_html(data: ReportData, images: dict[str, bytes]) -> str:
     """The whole page as one string: styles inline, figures as data URIs, nothing fetched."""
     scenario, focus = data.scenario, data.focus
@@ -298,8 +310,9 @@ def render_html(data: ReportData, images: dict[str, bytes]) -> str:
     sections = [
         f"<h1>Unit economics: {html.escape(scenario.name)}</h1>",
         f"<p>{html.escape(scenario.description)}</p>" if scenario.description else "",
-        f"<p class=meta>Seed {data.forecast.seed}, {data.forecast.days} simulated days (extrapolated to a "
-        f"30-day month), written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by margins report.</p>",
+        f"<p class=meta>Seed {data.forecast.seed}, {data.forecast.days} simulated days "
+        f"({html.escape(month_basis(focus))}), written {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by "
+        "margins report.</p>",
         f"<p class=meta>{html.escape(prices_line(data.forecast.prices))}</p>",
         f"<p class=headline>{html.escape(headline)}</p>",
         "<h2>At each MAU level</h2>",

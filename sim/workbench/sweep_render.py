@@ -77,12 +77,22 @@ def sweep_table(sweep: Sweep) -> str:
         f"seed {sweep.seed}; "
         f"sorted by cost per user-month (mean); {FRONTIER_MARK} = on the cost-quality frontier"
     )
-    return f"{title}\n{_grid(header, rows, left)}"
+    return f"{title}{_basis_note(sweep)}\n{_grid(header, rows, left)}"
+
+
+def _basis_note(sweep: Sweep) -> str:
+    """The end of the title line when the per-user-month figures are not one complete month's: "; per-user
+    figures: partial: 7 of 30 days (not scaled to the month)", or the mean of several months."""
+    basis = sweep.points[0].summary.get("per_user_month", "1 complete month") if sweep.points else None
+    if basis is None or basis == "1 complete month":
+        return ""
+    scaled = " (not scaled to the month)" if basis.startswith("partial") else ""
+    return f"; per-user figures: {basis}{scaled}"
 
 
 def goal_seek_table(sweep: Sweep, answer: GoalSeek) -> str:
     """The passing points, best quality first, under the one-line answer."""
     if not answer.passing:
-        return answer.message()
+        return f"{answer.message()}{_basis_note(sweep)}"
     header, rows = _rows(sweep, answer.passing, mark=True)
-    return f"{answer.message()}\n{_grid(header, rows, 1 + len(sweep.keys))}"
+    return f"{answer.message()}{_basis_note(sweep)}\n{_grid(header, rows, 1 + len(sweep.keys))}"

@@ -16,6 +16,7 @@ from sim.io.forecast_db import usage_frame
 from sim.model import caps, engine
 from sim.model.codes import CapDecision, Served
 from sim.model.forecast import summarize
+from sim.model.periods import period_index, run_periods
 from sim.model.run import RunResult
 from tests.sim.engines import Simulator
 from tests.sim.scenarios import ALL_LEVERS, scenario_from
@@ -31,10 +32,13 @@ def with_cap(table: dict[str, Any], **cap: Any) -> dict[str, Any]:
     return {**table, "cap": cap}
 
 
-def month_spend_usd(run: RunResult) -> np.ndarray:
-    per_user = np.zeros(run.traffic.mau, dtype=np.int64)
-    np.add.at(per_user, run.traffic.user, run.cost_nanos)
-    return per_user * (30 / run.traffic.days) / NANOS_PER_USD
+def month_spend_usd(run: RunResult, cost_nanos: np.ndarray | None = None) -> np.ndarray:
+    """Each user's spend in each month of the run (USD, one row per month): what the cap limits."""
+    periods = run_periods(run.scenario.traffic.start, run.traffic.days)
+    month = period_index(periods, run.traffic.t)
+    spend = np.zeros((len(periods), run.traffic.mau), dtype=np.int64)
+    np.add.at(spend, (month, run.traffic.user), run.cost_nanos if cost_nanos is None else cost_nanos)
+    return spend / NANOS_PER_USD
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -58,10 +62,8 @@ def test_no_user_month_passes_the_cap_when_every_call_is_authorized(
     assert run.cap is not None
     assert month_spend_usd(run).max() <= cap_usd + 1e-12
     # Without the cap the heavy users do pass it (otherwise this test would prove nothing) ...
-    uncapped = np.zeros(run.traffic.mau, dtype=np.int64)
-    np.add.at(uncapped, run.traffic.user, run.cap.uncapped_cost_nanos)
     if cap_usd <= 0.05:
-        assert (uncapped * 30 / days / NANOS_PER_USD).max() > cap_usd
+        assert month_spend_usd(run, run.cap.uncapped_cost_nanos).max() > cap_usd
     # ... and the stored events add up to the capped spend: denied calls are gone, degraded ones repriced.
     assert int(usage_frame(run, "r")["cost_nanos"].sum()) == int(run.cost_nanos.sum())
 
@@ -73,7 +75,8 @@ def uncapped_and_capped(table: dict[str, Any], **cap: Any) -> tuple[RunResult, R
     return run, dataclasses.replace(run, scenario=capped)
 
 
-@pytest.mark.parametrize("cap_usd", [0.3, 1.0, 3.0])
+# 5-day runs, capped at the whole monthly cap: these are the caps 0.3, 1 and 3 a month once were pro rata.
+@pytest.mark.parametrize("cap_usd", [0.05, 0.17, 0.5])
 @pytest.mark.parametrize("action", ["block", "degrade"])
 def test_the_shortcuts_are_exact_every_request_through_the_ledger_gives_the_same_run(
     action: str, cap_usd: float

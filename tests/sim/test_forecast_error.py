@@ -71,3 +71,46 @@ def test_errors_are_one_line(files: tuple[Path, Path, np.ndarray], tmp_path: Pat
     ):
         result = CliRunner().invoke(main, ["forecast-error", *args])
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, (args, result.stderr)
+
+
+def overall_error(forecast_path: Path, store: Path) -> tuple[float, ...]:
+    args = ["forecast-error", "--forecast", str(forecast_path), "--store", str(store), "--month", "2026-11"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    with duckdb.connect(str(forecast_path), read_only=True) as db:
+        row = db.execute("SELECT * FROM forecast_error_overall").fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_a_run_of_two_months_is_compared_month_by_month(
+    files: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    _, store, per_user = files
+    scenario, catalog = scenario_from(TABLE, "chat")
+    path = tmp_path / "two-months.duckdb"
+    writer = ForecastWriter(path)
+    try:
+        writer.write_forecast(forecast(scenario, catalog, [200], 61, 1, on_run=writer.write_run))
+    finally:
+        writer.close()
+    f_usd, a_usd, _, f_users, _ = overall_error(path, store)
+    with duckdb.connect(str(path), read_only=True) as db:
+        months = db.execute("SELECT period, factor FROM forecast_error_months ORDER BY period").fetchall()
+        costs = [c for (c,) in db.execute("SELECT cost_usd FROM forecast_periods ORDER BY period").fetchall()]
+    assert months == [(0, 1.0), (1, 1.0)]  # November and December, both complete, neither scaled
+    # The mean of the two months (a request's month is where it starts; an event's, its timestamp).
+    assert f_usd == pytest.approx(np.mean(costs), rel=1e-3)
+    assert f_users <= 200 and a_usd == pytest.approx(per_user.sum())
+
+
+def test_a_file_without_periods_counts_each_run_as_one_month(
+    files: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    forecast_path, store, _ = files
+    with_periods = overall_error(forecast_path, store)
+    old = tmp_path / "old.duckdb"
+    old.write_bytes(forecast_path.read_bytes())
+    with duckdb.connect(str(old)) as db:
+        db.execute("DROP TABLE forecast_periods")
+    assert overall_error(old, store) == pytest.approx(with_periods)
