@@ -37,7 +37,7 @@ from sim.model.policies import streaming
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 
-# Student's t 97.5% quantiles for 1..30 degrees of freedom (beyond: the normal 1.96).
+# Student's t 97.5% quantiles for 1..30 degrees of freedom (beyond: t975's expansion).
 _T975: tuple[float, ...] = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 _T975 += (2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
 _T975 += (2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -386,11 +386,26 @@ def half_widths(values: np.ndarray[Any, np.dtype[np.float64]]) -> tuple[float, f
     sqrt(R + 1)."""
     replications = len(values)
     degrees = replications - 1
-    quantile = _T975[degrees - 1] if degrees <= len(_T975) else 1.96
+    quantile = t975(degrees)
     spread = float(values.std(ddof=1))
     return (
         quantile * spread / math.sqrt(replications),
         quantile * spread * math.sqrt(1 + 1 / replications),
+    )
+
+
+def t975(degrees: int) -> float:
+    """Student's t 97.5% quantile: from the table up to 30 degrees of freedom, above it by the
+    Cornish-Fisher expansion around the normal quantile (error below 1e-4 there; the normal 1.96 alone
+    would make a 40-replication interval 3% too narrow)."""
+    if degrees <= len(_T975):
+        return _T975[degrees - 1]
+    z, v = 1.959963984540054, float(degrees)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
     )
 
 

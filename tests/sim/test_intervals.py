@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from sim.model.forecast import forecast
+from sim.model.forecast import forecast, t975
 from sim.workbench.render import INTERVAL_LEGEND, forecast_table, usd
 from sim.workbench.report import mau_table
 from tests.sim.scenarios import scenario_from
@@ -62,3 +62,11 @@ def test_tables_and_the_report_name_both_intervals_and_one_run_has_neither() -> 
     for text in (forecast_table(single), mau_table(single)):
         assert INTERVAL_LEGEND not in text and "±" not in text
     assert "ci95" not in single.results[0] and "pi95" not in single.results[0]
+
+
+def test_the_t_quantile_past_the_table_follows_published_values_not_the_normal() -> None:
+    # Student's t 97.5% quantiles from a printed table, beyond the 30 degrees of freedom the code lists.
+    published = {31: 2.0395, 40: 2.0211, 50: 2.0086, 60: 2.0003, 80: 1.9901, 100: 1.9840, 120: 1.9799}
+    for degrees, quantile in published.items():
+        assert abs(t975(degrees) - quantile) < 2e-4, degrees
+    assert t975(30) > t975(31) > t975(1000) > 1.96
