@@ -125,11 +125,10 @@ class AlertForwarder:
                 backoff, failures = 0.1, 0
                 log.info("%s: subscribed to %s on %s:%d", READY_LOG, TOPIC_FILTER, b.host, b.port)
                 await client.wait_closed()
-            except (ConnectionLost, TimeoutError) as error:  # TimeoutError: no SUBACK in time
+            except ConnectionLost as error:
                 failures += 1
                 level = logging.WARNING if failures == 1 else logging.INFO
-                reason = error.reason if isinstance(error, ConnectionLost) else "no answer to SUBSCRIBE"
-                log.log(level, "broker %s:%d: %s; retrying in %.1f s", b.host, b.port, reason, backoff)
+                log.log(level, "broker %s:%d: %s; retrying in %.1f s", b.host, b.port, error.reason, backoff)
             finally:
                 if not self._stop.is_set():
                     client.close()

@@ -191,14 +191,19 @@ class Mqtt5Connection:
         self._pinger = asyncio.create_task(self._ping(keepalive_s), name="margins-mqtt-ping")
 
     async def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
-        """Subscribe at QoS 1; raises ConnectionLost if the broker refuses any filter."""
+        """Subscribe at QoS 1; raises ConnectionLost if the broker refuses any filter or does not answer
+        within `timeout_s` (a broker that never answers is as good as gone: reconnect, do not stop)."""
         packet_id = self._packet_id()
         packet = encode(Subscribe(packet_id, tuple((topic_filter, 1) for topic_filter in filters)))
         future: asyncio.Future[tuple[int, ...]] = self._loop.create_future()
         self._subacks[packet_id] = future
         self._write(packet)
-        async with asyncio.timeout(timeout_s):
-            codes = await future
+        try:
+            async with asyncio.timeout(timeout_s):
+                codes = await future
+        except TimeoutError as error:
+            self._subacks.pop(packet_id, None)
+            raise ConnectionLost(f"no SUBACK within {timeout_s:g} s") from error
         refused = [f for f, code in zip(filters, codes, strict=False) if code >= 0x80]
         if refused:
             raise ConnectionLost(f"subscription refused for {', '.join(refused)}")

@@ -275,3 +275,21 @@ def test_waiting_for_room_ends_when_pubacks_come_or_the_connection_closes() -> N
         raise AssertionError("wait_for_room returned on a closed connection")
 
     asyncio.run(run())
+
+
+def test_a_subscription_the_broker_never_answers_is_a_lost_connection_not_a_crash() -> None:
+    # The enforcer's and the alerts forwarder's connect loops reconnect on ConnectionLost; anything else
+    # would end their broker task.
+    async def run() -> None:
+        connection = Mqtt5Connection(lambda message: None)
+        protocol = _Protocol(connection)
+        protocol.connection_made(FakeTransport())
+        protocol.data_received(connack(10))
+        try:
+            await connection.subscribe(["margins/usage/+"], timeout_s=0.05)
+        except ConnectionLost as error:
+            assert "SUBACK" in error.reason
+            return
+        raise AssertionError("subscribe returned without a SUBACK")
+
+    asyncio.run(run())
