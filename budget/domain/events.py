@@ -267,14 +267,15 @@ def decode_usage(data: bytes | str) -> UsageRecorded:
 
 
 def encode_event(event: Event) -> bytes:
-    """The tagged JSON form of any event: `{"type": "<tag>", ..., "v": 1}`."""
+    """The tagged JSON form of any event: `{"type": "<tag>", ..., "v": <its schema version>}`."""
     return _encoder.encode(event)
 
 
 def decode_event(data: bytes | str) -> Event:
     """Parse the tagged JSON form; raises msgspec.ValidationError / DecodeError on bad input.
 
-    Every type is at schema version 1; a later version is upcast here, never rewritten in the store.
+    UsageRecorded is at schema version 2 (a v1 usage reads with `late` and `overshoot` False), every other
+    type at 1; an older version is upcast here, never rewritten in the store.
     """
     return _event_decoder.decode(data)
 
