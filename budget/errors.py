@@ -9,6 +9,7 @@
             SnapshotDamaged   a ledger snapshot's files: a part missing or changed (an older one is used)
         SnapshotError         part, reason: a ledger snapshot whose parts cannot be restored
         QueryError            what, reason: a spend query that cannot be answered
+        ListenError           address, reason: the enforcer's HTTP door cannot listen where it was told
         BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
             ConnectionLost    reason: the broker connection closed or failed; the enforcer reconnects
             MalformedPacket   packet, reason: bytes that can never be a valid MQTT 5 packet
@@ -115,6 +116,16 @@ class QueryError(BudgetError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what}: {reason}")
+
+
+class ListenError(BudgetError):
+    """The enforcer's HTTP door cannot listen on `address` (HOST:PORT): a malformed address, or one that
+    cannot be bound (in use, not this machine's, a privileged port)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"--http {address}: {reason}")
 
 
 class BrokerError(BudgetError):
