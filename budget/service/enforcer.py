@@ -451,6 +451,11 @@ class Enforcer:
         self._http = HttpServer(app, bind(settings), settings.host)
         await self._http.start()
 
+    @property
+    def http_port(self) -> int | None:
+        """The port the HTTP door listens on (the one the OS chose for port 0), or None without one."""
+        return self._http.port if self._http is not None else None
+
     def readiness(self) -> str | None:
         """None when replayed and subscribed to the broker, else why not (for /readyz)."""
         if not self._replayed:
