@@ -8,11 +8,11 @@
    per event (user + system, every thread), steadier than the wall figures on a busy machine. Baseline:
    the same messages relayed by the same broker to a plain subscriber that only parses and acknowledges.
 2. Authorize round trip p50/p99 at 1,000 authorizations/s (open loop: each request is sent on schedule,
-   whatever the previous ones are doing). Baseline: the same load against a plain echo responder. Beside
-   it, the durable commits' own time, and the store's disk alone: 4 KB appends + fdatasync timed right
-   after, which a commit cannot beat. Then the same load through the HTTP door (`POST /v1/authorize`,
-   httpx2 with a pool of keep-alive connections, open loop) on an enforcer of its own, and its ratio to
-   the MQTT path's.
+   whatever the previous ones are doing), and the enforcer's CPU per authorization. Baseline: the same
+   load against a plain echo responder. Beside it, the durable commits' own time, and the store's disk
+   alone: 4 KB appends + fdatasync timed right after, which a commit cannot beat. Then the same load
+   through the HTTP door (`POST /v1/authorize` over 64 keep-alive connections, open loop) on an enforcer
+   of its own, and its p99's ratio to the MQTT path's in the same run.
 3. The same authorization load while 64 KB arrays of 32,000 bad items arrive, one every 100 ms (each is
    one dead letter); beside it, how long the enforcer takes to handle one such message.
 4. `margins spend` "top 100 this month" over a 10M-event store (benchmarks.spend_query builds and times it).
@@ -468,16 +468,20 @@ async def _one_run(args: argparse.Namespace, directory: Path) -> Figures:
         echo = await _echo_round_trips(port, args.authorizations, 1000.0)
         commits: list[float] = []
         async with _enforcer(port, directory / "auth", commit_times=commits) as enforcer:
+            cpu = _cpu_s()
             real = await _load_latencies(port, args.authorizations, 1000.0)
+            figures["auth_cpu_us"] = (_cpu_s() - cpu) / args.authorizations * 1e6
             figures["granted"] = enforcer.counters["granted"]
         fsyncs = await asyncio.to_thread(_fdatasync_times, directory / "auth" / "store")
         figures |= _spread("auth", real) | _spread("echo", echo) | _spread("commit", commits)
         figures |= _spread("fsync", fsyncs)
         async with _enforcer(port, directory / "http", http=True) as enforcer:
             assert enforcer.http_port is not None
+            cpu = _cpu_s()
             over_http = await _load_latencies(
                 enforcer.http_port, args.authorizations, 1000.0, "_http_authorize"
             )
+            figures["http_cpu_us"] = (_cpu_s() - cpu) / args.authorizations * 1e6
         figures |= _spread("http", over_http)
         figures["http_ratio"] = figures["http_p99"] / figures["auth_p99"]  # paired: the same run's load
         figures["requests"] = len(real)
@@ -568,6 +572,10 @@ def _report(runs: list[Figures]) -> None:
         f"max {_summary(runs, 'http_max', '{:.1f}')} ms; p99 {_summary(runs, 'http_ratio', '{:.2f}')}x "
         f"the MQTT path's in the same run; target within 2x "
         f"({'met' if median['http_ratio'] <= 2 else 'missed'})"
+    )
+    print(
+        f"  the enforcer's CPU per authorization (user + system, all threads, commits included): over HTTP "
+        f"{_summary(runs, 'http_cpu_us')} us, over MQTT {_summary(runs, 'auth_cpu_us')} us"
     )
     print(
         f"authorize at 1,000/s while a 64 KB bad array (32,000 items) arrives every 100 ms (one dead letter "
