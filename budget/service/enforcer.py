@@ -379,9 +379,11 @@ class Enforcer:
             self._committing = batch
             if batch.events:
                 assert self._store is not None
-                if len(batch.events) <= self._inline_commit_max:
+                if len(batch.events) <= self._inline_commit_max and not batch.waiters:
                     # A small batch (an authorization or a few events) costs one fdatasync (~0.3 ms here); a
-                    # thread hop would cost more, because the worker waits for the GIL behind the loop.
+                    # thread hop would cost more, because the worker waits for the GIL behind the loop. Not
+                    # so for HTTP requests: each takes several loop turns (parse, decide, answer), and a
+                    # loop held by fdatasync stalls every one of them for a whole commit.
                     self._store.append(batch.events)
                 else:  # a big one: keep receiving the next batch while this one is written
                     await asyncio.to_thread(self._store.append, batch.events)
