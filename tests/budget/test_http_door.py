@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -269,3 +270,36 @@ def test_bad_http_flags_and_config_exit_2(tmp_path: Path) -> None:
         result = runner.invoke(margins, [*base, "--config", str(with_apps), "--http", f"127.0.0.1:{port}"])
     assert result.exit_code == 2
     assert f"--http 127.0.0.1:{port}: cannot listen: Address already in use" in result.output
+
+
+def test_a_stop_answers_what_was_decided_and_every_200_is_stored(mosquitto: Broker, tmp_path: Path) -> None:
+    process, url = door_process(mosquitto, tmp_path)
+    process.start()
+    now = _now()
+
+    async def scenario() -> dict[str, int]:
+        limits = httpx2.Limits(max_connections=20)
+        async with httpx2.AsyncClient(base_url=url, headers=AUTH, timeout=120, limits=limits) as http:
+
+            async def report(i: int) -> tuple[str, int]:
+                try:
+                    response = await http.post("/v1/usage", json=usage_body(f"s{i}", user="sam", ts=now))
+                except httpx2.TransportError:
+                    return f"s{i}", 0  # the door had closed
+                return f"s{i}", response.status_code
+
+            tasks = [asyncio.create_task(report(i)) for i in range(400)]
+            await asyncio.sleep(0)
+            while sum(t.done() for t in tasks) < 50:  # some answered, many still on their way
+                await asyncio.sleep(0.005)
+            assert process.proc is not None
+            process.proc.send_signal(signal.SIGTERM)
+            return dict(await asyncio.gather(*tasks))
+
+    codes = asyncio.run(scenario())
+    assert process.proc is not None and process.proc.wait(timeout=120) == 0
+    assert set(codes.values()) <= {0, 200, 503}
+    answered = {event_id for event_id, code in codes.items() if code == 200}
+    stored = {e.event_id for e in replayed(process.store) if isinstance(e, UsageRecorded)}
+    assert len(answered) >= 50
+    assert answered <= stored  # nothing answered 200 is missing
