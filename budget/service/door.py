@@ -18,14 +18,6 @@ if TYPE_CHECKING:
     from budget.service.handler import Answer
 
 
-class DoorClosed(Exception):
-    """The enforcer cannot take a request now (`reason`: still replaying its store, or stopping)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
 class Door(Protocol):
     """What the HTTP door asks of the enforcer; every answer waits for the durable commit it depends on."""
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from budget.domain.config import EnforcerConfig
 from budget.domain.ledger import Ledger
 from budget.domain.prices import PriceCatalog
-from budget.errors import ConnectionLost
+from budget.errors import ConnectionLost, DoorClosed
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection, close_quietly
 from budget.mqtt.packets import Publish
@@ -48,7 +48,7 @@ from budget.mqtt.topics import (
     topic_problem,
 )
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
-from budget.service.door import DoorClosed, HttpSettings
+from budget.service.door import HttpSettings
 from budget.service.handler import DEADLETTER_TOPIC, Answer, Batch, MessageHandler
 from budget.service.messages import confirm_json, counters_text, encode_json, status_json
 from budget.service.rejection import Rejection

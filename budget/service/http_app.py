@@ -21,8 +21,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from budget.errors import DoorClosed
 from budget.mqtt.topics import AUTHORIZE_PREFIX, USAGE_PREFIX
-from budget.service.door import Door, DoorClosed
+from budget.service.door import Door
 from budget.service.handler import Answer
 from budget.service.http_schema import openapi_json
 from budget.service.rejection import Rejection
