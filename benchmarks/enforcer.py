@@ -219,8 +219,8 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
 class _HttpConnections:
     """Keep-alive HTTP/1.1 connections to one server, each carrying one request at a time.
 
-    A minimal client for the reason given in `_raw_publish`: httpx2's per-request overhead (about a
-    millisecond of CPU here) would make the load generator, not the door, the thing measured.
+    A minimal client for the reason given in `_raw_publish`: httpx2 could not keep up with 1,000 requests/s
+    here (p50 0.9 s against 68 ms with this client, against the same server), so it would measure itself.
     """
 
     def __init__(self, port: int, size: int) -> None:
