@@ -8,9 +8,11 @@
    per event (user + system, every thread), steadier than the wall figures on a busy machine. Baseline:
    the same messages relayed by the same broker to a plain subscriber that only parses and acknowledges.
 2. Authorize round trip p50/p99 at 1,000 authorizations/s (open loop: each request is sent on schedule,
-   whatever the previous ones are doing). Baseline: the same load against a plain echo responder. Beside
-   it, the durable commits' own time, and the store's disk alone: 4 KB appends + fdatasync timed right
-   after, which a commit cannot beat.
+   whatever the previous ones are doing), and the enforcer's CPU per authorization. Baseline: the same
+   load against a plain echo responder. Beside it, the durable commits' own time, and the store's disk
+   alone: 4 KB appends + fdatasync timed right after, which a commit cannot beat. Then the same load
+   through the HTTP door (`POST /v1/authorize` over 64 keep-alive connections, open loop) on an enforcer
+   of its own, and its p99's ratio to the MQTT path's in the same run.
 3. The same authorization load while 64 KB arrays of 32,000 bad items arrive, one every 100 ms (each is
    one dead letter); beside it, how long the enforcer takes to handle one such message.
 4. `margins spend` "top 100 this month" over a 10M-event store (benchmarks.spend_query builds and times it).
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -53,10 +56,16 @@ from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.codec import encode, encode_publish, read
 from budget.mqtt.connection import Mqtt5Connection
 from budget.mqtt.packets import ConnAck, Connect, Packet, PubAck, Publish, Subscribe
+from budget.service.door import HttpSettings
 from budget.service.enforcer import Enforcer
 from budget.service.metrics import EnforcerMetrics
 
-BENCH_CAPS: dict[str, object] = {"default_cap_usd": "1000000", "reservation_ttl_s": 600}
+BENCH_TOKEN = "bench-token"
+BENCH_CAPS: dict[str, object] = {
+    "default_cap_usd": "1000000",
+    "reservation_ttl_s": 600,
+    "http": {"apps": {"bench": {"token_sha256": hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()}}},
+}
 
 
 # -- a broker of our own ------------------------------------------------------------------------------
@@ -209,6 +218,73 @@ async def _authorize_load(port: int, count: int, rate: float, users: int) -> lis
     return latencies[warm:]
 
 
+class _HttpConnections:
+    """Keep-alive HTTP/1.1 connections to one server, each carrying one request at a time.
+
+    A minimal client for the reason given in `_raw_publish`: httpx2 could not keep up with 1,000 requests/s
+    here (p50 0.9 s against 68 ms with this client, against the same server), so it would measure itself.
+    """
+
+    def __init__(self, port: int, size: int) -> None:
+        self.port = port
+        self.size = size
+        self.idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def open(self) -> None:
+        for _ in range(self.size):
+            self.idle.put_nowait(await asyncio.open_connection("127.0.0.1", self.port))
+
+    async def post(self, path: str, body: bytes, headers: bytes) -> tuple[int, bytes]:
+        reader, writer = await self.idle.get()
+        head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + headers + b"Content-Type: application/json\r\n\r\n" + body)
+        response_head = await reader.readuntil(b"\r\n\r\n")
+        status = int(response_head[9:12])
+        length = 0
+        for line in response_head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        payload = await reader.readexactly(length)
+        self.idle.put_nowait((reader, writer))
+        return status, payload
+
+    def close(self) -> None:
+        while not self.idle.empty():
+            self.idle.get_nowait()[1].close()
+
+
+async def _http_authorize_load(port: int, count: int, rate: float, users: int) -> list[float]:
+    """Round trips (ms) of `count` POST /v1/authorize sent on a fixed schedule at `rate` per second, each
+    in a task of its own (open loop), over keep-alive connections opened before timing."""
+    connections = _HttpConnections(port, 64)
+    await connections.open()
+    headers = f"Authorization: Bearer {BENCH_TOKEN}\r\n".encode()
+    latencies: list[float] = []
+
+    async def request(i: int, user: str, record: bool) -> None:
+        body: dict[str, object] = {"request_id": f"h-{i}", "user_id": user, "model": "gpt-4o-mini"}
+        body |= {"max_input_tokens": 1000, "max_output_tokens": 500}
+        began = time.perf_counter()
+        status, answer = await connections.post("/v1/authorize", json.dumps(body).encode(), headers)
+        if status != 200:
+            raise SystemExit(f"HTTP {status}: {answer!r}")
+        if record:
+            latencies.append((time.perf_counter() - began) * 1000)
+
+    await asyncio.gather(*(request(count + i, f"warm{i}", False) for i in range(50)))  # not counted
+    tasks = []
+    start = time.perf_counter()
+    for i in range(count):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(request(i, f"user{i % users}", True)))
+    async with asyncio.timeout(60):
+        await asyncio.gather(*tasks)
+    connections.close()
+    return latencies
+
+
 BAD_ARRAY = b"[" + b",".join([b"0"] * 32_000) + b"]"  # 64 KB, 32,000 items, none an object
 
 
@@ -234,6 +310,9 @@ def _child(argv: list[str]) -> None:
         print(json.dumps({"publish_s": asyncio.run(_raw_publish(port, messages))}), flush=True)
     elif mode == "_authorize":
         print(json.dumps(asyncio.run(_authorize_load(port, int(argv[2]), float(argv[3]), 1000))), flush=True)
+    elif mode == "_http_authorize":
+        latencies = asyncio.run(_http_authorize_load(port, int(argv[2]), float(argv[3]), 1000))
+        print(json.dumps(latencies), flush=True)
 
 
 def _spawn(*args: object) -> subprocess.Popen[str]:
@@ -327,8 +406,8 @@ async def _echo_round_trips(port: int, count: int, rate: float) -> list[float]:
         await connection.disconnect()
 
 
-async def _load_latencies(port: int, count: int, rate: float) -> list[float]:
-    load = _spawn("_authorize", port, count, rate)
+async def _load_latencies(port: int, count: int, rate: float, mode: str = "_authorize") -> list[float]:
+    load = _spawn(mode, port, count, rate)
     out, _ = await asyncio.to_thread(load.communicate)
     latencies: list[float] = json.loads(out)
     return latencies
@@ -341,14 +420,19 @@ def _pct(values: list[float], q: float) -> float:
 
 @contextlib.asynccontextmanager
 async def _enforcer(
-    port: int, directory: Path, commit_times: list[float] | None = None, metrics: bool = False
+    port: int,
+    directory: Path,
+    commit_times: list[float] | None = None,
+    metrics: bool = False,
+    http: bool = False,
 ) -> AsyncIterator[Enforcer]:
     config = parse_config(BENCH_CAPS, "(bench)")
     # session_expiry_s=0: a finished run's session must not keep queueing the next runs' messages
     settings = BrokerSettings(
         host="127.0.0.1", port=port, client_id=f"bench-{directory.name}", session_expiry_s=0
     )
-    async with Enforcer(settings, directory / "store", config) as enforcer:
+    door = HttpSettings("127.0.0.1", 0) if http else None
+    async with Enforcer(settings, directory / "store", config, http=door) as enforcer:
         await enforcer.wait_subscribed()
         if commit_times is not None:  # time each durable append of this enforcer's store
             store: Any = enforcer._store
@@ -404,12 +488,23 @@ async def _one_run(args: argparse.Namespace, directory: Path) -> Figures:
         await asyncio.sleep(2)
         echo = await _echo_round_trips(port, args.authorizations, 1000.0)
         commits: list[float] = []
-        async with _enforcer(port, directory / "auth", commits, args.metrics) as enforcer:
+        async with _enforcer(port, directory / "auth", commits, metrics=args.metrics) as enforcer:
+            cpu = _cpu_s()
             real = await _load_latencies(port, args.authorizations, 1000.0)
+            figures["auth_cpu_us"] = (_cpu_s() - cpu) / args.authorizations * 1e6
             figures["granted"] = enforcer.counters["granted"]
         fsyncs = await asyncio.to_thread(_fdatasync_times, directory / "auth" / "store")
         figures |= _spread("auth", real) | _spread("echo", echo) | _spread("commit", commits)
         figures |= _spread("fsync", fsyncs)
+        async with _enforcer(port, directory / "http", http=True) as enforcer:
+            assert enforcer.http_port is not None
+            cpu = _cpu_s()
+            over_http = await _load_latencies(
+                enforcer.http_port, args.authorizations, 1000.0, "_http_authorize"
+            )
+            figures["http_cpu_us"] = (_cpu_s() - cpu) / args.authorizations * 1e6
+        figures |= _spread("http", over_http)
+        figures["http_ratio"] = figures["http_p99"] / figures["auth_p99"]  # paired: the same run's load
         figures["requests"] = len(real)
         bad, handle = await _bad_array_figures(port, directory, args.authorizations)
         figures |= _spread("bad", bad) | {"handle_ms": handle}
@@ -493,6 +588,17 @@ def _report(runs: list[Figures]) -> None:
         f"max {_summary(runs, 'fsync_max', '{:.1f}')} ms"
     )
     print(
+        f"authorize at 1,000/s over the HTTP door (POST /v1/authorize, keep-alive): "
+        f"p50 {_summary(runs, 'http_p50', ms)} ms, p99 {_summary(runs, 'http_p99', ms)} ms, "
+        f"max {_summary(runs, 'http_max', '{:.1f}')} ms; p99 {_summary(runs, 'http_ratio', '{:.2f}')}x "
+        f"the MQTT path's in the same run; target within 2x "
+        f"({'met' if median['http_ratio'] <= 2 else 'missed'})"
+    )
+    print(
+        f"  the enforcer's CPU per authorization (user + system, all threads, commits included): over HTTP "
+        f"{_summary(runs, 'http_cpu_us')} us, over MQTT {_summary(runs, 'auth_cpu_us')} us"
+    )
+    print(
         f"authorize at 1,000/s while a 64 KB bad array (32,000 items) arrives every 100 ms (one dead letter "
         f"each): p50 {_summary(runs, 'bad_p50', ms)} ms, p99 {_summary(runs, 'bad_p99', ms)} ms, "
         f"max {_summary(runs, 'bad_max', '{:.1f}')} ms; handling one such message takes "
@@ -510,7 +616,8 @@ async def _bench(args: argparse.Namespace, directory: Path) -> None:
             print(
                 f"  run {run + 1}: {figures['rate_1']:,.0f} / {figures['rate_100']:,.0f} events/s, "
                 f"{figures['cpu_us_1']:.1f} / {figures['cpu_us_100']:.1f} us CPU per event (one per "
-                f"message / arrays of 100), authorize p99 {figures['auth_p99']:.2f} ms; load {_load()}"
+                f"message / arrays of 100), authorize p99 {figures['auth_p99']:.2f} ms (HTTP door "
+                f"{figures['http_p99']:.2f} ms); load {_load()}"
             )
     print()
     _report(runs)

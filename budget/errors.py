@@ -9,6 +9,8 @@
             SnapshotDamaged   a ledger snapshot's files: a part missing or changed (an older one is used)
         SnapshotError         part, reason: a ledger snapshot whose parts cannot be restored
         QueryError            what, reason: a spend query that cannot be answered
+        ListenError           address, reason: the enforcer's HTTP door cannot listen where it was told
+        DoorClosed            reason: the enforcer takes no HTTP request now (replaying, stopping): a 503
         BrokerError           what, reason: a broker URL, credentials or TLS file that cannot be used
             ConnectionLost    reason: the broker connection closed or failed; the enforcer reconnects
             MalformedPacket   packet, reason: bytes that can never be a valid MQTT 5 packet
@@ -119,6 +121,25 @@ class QueryError(BudgetError):
         self.what = what
         self.reason = reason
         super().__init__(f"{what}: {reason}")
+
+
+class ListenError(BudgetError):
+    """The enforcer's HTTP door cannot listen on `address` (HOST:PORT): a malformed address, or one that
+    cannot be bound (in use, not this machine's, a privileged port)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"--http {address}: {reason}")
+
+
+class DoorClosed(BudgetError):
+    """The enforcer cannot take an HTTP request now: `reason` says why (still replaying its store, or
+    stopping). The door answers 503 with it."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
 
 
 class BrokerError(BudgetError):

@@ -11,13 +11,14 @@ import click
 
 from budget.cli.broker_options import broker_options, broker_settings
 from budget.cli.log_format import LOG_FORMATS, LogFormat, configure_logging
-from budget.errors import BudgetError, StoreError
+from budget.errors import BudgetError, ConfigError, ListenError, StoreError
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
 if TYPE_CHECKING:
     from budget.domain.config import EnforcerConfig
     from budget.mqtt.broker import BrokerSettings
+    from budget.service.door import HttpSettings
 
 
 @click.command()
@@ -48,6 +49,14 @@ if TYPE_CHECKING:
     help="snapshot the ledger after this many events (and every 10 minutes with any); a restart replays "
     "only the events after the newest snapshot",
 )
+@click.option(
+    "--http",
+    "http_address",
+    default=None,
+    metavar="HOST:PORT",
+    help="also serve the HTTP door there (/v1/authorize, /v1/usage, /v1/users/ID, /healthz, /readyz, "
+    "/openapi.json); applications' bearer tokens come from [http.apps.NAME] in the config",
+)
 def enforce(
     broker_url: str,
     username: str | None,
@@ -60,6 +69,7 @@ def enforce(
     log_format: LogFormat,
     min_free_mb: int,
     snapshot_every: int,
+    http_address: str | None,
 ) -> None:
     """Enforce per-user monthly caps: consume usage and authorizations over MQTT, publish decisions.
 
@@ -70,20 +80,26 @@ def enforce(
     """
     import asyncio
 
+    from budget.service.door import HttpSettings
     from budget.service.settings import load_config
 
     configure_logging(log_level, log_format)
     try:
         config = load_config(config_path)
         broker = broker_settings(broker_url, username, password_file, tls_ca, client_id)
+        http = None if http_address is None else HttpSettings.parse(http_address)
+        if http is not None and not config.http_apps:
+            raise ConfigError(
+                config.source, "http.apps", "--http needs at least one [http.apps.NAME] token_sha256"
+            )
     except BudgetError as error:
         raise click.UsageError(str(error)) from error
     # The store's flusher thread turns events into Parquet each second; with the default 5 ms GIL switch
     # interval it can hold the event loop for that long at a time, which shows in authorization latency.
     sys.setswitchinterval(0.001)
     try:
-        asyncio.run(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every))
-    except StoreError as error:
+        asyncio.run(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every, http))
+    except (StoreError, ListenError) as error:
         _exit_with(str(error), 2, log_format)
     except BudgetError as error:
         _exit_with(str(error), 1, log_format)
@@ -99,14 +115,24 @@ def _exit_with(message: str, code: int, log_format: LogFormat) -> None:
 
 
 async def _run(
-    broker: BrokerSettings, store_path: str, config: EnforcerConfig, min_free_bytes: int, snapshot_every: int
+    broker: BrokerSettings,
+    store_path: str,
+    config: EnforcerConfig,
+    min_free_bytes: int,
+    snapshot_every: int,
+    http: HttpSettings | None,
 ) -> None:
     import asyncio
 
     from budget.service.enforcer import Enforcer
 
     async with Enforcer(
-        broker, store_path, config, min_free_bytes=min_free_bytes, snapshot_every_events=snapshot_every
+        broker,
+        store_path,
+        config,
+        min_free_bytes=min_free_bytes,
+        snapshot_every_events=snapshot_every,
+        http=http,
     ) as enforcer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -18,11 +18,15 @@ at_cap = "block"
 [prices.my-finetune]            # optional price overrides or additions, USD per 1M tokens
 input = "0.30"
 output = "1.20"
+
+[http.apps.checkout]            # an application allowed through `margins enforce --http`: the sha256 (hex)
+token_sha256 = "9f86d0..."      # of its bearer token, so the file can be committed without the token
 ```
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
@@ -60,9 +64,11 @@ _TOP_FIELDS = frozenset(
         "month_grace_s",
         "plans",
         "prices",
+        "http",
     }
 )
 _PLAN_FIELDS = frozenset({"cap_usd", "at_cap", "degrade_model", "soft_threshold_pct"})
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,7 @@ class EnforcerConfig:
     default_timezone: str = DEFAULT_TIMEZONE
     month_grace_s: int = DEFAULT_MONTH_GRACE_S
     price_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    http_apps: Mapping[str, str] = field(default_factory=dict)  # app name -> sha256 (hex) of its token
     source: str = "(defaults)"
 
     @classmethod
@@ -241,6 +248,7 @@ def parse_config(
         default_timezone=timezone,
         month_grace_s=grace,
         price_overrides=overrides,
+        http_apps=_http_apps(data.get("http", {}), where),
         source=where,
     )
     catalog = config.catalog(base_catalog)
@@ -249,3 +257,35 @@ def parse_config(
             field_name = "degrade_model" if plan is default_plan else f"plans.{plan.name}.degrade_model"
             raise ConfigError(where, field_name, f"model {plan.degrade_model!r} is not in the price catalog")
     return config
+
+
+def _http_apps(data: object, where: str) -> dict[str, str]:
+    """`[http.apps.NAME] token_sha256 = "<64 hex digits>"` -> {NAME: digest}; one token per application."""
+    if not isinstance(data, dict):
+        raise ConfigError(where, "http", "expected a table ([http.apps.NAME])")
+    unknown = sorted(set(data) - {"apps"})
+    if unknown:
+        raise ConfigError(where, f"http.{unknown[0]}", "unknown field; expected apps")
+    apps = data.get("apps", {})
+    if not isinstance(apps, dict):
+        raise ConfigError(where, "http.apps", "expected tables of applications ([http.apps.NAME])")
+    digests: dict[str, str] = {}
+    for name, app in apps.items():
+        prefix = f"http.apps.{name}"
+        if not isinstance(app, dict):
+            raise ConfigError(where, prefix, "expected a table with token_sha256")
+        bad = sorted(set(app) - {"token_sha256"})
+        if bad:
+            raise ConfigError(where, f"{prefix}.{bad[0]}", "unknown field; expected token_sha256")
+        digest = app.get("token_sha256")
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest.lower()):
+            raise ConfigError(
+                where,
+                f"{prefix}.token_sha256",
+                "expected the sha256 of the token as 64 hex digits (printf %s TOKEN | sha256sum)",
+            )
+        other = next((n for n, d in digests.items() if d == digest.lower()), None)
+        if other is not None:
+            raise ConfigError(where, f"{prefix}.token_sha256", f"the same token as http.apps.{other}")
+        digests[name] = digest.lower()
+    return digests

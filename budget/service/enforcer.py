@@ -11,6 +11,10 @@ so whatever anyone observed is on disk; if a commit fails the process exits, the
 unacknowledged messages, and the restart restores the newest ledger snapshot and replays the events after
 it (budget.service.snapshots; snapshots are taken as the ledger goes on, and at a clean stop).
 
+The HTTP door (`http`, off by default; budget.service.http_app) is a second way in to the same handler
+and the same batches: a request is decided like the message its body would be, and answered once its
+batch is durable, as an MQTT reply is.
+
 Ready (subscribed, answering) comes before anything else is sent: the retained status of every user active
 this month is republished in the background, a window at a time, behind whatever answers are waiting.
 """
@@ -27,12 +31,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from budget.domain.config import EnforcerConfig
-from budget.domain.events import DeadLettered
 from budget.domain.ledger import Ledger
 from budget.domain.prices import PriceCatalog
-from budget.errors import ConnectionLost
+from budget.errors import ConnectionLost, DoorClosed
 from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.connection import Mqtt5Connection, close_quietly
 from budget.mqtt.packets import Publish
@@ -45,14 +49,19 @@ from budget.mqtt.topics import (
     topic_problem,
 )
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
-from budget.service.handler import DEADLETTER_TOPIC, Batch, MessageHandler
+from budget.service.door import HttpSettings
+from budget.service.handler import DEADLETTER_TOPIC, Answer, Batch, MessageHandler
 from budget.service.instruments import ReplayStats, Timings
 from budget.service.messages import confirm_json, counters_text, encode_json, status_json
+from budget.service.rejection import Rejection
 from budget.service.snapshots import SnapshotTaker, restore, settings_key
 from budget.service.throttle import LogThrottle
-from budget.service.wire import DEFAULT_MAX_SKEW
+from budget.service.wire import DEFAULT_MAX_SKEW, decode_addressed
 from budget.store.event_store import FLUSH_INTERVAL_S, EventStore
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
+
+if TYPE_CHECKING:
+    from budget.service.http_server import HttpServer
 
 log = logging.getLogger("margins.enforce")
 
@@ -71,9 +80,10 @@ class Enforcer:
 
     Entering opens the store, restores the ledger (its newest snapshot and the events after it) and starts
     three named tasks: the broker connection (reconnecting with backoff), the committer, and the
-    reservation-expiry timer. `wait()` returns when `request_stop()` is called and raises if a task failed;
-    leaving the block commits and acknowledges what was decided, snapshots the ledger, closes the store and
-    disconnects.
+    reservation-expiry timer. With `http`, the HTTP door listens before the replay (its /healthz answers
+    meanwhile, its /v1 routes once replayed). `wait()` returns when `request_stop()` is called and raises if
+    a task failed; leaving the block stops taking requests, commits what was decided and answers it, then
+    snapshots the ledger, closes the store and disconnects.
     """
 
     def __init__(
@@ -90,6 +100,7 @@ class Enforcer:
         clock: Callable[[], datetime] | None = None,
         min_free_bytes: int = DEFAULT_MIN_FREE_MB * MIB,
         snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS,
+        http: HttpSettings | None = None,
     ) -> None:
         self.broker = broker
         self.store_path = Path(store_path)
@@ -114,7 +125,11 @@ class Enforcer:
         self._work = asyncio.Event()
         self._stop = asyncio.Event()
         self._subscribed = asyncio.Event()
+        self._live = False  # subscribed on the current connection
+        self._replayed = False
         self._accepting = True
+        self._http_settings = http
+        self._http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stats_sent: dict[str, int] = {}
         self._to_republish: list[str] = []  # users whose status goes out again after a start
@@ -126,20 +141,28 @@ class Enforcer:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Enforcer:
-        self._store = await asyncio.to_thread(
-            EventStore.open,
-            self.store_path,
-            flush_interval=self._store_flush_interval,
-            min_free_bytes=self._min_free_bytes,
-        )
-        started = time.perf_counter()
-        replayed = await asyncio.to_thread(self._replay)
-        self.replay_stats = ReplayStats(replayed, time.perf_counter() - started, self._restored_from)
+        if self._http_settings is not None:
+            await self._open_http(self._http_settings)
+        try:
+            self._store = await asyncio.to_thread(
+                EventStore.open,
+                self.store_path,
+                flush_interval=self._store_flush_interval,
+                min_free_bytes=self._min_free_bytes,
+            )
+            started = time.perf_counter()
+            replayed = await asyncio.to_thread(self._replay)
+            self.replay_stats = ReplayStats(replayed, time.perf_counter() - started, self._restored_from)
+        except BaseException:
+            if self._http is not None:
+                await self._http.stop()
+            raise
         # The replayed ledger lives as long as the process: keep the cyclic collector from re-scanning it
         # in every full collection (tens of ms over a large ledger, paid by whichever request is waiting).
         gc.collect()
         gc.freeze()
         log.info("replayed %d events from %s", replayed, self.store_path)
+        self._replayed = True
         self._tasks = [
             asyncio.create_task(self._committer(), name="margins-committer"),
             asyncio.create_task(self._connect_loop(), name="margins-broker"),
@@ -203,7 +226,8 @@ class Enforcer:
     async def wait(self) -> None:
         """Until a stop is requested; re-raises the error of a task that failed."""
         stop = asyncio.create_task(self._stop.wait(), name="margins-stop")
-        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        watched = [stop, *self._tasks, *([self._http.task] if self._http is not None else [])]
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         for task in done:
             if task is not stop and not task.cancelled() and task.exception() is not None:
@@ -218,6 +242,8 @@ class Enforcer:
             self._work.set()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(committer, timeout=30)
+        if self._http is not None:  # every request it took is answered by now: let the answers go out
+            await self._http.stop()
         self._stop.set()  # no reconnecting from here on
         client = self._client
         if client is not None:
@@ -268,6 +294,7 @@ class Enforcer:
                     log.info("reconnected to %s:%d after %d failed attempts", b.host, b.port, failures)
                 backoff, failures = 0.1, 0
                 self._subscribed.set()
+                self._live = True
                 log.info(
                     "%s: subscribed on %s:%d (the broker takes %d publishes in flight)",
                     READY_LOG,
@@ -283,6 +310,7 @@ class Enforcer:
                 level = logging.WARNING if failures == 1 else logging.INFO
                 log.log(level, "broker %s:%d: %s; retrying in %.1f s", b.host, b.port, error.reason, backoff)
             finally:
+                self._live = False
                 if republish is not None:
                     republish.cancel()
                 self._client = None
@@ -304,20 +332,19 @@ class Enforcer:
         try:
             self._handle(message, self._clock(), batch)
         except Exception as error:  # a bug must cost one message (kept as a dead letter), not the service
-            log.exception("cannot handle a message on %s", message.topic)
-            event = DeadLettered.of(
-                ts=self._clock(),
-                topic=message.topic,
-                payload=message.payload,
-                reason="internal_error",
-                detail=repr(error),
-            )
-            self._handler.take([event], batch)
+            self._internal_error(message, error, batch)
         if message.qos:
             batch.acks.append((self._connection, message.packet_id))
         if arrived and len(batch.replies) > replies:
             batch.arrivals.append(arrived)
         self._work.set()
+
+    def _internal_error(self, message: Publish, error: Exception, batch: Batch) -> Rejection:
+        log.exception("cannot handle a message on %s", message.topic)
+        rejection = Rejection()
+        rejection.add("internal_error", repr(error))
+        self._handler.take([rejection.dead_letter(self._clock(), message.topic, message.payload)], batch)
+        return rejection
 
     def _on_refused(self, topic: str, reason_code: int) -> None:
         """The broker acknowledged one of our publishes with a failure: that message is lost, the
@@ -375,9 +402,11 @@ class Enforcer:
             if batch.events:
                 assert self._store is not None
                 started = time.perf_counter()
-                if len(batch.events) <= self._inline_commit_max:
+                if len(batch.events) <= self._inline_commit_max and not batch.waiters:
                     # A small batch (an authorization or a few events) costs one fdatasync (~0.3 ms here); a
-                    # thread hop would cost more, because the worker waits for the GIL behind the loop.
+                    # thread hop would cost more, because the worker waits for the GIL behind the loop. Not
+                    # so for HTTP requests: each takes several loop turns (parse, decide, answer), and a
+                    # loop held by fdatasync stalls every one of them for a whole commit.
                     self._store.append(batch.events)
                 else:  # a big one: keep receiving the next batch while this one is written
                     await asyncio.to_thread(self._store.append, batch.events)
@@ -391,6 +420,8 @@ class Enforcer:
                 self._snapshots.after_commit(uncommitted=len(self._batch.events))
 
     def _release(self, batch: Batch) -> None:
+        for waiter in batch.waiters:  # HTTP requests: answered whether or not the broker is there
+            waiter()
         client, connection = self._client, self._connection
         if client is None:
             return  # disconnected: the broker redelivers the messages; replies and status come again later
@@ -438,3 +469,79 @@ class Enforcer:
             if client is not None and dict(self.counters) != self._stats_sent:
                 self._stats_sent = dict(self.counters)
                 client.publish(STATS_TOPIC, encode_json(self._stats_sent), qos=0, retain=True)
+
+    # -- the HTTP door (budget.service.door.Door) --------------------------------------------------
+
+    async def _open_http(self, settings: HttpSettings) -> None:
+        from budget.service.http_app import create_app, metrics_route  # Starlette, uvicorn only when asked
+        from budget.service.http_server import HttpServer, bind
+        from budget.service.metrics import EnforcerMetrics
+
+        routes = (*settings.extra_routes, metrics_route(EnforcerMetrics(self).exposition))
+        app = create_app(self, self._config.http_apps, self.counters, self._throttle, routes)
+        self._http = HttpServer(app, bind(settings), settings.host)
+        await self._http.start()
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the HTTP door listens on (the one the OS chose for port 0), or None without one."""
+        return self._http.port if self._http is not None else None
+
+    def readiness(self) -> str | None:
+        """None when replayed and subscribed to the broker, else why not (for /readyz)."""
+        if not self._replayed:
+            return "replaying the event store"
+        if not self._accepting:
+            return "stopping"
+        if not self._live:
+            return "not subscribed to the broker"
+        return None
+
+    def _check_open(self) -> None:
+        if not self._replayed:
+            raise DoorClosed("replaying the event store")
+        if not self._accepting:
+            raise DoorClosed("stopping")
+
+    async def submit(self, prefix: str, payload: bytes) -> Answer:
+        """Decide a body as if published on `prefix` + its user; return its answer once durable."""
+        self._check_open()
+        timed = self._timings is not None and prefix == AUTHORIZE_PREFIX
+        arrived = time.perf_counter() if timed else 0.0
+        now = self._clock()
+        topic, decoded = decode_addressed(prefix, payload, now, self._max_skew)
+        message = Publish(topic, payload)
+        answer = Answer()
+        batch = self._batch
+        try:
+            self._handle(message, now, batch, decoded, answer)
+        except Exception as error:  # as for an MQTT message: one dead letter, the service goes on
+            answer.rejection = self._internal_error(message, error, batch)
+        await self._durable(batch)
+        if timed and answer.reply is not None and self._timings is not None:
+            self._timings.replied([arrived], time.perf_counter())  # as an MQTT reply's: decide to durable
+        return answer
+
+    async def settled_status(self, user_id: str) -> bytes:
+        """The user's status once none of their events waits for a commit: a status never shows what is
+        not on disk."""
+        self._check_open()
+        while True:
+            if user_id in self._batch.dirty:
+                await self._durable(self._batch)
+            elif self._committing is not None and user_id in self._committing.dirty:
+                await self._durable(self._committing)
+            else:
+                return status_json(self.ledger.status(user_id, self._clock()))
+
+    def _durable(self, batch: Batch) -> asyncio.Future[None]:
+        """Resolved once `batch` (and every batch before it) is committed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def release() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        batch.waiters.append(release)
+        self._work.set()
+        return future

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import assert_never
@@ -33,7 +34,7 @@ from budget.mqtt.topics import AUTHORIZE_PREFIX, USAGE_PREFIX, alert_topic, repl
 from budget.service.messages import alert_json, overshoot_json, reply_json, unknown_model_json
 from budget.service.rejection import Rejection
 from budget.service.throttle import LogThrottle
-from budget.service.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, decode_message
+from budget.service.wire import DEFAULT_MAX_SKEW, AuthorizeRequest, Decoded, decode_message
 
 log = logging.getLogger("margins.enforce")
 
@@ -51,9 +52,24 @@ class Batch:
     confirms: dict[str, list[str]] = field(default_factory=dict)  # reply topic -> event ids settled
     dirty: set[str] = field(default_factory=set)
     arrivals: list[float] = field(default_factory=list)  # perf_counter() of timed authorizations replied to
+    # Callers waiting for this batch to be durable (the HTTP door's requests): called after the commit.
+    waiters: list[Callable[[], None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.events or self.acks or self.replies or self.publishes or self.confirms)
+        return bool(
+            self.events or self.acks or self.replies or self.publishes or self.confirms or self.waiters
+        )
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a request that came without a topic (over HTTP) is told, once its batch is durable: the
+    authorization reply, the usage event ids settled (as an MQTT confirmation lists them), and the
+    rejected part -- the same `Rejection` that became the message's dead letter."""
+
+    reply: bytes | None = None
+    confirmed: list[str] = field(default_factory=list)
+    rejection: Rejection | None = None
 
 
 class MessageHandler:
@@ -71,13 +87,24 @@ class MessageHandler:
         self.throttle = throttle
         self._max_skew = max_skew
 
-    def handle(self, message: Publish, now: datetime, batch: Batch) -> None:
-        """Decode, decide and apply one message; queue in `batch` what must follow the commit."""
+    def handle(
+        self,
+        message: Publish,
+        now: datetime,
+        batch: Batch,
+        decoded: Decoded | None = None,
+        answer: Answer | None = None,
+    ) -> None:
+        """Decode, decide and apply one message; queue in `batch` what must follow the commit.
+
+        With `answer` (a request over HTTP, already `decoded`), the reply and confirmation are put there
+        instead of being published; the dead letter, status and alerts go out as for any message."""
         topic, payload = message.topic, message.payload
-        decoded = decode_message(topic, payload, now, self._max_skew, message.message_expiry_s)
+        if decoded is None:
+            decoded = decode_message(topic, payload, now, self._max_skew, message.message_expiry_s)
         rejection = decoded.rejection
         confirmed: list[str] | None = None  # the usage events to confirm to a sender that asked
-        if message.response_topic is not None and topic.startswith(USAGE_PREFIX):
+        if (message.response_topic is not None or answer is not None) and topic.startswith(USAGE_PREFIX):
             confirmed = list(rejection.event_ids) if rejection is not None else []
         dead: list[DeadLettered] = []  # the ledger's rejections, summed up with the wire's below
         decide, take, counters = self.ledger.decide, self.take, self.counters
@@ -103,7 +130,7 @@ class MessageHandler:
                 continue
             match command:
                 case AuthorizeRequest():
-                    self._authorize(command, message, now, batch, dead)
+                    self._authorize(command, message, now, batch, dead, answer)
                 case ConfigureUser():
                     take(decide(command, now), batch, dead)
                 case RenewReservation():
@@ -122,8 +149,12 @@ class MessageHandler:
                 detail = event.detail if rejection.items == 1 else f"event {event.event_id!r}: {event.detail}"
                 rejection.add(event.reason, detail, event.event_id)
         if rejection is not None:
-            self._reject(rejection, message, now, batch)
-        if confirmed is not None:
+            self._reject(rejection, message, now, batch, answer is None)
+        if answer is not None:
+            answer.rejection = rejection
+            if confirmed is not None:
+                answer.confirmed = confirmed
+        elif confirmed is not None:
             assert message.response_topic is not None
             self._confirm(message.response_topic, confirmed, batch)
 
@@ -198,11 +229,14 @@ class MessageHandler:
             )
             batch.publishes.append((alert_topic(usage.user_id), overshoot_json(usage)))
 
-    def _reject(self, rejection: Rejection, message: Publish, now: datetime, batch: Batch) -> None:
-        """The message's one dead letter; a deny for a rejected authorization; an unknown-model alert."""
+    def _reject(
+        self, rejection: Rejection, message: Publish, now: datetime, batch: Batch, reply: bool = True
+    ) -> None:
+        """The message's one dead letter; a deny for a rejected authorization (if `reply`: over HTTP the
+        rejection itself is the answer); an unknown-model alert."""
         event = rejection.dead_letter(now, message.topic, message.payload)
         self.take([event], batch)
-        if message.topic.startswith(AUTHORIZE_PREFIX):
+        if reply and message.topic.startswith(AUTHORIZE_PREFIX):
             reply_to = rejection.reply_to  # checked by the wire
             if reply_to is None and message.response_topic is not None:
                 reply_to = self._reply_topic(message.response_topic)
@@ -220,6 +254,7 @@ class MessageHandler:
         now: datetime,
         batch: Batch,
         dead: list[DeadLettered],
+        answer: Answer | None,
     ) -> None:
         command = request.command
         events = self.ledger.decide(command, now)
@@ -255,6 +290,9 @@ class MessageHandler:
             body = reply_json(
                 command.request_id, "deny", command.model, None, remaining, "not decided; retry"
             )
+        if answer is not None:
+            answer.reply = body
+            return
         reply_to = request.reply_to
         if request.reply_problem is not None:
             self._refuse_reply_topic(request.reply_problem)

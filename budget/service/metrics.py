@@ -47,6 +47,8 @@ PLAIN_COUNTERS: dict[str, tuple[str, str]] = {
     "publish_refused": ("margins_publishes_refused", "Publishes the broker acknowledged with a failure"),
     "confirmations": ("margins_confirmations", "Confirmations sent to usage senders that asked for one"),
     "status_republished": ("margins_status_republished", "Retained statuses republished after a start"),
+    "http_unauthorized": ("margins_http_unauthorized", "HTTP requests refused 401: no or an unknown token"),
+    "http_too_large": ("margins_http_too_large", "HTTP bodies refused 413 unread (over 1 MiB)"),
 }
 DEAD_LETTER_PREFIX = "dead_letter_"
 ALERT_PREFIX = "alert_"

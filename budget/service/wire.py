@@ -106,6 +106,13 @@ _authorize_decoder = msgspec.json.Decoder(_AuthorizeIn)
 _admin_decoder = msgspec.json.Decoder(_AdminIn)
 _renew_decoder = msgspec.json.Decoder(_RenewIn)
 _any_decoder = msgspec.json.Decoder()
+
+
+class _Addressed(msgspec.Struct):
+    user_id: str
+
+
+_addressed_decoder = msgspec.json.Decoder(_Addressed | list[_Addressed])
 _DecodeErrors = (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
@@ -171,8 +178,44 @@ def decode_message(
         return _one("malformed_json", f"undecodable payload ({type(error).__name__})", user)
 
 
+def named_user(payload: bytes) -> str | None:
+    """The user a request body speaks for: its `user_id` (an array's: the first item that has one), or
+    None when no item names one. Over MQTT the topic names the user; a body sent without a topic (over
+    HTTP) is decoded as if published on its user's topic, so it is judged exactly alike."""
+    try:
+        parsed = _addressed_decoder.decode(payload)
+    except _DecodeErrors:
+        generic = _generic(payload)
+        items = generic if isinstance(generic, list) else [generic]
+        named = (i["user_id"] for i in items if type(i) is dict and type(i.get("user_id")) is str)
+        user: str | None = next(named, None)
+        return user
+    if isinstance(parsed, list):
+        return parsed[0].user_id if parsed else None
+    user_id: str = parsed.user_id
+    return user_id
+
+
+def decode_addressed(
+    prefix: str, payload: bytes, now: datetime, max_skew: timedelta = DEFAULT_MAX_SKEW
+) -> tuple[str, Decoded]:
+    """A usage or authorization body that came without a topic: the topic it would have been published on
+    (`prefix` + its user), and what `decode_message` makes of it there. A body naming no user (malformed
+    JSON, no `user_id` anywhere) is judged with no topic user: its rejection is the one MQTT would give."""
+    user = named_user(payload)
+    if user is not None:
+        topic = prefix + user
+        return topic, decode_message(topic, payload, now, max_skew)
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        detail = f"payload is {len(payload):,} bytes; the limit is {MAX_PAYLOAD_BYTES:,}"
+        return prefix, _one("too_large", detail)
+    if prefix == USAGE_PREFIX:
+        return prefix, decode_usage(None, payload, now, max_skew, prefix)
+    return prefix, decode_authorize(None, payload, prefix, now)
+
+
 def decode_usage(
-    topic_user: str,
+    topic_user: str | None,
     payload: bytes,
     now: datetime,
     max_skew: timedelta = DEFAULT_MAX_SKEW,
@@ -195,7 +238,7 @@ def decode_usage(
 
 
 def decode_authorize(
-    topic_user: str,
+    topic_user: str | None,
     payload: bytes,
     topic: str = "",
     now: datetime | None = None,
@@ -309,7 +352,7 @@ def _judge_usage(
     item: _UsageIn,
     index: int | None,
     items: int,
-    topic_user: str,
+    topic_user: str | None,
     now: datetime,
     max_skew: timedelta,
     payload: bytes | None,
@@ -366,7 +409,7 @@ def _judge_usage(
 
 
 def _usage_slow_path(
-    error: Exception, topic_user: str, payload: bytes, now: datetime, max_skew: timedelta, topic: str
+    error: Exception, topic_user: str | None, payload: bytes, now: datetime, max_skew: timedelta, topic: str
 ) -> Decoded:
     """The typed decode failed with `error`: find out whether the whole payload is bad or only some array
     items, judging each item once (a 64 KB array holds some 32,000) and spelling out only the first few."""

@@ -37,7 +37,8 @@ class EnforcerProcess:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 120.0, wait_ready: bool = True) -> None:
+        """Start it; unless told not to, wait for its ready line (subscribed to the broker)."""
         self.starts += 1
         args = [
             str(Path(sys.executable).parent / "margins"), "enforce",
@@ -50,6 +51,8 @@ class EnforcerProcess:
             args += ["--username", "enforcer", "--password-file", str(pw)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=out, cwd=REPO)
+        if not wait_ready:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.log.read_text(errors="replace").count(READY) >= self.starts:

@@ -70,6 +70,16 @@ def load_config_text(text: str, directory: Path) -> EnforcerConfig:
         ('[prices.m]\ninput = "0.1"\n', "prices.m.output", "missing"),
         ('[prices.gpt-4o]\noutput = "0.0001"\n', "prices.gpt-4o.output", "at most 3 decimals"),
         ("default_cap_usd = \n", "(file)", "not valid TOML"),
+        ("http = 1\n", "http", "expected a table"),
+        ("[http]\nport = 8080\n", "http.port", "unknown field"),
+        ('[http.apps.shop]\ntoken = "abc"\n', "http.apps.shop.token", "unknown field"),
+        ("[http.apps.shop]\n", "http.apps.shop.token_sha256", "64 hex digits"),
+        ('[http.apps.shop]\ntoken_sha256 = "abc"\n', "http.apps.shop.token_sha256", "64 hex digits"),
+        (
+            f'[http.apps.a]\ntoken_sha256 = "{"ab" * 32}"\n[http.apps.b]\ntoken_sha256 = "{"AB" * 32}"\n',
+            "http.apps.b.token_sha256",
+            "the same token as http.apps.a",
+        ),
     ],
 )
 def test_bad_files_name_the_file_and_the_field(text: str, field: str, expected: str, tmp_path: Path) -> None:
@@ -96,3 +106,10 @@ def test_plans_inherit_the_top_level_action(tmp_path: Path) -> None:
     assert config.plan(None) is config.default_plan
     with pytest.raises(ConfigError, match="unknown plan"):
         config.plan("gold")
+
+
+def test_http_apps_keep_the_digest_of_each_token(tmp_path: Path) -> None:
+    digest = "0f" * 32
+    config = load_config_text(f'[http.apps.checkout]\ntoken_sha256 = "{digest.upper()}"\n', tmp_path)
+    assert config.http_apps == {"checkout": digest}
+    assert load_config_text("", tmp_path).http_apps == {}

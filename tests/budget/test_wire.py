@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from budget.domain.ledger import Authorize, ConfigureUser, RecordUsage, RenewReservation
 from budget.service.rejection import MAX_LISTED, Rejection
-from budget.service.wire import MAX_PAYLOAD_BYTES, AuthorizeRequest, decode_message
+from budget.service.wire import (
+    MAX_PAYLOAD_BYTES,
+    AuthorizeRequest,
+    decode_addressed,
+    decode_message,
+    named_user,
+)
 from tests.budget.mqtt_helpers import usage_body
 
 NOW = datetime(2026, 11, 26, 21, 0, tzinfo=UTC)
@@ -303,3 +309,31 @@ def test_arbitrary_json_objects_become_commands_or_reasons(fields: dict[str, obj
     rejection = out.rejection
     assert len(out.commands) + (rejection.count if rejection else 0) == 2
     assert rejection is None or (rejection.items == 2 and rejection.detail.startswith("1 of 2 items"))
+
+
+def test_a_body_without_a_topic_is_decoded_on_its_users_topic() -> None:
+    one, other = usage(event_id="a", user_id="ann"), usage(event_id="b", user_id="bob")
+    assert named_user(enc(one)) == "ann"
+    assert named_user(enc([one, other])) == "ann"
+    assert named_user(enc([{"event_id": "x"}, other])) == "bob"  # the first item that names a user
+    assert named_user(b"{not json") is None and named_user(enc([1, 2])) is None
+
+    topic, decoded = decode_addressed("margins/usage/", enc([one, other]), NOW)
+    assert topic == "margins/usage/ann"
+    expected = decode_message(topic, enc([one, other]), NOW)
+    assert decoded.commands == expected.commands
+    assert decoded.rejection is not None and expected.rejection is not None
+    assert (decoded.rejection.reason, decoded.rejection.detail) == (
+        "user_mismatch",
+        expected.rejection.detail,
+    )
+
+    topic, decoded = decode_addressed("margins/usage/", b"{not json", NOW)
+    assert topic == "margins/usage/" and not decoded.commands
+    assert decoded.rejection is not None and decoded.rejection.user_id is None
+    assert decoded.rejection.reason == "malformed_json"
+    _, decoded = decode_addressed("margins/authorize/", enc({"request_id": "r"}), NOW)
+    assert decoded.rejection is not None and decoded.rejection.reason == "missing_field"
+    assert decoded.rejection.request_id == "r"
+    _, decoded = decode_addressed("margins/usage/", b" " * (MAX_PAYLOAD_BYTES + 1), NOW)
+    assert decoded.rejection is not None and decoded.rejection.reason == "too_large"
