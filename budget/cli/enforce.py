@@ -11,7 +11,7 @@ import click
 
 from budget.cli.broker_options import broker_options, broker_settings
 from budget.cli.log_format import LOG_FORMATS, LogFormat, configure_logging
-from budget.errors import BudgetError, ConfigError, ListenError, StoreError
+from budget.errors import BudgetError, ListenError, StoreError
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
@@ -88,12 +88,15 @@ def enforce(
         config = load_config(config_path)
         broker = broker_settings(broker_url, username, password_file, tls_ca, client_id)
         http = None if http_address is None else HttpSettings.parse(http_address)
-        if http is not None and not config.http_apps:
-            raise ConfigError(
-                config.source, "http.apps", "--http needs at least one [http.apps.NAME] token_sha256"
-            )
     except BudgetError as error:
         raise click.UsageError(str(error)) from error
+    if http is not None and not config.http_apps:  # metrics and health alone are a fine reason for --http
+        logging.getLogger("margins.enforce").warning(
+            "%s has no [http.apps.NAME] token_sha256: /v1 routes on %s refuse every request (401); "
+            "/metrics, /healthz and /readyz are served",
+            config.source,
+            http.address,
+        )
     # The store's flusher thread turns events into Parquet each second; with the default 5 ms GIL switch
     # interval it can hold the event loop for that long at a time, which shows in authorization latency.
     sys.setswitchinterval(0.001)

@@ -7,8 +7,13 @@ histograms. Without an observer the enforcer takes no timings for authorizations
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from budget.domain.ledger import Ledger
+    from budget.store.event_store import EventStore
 
 
 class Timings(Protocol):
@@ -30,3 +35,18 @@ class ReplayStats:
     events: int
     seconds: float
     snapshot_seq: int | None
+
+
+class Observed(Protocol):
+    """What the metrics read from an enforcer at scrape time (budget.service.enforcer.Enforcer is one)."""
+
+    counters: Counter[str]
+    ledger: Ledger
+    replay_stats: ReplayStats | None
+
+    @property
+    def store(self) -> EventStore | None:
+        """The open event store (None before start and after stop)."""
+
+    def observe_with(self, timings: Timings) -> None:
+        """Hand every commit's and authorization's timing to `timings`."""

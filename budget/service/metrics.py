@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from budget.service.enforcer import Enforcer
+from budget.service.instruments import Observed
 
 __all__ = ["LATENCY_BUCKETS_S", "EnforcerMetrics"]
 
@@ -61,7 +59,7 @@ class EnforcerMetrics:
     is read from the enforcer when `exposition()` is called (on any thread: it only reads).
     """
 
-    def __init__(self, enforcer: Enforcer) -> None:
+    def __init__(self, enforcer: Observed) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.commit_seconds = Histogram(
             "margins_commit_duration_seconds",
@@ -96,7 +94,7 @@ class EnforcerMetrics:
 class _EnforcerCollector(Collector):
     """Reads the enforcer's counters, ledger and store at scrape time."""
 
-    def __init__(self, enforcer: Enforcer) -> None:
+    def __init__(self, enforcer: Observed) -> None:
         self._enforcer = enforcer
 
     def collect(self) -> Iterator[Metric]:
@@ -147,7 +145,7 @@ def _by_label(counters: Mapping[str, int], prefix: str, name: str, help_text: st
     return family
 
 
-def _store_gauges(enforcer: Enforcer) -> Iterator[Metric]:
+def _store_gauges(enforcer: Observed) -> Iterator[Metric]:
     store = enforcer.store
     if store is None:  # not started, or stopped: nothing to say about a store
         return
@@ -169,7 +167,7 @@ def _store_gauges(enforcer: Enforcer) -> Iterator[Metric]:
         )
 
 
-def _replay_gauges(enforcer: Enforcer) -> Iterator[Metric]:
+def _replay_gauges(enforcer: Observed) -> Iterator[Metric]:
     stats = enforcer.replay_stats
     if stats is None:
         return

@@ -17,9 +17,9 @@ from click.testing import CliRunner
 from budget.domain.events import UsageRecorded
 from budget.service.http_schema import openapi_json
 from sim.cli import main as margins
-from tests.budget.broker import REPO, Broker
+from tests.budget.broker import REPO, Broker, free_port
 from tests.budget.enforcer_helpers import Authorizer
-from tests.budget.enforcer_process import CAPS_TOML
+from tests.budget.enforcer_process import CAPS_TOML, EnforcerProcess
 from tests.budget.http_door_helpers import (
     AUTH,
     CAPS_WITH_DOOR,
@@ -247,12 +247,7 @@ def test_the_schema_file_is_the_schema_the_door_serves() -> None:
 
 def test_bad_http_flags_and_config_exit_2(tmp_path: Path) -> None:
     runner = CliRunner()
-    no_apps = tmp_path / "caps.toml"
-    no_apps.write_text(CAPS_TOML)
     base = ["enforce", "--broker", "mqtt://127.0.0.1:1", "--store", str(tmp_path / "s")]
-    result = runner.invoke(margins, [*base, "--config", str(no_apps), "--http", "127.0.0.1:8080"])
-    assert result.exit_code == 2
-    assert "http.apps: --http needs at least one [http.apps.NAME]" in result.output
     with_apps = tmp_path / "door.toml"
     with_apps.write_text(CAPS_WITH_DOOR)
     result = runner.invoke(margins, [*base, "--config", str(with_apps), "--http", "localhost"])
@@ -303,3 +298,26 @@ def test_a_stop_answers_what_was_decided_and_every_200_is_stored(mosquitto: Brok
     stored = {e.event_id for e in replayed(process.store) if isinstance(e, UsageRecorded)}
     assert len(answered) >= 50
     assert answered <= stored  # nothing answered 200 is missing
+
+
+def test_without_apps_the_door_serves_metrics_and_health_and_refuses_v1(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    # The shipped example config (as deploy/ runs it) names no application: --http is then for Prometheus
+    # and health checks only, and says so.
+    port = free_port()
+    process = EnforcerProcess(
+        mosquitto,
+        tmp_path / "store",
+        REPO / "deploy" / "caps.example.toml",
+        tmp_path / "enforcer.log",
+        extra=["--http", f"127.0.0.1:{port}"],
+    )
+    process.start()
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", headers=AUTH, timeout=120) as http:
+        assert http.get("/healthz").status_code == 200
+        wait_for(lambda: http.get("/readyz").status_code == 200, "ready")
+        assert http.post("/v1/usage", json=usage_body("n1", ts=_now())).status_code == 401
+        assert "margins_http_unauthorized_total 1.0" in http.get("/metrics").text
+    assert process.terminate() == 0
+    assert "/v1 routes on 127.0.0.1:" in process.log.read_text()
