@@ -1,8 +1,8 @@
 """Posting one alert to the webhook, and what to do with the answer.
 
-A small HTTP/1.1 client over asyncio streams (http and https): one POST per connection, `Connection:
-close`, the answer's status and Retry-After read and the rest ignored. Standard library only, and
-cancellable at any point, so a stop never waits for a webhook that hangs.
+One POST per attempt with httpx2 (already in the core install, under the OpenAI and Anthropic SDKs and
+genai-prices): the answer's status and Retry-After are read, redirects are not followed, and the whole
+exchange is bounded by one timeout and cancellable, so a stop never waits for a webhook that hangs.
 
 The verdict of one attempt is pure: 2xx accepted; 408, 429, 5xx, a connection error or a timeout retried
 with exponential backoff and jitter (at least Retry-After when the webhook sent one); anything else -- a
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import ssl
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -23,7 +22,6 @@ from urllib.parse import quote, urlsplit
 from budget.errors import WebhookError
 
 MAX_RETRY_AFTER_S = 3600.0  # a Retry-After beyond an hour is taken as an hour
-_MAX_HEADER_LINES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,45 +70,26 @@ class Answer:
 async def post(target: WebhookTarget, body: bytes, key: str, timeout_s: float) -> Answer:
     """POST `body` with `key` as its Idempotency-Key; raises OSError or TimeoutError when no answer came
     (refused, reset, unreadable, or nothing within `timeout_s` for the whole exchange)."""
-    head = (
-        f"POST {target.path} HTTP/1.1\r\n"
-        f"Host: {target.host}:{target.port}\r\n"
-        "User-Agent: margins-alerts\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"Idempotency-Key: {header_key(key)}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("ascii")
-    tls = ssl.create_default_context() if target.tls else None
-    async with asyncio.timeout(timeout_s):
-        reader, writer = await asyncio.open_connection(target.host, target.port, ssl=tls)
+    import httpx2  # here, so `margins alerts --help` does not pay for it
+
+    headers = {
+        "User-Agent": "margins-alerts",
+        "Content-Type": "application/json",
+        "Idempotency-Key": header_key(key),
+    }
+    async with asyncio.timeout(timeout_s), httpx2.AsyncClient(timeout=None, follow_redirects=False) as client:
         try:
-            writer.write(head + body)
-            await writer.drain()
-            return await _read_answer(reader)
-        finally:
-            writer.close()
+            response = await client.post(target.url, content=body, headers=headers)
+        except httpx2.TimeoutException as error:
+            raise TimeoutError(str(error)) from error
+        except httpx2.HTTPError as error:  # refused, reset, not HTTP: no answer to judge
+            raise ConnectionError(f"{type(error).__name__}: {error}") from error
+    return Answer(response.status_code, response.headers.get("retry-after"))
 
 
 def header_key(key: str) -> str:
     """An alert key as a header value: ASCII, non-ASCII and separators percent-encoded."""
     return quote(key, safe=":@!$&'()*+,;=-._~/")
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> Answer:
-    status_line = (await reader.readline()).decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ConnectionError(f"not an HTTP answer: {status_line[:80]!r}")
-    retry_after = None
-    for _ in range(_MAX_HEADER_LINES):
-        line = (await reader.readline()).decode("latin-1").strip()
-        if not line:
-            break
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "retry-after":
-            retry_after = value.strip()
-    return Answer(int(parts[1]), retry_after)
 
 
 class Verdict(Enum):

@@ -69,6 +69,8 @@ def alerts(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx2 logs every request's full URL at INFO; a webhook's path usually holds its secret token.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
     try:
         webhook = WebhookTarget.from_url(webhook_url)
         broker = broker_settings(
