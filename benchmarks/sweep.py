@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from sim.io.scenarios import load_scenario
-from sim.workbench.sweep import default_workers, run_sweep
+from sim.workbench.executor import default_workers
+from sim.workbench.sweep import run_sweep
 from sim.workbench.sweep_render import sweep_table
 from sim.workbench.variants import grid, parse_vary
 

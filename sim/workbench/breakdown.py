@@ -15,7 +15,7 @@ from sim.model.forecast import Summary
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
 from sim.model.traffic import MONTH_DAYS
-from sim.workbench.sweep import run_points
+from sim.workbench.executor import Cluster, run_points
 from sim.workbench.variants import Scalar, variant_of
 
 
@@ -86,15 +86,16 @@ def lever_effects(
     seed: int,
     workers: int | None = None,
     progress: Progress = SILENT,
+    cluster: Cluster | None = None,
 ) -> list[LeverEffect]:
-    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed`
-    (`progress` advances a lever at a time)."""
+    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed` --
+    on `cluster` when given, else on `workers` local processes (`progress` advances a lever at a time)."""
     used = levers_used(scenario)
     table = msgspec.to_builtins(scenario)
     variants = [
         variant_of(table, lever.off(scenario), f"{scenario.name} without {lever.name}") for lever in used
     ]
-    summaries = run_points(variants, mau, days, seed, workers, progress)
+    summaries = run_points(variants, mau, days, seed, workers, progress, cluster)
     return [LeverEffect(lever.name, off, summary) for lever, off in zip(used, summaries, strict=True)]
 
 
