@@ -4,11 +4,13 @@ worker, is one line and exit 1 -- or a whole table, never part of one."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +18,14 @@ import pytest
 from click.testing import CliRunner
 
 from sim.cli import main
-from sim.errors import ArgumentError
+from sim.errors import ArgumentError, ClusterError
 from sim.workbench import dask_cluster
-from sim.workbench.executor import parse_cluster
+from sim.workbench.executor import parse_cluster, run_points
 from sim.workbench.report import gather
+from sim.workbench.variants import grid, parse_vary
 from tests.budget.broker import free_port
 from tests.sim.local_cluster import LocalCluster, pid_of, wait_until_busy
+from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIMIZED = str(ROOT / "scenarios/seed-story/optimized.toml")
@@ -153,3 +157,18 @@ def test_a_worker_killed_mid_sweep_gives_the_whole_table_or_one_line() -> None:
         assert sweep.returncode == 1 and out == ""
         (line,) = err.strip().splitlines()
         assert line.startswith(f"margins: {doomed.url}: ")
+
+
+def test_a_cluster_left_without_workers_stops_the_sweep_with_one_error() -> None:
+    base, _ = scenario_from(ALL_LEVERS)
+    variants = grid(base, [parse_vary("cache.semantic.threshold=0.8,0.85,0.9,0.95")], "t.toml")
+    with LocalCluster(workers=1) as lonely:
+        cluster = dataclasses.replace(parse_cluster(lonely.url), no_workers_grace_s=2.0)
+        killer = threading.Thread(
+            target=lambda: os.kill(pid_of(lonely, wait_until_busy(lonely)), signal.SIGKILL)
+        )
+        killer.start()
+        with pytest.raises(ClusterError) as caught:
+            run_points(variants, 3000, 10, 1, cluster=cluster)
+        killer.join()
+    assert str(caught.value) == f"{lonely.url}: no workers left for 2 s; the sweep stopped"
