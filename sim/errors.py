@@ -15,6 +15,7 @@
         EmbeddingUnavailable      the optional semantic extra is not installed or will not load
         StarterError              the starter files cannot be found or written (margins init)
         ClusterError              url, reason: a cluster that cannot run a sweep's points (--executor)
+        WorkerMismatch            raised on a cluster's worker that runs other margins code
         ArgumentError             argument, reason: a value a function cannot use (also a ValueError)
 
 Files get InputError, FieldError and their kin; ArgumentError is for a caller of the Python API.
@@ -113,6 +114,11 @@ class ClusterError(SimError):
     def __init__(self, url: str, reason: str) -> None:
         self.url, self.reason = url, reason
         super().__init__(f"{url}: {reason}")
+
+
+class WorkerMismatch(SimError):
+    """Raised on a Dask worker, where a point is about to run, when that worker's margins, code or numpy
+    differ from the client's; the client reports it as a ClusterError."""
 
 
 class ArgumentError(SimError, ValueError):

@@ -20,9 +20,10 @@ import hashlib
 import importlib.metadata
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from distributed import Client, Future, wait
 from distributed.client import FuturesCancelledError
@@ -30,9 +31,8 @@ from distributed.scheduler import KilledWorker
 
 import budget
 import sim
-from sim.errors import ClusterError
+from sim.errors import ClusterError, WorkerMismatch
 from sim.io.progress import Progress
-from sim.workbench.executor import Cluster
 
 T = TypeVar("T")
 # How often the sweep looks at the cluster's health while no point finishes.
@@ -41,13 +41,22 @@ DISTRIBUTION = "margins"
 SCHEDULER = "the scheduler"
 
 
-class WorkerMismatch(Exception):
-    """Raised where a point runs when that worker's margins, code or numpy differ from the client's."""
+class Cluster(Protocol):
+    """What this module needs to know of a cluster (sim.workbench.executor.Cluster is one)."""
+
+    @property
+    def url(self) -> str: ...  # as the user wrote it, named in every message
+    @property
+    def address(self) -> str: ...  # as Dask dials it
+    @property
+    def connect_timeout_s(self) -> float: ...
+    @property
+    def no_workers_grace_s(self) -> float: ...
 
 
 def run_all(cluster: Cluster, tasks: Sequence[tuple[str, Callable[[], T]]], progress: Progress) -> list[T]:
-    """Run each named task on `cluster` and return the results in the
-    tasks' order; `progress` advances as each finishes. Raises ClusterError when they cannot all run."""
+    """Run each named task on `cluster` and return the results in the tasks' order; `progress` advances
+    as each finishes. Raises ClusterError when they cannot all run."""
     with _quiet_dask(), _connected(cluster) as client:
         expected = worker_identity()
         workers = _check_workers(cluster, client, expected)
@@ -108,15 +117,18 @@ def _checked(expected: str, task: Callable[[], T]) -> T:
 
 @contextlib.contextmanager
 def _quiet_dask() -> Iterator[None]:
-    """Dask logs every reconnect attempt and lost worker, tracebacks included, to stderr; the sweep reports
-    one line instead. (Its loggers set their own levels, so each is switched off, not just the parent.)"""
+    """Dask logs every reconnect attempt and lost worker, tracebacks included, to stderr, and warns when
+    the client's and the scheduler's packages differ; the sweep reports one line instead. (Its loggers set
+    their own levels, so each is switched off, not just the parent.)"""
     names = [name for name in logging.root.manager.loggerDict if name.split(".")[0] == "distributed"]
     loggers = [logging.getLogger(name) for name in ["distributed", *names]]
     before = [logger.disabled for logger in loggers]
     for logger in loggers:
         logger.disabled = True
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for logger, disabled in zip(loggers, before, strict=True):
             logger.disabled = disabled
