@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from distributed import Client
 
@@ -118,3 +119,13 @@ def pid_of(cluster: LocalCluster, worker: str) -> int:
     """The process id of the worker at `worker` (its address)."""
     with cluster.client() as client:
         return int(client.run(os.getpid, workers=[worker])[worker])
+
+
+def _executed(dask_worker: Any) -> int:
+    return int(dask_worker.state.executed_count)
+
+
+def tasks_run(cluster: LocalCluster) -> int:
+    """How many tasks the cluster's workers have run so far."""
+    with cluster.client() as client:
+        return sum(client.run(_executed).values())

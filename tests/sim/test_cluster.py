@@ -24,7 +24,7 @@ from sim.workbench.executor import parse_cluster, run_points
 from sim.workbench.report import gather
 from sim.workbench.variants import grid, parse_vary
 from tests.budget.broker import free_port
-from tests.sim.local_cluster import LocalCluster, pid_of, wait_until_busy
+from tests.sim.local_cluster import LocalCluster, pid_of, tasks_run, wait_until_busy
 from tests.sim.scenarios import ALL_LEVERS, scenario_from
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,20 @@ def test_the_reports_lever_runs_on_the_cluster_match_the_local_ones(cluster: Loc
     there = gather(OPTIMIZED, None, [200], 2, 5, cluster=parse_cluster(cluster.url))
     assert len(here.levers) >= 3
     assert [(e.lever, e.without) for e in there.levers] == [(e.lever, e.without) for e in here.levers]
+
+
+def test_the_report_command_sends_its_lever_runs_to_the_cluster(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.html"
+    args = ["report", OPTIMIZED, "--mau", "200", "--days", "2", "--out", str(out), "--executor", cluster.url]
+    before = tasks_run(cluster)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 10_000
+    assert tasks_run(cluster) - before >= 3  # one task per lever it turns off
+    both = CliRunner().invoke(main, [*args, "--workers", "1"])
+    assert both.exit_code == 2 and "--workers and --executor exclude each other" in both.output
 
 
 def test_an_unreachable_cluster_is_one_line_and_exit_1() -> None:
