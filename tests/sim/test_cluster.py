@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sim import workbench
 from sim.cli import main
 from sim.errors import ArgumentError, ClusterError
 from sim.workbench import dask_cluster
@@ -186,3 +187,16 @@ def test_a_cluster_left_without_workers_stops_the_sweep_with_one_error() -> None
             run_points(variants, 3000, 10, 1, cluster=cluster)
         killer.join()
     assert str(caught.value) == f"{lonely.url}: no workers left for 2 s; the sweep stopped"
+
+
+def test_without_the_cluster_extra_the_message_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if distributed were missing: the module that imports it cannot be imported.
+    monkeypatch.setitem(sys.modules, "sim.workbench.dask_cluster", None)
+    monkeypatch.delattr(workbench, "dask_cluster")
+    args = ["sweep", OPTIMIZED, *GRID, *SMALL, "--executor", "dask://127.0.0.1:8786"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "margins: dask://127.0.0.1:8786: needs the cluster extra (pip install 'margins[cluster]')"
+    )
