@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sim.cli.common import cannot_write, fail, parse_mau, stop, write_or_fail
+from sim.cli.extras import exit_needing, extra_installed
 from sim.errors import ClusterError, SimError
 from sim.io.progress import progress_bar, wanted
 
@@ -35,16 +36,19 @@ def _one_level(ctx: click.Context, param: click.Parameter, value: str | None) ->
 def executor_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--executor dask://HOST:PORT`: run the points on a Dask cluster instead of this machine's cores."""
 
-    def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Cluster | None:
+    def parse(ctx: click.Context, _param: click.Parameter, value: str | None) -> Cluster | None:
         from sim.errors import ArgumentError
         from sim.workbench.executor import parse_cluster
 
         if value is None:
             return None
         try:
-            return parse_cluster(value)
+            cluster = parse_cluster(value)
         except ArgumentError as error:
             raise click.BadParameter(error.reason) from None
+        if not extra_installed("cluster"):
+            exit_needing(f"{ctx.info_name} --executor", "cluster")
+        return cluster
 
     return click.option(
         "--executor",

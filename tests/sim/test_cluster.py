@@ -18,7 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from sim import workbench
-from sim.cli import main
+from sim.cli import extras, main
+from sim.cli import workbench as commands
 from sim.errors import ArgumentError, ClusterError
 from sim.workbench import dask_cluster
 from sim.workbench.executor import parse_cluster, run_points
@@ -190,13 +191,21 @@ def test_a_cluster_left_without_workers_stops_the_sweep_with_one_error() -> None
 
 
 def test_without_the_cluster_extra_the_message_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = extras.extra_installed
+    monkeypatch.setattr(commands, "extra_installed", lambda extra: extra != "cluster" and installed(extra))
+    args = ["sweep", OPTIMIZED, *GRID, *SMALL, "--executor", "dask://127.0.0.1:8786"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert (
+        result.stderr == "margins sweep --executor needs the cluster extra: pip install 'margins[cluster]'\n"
+    )
+
+
+def test_without_distributed_the_api_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     # As if distributed were missing: the module that imports it cannot be imported.
     monkeypatch.setitem(sys.modules, "sim.workbench.dask_cluster", None)
     monkeypatch.delattr(workbench, "dask_cluster")
-    args = ["sweep", OPTIMIZED, *GRID, *SMALL, "--executor", "dask://127.0.0.1:8786"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 1
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(
-        "margins: dask://127.0.0.1:8786: needs the cluster extra (pip install 'margins[cluster]')"
-    )
+    base, _ = scenario_from(ALL_LEVERS)
+    (variant,) = grid(base, [parse_vary("cache.semantic.threshold=0.8")], "t.toml")
+    with pytest.raises(ClusterError, match=r"needs the cluster extra \(pip install 'margins\[cluster\]'\)"):
+        run_points([variant], 200, 1, 1, cluster=parse_cluster("dask://127.0.0.1:8786"))
