@@ -14,6 +14,8 @@
         UnreadableFile            reason: a file that is missing or not text; readers turn it into theirs
         EmbeddingUnavailable      the optional semantic extra is not installed or will not load
         StarterError              the starter files cannot be found or written (margins init)
+        ClusterError              url, reason: a cluster that cannot run a sweep's points (--executor)
+        WorkerMismatch            raised on a cluster's worker that runs other margins code
         ArgumentError             argument, reason: a value a function cannot use (also a ValueError)
 
 Files get InputError, FieldError and their kin; ArgumentError is for a caller of the Python API.
@@ -103,6 +105,20 @@ class EmbeddingUnavailable(SimError):
 
 class StarterError(SimError):
     """The starter files cannot be found or cannot be written; the message says which and where."""
+
+
+class ClusterError(SimError):
+    """A cluster that cannot run a sweep's points -- unreachable, gone, without workers, or with workers
+    that run other margins code: names the cluster's URL and what happened. No partial result exists."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"{url}: {reason}")
+
+
+class WorkerMismatch(SimError):
+    """Raised on a Dask worker, where a point is about to run, when that worker's margins, code or numpy
+    differ from the client's; the client reports it as a ClusterError."""
 
 
 class ArgumentError(SimError, ValueError):

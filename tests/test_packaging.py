@@ -39,6 +39,8 @@ DISTRIBUTION_OF = {
 CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations", "budget.alerts")
 # The SDK guards: each needs its SDK's extra; the rest of budget.integrations is core.
 SDK_EXTRAS = {"budget.integrations.openai": "openai", "budget.integrations.anthropic": "anthropic"}
+# Sweeps on a Dask cluster: only the module that drives Dask needs the cluster extra.
+CLUSTER_MODULES = frozenset({"sim.workbench.dask_cluster"})
 CORE_MODULES = frozenset(
     {
         *("budget", "budget.client", "budget.outbox", "budget.errors", "budget.cli"),
@@ -75,9 +77,11 @@ LEDGER_MODULES = frozenset(
 
 def install_for(module: str) -> str:
     """Which install must run `module`: the core, else its package's extra (`enforce` for the enforcer's
-    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard)."""
+    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard, `cluster` for Dask's)."""
     if module in SDK_EXTRAS:
         return SDK_EXTRAS[module]
+    if module in CLUSTER_MODULES:
+        return "cluster"
     if module in LEDGER_MODULES:
         return "enforce"
     if module in CORE_MODULES or module.startswith(tuple(f"{package}." for package in CORE_PACKAGES)):
@@ -184,6 +188,7 @@ def test_the_wheel_holds_the_packages_the_starter_files_and_the_licence(wheel: P
         "Provides-Extra: semantic",
         "Provides-Extra: openai",
         "Provides-Extra: anthropic",
+        "Provides-Extra: cluster",
     ):
         assert line in metadata
 

@@ -27,6 +27,13 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+def stop(message: str) -> NoReturn:
+    """One clear line on stderr and exit code 1: the input was fine but the run could not finish (a
+    cluster that cannot be reached or went away). Like `fail`, never while a progress bar is drawn."""
+    click.echo(f"margins: {message}", err=True)
+    sys.exit(1)
+
+
 def write_or_fail(path: Path, write: Callable[[], T], errors: tuple[type[Exception], ...] = (OSError,)) -> T:
     """Run `write`, which writes `path`, and return what it returns; a failure is one line naming the path
     and exit 2, not a traceback."""

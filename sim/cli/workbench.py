@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from sim.cli.common import DAYS, DAYS_HELP, cannot_write, fail, parse_mau, write_or_fail
-from sim.errors import SimError
+from sim.cli.common import DAYS, DAYS_HELP, cannot_write, fail, parse_mau, stop, write_or_fail
+from sim.cli.extras import exit_needing, extra_installed
+from sim.errors import ClusterError, SimError
 from sim.io.progress import progress_bar, wanted
 
 if TYPE_CHECKING:
+    from sim.workbench.executor import Cluster
     from sim.workbench.sweep import Sweep
 
 
@@ -31,9 +33,41 @@ def _one_level(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return levels[0]
 
 
+def executor_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--executor dask://HOST:PORT`: run the points on a Dask cluster instead of this machine's cores."""
+
+    def parse(ctx: click.Context, _param: click.Parameter, value: str | None) -> Cluster | None:
+        from sim.errors import ArgumentError
+        from sim.workbench.executor import parse_cluster
+
+        if value is None:
+            return None
+        try:
+            cluster = parse_cluster(value)
+        except ArgumentError as error:
+            raise click.BadParameter(error.reason) from None
+        if not extra_installed("cluster"):
+            exit_needing(f"{ctx.info_name} --executor", "cluster")
+        return cluster
+
+    return click.option(
+        "--executor",
+        "cluster",
+        metavar="dask://HOST:PORT",
+        callback=parse,
+        help="Run the points on this Dask cluster (the cluster extra; every worker needs this margins)",
+    )(command)
+
+
+def only_one_place(workers: int | None, cluster: Cluster | None) -> None:
+    """--workers sizes the local pool, --executor replaces it: asking for both is a mistake to name."""
+    if workers is not None and cluster is not None:
+        fail("--workers and --executor exclude each other: the cluster's workers run the points")
+
+
 def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options `sweep` and `goal-seek` share."""
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option(
             "--vary",
             "varies",
@@ -45,6 +79,7 @@ def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--days", type=DAYS, help=DAYS_HELP),
         click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same traffic"),
         click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: one per core)"),
+        executor_option,
         click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="DuckDB file"),
         click.option(
             "--plot", type=click.Path(dir_okay=False, path_type=Path), help="PNG of the cost-quality frontier"
@@ -71,6 +106,7 @@ def _sweep(
     days: int | None,
     seed: int,
     workers: int | None,
+    cluster: Cluster | None,
     out: Path | None,
     plot: Path | None,
     show_progress: bool,
@@ -85,8 +121,14 @@ def _sweep(
     except SimError as error:
         fail(str(error))
     level = mau or base.traffic.mau[0]
-    with progress_bar("sweep", "point", show_progress, len(variants)) as bar:
-        result = run_sweep(base.name, variants, level, days or base.traffic.days, seed, workers, bar)
+    only_one_place(workers, cluster)
+    try:
+        with progress_bar("sweep", "point", show_progress, len(variants)) as bar:
+            result = run_sweep(
+                base.name, variants, level, days or base.traffic.days, seed, workers, bar, cluster
+            )
+    except ClusterError as error:
+        stop(str(error))
     if out is not None:
         import duckdb
 
@@ -111,6 +153,7 @@ def sweep(
     days: int | None,
     seed: int,
     workers: int | None,
+    cluster: Cluster | None,
     out: Path | None,
     plot: Path | None,
     fmt: str,
@@ -121,7 +164,7 @@ def sweep(
 
     if not varies:
         fail("sweep needs at least one --vary KEY=V1,V2,...")
-    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, wanted(fmt, progress))
+    result = _sweep(scenario, varies, mau, days, seed, workers, cluster, out, plot, wanted(fmt, progress))
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -148,6 +191,7 @@ def goal_seek_command(
     days: int | None,
     seed: int,
     workers: int | None,
+    cluster: Cluster | None,
     out: Path | None,
     plot: Path | None,
     fmt: str,
@@ -157,7 +201,7 @@ def goal_seek_command(
     from sim.workbench.goal_seek import goal_seek
     from sim.workbench.sweep_render import goal_seek_table
 
-    result = _sweep(scenario, varies, mau, days, seed, workers, out, plot, wanted(fmt, progress))
+    result = _sweep(scenario, varies, mau, days, seed, workers, cluster, out, plot, wanted(fmt, progress))
     answer = goal_seek(result, limit, min_quality)
     if fmt == "json":
         click.echo(json.dumps(answer.to_json(), indent=2))
@@ -185,6 +229,7 @@ def goal_seek_command(
 @click.option(
     "--workers", type=click.IntRange(1, 256), help="Processes for the lever runs (default: the cores)"
 )
+@executor_option
 @click.option(
     "--replications",
     type=click.IntRange(1, 100),
@@ -200,20 +245,24 @@ def report(
     days: int | None,
     seed: int,
     workers: int | None,
+    cluster: Cluster | None,
     replications: int,
 ) -> None:
     """Write the unit-economics report of SCENARIO: one self-contained HTML page with its figures."""
     from sim.workbench.report import gather, write_report
 
+    only_one_place(workers, cluster)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         fail(f"{out}: cannot create its folder: {error.strerror or error}")
     try:
         with progress_bar("report", "run", wanted()) as bar:
-            data = gather(scenario, baseline, mau, days, seed, workers, bar, replications)
+            data = gather(scenario, baseline, mau, days, seed, workers, bar, replications, cluster)
             bar.note(f"drawing the figures, writing {out}")
             written = write_report(out, data)
+    except ClusterError as error:
+        stop(str(error))
     except SimError as error:
         fail(str(error))
     except OSError as error:

@@ -14,7 +14,7 @@ from sim.model.caps import sum_by
 from sim.model.forecast import USD_PER_NANO, Months, Summary
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
-from sim.workbench.sweep import run_points
+from sim.workbench.executor import Cluster, run_points
 from sim.workbench.variants import Scalar, variant_of
 
 
@@ -85,15 +85,16 @@ def lever_effects(
     seed: int,
     workers: int | None = None,
     progress: Progress = SILENT,
+    cluster: Cluster | None = None,
 ) -> list[LeverEffect]:
-    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed`
-    (`progress` advances a lever at a time)."""
+    """For each lever the scenario uses: its figures with that lever off, run in parallel on `seed` --
+    on `cluster` when given, else on `workers` local processes (`progress` advances a lever at a time)."""
     used = levers_used(scenario)
     table = msgspec.to_builtins(scenario)
     variants = [
         variant_of(table, lever.off(scenario), f"{scenario.name} without {lever.name}") for lever in used
     ]
-    summaries = run_points(variants, mau, days, seed, workers, progress)
+    summaries = run_points(variants, mau, days, seed, workers, progress, cluster)
     return [LeverEffect(lever.name, off, summary) for lever, off in zip(used, summaries, strict=True)]
 
 

@@ -30,6 +30,7 @@ from sim.workbench.breakdown import (
     top_share,
     user_month_costs,
 )
+from sim.workbench.executor import Cluster
 from sim.workbench.quality_method import FORMULA, quality_sources
 
 CAP_ROWS: tuple[render.Row, ...] = (
@@ -73,11 +74,13 @@ def gather(
     workers: int | None = None,
     progress: Progress = SILENT,
     replications: int = 1,
+    cluster: Cluster | None = None,
 ) -> ReportData:
     """Run the forecasts the page needs (raises SimError for a bad scenario). `progress` counts the runs
     -- the MAU table's, one per lever, the baseline's -- and notes the section and the run's phase. The MAU
     table runs `replications` times per level (two or more give its intervals); the breakdowns use the
-    first replication at the focus level, the levers and the baseline one run each."""
+    first replication at the focus level, the levers and the baseline one run each. The lever runs go to
+    `cluster` when given, else to `workers` local processes; the MAU table and the baseline run here."""
     scenario, catalog = load_scenario(path)
     base = load_scenario(baseline_path) if baseline_path else None
     levels = list(maus or scenario.traffic.mau)
@@ -98,7 +101,9 @@ def gather(
     )
     run = captured[0]
     focus = result.results[levels.index(focus_mau)]
-    levers = lever_effects(scenario, focus, focus_mau, days, seed, workers, _Section(progress, "levers"))
+    levers = lever_effects(
+        scenario, focus, focus_mau, days, seed, workers, _Section(progress, "levers"), cluster
+    )
     baseline = None
     if base is not None:
         section = _Section(progress, f"baseline {base[0].name}")

@@ -1,25 +1,20 @@
 """Sweeps: run every variant of a grid on the same seed (the same traffic) and find the frontier.
 
-Each point is an independent run, so the grid goes to a process pool (spawn context: no inherited
-state, the same on every platform) across the machine's cores; `workers=1` runs in this process. A
-point's figures depend only on its scenario and the seed, never on which worker ran it or when, so a
-sweep is reproducible: same seed, same table.
+Each point is an independent run, so the grid goes where sim.workbench.executor sends it: a process
+pool across the machine's cores (`workers=1` runs in this process) or a Dask cluster. A point's figures
+depend only on its scenario and the seed, never on which worker ran it or when, so a sweep is
+reproducible: same seed, same table.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from budget.domain.prices import PriceCatalog
 from sim.io.progress import SILENT, Progress
-from sim.model import engine
-from sim.model.forecast import Summary, summarize
-from sim.model.scenario import Scenario
+from sim.model.forecast import Summary
+from sim.workbench.executor import Cluster, point_name, run_points
 from sim.workbench.frontier import pareto_frontier
 from sim.workbench.variants import Scalar, Variant, short_names
 
@@ -85,26 +80,6 @@ class Sweep:
         return [point for point in self.points if point.on_frontier]
 
 
-def run_point(
-    scenario: Scenario,
-    catalog: PriceCatalog,
-    mau: int,
-    days: int,
-    seed: int,
-    on_phase: Callable[[str], object] | None = None,
-) -> Summary:
-    """Simulate one variant and summarize it (the unit of work a pool worker does)."""
-    return summarize(engine.simulate(scenario, catalog, mau, days, seed, on_phase=on_phase))
-
-
-def default_workers() -> int:
-    """The cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
 def run_sweep(
     scenario_name: str,
     variants: Sequence[Variant],
@@ -113,9 +88,11 @@ def run_sweep(
     seed: int,
     workers: int | None = None,
     progress: Progress = SILENT,
+    cluster: Cluster | None = None,
 ) -> Sweep:
-    """Run every variant at `mau` users for `days` days on `seed`; `progress` advances a point at a time."""
-    summaries = run_points(variants, mau, days, seed, workers, progress)
+    """Run every variant at `mau` users for `days` days on `seed` -- on `cluster` when given, else on
+    `workers` local processes; `progress` advances a point at a time."""
+    summaries = run_points(variants, mau, days, seed, workers, progress, cluster)
     return assemble(scenario_name, variants, summaries, mau, days, seed)
 
 
@@ -132,54 +109,11 @@ def assemble(
     costs = [float(s["cost_per_user_month_usd"]["mean"]) for s in summaries]
     on_frontier = pareto_frontier(costs, [float(s["quality"]) for s in summaries])
     points = [
-        SweepPoint(variant.settings, _point_name(variant), summary, flag)
+        SweepPoint(variant.settings, point_name(variant), summary, flag)
         for variant, summary, flag in zip(variants, summaries, on_frontier, strict=True)
     ]
     order = sorted(range(len(points)), key=lambda i: costs[i])
     return Sweep(scenario_name, seed, mau, days, keys, [points[i] for i in order])
-
-
-def run_points(
-    variants: Sequence[Variant],
-    mau: int,
-    days: int,
-    seed: int,
-    workers: int | None = None,
-    progress: Progress = SILENT,
-) -> list[Summary]:
-    """Each variant's summary, in the variants' order, run on a pool of `workers` (default: the cores).
-
-    `progress` advances as each point finishes and notes the point (in this process, also its phase).
-    """
-    workers = max(1, min(workers or default_workers(), len(variants)))
-    results: list[Summary | None] = [None] * len(variants)
-    if workers == 1:
-        for index, variant in enumerate(variants):
-            heard = _noting(progress, _point_name(variant))
-            results[index] = run_point(variant.scenario, variant.catalog, mau, days, seed, heard)
-            progress.advance()
-    else:
-        progress.note(f"{len(variants)} points on {workers} processes")
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(run_point, v.scenario, v.catalog, mau, days, seed): index
-                for index, v in enumerate(variants)
-            }
-            for future in as_completed(futures):
-                index = futures[future]
-                results[index] = future.result()
-                progress.note(f"{_point_name(variants[index])} done")
-                progress.advance()
-    return [summary for summary in results if summary is not None]
-
-
-def _point_name(variant: Variant) -> str:
-    return variant.label() or "(base)"
-
-
-def _noting(progress: Progress, point: str) -> Callable[[str], None]:
-    return lambda phase: progress.note(f"{point}: {phase}")
 
 
 def setting_columns(sweep: Sweep) -> list[str]:

@@ -1,0 +1,158 @@
+"""Where a sweep's points run: in this process, on a process pool across this machine's cores (the
+default), or on a Dask cluster (`--executor dask://HOST:PORT`, the `cluster` extra).
+
+A point's figures depend only on its scenario, its price catalog, the MAU level, the days and the seed --
+never on which process or machine ran it, or when -- so every place gives the same table to the byte, and
+results come back in the variants' order whatever order they finish in.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from budget.domain.prices import PriceCatalog
+from sim.errors import ArgumentError, ClusterError
+from sim.io.progress import SILENT, Progress
+from sim.model import engine
+from sim.model.forecast import Summary, summarize
+from sim.model.scenario import Scenario
+from sim.workbench.variants import Variant
+
+DASK_SCHEME = "dask://"
+DEFAULT_DASK_PORT = 8786
+# How long to wait for the scheduler to answer; a refused port is retried until then.
+CONNECT_TIMEOUT_S = 10.0
+# How long a cluster may have no workers at all before the sweep gives up (Dask itself would wait forever).
+NO_WORKERS_GRACE_S = 30.0
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A Dask cluster's scheduler: `url` as the user wrote it (named in every message), `address` as
+    Dask dials it."""
+
+    url: str
+    address: str
+    connect_timeout_s: float = CONNECT_TIMEOUT_S
+    no_workers_grace_s: float = NO_WORKERS_GRACE_S
+
+
+def parse_cluster(url: str) -> Cluster:
+    """`dask://HOST[:PORT]` (port 8786 by default) as a Cluster; anything else raises ArgumentError."""
+    if not url.startswith(DASK_SCHEME):
+        scheme = url.split("://", 1)[0] + "://" if "://" in url else url
+        raise ArgumentError(
+            "--executor", f"{scheme!r} is not a cluster this margins runs on; expected dask://HOST:PORT"
+        )
+    match = _HOST_PORT.match(url.removeprefix(DASK_SCHEME).rstrip("/"))
+    if match is None:
+        raise ArgumentError("--executor", f"{url!r} is not dask://HOST:PORT")
+    port = int(match["port"] or DEFAULT_DASK_PORT)
+    if not 0 < port < 65536:
+        raise ArgumentError("--executor", f"{url!r}: port {port} is outside 1-65535")
+    return Cluster(url, f"tcp://{match['host']}:{port}")
+
+
+def run_point(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    on_phase: Callable[[str], object] | None = None,
+) -> Summary:
+    """Simulate one variant and summarize it (the unit of work a worker does)."""
+    return summarize(engine.simulate(scenario, catalog, mau, days, seed, on_phase=on_phase))
+
+
+def default_workers() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def run_points(
+    variants: Sequence[Variant],
+    mau: int,
+    days: int,
+    seed: int,
+    workers: int | None = None,
+    progress: Progress = SILENT,
+    cluster: Cluster | None = None,
+) -> list[Summary]:
+    """Each variant's summary, in the variants' order: on `cluster` when given (raises ClusterError when
+    it cannot run them all), else on a pool of `workers` processes (default: the cores; 1 runs here).
+
+    `progress` advances as each point finishes and notes the point (in this process, also its phase).
+    """
+    if cluster is not None:
+        return _on_cluster(cluster, variants, mau, days, seed, progress)
+    workers = max(1, min(workers or default_workers(), len(variants)))
+    if workers == 1:
+        return _in_process(variants, mau, days, seed, progress)
+    return _on_pool(workers, variants, mau, days, seed, progress)
+
+
+def point_name(variant: Variant) -> str:
+    """How progress and messages name a point: its settings, or "(base)"."""
+    return variant.label() or "(base)"
+
+
+def _in_process(
+    variants: Sequence[Variant], mau: int, days: int, seed: int, progress: Progress
+) -> list[Summary]:
+    results = []
+    for variant in variants:
+        heard = _noting(progress, point_name(variant))
+        results.append(run_point(variant.scenario, variant.catalog, mau, days, seed, heard))
+        progress.advance()
+    return results
+
+
+def _on_pool(
+    workers: int, variants: Sequence[Variant], mau: int, days: int, seed: int, progress: Progress
+) -> list[Summary]:
+    progress.note(f"{len(variants)} points on {workers} processes")
+    results: list[Summary | None] = [None] * len(variants)
+    # spawn: no inherited state, the same on every platform.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {
+            pool.submit(run_point, v.scenario, v.catalog, mau, days, seed): index
+            for index, v in enumerate(variants)
+        }
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            progress.note(f"{point_name(variants[index])} done")
+            progress.advance()
+    return [summary for summary in results if summary is not None]
+
+
+def _on_cluster(
+    cluster: Cluster, variants: Sequence[Variant], mau: int, days: int, seed: int, progress: Progress
+) -> list[Summary]:
+    try:
+        from sim.workbench import dask_cluster
+    except ImportError as error:
+        raise ClusterError(
+            cluster.url, f"needs the cluster extra (pip install 'margins[cluster]'): {error}"
+        ) from None
+    tasks = [
+        (point_name(v), functools.partial(run_point, v.scenario, v.catalog, mau, days, seed))
+        for v in variants
+    ]
+    return dask_cluster.run_all(cluster, tasks, progress)
+
+
+def _noting(progress: Progress, point: str) -> Callable[[str], None]:
+    return lambda phase: progress.note(f"{point}: {phase}")
