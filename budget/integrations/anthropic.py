@@ -30,7 +30,9 @@ once (budget.integrations.streams):
   ok if the stream ended, error if it raised, aborted if it was closed.
 
 A synchronous `Anthropic` client takes a BudgetThread (budget.integrations.thread) as its budget. Only
-`messages.create` is guarded; `.unguarded` is the client as given, for everything else.
+`messages.create` is guarded: any other attribute of a guarded client (`messages.batches`, `beta`, ...)
+raises NotGuarded rather than hand out an unguarded call path; `.unguarded` is the client as given, for
+calls made unguarded on purpose.
 
 Model names are margins' price catalog names (budget/domain/prices.toml, or an enforcer's `[prices]`): a
 model the enforcer cannot price is denied.
@@ -53,6 +55,7 @@ from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
 from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
@@ -107,7 +110,7 @@ def guarded(
     )
 
 
-class GuardedAnthropic:
+class GuardedAnthropic(OnlyGuarded):
     """A synchronous Anthropic client whose `messages.create` is guarded."""
 
     def __init__(
@@ -122,7 +125,7 @@ class GuardedAnthropic:
         self.messages = _Messages(client, budget, user_id, feature, max_input_tokens)
 
 
-class AsyncGuardedAnthropic:
+class AsyncGuardedAnthropic(OnlyGuarded):
     """An asynchronous Anthropic client whose `messages.create` is guarded."""
 
     def __init__(
@@ -137,7 +140,9 @@ class AsyncGuardedAnthropic:
         self.messages = _AsyncMessages(client, budget, user_id, feature, max_input_tokens)
 
 
-class _Messages:
+class _Messages(OnlyGuarded):
+    path = "messages"
+
     def __init__(
         self,
         client: Anthropic,
@@ -173,7 +178,9 @@ class _Messages:
         return response
 
 
-class _AsyncMessages:
+class _AsyncMessages(OnlyGuarded):
+    path = "messages"
+
     def __init__(
         self,
         client: AsyncAnthropic,

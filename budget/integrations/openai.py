@@ -25,7 +25,9 @@ chunk to itself, so the caller sees the chunks it asked for. It reports, once (b
   output. Outcome: ok if the stream ended, error if it raised, aborted if it was closed.
 
 A synchronous `OpenAI` client takes a BudgetThread (budget.integrations.thread) as its budget. Only Chat
-Completions is guarded; `.unguarded` is the client as given, for everything else.
+Completions is guarded: any other attribute of a guarded client (`embeddings`, `chat.completions.parse`,
+...) raises NotGuarded rather than hand out an unguarded call path; `.unguarded` is the client as given,
+for calls made unguarded on purpose.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
 from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
@@ -97,7 +100,7 @@ def guarded(
     )
 
 
-class GuardedOpenAI:
+class GuardedOpenAI(OnlyGuarded):
     """A synchronous OpenAI client whose `chat.completions.create` is guarded."""
 
     def __init__(
@@ -107,7 +110,7 @@ class GuardedOpenAI:
         self.chat = _Chat(_Completions(client, budget, user_id, feature, max_input_tokens))
 
 
-class AsyncGuardedOpenAI:
+class AsyncGuardedOpenAI(OnlyGuarded):
     """An asynchronous OpenAI client whose `chat.completions.create` is guarded."""
 
     def __init__(
@@ -122,17 +125,23 @@ class AsyncGuardedOpenAI:
         self.chat = _AsyncChat(_AsyncCompletions(client, budget, user_id, feature, max_input_tokens))
 
 
-class _Chat:
+class _Chat(OnlyGuarded):
+    path = "chat"
+
     def __init__(self, completions: _Completions) -> None:
         self.completions = completions
 
 
-class _AsyncChat:
+class _AsyncChat(OnlyGuarded):
+    path = "chat"
+
     def __init__(self, completions: _AsyncCompletions) -> None:
         self.completions = completions
 
 
-class _Completions:
+class _Completions(OnlyGuarded):
+    path = "chat.completions"
+
     def __init__(
         self, client: OpenAI, budget: BudgetThread, user_id: str, feature: str, max_input_tokens: int | None
     ) -> None:
@@ -164,7 +173,9 @@ class _Completions:
         return response
 
 
-class _AsyncCompletions:
+class _AsyncCompletions(OnlyGuarded):
+    path = "chat.completions"
+
     def __init__(
         self,
         client: AsyncOpenAI,

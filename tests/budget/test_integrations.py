@@ -80,3 +80,40 @@ def test_a_budget_thread_outside_with_says_so_instead_of_hanging() -> None:
 
     with pytest.raises(NotConnected):
         budget.submit(nothing())
+
+
+def test_a_guarded_client_refuses_every_method_it_does_not_guard() -> None:
+    openai = pytest.importorskip("openai")
+    anthropic = pytest.importorskip("anthropic")
+    from budget.client import BudgetClient
+    from budget.errors import NotGuarded, UnguardedCall
+    from budget.integrations import anthropic as guard_anthropic
+    from budget.integrations import openai as guard_openai
+
+    budget = BudgetClient.connect("mqtt://127.0.0.1:1")
+    sdk_openai = openai.AsyncOpenAI(api_key="sk")
+    gpt = guard_openai.guarded(sdk_openai, budget, user_id="ann")
+    claude = guard_anthropic.guarded(anthropic.AsyncAnthropic(api_key="sk"), budget, user_id="ann")
+    refused = {
+        "embeddings": lambda: gpt.embeddings,
+        "chat.completions.parse": lambda: gpt.chat.completions.parse,
+        "chat.completions.with_raw_response": lambda: gpt.chat.completions.with_raw_response,
+        "messages.batches": lambda: claude.messages.batches,
+        "messages.count_tokens": lambda: claude.messages.count_tokens,
+        "beta": lambda: claude.beta,
+    }
+    for call, reach in refused.items():
+        with pytest.raises(NotGuarded) as refusal:
+            reach()
+        assert refusal.value.call == call
+        assert str(refusal.value) == (
+            f"{call}: not guarded by margins: a call through it would be neither authorized nor reported; "
+            f"use .unguarded.{call} if you mean to call it unguarded"
+        )
+        assert isinstance(refusal.value, UnguardedCall)
+    # an AttributeError too: probing for a method finds none, and the SDK client is there on purpose
+    assert not hasattr(gpt, "embeddings") and getattr(claude.messages, "batches", None) is None
+    assert gpt.unguarded is sdk_openai and gpt.unguarded.embeddings is sdk_openai.embeddings
+    # the guarded methods are the guard's own, not the SDK's
+    assert gpt.chat.completions.create.__self__ is gpt.chat.completions
+    assert claude.messages.create.__self__ is claude.messages
