@@ -1,5 +1,6 @@
-"""Guarded OpenAI clients: `guarded(client, budget, user_id=...)` turns each Chat Completions call into
-authorize -> call -> report (`pip install 'margins[openai]'`).
+"""Guarded OpenAI clients: `guarded(client, budget, user_id=...)` turns each Chat Completions and
+Responses call into authorize -> call -> report (`pip install 'margins[openai]'`). This module guards Chat
+Completions; budget.integrations.openai_responses the Responses API (`responses.create`).
 
 ```python
 openai = guarded(AsyncOpenAI(), budget, user_id="alice")      # budget: an entered BudgetClient
@@ -24,10 +25,10 @@ chunk to itself, so the caller sees the chunks it asked for. It reports, once (b
   content, refusal and tool-call deltas received (an upper bound on their tokens), at most the authorized
   output. Outcome: ok if the stream ended, error if it raised, aborted if it was closed.
 
-A synchronous `OpenAI` client takes a BudgetThread (budget.integrations.thread) as its budget. Only Chat
-Completions is guarded: any other attribute of a guarded client (`embeddings`, `chat.completions.parse`,
-...) raises NotGuarded rather than hand out an unguarded call path; `.unguarded` is the client as given,
-for calls made unguarded on purpose.
+A synchronous `OpenAI` client takes a BudgetThread (budget.integrations.thread) as its budget. Only
+`chat.completions.create` and `responses.create` are guarded: any other attribute of a guarded client
+(`embeddings`, `chat.completions.parse`, ...) raises NotGuarded rather than hand out an unguarded call
+path; `.unguarded` is the client as given, for calls made unguarded on purpose.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ except ImportError as missing:  # one line that says what to install, not a bare
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
+from budget.integrations.openai_responses import AsyncResponses, Responses
 from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
 from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
@@ -101,17 +103,18 @@ def guarded(
 
 
 class GuardedOpenAI(OnlyGuarded):
-    """A synchronous OpenAI client whose `chat.completions.create` is guarded."""
+    """A synchronous OpenAI client whose `chat.completions.create` and `responses.create` are guarded."""
 
     def __init__(
         self, client: OpenAI, budget: BudgetThread, user_id: str, feature: str, max_input_tokens: int | None
     ) -> None:
         self.unguarded = client
         self.chat = _Chat(_Completions(client, budget, user_id, feature, max_input_tokens))
+        self.responses = Responses(client, budget, user_id, feature, max_input_tokens)
 
 
 class AsyncGuardedOpenAI(OnlyGuarded):
-    """An asynchronous OpenAI client whose `chat.completions.create` is guarded."""
+    """An asynchronous OpenAI client whose `chat.completions.create` and `responses.create` are guarded."""
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class AsyncGuardedOpenAI(OnlyGuarded):
     ) -> None:
         self.unguarded = client
         self.chat = _AsyncChat(_AsyncCompletions(client, budget, user_id, feature, max_input_tokens))
+        self.responses = AsyncResponses(client, budget, user_id, feature, max_input_tokens)
 
 
 class _Chat(OnlyGuarded):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any, cast
 
 import pytest
 
@@ -94,17 +95,19 @@ def test_a_guarded_client_refuses_every_method_it_does_not_guard() -> None:
     sdk_openai = openai.AsyncOpenAI(api_key="sk")
     gpt = guard_openai.guarded(sdk_openai, budget, user_id="ann")
     claude = guard_anthropic.guarded(anthropic.AsyncAnthropic(api_key="sk"), budget, user_id="ann")
-    refused = {
-        "embeddings": lambda: gpt.embeddings,
-        "chat.completions.parse": lambda: gpt.chat.completions.parse,
-        "chat.completions.with_raw_response": lambda: gpt.chat.completions.with_raw_response,
-        "messages.batches": lambda: claude.messages.batches,
-        "messages.count_tokens": lambda: claude.messages.count_tokens,
-        "beta": lambda: claude.beta,
-    }
-    for call, reach in refused.items():
+    # (a guarded object, an attribute it leaves out: the SDK call it would have been)
+    refused = [
+        (gpt, "embeddings", "embeddings"),
+        (gpt.chat.completions, "parse", "chat.completions.parse"),
+        (gpt.chat.completions, "with_raw_response", "chat.completions.with_raw_response"),
+        (gpt.responses, "retrieve", "responses.retrieve"),
+        (claude.messages, "batches", "messages.batches"),
+        (claude.messages, "count_tokens", "messages.count_tokens"),
+        (claude, "beta", "beta"),
+    ]
+    for guarded_object, name, call in refused:
         with pytest.raises(NotGuarded) as refusal:
-            reach()
+            getattr(guarded_object, name)
         assert refusal.value.call == call
         assert str(refusal.value) == (
             f"{call}: not guarded by margins: a call through it would be neither authorized nor reported; "
@@ -115,5 +118,6 @@ def test_a_guarded_client_refuses_every_method_it_does_not_guard() -> None:
     assert not hasattr(gpt, "embeddings") and getattr(claude.messages, "batches", None) is None
     assert gpt.unguarded is sdk_openai and gpt.unguarded.embeddings is sdk_openai.embeddings
     # the guarded methods are the guard's own, not the SDK's
-    assert gpt.chat.completions.create.__self__ is gpt.chat.completions
-    assert claude.messages.create.__self__ is claude.messages
+    assert cast(Any, gpt.chat.completions.create).__self__ is gpt.chat.completions
+    assert cast(Any, gpt.responses.create).__self__ is gpt.responses
+    assert cast(Any, claude.messages.create).__self__ is claude.messages
