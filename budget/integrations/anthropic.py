@@ -40,8 +40,10 @@ A synchronous `Anthropic` client takes a BudgetThread (budget.integrations.threa
 (`messages.batches`, `beta`, ...) raises NotGuarded rather than hand out an unguarded call path;
 `.unguarded` is the client as given, for calls made unguarded on purpose.
 
-Model names are margins' price catalog names (budget/domain/prices.toml, or an enforcer's `[prices]`): a
-model the enforcer cannot price is denied.
+Model names are priced by the enforcer's catalog (genai-prices' data, and its `[prices]` tables), which
+knows the names Anthropic's API takes: `claude-sonnet-4-5`, `claude-sonnet-4.5` and the dated snapshot
+`claude-sonnet-4-5-20250929` are one model at one price. A model the enforcer cannot price is denied
+before the call.
 """
 
 from __future__ import annotations

@@ -161,3 +161,22 @@ def test_a_synchronous_client_is_guarded_alike(mosquitto: Broker, tmp_path: Path
         assert live.status("gus").reserved_nanos == 0
 
     run(scenario, mosquitto, tmp_path)
+
+
+def test_a_dated_model_id_is_priced_as_its_model_and_an_unknown_one_is_denied_before_the_call(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    async def scenario(live: Bench, stand_in: StandIn) -> None:
+        stand_in.script = Script(prompt_tokens=1000, cached_tokens=400, completion_tokens=50)
+        client = guarded(async_client(stand_in), live.budget, user_id="ida")
+        dated = "claude-sonnet-4-5-20250929"  # what Anthropic's docs and responses name the model
+        await client.messages.create(model=dated, messages=QUESTION, max_tokens=100)
+        (report,) = await live.settled("ida", 1)
+        assert report["model"] == dated
+        # the default catalog (genai-prices) matches the snapshot to its model: Sonnet 4.5's prices
+        assert live.status("ida").spent_nanos == nanos(CLAUDE_SONNET, 1000, 50, cached=400)
+        with pytest.raises(BudgetDenied, match="unknown model 'claude-sonnet-9-20250929'"):
+            await client.messages.create(model="claude-sonnet-9-20250929", messages=QUESTION, max_tokens=10)
+        assert [seen.body["model"] for seen in stand_in.seen] == [dated]
+
+    run(scenario, mosquitto, tmp_path)
