@@ -4,6 +4,8 @@ HTTP API, a real mosquitto and the enforcer in-process."""
 from __future__ import annotations
 
 import asyncio
+import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,33 @@ def test_a_synchronous_client_guards_responses_alike(mosquitto: Broker, tmp_path
         assert live.status("gus").reserved_nanos == 0
 
     run(scenario, mosquitto, tmp_path)
+
+
+def readme_responses_example() -> str:
+    """The README's Responses API example (the python block after its heading)."""
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    section = text[text.index("**The Responses API** is guarded") :]
+    found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert found is not None, "no python block after the Responses API's paragraph in README.md"
+    return found.group(1)
+
+
+def test_the_readme_responses_example_runs_as_written(
+    mosquitto: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def scenario(live: Bench, stand_in: StandIn) -> None:
+        monkeypatch.setenv("OPENAI_BASE_URL", stand_in.openai_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        body = textwrap.indent(readme_responses_example(), "    ")
+        namespace: dict[str, Any] = {"AsyncOpenAI": openai.AsyncOpenAI, "guarded": guarded}
+        exec(f"async def example(budget):\n{body}\n    return openai", namespace)
+        client = await namespace["example"](live.budget)
+        stand_in.clients.append(client.unguarded)
+        reports = await live.settled("alice", 2)
+        assert [(r["feature"], r["outcome"], r["output_tokens"]) for r in reports] == [
+            ("support", "ok", 40)
+        ] * 2
+        assert [seen.body.get("stream", False) for seen in stand_in.seen] == [False, True]
+
+    run(scenario, mosquitto, tmp_path)
+    assert capsys.readouterr().out == REPLY + "\n" + REPLY
