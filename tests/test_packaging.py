@@ -38,7 +38,11 @@ DISTRIBUTION_OF = {
 # `prices` (which reads a caps config or a scenario file for their overrides).
 CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations", "budget.alerts")
 # The SDK guards: each needs its SDK's extra; the rest of budget.integrations is core.
-SDK_EXTRAS = {"budget.integrations.openai": "openai", "budget.integrations.anthropic": "anthropic"}
+SDK_EXTRAS = {
+    "budget.integrations.openai": "openai",
+    "budget.integrations.openai_responses": "openai",
+    "budget.integrations.anthropic": "anthropic",
+}
 CORE_MODULES = frozenset(
     {
         *("budget", "budget.client", "budget.outbox", "budget.errors", "budget.cli"),

@@ -37,15 +37,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, overload
 
-from openai import AsyncOpenAI, OpenAI
-from openai.types.responses import (
-    Response,
-    ResponseCompletedEvent,
-    ResponseFailedEvent,
-    ResponseIncompleteEvent,
-    ResponseStreamEvent,
-    ResponseUsage,
-)
+try:
+    from openai import AsyncOpenAI, OpenAI
+    from openai.types.responses import (
+        Response,
+        ResponseCompletedEvent,
+        ResponseFailedEvent,
+        ResponseIncompleteEvent,
+        ResponseStreamEvent,
+        ResponseUsage,
+    )
+except ImportError as missing:  # one line that says what to install, not a bare ModuleNotFoundError
+    raise ImportError(
+        "budget.integrations.openai_responses needs the openai extra: pip install 'margins[openai]'"
+    ) from missing
 
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall

@@ -14,34 +14,11 @@ from anthropic.types import TextBlock, TextDelta
 from budget.errors import BudgetDenied, UnguardedCall
 from budget.integrations.anthropic import guarded
 from tests.budget.broker import Broker
-from tests.budget.guard_helpers import CLAUDE_HAIKU, CLAUDE_SONNET, Bench, bench, nanos
-from tests.budget.llm_stand_in import Script, StandIn, llm_stand_in
-
-SONNET, HAIKU = "claude-sonnet-4.5", "claude-haiku-4.5"
-QUESTION = [{"role": "user", "content": "Where is my order?"}]
-REPLY = "Your order ships today."
-
-
-def run(scenario: Any, mosquitto: Broker, tmp_path: Path) -> StandIn:
-    """Run `scenario(bench, stand_in)` against a fresh enforcer (degrading to Haiku) and stand-in."""
-
-    async def main() -> StandIn:
-        with llm_stand_in() as stand_in:
-            async with bench(mosquitto, tmp_path, degrade_model=HAIKU) as live:
-                try:
-                    await scenario(live, stand_in)
-                finally:
-                    for client in stand_in.clients:
-                        await client.close()
-            return stand_in
-
-    return asyncio.run(main())
-
-
-def async_client(stand_in: StandIn) -> anthropic.AsyncAnthropic:
-    client = anthropic.AsyncAnthropic(base_url=stand_in.anthropic_url, api_key="sk-ant-test", max_retries=0)
-    stand_in.clients.append(client)
-    return client
+from tests.budget.guard_helpers import CLAUDE_HAIKU, CLAUDE_SONNET, Bench, nanos
+from tests.budget.llm_stand_in import Script, StandIn
+from tests.budget.sdk_bench import HAIKU, QUESTION, REPLY, SONNET
+from tests.budget.sdk_bench import anthropic_client as async_client
+from tests.budget.sdk_bench import run_anthropic as run
 
 
 def test_cache_reads_and_writes_are_reported_and_priced(mosquitto: Broker, tmp_path: Path) -> None:

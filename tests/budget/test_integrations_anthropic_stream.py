@@ -15,7 +15,9 @@ from budget.integrations.anthropic import guarded
 from tests.budget.broker import Broker
 from tests.budget.guard_helpers import CLAUDE_HAIKU, CLAUDE_SONNET, Bench, nanos
 from tests.budget.llm_stand_in import Script, StandIn
-from tests.budget.test_integrations_anthropic import HAIKU, QUESTION, REPLY, SONNET, async_client, run
+from tests.budget.sdk_bench import HAIKU, QUESTION, REPLY, SONNET
+from tests.budget.sdk_bench import anthropic_client as async_client
+from tests.budget.sdk_bench import run_anthropic as run
 
 
 def test_the_stream_helper_reports_the_final_message_with_its_cache_reads_and_writes(

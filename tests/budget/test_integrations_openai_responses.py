@@ -17,7 +17,9 @@ from budget.integrations.openai import guarded
 from tests.budget.broker import Broker
 from tests.budget.guard_helpers import GPT_4O, GPT_4O_MINI, Bench, nanos
 from tests.budget.llm_stand_in import Script, StandIn
-from tests.budget.test_integrations_openai import REPLY, async_client, run
+from tests.budget.sdk_bench import REPLY
+from tests.budget.sdk_bench import openai_client as async_client
+from tests.budget.sdk_bench import run_openai as run
 
 QUESTION = "Where is my order?"
 
