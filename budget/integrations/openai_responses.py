@@ -191,6 +191,9 @@ def _usage(usage: ResponseUsage) -> Usage:
     details = usage.input_tokens_details
     cached = getattr(details, "cached_tokens", None) or 0
     written = getattr(details, "cache_write_tokens", None) or 0
+    # Both are parts of input_tokens; a report claiming more would be refused by the enforcer and leave
+    # the call unsettled, so the writes are capped at the prompt tokens that were not read from the cache.
+    written = max(0, min(written, usage.input_tokens - cached))
     return Usage(usage.input_tokens, usage.output_tokens, cached, written)
 
 

@@ -51,6 +51,25 @@ def test_a_response_is_authorized_made_and_reported_with_its_cache_reads_and_wri
     run(scenario, mosquitto, tmp_path)
 
 
+def test_cache_writes_reported_beyond_the_uncached_prompt_are_capped_so_the_report_settles(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    async def scenario(live: Bench, stand_in: StandIn) -> None:
+        # 1000 prompt tokens, 800 read from the cache: at most 200 can have been written to it
+        stand_in.script = Script(
+            prompt_tokens=1000, cached_tokens=800, cache_write_tokens=500, completion_tokens=10
+        )
+        client = guarded(async_client(stand_in), live.budget, user_id="cy")
+        await client.responses.create(model="gpt-4o", input=QUESTION, max_output_tokens=50)
+        (report,) = await live.settled("cy", 1)
+        assert (report["cached_input_tokens"], report["cache_write_tokens"]) == (800, 200)
+        status = live.status("cy")
+        assert status.spent_nanos == nanos(GPT_4O, 1000, 10, cached=800, written=200)
+        assert status.reserved_nanos == 0
+
+    run(scenario, mosquitto, tmp_path)
+
+
 def test_degrade_deny_and_every_call_that_cannot_be_bounded(mosquitto: Broker, tmp_path: Path) -> None:
     async def scenario(live: Bench, stand_in: StandIn) -> None:
         client = guarded(async_client(stand_in), live.budget, user_id="bob")
