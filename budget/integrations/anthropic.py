@@ -64,7 +64,7 @@ except ImportError as missing:  # one line that says what to install, not a bare
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
-from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
 from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
@@ -290,6 +290,7 @@ def _limits(
             "output_config={'format': {'type': 'json_schema', 'schema': ...}}",
         )
     if max_input_tokens is None:
+        listed(params, "messages", "tools", "system")
         tools = params.get("tools")
         max_input_tokens = prompt_token_bound(
             params.get("system"), tools, params.get("tool_choice"), messages=params.get("messages") or ()

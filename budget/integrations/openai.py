@@ -49,7 +49,7 @@ from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
 from budget.integrations.openai_responses import AsyncResponses, Responses
-from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
 from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
@@ -234,6 +234,7 @@ def _limits(params: dict[str, Any], user_id: str, feature: str, max_input_tokens
     if not isinstance(choices, int) or choices <= 0:
         raise UnguardedCall(CREATE, f"n must be a positive int, got {choices!r}")
     if max_input_tokens is None:
+        listed(params, "messages", "tools", "functions")
         max_input_tokens = prompt_token_bound(
             params.get("tools"), params.get("functions"), params.get("response_format"),
             messages=params.get("messages") or (),

@@ -55,7 +55,7 @@ except ImportError as missing:  # one line that says what to install, not a bare
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
-from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
 from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
@@ -157,6 +157,7 @@ def _limits(params: dict[str, Any], user_id: str, feature: str, max_input_tokens
         raise UnguardedCall(
             CREATE, "background=True is not guarded: its usage is known only once the response is polled"
         )
+    listed(params, "input", "tools")  # a generator of tools is checked and measured, then sent, whole
     _refuse_hosted_tools(params.get("tools"))
     if max_input_tokens is None:
         stored = [name for name in STORED_PROMPT if params.get(name) is not None]
@@ -167,8 +168,6 @@ def _limits(params: dict[str, Any], user_id: str, feature: str, max_input_tokens
                 "give guarded() max_input_tokens to bound the prompt",
             )
         prompt = params.get("input")
-        if prompt is not None and not isinstance(prompt, str):
-            prompt = params["input"] = list(prompt)  # an iterator reads once: send what was measured
         items = [] if prompt is None else [prompt] if isinstance(prompt, str) else prompt
         max_input_tokens = prompt_token_bound(
             params.get("instructions"), params.get("tools"), params.get("text"), messages=items

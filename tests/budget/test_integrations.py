@@ -13,6 +13,7 @@ from budget.integrations.prompt_bound import (
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
     REMOTE_MEDIA_TOKENS,
+    listed,
     prompt_token_bound,
     text_bytes,
 )
@@ -43,6 +44,20 @@ def test_media_named_by_url_gets_an_allowance_and_inline_media_its_bytes() -> No
         {"role": "user", "content": [{"type": "document", "source": {"type": "file", "file_id": "f1"}}]}
     ]
     assert prompt_token_bound(messages=anthropic_file) > REMOTE_MEDIA_TOKENS
+
+
+def test_one_pass_iterables_are_listed_so_the_bound_measures_what_is_sent() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    params: dict[str, object] = {
+        "messages": (message for message in messages),
+        "tools": iter(tools),
+        "system": "be brief",
+        "metadata": {"k": "v"},
+    }
+    listed(params, "messages", "tools", "system", "metadata")
+    assert params == {"messages": messages, "tools": tools, "system": "be brief", "metadata": {"k": "v"}}
+    assert prompt_token_bound(params["tools"], messages=messages) > prompt_token_bound(messages=messages) + 6
 
 
 def test_text_bytes_counts_strings_only() -> None:

@@ -49,9 +49,16 @@ def test_a_call_is_authorized_made_and_reported_with_its_cached_tokens(
 def test_on_degrade_the_cheaper_model_is_called_and_reported(mosquitto: Broker, tmp_path: Path) -> None:
     async def scenario(live: Bench, stand_in: StandIn) -> None:
         client = guarded(async_client(stand_in), live.budget, user_id="bob")
+        tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
         # 100k output tokens of gpt-4o ($1.00) do not fit a $1.00 cap with the prompt; of gpt-4o-mini they do
-        await client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_completion_tokens=100_000)
+        await client.chat.completions.create(
+            model="gpt-4o",
+            messages=iter(QUESTION),  # one-pass iterables: measured for the bound and still sent whole
+            tools=(tool for tool in tools),
+            max_completion_tokens=100_000,
+        )
         assert [seen.body["model"] for seen in stand_in.seen] == ["gpt-4o-mini"]
+        assert (stand_in.seen[0].body["messages"], stand_in.seen[0].body["tools"]) == (QUESTION, tools)
         (report,) = await live.settled("bob", 1)
         assert report["model"] == "gpt-4o-mini"
         assert live.status("bob").spent_nanos == nanos(GPT_4O_MINI, 1200, 40)

@@ -76,9 +76,11 @@ def test_degrade_deny_and_every_call_that_cannot_be_bounded(mosquitto: Broker, t
         items = [{"role": "user", "content": [{"type": "input_text", "text": QUESTION}]}]
         tools = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
         # 100k output tokens of gpt-4o ($1.00) do not fit a $1.00 cap with the prompt; of gpt-4o-mini they do
-        await client.responses.create(model="gpt-4o", input=items, tools=tools, max_output_tokens=100_000)
+        await client.responses.create(
+            model="gpt-4o", input=iter(items), tools=iter(tools), max_output_tokens=100_000
+        )
         assert [seen.body["model"] for seen in stand_in.seen] == ["gpt-4o-mini"]
-        assert stand_in.seen[0].body["input"] == items
+        assert (stand_in.seen[0].body["input"], stand_in.seen[0].body["tools"]) == (items, tools)
         (report,) = await live.settled("bob", 1)
         assert report["model"] == "gpt-4o-mini"
         assert live.status("bob").spent_nanos == nanos(GPT_4O_MINI, 1200, 40)
@@ -93,6 +95,7 @@ def test_degrade_deny_and_every_call_that_cannot_be_bounded(mosquitto: Broker, t
             "previous_response_id puts stored text": {"previous_response_id": "resp_1"},
             "conversation puts stored text": {"conversation": "conv_1"},
             "'web_search' tool is run by OpenAI": {"tools": [{"type": "web_search"}]},
+            "'file_search' tool is run by OpenAI": {"tools": (tool for tool in [{"type": "file_search"}])},
         }
         for reason, params in refused.items():
             limit = {"max_output_tokens": 10} if params else {}
