@@ -31,6 +31,7 @@
                               ValueError)
         UnguardedCall         call, reason: an SDK call a guard cannot bound (no output limit, say); also a
                               ValueError
+            NotGuarded        call: an SDK method a guarded client does not guard (also an AttributeError)
 
 A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
 """
@@ -283,6 +284,20 @@ class UnguardedCall(BudgetError, ValueError):
         self.call = call
         self.reason = reason
         super().__init__(f"{call}: {reason}")
+
+
+class NotGuarded(UnguardedCall, AttributeError):
+    """An attribute of the SDK client that a guarded client does not guard, such as `embeddings` or
+    `messages.batches`: `call` names it. A guarded client hands out no unguarded call path; the SDK client
+    itself is its `.unguarded`. An AttributeError too, so `hasattr` and `getattr(..., default)` say it is
+    not there."""
+
+    def __init__(self, call: str) -> None:
+        super().__init__(
+            call,
+            "not guarded by margins: a call through it would be neither authorized nor reported; "
+            f"use .unguarded.{call} if you mean to call it unguarded",
+        )
 
 
 class AlertStateError(BudgetError):

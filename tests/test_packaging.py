@@ -38,7 +38,11 @@ DISTRIBUTION_OF = {
 # `prices` (which reads a caps config or a scenario file for their overrides).
 CORE_PACKAGES = ("budget.domain", "budget.mqtt", "budget.integrations", "budget.alerts")
 # The SDK guards: each needs its SDK's extra; the rest of budget.integrations is core.
-SDK_EXTRAS = {"budget.integrations.openai": "openai", "budget.integrations.anthropic": "anthropic"}
+SDK_EXTRAS = {
+    "budget.integrations.openai": "openai",
+    "budget.integrations.openai_responses": "openai",
+    "budget.integrations.anthropic": "anthropic",
+}
 # Sweeps on a Dask cluster: only the module that drives Dask needs the cluster extra.
 CLUSTER_MODULES = frozenset({"sim.workbench.dask_cluster"})
 CORE_MODULES = frozenset(

@@ -29,19 +29,31 @@ once (budget.integrations.streams):
   thinking and tool-input deltas received (an upper bound on their tokens), at most `max_tokens`. Outcome:
   ok if the stream ended, error if it raised, aborted if it was closed.
 
-A synchronous `Anthropic` client takes a BudgetThread (budget.integrations.thread) as its budget. Only
-`messages.create` is guarded; `.unguarded` is the client as given, for everything else.
+`messages.stream(...)`, the SDK's stream helper (`with client.messages.stream(...) as stream:`, its
+`text_stream`, `get_final_message()` and the rest), runs over such a guarded streamed call: authorized as
+the `with` block is entered (BudgetDenied is raised there), reported as above, and, if the block is left
+before the message ends, reported as closed (aborted). Its `output_format` (a type to parse the reply
+into) is refused with UnguardedCall: give the schema as `output_config` instead.
 
-Model names are margins' price catalog names (budget/domain/prices.toml, or an enforcer's `[prices]`): a
-model the enforcer cannot price is denied.
+A synchronous `Anthropic` client takes a BudgetThread (budget.integrations.thread) as its budget. Only
+`messages.create` and `messages.stream` are guarded: any other attribute of a guarded client
+(`messages.batches`, `beta`, ...) raises NotGuarded rather than hand out an unguarded call path;
+`.unguarded` is the client as given, for calls made unguarded on purpose.
+
+Model names are priced by the enforcer's catalog (genai-prices' data, and its `[prices]` tables), which
+knows the names Anthropic's API takes: `claude-sonnet-4-5`, `claude-sonnet-4.5` and the dated snapshot
+`claude-sonnet-4-5-20250929` are one model at one price. A model the enforcer cannot price is denied
+before the call.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+from collections.abc import Coroutine
+from typing import Any, Literal, cast, overload
 
 try:
-    from anthropic import Anthropic, AsyncAnthropic
+    from anthropic import NOT_GIVEN, Anthropic, AsyncAnthropic, AsyncStream, Stream
+    from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
     from anthropic.types import Message, MessageDeltaUsage, RawMessageStreamEvent
     from anthropic.types import Usage as AnthropicUsage
 except ImportError as missing:  # one line that says what to install, not a bare ModuleNotFoundError
@@ -52,13 +64,15 @@ except ImportError as missing:  # one line that says what to install, not a bare
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
-from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
+from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
 __all__ = ["AsyncGuardedAnthropic", "GuardedAnthropic", "guarded"]
 
 CREATE = "messages.create"
+STREAM = "messages.stream"
 # Anthropic's tool-use system prompt, added when a request has tools: its documented sizes are 300-700
 # tokens by model and tool_choice; 1,000 keeps the bound above them.
 TOOL_USE_TOKENS = 1_000
@@ -107,8 +121,8 @@ def guarded(
     )
 
 
-class GuardedAnthropic:
-    """A synchronous Anthropic client whose `messages.create` is guarded."""
+class GuardedAnthropic(OnlyGuarded):
+    """A synchronous Anthropic client whose `messages.create` and `messages.stream` are guarded."""
 
     def __init__(
         self,
@@ -122,8 +136,8 @@ class GuardedAnthropic:
         self.messages = _Messages(client, budget, user_id, feature, max_input_tokens)
 
 
-class AsyncGuardedAnthropic:
-    """An asynchronous Anthropic client whose `messages.create` is guarded."""
+class AsyncGuardedAnthropic(OnlyGuarded):
+    """An asynchronous Anthropic client whose `messages.create` and `messages.stream` are guarded."""
 
     def __init__(
         self,
@@ -137,7 +151,9 @@ class AsyncGuardedAnthropic:
         self.messages = _AsyncMessages(client, budget, user_id, feature, max_input_tokens)
 
 
-class _Messages:
+class _Messages(OnlyGuarded):
+    path = "messages"
+
     def __init__(
         self,
         client: Anthropic,
@@ -159,12 +175,11 @@ class _Messages:
         self, *, stream: bool = False, **params: Any
     ) -> Message | GuardedStream[RawMessageStreamEvent]:
         """`Anthropic().messages.create(**params)`, authorized first and reported after."""
-        limits = _limits(params, self._user_id, self._feature, self._max_input_tokens)
+        limits = _limits(params, self._user_id, self._feature, self._max_input_tokens, CREATE)
+        if stream:
+            return self._guarded_stream(limits, params)
         call = BlockingCall.open(self._budget, limits)
         try:
-            if stream:
-                events = self._client.messages.create(**params, model=call.model, stream=True)
-                return GuardedStream(events, _EventTally(limits), call)
             response: Message = self._client.messages.create(**params, model=call.model)
         except BaseException:
             call.finish(NOTHING, "error")
@@ -172,8 +187,27 @@ class _Messages:
         call.finish(_usage(response.usage), "ok")
         return response
 
+    def stream(self, **params: Any) -> MessageStreamManager[Any]:
+        """`Anthropic().messages.stream(**params)`: the SDK's stream helper over a guarded streamed call,
+        authorized as its `with` block is entered and reported as `create(stream=True)` is."""
+        limits = _limits(params, self._user_id, self._feature, self._max_input_tokens, STREAM)
+        return MessageStreamManager(
+            lambda: _sdk_stream(self._guarded_stream(limits, params)), output_format=NOT_GIVEN
+        )
 
-class _AsyncMessages:
+    def _guarded_stream(self, limits: Limits, params: dict[str, Any]) -> GuardedStream[RawMessageStreamEvent]:
+        call = BlockingCall.open(self._budget, limits)
+        try:
+            events = self._client.messages.create(**params, model=call.model, stream=True)
+        except BaseException:
+            call.finish(NOTHING, "error")
+            raise
+        return GuardedStream(events, _EventTally(limits), call)
+
+
+class _AsyncMessages(OnlyGuarded):
+    path = "messages"
+
     def __init__(
         self,
         client: AsyncAnthropic,
@@ -197,12 +231,11 @@ class _AsyncMessages:
         self, *, stream: bool = False, **params: Any
     ) -> Message | AsyncGuardedStream[RawMessageStreamEvent]:
         """`AsyncAnthropic().messages.create(**params)`, authorized first and reported after."""
-        limits = _limits(params, self._user_id, self._feature, self._max_input_tokens)
+        limits = _limits(params, self._user_id, self._feature, self._max_input_tokens, CREATE)
+        if stream:
+            return await self._guarded_stream(limits, params)
         call = await AsyncCall.open(self._budget, limits)
         try:
-            if stream:
-                events = await self._client.messages.create(**params, model=call.model, stream=True)
-                return AsyncGuardedStream(events, _EventTally(limits), call)
             response: Message = await self._client.messages.create(**params, model=call.model)
         except BaseException:
             await call.finish(NOTHING, "error")
@@ -210,16 +243,54 @@ class _AsyncMessages:
         await call.finish(_usage(response.usage), "ok")
         return response
 
+    def stream(self, **params: Any) -> AsyncMessageStreamManager[Any]:
+        """`AsyncAnthropic().messages.stream(**params)`: the SDK's stream helper over a guarded streamed
+        call, authorized as its `async with` block is entered and reported as `create(stream=True)` is."""
+        limits = _limits(params, self._user_id, self._feature, self._max_input_tokens, STREAM)
+        return AsyncMessageStreamManager(_async_sdk_stream(self._guarded_stream(limits, params)))
 
-def _limits(params: dict[str, Any], user_id: str, feature: str, max_input_tokens: int | None) -> Limits:
-    """The call's worst case; pops `model` from `params` (the granted model replaces it)."""
+    async def _guarded_stream(
+        self, limits: Limits, params: dict[str, Any]
+    ) -> AsyncGuardedStream[RawMessageStreamEvent]:
+        call = await AsyncCall.open(self._budget, limits)
+        try:
+            events = await self._client.messages.create(**params, model=call.model, stream=True)
+        except BaseException:
+            await call.finish(NOTHING, "error")
+            raise
+        return AsyncGuardedStream(events, _EventTally(limits), call)
+
+
+def _sdk_stream(stream: GuardedStream[RawMessageStreamEvent]) -> Stream[RawMessageStreamEvent]:
+    """The guarded stream as the SDK's stream helper takes it: it iterates, closes and reads `response`
+    of its raw stream, all of which the guarded stream does (the last by passing it through)."""
+    return cast(Stream[RawMessageStreamEvent], stream)
+
+
+async def _async_sdk_stream(
+    opening: Coroutine[Any, Any, AsyncGuardedStream[RawMessageStreamEvent]],
+) -> AsyncStream[RawMessageStreamEvent]:
+    return cast(AsyncStream[RawMessageStreamEvent], await opening)
+
+
+def _limits(
+    params: dict[str, Any], user_id: str, feature: str, max_input_tokens: int | None, method: str
+) -> Limits:
+    """The worst case of a call of `method`; pops `model` from `params` (the granted model replaces it)."""
     model = params.pop("model", None)
     if not isinstance(model, str):
-        raise UnguardedCall(CREATE, "model must be given as a string")
+        raise UnguardedCall(method, "model must be given as a string")
     max_output = params.get("max_tokens")
     if not isinstance(max_output, int) or max_output <= 0:
-        raise UnguardedCall(CREATE, f"max_tokens must be a positive int, got {max_output!r}")
+        raise UnguardedCall(method, f"max_tokens must be a positive int, got {max_output!r}")
+    if method == STREAM and params.pop("output_format", None) is not None:
+        raise UnguardedCall(
+            method,
+            "output_format is not taken by the guarded stream helper: give the schema as "
+            "output_config={'format': {'type': 'json_schema', 'schema': ...}}",
+        )
     if max_input_tokens is None:
+        listed(params, "messages", "tools", "system")
         tools = params.get("tools")
         max_input_tokens = prompt_token_bound(
             params.get("system"), tools, params.get("tool_choice"), messages=params.get("messages") or ()

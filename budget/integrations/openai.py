@@ -1,5 +1,6 @@
-"""Guarded OpenAI clients: `guarded(client, budget, user_id=...)` turns each Chat Completions call into
-authorize -> call -> report (`pip install 'margins[openai]'`).
+"""Guarded OpenAI clients: `guarded(client, budget, user_id=...)` turns each Chat Completions and
+Responses call into authorize -> call -> report (`pip install 'margins[openai]'`). This module guards Chat
+Completions; budget.integrations.openai_responses the Responses API (`responses.create`).
 
 ```python
 openai = guarded(AsyncOpenAI(), budget, user_id="alice")      # budget: an entered BudgetClient
@@ -24,8 +25,10 @@ chunk to itself, so the caller sees the chunks it asked for. It reports, once (b
   content, refusal and tool-call deltas received (an upper bound on their tokens), at most the authorized
   output. Outcome: ok if the stream ended, error if it raised, aborted if it was closed.
 
-A synchronous `OpenAI` client takes a BudgetThread (budget.integrations.thread) as its budget. Only Chat
-Completions is guarded; `.unguarded` is the client as given, for everything else.
+A synchronous `OpenAI` client takes a BudgetThread (budget.integrations.thread) as its budget. Only
+`chat.completions.create` and `responses.create` are guarded: any other attribute of a guarded client
+(`embeddings`, `chat.completions.parse`, ...) raises NotGuarded rather than hand out an unguarded call
+path; `.unguarded` is the client as given, for calls made unguarded on purpose.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ except ImportError as missing:  # one line that says what to install, not a bare
 from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
-from budget.integrations.prompt_bound import prompt_token_bound, text_bytes
+from budget.integrations.openai_responses import AsyncResponses, Responses
+from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
+from budget.integrations.refusing import OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
@@ -97,18 +102,19 @@ def guarded(
     )
 
 
-class GuardedOpenAI:
-    """A synchronous OpenAI client whose `chat.completions.create` is guarded."""
+class GuardedOpenAI(OnlyGuarded):
+    """A synchronous OpenAI client whose `chat.completions.create` and `responses.create` are guarded."""
 
     def __init__(
         self, client: OpenAI, budget: BudgetThread, user_id: str, feature: str, max_input_tokens: int | None
     ) -> None:
         self.unguarded = client
         self.chat = _Chat(_Completions(client, budget, user_id, feature, max_input_tokens))
+        self.responses = Responses(client, budget, user_id, feature, max_input_tokens)
 
 
-class AsyncGuardedOpenAI:
-    """An asynchronous OpenAI client whose `chat.completions.create` is guarded."""
+class AsyncGuardedOpenAI(OnlyGuarded):
+    """An asynchronous OpenAI client whose `chat.completions.create` and `responses.create` are guarded."""
 
     def __init__(
         self,
@@ -120,19 +126,26 @@ class AsyncGuardedOpenAI:
     ) -> None:
         self.unguarded = client
         self.chat = _AsyncChat(_AsyncCompletions(client, budget, user_id, feature, max_input_tokens))
+        self.responses = AsyncResponses(client, budget, user_id, feature, max_input_tokens)
 
 
-class _Chat:
+class _Chat(OnlyGuarded):
+    path = "chat"
+
     def __init__(self, completions: _Completions) -> None:
         self.completions = completions
 
 
-class _AsyncChat:
+class _AsyncChat(OnlyGuarded):
+    path = "chat"
+
     def __init__(self, completions: _AsyncCompletions) -> None:
         self.completions = completions
 
 
-class _Completions:
+class _Completions(OnlyGuarded):
+    path = "chat.completions"
+
     def __init__(
         self, client: OpenAI, budget: BudgetThread, user_id: str, feature: str, max_input_tokens: int | None
     ) -> None:
@@ -164,7 +177,9 @@ class _Completions:
         return response
 
 
-class _AsyncCompletions:
+class _AsyncCompletions(OnlyGuarded):
+    path = "chat.completions"
+
     def __init__(
         self,
         client: AsyncOpenAI,
@@ -219,6 +234,7 @@ def _limits(params: dict[str, Any], user_id: str, feature: str, max_input_tokens
     if not isinstance(choices, int) or choices <= 0:
         raise UnguardedCall(CREATE, f"n must be a positive int, got {choices!r}")
     if max_input_tokens is None:
+        listed(params, "messages", "tools", "functions")
         max_input_tokens = prompt_token_bound(
             params.get("tools"), params.get("functions"), params.get("response_format"),
             messages=params.get("messages") or (),

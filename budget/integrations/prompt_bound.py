@@ -41,6 +41,16 @@ def prompt_token_bound(*parts: object, messages: Iterable[object] = ()) -> int:
     )
 
 
+def listed(params: dict[str, Any], *keys: str) -> None:
+    """Make each of `params`' values under `keys` that is a one-pass iterable (a generator, say) a list, in
+    place: the bound then measures the items the SDK sends, where reading an iterator to measure it would
+    send it empty, and serializing it as JSON would measure its name, not its items."""
+    for key in keys:
+        value = params.get(key)
+        if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping | list | tuple):
+            params[key] = list(value)
+
+
 def _json_bytes(value: object) -> int:
     return len(json.dumps(value, ensure_ascii=False, default=_plain).encode())
 

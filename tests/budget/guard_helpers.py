@@ -86,7 +86,7 @@ def nanos(
     )
 
 
-# Per-token list prices in nano-dollars (USD per 1M tokens x 1000), as budget/domain/prices.toml lists them.
+# Per-token list prices in nano-dollars (USD per 1M tokens x 1000), as genai-prices 0.2.3 lists them.
 GPT_4O = {"input": 2500, "cached_input": 1250, "cache_write": 2500, "output": 10000}
 GPT_4O_MINI = {"input": 150, "cached_input": 75, "cache_write": 150, "output": 600}
 CLAUDE_SONNET = {"input": 3000, "cached_input": 300, "cache_write": 3750, "output": 15000}

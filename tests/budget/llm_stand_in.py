@@ -1,8 +1,8 @@
-"""A local stand-in for the OpenAI Chat Completions and Anthropic Messages HTTP APIs, for the SDK guards'
-tests: the real SDK clients talk to it over HTTP on a free loopback port. It answers with the configured
-text and usage, streams as Server-Sent Events over chunked HTTP/1.1 the way both providers do, can drop the
-connection mid-stream (without the chunked body's end, so the client sees a broken response, not an end),
-and records every request it receives."""
+"""A local stand-in for the OpenAI Chat Completions and Responses and the Anthropic Messages HTTP APIs, for
+the SDK guards' tests: the real SDK clients talk to it over HTTP on a free loopback port. It answers with
+the configured text and usage, streams as Server-Sent Events over chunked HTTP/1.1 the way both providers
+do, can drop the connection mid-stream (without the chunked body's end, so the client sees a broken
+response, not an end), and records every request it receives."""
 
 from __future__ import annotations
 
@@ -90,6 +90,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream(_openai_events(body, script), script.die_after, named=False)
             else:
                 self._json(_openai_completion(body, script))
+        elif self.path.endswith("/responses"):
+            if body.get("stream"):
+                self._stream(_responses_events(body, script), script.die_after, named=True)
+            else:
+                self._json(_response(body, script, "completed"))
         elif self.path.endswith("/messages"):
             if body.get("stream"):
                 self._stream(_anthropic_events(body, script), script.die_after, named=True)
@@ -164,6 +169,83 @@ def _openai_events(body: dict[str, Any], script: Script) -> Iterator[tuple[str, 
     if include_usage:
         yield "", json.dumps({**base, "choices": [], "usage": _openai_usage(script)}), False
     yield "", "[DONE]", False
+
+
+def _responses_usage(script: Script) -> dict[str, Any]:
+    return {
+        "input_tokens": script.prompt_tokens,
+        "input_tokens_details": {
+            "cached_tokens": script.cached_tokens,
+            "cache_write_tokens": script.cache_write_tokens,
+        },
+        "output_tokens": script.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": script.prompt_tokens + script.completion_tokens,
+    }
+
+
+def _response(body: dict[str, Any], script: Script, status: str, text: str | None = None) -> dict[str, Any]:
+    """A Responses API response object; `text` None: the whole reply, with its usage."""
+    done = text is None
+    content: dict[str, Any] = {
+        "type": "output_text",
+        "text": "".join(script.pieces) if done else text,
+        "annotations": [],
+    }
+    message = {
+        "type": "message",
+        "id": "msg_standin",
+        "role": "assistant",
+        "status": status,
+        "content": [content],
+    }
+    return {
+        "id": "resp_standin",
+        "object": "response",
+        "created_at": 0,
+        "status": status,
+        "model": body.get("model"),
+        "output": [message] if done else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "max_output_tokens": body.get("max_output_tokens"),
+        "usage": _responses_usage(script) if done else None,
+    }
+
+
+def _responses_events(body: dict[str, Any], script: Script) -> Iterator[tuple[str, str, bool]]:
+    """The Responses API's streamed events, numbered; usage arrives only in response.completed."""
+    sequence = iter(range(1_000))
+
+    def event(name: str, **fields: Any) -> str:
+        return json.dumps({"type": name, "sequence_number": next(sequence), **fields})
+
+    where = {"item_id": "msg_standin", "output_index": 0, "content_index": 0}
+    yield (
+        "response.created",
+        event("response.created", response=_response(body, script, "in_progress", "")),
+        False,
+    )
+    item = {
+        "type": "message",
+        "id": "msg_standin",
+        "role": "assistant",
+        "status": "in_progress",
+        "content": [],
+    }
+    yield "response.output_item.added", event("response.output_item.added", output_index=0, item=item), False
+    for piece in script.pieces:
+        delta = event("response.output_text.delta", delta=piece, logprobs=[], **where)
+        yield "response.output_text.delta", delta, True
+    text = "".join(script.pieces)
+    yield (
+        "response.output_text.done",
+        event("response.output_text.done", text=text, logprobs=[], **where),
+        False,
+    )
+    completed = event("response.completed", response=_response(body, script, "completed"))
+    yield "response.completed", completed, False
 
 
 def _anthropic_usage(script: Script, output_tokens: int) -> dict[str, Any]:

@@ -14,34 +14,11 @@ from anthropic.types import TextBlock, TextDelta
 from budget.errors import BudgetDenied, UnguardedCall
 from budget.integrations.anthropic import guarded
 from tests.budget.broker import Broker
-from tests.budget.guard_helpers import CLAUDE_HAIKU, CLAUDE_SONNET, Bench, bench, nanos
-from tests.budget.llm_stand_in import Script, StandIn, llm_stand_in
-
-SONNET, HAIKU = "claude-sonnet-4.5", "claude-haiku-4.5"
-QUESTION = [{"role": "user", "content": "Where is my order?"}]
-REPLY = "Your order ships today."
-
-
-def run(scenario: Any, mosquitto: Broker, tmp_path: Path) -> StandIn:
-    """Run `scenario(bench, stand_in)` against a fresh enforcer (degrading to Haiku) and stand-in."""
-
-    async def main() -> StandIn:
-        with llm_stand_in() as stand_in:
-            async with bench(mosquitto, tmp_path, degrade_model=HAIKU) as live:
-                try:
-                    await scenario(live, stand_in)
-                finally:
-                    for client in stand_in.clients:
-                        await client.close()
-            return stand_in
-
-    return asyncio.run(main())
-
-
-def async_client(stand_in: StandIn) -> anthropic.AsyncAnthropic:
-    client = anthropic.AsyncAnthropic(base_url=stand_in.anthropic_url, api_key="sk-ant-test", max_retries=0)
-    stand_in.clients.append(client)
-    return client
+from tests.budget.guard_helpers import CLAUDE_HAIKU, CLAUDE_SONNET, Bench, nanos
+from tests.budget.llm_stand_in import Script, StandIn
+from tests.budget.sdk_bench import HAIKU, QUESTION, REPLY, SONNET
+from tests.budget.sdk_bench import anthropic_client as async_client
+from tests.budget.sdk_bench import run_anthropic as run
 
 
 def test_cache_reads_and_writes_are_reported_and_priced(mosquitto: Broker, tmp_path: Path) -> None:
@@ -159,5 +136,24 @@ def test_a_synchronous_client_is_guarded_alike(mosquitto: Broker, tmp_path: Path
         ]
         assert counts == [(300, 100, 50, 9), (300, 100, 50, 9)]
         assert live.status("gus").reserved_nanos == 0
+
+    run(scenario, mosquitto, tmp_path)
+
+
+def test_a_dated_model_id_is_priced_as_its_model_and_an_unknown_one_is_denied_before_the_call(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    async def scenario(live: Bench, stand_in: StandIn) -> None:
+        stand_in.script = Script(prompt_tokens=1000, cached_tokens=400, completion_tokens=50)
+        client = guarded(async_client(stand_in), live.budget, user_id="ida")
+        dated = "claude-sonnet-4-5-20250929"  # what Anthropic's docs and responses name the model
+        await client.messages.create(model=dated, messages=QUESTION, max_tokens=100)
+        (report,) = await live.settled("ida", 1)
+        assert report["model"] == dated
+        # the default catalog (genai-prices) matches the snapshot to its model: Sonnet 4.5's prices
+        assert live.status("ida").spent_nanos == nanos(CLAUDE_SONNET, 1000, 50, cached=400)
+        with pytest.raises(BudgetDenied, match="unknown model 'claude-sonnet-9-20250929'"):
+            await client.messages.create(model="claude-sonnet-9-20250929", messages=QUESTION, max_tokens=10)
+        assert [seen.body["model"] for seen in stand_in.seen] == [dated]
 
     run(scenario, mosquitto, tmp_path)

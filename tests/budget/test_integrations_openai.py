@@ -14,33 +14,11 @@ import pytest
 from budget.errors import BudgetDenied, UnguardedCall
 from budget.integrations.openai import guarded
 from tests.budget.broker import Broker
-from tests.budget.guard_helpers import GPT_4O, GPT_4O_MINI, Bench, bench, nanos
-from tests.budget.llm_stand_in import Script, StandIn, llm_stand_in
-
-QUESTION = [{"role": "user", "content": "Where is my order?"}]
-REPLY = "Your order ships today."
-
-
-def run(scenario: Any, mosquitto: Broker, tmp_path: Path) -> StandIn:
-    """Run `scenario(bench, stand_in)` against a fresh enforcer (degrading to gpt-4o-mini) and stand-in."""
-
-    async def main() -> StandIn:
-        with llm_stand_in() as stand_in:
-            async with bench(mosquitto, tmp_path, degrade_model="gpt-4o-mini") as live:
-                try:
-                    await scenario(live, stand_in)
-                finally:
-                    for client in stand_in.clients:  # in this loop: closing after it is gone fails
-                        await client.close()
-            return stand_in
-
-    return asyncio.run(main())
-
-
-def async_client(stand_in: StandIn) -> openai.AsyncOpenAI:
-    client = openai.AsyncOpenAI(base_url=stand_in.openai_url, api_key="sk-test", max_retries=0)
-    stand_in.clients.append(client)
-    return client
+from tests.budget.guard_helpers import GPT_4O, GPT_4O_MINI, Bench, nanos
+from tests.budget.llm_stand_in import Script, StandIn
+from tests.budget.sdk_bench import QUESTION, REPLY
+from tests.budget.sdk_bench import openai_client as async_client
+from tests.budget.sdk_bench import run_openai as run
 
 
 def test_a_call_is_authorized_made_and_reported_with_its_cached_tokens(
@@ -71,9 +49,16 @@ def test_a_call_is_authorized_made_and_reported_with_its_cached_tokens(
 def test_on_degrade_the_cheaper_model_is_called_and_reported(mosquitto: Broker, tmp_path: Path) -> None:
     async def scenario(live: Bench, stand_in: StandIn) -> None:
         client = guarded(async_client(stand_in), live.budget, user_id="bob")
+        tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
         # 100k output tokens of gpt-4o ($1.00) do not fit a $1.00 cap with the prompt; of gpt-4o-mini they do
-        await client.chat.completions.create(model="gpt-4o", messages=QUESTION, max_completion_tokens=100_000)
+        await client.chat.completions.create(
+            model="gpt-4o",
+            messages=iter(QUESTION),  # one-pass iterables: measured for the bound and still sent whole
+            tools=(tool for tool in tools),
+            max_completion_tokens=100_000,
+        )
         assert [seen.body["model"] for seen in stand_in.seen] == ["gpt-4o-mini"]
+        assert (stand_in.seen[0].body["messages"], stand_in.seen[0].body["tools"]) == (QUESTION, tools)
         (report,) = await live.settled("bob", 1)
         assert report["model"] == "gpt-4o-mini"
         assert live.status("bob").spent_nanos == nanos(GPT_4O_MINI, 1200, 40)
