@@ -108,17 +108,7 @@ class AlertForwarder:
             client = Mqtt5Connection(functools.partial(self._received, self._connection))
             self._client = client
             try:
-                await client.start(
-                    b.host,
-                    b.port,
-                    client_id=b.client_id,
-                    username=b.username,
-                    password=b.password,
-                    tls=b.tls_context(),
-                    keepalive_s=b.keepalive_s,
-                    session_expiry_s=b.session_expiry_s,
-                    receive_maximum=self.in_flight,
-                )
+                await client.start_session(b, receive_maximum=self.in_flight)
                 await client.subscribe([TOPIC_FILTER])
                 if failures:
                     log.info("reconnected to %s:%d after %d failed attempts", b.host, b.port, failures)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from budget.errors import ConnectionLost, MalformedPacket
+from budget.mqtt.broker import BrokerSettings
 from budget.mqtt.codec import encode, encode_puback, encode_publish, read
 from budget.mqtt.packets import (
     ConnAck,
@@ -189,6 +190,21 @@ class Mqtt5Connection:
             self.close()
             raise ConnectionLost(f"broker refused the connection (reason code 0x{connack.reason_code:02x})")
         self._pinger = asyncio.create_task(self._ping(keepalive_s), name="margins-mqtt-ping")
+
+    async def start_session(self, broker: BrokerSettings, receive_maximum: int | None = None) -> None:
+        """`start` with the broker's address, credentials, TLS, keepalive and session expiry (a resumed
+        session, never a clean start); `receive_maximum` defaults to the settings' own."""
+        await self.start(
+            broker.host,
+            broker.port,
+            client_id=broker.client_id,
+            username=broker.username,
+            password=broker.password,
+            tls=broker.tls_context(),
+            keepalive_s=broker.keepalive_s,
+            session_expiry_s=broker.session_expiry_s,
+            receive_maximum=broker.receive_maximum if receive_maximum is None else receive_maximum,
+        )
 
     async def subscribe(self, filters: list[str], timeout_s: float = 10.0) -> None:
         """Subscribe at QoS 1; raises ConnectionLost if the broker refuses any filter or does not answer

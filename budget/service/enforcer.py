@@ -277,17 +277,7 @@ class Enforcer:
             self._client = client
             republish: asyncio.Task[None] | None = None
             try:
-                await client.start(
-                    b.host,
-                    b.port,
-                    client_id=b.client_id,
-                    username=b.username,
-                    password=b.password,
-                    tls=b.tls_context(),
-                    keepalive_s=b.keepalive_s,
-                    session_expiry_s=b.session_expiry_s,
-                    receive_maximum=b.receive_maximum,
-                )
+                await client.start_session(b)
                 await client.subscribe(list(SUBSCRIPTIONS))
                 self.counters["connections"] += 1
                 if failures:
