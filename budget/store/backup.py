@@ -39,7 +39,7 @@ from budget.store.manifest import (
     segment_files,
     write_atomic,
 )
-from budget.store.recovery import SURVEY_ATTEMPTS, assess
+from budget.store.recovery import SURVEY_ATTEMPTS, assess, no_cut
 from budget.store.snapshots import SNAPSHOTS, Snapshots
 from budget.store.wal import LogFile, log_names, read_log_file
 
@@ -109,11 +109,7 @@ def _take_cut(root: Path) -> _Cut:
         cut = _try_cut(root)
         if cut is not None:
             return cut
-    found = read_manifest_or_none(root)
-    manifest = Manifest() if found is None else found
-    logs = [read_log_file(root, name, manifest.last_seq, decode=False) for name in log_names(root)]
-    assess(manifest, found is None, segment_files(root), logs).raise_problems(root)
-    raise StoreError(str(root), "the store kept changing under the backup; try again")
+    raise no_cut(root, "backup")
 
 
 def _try_cut(root: Path) -> _Cut | None:

@@ -20,10 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from budget.domain.events import Event, UsageRecorded
-from budget.errors import StoreError
 from budget.store.integrity import damaged, segment_problem
 from budget.store.manifest import Manifest, Segment, read_manifest_or_none, segment_files
-from budget.store.recovery import SURVEY_ATTEMPTS, assess
+from budget.store.recovery import SURVEY_ATTEMPTS, assess, no_cut
 from budget.store.segments import decode_segment, event_month, journal_bodies
 from budget.store.wal import LogFile, log_names, read_log_file
 
@@ -48,12 +47,7 @@ class StoreReader:
             cut = _take_cut(root)
             if cut is not None:
                 return cut
-        # The manifest stayed the same and the files still do not add up: say why.
-        found = read_manifest_or_none(root)
-        manifest = Manifest() if found is None else found
-        logs = [read_log_file(root, name, manifest.last_seq, decode=False) for name in log_names(root)]
-        assess(manifest, found is None, segment_files(root), logs).raise_problems(root)
-        raise StoreError(str(root), "the store kept changing under the reader; try again")
+        raise no_cut(root, "reader")
 
     def replay(self, after_seq: int = -1) -> Iterator[Event]:
         """The events after `after_seq` (default: all) in append order."""

@@ -97,6 +97,16 @@ def settled_survey(root: Path, decode_log: bool) -> Survey:
     return found
 
 
+def no_cut(root: Path, who: str) -> StoreError:
+    """Why `who` (a reader, a backup) found no consistent cut in SURVEY_ATTEMPTS looks: raises the files'
+    problems if they stay; else returns the error that the store kept changing, for the caller to raise."""
+    found = read_manifest_or_none(root)
+    manifest = Manifest() if found is None else found
+    logs = [read_log_file(root, name, manifest.last_seq, decode=False) for name in log_names(root)]
+    assess(manifest, found is None, segment_files(root), logs).raise_problems(root)
+    return StoreError(str(root), f"the store kept changing under the {who}; try again")
+
+
 def assess(
     manifest: Manifest, manifest_missing: bool, files: Sequence[str], logs: Sequence[LogFile]
 ) -> Survey:
