@@ -293,8 +293,8 @@ class NotAnAlert(BudgetError, ValueError):
 
 
 class LeaseLost(BudgetError):
-    """A partition's lease that `owner` held with fencing token `token` is no longer theirs: it lapsed by
-    their own clock, or another owner wrote it since. The holder must stop deciding for that partition."""
+    """A partition's lease that `owner` held with fencing token `token` is no longer theirs: another owner
+    wrote it since. The holder must stop deciding for that partition."""
 
     def __init__(self, key: str, owner: str, token: int, reason: str) -> None:
         self.key = key

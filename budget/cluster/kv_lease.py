@@ -84,11 +84,14 @@ class KvLease:
         return Held(self.key, self.owner, token, sent_at)
 
     async def renew(self, held: Held) -> Held:
-        """The lease with a new token, or LeaseLost: the holder let it lapse by its own clock, or someone
-        wrote the key since its token (a successor took over)."""
+        """The lease with a new token, or LeaseLost if someone wrote the key since `held.token` (a successor
+        took over).
+
+        A holder whose lease lapsed by its own clock (it could not reach the store for a while, say while
+        the bucket elected a new leader) may still renew: the write names its old token, so it succeeds
+        only if nobody took the lease meanwhile. It must not commit between the lapse and that renewal.
+        """
         sent_at = self._clock()
-        if not held.is_valid(sent_at, self.terms):
-            raise LeaseLost(held.key, held.owner, held.token, "it lapsed before it was renewed")
         try:
             token = await self._kv.update(self.key, encode_owner(self.owner), last=held.token)
         except KeyWrongLastSequenceError:

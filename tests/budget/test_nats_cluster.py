@@ -94,12 +94,21 @@ async def publish_until_acknowledged(js: JetStreamContext, subject: str, body: b
             await asyncio.sleep(0.05)
 
 
-async def mqtt_publish(port: int, user: str, event_id: str) -> None:
-    """One QoS 1 usage message, from an application connecting afresh (generous limits: a node that just
-    lost a peer may take a while to answer a CONNECT)."""
+async def mqtt_publish(port: int, user: str, event_id: str) -> float:
+    """One QoS 1 usage message from an application connecting afresh, retried as budget.client retries:
+    in the seconds after a node is lost, a surviving node may refuse a CONNECT (its lookup of the MQTT
+    session stream times out while that stream elects a leader). Returns how long it took."""
     body = json.dumps({"event_id": event_id, "user_id": user})
-    async with aiomqtt.Client("127.0.0.1", port, identifier="app", timeout=LIMIT_S) as client:
-        await client.publish(f"margins/usage/{user}", body, qos=1)
+    started = time.monotonic()
+    while True:
+        try:
+            async with aiomqtt.Client("127.0.0.1", port, identifier="app", timeout=10) as client:
+                await client.publish(f"margins/usage/{user}", body, qos=1)
+            return time.monotonic() - started
+        except aiomqtt.MqttError:
+            if time.monotonic() - started > LIMIT_S:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def test_sigkill_of_one_node_loses_nothing_acknowledged(nats_cluster: NatsCluster) -> None:
@@ -138,7 +147,7 @@ def test_sigkill_of_one_node_loses_nothing_acknowledged(nats_cluster: NatsCluste
         resumed_within = time.monotonic() - killed_at
         # an MQTT application on a surviving node goes on publishing too
         survivor = next(node for node in nats_cluster.nodes if node is not victim)
-        await mqtt_publish(survivor.mqtt_port, USERS[0], "mqtt-after-kill")
+        mqtt_took = await mqtt_publish(survivor.mqtt_port, USERS[0], "mqtt-after-kill")
         await wait_for_total(js, partitions, 602)
         stored = [
             json.loads(data)["event_id"]
@@ -148,9 +157,12 @@ def test_sigkill_of_one_node_loses_nothing_acknowledged(nats_cluster: NatsCluste
         await nc.close()
         print(
             f"600 publishes around a SIGKILL: slowest publish after it {slowest_after:.2f}s, "
-            f"all done {resumed_within:.2f}s after it"
+            f"all done {resumed_within:.2f}s after it; "
+            f"an MQTT publish on a survivor then took {mqtt_took:.2f}s"
         )
-        # none lost, none twice
-        assert sorted(stored) == sorted([*acknowledged, "mqtt-before-kill", "mqtt-after-kill"])
+        # JetStream publishes: none lost, none twice (the stream drops a retried message id)
+        assert sorted(event for event in stored if event.startswith("event-")) == sorted(acknowledged)
+        # MQTT QoS 1 is at least once: a retry after a lost PUBACK may store a copy (event ids dedupe)
+        assert {"mqtt-before-kill", "mqtt-after-kill"} <= set(stored)
 
     asyncio.run(scenario())
