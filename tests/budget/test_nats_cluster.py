@@ -14,6 +14,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from budget.cluster.partitions import partition_of, stream_name
@@ -164,5 +165,33 @@ def test_sigkill_of_one_node_loses_nothing_acknowledged(nats_cluster: NatsCluste
         assert sorted(event for event in stored if event.startswith("event-")) == sorted(acknowledged)
         # MQTT QoS 1 is at least once: a retry after a lost PUBACK may store a copy (event ids dedupe)
         assert {"mqtt-before-kill", "mqtt-after-kill"} <= set(stored)
+
+    asyncio.run(scenario())
+
+
+def test_an_mqtt_puback_does_not_mean_a_stream_stored_the_message(nats_cluster: NatsCluster) -> None:
+    """nats-server 2.9 acknowledges an MQTT QoS 1 publish once it has routed it, not once a stream stored
+    it: the design must not count an MQTT PUBACK as durable. Should this fail after an upgrade, the server
+    has started waiting for the stream, and the README's "Scaling out" can say so."""
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_cluster.urls)
+        js = nc.jetstream()
+        one_only = StreamConfig(
+            name="ONE_ONLY", subjects=["one.>"], max_msgs=1, discard=DiscardPolicy.NEW, num_replicas=3
+        )
+        await js.add_stream(one_only)
+        node = nats_cluster.nodes[1]
+        async with aiomqtt.Client("127.0.0.1", node.mqtt_port, identifier="app", timeout=LIMIT_S) as client:
+            for index in range(3):
+                await client.publish(f"one/{index}", b"{}", qos=1)  # returns on its PUBACK, or raises
+            await client.publish("captured/by/no/stream", b"{}", qos=1)
+        # the first one reaches the stream (after its PUBACK, perhaps); the two others never can
+        deadline = time.monotonic() + LIMIT_S
+        while (stored := (await js.stream_info("ONE_ONLY")).state.messages) < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await nc.close()
+        assert stored == 1  # three PUBACKs, one message: two acknowledged publishes were refused
 
     asyncio.run(scenario())
