@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from budget.cli.enforce import enforce
-from budget.cluster.partitions import PARTITIONED_PREFIXES, partition_subjects, partitioned_subject
+from budget.jetstream.partitions import PARTITIONED_PREFIXES, partition_subjects, partitioned_subject
 from tests.budget.nats_cluster import NatsCluster, nats_server_binary
 from tests.budget.store_helpers import spend_by_user_month, usage_events
 
@@ -255,7 +255,7 @@ def _probe_mdwe() -> None:
 
 
 def test_the_nats_template_maps_exactly_the_subjects_budget_cluster_partitions_knows() -> None:
-    """The server's mapping and budget.cluster.partitions must agree on what is partitioned and where it
+    """The server's mapping and budget.jetstream.partitions must agree on what is partitioned and where it
     goes, or a reader would look for a user in the wrong stream."""
     template = (DEPLOY / "nats" / "nats-server.conf.template").read_text()
     mapping = re.compile(

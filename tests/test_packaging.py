@@ -76,11 +76,11 @@ LEDGER_MODULES = frozenset(
 
 def install_for(module: str) -> str:
     """Which install must run `module`: the core, else its package's extra (`enforce` for the enforcer's
-    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard, `nats` for the cluster's
-    foundation)."""
+    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard, `nats` for
+    budget.jetstream)."""
     if module in SDK_EXTRAS:
         return SDK_EXTRAS[module]
-    if module == "budget.cluster" or module.startswith("budget.cluster."):
+    if module == "budget.jetstream" or module.startswith("budget.jetstream."):
         return "nats"
     if module in LEDGER_MODULES:
         return "enforce"
@@ -111,7 +111,7 @@ def test_every_module_imports_only_what_its_install_brings() -> None:
     assert install_for("budget.domain.ledger") == "enforce"
     assert install_for("budget.integrations.openai") == "openai"
     assert install_for("budget.integrations.thread") == "core"
-    assert install_for("budget.cluster.kv_lease") == "nats"
+    assert install_for("budget.jetstream.kv_lease") == "nats"
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

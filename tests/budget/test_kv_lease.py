@@ -18,11 +18,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 from nats.js.kv import KeyValue
 
-from budget.cluster.kv_lease import KvLease, open_lease_bucket
-from budget.cluster.lease import LeaseTerms
-from budget.cluster.partitions import LEASE_BUCKET, journal_subject, lease_key, partition_of
-from budget.cluster.streams import ensure_partition_streams
 from budget.errors import LeaseLost
+from budget.jetstream.kv_lease import KvLease, open_lease_bucket
+from budget.jetstream.lease import LeaseTerms
+from budget.jetstream.partitions import LEASE_BUCKET, journal_subject, lease_key, partition_of
+from budget.jetstream.streams import ensure_partition_streams
 from tests.budget.nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.timeout(120)

@@ -1,6 +1,6 @@
 """The cluster partitioned enforcers will run on, real: three nats-server processes from the shipped
 template. Applications' MQTT QoS 1 usage lands in the partition stream the server's mapping names (the one
-budget.cluster.partitions computes), and losing one node of three loses nothing JetStream acknowledged."""
+budget.jetstream.partitions computes), and losing one node of three loses nothing JetStream acknowledged."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, StreamConfig
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
-from budget.cluster.partitions import partition_of, stream_name
-from budget.cluster.streams import ensure_partition_streams
+from budget.jetstream.partitions import partition_of, stream_name
+from budget.jetstream.streams import ensure_partition_streams
 from tests.budget.nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.timeout(180)

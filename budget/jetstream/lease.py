@@ -1,5 +1,5 @@
 """A partition's lease, decided without IO: who may take it, when it may be taken over, and until when
-its holder may go on deciding. budget.cluster.kv_lease does the reads and writes in the key-value store.
+its holder may go on deciding. budget.jetstream.kv_lease does the reads and writes in the key-value store.
 
 The fencing token is the lease key's revision: the store raises it on every write and refuses a write
 that names a revision other than the latest. No clock is compared between machines:

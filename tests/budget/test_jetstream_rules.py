@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from budget.cluster.lease import (
+from budget.jetstream.lease import (
     Held,
     LeaseTerms,
     Move,
@@ -14,7 +14,7 @@ from budget.cluster.lease import (
     next_move,
     observe,
 )
-from budget.cluster.partitions import (
+from budget.jetstream.partitions import (
     fnv1a_32,
     journal_subject,
     lease_key,

@@ -13,7 +13,7 @@ import time
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from budget.cluster.partitions import partition_subjects, stream_name
+from budget.jetstream.partitions import partition_subjects, stream_name
 
 
 def partition_stream_config(partition: int, replicas: int = 3) -> StreamConfig:

@@ -1,4 +1,4 @@
-"""A partition's lease in JetStream's key-value store: the IO shell around budget.cluster.lease.
+"""A partition's lease in JetStream's key-value store: the IO shell around budget.jetstream.lease.
 
 Every write names the revision it expects (create: none), so the store itself decides between two
 contenders or between a holder and its successor; the revision a write returns is the new fencing token.
@@ -14,7 +14,8 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from budget.cluster.lease import (
+from budget.errors import LeaseLost
+from budget.jetstream.lease import (
     Held,
     LeaseTerms,
     Move,
@@ -24,8 +25,7 @@ from budget.cluster.lease import (
     next_move,
     observe,
 )
-from budget.cluster.partitions import LEASE_BUCKET
-from budget.errors import LeaseLost
+from budget.jetstream.partitions import LEASE_BUCKET
 
 # JetStream's "wrong last sequence" error codes: the write named a revision that is no longer the latest.
 _WRONG_LAST_SEQUENCE = (10071, 10164)

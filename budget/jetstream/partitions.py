@@ -72,7 +72,7 @@ def partitioned_subject(partition: int, kind: str, user_id: str) -> str:
 
 
 def journal_subject(partition: int) -> str:
-    """Where the owner of a partition appends the events it decided (fenced: see budget.cluster.lease)."""
+    """Where the owner of a partition appends the events it decided (fenced: see budget.jetstream.lease)."""
     return f"margins.part.{partition}.journal"
 
 
