@@ -32,6 +32,7 @@
         UnguardedCall         call, reason: an SDK call a guard cannot bound (no output limit, say); also a
                               ValueError
             NotGuarded        call: an SDK method a guarded client does not guard (also an AttributeError)
+        LeaseLost             key, owner, token, reason: a partition's lease is no longer this owner's
 
 A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
 """
@@ -325,3 +326,15 @@ class NotAnAlert(BudgetError, ValueError):
         self.topic = topic
         self.reason = reason
         super().__init__(f"{topic}: {reason}")
+
+
+class LeaseLost(BudgetError):
+    """A partition's lease that `owner` held with fencing token `token` is no longer theirs: another owner
+    wrote it since. The holder must stop deciding for that partition."""
+
+    def __init__(self, key: str, owner: str, token: int, reason: str) -> None:
+        self.key = key
+        self.owner = owner
+        self.token = token
+        self.reason = reason
+        super().__init__(f"lease {key!r} held by {owner!r} at token {token} is lost: {reason}")

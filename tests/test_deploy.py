@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from budget.cli.enforce import enforce
+from budget.jetstream.partitions import PARTITIONED_PREFIXES, partition_subjects, partitioned_subject
+from tests.budget.nats_cluster import NatsCluster, nats_server_binary
 from tests.budget.store_helpers import spend_by_user_month, usage_events
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -250,3 +252,26 @@ def _probe_mdwe() -> None:
         _refuse_exec_gain()
     except OSError:
         os._exit(3)
+
+
+def test_the_nats_template_maps_exactly_the_subjects_budget_cluster_partitions_knows() -> None:
+    """The server's mapping and budget.jetstream.partitions must agree on what is partitioned and where it
+    goes, or a reader would look for a user in the wrong stream."""
+    template = (DEPLOY / "nats" / "nats-server.conf.template").read_text()
+    mapping = re.compile(
+        r'^\s*"(margins\.[a-z.]+\.)\*": "margins\.part\.\{\{partition\(\$\{partitions\},1\)\}\}\.'
+        r'([a-z]+)\.\{\{wildcard\(1\)\}\}"$',
+        re.MULTILINE,
+    )
+    assert dict(mapping.findall(template)) == PARTITIONED_PREFIXES
+    assert partitioned_subject(0, "usage", "u1").startswith(partition_subjects(0).removesuffix(">"))
+
+
+def test_nats_server_accepts_the_template_filled_in(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "nats")
+    config = cluster.write_config(cluster.nodes[0])
+    result = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout + result.stderr

@@ -33,6 +33,7 @@ DISTRIBUTION_OF = {
     "paho": "paho-mqtt",
     "genai_prices": "genai-prices",
     "prometheus_client": "prometheus-client",
+    "nats": "nats-py",
 }
 # What the core install must run: what applications import, and the command shell with `init` and
 # `prices` (which reads a caps config or a scenario file for their overrides).
@@ -81,11 +82,14 @@ LEDGER_MODULES = frozenset(
 
 def install_for(module: str) -> str:
     """Which install must run `module`: the core, else its package's extra (`enforce` for the enforcer's
-    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard, `cluster` for Dask's)."""
+    modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard, `cluster` for Dask's,
+    `nats` for budget.jetstream)."""
     if module in SDK_EXTRAS:
         return SDK_EXTRAS[module]
     if module in CLUSTER_MODULES:
         return "cluster"
+    if module == "budget.jetstream" or module.startswith("budget.jetstream."):
+        return "nats"
     if module in LEDGER_MODULES:
         return "enforce"
     if module in CORE_MODULES or module.startswith(tuple(f"{package}." for package in CORE_PACKAGES)):
@@ -115,6 +119,7 @@ def test_every_module_imports_only_what_its_install_brings() -> None:
     assert install_for("budget.domain.ledger") == "enforce"
     assert install_for("budget.integrations.openai") == "openai"
     assert install_for("budget.integrations.thread") == "core"
+    assert install_for("budget.jetstream.kv_lease") == "nats"
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -193,6 +198,7 @@ def test_the_wheel_holds_the_packages_the_starter_files_and_the_licence(wheel: P
         "Provides-Extra: openai",
         "Provides-Extra: anthropic",
         "Provides-Extra: cluster",
+        "Provides-Extra: nats",
     ):
         assert line in metadata
 

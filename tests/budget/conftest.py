@@ -1,5 +1,6 @@
 """Fixtures for the enforcer's tests: a real mosquitto on a free loopback port (tests/budget/broker.py),
-and `margins enforce` as a real subprocess (tests/budget/enforcer_process.py)."""
+`margins enforce` as a real subprocess (tests/budget/enforcer_process.py), and a three-node NATS
+JetStream cluster (tests/budget/nats_cluster.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from tests.budget.broker import Broker
 from tests.budget.enforcer_process import CAPS_TOML, EnforcerProcess
+from tests.budget.nats_cluster import NatsCluster
 
 
 @pytest.fixture
@@ -32,6 +34,18 @@ def secured_mosquitto(tmp_path: Path) -> Iterator[Broker]:
         yield broker
     finally:
         broker.kill()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three nats-server processes in one JetStream cluster, from the shipped template; skipped without
+    nats-server."""
+    cluster = NatsCluster(tmp_path / "nats")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()
 
 
 @pytest.fixture
