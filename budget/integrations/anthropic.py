@@ -65,7 +65,7 @@ from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
 from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
-from budget.integrations.refusing import OnlyGuarded
+from budget.integrations.refusing import GuardedEndpoint, OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
@@ -151,19 +151,8 @@ class AsyncGuardedAnthropic(OnlyGuarded):
         self.messages = _AsyncMessages(client, budget, user_id, feature, max_input_tokens)
 
 
-class _Messages(OnlyGuarded):
+class _Messages(GuardedEndpoint[Anthropic, BudgetThread]):
     path = "messages"
-
-    def __init__(
-        self,
-        client: Anthropic,
-        budget: BudgetThread,
-        user_id: str,
-        feature: str,
-        max_input_tokens: int | None,
-    ) -> None:
-        self._client, self._budget = client, budget
-        self._user_id, self._feature, self._max_input_tokens = user_id, feature, max_input_tokens
 
     @overload
     def create(self, *, stream: Literal[True], **params: Any) -> GuardedStream[RawMessageStreamEvent]: ...
@@ -205,19 +194,8 @@ class _Messages(OnlyGuarded):
         return GuardedStream(events, _EventTally(limits), call)
 
 
-class _AsyncMessages(OnlyGuarded):
+class _AsyncMessages(GuardedEndpoint[AsyncAnthropic, BudgetClient]):
     path = "messages"
-
-    def __init__(
-        self,
-        client: AsyncAnthropic,
-        budget: BudgetClient,
-        user_id: str,
-        feature: str,
-        max_input_tokens: int | None,
-    ) -> None:
-        self._client, self._budget = client, budget
-        self._user_id, self._feature, self._max_input_tokens = user_id, feature, max_input_tokens
 
     @overload
     async def create(

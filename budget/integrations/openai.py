@@ -50,7 +50,7 @@ from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
 from budget.integrations.openai_responses import AsyncResponses, Responses
 from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
-from budget.integrations.refusing import OnlyGuarded
+from budget.integrations.refusing import GuardedEndpoint, OnlyGuarded
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
@@ -143,14 +143,8 @@ class _AsyncChat(OnlyGuarded):
         self.completions = completions
 
 
-class _Completions(OnlyGuarded):
+class _Completions(GuardedEndpoint[OpenAI, BudgetThread]):
     path = "chat.completions"
-
-    def __init__(
-        self, client: OpenAI, budget: BudgetThread, user_id: str, feature: str, max_input_tokens: int | None
-    ) -> None:
-        self._client, self._budget = client, budget
-        self._user_id, self._feature, self._max_input_tokens = user_id, feature, max_input_tokens
 
     @overload
     def create(self, *, stream: Literal[True], **params: Any) -> GuardedStream[ChatCompletionChunk]: ...
@@ -177,19 +171,8 @@ class _Completions(OnlyGuarded):
         return response
 
 
-class _AsyncCompletions(OnlyGuarded):
+class _AsyncCompletions(GuardedEndpoint[AsyncOpenAI, BudgetClient]):
     path = "chat.completions"
-
-    def __init__(
-        self,
-        client: AsyncOpenAI,
-        budget: BudgetClient,
-        user_id: str,
-        feature: str,
-        max_input_tokens: int | None,
-    ) -> None:
-        self._client, self._budget = client, budget
-        self._user_id, self._feature, self._max_input_tokens = user_id, feature, max_input_tokens
 
     @overload
     async def create(

@@ -56,7 +56,7 @@ from budget.client import BudgetClient
 from budget.errors import UnguardedCall
 from budget.integrations.calls import NOTHING, AsyncCall, BlockingCall, Limits, Usage
 from budget.integrations.prompt_bound import listed, prompt_token_bound, text_bytes
-from budget.integrations.refusing import OnlyGuarded
+from budget.integrations.refusing import GuardedEndpoint
 from budget.integrations.streams import AsyncGuardedStream, GuardedStream
 from budget.integrations.thread import BudgetThread
 
@@ -67,16 +67,10 @@ CLIENT_TOOLS = frozenset({"function", "custom"})
 STORED_PROMPT = ("previous_response_id", "conversation", "prompt")
 
 
-class Responses(OnlyGuarded):
+class Responses(GuardedEndpoint[OpenAI, BudgetThread]):
     """A synchronous OpenAI client's Responses API, `create` guarded."""
 
     path = "responses"
-
-    def __init__(
-        self, client: OpenAI, budget: BudgetThread, user_id: str, feature: str, max_input_tokens: int | None
-    ) -> None:
-        self._client, self._budget = client, budget
-        self._user_id, self._feature, self._max_input_tokens = user_id, feature, max_input_tokens
 
     @overload
     def create(self, *, stream: Literal[True], **params: Any) -> GuardedStream[ResponseStreamEvent]: ...
@@ -100,21 +94,10 @@ class Responses(OnlyGuarded):
         return response
 
 
-class AsyncResponses(OnlyGuarded):
+class AsyncResponses(GuardedEndpoint[AsyncOpenAI, BudgetClient]):
     """An asynchronous OpenAI client's Responses API, `create` guarded."""
 
     path = "responses"
-
-    def __init__(
-        self,
-        client: AsyncOpenAI,
-        budget: BudgetClient,
-        user_id: str,
-        feature: str,
-        max_input_tokens: int | None,
-    ) -> None:
-        self._client, self._budget = client, budget
-        self._user_id, self._feature, self._max_input_tokens = user_id, feature, max_input_tokens
 
     @overload
     async def create(
