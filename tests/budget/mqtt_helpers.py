@@ -108,3 +108,19 @@ class Collector:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+
+async def wait_for_status(port: int, expected: dict[str, int], timeout: float = 120.0) -> None:
+    """Until every user's retained status shows the expected spend (to the nano-dollar, as float)."""
+    async with mqtt(port) as sub:
+        seen = await Collector(sub).start("margins/status/+")
+
+        def reached() -> bool:
+            latest = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, _ in seen.messages}
+            return all(
+                user in latest and round(latest[user]["spent_usd"] * 1e9) == nanos
+                for user, nanos in expected.items()
+            )
+
+        await seen.wait_for(reached, timeout)
+        seen.stop()

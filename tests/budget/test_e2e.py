@@ -29,7 +29,7 @@ from budget.service.settings import load_config
 from sim.cli import main as margins
 from tests.budget.broker import PASSWORDS, Broker
 from tests.budget.enforcer_process import EnforcerProcess
-from tests.budget.mqtt_helpers import Collector, mqtt, usage_body
+from tests.budget.mqtt_helpers import Collector, mqtt, usage_body, wait_for_status
 from tests.budget.store_helpers import replayed
 
 MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini")
@@ -61,22 +61,6 @@ async def publish_reliably(
                             await asyncio.sleep(pace_s)
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.1)
-
-
-async def wait_for_status(port: int, expected: dict[str, int], timeout: float = 120.0) -> None:
-    """Until every user's retained status shows the expected spend (to the nano-dollar, as float)."""
-    async with mqtt(port) as sub:
-        seen = await Collector(sub).start("margins/status/+")
-
-        def reached() -> bool:
-            latest = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, _ in seen.messages}
-            return all(
-                user in latest and round(latest[user]["spent_usd"] * 1e9) == nanos
-                for user, nanos in expected.items()
-            )
-
-        await seen.wait_for(reached, timeout)
-        seen.stop()
 
 
 def test_200_concurrent_authorizations_never_exceed_the_cap(enforcer_process: EnforcerProcess) -> None:

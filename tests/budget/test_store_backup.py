@@ -28,7 +28,7 @@ from budget.store.reader import StoreReader
 from sim.cli import main as margins
 from tests.budget.broker import Broker
 from tests.budget.enforcer_process import EnforcerProcess
-from tests.budget.mqtt_helpers import Collector, mqtt, usage_body
+from tests.budget.mqtt_helpers import mqtt, usage_body, wait_for_status
 from tests.budget.store_helpers import file_states, usage_events, write_store
 
 MARGINS = str(Path(sys.executable).parent / "margins")
@@ -138,7 +138,7 @@ def test_an_enforcer_writing_under_load_is_backed_up_at_one_cut_with_its_spend(
     restored = EnforcerProcess(broker, dest, caps_file, tmp_path / "restored.log")
     try:
         restored.start()
-        asyncio.run(wait_for_spend(broker.port, expected))
+        asyncio.run(wait_for_status(broker.port, expected, timeout=300.0))
         answer = CliRunner().invoke(
             margins, ["status", users[0], "--broker", broker.url, "--format", "json", "--timeout", "30"]
         )
@@ -158,22 +158,6 @@ async def wait_for_events(store: Path, count: int, timeout: float = 300.0) -> No
                 if reader.last_seq + 1 >= count:
                     return
             await asyncio.sleep(0.1)
-
-
-async def wait_for_spend(port: int, expected: dict[str, int], timeout: float = 300.0) -> None:
-    """Until every user's retained status shows the expected spend, to the nano-dollar."""
-    async with mqtt(port) as sub:
-        seen = await Collector(sub).start("margins/status/+")
-
-        def reached() -> bool:
-            latest = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, _ in seen.messages}
-            return all(
-                user in latest and round(latest[user]["spent_usd"] * 1e9) == nanos
-                for user, nanos in expected.items()
-            )
-
-        await seen.wait_for(reached, timeout)
-        seen.stop()
 
 
 def test_a_damaged_segment_fails_the_backup_with_one_line_and_leaves_no_backup(tmp_path: Path) -> None:
