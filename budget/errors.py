@@ -33,6 +33,7 @@
                               ValueError
             NotGuarded        call: an SDK method a guarded client does not guard (also an AttributeError)
         LeaseLost             key, owner, token, reason: a partition's lease is no longer this owner's
+        JournalError          partition, reason: a partition's journal cannot be read as margins wrote it
 
 A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
 """
@@ -338,3 +339,13 @@ class LeaseLost(BudgetError):
         self.token = token
         self.reason = reason
         super().__init__(f"lease {key!r} held by {owner!r} at token {token} is lost: {reason}")
+
+
+class JournalError(BudgetError):
+    """A partition's journal holds what margins did not write there (a message without its headers, a
+    gap), or disagrees with the partition's event store; the partition is not taken over."""
+
+    def __init__(self, partition: int, reason: str) -> None:
+        self.partition = partition
+        self.reason = reason
+        super().__init__(f"the journal of partition {partition}: {reason}")

@@ -88,7 +88,10 @@ def install_for(module: str) -> str:
         return SDK_EXTRAS[module]
     if module in CLUSTER_MODULES:
         return "cluster"
-    if module == "budget.jetstream" or module.startswith("budget.jetstream."):
+    if module.startswith(("budget.jetstream.", "budget.partitioned.")) or module in (
+        "budget.jetstream",
+        "budget.partitioned",
+    ):
         return "nats"
     if module in LEDGER_MODULES:
         return "enforce"

@@ -16,11 +16,21 @@ F = TypeVar("F", bound=Callable[..., object])
 
 def broker_options(command: F) -> F:
     """Add --broker (required), --username, --password-file and --tls-ca to a click command."""
+    return _with_broker_options(command, required=True, broker_help=_BROKER_HELP)
+
+
+def optional_broker_options(command: F) -> F:
+    """As broker_options, with --broker optional: `margins enforce` takes --nats instead on a cluster."""
+    return _with_broker_options(command, required=False, broker_help=f"{_BROKER_HELP}; or --nats")
+
+
+_BROKER_HELP = "mqtt://HOST:PORT (or mqtts:// for TLS)"
+
+
+def _with_broker_options(command: F, required: bool, broker_help: str) -> F:
     for option in reversed(
         (
-            click.option(
-                "--broker", "broker_url", required=True, help="mqtt://HOST:PORT (or mqtts:// for TLS)"
-            ),
+            click.option("--broker", "broker_url", required=required, default=None, help=broker_help),
             click.option("--username", default=None, help="MQTT user"),
             click.option("--password-file", default=None, help="file holding the MQTT password (first line)"),
             click.option(

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from budget.cli.broker_options import broker_options, broker_settings
+from budget.cli.broker_options import broker_settings, optional_broker_options
+from budget.cli.enforce_cluster import cluster_options, cluster_settings, run_partitioned
 from budget.cli.log_format import LOG_FORMATS, LogFormat, configure_logging
-from budget.errors import BudgetError, ListenError, StoreError
+from budget.errors import BudgetError, JournalError, ListenError, StoreError
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.store.headroom import DEFAULT_MIN_FREE_MB, MIB
 
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@broker_options
+@optional_broker_options
+@cluster_options
 @click.option("--store", "store_path", required=True, help="event store directory (created if missing)")
 @click.option("--config", "config_path", required=True, help="caps config (TOML)")
 @click.option("--client-id", default="margins-enforcer", show_default=True, help="MQTT client id (session)")
@@ -58,7 +61,12 @@ if TYPE_CHECKING:
     "/openapi.json); applications' bearer tokens come from [http.apps.NAME] in the config",
 )
 def enforce(
-    broker_url: str,
+    broker_url: str | None,
+    nats_servers: str | None,
+    partitions: int | None,
+    owner: str | None,
+    lease_ttl: float,
+    max_partitions: int | None,
     username: str | None,
     password_file: str | None,
     tls_ca: str | None,
@@ -77,15 +85,26 @@ def enforce(
     restart restores the newest ledger snapshot and replays the events after it. Stops cleanly (commit,
     acknowledge, flush, snapshot) on SIGINT or SIGTERM. A store whose files do not add up, or whose disk
     is below --min-free-mb, stops it with one line and exit 2.
-    """
-    import asyncio
 
+    With --nats (instead of --broker) it is one of any number of enforcers on a NATS JetStream cluster:
+    it decides the partitions whose lease it holds, each in its own store under --store
+    (partition=<p>/), and takes over a partition whose enforcer stopped (README, "Scaling out").
+    """
     from budget.service.door import HttpSettings
     from budget.service.settings import load_config
 
     configure_logging(log_level, log_format)
+    if (broker_url is None) == (nats_servers is None):
+        raise click.UsageError("give either --broker (one MQTT broker) or --nats (a NATS JetStream cluster)")
     try:
         config = load_config(config_path)
+        if nats_servers is not None:
+            if http_address is not None:
+                raise click.UsageError("--http is not served by a partitioned enforcer (--nats) yet")
+            cluster = cluster_settings(nats_servers, partitions, owner, lease_ttl, max_partitions)
+            _run_or_exit(run_partitioned(cluster, store_path, config, snapshot_every), log_format)
+            return
+        assert broker_url is not None
         broker = broker_settings(broker_url, username, password_file, tls_ca, client_id)
         http = None if http_address is None else HttpSettings.parse(http_address)
     except BudgetError as error:
@@ -100,9 +119,17 @@ def enforce(
     # The store's flusher thread turns events into Parquet each second; with the default 5 ms GIL switch
     # interval it can hold the event loop for that long at a time, which shows in authorization latency.
     sys.setswitchinterval(0.001)
+    _run_or_exit(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every, http), log_format)
+
+
+def _run_or_exit(main: Coroutine[Any, Any, None], log_format: LogFormat) -> None:
+    """Run the enforcer until it stops; a store, door or journal that cannot be used ends it with one
+    line and exit 2, any other refusal with exit 1."""
+    import asyncio
+
     try:
-        asyncio.run(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every, http))
-    except (StoreError, ListenError) as error:
+        asyncio.run(main)
+    except (StoreError, ListenError, JournalError) as error:
         _exit_with(str(error), 2, log_format)
     except BudgetError as error:
         _exit_with(str(error), 1, log_format)

@@ -19,7 +19,16 @@ PARTITIONED_PREFIXES = {
     "margins.admin.users.": "admin",
 }
 STREAM_PREFIX = "MARGINS_P"
+JOURNAL_PREFIX = "MARGINS_J"
 LEASE_BUCKET = "margins_leases"
+# The MQTT topic prefix of each partitioned kind: an enforcer hands a message to the same handler as the
+# single-broker one does, under the topic an MQTT application would have published it on.
+_TOPIC_PREFIX_OF_KIND = {
+    "usage": "margins/usage/",
+    "authorize": "margins/authorize/",
+    "renew": "margins/renew/",
+    "admin": "margins/admin/users/",
+}
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
@@ -62,7 +71,7 @@ def stream_name(partition: int) -> str:
 
 
 def partition_subjects(partition: int) -> str:
-    """Every subject of one partition (the mapping's destinations and its journal)."""
+    """Every subject of one partition's input (the mapping's destinations)."""
     return f"margins.part.{partition}.>"
 
 
@@ -72,8 +81,30 @@ def partitioned_subject(partition: int, kind: str, user_id: str) -> str:
 
 
 def journal_subject(partition: int) -> str:
-    """Where the owner of a partition appends the events it decided (fenced: see budget.jetstream.lease)."""
-    return f"margins.part.{partition}.journal"
+    """Where the owner of a partition appends the events it decided (fenced: see budget.jetstream.lease).
+    Outside the partition's input subjects: the journal has a stream of its own (budget.jetstream.streams)."""
+    return f"margins.journal.{partition}"
+
+
+def journal_stream_name(partition: int) -> str:
+    """The JetStream stream holding one partition's journal."""
+    return f"{JOURNAL_PREFIX}{partition}"
+
+
+def topic_of_subject(subject: str) -> str | None:
+    """The MQTT topic a partitioned subject stands for (`margins.part.3.usage.u42` -> `margins/usage/u42`),
+    or None for a subject that is not one of a partition's inputs."""
+    parts = subject.split(".", 4)
+    if len(parts) != 5 or parts[0] != "margins" or parts[1] != "part" or not parts[2].isdigit():
+        return None
+    prefix = _TOPIC_PREFIX_OF_KIND.get(parts[3])
+    return None if prefix is None else prefix + parts[4]
+
+
+def subject_of_topic(topic: str) -> str:
+    """The NATS subject of an MQTT topic, as nats-server's MQTT listener maps it: `/` is `.`. An MQTT
+    application subscribed to the topic gets what is published on the subject."""
+    return topic.replace("/", ".")
 
 
 def lease_key(partition: int) -> str:

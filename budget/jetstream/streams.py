@@ -1,8 +1,12 @@
-"""Creating the partition streams on the cluster: one file-backed stream per partition, replicated.
+"""Creating the partition streams on the cluster: two file-backed, replicated streams per partition -- its
+input (`MARGINS_P<p>`: what applications send, a work queue its owner consumes) and its journal
+(`MARGINS_J<p>`: the events its owners decided, kept).
 
-One stream per partition rather than one stream with partition subjects: each stream is its own raft
-group with its own leader, so the partitions' writes spread over the nodes, and a partition's journal
-after a snapshot's seq is one range of one stream (README, "Scaling out").
+Streams per partition rather than one stream with partition subjects: each stream is its own raft group
+with its own leader, so the partitions' writes spread over the nodes, and a partition's journal after a
+store seq is one range of one stream (README, "Scaling out"). Input and journal apart: the input is
+deleted as it is acknowledged, the journal never; and nats-server 2.9's consumers take one subject filter,
+so an input consumer would otherwise be handed the journal too.
 """
 
 from __future__ import annotations
@@ -13,16 +17,34 @@ import time
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from budget.jetstream.partitions import partition_subjects, stream_name
+from budget.jetstream.partitions import (
+    journal_stream_name,
+    journal_subject,
+    partition_subjects,
+    stream_name,
+)
 
 
 def partition_stream_config(partition: int, replicas: int = 3) -> StreamConfig:
-    """The stream of one partition: every message the mapping sends it plus its journal, kept on disk on
-    `replicas` nodes; a full stream refuses new messages (so a publisher sees the refusal) rather than
-    dropping old ones that a snapshot may not cover yet."""
+    """The input stream of one partition: every message the mapping sends it, kept on disk on `replicas`
+    nodes until its owner acknowledges it (after the commit of its effect); a full stream refuses new
+    messages (so a publisher sees the refusal) rather than dropping undecided ones."""
     return StreamConfig(
         name=stream_name(partition),
         subjects=[partition_subjects(partition)],
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        retention=RetentionPolicy.WORK_QUEUE,
+        discard=DiscardPolicy.NEW,
+    )
+
+
+def journal_stream_config(partition: int, replicas: int = 3) -> StreamConfig:
+    """The journal stream of one partition: every event its owners decided, in order, kept (a full one
+    refuses appends rather than dropping events a store may not hold yet)."""
+    return StreamConfig(
+        name=journal_stream_name(partition),
+        subjects=[journal_subject(partition)],
         storage=StorageType.FILE,
         num_replicas=replicas,
         retention=RetentionPolicy.LIMITS,
@@ -33,18 +55,19 @@ def partition_stream_config(partition: int, replicas: int = 3) -> StreamConfig:
 async def ensure_partition_streams(
     js: JetStreamContext, partitions: int, replicas: int = 3, limit_s: float = 30.0
 ) -> None:
-    """Create the streams of partitions 0..partitions-1 (an existing one with the same config is kept), and
-    return once each has a leader: until then a publish to it finds no stream to answer."""
+    """Create the input and journal streams of partitions 0..partitions-1 (an existing one with the same
+    config is kept), and return once each has a leader: until then a publish to it finds no stream to
+    answer."""
     for partition in range(partitions):
         await js.add_stream(partition_stream_config(partition, replicas))
+        await js.add_stream(journal_stream_config(partition, replicas))
     deadline = time.monotonic() + limit_s
     for partition in range(partitions):
-        while (
-            info := await js.stream_info(stream_name(partition))
-        ).cluster is None or not info.cluster.leader:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"stream {stream_name(partition)} had no leader within {limit_s}s")
-            await asyncio.sleep(0.05)
+        for name in (stream_name(partition), journal_stream_name(partition)):
+            while (info := await js.stream_info(name)).cluster is None or not info.cluster.leader:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"stream {name} had no leader within {limit_s}s")
+                await asyncio.sleep(0.05)
 
 
 async def has_leader(js: JetStreamContext, partition: int) -> bool:

@@ -62,6 +62,21 @@ class NatsNode:
         except (OSError, urllib.error.URLError, ValueError):
             return None
 
+    def jsz_streams(self) -> dict[str, str]:
+        """Each stream this node knows of -> the name of its raft leader (empty while it has none)."""
+        try:
+            url = f"http://127.0.0.1:{self.http_port}/jsz?streams=true"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                report = json.load(response)
+        except (OSError, urllib.error.URLError, ValueError):
+            return {}
+        leaders: dict[str, str] = {}
+        for account in report.get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                cluster = stream.get("cluster") or {}
+                leaders[stream["name"]] = cluster.get("leader", "")
+        return leaders
+
     def meta_leader(self) -> str | None:
         """The JetStream meta leader this node knows of, or None."""
         report = self.jsz()

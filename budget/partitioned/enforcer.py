@@ -1,0 +1,172 @@
+"""The partitioned enforcer: one process among any number on a NATS JetStream cluster, each deciding the
+partitions whose lease it holds (budget.partitioned.owner) and watching the others' leases to take over a
+partition whose owner stopped renewing.
+
+Every partition has a contender loop here: it reads the partition's lease every `read_every_s`; when the
+lease is free, or its holder let a whole TTL pass without renewing, it takes it (the key-value store
+decides between two contenders) and runs a PartitionOwner until the lease is lost or the process stops.
+Which process holds which partition is first come, first served; `max_partitions` caps how many one
+process takes (so a second process started later gets the rest, or takes over when the first dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from budget.domain.config import EnforcerConfig
+from budget.domain.prices import PriceCatalog
+from budget.errors import JournalError, LeaseLost, StoreError
+from budget.jetstream.kv_lease import KvLease, open_lease_bucket
+from budget.jetstream.lease import LeaseTerms
+from budget.jetstream.partitions import lease_key
+from budget.jetstream.streams import ensure_partition_streams
+from budget.partitioned.owner import PartitionOwner
+from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
+
+log = logging.getLogger("margins.enforce")
+
+READY_LOG = "partitioned enforcer ready"
+JS_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """Where the cluster is and how this process takes part: `owner` names it in the leases (unique per
+    process), `partitions` is the cluster's N (the template's), `replicas` its streams' copies."""
+
+    servers: tuple[str, ...]
+    partitions: int
+    owner: str
+    terms: LeaseTerms = field(default_factory=LeaseTerms)
+    read_every_s: float = 0.5
+    max_partitions: int | None = None
+    replicas: int = 3
+
+
+class PartitionedEnforcer:
+    """The partitioned enforcer as an `async with` component: entering connects to the cluster (creating
+    the streams and the lease bucket if missing) and starts a contender loop per partition; `wait()`
+    returns when `request_stop()` is called; leaving gives up every partition held, cleanly."""
+
+    def __init__(
+        self,
+        cluster: ClusterSettings,
+        store_root: str | Path,
+        config: EnforcerConfig,
+        *,
+        prices: PriceCatalog | None = None,
+        snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS,
+    ) -> None:
+        self.cluster = cluster
+        self.store_root = Path(store_root)
+        self._config = config
+        self._prices = prices if prices is not None else config.catalog()
+        self._snapshot_every = snapshot_every_events
+        self.owned: dict[int, PartitionOwner] = {}
+        self._stop = asyncio.Event()
+        self._nc: NatsClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> PartitionedEnforcer:
+        c = self.cluster
+        self._nc = await nats.connect(
+            servers=list(c.servers), name=c.owner, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
+        js = self._nc.jetstream(timeout=JS_TIMEOUT_S)
+        await ensure_partition_streams(js, c.partitions, c.replicas)
+        kv = await open_lease_bucket(js, c.replicas)
+        self._tasks = [
+            asyncio.create_task(self._contend(js, kv, partition), name=f"margins-contend-{partition}")
+            for partition in range(c.partitions)
+        ]
+        servers = ", ".join(c.servers)
+        log.info("%s: %s contends for %d partitions on %s", READY_LOG, c.owner, c.partitions, servers)
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._nc is not None:  # every partition committed and answered what it took: nothing to drain
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self._nc.flush(timeout=2)  # the last acknowledgements, replies and statuses
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.close()
+        log.info("partitioned enforcer %s stopped", self.cluster.owner)
+
+    def request_stop(self) -> None:
+        """Ask `wait()` to return (safe to call from a signal handler on the loop)."""
+        self._stop.set()
+
+    async def wait(self) -> None:
+        """Until a stop is requested; re-raises the error of a contender loop that failed."""
+        stop = asyncio.create_task(self._stop.wait(), name="margins-stop")
+        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        for task in done:
+            if task is not stop and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _contend(self, js: JetStreamContext, kv: KeyValue, partition: int) -> None:
+        """Take the partition whenever it is free or abandoned, and decide it while it is ours."""
+        c = self.cluster
+        lease = KvLease(kv, lease_key(partition), c.owner, c.terms)
+        while not self._stop.is_set():
+            held = None
+            if c.max_partitions is None or len(self.owned) < c.max_partitions:
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    held = await lease.try_acquire()
+            if held is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), c.read_every_s)
+                continue
+            assert self._nc is not None
+            owner = PartitionOwner(
+                self._nc,
+                js,
+                lease,
+                held,
+                partition,
+                self.store_root,
+                self._config,
+                self._prices,
+                snapshot_every_events=self._snapshot_every,
+            )
+            self.owned[partition] = owner
+            try:
+                await self._decide(owner)
+            finally:
+                del self.owned[partition]
+                await owner.close()
+
+    async def _decide(self, owner: PartitionOwner) -> None:
+        """Take the partition over and decide it until the process stops or the lease is lost."""
+        try:
+            await owner.take()
+            stop = asyncio.create_task(self._stop.wait())
+            running = asyncio.create_task(owner.run())
+            await asyncio.wait([stop, running], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if running.done():
+                running.result()  # raises what ended it
+            else:
+                running.cancel()
+        except LeaseLost as lost:
+            log.warning("partition %d: %s; it is no longer decided here", owner.partition, lost)
+        except (nats.errors.Error, TimeoutError) as error:  # given up, so another process may take it
+            log.warning("partition %d: the cluster did not answer (%r); giving it up", owner.partition, error)
+        except (JournalError, StoreError) as error:
+            log.error("partition %d cannot be decided here: %s", owner.partition, error)
+            raise

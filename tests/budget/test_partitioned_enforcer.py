@@ -1,0 +1,302 @@
+"""The partitioned enforcer end to end: `margins enforce --nats` as real processes on three real
+nats-server nodes. Usage is decided in the partition the server's mapping names; when an enforcer is
+SIGKILLed, or one NATS node of three, or an enforcer is paused past its lease, another takes its
+partitions over -- and nothing is lost, nothing counted twice, no cap exceeded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from nats.js import JetStreamContext
+
+from budget.domain.catalog import default_catalog
+from budget.domain.events import Event, ReservationGranted, UsageRecorded
+from budget.jetstream.partitions import partition_of
+from tests.budget.mqtt_helpers import usage_body
+from tests.budget.nats_cluster import NatsCluster, NatsNode
+from tests.budget.partitioned_helpers import (
+    PartitionedProcess,
+    authorize,
+    authorize_until_answered,
+    connected,
+    publish_all,
+    stored_events,
+    wait_for_owners,
+    wait_until_decided,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini")
+USERS = [f"u{index}" for index in range(12)]
+REPLY_LIMIT_S = 60.0
+
+
+def usage_messages(count: int, seed: int) -> tuple[list[tuple[str, bytes, str]], Counter[str]]:
+    """`count` usage reports over USERS (some sent twice, as applications re-send), and what each user
+    must have spent once every one is counted exactly once."""
+    rng = random.Random(seed)
+    prices = default_catalog()
+    now = datetime.now(UTC).isoformat()
+    messages: list[tuple[str, bytes, str]] = []
+    expected: Counter[str] = Counter()
+    for index in range(count):
+        user, model = USERS[index % len(USERS)], MODELS[index % len(MODELS)]
+        tokens = (rng.randint(10, 5000), rng.randint(1, 2000))
+        body = usage_body(
+            f"k{seed}-{index}",
+            user=user,
+            model=model,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            ts=now,
+        )
+        expected[user] += prices.cost_nanos(model, tokens[0], tokens[1])
+        # The message id is the publish's, not the event's: a re-send after the dedupe window is a new
+        # message with the same event, which the ledger must count once.
+        messages.append((f"margins.usage.{user}", json.dumps(body).encode(), f"m{seed}-{index}"))
+        if index % 10 == 0:
+            subject, payload, _ = messages[rng.randrange(len(messages))]
+            messages.append((subject, payload, f"again{seed}-{index}"))
+    return messages, expected
+
+
+def check_exact(events: list[Event], expected: Counter[str], partitions: int) -> None:
+    """Every usage event once, in the partition of its user, each user's spend to the nano-dollar."""
+    usage = [e for e in events if isinstance(e, UsageRecorded)]
+    ids = [e.event_id for e in usage]
+    assert len(ids) == len(set(ids)), "an event counted twice"
+    spent: Counter[str] = Counter()
+    for event in usage:
+        spent[event.user_id] += event.cost_nanos
+    assert spent == expected
+    return None
+
+
+def user_in(partition: int, partitions: int) -> str:
+    return next(u for u in (f"a{index}" for index in range(1000)) if partition_of(u, partitions) == partition)
+
+
+def test_one_enforcer_decides_every_partition_exactly(
+    nats_cluster: NatsCluster, tmp_path: Path, caps_file: Path
+) -> None:
+    enforcer = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "alpha")
+    messages, expected = usage_messages(400, seed=1)
+    partitions = nats_cluster.partitions
+    try:
+        enforcer.start()
+
+        async def scenario() -> list[dict[str, object]]:
+            async with connected(nats_cluster) as (nc, js):
+                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
+                await publish_all(js, messages)
+                return [
+                    await authorize(nc, js, user_in(p, partitions), f"r{p}", (100, 100), REPLY_LIMIT_S)
+                    for p in range(partitions)
+                ]
+
+        replies = asyncio.run(scenario())
+        assert [reply["decision"] for reply in replies] == ["allow"] * partitions
+        assert enforcer.terminate() == 0
+    finally:
+        enforcer.kill()
+    events = stored_events(enforcer.store, partitions)
+    check_exact(events, expected, partitions)
+    for event in events:  # each partition's store holds its own users only
+        if isinstance(event, UsageRecorded):
+            assert partition_of(event.user_id, partitions) in range(partitions)
+    granted = [e for e in events if isinstance(e, ReservationGranted)]
+    assert len(granted) == partitions
+
+
+CAP_NANOS = 1_000_000_000  # caps.toml's default cap, $1.00
+WORST_NANOS = 1000 * 150 + 1000 * 600  # gpt-4o-mini, 1000 tokens in and out
+TAKEOVER_LIMIT_S = 60.0  # generous for a busy machine; the figures measured are in the README
+
+
+def prespend_carol(expected: Counter[str]) -> list[tuple[str, bytes, str]]:
+    """$0.95 of carol's $1.00: 100 calls of gpt-4o at 3800 tokens in, none out."""
+    now = datetime.now(UTC).isoformat()
+    body = [
+        usage_body(f"pre{i}", user="carol", model="gpt-4o", input_tokens=3_800, output_tokens=0, ts=now)
+        for i in range(100)
+    ]
+    expected["carol"] += 950_000_000
+    return [("margins.usage.carol", json.dumps(body).encode(), "prespend")]
+
+
+async def through_a_failover(
+    cluster: NatsCluster,
+    messages: list[tuple[str, bytes, str]],
+    disrupt: Callable[[], object],
+    then: Callable[[JetStreamContext], Awaitable[None]] | None = None,
+) -> tuple[float, list[dict[str, object]]]:
+    """Publish `messages` while `disrupt()` strikes (and `then` follows it) and 100 authorizations for
+    carol race it; the seconds from the strike until every partition answers again, and carol's replies."""
+    partitions = cluster.partitions
+    async with connected(cluster) as (nc, js):
+        publishing = asyncio.create_task(publish_all(js, messages, pace_s=0.02))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(disrupt)
+        struck = time.monotonic()
+        if then is not None:
+            await then(js)
+        carol = asyncio.gather(
+            *(authorize_until_answered(nc, js, "carol", f"c{i}", (1000, 1000)) for i in range(100))
+        )
+        await asyncio.gather(
+            *(
+                authorize_until_answered(nc, js, user_in(p, partitions), f"t{p}", (10, 10))
+                for p in range(partitions)
+            )
+        )
+        answered_s = time.monotonic() - struck
+        replies = await carol
+        await publishing
+        await wait_until_decided(js, partitions)
+    return answered_s, replies
+
+
+def check_caps(events: list[Event], replies: list[dict[str, object]]) -> None:
+    """Exactly what fits carol's cap was granted, and the store agrees: spent + held <= cap."""
+    granted = sum(1 for reply in replies if reply["decision"] == "allow")
+    assert granted == 50_000_000 // WORST_NANOS
+    assert len(replies) == 100
+    held = sum(e.amount_nanos for e in events if isinstance(e, ReservationGranted) and e.user_id == "carol")
+    spent = sum(e.cost_nanos for e in events if isinstance(e, UsageRecorded) and e.user_id == "carol")
+    assert spent + held <= CAP_NANOS
+
+
+def test_a_sigkilled_enforcers_partitions_are_taken_over_and_nothing_is_lost_or_doubled(
+    nats_cluster: NatsCluster, tmp_path: Path, caps_file: Path
+) -> None:
+    partitions = nats_cluster.partitions
+    alpha = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "alpha")
+    beta = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "beta")
+    messages, expected = usage_messages(1200, seed=2)
+    try:
+        alpha.start()
+
+        async def prepare() -> None:
+            async with connected(nats_cluster) as (_nc, js):
+                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
+                await publish_all(js, prespend_carol(expected))
+                await wait_until_decided(js, partitions)
+
+        asyncio.run(prepare())
+        beta.start()  # every partition is held: beta watches
+        answered_s, replies = asyncio.run(through_a_failover(nats_cluster, messages, alpha.kill))
+
+        async def owners() -> dict[int, str | None]:
+            async with connected(nats_cluster) as (_nc, js):
+                return await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"beta"})
+
+        asyncio.run(owners())
+        assert beta.terminate() == 0
+    finally:
+        alpha.kill()
+        beta.kill()
+    print(f"every partition answered again {answered_s:.2f} s after the SIGKILL")
+    assert answered_s < TAKEOVER_LIMIT_S
+    events = stored_events(tmp_path / "store", partitions)
+    check_exact(events, expected, partitions)
+    check_caps(events, replies)
+
+
+def busiest_node(cluster: NatsCluster) -> NatsNode:
+    """The node leading the most of margins' streams (the lease bucket's included): losing it stalls the
+    most."""
+    leaders: Counter[str] = Counter()
+    for node in cluster.running():
+        report = node.jsz_streams()
+        for name, leader in report.items():
+            leaders[leader] += 1 if name.startswith(("MARGINS_", "KV_")) else 0
+    name = leaders.most_common(1)[0][0] if leaders else cluster.nodes[0].name
+    return next(node for node in cluster.nodes if node.name == name)
+
+
+def test_the_loss_of_one_nats_node_of_three_loses_nothing_and_doubles_nothing(
+    nats_cluster: NatsCluster, tmp_path: Path, caps_file: Path
+) -> None:
+    partitions = nats_cluster.partitions
+    alpha = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "alpha")
+    messages, expected = usage_messages(1200, seed=3)
+    try:
+        alpha.start()
+
+        async def prepare() -> None:
+            async with connected(nats_cluster) as (_nc, js):
+                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
+                await publish_all(js, prespend_carol(expected))
+                await wait_until_decided(js, partitions)
+
+        asyncio.run(prepare())
+        victim = busiest_node(nats_cluster)
+        answered_s, replies = asyncio.run(
+            through_a_failover(nats_cluster, messages, lambda: nats_cluster.sigkill(victim))
+        )
+        assert alpha.terminate() == 0
+    finally:
+        alpha.kill()
+    print(f"every partition answered again {answered_s:.2f} s after the SIGKILL of NATS node {victim.name}")
+    assert answered_s < TAKEOVER_LIMIT_S
+    events = stored_events(tmp_path / "store", partitions)
+    check_exact(events, expected, partitions)
+    check_caps(events, replies)
+
+
+def test_a_paused_enforcer_is_fenced_out_and_its_successor_counts_exactly(
+    nats_cluster: NatsCluster, tmp_path: Path, caps_file: Path
+) -> None:
+    """SIGSTOP past the lease (a GC pause, a stopped VM): beta takes the leases and fences the journal;
+    alpha, woken, finds its lease gone, decides nothing more and lets go of the partitions' stores, which
+    beta then opens. (While alpha sleeps it still holds their store locks: README, "Scaling out".)"""
+    partitions = nats_cluster.partitions
+    alpha = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "alpha")
+    beta = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "beta")
+    messages, expected = usage_messages(1200, seed=4)
+
+    async def wake_alpha_once_beta_holds_every_lease(js: JetStreamContext) -> None:
+        await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"beta"})
+        alpha.signal(signal.SIGCONT)
+
+    try:
+        alpha.start()
+
+        async def prepare() -> None:
+            async with connected(nats_cluster) as (_nc, js):
+                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
+                await publish_all(js, prespend_carol(expected))
+                await wait_until_decided(js, partitions)
+
+        asyncio.run(prepare())
+        beta.start()
+        answered_s, replies = asyncio.run(
+            through_a_failover(
+                nats_cluster,
+                messages,
+                lambda: alpha.signal(signal.SIGSTOP),
+                wake_alpha_once_beta_holds_every_lease,
+            )
+        )
+        assert alpha.terminate() == 0
+        assert beta.terminate() == 0
+    finally:
+        if alpha.proc is not None:
+            alpha.signal(signal.SIGCONT)
+        alpha.kill()
+        beta.kill()
+    print(f"every partition answered again {answered_s:.2f} s after the SIGSTOP")
+    assert "is no longer decided here" in alpha.log.read_text()
+    events = stored_events(tmp_path / "store", partitions)
+    check_exact(events, expected, partitions)
+    check_caps(events, replies)
