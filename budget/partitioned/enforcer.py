@@ -33,6 +33,7 @@ from budget.jetstream.partitions import lease_key
 from budget.jetstream.streams import ensure_partition_streams
 from budget.partitioned.owner import PartitionOwner
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
+from budget.service.throttle import LogThrottle
 
 log = logging.getLogger("margins.enforce")
 
@@ -77,11 +78,18 @@ class PartitionedEnforcer:
         self._stop = asyncio.Event()
         self._nc: NatsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._throttle = LogThrottle(log)
 
     async def __aenter__(self) -> PartitionedEnforcer:
         c = self.cluster
         self._nc = await nats.connect(
-            servers=list(c.servers), name=c.owner, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+            servers=list(c.servers),
+            name=c.owner,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
         js = self._nc.jetstream(timeout=JS_TIMEOUT_S)
         await ensure_partition_streams(js, c.partitions, c.replicas)
@@ -105,6 +113,17 @@ class PartitionedEnforcer:
             with contextlib.suppress(nats.errors.Error):
                 await self._nc.close()
         log.info("partitioned enforcer %s stopped", self.cluster.owner)
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        """One line per kind of connection error (a node lost refuses every reconnect to it), no traceback."""
+        self._throttle.warning(type(error).__name__, "NATS: %s", error or type(error).__name__)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS: disconnected; reconnecting to any of %s", ", ".join(self.cluster.servers))
+
+    async def _on_reconnected(self) -> None:
+        url = self._nc.connected_url if self._nc is not None else None
+        log.info("NATS: reconnected to %s", url.netloc if url is not None else "the cluster")
 
     def request_stop(self) -> None:
         """Ask `wait()` to return (safe to call from a signal handler on the loop)."""

@@ -97,10 +97,16 @@ class PartitionedProcess:
         return code
 
 
+async def _connection_error(_error: Exception) -> None:
+    """A killed node refuses every reconnect to it: expected here, so not printed."""
+
+
 @asynccontextmanager
 async def connected(cluster: NatsCluster) -> AsyncIterator[tuple[NatsClient, JetStreamContext]]:
     """An application's connection to every node, reconnecting for ever."""
-    nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    nc = await nats.connect(
+        cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=_connection_error
+    )
     try:
         yield nc, nc.jetstream(timeout=5)
     finally:
