@@ -119,6 +119,8 @@ class PartitionedEnforcer:
         self._throttle.warning(type(error).__name__, "NATS: %s", error or type(error).__name__)
 
     async def _on_disconnected(self) -> None:
+        if self._stop.is_set():
+            return  # our own close at a clean stop
         log.warning("NATS: disconnected; reconnecting to any of %s", ", ".join(self.cluster.servers))
 
     async def _on_reconnected(self) -> None:

@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from budget.domain.catalog import default_catalog
 from budget.domain.events import Event, ReservationGranted, UsageRecorded
 from budget.jetstream.partitions import partition_of
-from tests.budget.mqtt_helpers import usage_body
+from tests.budget.mqtt_helpers import mqtt, usage_body
 from tests.budget.nats_cluster import NatsCluster, NatsNode
 from tests.budget.partitioned_helpers import (
     PartitionedProcess,
@@ -300,3 +300,58 @@ def test_a_paused_enforcer_is_fenced_out_and_its_successor_counts_exactly(
     events = stored_events(tmp_path / "store", partitions)
     check_exact(events, expected, partitions)
     check_caps(events, replies)
+
+
+def test_an_mqtt_application_is_decided_through_the_cluster(
+    nats_cluster: NatsCluster, tmp_path: Path, caps_file: Path
+) -> None:
+    """An application on one node's MQTT listener (3.1.1, QoS 1) reports usage and asks for an
+    authorization as it would of mosquitto (its reply topic in the payload); the reply and the user's status
+    come back to it over MQTT."""
+    enforcer = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "alpha")
+    prices = default_catalog()
+    now = datetime.now(UTC).isoformat()
+    bodies = [usage_body(f"m{i}", user="alice", input_tokens=1000 + i, ts=now) for i in range(5)]
+    expected = sum(prices.cost_nanos("gpt-4o-mini", 1000 + i, 250) for i in range(5))
+    request = {
+        "request_id": "q1",
+        "user_id": "alice",
+        "model": "gpt-4o-mini",
+        "max_input_tokens": 100,
+        "max_output_tokens": 100,
+        "reply_to": "margins/replies/app1",
+    }
+    try:
+        enforcer.start()
+
+        async def scenario() -> tuple[dict[str, object], dict[str, object]]:
+            async with connected(nats_cluster) as (_nc, js):
+                await wait_for_owners(
+                    js, nats_cluster.partitions, lambda owners: set(owners.values()) == {"alpha"}
+                )
+            async with mqtt(nats_cluster.nodes[1].mqtt_port, v5=False) as app:
+                await app.subscribe("margins/replies/app1", qos=1)
+                await app.subscribe("margins/status/alice", qos=1)
+                for body in bodies:
+                    await app.publish("margins/usage/alice", json.dumps(body), qos=1)
+                await app.publish("margins/authorize/alice", json.dumps(request), qos=1)
+                reply: dict[str, object] | None = None
+                status: dict[str, object] = {}
+                async with asyncio.timeout(REPLY_LIMIT_S):
+                    async for message in app.messages:
+                        data = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        if message.topic.matches("margins/replies/app1"):
+                            reply = data
+                        else:
+                            status = data
+                        spent = status.get("spent_usd")
+                        if reply is not None and isinstance(spent, float) and round(spent * 1e9) == expected:
+                            return reply, status
+            raise AssertionError("unreachable")
+
+        reply, status = asyncio.run(scenario())
+        assert enforcer.terminate() == 0
+    finally:
+        enforcer.kill()
+    assert reply["request_id"] == "q1" and reply["decision"] == "allow"
+    assert status["user_id"] == "alice"
