@@ -187,7 +187,11 @@ class PartitionedEnforcer:
         except LeaseLost as lost:
             log.warning("partition %d: %s; it is no longer decided here", owner.partition, lost)
         except (nats.errors.Error, TimeoutError) as error:  # given up, so another process may take it
-            log.warning("partition %d: the cluster did not answer (%r); giving it up", owner.partition, error)
+            log.warning(
+                "partition %d: the cluster refused or did not answer (%r); giving it up",
+                owner.partition,
+                error,
+            )
         except (JournalError, StoreError) as error:
             log.error("partition %d cannot be decided here: %s", owner.partition, error)
             raise
