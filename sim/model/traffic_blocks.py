@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.errors import ArgumentError
 from sim.model.periods import SECONDS_PER_DAY, run_periods
 from sim.model.randomness import Streams
 from sim.model.scenario import Distribution, Scenario
@@ -121,7 +122,7 @@ def blocks(
     users in consecutive ranges of `users_per_block`. Concatenated in order, the blocks' arrays are
     `traffic.draw`'s. `streams` are left as they are (the blocks draw from copies)."""
     if users_per_block < 1:
-        raise ValueError(f"users_per_block must be at least 1, got {users_per_block}")
+        raise ArgumentError("users_per_block", f"must be at least 1, got {users_per_block}")
     plan = _plan(scenario, mau, days, streams)
     n = plan.totals.requests
     prompts = [_advanced(streams.prompts, segment * n) for segment in range(HARD + 1)]
