@@ -120,23 +120,30 @@ def _by_day(block: TrafficBlock) -> Iterator[tuple[int, dict[str, dict[str, np.n
         "input_tokens": block.input_tokens,
         "output_tokens": block.output_tokens,
     }
-    request_rows, call_rows = _day_rows(request_day), _day_rows(call_day)
-    for day, rows in request_rows.items():
+    request_order, request_bounds = _by_day_order(request_day)
+    call_order, call_bounds = _by_day_order(call_day)
+    # One gather per column into day order; each day is then a slice (a view) of it.
+    requests = {name: values[request_order] for name, values in requests.items()}
+    calls = {name: values[call_order] for name, values in calls.items()}
+    for day, (begin, end) in request_bounds.items():
+        call_begin, call_end = call_bounds[day]
         yield (
             day,
             {
-                "requests": {name: values[rows] for name, values in requests.items()},
-                "calls": {name: values[call_rows[day]] for name, values in calls.items()},
+                "requests": {name: values[begin:end] for name, values in requests.items()},
+                "calls": {name: values[call_begin:call_end] for name, values in calls.items()},
             },
         )
 
 
-def _day_rows(day: np.ndarray) -> dict[int, np.ndarray]:
-    """For each day present, the positions holding it, ascending."""
-    order = np.argsort(day, kind="stable")
-    days, starts = np.unique(day[order], return_index=True)
-    ends = np.r_[starts[1:], order.size]
-    return {int(d): order[a:b] for d, a, b in zip(days.tolist(), starts.tolist(), ends.tolist(), strict=True)}
+def _by_day_order(day: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
+    """The positions in day order (ascending within a day), and where each present day's run is in it.
+    Days fit int16 (a run is at most 366 days), whose stable sort numpy does as a radix sort."""
+    day16 = day.astype(np.int16)
+    order = np.argsort(day16, kind="stable")
+    counts = np.bincount(day16)
+    ends = np.cumsum(counts)
+    return order, {int(d): (int(ends[d] - counts[d]), int(ends[d])) for d in np.flatnonzero(counts)}
 
 
 def _write(
