@@ -1,4 +1,4 @@
-"""Benchmark of drawing traffic in user blocks and spilling it by day: `uv run python -m benchmarks.traffic_blocks`.
+"""Benchmark of traffic drawn in user blocks and spilled by day: `python -m benchmarks.traffic_blocks`.
 
 Measures, each in a fresh process so that its peak resident memory (the process's high-water mark, imports
 included) is its own: (a) today's `traffic.draw` of the whole run, and (b) `traffic_blocks.blocks` (its
@@ -138,7 +138,8 @@ def main() -> None:
         needed = largest.spilled_bytes * args.huge / largest.mau * DISK_MARGIN if largest else float("inf")
         if needed > free:
             print(
-                f"skipping (b) at {args.huge:,} MAU: needs ~{needed / 1e9:.0f} GB in {args.dir}, {free / 1e9:.0f} GB free"
+                f"skipping (b) at {args.huge:,} MAU: needs ~{needed / 1e9:.0f} GB in {args.dir}, "
+                f"{free / 1e9:.0f} GB free"
             )
         else:
             measured = measure_in_fresh_process(
