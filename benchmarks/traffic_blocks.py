@@ -2,7 +2,8 @@
 
 Measures, each in a fresh process so that its peak resident memory (the process's high-water mark, imports
 included) is its own: (a) today's `traffic.draw` of the whole run, and (b) `traffic_blocks.blocks` (its
-pre-passes included) spilled by day to a directory under `--dir`, then one day read back -- at each MAU of
+pre-passes included) spilled by day to a directory under `--dir` (its peak taken there), then one day read
+back (the peak then includes that day's arrays) -- at each MAU of
 `--mau` (default 100k and 1M), in the same run; then (b) alone at `--huge` MAU (default 10M) if the
 directory's free space allows what the largest (b) wrote, scaled up, with a margin (else it says why it
 skips). Prints requests, seconds, requests/s, peak GB and bytes spilled. Every spill is deleted after its
@@ -36,6 +37,7 @@ class Measure:
     peak_gb: float
     imports_gb: float  # the process's peak before the run: interpreter, numpy, the scenario
     spilled_bytes: int = 0
+    spill_peak_gb: float = 0.0  # the peak before the day was read back: what drawing and spilling took
     read_day_s: float = 0.0
     day_requests: int = 0
 
@@ -72,6 +74,7 @@ def _measure(
         users = int(str(options["users_per_block"]))
         summary = spill(blocks(scenario, mau, days, streams, users), directory, spill_format)  # type: ignore[arg-type]
         seconds = time.perf_counter() - start
+        spill_peak_gb = _peak_gb()
         day = summary.days[len(summary.days) // 2]
         read_start = time.perf_counter()
         one_day = read_day(directory, day, spill_format)  # type: ignore[arg-type]
@@ -84,6 +87,7 @@ def _measure(
             _peak_gb(),
             imports_gb,
             spilled_bytes=summary.bytes,
+            spill_peak_gb=spill_peak_gb,
             read_day_s=read_s,
             day_requests=int(one_day.requests["t"].size),
         )
@@ -106,8 +110,9 @@ def show(m: Measure) -> str:
     )
     if m.spilled_bytes:
         line += (
-            f", spilled {m.spilled_bytes / 1e9:.2f} GB ({m.spilled_bytes / m.requests:.0f} B/request); "
-            f"one day read back: {m.day_requests:,} requests in {m.read_day_s:.2f} s"
+            f", spilled {m.spilled_bytes / 1e9:.2f} GB ({m.spilled_bytes / m.requests:.0f} B/request) "
+            f"at a peak of {m.spill_peak_gb:.2f} GB; one day read back: {m.day_requests:,} requests "
+            f"in {m.read_day_s:.2f} s"
         )
     return line
 

@@ -123,6 +123,12 @@ def blocks(
     `traffic.draw`'s. `streams` are left as they are (the blocks draw from copies)."""
     if users_per_block < 1:
         raise ArgumentError("users_per_block", f"must be at least 1, got {users_per_block}")
+    return _blocks(scenario, mau, days, streams, users_per_block)
+
+
+def _blocks(
+    scenario: Scenario, mau: int, days: int, streams: Streams, users_per_block: int
+) -> Iterator[TrafficBlock]:
     plan = _plan(scenario, mau, days, streams)
     n = plan.totals.requests
     prompts = [_advanced(streams.prompts, segment * n) for segment in range(HARD + 1)]

@@ -149,7 +149,7 @@ def test_totals_are_the_draws_and_the_streams_are_left_alone() -> None:
 
 def test_a_block_size_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="users_per_block: must be at least 1, got 0"):
-        next(blocks(shipped("levers/router.toml"), 10, 1, streams_for(1, 10, 0), 0))
+        blocks(shipped("levers/router.toml"), 10, 1, streams_for(1, 10, 0), 0)
 
 
 # What the cursors rest on: each numpy method used, drawn in consecutive pieces from one generator, gives
