@@ -9,6 +9,7 @@ the sessions that start before its end.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -99,10 +100,11 @@ def draw(scenario: Scenario, mau: int, days: int, streams: Streams) -> Traffic:
     """The drawn traffic: every call's own new input, no conversation context."""
     session_user, session_start = _sessions(scenario, mau, days, streams)
     t, user, per_session = _messages(scenario, session_user, session_start, days, streams)
-    exact_key, cluster = _prompt_keys(scenario, user, streams)
-    context = _contexts(scenario, t.size, streams)
-    hard = streams.prompts.random(t.size) < scenario.prompts.hard_share
-    call_request, call_step, deterministic = _calls(scenario, context)
+    prompts = streams.prompts  # one stream for the kinds, the Zipf slots and their acceptances, in turn
+    exact_key, cluster = prompt_keys(scenario, user, prompts, prompts, prompts)
+    context = contexts(scenario, t.size, prompts, prompts, prompts)
+    hard = prompts.random(t.size) < scenario.prompts.hard_share
+    call_request, call_step, deterministic = chain_calls(scenario, context)
     tokens = scenario.prompts
     return Traffic(
         mau=mau,
@@ -134,6 +136,21 @@ def _sessions(scenario: Scenario, mau: int, days: int, streams: Streams) -> tupl
     19 x 48 hours' worth more.
     """
     users, starts = [], []
+    for period, weights, per_user in sessions_per_user(scenario, mau, days, streams.users):
+        session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
+        start = session_starts(period, weights, session_user.size, streams.sessions, streams.sessions)
+        users.append(session_user)
+        starts.append(start)
+    if len(users) == 1:
+        return users[0], starts[0]
+    return np.concatenate(users), np.concatenate(starts)
+
+
+def sessions_per_user(
+    scenario: Scenario, mau: int, days: int, users: np.random.Generator
+) -> Iterator[tuple[Period, np.ndarray, np.ndarray]]:
+    """For each month the run covers: the month, its hourly intensity and every user's sessions in it,
+    drawn from the users stream (the heaviness once, in the first month with extra sessions)."""
     heaviness: np.ndarray | None = None
     for period in run_periods(scenario.traffic.start, days):
         weights = hourly_intensity(scenario, period)
@@ -144,21 +161,27 @@ def _sessions(scenario: Scenario, mau: int, days: int, streams: Streams) -> tupl
         if extra_mean <= 0:
             rates = np.zeros(mau)
         elif heaviness is None:
-            rates = streams.users.gamma(shape, extra_mean / shape, size=mau)
+            rates = users.gamma(shape, extra_mean / shape, size=mau)
             heaviness = rates / extra_mean
         else:
             rates = heaviness * extra_mean
-        per_user = 1 + streams.users.poisson(rates)
-        session_user = np.repeat(np.arange(mau, dtype=np.int64), per_user)
-        hours = streams.sessions.choice(weights.size, size=session_user.size, p=weights / weights.sum())
-        start = (hours + streams.sessions.random(session_user.size)) * 3600.0
-        if period.first_day:
-            start += period.start_s
-        users.append(session_user)
-        starts.append(start)
-    if len(users) == 1:
-        return users[0], starts[0]
-    return np.concatenate(users), np.concatenate(starts)
+        yield period, weights, 1 + users.poisson(rates)
+
+
+def session_starts(
+    period: Period,
+    weights: np.ndarray,
+    count: int,
+    hours: np.random.Generator,
+    within: np.random.Generator,
+) -> np.ndarray:
+    """Start times (seconds since the run's start) of `count` sessions of one month: an hour drawn by its
+    intensity from `hours`, then a uniform time within it from `within` (one stream may be both)."""
+    hour = hours.choice(weights.size, size=count, p=weights / weights.sum())
+    start: np.ndarray = (hour + within.random(count)) * 3600.0
+    if period.first_day:
+        start += period.start_s
+    return start
 
 
 def hourly_intensity(scenario: Scenario, period: Period, with_bursts: bool = True) -> np.ndarray:
@@ -197,16 +220,25 @@ def _messages(
     return t, session_user[session], per_session
 
 
-def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tuple[np.ndarray, np.ndarray]:
-    """Exact repeats and paraphrases of a Zipf-popular catalog; the rest are novel prompts."""
+def prompt_keys(
+    scenario: Scenario,
+    user: np.ndarray,
+    kind: np.random.Generator,
+    slot: np.random.Generator,
+    accept: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact repeats and paraphrases of a Zipf-popular catalog; the rest are novel prompts. Each prompt's
+    kind is a uniform from `kind`, its catalog entry two from `slot` and `accept` (zipf_indices)."""
     prompts = scenario.prompts
     n = user.size
-    draw = streams.prompts.random(n)
+    draw = kind.random(n)
     # The kind of each prompt -- an exact repeat below repeat_share, then a paraphrase, else novel -- as
     # the two masks the keys need.
     repeat = draw < prompts.repeat_share
     novel = ~(repeat | (draw < prompts.repeat_share + prompts.paraphrase_share))
-    catalog_id = zipf_indices(streams.prompts, prompts.catalog_size, prompts.zipf_exponent, n, scratch=draw)
+    catalog_id = zipf_indices(
+        slot, prompts.catalog_size, prompts.zipf_exponent, n, scratch=draw, accept_rng=accept
+    )
     cluster = np.where(novel, -1, catalog_id)
     if scenario.cache.exact.scope == "user":
         catalog_id = user * prompts.catalog_size + catalog_id
@@ -214,18 +246,26 @@ def _prompt_keys(scenario: Scenario, user: np.ndarray, streams: Streams) -> tupl
     return catalog_id, cluster
 
 
-def _contexts(scenario: Scenario, n: int, streams: Streams) -> np.ndarray:
+def contexts(
+    scenario: Scenario,
+    n: int,
+    chain: np.random.Generator,
+    slot: np.random.Generator,
+    accept: np.random.Generator,
+) -> np.ndarray:
+    """Each of `n` messages' chain context (a Zipf-popular one, drawn as in prompt_keys), -1 for a plain
+    message: whether it is a chain is a uniform from `chain`."""
     chains = scenario.prompts.chains
-    draw = streams.prompts.random(n)
+    draw = chain.random(n)
     is_chain = draw < chains.share
     context = zipf_indices(
-        streams.prompts, chains.context_catalog_size, chains.context_zipf_exponent, n, scratch=draw
+        slot, chains.context_catalog_size, chains.context_zipf_exponent, n, scratch=draw, accept_rng=accept
     )
     context[~is_chain] = -1
     return context
 
 
-def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def chain_calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One call per plain message, `steps` calls per chain; the first deterministic_steps are cacheable."""
     chains = scenario.prompts.chains
     is_chain = context >= 0
@@ -243,11 +283,17 @@ def _calls(scenario: Scenario, context: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def zipf_indices(
-    rng: np.random.Generator, size: int, exponent: float, n: int, scratch: np.ndarray | None = None
+    rng: np.random.Generator,
+    size: int,
+    exponent: float,
+    n: int,
+    scratch: np.ndarray | None = None,
+    accept_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """`n` draws from a finite Zipf law over 0..size-1 (item i has weight 1 / (i + 1) ** exponent).
 
-    Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size. `scratch`, a
+    Walker's alias method: two uniforms and two lookups per draw, whatever the catalog size: n slot
+    uniforms from `rng`, then n acceptance uniforms from `accept_rng` (default: `rng` again). `scratch`, a
     float64 array of n the caller no longer needs, takes the uniforms instead of a new array.
     """
     accept, alias = zipf_alias_table(size, exponent)
@@ -255,7 +301,9 @@ def zipf_indices(
     u *= size
     slot = u.astype(np.int64)
     np.minimum(slot, size - 1, out=slot)
-    keep = rng.random(out=u) < accept[slot]  # the second uniforms reuse the first ones' buffer
+    keep = (rng if accept_rng is None else accept_rng).random(out=u) < accept[
+        slot
+    ]  # the second uniforms reuse the first ones' buffer
     picked: np.ndarray = alias[slot]
     np.copyto(picked, slot, where=keep)
     return picked
@@ -284,11 +332,14 @@ def alias_table(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return accept, alias
 
 
-def lognormal_tokens(rng: np.random.Generator, dist: Distribution, n: int) -> np.ndarray:
-    """Whole token counts >= 1 with the distribution's mean."""
+def lognormal_tokens(
+    rng: np.random.Generator, dist: Distribution, n: int, dtype: type[np.integer] | None = None
+) -> np.ndarray:
+    """Whole token counts >= 1 with the distribution's mean, as `dtype` when given (a part of a longer
+    draw must take the whole draw's type), else int32 unless a count needs int64."""
     if dist.sigma == 0:
         count = max(1, round(dist.mean))
-        return np.full(n, count, dtype=np.int32 if count < 2**31 else np.int64)
+        return np.full(n, count, dtype=dtype or (np.int32 if count < 2**31 else np.int64))
     mu = np.log(dist.mean) - dist.sigma**2 / 2
     normal = rng.standard_normal(n, dtype=np.float32)  # float32: twice as fast, ample for token counts
     normal *= np.float32(dist.sigma)
@@ -297,5 +348,7 @@ def lognormal_tokens(rng: np.random.Generator, dist: Distribution, n: int) -> np
     np.rint(normal, out=normal)
     np.maximum(normal, 1, out=normal)
     # int32 (half the memory; sums are taken in int64) unless a count would not fit, as a huge sigma allows.
-    tokens: np.ndarray = normal.astype(np.int32 if normal.max(initial=0) < 2**31 else np.int64)
+    if dtype is None:
+        dtype = np.int32 if normal.max(initial=0) < 2**31 else np.int64
+    tokens: np.ndarray = normal.astype(dtype)
     return tokens

@@ -1,0 +1,74 @@
+"""Blocks spilled by day to real files and read back one day at a time are the whole run's requests and
+calls of that day, in global order, with their dtypes -- in both formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.errors import ArgumentError, InputError
+from sim.io.scenarios import load_scenario
+from sim.io.traffic_spill import CALL_COLUMNS, FORMATS, REQUEST_COLUMNS, SpillFormat, read_day, spill
+from sim.model.randomness import streams_for
+from sim.model.traffic import SECONDS_PER_DAY, Traffic, draw
+from sim.model.traffic_blocks import blocks
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+MAU, DAYS, SEED = 700, 45, 4
+
+
+def expected_day(whole: Traffic, day: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The whole-run arrays' requests of `day` and their calls."""
+    in_day = (whole.t // SECONDS_PER_DAY).astype(np.int64) == day
+    call_in_day = in_day[whole.call_request]
+    requests = {"request": np.flatnonzero(in_day).astype(np.int64)}
+    requests |= {column: getattr(whole, column)[in_day] for column in REQUEST_COLUMNS[1:]}
+    calls = {"call": np.flatnonzero(call_in_day).astype(np.int64)}
+    calls |= {column: getattr(whole, column)[call_in_day] for column in CALL_COLUMNS[1:]}
+    return requests, calls
+
+
+def assert_columns_equal(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert got.keys() == expected.keys()
+    for column, values in expected.items():
+        assert got[column].dtype == values.dtype, column
+        assert np.array_equal(got[column], values), column
+
+
+@pytest.mark.parametrize("users_per_block", [97, 10_000], ids=["blocks-of-97", "one-block-a-month"])
+@pytest.mark.parametrize("spill_format", FORMATS)
+def test_each_day_read_back_is_that_days_slice_of_the_whole_run(
+    tmp_path: Path, spill_format: SpillFormat, users_per_block: int
+) -> None:
+    scenario, _ = load_scenario(SCENARIOS / "launch-spike.toml")  # a burst, chains, two months
+    whole = draw(scenario, MAU, DAYS, streams_for(SEED, MAU, 0))
+    summary = spill(
+        blocks(scenario, MAU, DAYS, streams_for(SEED, MAU, 0), users_per_block), tmp_path, spill_format
+    )
+    request_days = np.unique((whole.t // SECONDS_PER_DAY).astype(np.int64))
+    assert summary.days == tuple(request_days.tolist())
+    assert days_after_the_run(summary.days), "a session that ends after the last day is in the spill too"
+    assert (summary.requests, summary.calls) == (whole.requests, whole.call_request.size)
+    assert summary.bytes == sum(path.stat().st_size for path in tmp_path.rglob("block-*"))
+    for day in summary.days:
+        got = read_day(tmp_path, day, spill_format)
+        requests, calls = expected_day(whole, day)
+        assert_columns_equal(got.requests, requests)
+        assert_columns_equal(got.calls, calls)
+
+
+def days_after_the_run(days: tuple[int, ...]) -> bool:
+    return max(days) >= DAYS
+
+
+def test_a_spill_into_a_used_directory_and_a_day_never_spilled_are_refused(tmp_path: Path) -> None:
+    scenario, _ = load_scenario(SCENARIOS / "levers" / "router.toml")
+    spill(blocks(scenario, 50, 2, streams_for(1, 50, 0), 20), tmp_path)
+    with pytest.raises(InputError, match="already holds a spill"):
+        spill(blocks(scenario, 50, 2, streams_for(1, 50, 0), 20), tmp_path)
+    with pytest.raises(InputError, match="no spilled requests for day 9"):
+        read_day(tmp_path, 9)
+    with pytest.raises(ArgumentError, match="spill_format: one of npy, parquet, got 'csv'"):
+        read_day(tmp_path, 0, "csv")  # type: ignore[arg-type]
