@@ -339,7 +339,7 @@ def test_an_mqtt_application_is_decided_through_the_cluster(
                 status: dict[str, object] = {}
                 async with asyncio.timeout(REPLY_LIMIT_S):
                     async for message in app.messages:
-                        data = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                        data = json.loads(bytes(message.payload))
                         if message.topic.matches("margins/replies/app1"):
                             reply = data
                         else:
