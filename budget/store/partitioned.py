@@ -45,14 +45,18 @@ def is_store(path: Path) -> bool:
     return (path / MANIFEST).exists() or (path / "wal").is_dir()
 
 
-def partition_number(name: str) -> int | None:
-    """p for a directory named `partition=<p>` (decimal, no sign, no leading zero); None for a name that
-    is not a partition's at all; StoreError-worthy names (`partition=x`) give -1."""
-    if not name.startswith(PARTITION_PREFIX):
+def partition_number(entry: Path) -> int | None:
+    """p for a directory named `partition=<p>` (decimal, no sign, no leading zero); None for an entry
+    that does not claim to be a partition; StoreError for one that claims it badly (`partition=x`)."""
+    if not entry.name.startswith(PARTITION_PREFIX):
         return None
-    digits = name[len(PARTITION_PREFIX) :]
-    if not digits.isdecimal() or not digits.isascii() or str(int(digits)) != digits:
-        return -1
+    digits = entry.name[len(PARTITION_PREFIX) :]
+    if not (digits.isascii() and digits.isdecimal()) or str(int(digits)) != digits:
+        raise StoreError(
+            str(entry), f"not a partition directory: expected {PARTITION_PREFIX}<p>, p a decimal number"
+        )
+    if not entry.is_dir():
+        raise StoreError(str(entry), "a partition must be a directory")
     return int(digits)
 
 
@@ -63,16 +67,9 @@ def partition_dirs(root: Path) -> list[tuple[int, Path]]:
         raise StoreError(str(root), "no such directory")
     found: list[tuple[int, Path]] = []
     for entry in sorted(root.iterdir()):
-        number = partition_number(entry.name)
-        if number is None:
-            continue
-        if number < 0:
-            raise StoreError(
-                str(entry), f"not a partition directory: expected {PARTITION_PREFIX}<p>, p a decimal number"
-            )
-        if not entry.is_dir():
-            raise StoreError(str(entry), "a partition must be a directory")
-        found.append((number, entry))
+        number = partition_number(entry)
+        if number is not None:
+            found.append((number, entry))
     if is_store(root):
         if found:
             raise StoreError(
