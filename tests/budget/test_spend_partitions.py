@@ -261,3 +261,11 @@ def test_the_margins_command_names_a_damaged_partition(tmp_path: Path) -> None:
         f"margins spend: event store {root / 'partition=2'}: {rollup.file} is damaged"
     )
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_benchmark_builds_even_partitions_that_agree_with_one_store(tmp_path: Path) -> None:
+    """benchmarks/spend_partitions.py at a small size: the same table from both layouts (it asserts that)."""
+    from benchmarks.spend_partitions import run
+
+    figures = run(events=2_000, partitions=4, repeats=1, directory=str(tmp_path))
+    assert figures["partitions"] == [500, 500, 500, 500]
