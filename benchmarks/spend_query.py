@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from budget.domain.catalog import default_catalog
 from budget.domain.events import USAGE_COLUMNS
-from budget.store.manifest import MANIFEST, Manifest, segment_name, write_atomic
+from budget.store.manifest import MANIFEST, Manifest, read_manifest, segment_name, write_atomic
 from budget.store.queries import SpendReader
 from budget.store.segment_writer import write_segment
 from budget.store.segments import JOURNAL_SCHEMA, USAGE_SCHEMA, merge_rollups, rollup_table
@@ -186,7 +186,7 @@ def run_query_benchmark(
         assert margins_spend() == baseline_query(), "the partitioned store and the baseline disagree"
         spend_p50, spend_best = _timed(margins_spend, repeats)
         base_p50, base_best = _timed(baseline_query, repeats)
-        month_rows = sum(s.rows for s in SpendReader(root).manifest.usage if s.month == this_month)
+        month_rows = sum(s.rows for s in read_manifest(root).usage if s.month == this_month)
         return {
             "events": float(events),
             "months": float(months),

@@ -1,4 +1,5 @@
-"""`margins spend`: live spend from a store's Parquet segments, from any process, while the enforcer runs."""
+"""`margins spend`: live spend from a store's Parquet segments (or every partition's, under a partitioned
+root), from any process, while the enforcer runs."""
 
 from __future__ import annotations
 
@@ -22,7 +23,13 @@ FORMATS = ("table", "json", "csv")
 
 
 @click.command("spend")
-@click.option("--store", "store", required=True, type=click.Path(path_type=Path), help="The event store.")
+@click.option(
+    "--store",
+    "store",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The event store, or a partitioned root holding one per partition (partition=<p>/).",
+)
 @click.option("--month", default=None, help="YYYY-MM (default: the current UTC month).")
 @click.option("--user", default=None, help="One user: their months, or with --by their breakdown.")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(1, 10_000_000), help="Rows.")
@@ -58,6 +65,12 @@ def spend(
     1e-9 USD; --month narrows them to that month). Spend by user shows each user's cap and the % of it
     spent: the cap an admin last set (from the store), else with --config the user's plan's or the
     default cap, else "-". Bad input: one message, exit code 2.
+
+    A partitioned root (STORE/partition=<p>/, one store per partition, p = 0, 1, ...) is read as one: the
+    same views over the union of every partition's files, each partition read at its own cut. A user is
+    in one partition, so per-user figures are exact; totals are the sum of N cuts taken a few ms apart.
+    An empty partition directory (an enforcer that just took it) counts as no events. Local paths only
+    (a network file system mounted as a path works; object storage does not).
     """
     from budget.service.settings import load_config
     from budget.store.queries import SpendReader, check_month

@@ -1,4 +1,5 @@
-"""The SQL views and named queries behind `margins spend`, read in place from a store's Parquet segments.
+"""The SQL views and named queries behind `margins spend`, read in place from a store's Parquet segments
+(or from every partition's store under a partitioned root: the same views over the union of their files).
 
 A reader never opens the store for writing: it takes the manifest (a consistent list of immutable files,
 see budget/store/manifest.py) and lets an in-memory DuckDB read those files, so it works while the enforcer
@@ -37,8 +38,8 @@ from budget.domain.events import USAGE_COLUMNS
 from budget.domain.prices import nanos_to_usd_text
 from budget.errors import QueryError
 from budget.store.integrity import verify_segments
-from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Manifest, Segment
-from budget.store.recovery import settled_survey
+from budget.store.manifest import JOURNAL_COLUMNS, ROLLUP_COLUMNS, Segment
+from budget.store.partitioned import StoreCut, take_cuts
 
 By = Literal["user", "model", "feature", "day"]
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -143,6 +144,12 @@ def _parquet(files: Sequence[Path], columns: dict[str, str]) -> str:
 class SpendReader:
     """A read-only view of a store at one manifest: DuckDB views over its segments.
 
+    `root` may also be a partitioned root (`root/partition=<p>/`, one store each; see
+    budget.store.partitioned): then each view is the union of every partition's segments, each partition
+    read at its own cut. A user lives in one partition, so per-user figures are exact; totals over users
+    are the sum of N cuts taken a few ms apart. `journal.seq` counts within each partition: over a
+    partitioned root seqs repeat across partitions, so order by seq only within one user.
+
     `month` narrows `usage` (and so every spend view) to that month's partition, read from the manifest
     without opening other months' files. A view is created when the first query that reads it runs:
     binding a view over Parquet files costs more than a small query, and `margins spend --top` reads
@@ -153,15 +160,17 @@ class SpendReader:
         self.root = Path(root)
         if month is not None:
             check_month(month)
-        self.manifest: Manifest = settled_survey(self.root, decode_log=False).manifest
+        # One cut per store: the store itself, or each partition of a partitioned root (a few ms apart).
+        self.cuts: list[StoreCut] = take_cuts(self.root)
         self.db = duckdb.connect(":memory:")
-        self._segments: dict[str, tuple[list[Segment], dict[str, str]]] = {
-            "usage": ([s for s in self.manifest.usage if month is None or s.month == month], USAGE_COLUMNS),
-            "rollup": (
-                [s for s in self.manifest.rollup if month is None or s.month == month],
-                ROLLUP_COLUMNS,
-            ),
-            "journal": (list(self.manifest.journal), JOURNAL_COLUMNS),
+
+        def of_month(segments: list[Segment]) -> list[Segment]:
+            return [s for s in segments if month is None or s.month == month]
+
+        self._segments: dict[str, tuple[list[tuple[Path, list[Segment]]], dict[str, str]]] = {
+            "usage": ([(c.root, of_month(c.manifest.usage)) for c in self.cuts], USAGE_COLUMNS),
+            "rollup": ([(c.root, of_month(c.manifest.rollup)) for c in self.cuts], ROLLUP_COLUMNS),
+            "journal": ([(c.root, list(c.manifest.journal)) for c in self.cuts], JOURNAL_COLUMNS),
         }
         self._created: set[str] = set()
 
@@ -171,9 +180,11 @@ class SpendReader:
             if name in self._created:
                 continue
             if name in self._segments:
-                segments, columns = self._segments[name]
-                verify_segments(self.root, segments)
-                files = [self.root / s.file for s in segments]
+                stores, columns = self._segments[name]
+                files: list[Path] = []
+                for root, segments in stores:
+                    verify_segments(root, segments)
+                    files += [root / s.file for s in segments]
                 self.db.execute(f"CREATE VIEW {name} AS SELECT * FROM {_parquet(files, columns)}")
             else:
                 sql, reads = _DERIVED_VIEWS[name]
