@@ -16,11 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from nats.js import JetStreamContext
 
 from budget.domain.catalog import default_catalog
 from budget.domain.events import Event, ReservationGranted, UsageRecorded
 from budget.jetstream.partitions import partition_of
+from sim.cli import main as margins
 from tests.budget.mqtt_helpers import mqtt, usage_body
 from tests.budget.nats_cluster import NatsCluster, NatsNode
 from tests.budget.partitioned_helpers import (
@@ -210,6 +212,12 @@ def test_a_sigkilled_enforcers_partitions_are_taken_over_and_nothing_is_lost_or_
     events = stored_events(tmp_path / "store", partitions)
     check_exact(events, expected, partitions)
     check_caps(events, replies)
+    # `margins spend` over the enforcers' store root: one view over every partition's segments
+    month = datetime.now(UTC).strftime("%Y-%m")
+    args = ["spend", "--store", str(tmp_path / "store"), "--month", month, "--top", "100", "--format", "json"]
+    result = CliRunner().invoke(margins, args)
+    assert result.exit_code == 0, result.output
+    assert {row["user_id"]: row["spent_nanos"] for row in json.loads(result.stdout)} == dict(expected)
 
 
 def busiest_node(cluster: NatsCluster) -> NatsNode:
