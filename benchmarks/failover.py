@@ -22,27 +22,22 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from budget.jetstream.partitions import partition_of
 from budget.jetstream.streams import ensure_partition_streams
 from tests.budget.enforcer_process import CAPS_TOML
 from tests.budget.mqtt_helpers import usage_body
-from tests.budget.nats_cluster import NatsCluster, NatsNode
+from tests.budget.nats_cluster import NatsCluster
 from tests.budget.partitioned_helpers import (
     PartitionedProcess,
     authorize_until_answered,
     connected,
     publish_all,
-    wait_for_owners,
+    user_in,
     wait_until_decided,
+    wait_until_held_by,
 )
-
-
-def user_in(partition: int, partitions: int, salt: str) -> str:
-    return next(u for u in (f"{salt}{i}" for i in range(10_000)) if partition_of(u, partitions) == partition)
 
 
 def usage(count: int, tag: str) -> list[tuple[str, bytes, str]]:
@@ -87,21 +82,6 @@ async def decided_seconds(cluster: NatsCluster) -> float:
     return time.monotonic() - started
 
 
-async def owners_are(cluster: NatsCluster, holds: Callable[[set[str | None]], bool]) -> None:
-    async with connected(cluster) as (_nc, js):
-        await wait_for_owners(js, cluster.partitions, lambda owners: holds(set(owners.values())))
-
-
-def busiest(cluster: NatsCluster) -> NatsNode:
-    counts: dict[str, int] = {}
-    for node in cluster.running():
-        for name, leader in node.jsz_streams().items():
-            if name.startswith(("MARGINS_", "KV_")) and leader:
-                counts[leader] = counts.get(leader, 0) + 1
-    name = max(counts, key=counts.__getitem__) if counts else cluster.nodes[0].name
-    return next(node for node in cluster.nodes if node.name == name)
-
-
 def one_round(directory: Path, events: int, lease_ttl: float) -> dict[str, float]:
     cluster = NatsCluster(directory / "nats")
     caps = directory / "caps.toml"
@@ -115,7 +95,7 @@ def one_round(directory: Path, events: int, lease_ttl: float) -> dict[str, float
         stored = asyncio.run(publish_seconds(cluster, usage(events, "b")))  # nobody consumes yet
         figures["cluster stores usage/s (no enforcer)"] = events / stored
         alpha.start()
-        asyncio.run(owners_are(cluster, lambda owners: owners == {"alpha"}))
+        wait_until_held_by(cluster, "alpha")
         decided = asyncio.run(decided_seconds(cluster))
         figures["one enforcer decides usage/s (4 partitions)"] = events / decided
         figures["authorization in every partition, nothing killed (s)"] = asyncio.run(
@@ -126,8 +106,8 @@ def one_round(directory: Path, events: int, lease_ttl: float) -> dict[str, float
         figures["enforcer SIGKILL -> every partition answers (s)"] = asyncio.run(
             answered_in_every_partition(cluster, "kill")
         )
-        asyncio.run(owners_are(cluster, lambda owners: owners == {"beta"}))
-        cluster.sigkill(busiest(cluster))
+        wait_until_held_by(cluster, "beta")
+        cluster.sigkill(cluster.busiest_node())
         figures["NATS node SIGKILL -> every partition answers (s)"] = asyncio.run(
             answered_in_every_partition(cluster, "node")
         )

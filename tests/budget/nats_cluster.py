@@ -143,6 +143,17 @@ class NatsCluster:
             time.sleep(0.1)
         raise TimeoutError(f"the NATS cluster in {self.directory} had no JetStream leader within {limit_s}s")
 
+    def busiest_node(self) -> NatsNode:
+        """The running node leading the most of margins' streams (the lease bucket's included): losing it
+        stalls the most."""
+        leaders: dict[str, int] = {}
+        for node in self.running():
+            for name, leader in node.jsz_streams().items():
+                if leader and name.startswith(("MARGINS_", "KV_")):
+                    leaders[leader] = leaders.get(leader, 0) + 1
+        name = max(leaders, key=leaders.__getitem__) if leaders else self.running()[0].name
+        return next(node for node in self.nodes if node.name == name)
+
     def sigkill(self, node: NatsNode) -> None:
         """Kill one node the way a crash would: no goodbye to the others."""
         assert node.proc is not None

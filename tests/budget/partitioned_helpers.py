@@ -27,7 +27,7 @@ from nats.js.errors import KeyNotFoundError, NoStreamResponseError
 from budget.domain.events import Event
 from budget.jetstream.kv_lease import open_lease_bucket
 from budget.jetstream.lease import decode_owner
-from budget.jetstream.partitions import lease_key
+from budget.jetstream.partitions import lease_key, partition_of
 from budget.partitioned.enforcer import READY_LOG
 from budget.partitioned.owner import partition_store
 from tests.budget.broker import REPO
@@ -233,3 +233,31 @@ async def authorize_until_answered(
             except (*TRANSIENT, nats.errors.Error):
                 await asyncio.sleep(0.1)
     raise AssertionError("unreachable")
+
+
+def user_in(partition: int, partitions: int, prefix: str = "a") -> str:
+    """A user id (`prefix` + a number) the cluster puts in `partition`."""
+    return next(
+        u for u in (f"{prefix}{i}" for i in range(10_000)) if partition_of(u, partitions) == partition
+    )
+
+
+def wait_until_held_by(cluster: NatsCluster, *owners: str) -> None:
+    """Until every partition's lease is held, by exactly `owners` between them."""
+
+    async def wait() -> None:
+        async with connected(cluster) as (_nc, js):
+            await wait_for_owners(js, cluster.partitions, lambda held: set(held.values()) == set(owners))
+
+    asyncio.run(wait())
+
+
+def publish_and_decide(cluster: NatsCluster, messages: Sequence[tuple[str, bytes, str]]) -> None:
+    """Publish `messages` and wait until every one is decided."""
+
+    async def run() -> None:
+        async with connected(cluster) as (_nc, js):
+            await publish_all(js, messages)
+            await wait_until_decided(js, cluster.partitions)
+
+    asyncio.run(run())

@@ -22,19 +22,24 @@ from nats.js import JetStreamContext
 from budget.domain.catalog import default_catalog
 from budget.domain.events import Event, ReservationGranted, UsageRecorded
 from budget.jetstream.partitions import partition_of
+from budget.partitioned.owner import partition_store
 from sim.cli import main as margins
 from tests.budget.mqtt_helpers import mqtt, usage_body
-from tests.budget.nats_cluster import NatsCluster, NatsNode
+from tests.budget.nats_cluster import NatsCluster
 from tests.budget.partitioned_helpers import (
     PartitionedProcess,
     authorize,
     authorize_until_answered,
     connected,
     publish_all,
+    publish_and_decide,
     stored_events,
+    user_in,
     wait_for_owners,
     wait_until_decided,
+    wait_until_held_by,
 )
+from tests.budget.store_helpers import replayed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -72,7 +77,7 @@ def usage_messages(count: int, seed: int) -> tuple[list[tuple[str, bytes, str]],
     return messages, expected
 
 
-def check_exact(events: list[Event], expected: Counter[str], partitions: int) -> None:
+def check_exact(events: list[Event], expected: Counter[str]) -> None:
     """Every usage event once, in the partition of its user, each user's spend to the nano-dollar."""
     usage = [e for e in events if isinstance(e, UsageRecorded)]
     ids = [e.event_id for e in usage]
@@ -81,11 +86,6 @@ def check_exact(events: list[Event], expected: Counter[str], partitions: int) ->
     for event in usage:
         spent[event.user_id] += event.cost_nanos
     assert spent == expected
-    return None
-
-
-def user_in(partition: int, partitions: int) -> str:
-    return next(u for u in (f"a{index}" for index in range(1000)) if partition_of(u, partitions) == partition)
 
 
 def test_one_enforcer_decides_every_partition_exactly(
@@ -112,10 +112,14 @@ def test_one_enforcer_decides_every_partition_exactly(
     finally:
         enforcer.kill()
     events = stored_events(enforcer.store, partitions)
-    check_exact(events, expected, partitions)
-    for event in events:  # each partition's store holds its own users only
-        if isinstance(event, UsageRecorded):
-            assert partition_of(event.user_id, partitions) in range(partitions)
+    check_exact(events, expected)
+    for partition in range(partitions):  # each partition's store holds its own users' usage only
+        users = {
+            e.user_id
+            for e in replayed(partition_store(enforcer.store, partition))
+            if isinstance(e, UsageRecorded)
+        }
+        assert users and {partition_of(user, partitions) for user in users} == {partition}
     granted = [e for e in events if isinstance(e, ReservationGranted)]
     assert len(granted) == partitions
 
@@ -187,22 +191,11 @@ def test_a_sigkilled_enforcers_partitions_are_taken_over_and_nothing_is_lost_or_
     messages, expected = usage_messages(1200, seed=2)
     try:
         alpha.start()
-
-        async def prepare() -> None:
-            async with connected(nats_cluster) as (_nc, js):
-                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
-                await publish_all(js, prespend_carol(expected))
-                await wait_until_decided(js, partitions)
-
-        asyncio.run(prepare())
+        wait_until_held_by(nats_cluster, "alpha")
+        publish_and_decide(nats_cluster, prespend_carol(expected))
         beta.start()  # every partition is held: beta watches
         answered_s, replies = asyncio.run(through_a_failover(nats_cluster, messages, alpha.kill))
-
-        async def owners() -> dict[int, str | None]:
-            async with connected(nats_cluster) as (_nc, js):
-                return await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"beta"})
-
-        asyncio.run(owners())
+        wait_until_held_by(nats_cluster, "beta")
         assert beta.terminate() == 0
     finally:
         alpha.kill()
@@ -210,7 +203,7 @@ def test_a_sigkilled_enforcers_partitions_are_taken_over_and_nothing_is_lost_or_
     print(f"every partition answered again {answered_s:.2f} s after the SIGKILL")
     assert answered_s < TAKEOVER_LIMIT_S
     events = stored_events(tmp_path / "store", partitions)
-    check_exact(events, expected, partitions)
+    check_exact(events, expected)
     check_caps(events, replies)
     # `margins spend` over the enforcers' store root: one view over every partition's segments
     month = datetime.now(UTC).strftime("%Y-%m")
@@ -218,18 +211,6 @@ def test_a_sigkilled_enforcers_partitions_are_taken_over_and_nothing_is_lost_or_
     result = CliRunner().invoke(margins, args)
     assert result.exit_code == 0, result.output
     assert {row["user_id"]: row["spent_nanos"] for row in json.loads(result.stdout)} == dict(expected)
-
-
-def busiest_node(cluster: NatsCluster) -> NatsNode:
-    """The node leading the most of margins' streams (the lease bucket's included): losing it stalls the
-    most."""
-    leaders: Counter[str] = Counter()
-    for node in cluster.running():
-        report = node.jsz_streams()
-        for name, leader in report.items():
-            leaders[leader] += 1 if name.startswith(("MARGINS_", "KV_")) else 0
-    name = leaders.most_common(1)[0][0] if leaders else cluster.nodes[0].name
-    return next(node for node in cluster.nodes if node.name == name)
 
 
 def test_the_loss_of_one_nats_node_of_three_loses_nothing_and_doubles_nothing(
@@ -240,15 +221,9 @@ def test_the_loss_of_one_nats_node_of_three_loses_nothing_and_doubles_nothing(
     messages, expected = usage_messages(1200, seed=3)
     try:
         alpha.start()
-
-        async def prepare() -> None:
-            async with connected(nats_cluster) as (_nc, js):
-                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
-                await publish_all(js, prespend_carol(expected))
-                await wait_until_decided(js, partitions)
-
-        asyncio.run(prepare())
-        victim = busiest_node(nats_cluster)
+        wait_until_held_by(nats_cluster, "alpha")
+        publish_and_decide(nats_cluster, prespend_carol(expected))
+        victim = nats_cluster.busiest_node()
         answered_s, replies = asyncio.run(
             through_a_failover(nats_cluster, messages, lambda: nats_cluster.sigkill(victim))
         )
@@ -258,7 +233,7 @@ def test_the_loss_of_one_nats_node_of_three_loses_nothing_and_doubles_nothing(
     print(f"every partition answered again {answered_s:.2f} s after the SIGKILL of NATS node {victim.name}")
     assert answered_s < TAKEOVER_LIMIT_S
     events = stored_events(tmp_path / "store", partitions)
-    check_exact(events, expected, partitions)
+    check_exact(events, expected)
     check_caps(events, replies)
 
 
@@ -279,14 +254,8 @@ def test_a_paused_enforcer_is_fenced_out_and_its_successor_counts_exactly(
 
     try:
         alpha.start()
-
-        async def prepare() -> None:
-            async with connected(nats_cluster) as (_nc, js):
-                await wait_for_owners(js, partitions, lambda owners: set(owners.values()) == {"alpha"})
-                await publish_all(js, prespend_carol(expected))
-                await wait_until_decided(js, partitions)
-
-        asyncio.run(prepare())
+        wait_until_held_by(nats_cluster, "alpha")
+        publish_and_decide(nats_cluster, prespend_carol(expected))
         beta.start()
         answered_s, replies = asyncio.run(
             through_a_failover(
@@ -306,7 +275,7 @@ def test_a_paused_enforcer_is_fenced_out_and_its_successor_counts_exactly(
     print(f"every partition answered again {answered_s:.2f} s after the SIGSTOP")
     assert "is no longer decided here" in alpha.log.read_text()
     events = stored_events(tmp_path / "store", partitions)
-    check_exact(events, expected, partitions)
+    check_exact(events, expected)
     check_caps(events, replies)
 
 
