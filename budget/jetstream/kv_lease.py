@@ -59,9 +59,10 @@ class KvLease:
         self._clock = clock
         self._sighting: Sighting | None = None
 
-    async def try_acquire(self) -> Held | None:
-        """The lease, if it is free or its holder let a whole TTL pass without renewing; else None (also
-        when another contender's write got there first)."""
+    async def try_acquire(self, may_create: bool = True) -> Held | None:
+        """The lease, if its holder let a whole TTL pass without renewing, or if it is free and
+        `may_create`; else None (also when another contender's write got there first). A free lease is
+        left to others by a process that holds its share already; an abandoned one never is."""
         now = self._clock()
         try:
             entry = await self._kv.get(self.key)
@@ -70,7 +71,7 @@ class KvLease:
             owner, revision = None, None
         self._sighting = observe(self._sighting, owner, revision, now)
         move = next_move(self._sighting, now, self.terms)
-        if move is Move.WAIT:
+        if move is Move.WAIT or (move is Move.CREATE and not may_create):
             return None
         sent_at = self._clock()
         try:

@@ -17,6 +17,7 @@ journal append is fenced by the store for that case (README, "Scaling out").
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -100,3 +101,15 @@ def encode_owner(owner: str) -> bytes:
 def decode_owner(value: bytes | None) -> str:
     """The owner named by a lease value (one that is not UTF-8 is shown escaped, never raised on)."""
     return (value or b"").decode(errors="backslashreplace")
+
+
+def fair_share(partitions: int, members: int) -> int:
+    """How many partitions one of `members` live enforcers takes of its own accord: N / members, rounded
+    up, so that together they hold every partition."""
+    return -(-partitions // max(1, members))
+
+
+def beyond_share(held: Iterable[int], share: int) -> list[int]:
+    """The partitions a holder gives up to come down to `share` (its highest-numbered ones: any choice is
+    fair, and a fixed one keeps two holders from trading the same partitions back and forth)."""
+    return sorted(held)[share:]

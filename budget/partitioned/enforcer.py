@@ -2,11 +2,14 @@
 partitions whose lease it holds (budget.partitioned.owner) and watching the others' leases to take over a
 partition whose owner stopped renewing.
 
-Every partition has a contender loop here: it reads the partition's lease every `read_every_s`; when the
-lease is free, or its holder let a whole TTL pass without renewing, it takes it (the key-value store
-decides between two contenders) and runs a PartitionOwner until the lease is lost or the process stops.
-Which process holds which partition is first come, first served; `max_partitions` caps how many one
-process takes (so a second process started later gets the rest, or takes over when the first dies).
+Every partition has a contender loop here: it reads the partition's lease every `read_every_s`; when its
+holder let a whole TTL pass without renewing, it takes it over at once, and when the lease is free it
+takes it if this process holds fewer than its fair share (the key-value store decides between two
+contenders); then it runs a PartitionOwner until the lease is lost, the process stops, or the partition
+is given up. The share is N over the enforcers alive (each announces itself: budget.jetstream.members), so
+a second enforcer started beside a first that holds everything gets half: the first gives up the
+partitions beyond its share (cleanly: commit, snapshot, release) and the second takes them.
+`max_partitions` caps how many one process holds, whatever the share.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from budget.domain.config import EnforcerConfig
 from budget.domain.prices import PriceCatalog
 from budget.errors import JournalError, LeaseLost, StoreError
 from budget.jetstream.kv_lease import KvLease, open_lease_bucket
-from budget.jetstream.lease import LeaseTerms
+from budget.jetstream.lease import LeaseTerms, beyond_share, fair_share
+from budget.jetstream.members import announce, live_members, open_members_bucket
 from budget.jetstream.partitions import lease_key
 from budget.jetstream.streams import ensure_partition_streams
 from budget.partitioned.owner import PartitionOwner
@@ -39,6 +43,8 @@ log = logging.getLogger("margins.enforce")
 
 READY_LOG = "partitioned enforcer ready"
 JS_TIMEOUT_S = 5.0
+# An enforcer not heard from for this many lease TTLs is no longer counted when sharing partitions out.
+MEMBER_EXPIRY_TTLS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,8 @@ class PartitionedEnforcer:
         self._prices = prices if prices is not None else config.catalog()
         self._snapshot_every = snapshot_every_events
         self.owned: dict[int, PartitionOwner] = {}
+        self.share = cluster.partitions  # until the members are counted
+        self._give_up: dict[int, asyncio.Event] = {}  # set: give that partition up to balance
         self._stop = asyncio.Event()
         self._nc: NatsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,10 +102,13 @@ class PartitionedEnforcer:
         js = self._nc.jetstream(timeout=JS_TIMEOUT_S)
         await ensure_partition_streams(js, c.partitions, c.replicas)
         kv = await open_lease_bucket(js, c.replicas)
+        members = await open_members_bucket(js, MEMBER_EXPIRY_TTLS * c.terms.ttl_s, c.replicas)
+        await self._count_members(members)
         self._tasks = [
             asyncio.create_task(self._contend(js, kv, partition), name=f"margins-contend-{partition}")
             for partition in range(c.partitions)
         ]
+        self._tasks.append(asyncio.create_task(self._balance(members), name="margins-balance"))
         servers = ", ".join(c.servers)
         log.info("%s: %s contends for %d partitions on %s", READY_LOG, c.owner, c.partitions, servers)
         return self
@@ -140,15 +151,38 @@ class PartitionedEnforcer:
             if task is not stop and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
+    async def _count_members(self, members: KeyValue) -> None:
+        """Announce this process, count the live ones, and set this process's share from them."""
+        c = self.cluster
+        await announce(members, c.owner)
+        share = fair_share(c.partitions, await live_members(members))
+        self.share = share if c.max_partitions is None else min(share, c.max_partitions)
+
+    async def _balance(self, members: KeyValue) -> None:
+        """Keep announcing this process; give up the partitions beyond its share when more enforcers live."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.cluster.terms.renew_every_s)
+            try:
+                await self._count_members(members)
+            except (nats.errors.Error, TimeoutError) as error:  # the bucket electing a leader: keep the share
+                self._throttle.warning("members", "NATS: counting the live enforcers failed (%r)", error)
+                continue
+            for partition in beyond_share(self.owned, self.share):
+                if not self._give_up[partition].is_set():
+                    log.info("partition %d: giving it up to balance (a share is %d)", partition, self.share)
+                    self._give_up[partition].set()
+
     async def _contend(self, js: JetStreamContext, kv: KeyValue, partition: int) -> None:
-        """Take the partition whenever it is free or abandoned, and decide it while it is ours."""
+        """Take the partition whenever it is abandoned, or free while this process holds less than its
+        share; decide it while it is ours."""
         c = self.cluster
         lease = KvLease(kv, lease_key(partition), c.owner, c.terms)
         while not self._stop.is_set():
             held = None
             if c.max_partitions is None or len(self.owned) < c.max_partitions:
                 with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    held = await lease.try_acquire()
+                    held = await lease.try_acquire(may_create=len(self.owned) < self.share)
             if held is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), c.read_every_s)
@@ -166,20 +200,24 @@ class PartitionedEnforcer:
                 snapshot_every_events=self._snapshot_every,
             )
             self.owned[partition] = owner
+            self._give_up[partition] = asyncio.Event()
             try:
-                await self._decide(owner)
+                await self._decide(owner, self._give_up[partition])
             finally:
                 del self.owned[partition]
                 await owner.close()
 
-    async def _decide(self, owner: PartitionOwner) -> None:
-        """Take the partition over and decide it until the process stops or the lease is lost."""
+    async def _decide(self, owner: PartitionOwner, give_up: asyncio.Event) -> None:
+        """Take the partition over and decide it until the process stops, the lease is lost or the
+        partition is to be given up."""
         try:
             await owner.take()
             stop = asyncio.create_task(self._stop.wait())
+            given_up = asyncio.create_task(give_up.wait())
             running = asyncio.create_task(owner.run())
-            await asyncio.wait([stop, running], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([stop, given_up, running], return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            given_up.cancel()
             if running.done():
                 running.result()  # raises what ended it
             else:

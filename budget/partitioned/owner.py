@@ -153,11 +153,16 @@ class PartitionOwner:
             asyncio.create_task(self._committer(), name=f"margins-commit-{self.partition}"),
             asyncio.create_task(self._expiry_loop(), name=f"margins-expiry-{self.partition}"),
         ]
+        snapshot = (
+            "no snapshot" if restored.snapshot_seq is None else f"snapshot at seq {restored.snapshot_seq}"
+        )
         log.info(
-            "partition %d taken (token %d) in %s: %d events restored from the store, %d from the journal",
+            "partition %d taken (token %d) in %s: restored from the store (%s + %d events), %d events from "
+            "the journal",
             self.partition,
             self._held.token,
             clock,
+            snapshot,
             restored.replayed,
             caught_up,
         )

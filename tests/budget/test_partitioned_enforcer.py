@@ -332,3 +332,44 @@ def test_an_mqtt_application_is_decided_through_the_cluster(
         enforcer.kill()
     assert reply["request_id"] == "q1" and reply["decision"] == "allow"
     assert status["user_id"] == "alice"
+
+
+def test_a_second_enforcer_gets_half_the_partitions_and_nothing_is_lost_in_the_handover(
+    nats_cluster: NatsCluster, tmp_path: Path, caps_file: Path
+) -> None:
+    """alpha holds every partition; beta joins while usage flows; alpha gives up the partitions beyond its
+    share (commit, snapshot, release) and beta takes them: two each, every report counted once."""
+    partitions = nats_cluster.partitions
+    alpha = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "alpha")
+    beta = PartitionedProcess(nats_cluster, tmp_path / "store", caps_file, "beta")
+    messages, expected = usage_messages(1200, seed=5)
+
+    async def two_each(js: JetStreamContext) -> None:
+        await wait_for_owners(
+            js,
+            partitions,
+            lambda owners: Counter(owners.values()) == {"alpha": 2, "beta": 2},
+        )
+
+    try:
+        alpha.start()
+        wait_until_held_by(nats_cluster, "alpha")
+
+        async def scenario() -> None:
+            async with connected(nats_cluster) as (_nc, js):
+                publishing = asyncio.create_task(publish_all(js, messages, pace_s=0.02))
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(beta.start)
+                await two_each(js)
+                await publishing
+                await wait_until_decided(js, partitions)
+                await two_each(js)  # and it stays so
+
+        asyncio.run(scenario())
+        assert alpha.terminate() == 0
+        assert beta.terminate() == 0
+    finally:
+        alpha.kill()
+        beta.kill()
+    assert alpha.log.read_text().count("giving it up to balance") == 2
+    check_exact(stored_events(tmp_path / "store", partitions), expected)
