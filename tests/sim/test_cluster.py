@@ -18,8 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from sim import workbench
-from sim.cli import extras, main
-from sim.cli import workbench as commands
+from sim.cli import extras, main, placement
 from sim.errors import ArgumentError, ClusterError
 from sim.workbench import dask_cluster
 from sim.workbench.executor import parse_cluster, run_points
@@ -192,7 +191,7 @@ def test_a_cluster_left_without_workers_stops_the_sweep_with_one_error() -> None
 
 def test_without_the_cluster_extra_the_message_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     installed = extras.extra_installed
-    monkeypatch.setattr(commands, "extra_installed", lambda extra: extra != "cluster" and installed(extra))
+    monkeypatch.setattr(placement, "extra_installed", lambda extra: extra != "cluster" and installed(extra))
     args = ["sweep", OPTIMIZED, *GRID, *SMALL, "--executor", "dask://127.0.0.1:8786"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
