@@ -217,7 +217,8 @@ def _forecast(
         days_run,
         seed,
         replications,
-        on_run=ran,
+        # Runs made elsewhere come back whole only to be written: otherwise only their summaries do.
+        on_run=ran if writer is not None or execute is None else None,
         on_phase=note,
         execute=execute,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -13,6 +14,7 @@ from click.testing import CliRunner
 
 from sim.cli import main
 from sim.model.forecast import Replication, forecast, replicate
+from sim.workbench import executor
 from sim.workbench.executor import run_replications
 from tests.budget.broker import free_port
 from tests.sim.local_cluster import LocalCluster, tasks_run
@@ -163,3 +165,21 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_1(tmp_path: Path) -> None
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"margins: {url}: cannot reach the scheduler at tcp://127.0.0.1:")
+
+
+@pytest.mark.parametrize(("out", "whole"), [(False, False), (True, True)])
+def test_runs_come_back_whole_only_to_be_written(
+    out: bool, whole: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[bool] = []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        asked.append(args[5])  # keep_runs
+        return run_replications(*args, **kwargs)
+
+    monkeypatch.setattr(executor, "run_replications", recording)
+    file = ["--out", str(tmp_path / "f.duckdb")] if out else []
+    invoke(
+        "simulate", OPTIMIZED, "--mau", "100", "--days", "2", "--replications", "2", "--workers", "2", *file
+    )
+    assert asked == [whole]
