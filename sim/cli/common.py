@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from sim.model.forecast import Forecast
     from sim.model.run import RunResult
     from sim.model.scenario import Scenario
+    from sim.workbench.executor import Cluster
 
 T = TypeVar("T")
 
@@ -112,13 +113,17 @@ def run_forecasts(
     replications: int,
     out: Path | None,
     show_progress: bool = False,
+    workers: int | None = None,
+    cluster: Cluster | None = None,
 ) -> list[Forecast]:
     """Forecast each scenario file, writing every run into `out` (DuckDB) when given.
 
     Every file is loaded (and checked) before the first run. With `show_progress`, a bar on stderr
-    counts the runs -- scenarios x MAU levels x replications -- and names the run and its phase.
+    counts the runs -- scenarios x MAU levels x replications -- and names the run and its phase. The runs
+    go to `cluster` when given, to a pool of `workers` processes when more than one (a scenario's runs at
+    a time), else run here one after another; the result is the same to the byte.
     """
-    from sim.errors import SimError
+    from sim.errors import ClusterError, SimError
     from sim.io.progress import progress_bar
     from sim.io.scenarios import load_scenario
 
@@ -136,9 +141,23 @@ def run_forecasts(
     try:
         with progress_bar("compare" if len(paths) > 1 else "simulate", "run", show_progress, runs) as bar:
             return [
-                _forecast(scenario, catalog, mau, days, seed, replications, writer, bar, len(paths) > 1)
+                _forecast(
+                    scenario,
+                    catalog,
+                    mau,
+                    days,
+                    seed,
+                    replications,
+                    writer,
+                    bar,
+                    len(paths) > 1,
+                    workers,
+                    cluster,
+                )
                 for scenario, catalog in loaded
             ]
+    except ClusterError as error:
+        stop(str(error))
     finally:
         if writer is not None:
             writer.close()
@@ -154,32 +173,74 @@ def _forecast(
     writer: ForecastWriter | None,
     bar: Progress,
     name_it: bool,
+    workers: int | None,
+    cluster: Cluster | None,
 ) -> Forecast:
     """One scenario's forecast; the bar advances a run at a time and notes the phase (prefixed with the
     scenario's name when `name_it`)."""
-    from sim.model.forecast import forecast
+    from sim.model.forecast import Execute, Replicated, Replication, forecast
 
     prefix = f"{scenario.name}, " if name_it else ""
 
     def note(phase: str) -> None:
         bar.note(prefix + phase)
 
+    execute: Execute | None = None
+    if cluster is not None or (workers or 1) > 1:
+        from sim.workbench.executor import run_replications
+
+        def execute(plan: Sequence[Replication], keep_runs: bool) -> list[Replicated]:
+            return run_replications(
+                scenario,
+                catalog,
+                days_run,
+                seed,
+                plan,
+                keep_runs,
+                workers or 1,
+                cluster,
+                _Prefixed(bar, prefix),
+            )
+
     def ran(run: RunResult) -> None:
         if writer is not None:
             note(f"{run.traffic.mau:,} MAU: writing its events")
             writer.write_run(run)
-        bar.advance()
+        if execute is None:  # elsewhere, the bar advanced as each run came back
+            bar.advance()
 
+    days_run = days or scenario.traffic.days
     result = forecast(
         scenario,
         catalog,
         mau or scenario.traffic.mau,
-        days or scenario.traffic.days,
+        days_run,
         seed,
         replications,
-        on_run=ran,
+        # Runs made elsewhere come back whole only to be written: otherwise only their summaries do.
+        on_run=ran if writer is not None or execute is None else None,
         on_phase=note,
+        execute=execute,
     )
     if writer is not None:
         writer.write_forecast(result)
     return result
+
+
+class _Prefixed:
+    """A progress bar whose notes name the scenario (for `compare`), for the runs sent elsewhere."""
+
+    def __init__(self, bar: Progress, prefix: str) -> None:
+        self._bar, self._prefix = bar, prefix
+
+    def expect(self, total: int) -> None:
+        self._bar.expect(total)
+
+    def advance(self, units: int = 1) -> None:
+        self._bar.advance(units)
+
+    def note(self, text: str) -> None:
+        self._bar.note(self._prefix + text)
+
+    def say(self, line: str) -> None:
+        self._bar.say(line)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sim.cli.common import fail, forecast_options, run_forecasts
+from sim.cli.placement import only_one_place, replication_places
 from sim.io.progress import wanted
+
+if TYPE_CHECKING:
+    from sim.workbench.executor import Cluster
 
 
 @click.command()
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @forecast_options
+@replication_places
 def simulate(
     scenario: str,
     mau: list[int] | None,
@@ -22,11 +28,14 @@ def simulate(
     replications: int,
     out: Path | None,
     fmt: str,
+    workers: int | None,
+    cluster: Cluster | None,
 ) -> None:
     """Forecast spend and quality of SCENARIO (a TOML file) at each MAU level."""
     from sim.workbench import render
 
-    [result] = run_forecasts([scenario], mau, days, seed, replications, out, wanted(fmt))
+    only_one_place(workers, cluster)
+    [result] = run_forecasts([scenario], mau, days, seed, replications, out, wanted(fmt), workers, cluster)
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -36,6 +45,7 @@ def simulate(
 @click.command()
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @forecast_options
+@replication_places
 def compare(
     scenarios: tuple[str, ...],
     mau: list[int] | None,
@@ -44,13 +54,18 @@ def compare(
     replications: int,
     out: Path | None,
     fmt: str,
+    workers: int | None,
+    cluster: Cluster | None,
 ) -> None:
     """Run SCENARIOS on the same seed (the same traffic) and show them side by side with deltas."""
     from sim.workbench import render
 
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
-    results = run_forecasts(list(scenarios), mau, days, seed, replications, out, wanted(fmt))
+    only_one_place(workers, cluster)
+    results = run_forecasts(
+        list(scenarios), mau, days, seed, replications, out, wanted(fmt), workers, cluster
+    )
     levels = {tuple(r["mau"] for r in f.results) for f in results}
     if len(levels) > 1:
         fail("the scenarios have different MAU levels; pass --mau to compare them on the same ones")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from sim.cli.common import DAYS, DAYS_HELP, cannot_write, fail, parse_mau, stop, write_or_fail
-from sim.cli.extras import exit_needing, extra_installed
+from sim.cli.placement import executor_option, only_one_place
 from sim.errors import ClusterError, SimError
 from sim.io.progress import progress_bar, wanted
 
@@ -31,38 +31,6 @@ def _one_level(ctx: click.Context, param: click.Parameter, value: str | None) ->
     if len(levels) != 1:
         raise click.BadParameter(f"a sweep runs at one MAU level, got {value!r}")
     return levels[0]
-
-
-def executor_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """`--executor dask://HOST:PORT`: run the points on a Dask cluster instead of this machine's cores."""
-
-    def parse(ctx: click.Context, _param: click.Parameter, value: str | None) -> Cluster | None:
-        from sim.errors import ArgumentError
-        from sim.workbench.executor import parse_cluster
-
-        if value is None:
-            return None
-        try:
-            cluster = parse_cluster(value)
-        except ArgumentError as error:
-            raise click.BadParameter(error.reason) from None
-        if not extra_installed("cluster"):
-            exit_needing(f"{ctx.info_name} --executor", "cluster")
-        return cluster
-
-    return click.option(
-        "--executor",
-        "cluster",
-        metavar="dask://HOST:PORT",
-        callback=parse,
-        help="Run the points on this Dask cluster (the cluster extra; every worker needs this margins)",
-    )(command)
-
-
-def only_one_place(workers: int | None, cluster: Cluster | None) -> None:
-    """--workers sizes the local pool, --executor replaces it: asking for both is a mistake to name."""
-    if workers is not None and cluster is not None:
-        fail("--workers and --executor exclude each other: the cluster's workers run the points")
 
 
 def sweep_options(command: Callable[..., Any]) -> Callable[..., Any]:

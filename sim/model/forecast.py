@@ -318,6 +318,37 @@ def _share(mask: np.ndarray, total: int) -> float:
     return float(np.count_nonzero(mask)) / total if total else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Replication:
+    """One run of a forecast: a MAU level and which replication of it (the rest is the forecast's)."""
+
+    mau: int
+    replication: int
+
+
+# What a run sends back from wherever it ran: its summary, and the run itself when asked for (`on_run`
+# stores it; otherwise its arrays stay where they were made).
+Replicated = tuple[Summary, RunResult | None]
+# Runs each Replication of a forecast -- on a process pool or a cluster -- and returns what `replicate`
+# returns for each, in the plan's order; the bool says whether the runs themselves must come back.
+Execute = Callable[[Sequence[Replication], bool], Sequence[Replicated]]
+
+
+def replicate(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int,
+    keep_run: bool,
+) -> Replicated:
+    """Simulate one run and summarize it, keeping the run when `keep_run` (the unit of work a worker does;
+    its figures depend only on its arguments, never on where it runs)."""
+    run = engine.simulate(scenario, catalog, mau, days, seed, replication)
+    return summarize(run), run if keep_run else None
+
+
 def forecast(
     scenario: Scenario,
     catalog: PriceCatalog,
@@ -327,24 +358,55 @@ def forecast(
     replications: int = 1,
     on_run: Callable[[RunResult], object] | None = None,
     on_phase: Callable[[str], object] | None = None,
+    execute: Execute | None = None,
 ) -> Forecast:
     """Run every MAU level `replications` times and summarize. `on_run` sees each run (e.g. to store it);
-    `on_phase` hears which run is under way and its phase ("10,000 MAU: caches")."""
-    results, runs = [], []
-    for mau in maus:
-        level = []
-        for replication in range(replications):
-            heard = _prefixed(on_phase, mau, replication, replications) if on_phase else None
-            run = engine.simulate(scenario, catalog, mau, days, seed, replication, on_phase=heard)
-            if on_run is not None:
+    `on_phase` hears which run is under way and its phase ("10,000 MAU: caches").
+
+    With `execute`, the runs go there all at once (a process pool, a cluster) and come back summarized:
+    `on_run` then sees each run afterwards, in the same order as here, and `on_phase` hears nothing. The
+    forecast is the same to the byte either way.
+    """
+    plan = [Replication(mau, replication) for mau in maus for replication in range(replications)]
+    if execute is None:
+        done: Sequence[Replicated] = [
+            _run_here(scenario, catalog, step, days, seed, replications, on_run, on_phase) for step in plan
+        ]
+    else:
+        done = execute(plan, on_run is not None)
+        if on_run is not None:
+            for _, run in done:
+                assert run is not None, "execute was asked to send the runs back"
                 on_run(run)
-            if heard is not None:
-                heard("figures")
-            summary = summarize(run)
-            level.append(summary)
-            runs.append({"replication": replication, **summary})
-        results.append(combine(level))
+    runs = [
+        {"replication": step.replication, **summary} for step, (summary, _) in zip(plan, done, strict=True)
+    ]
+    # The plan is level by level, `replications` runs each.
+    summaries = [summary for summary, _ in done]
+    results = [
+        combine(summaries[level * replications : (level + 1) * replications]) for level in range(len(maus))
+    ]
     return Forecast(scenario.name, seed, days, replications, results, runs, catalog.provenance())
+
+
+def _run_here(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    step: Replication,
+    days: int,
+    seed: int,
+    replications: int,
+    on_run: Callable[[RunResult], object] | None,
+    on_phase: Callable[[str], object] | None,
+) -> Replicated:
+    """One run in this process: handed to `on_run` as soon as it is made, then summarized (and dropped)."""
+    heard = _prefixed(on_phase, step.mau, step.replication, replications) if on_phase else None
+    run = engine.simulate(scenario, catalog, step.mau, days, seed, step.replication, on_phase=heard)
+    if on_run is not None:
+        on_run(run)
+    if heard is not None:
+        heard("figures")
+    return summarize(run), None
 
 
 def _prefixed(

@@ -1,9 +1,11 @@
-"""Where a sweep's points run: in this process, on a process pool across this machine's cores (the
-default), or on a Dask cluster (`--executor dask://HOST:PORT`, the `cluster` extra).
+"""Where a sweep's points and a forecast's replications run: in this process, on a process pool across
+this machine's cores (`--workers N`), or on a Dask cluster (`--executor dask://HOST:PORT`, the `cluster`
+extra).
 
-A point's figures depend only on its scenario, its price catalog, the MAU level, the days and the seed --
-never on which process or machine ran it, or when -- so every place gives the same table to the byte, and
-results come back in the variants' order whatever order they finish in.
+A point's figures depend only on its scenario, its price catalog, the MAU level, the days and the seed
+(a replication's also on its replication number) -- never on which process or machine ran it, or when --
+so every place gives the same table to the byte, and results come back in the order they were asked for
+whatever order they finish in.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import TypeVar
 
 from budget.domain.prices import PriceCatalog
 from sim.errors import ArgumentError, ClusterError
 from sim.io.progress import SILENT, Progress
 from sim.model import engine
-from sim.model.forecast import Summary, summarize
+from sim.model.forecast import Replicated, Replication, Summary, replicate, summarize
 from sim.model.scenario import Scenario
 from sim.workbench.variants import Variant
 
@@ -30,6 +33,7 @@ DEFAULT_DASK_PORT = 8786
 CONNECT_TIMEOUT_S = 10.0
 # How long a cluster may have no workers at all before the sweep gives up (Dask itself would wait forever).
 NO_WORKERS_GRACE_S = 30.0
+T = TypeVar("T")
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$")
 
 
@@ -121,36 +125,93 @@ def _in_process(
 def _on_pool(
     workers: int, variants: Sequence[Variant], mau: int, days: int, seed: int, progress: Progress
 ) -> list[Summary]:
-    progress.note(f"{len(variants)} points on {workers} processes")
-    results: list[Summary | None] = [None] * len(variants)
-    # spawn: no inherited state, the same on every platform.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {
-            pool.submit(run_point, v.scenario, v.catalog, mau, days, seed): index
-            for index, v in enumerate(variants)
-        }
-        for future in as_completed(futures):
-            index = futures[future]
-            results[index] = future.result()
-            progress.note(f"{point_name(variants[index])} done")
-            progress.advance()
-    return [summary for summary in results if summary is not None]
+    tasks = [
+        (point_name(v), functools.partial(run_point, v.scenario, v.catalog, mau, days, seed))
+        for v in variants
+    ]
+    return _pooled(workers, tasks, "points", progress)
 
 
 def _on_cluster(
     cluster: Cluster, variants: Sequence[Variant], mau: int, days: int, seed: int, progress: Progress
 ) -> list[Summary]:
+    tasks = [
+        (point_name(v), functools.partial(run_point, v.scenario, v.catalog, mau, days, seed))
+        for v in variants
+    ]
+    return _clustered(cluster, tasks, progress)
+
+
+def run_replications(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    days: int,
+    seed: int,
+    plan: Sequence[Replication],
+    keep_runs: bool,
+    workers: int = 1,
+    cluster: Cluster | None = None,
+    progress: Progress = SILENT,
+) -> list[Replicated]:
+    """Each of a forecast's runs (sim.model.forecast.replicate), in the plan's order: on `cluster` when
+    given (raises ClusterError when it cannot run them all), else on a pool of `workers` processes (1 runs
+    them here). The runs themselves come back only when `keep_runs` (they hold every request's arrays);
+    otherwise only their summaries do. `progress` advances as each run finishes."""
+    replications = 1 + max((step.replication for step in plan), default=0)
+    tasks = [
+        (
+            replication_name(step, replications),
+            functools.partial(
+                replicate, scenario, catalog, step.mau, days, seed, step.replication, keep_runs
+            ),
+        )
+        for step in plan
+    ]
+    if cluster is not None:
+        return _clustered(cluster, tasks, progress)
+    workers = max(1, min(workers, len(tasks)))
+    if workers == 1:
+        results = []
+        for name, task in tasks:
+            results.append(task())
+            progress.note(f"{name} done")
+            progress.advance()
+        return results
+    return _pooled(workers, tasks, "runs", progress)
+
+
+def replication_name(step: Replication, replications: int) -> str:
+    """How progress names a run: "10,000 MAU, replication 2" (just the level when it is run once)."""
+    level = f"{step.mau:,} MAU"
+    return level if replications == 1 else f"{level}, replication {step.replication + 1}"
+
+
+def _pooled(
+    workers: int, tasks: Sequence[tuple[str, Callable[[], T]]], what: str, progress: Progress
+) -> list[T]:
+    """Each named task's result, in the tasks' order, from a pool of `workers` processes (each task a
+    picklable callable: a module-level function's partial)."""
+    progress.note(f"{len(tasks)} {what} on {workers} processes")
+    results: dict[int, T] = {}
+    # spawn: no inherited state, the same on every platform.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(task): index for index, (_, task) in enumerate(tasks)}
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = future.result()
+            progress.note(f"{tasks[index][0]} done")
+            progress.advance()
+    return [results[index] for index in range(len(tasks))]
+
+
+def _clustered(cluster: Cluster, tasks: Sequence[tuple[str, Callable[[], T]]], progress: Progress) -> list[T]:
     try:
         from sim.workbench import dask_cluster
     except ImportError as error:
         raise ClusterError(
             cluster.url, f"needs the cluster extra (pip install 'margins[cluster]'): {error}"
         ) from None
-    tasks = [
-        (point_name(v), functools.partial(run_point, v.scenario, v.catalog, mau, days, seed))
-        for v in variants
-    ]
     return dask_cluster.run_all(cluster, tasks, progress)
 
 

@@ -18,10 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from sim import workbench
-from sim.cli import extras, main
-from sim.cli import workbench as commands
+from sim.cli import extras, main, placement
 from sim.errors import ArgumentError, ClusterError
-from sim.workbench import dask_cluster
+from sim.workbench import dask_cluster, executor
 from sim.workbench.executor import parse_cluster, run_points
 from sim.workbench.report import gather
 from sim.workbench.variants import grid, parse_vary
@@ -78,7 +77,11 @@ def test_the_report_command_sends_its_lever_runs_to_the_cluster(
     assert both.exit_code == 2 and "--workers and --executor exclude each other" in both.output
 
 
-def test_an_unreachable_cluster_is_one_line_and_exit_1() -> None:
+def test_an_unreachable_cluster_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    parse = executor.parse_cluster  # the refusal reads the same after 1 s as after the default 10 s
+    monkeypatch.setattr(
+        executor, "parse_cluster", lambda url: dataclasses.replace(parse(url), connect_timeout_s=1.0)
+    )
     url = f"dask://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(main, ["sweep", OPTIMIZED, *GRID, *SMALL, "--executor", url])
     assert result.exit_code == 1
@@ -192,7 +195,7 @@ def test_a_cluster_left_without_workers_stops_the_sweep_with_one_error() -> None
 
 def test_without_the_cluster_extra_the_message_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     installed = extras.extra_installed
-    monkeypatch.setattr(commands, "extra_installed", lambda extra: extra != "cluster" and installed(extra))
+    monkeypatch.setattr(placement, "extra_installed", lambda extra: extra != "cluster" and installed(extra))
     args = ["sweep", OPTIMIZED, *GRID, *SMALL, "--executor", "dask://127.0.0.1:8786"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
