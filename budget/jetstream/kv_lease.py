@@ -58,6 +58,9 @@ class KvLease:
         self.terms = terms
         self._clock = clock
         self._sighting: Sighting | None = None
+        # Whose lease the last successful try_acquire took over (None: it was free): that holder stopped
+        # renewing, so it is taken for dead until it shows otherwise.
+        self.taken_from: str | None = None
 
     async def try_acquire(self, may_create: bool = True) -> Held | None:
         """The lease, if its holder let a whole TTL pass without renewing, or if it is free and
@@ -81,6 +84,7 @@ class KvLease:
                 token = await self._kv.update(self.key, encode_owner(self.owner), last=revision)
         except KeyWrongLastSequenceError:
             return None  # someone wrote first; the next read sees who
+        self.taken_from = owner if move is Move.TAKE_OVER else None
         self._sighting = None
         return Held(self.key, self.owner, token, sent_at)
 

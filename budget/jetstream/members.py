@@ -39,3 +39,9 @@ async def live_members(kv: KeyValue) -> int:
         return len(await kv.keys())
     except NoKeysError:
         return 0
+
+
+async def forget(kv: KeyValue, owner: str) -> None:
+    """Count `owner` dead now (it let a lease lapse), not only once its entry expires; it counts again at
+    its next announcement if it was only paused."""
+    await kv.delete(member_key(owner))

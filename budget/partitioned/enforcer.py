@@ -32,7 +32,7 @@ from budget.domain.prices import PriceCatalog
 from budget.errors import JournalError, LeaseLost, StoreError
 from budget.jetstream.kv_lease import KvLease, open_lease_bucket
 from budget.jetstream.lease import LeaseTerms, beyond_share, fair_share
-from budget.jetstream.members import announce, live_members, open_members_bucket
+from budget.jetstream.members import announce, forget, live_members, open_members_bucket
 from budget.jetstream.partitions import lease_key
 from budget.jetstream.streams import ensure_partition_streams
 from budget.partitioned.owner import PartitionOwner
@@ -105,7 +105,9 @@ class PartitionedEnforcer:
         members = await open_members_bucket(js, MEMBER_EXPIRY_TTLS * c.terms.ttl_s, c.replicas)
         await self._count_members(members)
         self._tasks = [
-            asyncio.create_task(self._contend(js, kv, partition), name=f"margins-contend-{partition}")
+            asyncio.create_task(
+                self._contend(js, kv, members, partition), name=f"margins-contend-{partition}"
+            )
             for partition in range(c.partitions)
         ]
         self._tasks.append(asyncio.create_task(self._balance(members), name="margins-balance"))
@@ -173,7 +175,7 @@ class PartitionedEnforcer:
                     log.info("partition %d: giving it up to balance (a share is %d)", partition, self.share)
                     self._give_up[partition].set()
 
-    async def _contend(self, js: JetStreamContext, kv: KeyValue, partition: int) -> None:
+    async def _contend(self, js: JetStreamContext, kv: KeyValue, members: KeyValue, partition: int) -> None:
         """Take the partition whenever it is abandoned, or free while this process holds less than its
         share; decide it while it is ours."""
         c = self.cluster
@@ -187,6 +189,12 @@ class PartitionedEnforcer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), c.read_every_s)
                 continue
+            if lease.taken_from is not None and lease.taken_from != c.owner:
+                # Its holder is dead: count it out at once, or the share would still count it and this
+                # process would give up what it just took over, for nobody to take.
+                with contextlib.suppress(nats.errors.Error, TimeoutError):
+                    await forget(members, lease.taken_from)
+                    await self._count_members(members)
             assert self._nc is not None
             owner = PartitionOwner(
                 self._nc,
