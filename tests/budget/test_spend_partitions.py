@@ -139,7 +139,7 @@ def event_sets(draw: st.DrawFn) -> tuple[list[Event], dict[str, int]]:
     return events, partition
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=event_sets())
 def test_partitions_answer_as_one_store(case: tuple[list[Event], dict[str, int]]) -> None:
     events, partition = case
