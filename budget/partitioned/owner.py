@@ -51,7 +51,7 @@ from budget.service.rejection import Rejection
 from budget.service.snapshots import SnapshotTaker, restore, settings_key
 from budget.service.throttle import LogThrottle
 from budget.service.wire import DEFAULT_MAX_SKEW
-from budget.store.event_store import EventStore
+from budget.store.event_store import HELD_ELSEWHERE, EventStore
 
 log = logging.getLogger("margins.enforce")
 
@@ -191,6 +191,8 @@ class PartitionOwner:
                 # start-up (seconds on a busy machine) in the middle of every takeover.
                 return await asyncio.to_thread(EventStore.open, self._store_path, offload=False)
             except StoreError as error:
+                if error.reason != HELD_ELSEWHERE:
+                    raise  # a store that cannot be used: the operator must look (exit 2)
                 if self._lost is not None:
                     raise self._lost from error
                 self._throttle.warning("store busy", "partition %d: %s; retrying", self.partition, error)

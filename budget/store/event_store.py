@@ -54,6 +54,10 @@ COMPACT_MAX_ROWS = 2_000_000  # a segment this large is left alone
 _encoder = msgspec.json.Encoder()
 
 
+# The reason a store refuses to open while another process writes it (a partition's new owner waits on it).
+HELD_ELSEWHERE = "another process has this store open for writing"
+
+
 class EventStore:
     """A directory of events: durable append, replay in append order, Parquet segments for queries.
 
@@ -123,7 +127,7 @@ class EventStore:
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StoreError(str(self.root), "another process has this store open for writing") from None
+            raise StoreError(str(self.root), HELD_ELSEWHERE) from None
         ensure_headroom(self.root, self.min_free_bytes, 0, "opening the store")
         found = survey(self.root, decode_log=True)
         found.raise_problems(self.root)
