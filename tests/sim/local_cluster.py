@@ -19,6 +19,7 @@ from tests.budget.broker import free_port
 ROOT = Path(__file__).resolve().parents[2]
 # Start-up here is a few seconds a process; a loaded 2-core machine takes far longer.
 START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 3.0  # a test cluster's processes hold nothing worth waiting for
 
 
 class LocalCluster:
@@ -78,7 +79,9 @@ class LocalCluster:
             client.wait_for_workers(count, timeout=START_TIMEOUT_S)
 
     def stop(self) -> None:
-        """Stop the workers, then the scheduler; each is killed if it has not left within 30 s."""
+        """Stop the workers, then the scheduler; each is killed if it has not left within STOP_GRACE_S
+        (distributed's workers say "End worker" on SIGTERM and then often linger: the suite paid 30 s per
+        cluster for that)."""
         for process in [*self.worker_processes, self.scheduler]:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -86,7 +89,7 @@ class LocalCluster:
             if process is None:
                 continue
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
