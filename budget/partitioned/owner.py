@@ -47,7 +47,6 @@ from budget.mqtt.packets import Publish
 from budget.mqtt.topics import status_topic
 from budget.service.handler import Batch, MessageHandler
 from budget.service.messages import confirm_json, status_json
-from budget.service.rejection import Rejection
 from budget.service.snapshots import SnapshotTaker, restore, settings_key
 from budget.service.throttle import LogThrottle
 from budget.service.wire import DEFAULT_MAX_SKEW
@@ -291,13 +290,8 @@ class PartitionOwner:
             publish = Publish(topic, message.data)
             try:
                 self._handler.handle(publish, self._clock(), self._batch)
-            except (
-                Exception
-            ) as error:  # a bug must cost one message (kept as a dead letter), not the partition
-                log.exception("cannot handle a message on %s", message.subject)
-                rejection = Rejection()
-                rejection.add("internal_error", repr(error))
-                self._handler.take([rejection.dead_letter(self._clock(), topic, message.data)], self._batch)
+            except Exception as error:  # a bug costs one message (a dead letter), not the partition
+                self._handler.internal_error(publish, error, self._clock(), self._batch)
         else:
             self.counters["foreign_subject"] += 1
         self._acks.append(message)

@@ -53,7 +53,6 @@ from budget.service.door import HttpSettings
 from budget.service.handler import DEADLETTER_TOPIC, Answer, Batch, MessageHandler
 from budget.service.instruments import ReplayStats, Timings
 from budget.service.messages import confirm_json, counters_text, encode_json, status_json
-from budget.service.rejection import Rejection
 from budget.service.snapshots import SnapshotTaker, restore, settings_key
 from budget.service.throttle import LogThrottle
 from budget.service.wire import DEFAULT_MAX_SKEW, decode_addressed
@@ -322,19 +321,12 @@ class Enforcer:
         try:
             self._handle(message, self._clock(), batch)
         except Exception as error:  # a bug must cost one message (kept as a dead letter), not the service
-            self._internal_error(message, error, batch)
+            self._handler.internal_error(message, error, self._clock(), batch)
         if message.qos:
             batch.acks.append((self._connection, message.packet_id))
         if arrived and len(batch.replies) > replies:
             batch.arrivals.append(arrived)
         self._work.set()
-
-    def _internal_error(self, message: Publish, error: Exception, batch: Batch) -> Rejection:
-        log.exception("cannot handle a message on %s", message.topic)
-        rejection = Rejection()
-        rejection.add("internal_error", repr(error))
-        self._handler.take([rejection.dead_letter(self._clock(), message.topic, message.payload)], batch)
-        return rejection
 
     def _on_refused(self, topic: str, reason_code: int) -> None:
         """The broker acknowledged one of our publishes with a failure: that message is lost, the
@@ -506,7 +498,7 @@ class Enforcer:
         try:
             self._handle(message, now, batch, decoded, answer)
         except Exception as error:  # as for an MQTT message: one dead letter, the service goes on
-            answer.rejection = self._internal_error(message, error, batch)
+            answer.rejection = self._handler.internal_error(message, error, self._clock(), batch)
         await self._durable(batch)
         if timed and answer.reply is not None and self._timings is not None:
             self._timings.replied([arrived], time.perf_counter())  # as an MQTT reply's: decide to durable

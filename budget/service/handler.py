@@ -158,6 +158,15 @@ class MessageHandler:
             assert message.response_topic is not None
             self._confirm(message.response_topic, confirmed, batch)
 
+    def internal_error(self, message: Publish, error: Exception, now: datetime, batch: Batch) -> Rejection:
+        """A message `handle` raised on (a bug): logged with its traceback and kept as a dead letter, so it
+        costs that one message, not the service; the rejection, for a caller that answers it."""
+        log.exception("cannot handle a message on %s", message.topic)
+        rejection = Rejection()
+        rejection.add("internal_error", repr(error))
+        self.take([rejection.dead_letter(now, message.topic, message.payload)], batch)
+        return rejection
+
     def take(self, events: list[Event], batch: Batch, dead: list[DeadLettered] | None = None) -> None:
         """Apply decided events and queue what must follow their commit; with `dead`, dead letters are
         collected there instead (to become one per message)."""
