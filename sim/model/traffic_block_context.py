@@ -9,7 +9,8 @@ gives that block's histories and summaries. Three things are global, and are put
 - turn calls keep their ids (the block's calls are already first_call on);
 - summary calls are numbered after every turn call of the run, in request order: the k-th summary of the
   run is call `totals.calls + k`. The run's turn calls come from the pre-passes (`TrafficTotals.calls`),
-  and the only state carried from block to block is how many summaries the earlier blocks made.
+  and the only state carried from block to block is how many summaries the earlier blocks made (one
+  integer, whatever the run's size).
 
 So concatenated in order, the blocks' turn calls are the first `totals.calls` of `generate`'s calls, their
 summary calls the rest, and their histories and epochs `generate`'s `conversation` arrays.
