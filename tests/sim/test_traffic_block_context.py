@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,6 +23,7 @@ from sim.model.scenario import Scenario
 from sim.model.traffic import Traffic, generate
 from sim.model.traffic_block_context import engine_blocks
 from sim.model.traffic_blocks import ENGINE_DRAWS, TrafficBlock, blocks, engine_draws
+from tests.sim.traffic_block_cases import at_a_small_limit, engine_uniforms
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 TURN_CALL_COLUMNS = ("call_request", "call_step", "call_deterministic", "input_tokens", "output_tokens")
@@ -39,29 +39,6 @@ SUMMARY_OF = {  # a call column of generate's -> the block conversation's column
 def shipped(name: str) -> Scenario:
     scenario, _catalog = load_scenario(SCENARIOS / name)
     return scenario
-
-
-def at_a_small_limit(scenario: Scenario, at_limit: Literal["truncate", "summarize"]) -> Scenario:
-    """The scenario's context with a 4,000-token window: long sessions reach it."""
-    context = msgspec.structs.replace(
-        scenario.prompts.context, max_tokens=4000, at_limit=at_limit, summary_tokens=300
-    )
-    return msgspec.structs.replace(
-        scenario, prompts=msgspec.structs.replace(scenario.prompts, context=context)
-    )
-
-
-def engine_uniforms(scenario: Scenario, mau: int, seed: int, requests: int) -> dict[str, np.ndarray]:
-    """The draws engine.simulate makes, by name: the router's row, then the cache stream's three rows."""
-    streams = streams_for(seed, mau, 0)
-    u_exact, u_true, u_false = streams.cache.random((3, requests))
-    every = {
-        "u_router": streams.router.random(requests),
-        "u_exact": u_exact,
-        "u_true": u_true,
-        "u_false": u_false,
-    }
-    return {name: every[name] for name in engine_draws(scenario)}
 
 
 def assert_blocks_are_generate(

@@ -18,7 +18,7 @@ from sim.model.scenario import Scenario
 from sim.model.traffic import SECONDS_PER_DAY, Traffic, draw, generate
 from sim.model.traffic_block_context import engine_blocks
 from sim.model.traffic_blocks import blocks
-from tests.sim.test_traffic_block_context import at_a_small_limit, engine_uniforms
+from tests.sim.traffic_block_cases import at_a_small_limit, engine_uniforms
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 MAU, DAYS, SEED = 700, 45, 4
