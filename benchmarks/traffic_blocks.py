@@ -1,13 +1,15 @@
 """Benchmark of traffic drawn in user blocks and spilled by day: `python -m benchmarks.traffic_blocks`.
 
 Measures, each in a fresh process so that its peak resident memory (the process's high-water mark, imports
-included) is its own: (a) today's `traffic.draw` of the whole run, and (b) `traffic_blocks.blocks` (its
-pre-passes included) spilled by day to a directory under `--dir` (its peak taken there), then one day read
-back (the peak then includes that day's arrays) -- at each MAU of
+included) is its own: (a) today's `traffic.generate` of the whole run, and (b)
+`traffic_block_context.engine_blocks` (the same traffic with its conversation context, and the engine's
+draws the scenario uses; pre-passes included) spilled by day to a directory under `--dir` (its peak
+taken there), then one day read back (the peak then includes that day's arrays) -- at each MAU of
 `--mau` (default 100k and 1M), in the same run; then (b) alone at `--huge` MAU (default 10M) if the
 directory's free space allows what the largest (b) wrote, scaled up, with a margin (else it says why it
-skips). Prints requests, seconds, requests/s, peak GB and bytes spilled. Every spill is deleted after its
-measure. Not a timed test; run it niced on a shared machine.
+skips). Prints requests, seconds, requests/s, peak GB and bytes spilled (with npy, also the bytes of the
+engine's draw columns and of the conversation's columns and summary calls). Every spill is deleted after
+its measure. Not a timed test; run it niced on a shared machine.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class Measure:
     spill_peak_gb: float = 0.0  # the peak before the day was read back: what drawing and spilling took
     read_day_s: float = 0.0
     day_requests: int = 0
+    draw_bytes: int = 0  # npy: the engine's draw columns (u_*)
+    conversation_bytes: int = 0  # npy: history, epoch and the summary calls
 
     @property
     def rate(self) -> float:
@@ -53,26 +57,32 @@ def _peak_gb() -> float:
 def _measure(
     mode: str, scenario_path: str, mau: int, days: int, seed: int, options: dict[str, object]
 ) -> Measure:
-    """Runs in a fresh process: one draw (`draw`) or one blocks+spill (`blocks-npy`, `blocks-parquet`)."""
+    """Runs in a fresh process: one generate (`generate`) or one blocks+spill (`blocks-npy`,
+    `blocks-parquet`)."""
     from sim.io.scenarios import load_scenario
     from sim.io.traffic_spill import read_day, spill
     from sim.model.randomness import streams_for
-    from sim.model.traffic import draw
-    from sim.model.traffic_blocks import blocks
+    from sim.model.traffic import generate
+    from sim.model.traffic_block_context import engine_blocks
 
     scenario, _catalog = load_scenario(scenario_path)
     imports_gb = _peak_gb()
     streams = streams_for(seed, mau, 0)
     start = time.perf_counter()
-    if mode == "draw":
-        traffic = draw(scenario, mau, days, streams)
+    if mode == "generate":
+        traffic = generate(scenario, mau, days, streams)
         seconds = time.perf_counter() - start
         return Measure(mode, mau, traffic.requests, seconds, _peak_gb(), imports_gb)
     spill_format = mode.removeprefix("blocks-")
     directory = Path(tempfile.mkdtemp(prefix="traffic-spill-", dir=str(options["dir"])))
     try:
         users = int(str(options["users_per_block"]))
-        summary = spill(blocks(scenario, mau, days, streams, users), directory, spill_format)  # type: ignore[arg-type]
+        summary = spill(engine_blocks(scenario, mau, days, streams, users), directory, spill_format)  # type: ignore[arg-type]
+        draw_bytes = _bytes(directory, "*.requests.u_*.npy")
+        conversation_bytes = sum(
+            _bytes(directory, pattern)
+            for pattern in ("*.requests.history.npy", "*.requests.epoch.npy", "*.summary_calls.*.npy")
+        )
         seconds = time.perf_counter() - start
         spill_peak_gb = _peak_gb()
         day = summary.days[len(summary.days) // 2]
@@ -90,9 +100,15 @@ def _measure(
             spill_peak_gb=spill_peak_gb,
             read_day_s=read_s,
             day_requests=int(one_day.requests["t"].size),
+            draw_bytes=draw_bytes,
+            conversation_bytes=conversation_bytes,
         )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _bytes(directory: Path, pattern: str) -> int:
+    return sum(path.stat().st_size for path in directory.glob(f"day-*/{pattern}"))
 
 
 def measure_in_fresh_process(
@@ -114,6 +130,12 @@ def show(m: Measure) -> str:
             f"at a peak of {m.spill_peak_gb:.2f} GB; one day read back: {m.day_requests:,} requests "
             f"in {m.read_day_s:.2f} s"
         )
+    if m.draw_bytes or m.conversation_bytes:
+        line += (
+            f"; of it the engine's draws {m.draw_bytes / 1e9:.2f} GB "
+            f"({m.draw_bytes / m.requests:.1f} B/request), "
+            f"the conversation {m.conversation_bytes / 1e9:.2f} GB"
+        )
     return line
 
 
@@ -133,7 +155,7 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     largest: Measure | None = None
     for mau in (int(m) for m in args.mau.split(",")):
-        for mode in ["draw", *(f"blocks-{f}" for f in formats)]:
+        for mode in ["generate", *(f"blocks-{f}" for f in formats)]:
             measured = measure_in_fresh_process(mode, args.scenario, mau, args.days, args.seed, options)
             print(show(measured), flush=True)
             if measured.spilled_bytes and (largest is None or measured.mau > largest.mau):

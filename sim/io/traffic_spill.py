@@ -7,17 +7,26 @@ session past the run's last day in its own day -- one file set per (day, block),
 by concatenating its pieces of every block in block order: the whole run's requests of that day in
 global request order (a block's requests keep their order within a day; blocks follow each other).
 
-Two formats, measured by benchmarks/traffic_blocks.py: `npy` (one .npy per column: no encoding, the
-arrays' own bytes and dtypes) and `parquet` (one file per (day, block) for requests and one for calls,
-uncompressed, through pyarrow).
+A block may carry more than `traffic.draw`'s arrays (sim/model/traffic_block_context.py `engine_blocks`):
+the engine's per-request draws (u_router, u_exact, u_true, u_false: those the scenario uses, 8 bytes a
+request each) and its conversation -- per request its history and epoch, and its summary calls. Those
+are spilled too: draws and history/epoch as request columns, summary calls as a table of their own
+(`summary_calls`: the call columns and summary_epoch), because a summary call's id follows every turn
+call of the run: a day's calls read back are every block's turn calls of the day, then every block's
+summary calls of the day -- the whole run's calls of that day in global call order.
 
-Layout: DIR/day-DDDD/block-BBBBBB.COLUMN.npy, or DIR/day-DDDD/block-BBBBBB.{requests,calls}.parquet.
+Two formats, measured by benchmarks/traffic_blocks.py: `npy` (one .npy per column: no encoding, the
+arrays' own bytes and dtypes) and `parquet` (one file per (day, block) and table, uncompressed, through
+pyarrow).
+
+Layout: DIR/day-DDDD/block-BBBBBB.TABLE.COLUMN.npy, or DIR/day-DDDD/block-BBBBBB.TABLE.parquet, TABLE one
+of requests, calls, summary_calls. Every block of a spill has the same columns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,23 +36,35 @@ import pyarrow.parquet as pq
 
 from sim.errors import ArgumentError, InputError
 from sim.model.periods import SECONDS_PER_DAY
-from sim.model.traffic_blocks import TrafficBlock
+from sim.model.traffic_blocks import ENGINE_DRAWS, BlockConversation, TrafficBlock
 
 SpillFormat = Literal["npy", "parquet"]
 FORMATS: tuple[SpillFormat, ...] = ("npy", "parquet")
 # Per request, and per call (a call's day is its request's). `request` and `call` are the global ids.
 REQUEST_COLUMNS = ("request", "t", "user", "exact_key", "cluster", "context", "hard")
+CONVERSATION_COLUMNS = ("history", "epoch")  # per request, with conversation context
 CALL_COLUMNS = ("call", "call_request", "call_step", "call_deterministic", "input_tokens", "output_tokens")
-TABLES = {"requests": REQUEST_COLUMNS, "calls": CALL_COLUMNS}
+SUMMARY_COLUMNS = (*CALL_COLUMNS, "summary_epoch")
+# Each table's columns in the order they are written and read back; a spill holds some of them.
+TABLES = {
+    "requests": (*REQUEST_COLUMNS, *ENGINE_DRAWS, *CONVERSATION_COLUMNS),
+    "calls": CALL_COLUMNS,
+    "summary_calls": SUMMARY_COLUMNS,
+}
 
 
 @dataclass(frozen=True, slots=True)
 class DayTraffic:
-    """One simulated day's requests and calls of the whole run, in global order: column -> array."""
+    """One simulated day's requests and calls of the whole run, in global order: column -> array.
+
+    `requests` has REQUEST_COLUMNS and whichever engine draws and conversation columns were spilled;
+    `calls` has CALL_COLUMNS, the day's summary calls last (call ids ascend throughout); `summaries` is,
+    with conversation context, the day's summary calls' `call` and `summary_epoch` (else empty)."""
 
     day: int
     requests: dict[str, np.ndarray]
     calls: dict[str, np.ndarray]
+    summaries: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +96,8 @@ def spill(
             folder.mkdir(exist_ok=True)
             size += _write(folder, f"block-{index:06d}", tables, spill_format)
             days.add(day)
-        count, requests, calls = count + 1, requests + block.requests, calls + block.calls
+        summaries = block.conversation.summaries if block.conversation is not None else 0
+        count, requests, calls = count + 1, requests + block.requests, calls + block.calls + summaries
     return SpillSummary(count, tuple(sorted(days)), requests, calls, size)
 
 
@@ -85,25 +107,53 @@ def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy")
     folder = Path(directory) / f"day-{day:04d}"
     if not folder.is_dir():
         raise InputError(str(folder), f"no spilled requests for day {day}")
-    pieces: dict[str, dict[str, list[np.ndarray]]] = {
-        table: {column: [] for column in columns} for table, columns in TABLES.items()
-    }
+    pieces: dict[str, dict[str, list[np.ndarray]]] = {table: {} for table in TABLES}
     for stem in sorted({path.name.split(".")[0] for path in folder.iterdir()}):
-        for table, columns in TABLES.items():
-            for column, values in _read(folder, stem, table, columns, spill_format).items():
-                pieces[table][column].append(values)
+        for table in TABLES:
+            for column, values in _read(folder, stem, table, spill_format).items():
+                pieces[table].setdefault(column, []).append(values)
     joined = {
         table: {column: np.concatenate(parts) for column, parts in columns.items()}
         for table, columns in pieces.items()
     }
-    return DayTraffic(day=day, requests=joined["requests"], calls=joined["calls"])
+    requests, calls, summary_calls = joined["requests"], joined["calls"], joined["summary_calls"]
+    if not summary_calls:
+        return DayTraffic(day=day, requests=requests, calls=calls)
+    calls = {column: np.concatenate([calls[column], summary_calls[column]]) for column in CALL_COLUMNS}
+    summaries = {column: summary_calls[column] for column in ("call", "summary_epoch")}
+    return DayTraffic(day=day, requests=requests, calls=calls, summaries=summaries)
 
 
 def _by_day(block: TrafficBlock) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
-    """The block's requests and calls of each day it touches, in their order (a stable sort by day)."""
+    """The block's requests, calls and summary calls of each day it touches, in their order (a stable
+    sort by day)."""
     request_day = (block.t // SECONDS_PER_DAY).astype(np.int64)
-    call_day = request_day[block.call_request - block.first_request]
-    requests = {
+    tables = {"requests": _request_columns(block), "calls": _call_columns(block)}
+    table_days = {"requests": request_day, "calls": request_day[block.call_request - block.first_request]}
+    if block.conversation is not None:
+        tables["summary_calls"] = _summary_columns(block.conversation)
+        table_days["summary_calls"] = request_day[block.conversation.summary_request - block.first_request]
+    orders = {table: _by_day_order(days) for table, days in table_days.items()}
+    # One gather per column into day order; each day is then a slice (a view) of it.
+    gathered = {
+        table: {name: values[orders[table][0]] for name, values in columns.items()}
+        for table, columns in tables.items()
+    }
+    for day in orders["requests"][1]:
+        yield (
+            day,
+            {
+                table: {
+                    name: values[slice(*orders[table][1].get(day, (0, 0)))]
+                    for name, values in columns.items()
+                }
+                for table, columns in gathered.items()
+            },
+        )
+
+
+def _request_columns(block: TrafficBlock) -> dict[str, np.ndarray]:
+    columns = {
         "request": np.arange(block.first_request, block.first_request + block.requests, dtype=np.int64),
         "t": block.t,
         "user": block.user,
@@ -112,7 +162,14 @@ def _by_day(block: TrafficBlock) -> Iterator[tuple[int, dict[str, dict[str, np.n
         "context": block.context,
         "hard": block.hard,
     }
-    calls = {
+    columns |= {name: block.draws[name] for name in ENGINE_DRAWS if name in block.draws}
+    if block.conversation is not None:
+        columns |= {"history": block.conversation.history, "epoch": block.conversation.epoch}
+    return columns
+
+
+def _call_columns(block: TrafficBlock) -> dict[str, np.ndarray]:
+    return {
         "call": np.arange(block.first_call, block.first_call + block.calls, dtype=np.int64),
         "call_request": block.call_request,
         "call_step": block.call_step,
@@ -120,20 +177,18 @@ def _by_day(block: TrafficBlock) -> Iterator[tuple[int, dict[str, dict[str, np.n
         "input_tokens": block.input_tokens,
         "output_tokens": block.output_tokens,
     }
-    request_order, request_bounds = _by_day_order(request_day)
-    call_order, call_bounds = _by_day_order(call_day)
-    # One gather per column into day order; each day is then a slice (a view) of it.
-    requests = {name: values[request_order] for name, values in requests.items()}
-    calls = {name: values[call_order] for name, values in calls.items()}
-    for day, (begin, end) in request_bounds.items():
-        call_begin, call_end = call_bounds[day]
-        yield (
-            day,
-            {
-                "requests": {name: values[begin:end] for name, values in requests.items()},
-                "calls": {name: values[call_begin:call_end] for name, values in calls.items()},
-            },
-        )
+
+
+def _summary_columns(conversation: BlockConversation) -> dict[str, np.ndarray]:
+    return {
+        "call": conversation.summary_call,
+        "call_request": conversation.summary_request,
+        "call_step": conversation.summary_step,
+        "call_deterministic": np.zeros(conversation.summaries, dtype=bool),
+        "input_tokens": conversation.summary_input,
+        "output_tokens": conversation.summary_output,
+        "summary_epoch": conversation.summary_epoch,
+    }
 
 
 def _by_day_order(day: np.ndarray) -> tuple[np.ndarray, dict[int, tuple[int, int]]]:
@@ -154,7 +209,7 @@ def _write(
     for table, columns in tables.items():
         if spill_format == "npy":
             for column, values in columns.items():
-                path = folder / f"{stem}.{column}.npy"
+                path = folder / f"{stem}.{table}.{column}.npy"
                 np.save(path, values, allow_pickle=False)
                 written += path.stat().st_size
         else:
@@ -164,13 +219,16 @@ def _write(
     return written
 
 
-def _read(
-    folder: Path, stem: str, table: str, columns: tuple[str, ...], spill_format: SpillFormat
-) -> dict[str, np.ndarray]:
+def _read(folder: Path, stem: str, table: str, spill_format: SpillFormat) -> dict[str, np.ndarray]:
+    """One (day, block)'s columns of `table`, in TABLES order; none if the spill has no such table."""
     if spill_format == "npy":
-        return {column: np.load(folder / f"{stem}.{column}.npy", allow_pickle=False) for column in columns}
-    read = pq.read_table(folder / f"{stem}.{table}.parquet")
-    return {column: read.column(column).to_numpy() for column in columns}
+        paths = {column: folder / f"{stem}.{table}.{column}.npy" for column in TABLES[table]}
+        return {column: np.load(path, allow_pickle=False) for column, path in paths.items() if path.exists()}
+    path = folder / f"{stem}.{table}.parquet"
+    if not path.exists():
+        return {}
+    read = pq.read_table(path)
+    return {column: read.column(column).to_numpy() for column in TABLES[table] if column in read.column_names}
 
 
 def _check_format(spill_format: str) -> None:

@@ -25,19 +25,26 @@ requests and calls the run has (the prompts' segment lengths), and whether any t
 (`lognormal_tokens` types a whole draw by its largest count). Carried from block to block: each user's
 heaviness and sessions this month (a few arrays of `mau`), and the running sum of think times, which
 `traffic.draw` adds up over the whole run before taking each session's part (floating point: the
-block's sums must start from the same partial sum).
+block's sums must start from the same partial sum), and the cursors (a fixed dozen generators). So the
+carried state grows with the MAU alone (about 16 bytes a user), not with the run's requests; a block's
+own arrays grow with its users' requests (about 100 bytes a request, 8 more for each engine draw).
 
-Conversation context (`traffic._with_context`) is not applied here. It is local to a session (a turn's
-history is its session's earlier turns) and blocks hold whole sessions, so it can run per block, given
-the block's first request (epochs are request ids) and, for summary calls, which come after every turn's
-call, the run's total of turn calls (`TrafficTotals.calls`) and the summaries of earlier blocks.
+The engine's per-request draws (`engine.simulate`'s router uniforms, `engine.cache_layers`' three rows of
+cache uniforms: request i's are the i-th, (n + i)-th and (2n + i)-th of the cache stream, n the run's
+requests) can come with each block as `draws` columns, by the same cursors: a day holds a scattered
+subset of request ids and cannot draw them itself. `engine_draws` says which a scenario uses: 8 bytes
+a request each in a block and on disk (at 10M MAU, 30 days of `optimized.toml`, 400M requests: 3.2 GB
+a column, so a scenario without the semantic layer spares 6.4 GB, without the router 3.2 GB more).
+
+Conversation context (`traffic._with_context`) is not applied here but per block, after it
+(sim/model/traffic_block_context.py): it is local to a session and blocks hold whole sessions.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,6 +62,12 @@ from sim.model.traffic import (
 )
 
 PRE_PASS_CHUNK = 1 << 20  # numbers drawn at a time by a pre-pass that only moves a generator on
+
+# The engine's per-request draws a block can carry, each one float64 uniform per request: the router's
+# (engine.simulate), the exact cache layer's, and the semantic layer's true- and false-hit draws
+# (engine.cache_layers), taken in that order from the router and the cache streams.
+U_ROUTER, U_EXACT, U_TRUE, U_FALSE = "u_router", "u_exact", "u_true", "u_false"
+ENGINE_DRAWS = (U_ROUTER, U_EXACT, U_TRUE, U_FALSE)
 
 # The prompts stream's segments, each one number per request, in the order traffic.draw uses them.
 (KIND, SLOT, ACCEPT, CHAIN, CONTEXT_SLOT, CONTEXT_ACCEPT, HARD) = range(7)
@@ -84,6 +97,11 @@ class TrafficBlock:
     input_tokens: np.ndarray
     output_tokens: np.ndarray
     session_messages: np.ndarray
+    # The engine's draws for the block's requests (ENGINE_DRAWS names): the slice at first_request of each.
+    draws: dict[str, np.ndarray] = field(default_factory=dict)
+    # With conversation context (sim/model/traffic_block_context.py): input_tokens are then what each turn
+    # call sends, and this holds the block's part of `traffic.Traffic.conversation` and its summary calls.
+    conversation: BlockConversation | None = None
 
     @property
     def requests(self) -> int:
@@ -92,6 +110,27 @@ class TrafficBlock:
     @property
     def calls(self) -> int:
         return int(self.call_request.size)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockConversation:
+    """A block's slice of `traffic.generate`'s conversation: per request (first_request on) the history
+    its calls carry and its epoch (a global request id, int32), and the summary calls its sessions made --
+    the run's summary calls first_summary on, whose call ids follow every turn call of the run."""
+
+    history: np.ndarray
+    epoch: np.ndarray
+    first_summary: int
+    summary_call: np.ndarray  # int64: global call ids
+    summary_request: np.ndarray  # int64: global request ids
+    summary_step: np.ndarray  # conversation.SUMMARY_STEP, in call_step's dtype
+    summary_input: np.ndarray
+    summary_output: np.ndarray
+    summary_epoch: np.ndarray  # int64: the epoch (global request id) whose history each condenses
+
+    @property
+    def summaries(self) -> int:
+        return int(self.summary_call.size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,21 +155,73 @@ class _Plan:
 
 
 def blocks(
-    scenario: Scenario, mau: int, days: int, streams: Streams, users_per_block: int
+    scenario: Scenario,
+    mau: int,
+    days: int,
+    streams: Streams,
+    users_per_block: int,
+    draws: Iterable[str] = (),
 ) -> Iterator[TrafficBlock]:
     """The run's drawn traffic (`traffic.draw`'s, no conversation context) in blocks: for each month,
     users in consecutive ranges of `users_per_block`. Concatenated in order, the blocks' arrays are
-    `traffic.draw`'s. `streams` are left as they are (the blocks draw from copies)."""
+    `traffic.draw`'s, and their `draws` (those named, of ENGINE_DRAWS) the engine's draws of the same
+    seed. `streams` are left as they are (the blocks draw from copies)."""
+    return blocks_with_totals(scenario, mau, days, streams, users_per_block, draws)[1]
+
+
+def blocks_with_totals(
+    scenario: Scenario,
+    mau: int,
+    days: int,
+    streams: Streams,
+    users_per_block: int,
+    draws: Iterable[str] = (),
+) -> tuple[TrafficTotals, Iterator[TrafficBlock]]:
+    """`blocks`, and the run's totals its pre-passes found (they run here, before the first block)."""
     if users_per_block < 1:
         raise ArgumentError("users_per_block", f"must be at least 1, got {users_per_block}")
-    return _blocks(scenario, mau, days, streams, users_per_block)
+    wanted = tuple(draws)
+    unknown = sorted(set(wanted) - set(ENGINE_DRAWS))
+    if unknown:
+        raise ArgumentError("draws", f"each one of {', '.join(ENGINE_DRAWS)}, got {', '.join(unknown)}")
+    plan = _plan(scenario, mau, days, streams)
+    return plan.totals, _blocks(scenario, mau, days, streams, users_per_block, plan, wanted)
+
+
+def engine_draws(scenario: Scenario) -> tuple[str, ...]:
+    """The draws the engine uses in this scenario: the router's if it routes, the exact layer's if on,
+    the semantic layer's two if on (engine.cache_layers draws every row but reads only these)."""
+    used = {
+        U_ROUTER: scenario.router.enabled,
+        U_EXACT: scenario.cache.exact.enabled,
+        U_TRUE: scenario.cache.semantic.enabled,
+        U_FALSE: scenario.cache.semantic.enabled,
+    }
+    return tuple(name for name in ENGINE_DRAWS if used[name])
+
+
+def _draw_cursors(streams: Streams, requests: int, wanted: tuple[str, ...]) -> dict[str, np.random.Generator]:
+    """Each wanted draw's stream positioned at its first request's number."""
+    where = {
+        U_ROUTER: (streams.router, 0),
+        U_EXACT: (streams.cache, 0),
+        U_TRUE: (streams.cache, requests),
+        U_FALSE: (streams.cache, 2 * requests),
+    }
+    return {name: _advanced(*where[name]) for name in ENGINE_DRAWS if name in wanted}
 
 
 def _blocks(
-    scenario: Scenario, mau: int, days: int, streams: Streams, users_per_block: int
+    scenario: Scenario,
+    mau: int,
+    days: int,
+    streams: Streams,
+    users_per_block: int,
+    plan: _Plan,
+    wanted: tuple[str, ...],
 ) -> Iterator[TrafficBlock]:
-    plan = _plan(scenario, mau, days, streams)
     n = plan.totals.requests
+    draw_cursors = _draw_cursors(streams, n, wanted)
     prompts = [_advanced(streams.prompts, segment * n) for segment in range(HARD + 1)]
     extra_messages = _copy(streams.messages)
     think_times, input_tokens, output_tokens = plan.think_times, _copy(streams.tokens), plan.output_tokens
@@ -187,6 +278,7 @@ def _blocks(
                     output_tokens, tokens.output_tokens, calls, plan.totals.output_dtype
                 ),
                 session_messages=per_session,
+                draws={name: cursor.random(t.size) for name, cursor in draw_cursors.items()},
             )
             first_session += per_session.size
             first_request += t.size

@@ -1,5 +1,7 @@
 """Blocks spilled by day to real files and read back one day at a time are the whole run's requests and
-calls of that day, in global order, with their dtypes -- in both formats."""
+calls of that day, in global order, with their dtypes -- in both formats; with conversation context and
+the engine's draws (engine_blocks), `traffic.generate`'s requests, calls, summary calls and conversation
+of that day, and the engine's draws at that day's request ids."""
 
 from __future__ import annotations
 
@@ -12,22 +14,39 @@ from sim.errors import ArgumentError, InputError
 from sim.io.scenarios import load_scenario
 from sim.io.traffic_spill import CALL_COLUMNS, FORMATS, REQUEST_COLUMNS, SpillFormat, read_day, spill
 from sim.model.randomness import streams_for
-from sim.model.traffic import SECONDS_PER_DAY, Traffic, draw
+from sim.model.scenario import Scenario
+from sim.model.traffic import SECONDS_PER_DAY, Traffic, draw, generate
+from sim.model.traffic_block_context import engine_blocks
 from sim.model.traffic_blocks import blocks
+from tests.sim.traffic_block_cases import at_a_small_limit, engine_uniforms
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 MAU, DAYS, SEED = 700, 45, 4
 
 
-def expected_day(whole: Traffic, day: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The whole-run arrays' requests of `day` and their calls."""
+def expected_day(
+    whole: Traffic, day: int, uniforms: dict[str, np.ndarray] | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The whole-run arrays' requests of `day` (with the engine's draws at their ids and their
+    conversation), their calls, and their summary calls' ids and epochs."""
     in_day = (whole.t // SECONDS_PER_DAY).astype(np.int64) == day
     call_in_day = in_day[whole.call_request]
     requests = {"request": np.flatnonzero(in_day).astype(np.int64)}
     requests |= {column: getattr(whole, column)[in_day] for column in REQUEST_COLUMNS[1:]}
+    requests |= {name: values[in_day] for name, values in (uniforms or {}).items()}
     calls = {"call": np.flatnonzero(call_in_day).astype(np.int64)}
     calls |= {column: getattr(whole, column)[call_in_day] for column in CALL_COLUMNS[1:]}
-    return requests, calls
+    conversation = whole.conversation
+    if conversation is None:
+        return requests, calls, {}
+    requests |= {"history": conversation.history[in_day], "epoch": conversation.epoch[in_day]}
+    turns = whole.call_request.size - conversation.summaries
+    summary_in_day = call_in_day[turns:]
+    summaries = {
+        "call": np.flatnonzero(summary_in_day).astype(np.int64) + turns,
+        "summary_epoch": conversation.summary_epoch[summary_in_day],
+    }
+    return requests, calls, summaries
 
 
 def assert_columns_equal(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
@@ -54,9 +73,48 @@ def test_each_day_read_back_is_that_days_slice_of_the_whole_run(
     assert summary.bytes == sum(path.stat().st_size for path in tmp_path.rglob("block-*"))
     for day in summary.days:
         got = read_day(tmp_path, day, spill_format)
-        requests, calls = expected_day(whole, day)
+        requests, calls, summaries = expected_day(whole, day)
         assert_columns_equal(got.requests, requests)
         assert_columns_equal(got.calls, calls)
+        assert got.summaries == summaries == {}
+
+
+CONTEXT_CASES = {
+    "optimized, the whole history, every draw": lambda: load_scenario(
+        SCENARIOS / "seed-story/optimized.toml"
+    )[0],
+    "optimized, summarized at 4k tokens": lambda: at_a_small_limit(
+        load_scenario(SCENARIOS / "seed-story/optimized.toml")[0], "summarize"
+    ),
+    "semantic lever, two draws": lambda: load_scenario(SCENARIOS / "levers/semantic-cache.toml")[0],
+}
+
+
+@pytest.mark.parametrize("users_per_block", [97, 10_000], ids=["blocks-of-97", "one-block-a-month"])
+@pytest.mark.parametrize("spill_format", FORMATS)
+@pytest.mark.parametrize("case", list(CONTEXT_CASES))
+def test_a_day_read_back_has_generates_calls_summaries_conversation_and_the_engines_draws(
+    tmp_path: Path, case: str, spill_format: SpillFormat, users_per_block: int
+) -> None:
+    scenario: Scenario = CONTEXT_CASES[case]()
+    whole = generate(scenario, MAU, DAYS, streams_for(SEED, MAU, 0))
+    uniforms = engine_uniforms(scenario, MAU, SEED, whole.requests)
+    summary = spill(
+        engine_blocks(scenario, MAU, DAYS, streams_for(SEED, MAU, 0), users_per_block), tmp_path, spill_format
+    )
+    assert (summary.requests, summary.calls) == (whole.requests, whole.call_request.size)
+    assert whole.conversation is not None
+    summaries_read = 0
+    for day in summary.days:
+        got = read_day(tmp_path, day, spill_format)
+        requests, calls, summaries = expected_day(whole, day, uniforms)
+        assert_columns_equal(got.requests, requests)
+        assert_columns_equal(got.calls, calls)
+        assert_columns_equal(got.summaries, summaries)
+        summaries_read += got.summaries["call"].size
+    assert summaries_read == whole.conversation.summaries
+    if "summarized" in case:
+        assert summaries_read > 0
 
 
 def days_after_the_run(days: tuple[int, ...]) -> bool:
