@@ -6,6 +6,7 @@ import functools
 import itertools
 import math
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.io.scenarios import load_scenario
+from sim.io.value_spill import SpilledValues
 from sim.model import engine
 from sim.model.forecast import summarize
 from sim.model.order_statistics import linear_percentiles, order_statistics, sort_keys
@@ -184,3 +186,14 @@ def test_the_mean_score_is_the_exact_mean_rounded_once_whatever_the_chunks(
     assert total.mean() == exact
     if scores:  # np.mean's pairwise sum may round differently: by an ulp or so at most
         assert math.isclose(total.mean(), float(np.mean(scores)), rel_tol=4e-16 * 8)
+
+
+def test_ttfts_spilled_to_files_give_the_same_figures(tmp_path: Path) -> None:
+    run = run_of(*SCENARIOS[2])
+    store = SpilledValues(tmp_path / "ttft")
+    figures = RunFigures.of_run(run, ttft_store=store)
+    for rows in by_day(run):
+        figures.add_requests(RequestChunk.of_run(run, rows))
+    figures.add_attempts(attempt_rows(run))
+    assert figures.summary() == summarize(run)
+    assert len(list((tmp_path / "ttft").glob("values-*.npy"))) == len(by_day(run))
