@@ -28,31 +28,25 @@ from typing import Any
 
 import numpy as np
 
-from budget.domain.prices import NANOS_PER_USD, PriceCatalog
+from budget.domain.prices import PriceCatalog
 from sim.model import engine
 from sim.model.caps import sum_by
-from sim.model.codes import Action, CapDecision, Outcome, Served
-from sim.model.periods import Period, period_index, run_periods
-from sim.model.policies import streaming
+from sim.model.periods import MonthBasis, Period, period_index, run_periods
 from sim.model.run import RunResult
+from sim.model.run_figures import (
+    PERCENTILES as PERCENTILES,
+)  # re-exported: readers of forecasts import them here
+from sim.model.run_figures import TOKEN_COLUMNS as TOKEN_COLUMNS
+from sim.model.run_figures import USD_PER_NANO as USD_PER_NANO
+from sim.model.run_figures import Summary as Summary
+from sim.model.run_figures import fold_run
+from sim.model.run_figures import user_figures as user_figures
 from sim.model.scenario import Scenario
 
 # Student's t 97.5% quantiles for 1..30 degrees of freedom (beyond: t975's expansion).
 _T975: tuple[float, ...] = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 _T975 += (2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086)
 _T975 += (2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-Summary = dict[str, Any]
-
-# Billed token kinds: the result's name for each and the attempt-log column it sums. Input counts every
-# billed input token; cached input and cache writes are the parts of it the provider's prompt cache read
-# and wrote (billed at their own prices).
-TOKEN_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("input", "billed_input"),
-    ("cached_input", "billed_cached"),
-    ("cache_write", "billed_write"),
-    ("output", "billed_output"),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +74,10 @@ class Forecast:
         }
 
 
-# Dollars per nano-dollar, as one factor: per-user figures are nano-dollar totals times it.
-USD_PER_NANO = 1.0 / NANOS_PER_USD
-PERCENTILES = (50, 90, 99)
-
-
 @dataclass(frozen=True, slots=True)
 class Months:
-    """A run's periods, and each request's period and user's spend per period."""
+    """A run's periods, and each request's period and user's spend per period (for figures read off a
+    whole run; the forecast's own fold over chunks is sim/model/run_figures.py)."""
 
     periods: tuple[Period, ...]
     of_request: np.ndarray  # the period of each request
@@ -107,45 +97,13 @@ class Months:
         return sum_by(of_request * mau + run.traffic.user, cost, count * mau).reshape(count, mau)
 
     @property
-    def complete(self) -> list[Period]:
-        return [p for p in self.periods if p.complete]
-
-    @property
     def basis(self) -> list[Period]:
-        """The periods the headline per-user-month figures come from: the complete months, or else the
-        one partial month the run covers."""
-        return self.complete or [self.periods[0]]
-
-    def per_user_month_label(self) -> str:
-        complete = len(self.complete)
-        if complete == 0:
-            only = self.periods[0]
-            return f"partial: {only.days} of {only.month_days} days"
-        return "1 complete month" if complete == 1 else f"mean of {complete} complete months"
-
-    def headline(self, per_period: Sequence[float]) -> float:
-        """A per-user-month figure: its mean over the basis periods (the partial month's as it is)."""
-        basis = self.basis
-        return math.fsum(per_period[p.index] for p in basis) / len(basis)
+        """The periods the headline per-user-month figures come from (MonthBasis.basis)."""
+        return MonthBasis(self.periods).basis
 
     def monthly_total(self, nanos_per_period: Sequence[int] | np.ndarray) -> float:
-        """A monthly total in USD: the mean over the complete months, or the partial month's total
-        extrapolated to its whole length."""
-        complete = self.complete
-        if complete:
-            return sum(nanos_per_period[p.index] for p in complete) / len(complete) / NANOS_PER_USD
-        only = self.periods[0]
-        return nanos_per_period[0] * only.extrapolation / NANOS_PER_USD
-
-    def extrapolation(self) -> Summary | None:
-        """The factor and its basis when monthly totals are extrapolated (no complete month), else None."""
-        if self.complete:
-            return None
-        only = self.periods[0]
-        return {
-            "factor": only.extrapolation,
-            "basis": f"{only.days} of {only.month_days} days of the month from {only.start.isoformat()}",
-        }
+        """A monthly total in USD, as MonthBasis.monthly_total makes it."""
+        return MonthBasis(self.periods).monthly_total(nanos_per_period)
 
     def totals(self, cost: np.ndarray) -> list[int]:
         """The sum of `cost` (per request, nano-dollars) in each period."""
@@ -153,169 +111,9 @@ class Months:
         return totals
 
 
-def user_figures(spend_nanos: np.ndarray) -> dict[str, float]:
-    """Mean and percentiles of users' spend in one period (USD, not scaled)."""
-    usd = spend_nanos * USD_PER_NANO
-    return {
-        "mean": float(usd.mean()),
-        **{f"p{q}": float(np.percentile(usd, q)) for q in PERCENTILES},
-    }
-
-
 def summarize(run: RunResult) -> Summary:
-    """The forecast figures of one run."""
-    traffic = run.traffic
-    requests = traffic.requests
-    months = Months.of(run)
-    total_nanos = int(run.cost_nanos.sum())
-    period_costs = months.totals(run.cost_nanos)
-    per_period_users = [user_figures(row) for row in months.user_spend]
-    outcome = run.attempts.column("outcome").astype(np.int64)
-    action = run.attempts.column("action").astype(np.int64)
-    model = run.attempts.column("model").astype(np.int64)
-    made = outcome != Outcome.RATE_LIMITED
-    chains = traffic.context >= 0
-    ttft = run.ttft_s[~np.isnan(run.ttft_s)] * 1000.0
-    summary: Summary = {
-        "mau": traffic.mau,
-        "requests": requests,
-        "sessions": traffic.sessions,
-        "cost_usd": months.monthly_total(period_costs),
-        "cost_per_session_usd": total_nanos / NANOS_PER_USD / max(traffic.sessions, 1),
-        "cost_per_request_usd": total_nanos / NANOS_PER_USD / max(requests, 1),
-        "cost_per_user_month_usd": {
-            key: months.headline([figures[key] for figures in per_period_users])
-            for key in per_period_users[0]
-        },
-        "quality": float(run.quality.mean()) if requests else 0.0,
-        "hit_rate": {
-            "exact": _share(run.served == Served.EXACT, requests),
-            "semantic": _share(run.served == Served.SEMANTIC, requests),
-            "fragment": _share(run.fragment_hit & chains, int(np.count_nonzero(chains))),
-        },
-        "false_hits": int(np.count_nonzero(run.served == Served.FALSE_HIT)),
-        "failed_requests": int(np.count_nonzero(run.served == Served.FAILED)),
-        "calls_by_model": {
-            name: int(np.count_nonzero(made & (model == i))) for i, name in enumerate(run.models)
-        },
-        "retries": int(np.count_nonzero(action == Action.RETRY)),
-        "regenerations": int(np.count_nonzero(action == Action.REGENERATE)),
-        "rate_limited": int(np.count_nonzero(~made)),
-        "queued": int(np.count_nonzero((action == Action.QUEUE) | (action == Action.GIVE_UP))),
-        "fallbacks": int(np.count_nonzero(run.fallback)),
-        "stream_aborts": streaming.stream_aborts(run.scenario.streaming, outcome),
-        "ttft_ms": {
-            "p50": float(np.percentile(ttft, 50)) if ttft.size else 0.0,
-            "p95": float(np.percentile(ttft, 95)) if ttft.size else 0.0,
-        },
-        **token_totals(run),
-        **period_figures(months, total_nanos, period_costs, per_period_users),
-    }
-    if run.scenario.cap is not None:
-        summary["cap"] = cap_figures(run, months)
-        for period, figures in zip(summary["periods"], summary["cap"].pop("periods"), strict=True):
-            period["cap"] = figures
-    return summary
-
-
-def period_figures(
-    months: Months, total_nanos: int, period_costs: list[int], per_period_users: list[dict[str, float]]
-) -> Summary:
-    """What the run cost, how the monthly figures were made from its periods, and each period's own."""
-    figures: Summary = {"cost_usd_run": total_nanos / NANOS_PER_USD}
-    extrapolation = months.extrapolation()
-    if extrapolation is not None:
-        figures["cost_usd_month_extrapolated"] = months.monthly_total(period_costs)
-        figures["extrapolation"] = extrapolation
-    figures["per_user_month"] = months.per_user_month_label()
-    figures["periods"] = [
-        {
-            **period.to_json(),
-            "requests": int(np.count_nonzero(months.of_request == period.index)),
-            "cost_usd": cost / NANOS_PER_USD,
-            "cost_per_user_usd": users,
-        }
-        for period, cost, users in zip(months.periods, period_costs, per_period_users, strict=True)
-    ]
-    return figures
-
-
-def token_totals(run: RunResult) -> Summary:
-    """The billed tokens of the run's attempts (over the days simulated, not extrapolated), in total
-    ("tokens") and per model ("tokens_by_model"), each as input, cached_input, cache_write and output."""
-    model = run.attempts.column("model").astype(np.int64)
-    columns = {name: run.attempts.column(column).astype(np.int64) for name, column in TOKEN_COLUMNS}
-    return {
-        "tokens": {name: int(values.sum()) for name, values in columns.items()},
-        "tokens_by_model": {
-            name: {kind: int(values[model == i].sum()) for kind, values in columns.items()}
-            for i, name in enumerate(run.models)
-        },
-    }
-
-
-def cap_figures(run: RunResult, months: Months) -> Summary:
-    """What the cap did: who reached the soft limit and the cap, what it saved and what it cost in quality.
-
-    Each month is capped on its own (sim/model/caps.py): the shares of users are per period ("periods",
-    which summarize() moves into each period's figures) and their headline is the mean over the complete
-    months, like the per-user-month costs. `users_at_cap` counts users who had a request degraded or
-    denied; `users_over_cap_uncapped` those whose month would have passed the cap without it.
-    """
-    cap = run.scenario.cap
-    assert cap is not None
-    mau = run.traffic.mau
-    spend = months.user_spend
-    per_period: list[Summary] = [
-        {
-            "users_over_soft": _share(row * USD_PER_NANO >= cap.monthly_usd * cap.soft_threshold, mau),
-            "users_at_cap": _share(row * USD_PER_NANO >= cap.monthly_usd, mau),
-        }
-        for row in spend
-    ]
-    effect = run.cap
-    if effect is not None:
-        felt = np.zeros((len(months.periods), mau), dtype=bool)
-        limited = effect.decision != CapDecision.ALLOWED
-        felt[months.of_request[limited], run.traffic.user[limited]] = True
-        uncapped = Months.spread(run, months.of_request, effect.uncapped_cost_nanos, len(months.periods))
-        for shares, felt_row, uncapped_row in zip(per_period, felt, uncapped, strict=True):
-            shares["users_at_cap"] = _share(felt_row, mau)
-            shares["users_over_cap_uncapped"] = _share(uncapped_row * USD_PER_NANO > cap.monthly_usd, mau)
-    figures: Summary = {"monthly_usd": cap.monthly_usd}
-    for key in per_period[0]:
-        figures[key] = months.headline([period[key] for period in per_period])
-    if effect is None:
-        return {**figures, "periods": per_period}
-    uncapped_total = int(effect.uncapped_cost_nanos.sum())
-    saved = uncapped_total - int(run.cost_nanos.sum())
-    saved_per_period = [
-        before - after
-        for before, after in zip(
-            months.totals(effect.uncapped_cost_nanos), months.totals(run.cost_nanos), strict=True
-        )
-    ]
-    figures.update(
-        {
-            "spend_saved_usd": months.monthly_total(saved_per_period),
-            "spend_saved_share": saved / uncapped_total if uncapped_total else 0.0,
-            "requests_degraded": int(np.count_nonzero(effect.decision == CapDecision.DEGRADED)),
-            "requests_denied": int(np.count_nonzero(effect.decision == CapDecision.DENIED)),
-            "quality_uncapped": float(effect.uncapped_quality.mean())
-            if effect.uncapped_quality.size
-            else 0.0,
-            "quality_lost": float(effect.uncapped_quality.mean() - run.quality.mean())
-            if run.quality.size
-            else 0.0,
-            "users_replayed": effect.users_replayed,
-            "spend_saved_usd_run": saved / NANOS_PER_USD,
-        }
-    )
-    return {**figures, "periods": per_period}
-
-
-def _share(mask: np.ndarray, total: int) -> float:
-    return float(np.count_nonzero(mask)) / total if total else 0.0
+    """The forecast figures of one run: the whole run folded as one chunk (sim/model/run_figures.py)."""
+    return fold_run(run).summary()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from budget.domain.prices import NANOS_PER_USD
 
 MIN_DAYS, MAX_DAYS = 1, 366
 SECONDS_PER_DAY = 86400.0
@@ -54,6 +58,56 @@ class Period:
             "days": self.days,
             "month_days": self.month_days,
             "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MonthBasis:
+    """How a run's per-period figures become its monthly ones: per-user-month figures are the mean over
+    the complete months (or the one partial month's as it is), monthly totals the mean over the complete
+    months (or the partial month's total extrapolated to its whole length)."""
+
+    periods: tuple[Period, ...]
+
+    @property
+    def complete(self) -> list[Period]:
+        return [p for p in self.periods if p.complete]
+
+    @property
+    def basis(self) -> list[Period]:
+        """The periods the headline per-user-month figures come from: the complete months, or else the
+        one partial month the run covers."""
+        return self.complete or [self.periods[0]]
+
+    def per_user_month_label(self) -> str:
+        complete = len(self.complete)
+        if complete == 0:
+            only = self.periods[0]
+            return f"partial: {only.days} of {only.month_days} days"
+        return "1 complete month" if complete == 1 else f"mean of {complete} complete months"
+
+    def headline(self, per_period: Sequence[float]) -> float:
+        """A per-user-month figure: its mean over the basis periods (the partial month's as it is)."""
+        basis = self.basis
+        return math.fsum(per_period[p.index] for p in basis) / len(basis)
+
+    def monthly_total(self, nanos_per_period: Sequence[int] | np.ndarray) -> float:
+        """A monthly total in USD: the mean over the complete months, or the partial month's total
+        extrapolated to its whole length."""
+        complete = self.complete
+        if complete:
+            return sum(nanos_per_period[p.index] for p in complete) / len(complete) / NANOS_PER_USD
+        only = self.periods[0]
+        return nanos_per_period[0] * only.extrapolation / NANOS_PER_USD
+
+    def extrapolation(self) -> dict[str, object] | None:
+        """The factor and its basis when monthly totals are extrapolated (no complete month), else None."""
+        if self.complete:
+            return None
+        only = self.periods[0]
+        return {
+            "factor": only.extrapolation,
+            "basis": f"{only.days} of {only.month_days} days of the month from {only.start.isoformat()}",
         }
 
 
