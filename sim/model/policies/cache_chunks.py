@@ -32,10 +32,12 @@ class CacheState:
     hold a slot each), with what decides their hits: the entry's write time and the order of last touches.
     Slots below the deepest keyed one are dropped (nothing they push out can be found). Without drawn false
     hits (false_hit = 0: exact and fragment layers) slots below the deepest entry still alive (written
-    within ttl_s of the chunk's last access) are dropped too: so under an unbounded capacity only the
-    entries alive at the boundary and the keys touched after the oldest of them's last touch are carried --
-    at most the accesses of one TTL. With drawn false hits an expired entry still matters while it holds
-    its slot (a false hit that finds it touches it), so up to `capacity` slots stay.
+    within ttl_s of the chunk's last access) are dropped too -- they can only be rewritten, which touches
+    the LRU as a new key would, and they sit below every slot whose rank can still matter: so under an
+    unbounded capacity only the entries alive at the boundary and the keys touched after the oldest of
+    them's last touch are carried, at most the accesses of the last TTL. With drawn false hits an expired
+    entry still matters while it holds its slot (a false hit that finds it touches it), so up to
+    `capacity` slots stay. A slot takes 24 bytes (100,000 slots: 2.4 MB).
     """
 
     key: np.ndarray  # int64: the slot's key; -1: a one-off prompt's slot
