@@ -43,14 +43,42 @@ def lookup(
     """Which accesses hit, in an LRU cache of `capacity` entries whose entries live `ttl_s` from their write.
 
     Accesses are in stream order (the order ties in time are served in); `keys` are -1 for a one-off.
+    A whole run at once; sim/model/policies/cache_chunks.py serves it a chunk of time at a time.
     """
+    return serve(keys, times, ttl_s, capacity, true_hit, false_hit, u_true, u_false, exact_touches=False)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """How a layer's keyed accesses went, in (key, served) order: what a chunked run carries on from."""
+
+    order: np.ndarray  # the keyed accesses (indices into the stream), by key, then as served
+    first: np.ndarray  # each key's first access
+    writes: np.ndarray  # the accesses that stored an answer
+    touches: np.ndarray  # the accesses that touched the LRU (all but drawn false hits finding nothing)
+
+
+def serve(
+    keys: np.ndarray,
+    times: np.ndarray,
+    ttl_s: float,
+    capacity: int,
+    true_hit: float,
+    false_hit: float,
+    u_true: np.ndarray,
+    u_false: np.ndarray,
+    exact_touches: bool,
+) -> tuple[LayerHits, Served]:
+    """`lookup`, and how its keyed accesses went. `exact_touches`: work out exactly which drawn false hits
+    touch the LRU even where no outcome depends on it (costlier; a chunked run needs it)."""
     n = keys.size
     might_false = u_false < false_hit
     result_true = np.zeros(n, dtype=bool)
     result_false = might_false.copy()
     keyed = np.flatnonzero(keys >= 0)
     if keyed.size == 0:
-        return LayerHits(result_true, result_false)
+        nothing = np.zeros(0, dtype=bool)
+        return LayerHits(result_true, result_false), Served(keyed, nothing, nothing, nothing)
     by_key, key_sorted = by_key_then_time(keys[keyed], times[keyed])
     order = keyed[by_key]
     t = times[order]
@@ -64,20 +92,24 @@ def lookup(
     missed = np.zeros(order.size, dtype=bool)  # finds nothing although a valid entry is there
     if true_hit <= float(u_true.max(initial=0.0)):
         missed = u_true[order] >= true_hit
-    absent = lru.evicted(times, order, first, might_false, capacity, ttl_s)  # never stored or pushed out
+    # never stored or pushed out
+    absent = lru.evicted(times, order, first, might_false, capacity, ttl_s, exact_touches)
     # A write happens at an access that finds no valid entry (A) or that fails to find the one there (C).
     can_write = ~false_sorted
     must_write = can_write & (absent | missed)
     writes = _write_chain(t, group, starts, ttl_s, can_write, must_write)
     last_write = np.maximum.accumulate(np.where(writes, np.arange(order.size), -1))
-    has_entry = (last_write >= starts[group]) & ~writes
+    written_before = last_write >= starts[group]
+    has_entry = written_before & ~writes
     age = t - t[np.maximum(last_write, 0)]
     eligible = has_entry & (age < ttl_s) & ~absent
     hit = eligible & ~missed
     result_true[order] = hit
     if any_false:
         result_false[order] = ~hit & ~writes & false_sorted
-    return LayerHits(result_true, result_false)
+    # A drawn false hit touches only a key that is there: stored before and not pushed out since.
+    touches = ~false_sorted | (written_before & ~absent)
+    return LayerHits(result_true, result_false), Served(order, first, writes, touches)
 
 
 def _write_chain(

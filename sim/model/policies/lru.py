@@ -36,6 +36,7 @@ def evicted(
     tentative: np.ndarray,
     capacity: int,
     ttl_s: float,
+    exact_touches: bool = False,
 ) -> np.ndarray:
     """For each keyed access, in `order`: is its key absent from the cache (never stored, or pushed out)?
 
@@ -46,9 +47,16 @@ def evicted(
 
     Exact wherever residency can change an outcome: accesses within the TTL of their key's previous touch,
     and tentative ones. Elsewhere the entry has expired anyway, and it may be reported resident.
+    `exact_touches`: exact for every tentative access even where its outcome does not depend on it (which
+    of them touch decides the LRU order a chunked run carries on from: cache_chunks.lookup_chunk). A
+    tentative access reported present must also find a write of its key before it to be present.
     """
     distinct = int(np.count_nonzero(first)) + times.size - order.size  # keys, and one-off accesses
-    if distinct <= capacity or _most_in_a_ttl(times, ttl_s) <= capacity + 1:
+    if distinct <= capacity:
+        return first.copy()  # nothing is ever pushed out
+    # A stale tentative access may be reported present here, which changes no outcome but does change
+    # the LRU order: not when the caller carries that order on.
+    if not (exact_touches and tentative.any()) and _most_in_a_ttl(times, ttl_s) <= capacity + 1:
         # From a fresh entry's last touch to its next access, fewer than `capacity` other keys are
         # touched: nothing that matters is ever pushed out.
         return first.copy()
