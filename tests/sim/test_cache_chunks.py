@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from sim.errors import ArgumentError
 from sim.io.scenarios import load_scenario
 from sim.model import traffic as traffic_module
+from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
 from sim.model.engine import cache_layers, semantic_rates
 from sim.model.policies.cache import LayerHits, lookup
 from sim.model.policies.cache_chunks import CacheState, lookup_chunk
@@ -165,39 +166,24 @@ def test_an_empty_chunk_changes_nothing() -> None:
 
 
 def cache_layers_by_day(scenario: Scenario, traffic: Any, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """engine.cache_layers as the day loop will run it: each simulated day's requests in request-id order,
-    the three layers' states carried from day to day (the same draws: three uniforms per request)."""
-    n, layers = traffic.requests, scenario.cache
+    """engine.cache_layers as the day loop runs it (sim/model/day_caches.py): each simulated day's requests
+    in request-id order, the three layers' states carried from day to day (the same draws: three uniforms
+    per request)."""
+    n = traffic.requests
     u_exact, u_true, u_false = rng.random((3, n))
     p_true, p_false = semantic_rates(scenario)
     exact, true_hit, false_hit, fragment = (np.zeros(n, dtype=bool) for _ in range(4))
-    exact_state = semantic_state = fragment_state = CacheState.empty()
+    states = LayerStates.empty()
     day = (traffic.t // DAY_S).astype(np.int64)
     for d in range(int(day.max()) + 1):
         requests = np.flatnonzero(day == d)
-        if layers.exact.enabled:
-            e = layers.exact
-            hits, exact_state = lookup_chunk(
-                traffic.exact_key[requests], traffic.t[requests], e.ttl_s, e.capacity, 1.0, 0.0,
-                u_exact[requests], np.ones(requests.size), exact_state,
-            )  # fmt: skip
-            exact[requests] = hits.true_hit
-        if layers.semantic.enabled:
-            rows = requests[~exact[requests]]
-            s = layers.semantic
-            hits, semantic_state = lookup_chunk(
-                traffic.cluster[rows], traffic.t[rows], s.ttl_s, s.capacity, p_true, p_false,
-                u_true[rows], u_false[rows], semantic_state,
-            )  # fmt: skip
-            true_hit[rows], false_hit[rows] = hits.true_hit, hits.false_hit
-        if layers.fragment.enabled and scenario.prompts.chains.deterministic_steps > 0:
-            rows = requests[~(exact | true_hit | false_hit)[requests] & (traffic.context[requests] >= 0)]
-            f = layers.fragment
-            hits, fragment_state = lookup_chunk(
-                traffic.context[rows], traffic.t[rows], f.ttl_s, f.capacity, 1.0, 0.0,
-                np.zeros(rows.size), np.ones(rows.size), fragment_state,
-            )  # fmt: skip
-            fragment[rows] = hits.true_hit
+        columns = DayRequests(
+            traffic.t[requests], traffic.exact_key[requests], traffic.cluster[requests],
+            traffic.context[requests], u_exact[requests], u_true[requests], u_false[requests],
+        )  # fmt: skip
+        hits = day_cache_layers(scenario, columns, p_true, p_false, states)
+        exact[requests], semantic, fragment[requests], states = hits
+        true_hit[requests], false_hit[requests] = semantic.true_hit, semantic.false_hit
     return exact, true_hit, false_hit, fragment
 
 
