@@ -17,9 +17,9 @@ Carried state between ticks (`AttemptClock.nbytes`):
   plus RATE_HORIZON_DAYS -- 17 bytes x models x 1440 x (days + 2), independent of users (30 days, 4
   models: 3.1 MB). Windows behind the clock are not dropped: they are this small.
 - the client queue's tails: a few integers per model (its logged rounds are settled inside every tick).
-- follow-ups in flight: the retries and released queued calls due in later ticks, ~54 bytes each --
-  those made near midnight, a small share of one day's calls.
-- first attempts added but not yet due, ~54 bytes each: with calls added a day of requests at a time,
+- follow-ups in flight: the retries and released queued calls due in later ticks, 46 bytes each (54
+  with int64 token counts) -- those made near midnight, a small share of one day's calls.
+- first attempts added but not yet due, as many bytes each: with calls added a day of requests at a time,
   the ones pushed past midnight (again a small share of a day's calls).
 """
 

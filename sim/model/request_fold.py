@@ -109,7 +109,7 @@ class Finished:
 class RequestFold:
     """Requests opened as they become known, folded a log at a time, handed out once finished.
 
-    Carried state: per open request ~54 bytes (id, arrival, cache answers, tally, calls left), per open
+    Carried state: per open request 53 bytes (id, arrival, cache answers, tally, calls left), per open
     call 16 bytes (call id, request id). Open: a request with a call not yet at its terminal attempt --
     fed a day at a time, the day's requests still in play plus those with calls pushed past midnight or
     retries and queued calls in flight (`nbytes`).
@@ -150,7 +150,7 @@ class RequestFold:
         self.tally = self.tally.join(Outcomes.empty(request.size)).take(order)
         self.calls_left = np.concatenate([self.calls_left, np.zeros(request.size, dtype=np.int64)])[order]
         rows = _positions(self.request, np.asarray(call_request, dtype=np.int64), "call_request")
-        np.add.at(self.calls_left, rows, 1)
+        self.calls_left += np.bincount(rows, minlength=self.calls_left.size)  # np.add.at is slower
         calls = np.concatenate([self.call, np.asarray(call, dtype=np.int64)])
         by_call = np.argsort(calls, kind="stable")
         self.call = calls[by_call]
@@ -164,7 +164,7 @@ class RequestFold:
         rows = _positions(self.request, self.call_request[at], "log")
         accumulate(self.tally, rows, log)
         terminal = ~np.isin(log.column("action"), _AGAIN)
-        np.subtract.at(self.calls_left, rows[terminal], 1)
+        self.calls_left -= np.bincount(rows[terminal], minlength=self.calls_left.size)
         keep_call = np.ones(self.call.size, dtype=bool)
         keep_call[at[terminal]] = False
         self.call, self.call_request = self.call[keep_call], self.call_request[keep_call]
