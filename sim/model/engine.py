@@ -15,23 +15,21 @@ import numpy as np
 import simpy
 
 from budget.domain.prices import PriceCatalog
+from sim.model import request_fold
 from sim.model import traffic as traffic_module
-from sim.model.attempts import AttemptLog, CallSheet, Pending, RateWindows
+from sim.model.attempt_clock import RATE_HORIZON_DAYS as RATE_HORIZON_DAYS  # read by the reference
+from sim.model.attempt_clock import TICK_S, AttemptClock
+from sim.model.attempts import AttemptLog, CallSheet
 from sim.model.caps import apply_cap
-from sim.model.codes import Action, Outcome, Served
+from sim.model.codes import Served
 from sim.model.policies import cache, prompt_cache, provider, router
 from sim.model.pricing import PriceSheet
 from sim.model.randomness import streams_for
+from sim.model.request_fold import EXACT_HIT_S as EXACT_HIT_S  # read by the reference and tests
+from sim.model.request_fold import SEMANTIC_HIT_S as SEMANTIC_HIT_S
 from sim.model.run import RunResult, calls_needing_model
 from sim.model.scenario import Scenario
-from sim.model.tick import TickRunner
-from sim.model.traffic import SECONDS_PER_DAY, Traffic
-
-TICK_S = SECONDS_PER_DAY
-# Rate windows are kept this many days past the simulated month: retries and queued calls of its last
-# day land there.
-RATE_HORIZON_DAYS = 2
-EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
+from sim.model.traffic import Traffic
 
 
 def simulate(
@@ -233,75 +231,38 @@ def _attempt_clock(
 ) -> tuple[AttemptLog, int]:
     """SimPy steps the clock a tick at a time; each tick's attempts are made by a TickRunner.
 
-    First attempts are bucketed by tick once (a stable integer sort); follow-ups that fall past the tick
-    they came from wait in a spill-over list for their tick.
+    The whole run is the resumable clock's one-chunk case (sim/model/attempt_clock.py): every call is
+    added at once, then ticks are played until nothing is left (at least one, as a run always had).
     """
     env = simpy.Environment()
     log = AttemptLog()
-    runner = TickRunner(
-        scenario, table, RateWindows(table, (days + RATE_HORIZON_DAYS) * SECONDS_PER_DAY), sheet, key, log
-    )
-    tick_of = (starts // TICK_S).astype(np.int16)  # 16 bits: numpy's stable sort is then a radix sort
-    order = np.argsort(tick_of, kind="stable")
-    first = Pending.first_attempts(sheet, calls[order], starts[order])
-    bounds = np.searchsorted(tick_of[order], np.arange(int(tick_of.max(initial=0)) + 2))
+    clock = AttemptClock(scenario, table, sheet, key, days)
+    clock.add(calls, starts)
 
-    def clock() -> Generator[simpy.Event, None, None]:
-        tick, spill = 0, first.take(slice(0, 0))
-        while tick + 1 < bounds.size or spill.size:
+    def ticks() -> Generator[simpy.Event, None, None]:
+        while clock.tick == 0 or clock.busy:
+            tick = clock.tick
             phase(f"attempts, day {tick + 1} of {days}" if tick < days else "attempts after the last day")
-            tick_end = (tick + 1) * TICK_S
-            due = spill.t < tick_end
-            arrivals = (
-                first.take(slice(bounds[tick], bounds[tick + 1]))
-                if tick + 1 < bounds.size
-                else spill.take(due[:0])
-            )
-            later = runner.run(Pending.join([spill.take(due), arrivals]), tick_end)
-            spill = Pending.join([spill.take(~due), later])
-            tick += 1
+            clock.run_tick(log)
             yield env.timeout(TICK_S)
 
-    env.process(clock())
+    env.process(ticks())
     env.run()
-    return log, runner.rounds
+    return log, clock.rounds
 
 
 def _per_request(
     traffic: Traffic, log: AttemptLog, exact: np.ndarray, semantic: cache.LayerHits
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fold attempts into requests: who served it, when the first token showed, its cost."""
-    n = traffic.requests
+    """Fold attempts into requests: who served it, when the first token showed, its cost.
+
+    The whole log at once, by the rules a streaming fold applies a tick at a time (sim/model/request_fold.py).
+    """
+    tally = request_fold.Outcomes.empty(traffic.requests)
     request = traffic.call_request[np.asarray(log.column("call"), dtype=np.intp)]  # int32 ids, or empty
-    action = log.column("action")
-    served = np.full(n, Served.MODEL, dtype=np.int64)
-    served[request[(action == Action.FAILED) | (action == Action.GIVE_UP)]] = Served.FAILED
-    served[semantic.false_hit] = Served.FALSE_HIT
-    served[semantic.true_hit] = Served.SEMANTIC
-    served[exact] = Served.EXACT
-    done = np.flatnonzero(action == Action.DONE)
-    ttft = np.full(n, -np.inf)  # first the latest first-visible time of the request's calls
-    np.maximum.at(ttft, request[done], log.column("visible_at")[done])
-    ttft -= traffic.t
-    for code, seconds in _TTFT_WITHOUT_MODEL.items():  # a mask per code: no temporary the size of all
-        ttft[served == code] = seconds
-    fallback = np.zeros(n, dtype=bool)
-    fallback[request[(action == Action.QUEUE) | (action == Action.GIVE_UP)]] = True
-    cost = np.zeros(n, dtype=np.int64)
-    np.add.at(cost, request, np.asarray(log.column("cost_nanos"), dtype=np.int64))  # int64, or empty
-    bad_served = np.zeros(n, dtype=bool)
-    bad_served[request[done[log.column("outcome")[done] == Outcome.BAD_SERVED]]] = True
-    bad_served &= served == Served.MODEL  # a bad summary does not spoil an answer a cache gave
-    return served, ttft, fallback, cost, bad_served
-
-
-# Time to first token of a request not answered by the model, by its `served` code (NaN: it failed).
-_TTFT_WITHOUT_MODEL = {
-    Served.FAILED: np.nan,
-    Served.EXACT: EXACT_HIT_S,
-    Served.SEMANTIC: SEMANTIC_HIT_S,
-    Served.FALSE_HIT: SEMANTIC_HIT_S,
-}
+    request_fold.accumulate(tally, request, log)
+    done = request_fold.finish(tally, traffic.t, exact, semantic.true_hit, semantic.false_hit)
+    return done.served, done.ttft, done.fallback, done.cost, done.bad_served
 
 
 def quality_scores(
