@@ -86,6 +86,11 @@ class AttemptClock:
         self.waiting: list[_Arrivals] = []
         self.spill: Pending = Pending.first_attempts(sheet, np.zeros(0, dtype=np.int64), np.zeros(0))
 
+    def use_sheet(self, sheet: CallSheet) -> None:
+        """Read calls from `sheet` from now on: it must hold every call added later and every call still
+        in play (a streaming engine's sheet of the calls in play, sim/model/streaming_engine.py)."""
+        self.sheet = self.runner.sheet = sheet
+
     @property
     def rounds(self) -> int:
         """Rounds of attempts made so far (a measure of the work done)."""

@@ -63,12 +63,13 @@ class Pending:
     def first_attempts(cls, sheet: CallSheet, call: np.ndarray, t: np.ndarray) -> Pending:
         """The first attempt of each call in `call`, due at `t`."""
         counts = np.zeros(call.size, dtype=np.int32)  # never written in place: shared by two fields
+        row = sheet.at(call)
         return cls(
             call.astype(np.int32),
             t,
-            sheet.model[call].astype(np.int8, copy=False),
-            sheet.input_tokens[call],
-            sheet.output_tokens[call],
+            sheet.model[row].astype(np.int8, copy=False),
+            sheet.input_tokens[row],
+            sheet.output_tokens[row],
             counts,
             counts,
             np.zeros(call.size, dtype=bool),
@@ -118,7 +119,8 @@ class AttemptLog:
 
 @dataclass(frozen=True, slots=True)
 class CallSheet:
-    """What the attempt loop needs to know about each call (indexed by call id)."""
+    """What the attempt loop needs to know about each call: row i is call i, or with `ids` (a streaming
+    engine's sheet of the calls in play) the call ids[i]."""
 
     model: np.ndarray
     input_tokens: np.ndarray
@@ -134,10 +136,15 @@ class CallSheet:
     cache_write: np.ndarray | None = None
     cached_price: np.ndarray | None = None
     write_price: np.ndarray | None = None
+    ids: np.ndarray | None = None  # ascending call ids of the rows; None: every call of the run, in order
+
+    def at(self, call: np.ndarray) -> np.ndarray:
+        """The sheet's rows of calls `call`."""
+        return call if self.ids is None else np.searchsorted(self.ids, call)
 
     def rows(self, call: np.ndarray, model: np.ndarray) -> np.ndarray:
         """The price row of each attempt (of `call`, made with `model`)."""
-        return model if self.price_row is None else self.price_row[call]
+        return model if self.price_row is None else self.price_row[self.at(call)]
 
     def prompt_cache_bill(
         self, call: np.ndarray, row: np.ndarray, billed_in: np.ndarray
@@ -148,7 +155,8 @@ class CallSheet:
         if self.cached_input is None or self.cache_write is None:
             return zeros, zeros, zeros
         assert self.cached_price is not None and self.write_price is not None
-        read, wrote = self.cached_input[call], self.cache_write[call]
+        at = self.at(call)
+        read, wrote = self.cached_input[at], self.cache_write[at]
         billed = billed_in > 0
         if not billed.all():
             read, wrote = np.where(billed, read, 0), np.where(billed, wrote, 0)

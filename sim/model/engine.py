@@ -65,7 +65,7 @@ def simulate(
     call_model = request_model.astype(np.int8)[traffic.call_request]  # model codes are small
     start = (
         traffic.t[traffic.call_request[call_ids]]
-        + _chain_offsets(traffic, table, call_model, needed)[call_ids]
+        + chain_offsets(traffic, table, call_model, needed)[call_ids]
     )
     prices = PriceSheet.of(catalog, scenario.models)
     sheet = CallSheet(
@@ -187,7 +187,7 @@ def semantic_rates(scenario: Scenario) -> tuple[float, float]:
     return p_true, p_false
 
 
-def _chain_offsets(
+def chain_offsets(
     traffic: Traffic, table: provider.ProviderTable, call_model: np.ndarray, needed: np.ndarray
 ) -> np.ndarray:
     """When each call of a request starts: after the clean duration of its history's summary, if any, and

@@ -104,6 +104,7 @@ class Finished:
 
     request: np.ndarray  # int64 request ids
     outcomes: Outcomes
+    carried: dict[str, np.ndarray]  # the columns `RequestFold.open` was given to carry, of these requests
 
 
 class RequestFold:
@@ -125,6 +126,7 @@ class RequestFold:
         self.calls_left = np.zeros(0, dtype=np.int64)
         self.call = np.zeros(0, dtype=np.int64)  # open calls, ascending, and each one's request id
         self.call_request = np.zeros(0, dtype=np.int64)
+        self.carried: dict[str, np.ndarray] = {}
 
     def open(
         self,
@@ -135,9 +137,12 @@ class RequestFold:
         false_hit: np.ndarray,
         call: np.ndarray,
         call_request: np.ndarray,
+        carry: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Open requests (ids not opened before) with their arrival times and cache answers, and their
-        calls that go to a model (`call`, with each one's request id in `call_request`)."""
+        calls that go to a model (`call`, with each one's request id in `call_request`). `carry`: columns
+        (one value per request) handed back with each request when it finishes -- the same names at
+        every open."""
         if call.size != call_request.size:
             raise ArgumentError("call_request", f"has {call_request.size} requests for {call.size} calls")
         request = np.asarray(request, dtype=np.int64)
@@ -148,6 +153,8 @@ class RequestFold:
         self.true_hit = np.concatenate([self.true_hit, true_hit])[order]
         self.false_hit = np.concatenate([self.false_hit, false_hit])[order]
         self.tally = self.tally.join(Outcomes.empty(request.size)).take(order)
+        for name, values in (carry or {}).items():
+            self.carried[name] = np.concatenate([self.carried.get(name, values[:0]), values])[order]
         self.calls_left = np.concatenate([self.calls_left, np.zeros(request.size, dtype=np.int64)])[order]
         rows = _positions(self.request, np.asarray(call_request, dtype=np.int64), "call_request")
         self.calls_left += np.bincount(rows, minlength=self.calls_left.size)  # np.add.at is slower
@@ -178,6 +185,7 @@ class RequestFold:
                 self.true_hit[done],
                 self.false_hit[done],
             ),
+            {name: values[done] for name, values in self.carried.items()},
         )
         keep = ~done
         self.request, self.t, self.calls_left = self.request[keep], self.t[keep], self.calls_left[keep]
@@ -187,6 +195,7 @@ class RequestFold:
             self.false_hit[keep],
         )
         self.tally = self.tally.take(keep)
+        self.carried = {name: values[keep] for name, values in self.carried.items()}
         return finished
 
     @property
@@ -198,6 +207,7 @@ class RequestFold:
         """Bytes of the carried state."""
         arrays = (self.request, self.t, self.exact, self.true_hit, self.false_hit, self.calls_left)
         arrays += tuple(getattr(self.tally, name) for name in _OUTCOME_FIELDS)
+        arrays += tuple(self.carried.values())
         return sum(a.nbytes for a in arrays) + self.call.nbytes + self.call_request.nbytes
 
 

@@ -26,7 +26,13 @@ import numpy as np
 from sim.model.conversation import carry
 from sim.model.randomness import Streams
 from sim.model.scenario import ConversationContext, Scenario
-from sim.model.traffic_blocks import BlockConversation, TrafficBlock, blocks_with_totals, engine_draws
+from sim.model.traffic_blocks import (
+    BlockConversation,
+    TrafficBlock,
+    TrafficTotals,
+    blocks_with_totals,
+    engine_draws,
+)
 
 
 def engine_blocks(
@@ -34,11 +40,18 @@ def engine_blocks(
 ) -> Iterator[TrafficBlock]:
     """What a day-by-day engine reads, a block of users at a time: `traffic.generate`'s traffic (with its
     conversation context when the scenario has one) and the engine's draws the scenario uses."""
+    return engine_blocks_with_totals(scenario, mau, days, streams, users_per_block)[1]
+
+
+def engine_blocks_with_totals(
+    scenario: Scenario, mau: int, days: int, streams: Streams, users_per_block: int
+) -> tuple[TrafficTotals, Iterator[TrafficBlock]]:
+    """`engine_blocks`, and the run's totals its pre-passes found."""
     totals, drawn = blocks_with_totals(scenario, mau, days, streams, users_per_block, engine_draws(scenario))
     context = scenario.prompts.context
     if not context.active:
-        return drawn
-    return with_conversation(context, drawn, totals.calls)
+        return totals, drawn
+    return totals, with_conversation(context, drawn, totals.calls)
 
 
 def with_conversation(

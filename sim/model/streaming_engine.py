@@ -1,0 +1,317 @@
+"""The streaming engine: a run simulated a day at a time, in memory bounded by a day plus carried state.
+
+`engine.simulate` holds the month: every request, call and attempt. Here the traffic is drawn a block of
+users at a time and spilled by day (sim/model/traffic_blocks.py, sim/io/traffic_spill.py: the same numbers
+as `traffic.generate`, with the engine's router and cache draws at each request), and each day is read
+back and played with the state the day before left:
+
+- the response cache layers' LRU stacks (sim/model/day_caches.py);
+- the attempt clock: rate windows, the client queue, follow-ups in flight, first attempts not yet due
+  (sim/model/attempt_clock.py), reading a sheet of the calls still in play;
+- the requests not yet finished, with what their figures need (sim/model/request_fold.py);
+- the run's figures: per-user spend per period, counts and sums, TTFTs (sim/model/run_figures.py).
+
+The figures are those `forecast.summarize(engine.simulate(...))` gives, to the byte (tests hold the two
+together). A day's work runs on a `Traffic` of that day with local ids, through the whole-run engine's own
+functions (router, calls needing a model, chain offsets, quality), so no rule has a second copy.
+
+Not streamed yet -- `simulate_streaming` refuses them with one message: a per-user cap (sim/model/caps.py
+replays whole months per user), a provider prompt cache (its warmth is decided on the whole run), and a
+replayed trace (it is read whole).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import numpy as np
+
+from budget.domain.prices import PriceCatalog
+from sim.errors import ArgumentError
+from sim.io.traffic_spill import DayTraffic, read_day, spill
+from sim.model.attempt_clock import AttemptClock
+from sim.model.attempts import CallSheet
+from sim.model.conversation import Conversation
+from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
+from sim.model.engine import chain_offsets, quality_scores, semantic_rates
+from sim.model.policies import provider, router
+from sim.model.pricing import PriceSheet
+from sim.model.randomness import streams_for
+from sim.model.request_fold import Finished, RequestFold
+from sim.model.run import calls_needing_model
+from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures, Summary, ValueStore
+from sim.model.scenario import Scenario
+from sim.model.traffic import Traffic
+from sim.model.traffic_block_context import engine_blocks_with_totals
+from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE
+
+USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
+
+
+def simulate_streaming(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int = 0,
+    spill_dir: str | Path | None = None,
+    users_per_block: int = USERS_PER_BLOCK,
+    ttft_store: ValueStore | None = None,
+    on_phase: Callable[[str], object] | None = None,
+) -> Summary:
+    """The figures of one run of `scenario` at `mau` users for `days` days, simulated a day at a time.
+
+    The traffic is spilled under `spill_dir` (an empty directory; a temporary one when None, removed
+    after). `ttft_store` keeps the TTFTs for their percentiles (in memory when None).
+    """
+    refusal = streaming_refusal(scenario)
+    if refusal:
+        raise ArgumentError("scenario", refusal)
+    if spill_dir is None:
+        with TemporaryDirectory(prefix="margins-days-") as temporary:
+            return _simulate(
+                scenario, catalog, mau, days, seed, replication, Path(temporary), users_per_block,
+                ttft_store, on_phase,
+            )  # fmt: skip
+    return _simulate(
+        scenario, catalog, mau, days, seed, replication, Path(spill_dir), users_per_block,
+        ttft_store, on_phase,
+    )  # fmt: skip
+
+
+def streaming_refusal(scenario: Scenario) -> str | None:
+    """Why the streaming engine cannot run `scenario` yet, or None when it can."""
+    if scenario.cap is not None:
+        return f"{scenario.name}: the streaming engine does not apply per-user caps yet; run it whole"
+    if any(scenario.provider(model).prompt_cache for model in scenario.models):
+        return (
+            f"{scenario.name}: the streaming engine does not model provider prompt caches yet; run it whole"
+        )
+    return None
+
+
+def _simulate(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int,
+    directory: Path,
+    users_per_block: int,
+    ttft_store: ValueStore | None,
+    on_phase: Callable[[str], object] | None,
+) -> Summary:
+    phase = on_phase or _ignore
+    streams = streams_for(seed, mau, replication)
+    phase("traffic")
+    totals, blocks = engine_blocks_with_totals(scenario, mau, days, streams, users_per_block)
+    spilled = spill(blocks, directory)
+    day_loop = _DayLoop(scenario, catalog, mau, days, streams.attempt_key, ttft_store, totals.sessions)
+    with_requests = set(spilled.days)
+    for day in range(max(with_requests, default=0) + 1):
+        phase(f"day {day + 1} of {days}" if day < days else "requests after the last day")
+        day_loop.play(read_day(directory, day) if day in with_requests else None)
+    while day_loop.clock.busy:  # retries and queued calls past the last day, as the whole run plays them
+        phase("attempts after the last day")
+        day_loop.play(None)
+    return day_loop.figures.summary()
+
+
+def _ignore(_phase: str) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class _Sheet:
+    """The calls in play and what the clock reads of them, ascending by call id."""
+
+    ids: np.ndarray
+    columns: dict[str, np.ndarray]
+
+
+class _DayLoop:
+    """Plays one day after another; holds what carries from day to day."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        catalog: PriceCatalog,
+        mau: int,
+        days: int,
+        key: int,
+        ttft_store: ValueStore | None,
+        sessions: int,
+    ) -> None:
+        self.scenario, self.mau, self.days = scenario, mau, days
+        self.table = provider.ProviderTable.of(scenario)
+        self.prices = PriceSheet.of(catalog, scenario.models)
+        self.p_true, self.p_false = semantic_rates(scenario)
+        self.states = LayerStates.empty()
+        self.in_play = _Sheet(np.zeros(0, dtype=np.int64), {})
+        self.clock = AttemptClock(scenario, self.table, self._sheet_of(self.in_play), key, days)
+        self.fold = RequestFold()
+        self.figures = RunFigures(
+            scenario, scenario.models, mau, days, sessions, capped=False, ttft_store=ttft_store
+        )
+
+    def play(self, day: DayTraffic | None) -> None:
+        """Open the day's requests and their calls, play the clock's tick, fold what finished."""
+        if day is not None and day.requests["request"].size:
+            self._open(day)
+        log = self.clock.run_tick()
+        self.figures.add_attempts({name: log.column(name) for name in ATTEMPT_COLUMNS})
+        self._finish(self.fold.fold(log))
+        self._forget_finished_calls()
+
+    def _open(self, day: DayTraffic) -> None:
+        requests, calls = day.requests, day.calls
+        traffic = _local_traffic(self.scenario, self.mau, self.days, day)
+        draws = DayRequests(
+            traffic.t, traffic.exact_key, traffic.cluster, traffic.context,
+            *(_draw(requests, name, traffic.requests) for name in (U_EXACT, U_TRUE, U_FALSE)),
+        )  # fmt: skip
+        exact, semantic, fragment, self.states = day_cache_layers(
+            self.scenario, draws, self.p_true, self.p_false, self.states
+        )
+        request_model = router.route(
+            self.scenario.router, traffic.hard, _draw(requests, U_ROUTER, traffic.requests)
+        )
+        answered = exact | semantic.true_hit | semantic.false_hit
+        needed = calls_needing_model(traffic, answered, fragment)
+        call_model = request_model.astype(np.int8)[traffic.call_request]
+        local = np.flatnonzero(needed)
+        starts = (
+            traffic.t[traffic.call_request[local]]
+            + chain_offsets(traffic, self.table, call_model, needed)[local]
+        )
+        call_ids = calls["call"][local].astype(np.int64)
+        self._extend_sheet(call_ids, call_model[local], traffic, local)
+        self.clock.add(call_ids, starts)
+        self.fold.open(
+            requests["request"],
+            traffic.t,
+            exact,
+            semantic.true_hit,
+            semantic.false_hit,
+            call_ids,
+            requests["request"][traffic.call_request[local]],
+            carry={
+                "t": traffic.t,
+                "user": traffic.user,
+                "context": traffic.context,
+                "hard": traffic.hard,
+                "fragment_hit": fragment,
+                "request_model": request_model,
+            },
+        )
+
+    def _extend_sheet(
+        self, call_ids: np.ndarray, model: np.ndarray, traffic: Traffic, local: np.ndarray
+    ) -> None:
+        """Add the day's calls to a model to the sheet of calls in play."""
+        new = {
+            "model": model,
+            "input_tokens": traffic.input_tokens[local],
+            "output_tokens": traffic.output_tokens[local],
+        }
+        rows = self.prices.call_rows(model, traffic.input_tokens[local])
+        if rows is not None:
+            new["price_row"] = rows
+        ids = np.concatenate([self.in_play.ids, call_ids])
+        order = np.argsort(ids, kind="stable")
+        columns = {
+            name: np.concatenate([self.in_play.columns.get(name, values[:0]), values])[order]
+            for name, values in new.items()
+        }
+        self.in_play = _Sheet(ids[order], columns)
+        self.clock.use_sheet(self._sheet_of(self.in_play))
+
+    def _forget_finished_calls(self) -> None:
+        """Keep only the calls of requests still open (a finished request's calls have no attempt left)."""
+        keep = np.isin(self.in_play.ids, self.fold.call, assume_unique=True)
+        if keep.all():
+            return
+        self.in_play = _Sheet(self.in_play.ids[keep], {n: v[keep] for n, v in self.in_play.columns.items()})
+        self.clock.use_sheet(self._sheet_of(self.in_play))
+
+    def _sheet_of(self, in_play: _Sheet) -> CallSheet:
+        empty = np.zeros(0, dtype=np.int64)
+        columns = in_play.columns
+        return CallSheet(
+            model=columns.get("model", empty.astype(np.int8)),
+            input_tokens=columns.get("input_tokens", empty),
+            output_tokens=columns.get("output_tokens", empty),
+            input_price=self.prices.input,
+            output_price=self.prices.output,
+            price_row=columns.get("price_row"),
+            ids=in_play.ids,
+        )
+
+    def _finish(self, finished: Finished) -> None:
+        """Fold the finished requests into the run's figures."""
+        if not finished.request.size:
+            return
+        carried, outcomes = finished.carried, finished.outcomes
+        quality = quality_scores(
+            self.scenario, carried["request_model"], carried["hard"], outcomes.served, outcomes.bad_served
+        )
+        self.figures.add_requests(
+            RequestChunk(
+                t=carried["t"],
+                user=carried["user"],
+                context=carried["context"],
+                served=outcomes.served,
+                fragment_hit=carried["fragment_hit"],
+                cost_nanos=outcomes.cost,
+                quality=quality,
+                ttft_s=outcomes.ttft,
+                fallback=outcomes.fallback,
+            )
+        )
+
+
+def _draw(requests: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
+    """A day's engine draw, or zeros where the scenario does not use it (then nothing reads it)."""
+    values = requests.get(name)
+    return values if values is not None else np.zeros(n)
+
+
+def _local_traffic(scenario: Scenario, mau: int, days: int, day: DayTraffic) -> Traffic:
+    """The day's requests and calls as a Traffic with local ids: request i is the day's i-th (ascending
+    global id), call j its j-th call (summary calls last, as in a whole run)."""
+    requests, calls = day.requests, day.calls
+    call_request = np.searchsorted(requests["request"], calls["call_request"])
+    conversation = None
+    if scenario.prompts.context.active:
+        context = scenario.prompts.context
+        conversation = Conversation(
+            system_tokens=context.system_tokens,
+            history_carried=context.history,
+            history=requests["history"],
+            epoch=requests["epoch"],
+            summary_epoch=day.summaries.get("summary_epoch", np.zeros(0, dtype=np.int32)),
+            summaries=int(day.summaries["call"].size) if day.summaries else 0,
+        )
+    return Traffic(
+        mau=mau,
+        days=days,
+        sessions=0,
+        t=requests["t"],
+        user=requests["user"],
+        exact_key=requests["exact_key"],
+        cluster=requests["cluster"],
+        context=requests["context"],
+        hard=requests["hard"],
+        call_request=call_request,
+        call_step=calls["call_step"],
+        call_deterministic=calls["call_deterministic"],
+        input_tokens=calls["input_tokens"],
+        output_tokens=calls["output_tokens"],
+        steps=scenario.prompts.chains.steps,
+        conversation=conversation,
+    )
