@@ -26,7 +26,7 @@ of requests, calls, summary_calls. Every block of a spill has the same columns.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 
 from sim.errors import ArgumentError, InputError
 from sim.model.periods import SECONDS_PER_DAY
-from sim.model.traffic_blocks import ENGINE_DRAWS, BlockConversation, TrafficBlock
+from sim.model.traffic_blocks import ENGINE_DRAWS, BlockConversation, DayTraffic, TrafficBlock
 
 SpillFormat = Literal["npy", "parquet"]
 FORMATS: tuple[SpillFormat, ...] = ("npy", "parquet")
@@ -51,20 +51,6 @@ TABLES = {
     "calls": CALL_COLUMNS,
     "summary_calls": SUMMARY_COLUMNS,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class DayTraffic:
-    """One simulated day's requests and calls of the whole run, in global order: column -> array.
-
-    `requests` has REQUEST_COLUMNS and whichever engine draws and conversation columns were spilled;
-    `calls` has CALL_COLUMNS, the day's summary calls last (call ids ascend throughout); `summaries` is,
-    with conversation context, the day's summary calls' `call` and `summary_epoch` (else empty)."""
-
-    day: int
-    requests: dict[str, np.ndarray]
-    calls: dict[str, np.ndarray]
-    summaries: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,21 @@ class BlockConversation:
 
 
 @dataclass(frozen=True, slots=True)
+class DayTraffic:
+    """One simulated day's requests and calls of the whole run, in global order: column -> array (what
+    sim/io/traffic_spill.py reads back and the day loop plays).
+
+    `requests` has the request columns and whichever engine draws and conversation columns were spilled;
+    `calls` has the call columns, the day's summary calls last (call ids ascend throughout); `summaries`
+    is, with conversation context, the day's summary calls' `call` and `summary_epoch` (else empty)."""
+
+    day: int
+    requests: dict[str, np.ndarray]
+    calls: dict[str, np.ndarray]
+    summaries: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficTotals:
     """What the pre-passes found: the run's sessions (that start inside it), requests and calls, and the
     integer types of its token counts."""

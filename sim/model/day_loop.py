@@ -1,9 +1,8 @@
-"""The streaming engine: a run simulated a day at a time, in memory bounded by a day plus carried state.
+"""The streaming engine's day loop: a run played a day at a time, its state carried from day to day.
 
-`engine.simulate` holds the month: every request, call and attempt. Here the traffic is drawn a block of
-users at a time and spilled by day (sim/model/traffic_blocks.py, sim/io/traffic_spill.py: the same numbers
-as `traffic.generate`, with the engine's router and cache draws at each request), and each day is read
-back and played with the state the day before left:
+`engine.simulate` holds the month: every request, call and attempt. The streaming engine
+(sim/io/streaming_run.py) draws the traffic a block of users at a time, spills it by day and hands the
+days, in order, to a `DayLoop`, which plays each with the state the day before left:
 
 - the response cache layers' LRU stacks (sim/model/day_caches.py);
 - the attempt clock: rate windows, the client queue, follow-ups in flight, first attempts not yet due
@@ -15,23 +14,17 @@ The figures are those `forecast.summarize(engine.simulate(...))` gives, to the b
 together). A day's work runs on a `Traffic` of that day with local ids, through the whole-run engine's own
 functions (router, calls needing a model, chain offsets, quality), so no rule has a second copy.
 
-Not streamed yet -- `simulate_streaming` refuses them with one message: a per-user cap (sim/model/caps.py
-replays whole months per user), a provider prompt cache (its warmth is decided on the whole run), and a
-replayed trace (it is read whole).
+Not streamed yet -- `streaming_refusal` names them: a per-user cap (sim/model/caps.py replays whole
+months per user) and a provider prompt cache (its warmth is decided on the whole run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from tempfile import TemporaryDirectory
 
 import numpy as np
 
 from budget.domain.prices import PriceCatalog
-from sim.errors import ArgumentError
-from sim.io.traffic_spill import DayTraffic, read_day, spill
 from sim.model.attempt_clock import AttemptClock
 from sim.model.attempts import CallSheet
 from sim.model.conversation import Conversation
@@ -39,48 +32,12 @@ from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
 from sim.model.engine import chain_offsets, quality_scores, semantic_rates
 from sim.model.policies import provider, router
 from sim.model.pricing import PriceSheet
-from sim.model.randomness import streams_for
 from sim.model.request_fold import Finished, RequestFold
 from sim.model.run import calls_needing_model
-from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures, Summary, ValueStore
+from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures, ValueStore
 from sim.model.scenario import Scenario
 from sim.model.traffic import Traffic
-from sim.model.traffic_block_context import engine_blocks_with_totals
-from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE
-
-USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
-
-
-def simulate_streaming(
-    scenario: Scenario,
-    catalog: PriceCatalog,
-    mau: int,
-    days: int,
-    seed: int,
-    replication: int = 0,
-    spill_dir: str | Path | None = None,
-    users_per_block: int = USERS_PER_BLOCK,
-    ttft_store: ValueStore | None = None,
-    on_phase: Callable[[str], object] | None = None,
-) -> Summary:
-    """The figures of one run of `scenario` at `mau` users for `days` days, simulated a day at a time.
-
-    The traffic is spilled under `spill_dir` (an empty directory; a temporary one when None, removed
-    after). `ttft_store` keeps the TTFTs for their percentiles (in memory when None).
-    """
-    refusal = streaming_refusal(scenario)
-    if refusal:
-        raise ArgumentError("scenario", refusal)
-    if spill_dir is None:
-        with TemporaryDirectory(prefix="margins-days-") as temporary:
-            return _simulate(
-                scenario, catalog, mau, days, seed, replication, Path(temporary), users_per_block,
-                ttft_store, on_phase,
-            )  # fmt: skip
-    return _simulate(
-        scenario, catalog, mau, days, seed, replication, Path(spill_dir), users_per_block,
-        ttft_store, on_phase,
-    )  # fmt: skip
+from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraffic
 
 
 def streaming_refusal(scenario: Scenario) -> str | None:
@@ -94,38 +51,6 @@ def streaming_refusal(scenario: Scenario) -> str | None:
     return None
 
 
-def _simulate(
-    scenario: Scenario,
-    catalog: PriceCatalog,
-    mau: int,
-    days: int,
-    seed: int,
-    replication: int,
-    directory: Path,
-    users_per_block: int,
-    ttft_store: ValueStore | None,
-    on_phase: Callable[[str], object] | None,
-) -> Summary:
-    phase = on_phase or _ignore
-    streams = streams_for(seed, mau, replication)
-    phase("traffic")
-    totals, blocks = engine_blocks_with_totals(scenario, mau, days, streams, users_per_block)
-    spilled = spill(blocks, directory)
-    day_loop = _DayLoop(scenario, catalog, mau, days, streams.attempt_key, ttft_store, totals.sessions)
-    with_requests = set(spilled.days)
-    for day in range(max(with_requests, default=0) + 1):
-        phase(f"day {day + 1} of {days}" if day < days else "requests after the last day")
-        day_loop.play(read_day(directory, day) if day in with_requests else None)
-    while day_loop.clock.busy:  # retries and queued calls past the last day, as the whole run plays them
-        phase("attempts after the last day")
-        day_loop.play(None)
-    return day_loop.figures.summary()
-
-
-def _ignore(_phase: str) -> None:
-    pass
-
-
 @dataclass(slots=True)
 class _Sheet:
     """The calls in play and what the clock reads of them, ascending by call id."""
@@ -134,8 +59,9 @@ class _Sheet:
     columns: dict[str, np.ndarray]
 
 
-class _DayLoop:
-    """Plays one day after another; holds what carries from day to day."""
+class DayLoop:
+    """Plays one day after another (`play`, then `play(None)` while `busy`); holds what carries from day
+    to day; `figures` are the run's so far."""
 
     def __init__(
         self,
@@ -158,6 +84,11 @@ class _DayLoop:
         self.figures = RunFigures(
             scenario, scenario.models, mau, days, sessions, capped=False, ttft_store=ttft_store
         )
+
+    @property
+    def busy(self) -> bool:
+        """Are attempts still to be made (retries, queued calls, calls not yet due)?"""
+        return self.clock.busy
 
     def play(self, day: DayTraffic | None) -> None:
         """Open the day's requests and their calls, play the clock's tick, fold what finished."""

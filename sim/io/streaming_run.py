@@ -1,0 +1,88 @@
+"""The streaming engine: a run simulated a day at a time, in memory bounded by a day plus carried state.
+
+The traffic is drawn a block of users at a time and spilled by simulated day (sim/model/traffic_blocks.py,
+sim/io/traffic_spill.py: the same numbers as `traffic.generate`, with the engine's router and cache draws
+at each request); each day is read back and played by the day loop (sim/model/day_loop.py). The figures
+are `forecast.summarize(engine.simulate(...))`'s to the byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from budget.domain.prices import PriceCatalog
+from sim.errors import ArgumentError
+from sim.io.traffic_spill import read_day, spill
+from sim.model.day_loop import DayLoop, streaming_refusal
+from sim.model.randomness import streams_for
+from sim.model.run_figures import Summary, ValueStore
+from sim.model.scenario import Scenario
+from sim.model.traffic_block_context import engine_blocks_with_totals
+
+USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
+
+
+def simulate_streaming(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int = 0,
+    spill_dir: str | Path | None = None,
+    users_per_block: int = USERS_PER_BLOCK,
+    ttft_store: ValueStore | None = None,
+    on_phase: Callable[[str], object] | None = None,
+) -> Summary:
+    """The figures of one run of `scenario` at `mau` users for `days` days, simulated a day at a time.
+
+    The traffic is spilled under `spill_dir` (an empty directory; a temporary one when None, removed
+    after). `ttft_store` keeps the TTFTs for their percentiles (in memory when None).
+    """
+    refusal = streaming_refusal(scenario)
+    if refusal:
+        raise ArgumentError("scenario", refusal)
+    if spill_dir is None:
+        with TemporaryDirectory(prefix="margins-days-") as temporary:
+            return _simulate(
+                scenario, catalog, mau, days, seed, replication, Path(temporary), users_per_block,
+                ttft_store, on_phase,
+            )  # fmt: skip
+    return _simulate(
+        scenario, catalog, mau, days, seed, replication, Path(spill_dir), users_per_block,
+        ttft_store, on_phase,
+    )  # fmt: skip
+
+
+def _simulate(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int,
+    directory: Path,
+    users_per_block: int,
+    ttft_store: ValueStore | None,
+    on_phase: Callable[[str], object] | None,
+) -> Summary:
+    phase = on_phase or _ignore
+    streams = streams_for(seed, mau, replication)
+    phase("traffic")
+    totals, blocks = engine_blocks_with_totals(scenario, mau, days, streams, users_per_block)
+    spilled = spill(blocks, directory)
+    day_loop = DayLoop(scenario, catalog, mau, days, streams.attempt_key, ttft_store, totals.sessions)
+    with_requests = set(spilled.days)
+    for day in range(max(with_requests, default=0) + 1):
+        phase(f"day {day + 1} of {days}" if day < days else "requests after the last day")
+        day_loop.play(read_day(directory, day) if day in with_requests else None)
+    while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
+        phase("attempts after the last day")
+        day_loop.play(None)
+    return day_loop.figures.summary()
+
+
+def _ignore(_phase: str) -> None:
+    pass
