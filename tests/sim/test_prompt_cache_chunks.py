@@ -8,6 +8,7 @@ random days."""
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def chunked(case: Run, boundaries: list[int]) -> tuple[np.ndarray, np.ndarray, l
     edges = [0, *boundaries, int(case.call_day.max(initial=0)) + 1]
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     states = [initial_state(case.scenario)]
-    for start, stop in zip(edges[:-1], edges[1:], strict=True):
+    for start, stop in itertools.pairwise(edges):
         ids = np.flatnonzero((case.call_day >= start) & (case.call_day < stop))
         chunk = chunk_calls(case.scenario, case.traffic, case.call_model, case.sent, ids)
         cached, write, state = advance(case.scenario, states[-1], chunk)
@@ -168,17 +169,16 @@ def test_the_carried_state_holds_the_epochs_warm_at_the_chunks_end() -> None:
     _, _, states = chunked(current, list(range(1, current.days)))
     whole = chunk_calls(current.scenario, current.traffic, current.call_model, current.sent)
     assert whole.context is not None
-    turn = np.arange(whole.t.size) < whole.t.size - whole.context.summaries
+    first_summary = whole.t.size - whole.context.summaries
     request_day = current.traffic.t // DAY_S
     for day, state in enumerate(states[1:]):
         horizon = float(current.traffic.t[request_day == day].max())
         for index, (model, carried) in enumerate(zip(current.scenario.models, state.models, strict=True)):
-            assert carried is not None
+            seen = whole.context.models[index]
+            assert carried is not None and seen is not None
             ttl = current.scenario.provider(model).prompt_cache_ttl_s
-            ids = np.flatnonzero(
-                turn & whole.context.talking & (whole.model == index) & (current.call_day <= day)
-            )
-            epoch, t = whole.context.epoch[ids], whole.t[ids]
+            turns = (seen.calls < first_summary) & (current.call_day[seen.calls] <= day)
+            epoch, t = seen.epoch[turns], whole.t[seen.calls[turns]]
             last = np.flatnonzero(np.r_[epoch[1:] != epoch[:-1], True])
             live = last[horizon - t[last] <= ttl]
             assert np.array_equal(carried.epoch, epoch[live])

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.model.conversation import NO_EPOCH
 from sim.model.scenario import Scenario
 from sim.model.traffic import Traffic
 
@@ -45,19 +44,27 @@ BLOCK_TOKENS = 512
 
 
 @dataclass(frozen=True, slots=True)
-class ContextColumns:
-    """A chunk's conversation columns ([prompts.context]), per call: `talking` marks the calls sent with a
-    conversation (not answered by a response cache, not a deterministic chain step); where it is set, the
-    call's request (global id), step, epoch (global request id, sim/model/conversation.py) and `shared`,
-    the leading tokens of its prompt a later call of its epoch resends (Conversation.prefixes, taken over
-    the chunk's talking calls of one model). The last `summaries` calls are summary calls."""
+class ModelCalls:
+    """The calls of a chunk one prompt-caching model sees with a conversation (sent, not answered by a
+    response cache, not a deterministic chain step): their positions in the chunk (ascending), their
+    epochs (global request ids, sim/model/conversation.py) and `shared`, the leading tokens of each one's
+    prompt a later call of its epoch resends (Conversation.prefixes of these calls)."""
 
-    system_tokens: int
-    talking: np.ndarray
-    request: np.ndarray
-    step: np.ndarray
+    calls: np.ndarray
     epoch: np.ndarray
     shared: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class ContextColumns:
+    """A chunk's conversation columns ([prompts.context]): per call its request (global id) and step; per
+    model of the scenario, the calls it sees (None for a model whose provider caches no prompts). The
+    chunk's last `summaries` calls are summary calls."""
+
+    system_tokens: int
+    request: np.ndarray
+    step: np.ndarray
+    models: tuple[ModelCalls | None, ...]
     summaries: int
 
 
@@ -138,20 +145,20 @@ def chunk_calls(
         if calls is None
         else sent[calls] & ~traffic.call_deterministic[calls]
     )
-    size = model.size
-    epoch = np.full(size, NO_EPOCH, dtype=conversation.epoch.dtype)  # request ids: int32 holds them
-    shared = np.zeros(size, dtype=inputs.dtype)
+    models: list[ModelCalls | None] = []
     for index, name in enumerate(scenario.models):
-        if scenario.provider(name).prompt_cache:
-            mine = np.flatnonzero((model == index) & talking)
-            _, epoch[mine], shared[mine] = conversation.prefixes(
-                traffic.call_request, mine if calls is None else calls[mine], inputs[mine]
-            )
+        if not scenario.provider(name).prompt_cache:
+            models.append(None)
+            continue
+        mine = np.flatnonzero((model == index) & talking)
+        ids = mine if calls is None else calls[mine]
+        _, epoch, shared = conversation.prefixes(traffic.call_request, ids, inputs[mine])
+        models.append(ModelCalls(mine, epoch, shared))
     summaries = conversation.summaries
     if calls is not None:
-        summaries = size - int(np.searchsorted(calls, traffic.call_request.size - summaries))
+        summaries = model.size - int(np.searchsorted(calls, traffic.call_request.size - summaries))
     step = traffic.call_step if calls is None else traffic.call_step[calls]
-    context = ContextColumns(conversation.system_tokens, talking, request, step, epoch, shared, summaries)
+    context = ContextColumns(conversation.system_tokens, request, step, tuple(models), summaries)
     return ChunkCalls(t, model, inputs, np.zeros(0, dtype=np.int64), context)
 
 
@@ -166,7 +173,7 @@ def prompt_cache_tokens(
     if traffic.conversation is None and traffic.prefix_blocks:
         return _whole_trace(scenario, traffic, call_model)
     chunk = chunk_calls(scenario, traffic, call_model, sent)
-    cached, write, _ = advance(scenario, initial_state(scenario), chunk)
+    cached, write, _ = _advance(scenario, initial_state(scenario), chunk, carry=False)
     return cached, write
 
 
@@ -175,6 +182,13 @@ def advance(
 ) -> tuple[np.ndarray, np.ndarray, PromptCacheState]:
     """The chunk's calls' (cached input tokens, cache write tokens) and the state after it. Pure: `state`
     is left as it was."""
+    return _advance(scenario, state, chunk, carry=True)
+
+
+def _advance(
+    scenario: Scenario, state: PromptCacheState, chunk: ChunkCalls, carry: bool
+) -> tuple[np.ndarray, np.ndarray, PromptCacheState]:
+    """`advance`; without `carry` (the last chunk) the conversation's epochs are not carried."""
     calls = chunk.t.size
     if chunk.context is not None:
         context = chunk.context
@@ -187,9 +201,13 @@ def advance(
             carried = models[index]
             if carried is None:
                 continue
-            mine = np.flatnonzero((chunk.model == index) & context.talking)
+            model_calls = context.models[index]
+            assert model_calls is not None, "a model that caches prompts has its calls"
+            mine = model_calls.calls
             ttl_s = provider.prompt_cache_ttl_s
-            read, wrote, models[index] = _conversation_prefixes(chunk, mine, ttl_s, carried, horizon)
+            read, wrote, models[index] = _conversation_prefixes(
+                chunk, model_calls, ttl_s, carried, horizon, carry
+            )
             cached[mine], write[mine] = _at_least(read, wrote, provider.prompt_cache_min_tokens)
         return cached, write, PromptCacheState(state.user_last_t, tuple(models))
     cached = np.zeros(calls, dtype=np.int64)
@@ -233,14 +251,21 @@ def _user_gaps(t: np.ndarray, user: np.ndarray, last_t: np.ndarray) -> tuple[np.
 
 
 def _conversation_prefixes(
-    chunk: ChunkCalls, mine: np.ndarray, ttl_s: float, state: ModelCacheState, horizon: float | None
+    chunk: ChunkCalls,
+    model_calls: ModelCalls,
+    ttl_s: float,
+    state: ModelCacheState,
+    horizon: float | None,
+    carry: bool,
 ) -> tuple[np.ndarray, np.ndarray, ModelCacheState]:
-    """(read, written) input tokens of the chunk's calls `mine` -- the calls one model's cache sees -- and
-    that model's state after them. `horizon`: the chunk's latest time (None for an empty chunk)."""
+    """(read, written) input tokens of the calls one model's cache sees in the chunk, and that model's
+    state after them (`state` itself unless `carry`: no chunk follows). `horizon`: the chunk's latest
+    time (None for an empty chunk)."""
     context = chunk.context
     assert context is not None
+    mine, epoch, shared = model_calls.calls, model_calls.epoch, model_calls.shared
     inputs = chunk.input_tokens[mine]  # at most the context limit
-    epoch, shared, t = context.epoch[mine], context.shared[mine], chunk.t[mine]
+    t = chunk.t[mine]
     read = np.zeros(mine.size, dtype=inputs.dtype)
     # Turns' calls in id order have non-decreasing epochs, so the previous call of an epoch is the
     # previous call, when it has the same epoch -- or, for its first call in the chunk, its latest call
@@ -249,9 +274,10 @@ def _conversation_prefixes(
     epoch_of, t_of = epoch[:turns], t[:turns]
     follows = np.flatnonzero((epoch_of[1:] == epoch_of[:-1]) & (t_of[1:] - t_of[:-1] <= ttl_s))
     read[follows + 1] = shared[follows]
-    opens = np.flatnonzero(np.r_[True, epoch_of[1:] != epoch_of[:-1]]) if turns else follows[:0]
-    at, seen = _carried(state, epoch_of[opens], t_of[opens], ttl_s)
-    read[opens[seen]] = state.epoch_shared[at[seen]]
+    if state.epoch.size and turns:
+        opens = np.flatnonzero(np.r_[True, epoch_of[1:] != epoch_of[:-1]])
+        at, seen = _carried(state, epoch_of[opens], t_of[opens], ttl_s)
+        read[opens[seen]] = state.epoch_shared[at[seen]]
     # A summary call (after every turn's call) comes last in its epoch: after its latest turn, in this
     # chunk or before it.
     if turns < mine.size:
@@ -262,13 +288,16 @@ def _conversation_prefixes(
         found = np.flatnonzero(here)
         found = found[summary_t[found] - t_of[previous[found]] <= ttl_s]
         read[turns + found] = shared[previous[found]]
-        before = np.flatnonzero(~here)
-        at, seen = _carried(state, summary_epoch[before], summary_t[before], ttl_s)
-        read[turns + before[seen]] = state.epoch_shared[at[seen]]
+        if state.epoch.size:
+            before = np.flatnonzero(~here)
+            at, seen = _carried(state, summary_epoch[before], summary_t[before], ttl_s)
+            read[turns + before[seen]] = state.epoch_shared[at[seen]]
     warm, last_sent = _sent_within(t, context.request[mine], context.step[mine], ttl_s, state.last_sent)
     np.maximum(read, context.system_tokens, out=read, where=warm)
     np.minimum(read, inputs, out=read)
     inputs -= read  # what is written: the rest of the prompt
+    if not carry:
+        return read, inputs, state
     return read, inputs, _carry_epochs(state, epoch_of, t_of, shared[:turns], last_sent, ttl_s, horizon)
 
 
@@ -321,7 +350,7 @@ def _sent_within(
         return np.zeros(0, dtype=bool), last_sent
     bins = (t / ttl_s).astype(np.int32)  # times are >= 0: truncation is the floor
     low = int(bins.min())
-    offset = bins - low
+    offset = bins - low if low else bins
     first = np.full(int(offset.max()) + 1, np.inf)
     last = np.full(first.size, -np.inf)
     np.minimum.at(first, offset, t)
@@ -339,8 +368,7 @@ def _sent_within(
             warm[leads[0]] = True
         elif carried_bin == low - 1:
             warm[leads[0]] = t[leads[0]] - carried_t <= ttl_s
-    latest = int(np.argmax(t))
-    return warm, (int(bins[latest]), float(t[latest]))
+    return warm, (low + last.size - 1, float(last[-1]))  # the top bin holds the latest time
 
 
 def _whole_trace(
