@@ -164,21 +164,22 @@ def test_the_cut_at_midnight_matters() -> None:
 
 def test_the_carried_state_holds_the_epochs_warm_at_the_chunks_end() -> None:
     """Per model, exactly the epochs whose latest turn call is within the lifetime of the day's latest
-    call, with that call's time: a few live sessions, not the run's."""
+    call sent with a conversation, with that call's time: a few live sessions, not the run's."""
     current = run("summarize")
     _, _, states = chunked(current, list(range(1, current.days)))
     whole = chunk_calls(current.scenario, current.traffic, current.call_model, current.sent)
     assert whole.context is not None
-    first_summary = whole.t.size - whole.context.summaries
-    request_day = current.traffic.t // DAY_S
+    first_summary = whole.model.size - whole.context.summaries
+    sent = [seen for seen in whole.context.models if seen is not None]
     for day, state in enumerate(states[1:]):
-        horizon = float(current.traffic.t[request_day == day].max())
+        # the latest call of the day sent with a conversation, to any model
+        horizon = max(float(seen.t[current.call_day[seen.calls] == day].max()) for seen in sent)
         for index, (model, carried) in enumerate(zip(current.scenario.models, state.models, strict=True)):
             seen = whole.context.models[index]
             assert carried is not None and seen is not None
             ttl = current.scenario.provider(model).prompt_cache_ttl_s
             turns = (seen.calls < first_summary) & (current.call_day[seen.calls] <= day)
-            epoch, t = seen.epoch[turns], whole.t[seen.calls[turns]]
+            epoch, t = seen.epoch[turns], seen.t[turns]
             last = np.flatnonzero(np.r_[epoch[1:] != epoch[:-1], True])
             live = last[horizon - t[last] <= ttl]
             assert np.array_equal(carried.epoch, epoch[live])

@@ -47,10 +47,12 @@ BLOCK_TOKENS = 512
 class ModelCalls:
     """The calls of a chunk one prompt-caching model sees with a conversation (sent, not answered by a
     response cache, not a deterministic chain step): their positions in the chunk (ascending), their
-    epochs (global request ids, sim/model/conversation.py) and `shared`, the leading tokens of each one's
-    prompt a later call of its epoch resends (Conversation.prefixes of these calls)."""
+    epochs (global request ids, sim/model/conversation.py), `shared`, the leading tokens of each one's
+    prompt a later call of its epoch resends (Conversation.prefixes of these calls), and their request's
+    time (float64)."""
 
     calls: np.ndarray
+    t: np.ndarray
     epoch: np.ndarray
     shared: np.ndarray
 
@@ -70,9 +72,10 @@ class ContextColumns:
 
 @dataclass(frozen=True, slots=True)
 class ChunkCalls:
-    """The calls of one chunk as the prompt cache sees them, in ascending call id: per call its request's
-    time (float64), its model's index in the scenario (int), the input tokens it sends, its user (for
-    `prompts.prefix_share`) and, with conversation context, the `context` columns."""
+    """The calls of one chunk as the prompt cache sees them, in ascending call id: per call its model's
+    index in the scenario (int) and the input tokens it sends; for `prompts.prefix_share`, its request's
+    time (float64) and its user; with conversation context, the `context` columns instead (their calls
+    carry their times: `t` and `user` are then empty)."""
 
     t: np.ndarray
     model: np.ndarray
@@ -86,7 +89,8 @@ class ModelCacheState:
     """One prompt-caching model's conversation prefixes after some chunks: the bin (time // lifetime) and
     time of the latest call sent to it (None before any), and its open epochs -- ascending, each with the
     time and the `shared` tokens of its latest turn call -- only those whose latest call is within the
-    lifetime of the last chunk's latest call (an older one is cold for every later call).
+    lifetime of the latest call the last chunk sent with a conversation, to any model (an older one is
+    cold for every later call).
 
     Size: O(1) plus three numbers per epoch with a call in the last lifetime of the chunk, bounded by the
     sessions live in that window (every epoch ever seen when the lifetime is infinite)."""
@@ -133,12 +137,11 @@ def chunk_calls(
     traffic, whose calls go to models `call_model` and, with conversation context, are made where `sent`."""
     # The whole run takes the traffic's columns as they are: no copies of them.
     request = traffic.call_request if calls is None else traffic.call_request[calls]
-    t = traffic.t[request]
     model = call_model if calls is None else call_model[calls]
     inputs = traffic.input_tokens if calls is None else traffic.input_tokens[calls]
     conversation = traffic.conversation
     if conversation is None:
-        return ChunkCalls(t, model, inputs, traffic.user[request])
+        return ChunkCalls(traffic.t[request], model, inputs, traffic.user[request])
     assert sent is not None, "the conversation's prefixes are what was sent"
     talking = (
         sent & ~traffic.call_deterministic
@@ -153,13 +156,14 @@ def chunk_calls(
         mine = np.flatnonzero((model == index) & talking)
         ids = mine if calls is None else calls[mine]
         _, epoch, shared = conversation.prefixes(traffic.call_request, ids, inputs[mine])
-        models.append(ModelCalls(mine, epoch, shared))
+        models.append(ModelCalls(mine, traffic.t[request[mine]], epoch, shared))
     summaries = conversation.summaries
     if calls is not None:
         summaries = model.size - int(np.searchsorted(calls, traffic.call_request.size - summaries))
     step = traffic.call_step if calls is None else traffic.call_step[calls]
     context = ContextColumns(conversation.system_tokens, request, step, tuple(models), summaries)
-    return ChunkCalls(t, model, inputs, np.zeros(0, dtype=np.int64), context)
+    nothing = np.zeros(0, dtype=np.int64)
+    return ChunkCalls(nothing.astype(np.float64), model, inputs, nothing, context)
 
 
 def prompt_cache_tokens(
@@ -189,13 +193,15 @@ def _advance(
     scenario: Scenario, state: PromptCacheState, chunk: ChunkCalls, carry: bool
 ) -> tuple[np.ndarray, np.ndarray, PromptCacheState]:
     """`advance`; without `carry` (the last chunk) the conversation's epochs are not carried."""
-    calls = chunk.t.size
+    calls = chunk.model.size
     if chunk.context is not None:
         context = chunk.context
         cached = np.zeros(calls, dtype=np.int32)  # at most the context limit
         write = np.zeros(calls, dtype=np.int32)
         models = list(state.models)
-        horizon = float(chunk.t.max()) if calls else None
+        # The chunk's latest time: every later chunk's calls come after it.
+        times = [float(seen.t.max()) for seen in context.models if seen is not None and seen.t.size]
+        horizon = max(times) if times else None
         for index, model in enumerate(scenario.models):
             provider = scenario.provider(model)
             carried = models[index]
@@ -263,14 +269,13 @@ def _conversation_prefixes(
     time (None for an empty chunk)."""
     context = chunk.context
     assert context is not None
-    mine, epoch, shared = model_calls.calls, model_calls.epoch, model_calls.shared
+    mine, t, epoch, shared = model_calls.calls, model_calls.t, model_calls.epoch, model_calls.shared
     inputs = chunk.input_tokens[mine]  # at most the context limit
-    t = chunk.t[mine]
     read = np.zeros(mine.size, dtype=inputs.dtype)
     # Turns' calls in id order have non-decreasing epochs, so the previous call of an epoch is the
     # previous call, when it has the same epoch -- or, for its first call in the chunk, its latest call
     # of the chunks before (an epoch's calls are one session's: in id order, in time order).
-    turns = mine.size - int(np.count_nonzero(mine >= chunk.t.size - context.summaries))
+    turns = mine.size - int(np.count_nonzero(mine >= chunk.model.size - context.summaries))
     epoch_of, t_of = epoch[:turns], t[:turns]
     follows = np.flatnonzero((epoch_of[1:] == epoch_of[:-1]) & (t_of[1:] - t_of[:-1] <= ttl_s))
     read[follows + 1] = shared[follows]
