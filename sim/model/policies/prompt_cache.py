@@ -26,8 +26,9 @@ Chunks (the streaming engine): `advance` takes the calls of a chunk of the run -
 requests of some days, in ascending call id (a day's requests are a scattered, ascending subset of the
 run's; with [prompts.context] the chunk's summary calls last) -- and a `PromptCacheState` carried from
 the chunks before it, and gives the same tokens the whole run would. `prompt_cache_tokens` is the run as
-one chunk. It needs the chunks in time order: every call of a chunk comes at or after the last one of the
-chunks before it (days partition time). A trace with block hashes is worked on whole
+one chunk. It needs the chunks in time order, each holding whole requests: every call of a chunk comes
+after every call of the chunks before it (days partition time; a tie across chunks would order calls by
+chunk, not by request). A trace with block hashes is worked on whole
 (`block_prefixes`): drawn traffic, which the streaming engine chunks, has none.
 """
 
