@@ -7,6 +7,7 @@ days, in order, to a `DayLoop`, which plays each with the state the day before l
 - the response cache layers' LRU stacks (sim/model/day_caches.py);
 - the attempt clock: rate windows, the client queue, follow-ups in flight, first attempts not yet due
   (sim/model/attempt_clock.py), reading a sheet of the calls still in play;
+- the provider prompt caches' prefixes (sim/model/policies/prompt_cache.py `advance`);
 - the requests not yet finished, with what their figures need (sim/model/request_fold.py);
 - the run's figures: per-user spend per period, counts and sums, TTFTs (sim/model/run_figures.py).
 
@@ -14,8 +15,8 @@ The figures are those `forecast.summarize(engine.simulate(...))` gives, to the b
 together). A day's work runs on a `Traffic` of that day with local ids, through the whole-run engine's own
 functions (router, calls needing a model, chain offsets, quality), so no rule has a second copy.
 
-Not streamed yet -- `streaming_refusal` names them: a per-user cap (sim/model/caps.py replays whole
-months per user) and a provider prompt cache (its warmth is decided on the whole run).
+Not streamed yet -- `streaming_refusal` names it: a per-user cap (sim/model/caps.py replays whole months
+per user).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from sim.model.attempt_clock import AttemptClock
 from sim.model.attempts import CallSheet
 from sim.model.conversation import Conversation
 from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
-from sim.model.engine import chain_offsets, quality_scores, semantic_rates
-from sim.model.policies import provider, router
+from sim.model.engine import chain_offsets, prompt_caching, quality_scores, semantic_rates
+from sim.model.policies import prompt_cache, provider, router
 from sim.model.pricing import PriceSheet
 from sim.model.request_fold import Finished, RequestFold
 from sim.model.run import calls_needing_model
@@ -44,10 +45,6 @@ def streaming_refusal(scenario: Scenario) -> str | None:
     """Why the streaming engine cannot run `scenario` yet, or None when it can."""
     if scenario.cap is not None:
         return f"{scenario.name}: the streaming engine does not apply per-user caps yet; run it whole"
-    if any(scenario.provider(model).prompt_cache for model in scenario.models):
-        return (
-            f"{scenario.name}: the streaming engine does not model provider prompt caches yet; run it whole"
-        )
     return None
 
 
@@ -78,6 +75,7 @@ class DayLoop:
         self.prices = PriceSheet.of(catalog, scenario.models)
         self.p_true, self.p_false = semantic_rates(scenario)
         self.states = LayerStates.empty()
+        self.prompt_state = prompt_cache.initial_state(scenario)
         self.in_play = _Sheet(np.zeros(0, dtype=np.int64), {})
         self.clock = AttemptClock(scenario, self.table, self._sheet_of(self.in_play), key, days)
         self.fold = RequestFold()
@@ -121,7 +119,9 @@ class DayLoop:
             + chain_offsets(traffic, self.table, call_model, needed)[local]
         )
         call_ids = calls["call"][local].astype(np.int64)
-        self._extend_sheet(call_ids, call_model[local], traffic, local)
+        self._extend_sheet(
+            call_ids, call_model, traffic, local, self._prompt_cache(traffic, call_model, needed)
+        )
         self.clock.add(call_ids, starts)
         self.fold.open(
             requests["request"],
@@ -141,14 +141,31 @@ class DayLoop:
             },
         )
 
+    def _prompt_cache(
+        self, traffic: Traffic, call_model: np.ndarray, needed: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The day's calls' prompt-cache tokens (every call of the day), the state carried on."""
+        if not prompt_caching(self.scenario, traffic):
+            return {}
+        chunk = prompt_cache.chunk_calls(self.scenario, traffic, call_model, needed)
+        cached, write, self.prompt_state = prompt_cache.advance(self.scenario, self.prompt_state, chunk)
+        return {"cached_input": cached, "cache_write": write}
+
     def _extend_sheet(
-        self, call_ids: np.ndarray, model: np.ndarray, traffic: Traffic, local: np.ndarray
+        self,
+        call_ids: np.ndarray,
+        call_model: np.ndarray,
+        traffic: Traffic,
+        local: np.ndarray,
+        prompt_tokens: dict[str, np.ndarray],
     ) -> None:
-        """Add the day's calls to a model to the sheet of calls in play."""
+        """Add the day's calls to a model (`local`: their places in the day) to the sheet of calls in play."""
+        model = call_model[local]
         new = {
             "model": model,
             "input_tokens": traffic.input_tokens[local],
             "output_tokens": traffic.output_tokens[local],
+            **{name: values[local] for name, values in prompt_tokens.items()},
         }
         rows = self.prices.call_rows(model, traffic.input_tokens[local])
         if rows is not None:
@@ -180,8 +197,20 @@ class DayLoop:
             input_price=self.prices.input,
             output_price=self.prices.output,
             price_row=columns.get("price_row"),
+            **self._prompt_prices(columns),
             ids=in_play.ids,
         )
+
+    def _prompt_prices(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray | None]:
+        """The sheet's prompt-cache columns and prices, when the calls carry prompt-cache tokens."""
+        if "cached_input" not in columns:
+            return {}
+        return {
+            "cached_input": columns["cached_input"],
+            "cache_write": columns["cache_write"],
+            "cached_price": self.prices.cached_input,
+            "write_price": self.prices.cache_write,
+        }
 
     def _finish(self, finished: Finished) -> None:
         """Fold the finished requests into the run's figures."""

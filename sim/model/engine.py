@@ -112,10 +112,8 @@ def prompt_cache_sheet(
 ) -> dict[str, np.ndarray]:
     """The CallSheet's prompt-cache columns; empty when no provider of the scenario caches prompts.
     `sent` marks the calls that go to a model."""
-    if not any(scenario.provider(m).prompt_cache for m in scenario.models):
+    if not prompt_caching(scenario, traffic):
         return {}
-    if traffic.conversation is None and not traffic.prefix_blocks and scenario.prompts.prefix_share == 0:
-        return {}  # no prefix to cache: every call reads and writes nothing
     cached, write = prompt_cache.prompt_cache_tokens(scenario, traffic, call_model, sent)
     return {
         "cached_input": cached,
@@ -123,6 +121,16 @@ def prompt_cache_sheet(
         "cached_price": prices.cached_input,
         "write_price": prices.cache_write,
     }
+
+
+def prompt_caching(scenario: Scenario, traffic: Traffic) -> bool:
+    """Does any call of the scenario read or write a provider's prompt cache? Not when no provider caches
+    prompts, nor when the traffic has no prefix to cache."""
+    if not any(scenario.provider(m).prompt_cache for m in scenario.models):
+        return False
+    return (
+        traffic.conversation is not None or bool(traffic.prefix_blocks) or scenario.prompts.prefix_share > 0
+    )
 
 
 def cache_layers(
