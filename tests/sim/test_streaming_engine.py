@@ -1,0 +1,100 @@
+"""The streaming engine (sim/io/streaming_run.py, sim/model/day_loop.py) gives the whole-run engine's
+figures to the byte: `simulate_streaming(...) == forecast.summarize(engine.simulate(...))`, same seed.
+
+The cases make the carried state matter: caches whose entries live across midnight, a conversation whose
+sessions run past midnight and are summarized at a small window, prompt caches (with context and with a
+per-user prefix), a burst against tight rate limits that queues and gives up across a midnight, a
+45-day run (two periods), and user blocks of 97 users as well as one block.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from sim.errors import ArgumentError, InputError
+from sim.io.scenarios import load_scenario
+from sim.io.streaming_run import simulate_streaming
+from sim.model import engine, forecast
+from sim.model.scenario import Burst, Scenario
+from tests.sim.traffic_block_cases import at_a_small_limit
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+STARTERS = sorted(
+    str(path.relative_to(SCENARIOS))
+    for path in [
+        *SCENARIOS.glob("*.toml"),
+        *SCENARIOS.glob("levers/*.toml"),
+        *SCENARIOS.glob("seed-story/*.toml"),
+    ]
+)
+
+
+def whole_and_streamed(
+    scenario: Scenario, catalog: Any, mau: int, days: int, users_per_block: int, tmp_path: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    whole = forecast.summarize(engine.simulate(scenario, catalog, mau, days, seed=7))
+    streamed = simulate_streaming(
+        scenario, catalog, mau, days, seed=7, spill_dir=tmp_path / "days", users_per_block=users_per_block
+    )
+    return whole, streamed
+
+
+@pytest.mark.parametrize("name", STARTERS)
+def test_every_starter_scenario_streams_to_the_whole_runs_figures(name: str, tmp_path: Path) -> None:
+    scenario, catalog = load_scenario(SCENARIOS / name)
+    whole, streamed = whole_and_streamed(scenario, catalog, 300, 30, 97, tmp_path)
+    assert whole["requests"] > 10_000 and whole["tokens"]["cached_input"] > 0  # prompt caches at work
+    assert streamed == whole
+
+
+def test_a_two_month_run_with_every_cache_layer_and_summaries_streams_exactly(tmp_path: Path) -> None:
+    scenario, catalog = load_scenario(SCENARIOS / "seed-story" / "optimized.toml")
+    scenario = at_a_small_limit(scenario, "summarize")
+    whole, streamed = whole_and_streamed(scenario, catalog, 400, 45, 1_000, tmp_path)
+    assert len(whole["periods"]) == 2
+    assert whole["hit_rate"]["exact"] > 0 and whole["hit_rate"]["semantic"] > 0
+    assert whole["hit_rate"]["fragment"] > 0
+    assert streamed == whole
+
+
+def test_a_burst_against_tight_limits_queues_across_midnight_and_streams_exactly(tmp_path: Path) -> None:
+    scenario, catalog = load_scenario(SCENARIOS / "launch-spike-cost-aware.toml")
+    traffic = msgspec.structs.replace(
+        scenario.traffic, bursts=[Burst(start_day=0.9, hours=3, factor=20)]
+    )  # 3 hours across the first midnight
+    providers = {
+        model: msgspec.structs.replace(scenario.provider(model), rpm=30, tpm=30_000)
+        for model in scenario.models
+    }
+    scenario = msgspec.structs.replace(scenario, traffic=traffic, providers=providers)
+    whole, streamed = whole_and_streamed(scenario, catalog, 400, 4, 97, tmp_path)
+    assert whole["rate_limited"] > 0 and whole["queued"] > 0 and whole["fallbacks"] > 0
+    assert streamed == whole
+
+
+def test_a_per_user_prefix_without_context_streams_exactly(tmp_path: Path) -> None:
+    scenario, catalog = load_scenario(SCENARIOS / "levers" / "router.toml")
+    context = msgspec.structs.replace(scenario.prompts.context, system_tokens=0, history=False)
+    prompts = msgspec.structs.replace(scenario.prompts, context=context, prefix_share=0.6)
+    scenario = msgspec.structs.replace(scenario, prompts=prompts)
+    assert not scenario.prompts.context.active
+    whole, streamed = whole_and_streamed(scenario, catalog, 300, 10, 97, tmp_path)
+    assert whole["tokens"]["cached_input"] > 0
+    assert streamed == whole
+
+
+def test_a_capped_scenario_is_refused_with_one_message(tmp_path: Path) -> None:
+    scenario, catalog = load_scenario(SCENARIOS / "caps" / "naive-cap-block.toml")
+    with pytest.raises(ArgumentError, match="per-user caps"):
+        simulate_streaming(scenario, catalog, 100, 3, seed=1, spill_dir=tmp_path / "days")
+
+
+def test_a_spill_directory_holding_an_earlier_spill_is_refused(tmp_path: Path) -> None:
+    scenario, catalog = load_scenario(SCENARIOS / "levers" / "router.toml")
+    simulate_streaming(scenario, catalog, 50, 2, seed=1, spill_dir=tmp_path / "days")
+    with pytest.raises(InputError, match="already holds a spill"):
+        simulate_streaming(scenario, catalog, 50, 2, seed=1, spill_dir=tmp_path / "days")
