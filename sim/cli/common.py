@@ -11,9 +11,10 @@ import click
 
 if TYPE_CHECKING:
     from budget.domain.prices import PriceCatalog
+    from sim.cli.engine_choice import DaysEngine
     from sim.io.forecast_db import ForecastWriter
     from sim.io.progress import Progress
-    from sim.model.forecast import Forecast
+    from sim.model.forecast import Forecast, Replicated, Replication
     from sim.model.run import RunResult
     from sim.model.scenario import Scenario
     from sim.workbench.executor import Cluster
@@ -115,8 +116,10 @@ def run_forecasts(
     show_progress: bool = False,
     workers: int | None = None,
     cluster: Cluster | None = None,
+    days_engine: DaysEngine | None = None,
 ) -> list[Forecast]:
-    """Forecast each scenario file, writing every run into `out` (DuckDB) when given.
+    """Forecast each scenario file, writing every run into `out` (DuckDB) when given; with `days_engine`,
+    each run is played a day at a time (sim/io/streaming_run.py) instead of whole.
 
     Every file is loaded (and checked) before the first run. With `show_progress`, a bar on stderr
     counts the runs -- scenarios x MAU levels x replications -- and names the run and its phase. The runs
@@ -131,6 +134,13 @@ def run_forecasts(
         loaded = [load_scenario(path) for path in paths]
     except SimError as error:
         fail(str(error))
+    if days_engine is not None:
+        from sim.model.day_loop import streaming_refusal
+
+        for scenario, _ in loaded:
+            refusal = streaming_refusal(scenario)
+            if refusal:
+                fail(f"--engine days: {refusal}")
     runs = sum(len(mau or scenario.traffic.mau) for scenario, _ in loaded) * replications
     writer: ForecastWriter | None = None
     if out is not None:
@@ -153,6 +163,7 @@ def run_forecasts(
                     len(paths) > 1,
                     workers,
                     cluster,
+                    days_engine,
                 )
                 for scenario, catalog in loaded
             ]
@@ -175,10 +186,11 @@ def _forecast(
     name_it: bool,
     workers: int | None,
     cluster: Cluster | None,
+    days_engine: DaysEngine | None,
 ) -> Forecast:
     """One scenario's forecast; the bar advances a run at a time and notes the phase (prefixed with the
     scenario's name when `name_it`)."""
-    from sim.model.forecast import Execute, Replicated, Replication, forecast
+    from sim.model.forecast import Execute, forecast
 
     prefix = f"{scenario.name}, " if name_it else ""
 
@@ -186,7 +198,12 @@ def _forecast(
         bar.note(prefix + phase)
 
     execute: Execute | None = None
-    if cluster is not None or (workers or 1) > 1:
+    if days_engine is not None:
+
+        def execute(plan: Sequence[Replication], keep_runs: bool) -> list[Replicated]:
+            return _day_by_day(scenario, catalog, days_run, seed, plan, days_engine, bar, note)
+
+    elif cluster is not None or (workers or 1) > 1:
         from sim.workbench.executor import run_replications
 
         def execute(plan: Sequence[Replication], keep_runs: bool) -> list[Replicated]:
@@ -225,6 +242,34 @@ def _forecast(
     if writer is not None:
         writer.write_forecast(result)
     return result
+
+
+def _day_by_day(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    days: int,
+    seed: int,
+    plan: Sequence[Replication],
+    engine: DaysEngine,
+    bar: Progress,
+    note: Callable[[str], None],
+) -> list[Replicated]:
+    """The plan's runs played a day at a time, here, one after another; the bar advances a run at a time."""
+    from sim.io.streaming_run import simulate_streaming
+
+    done: list[Replicated] = []
+    for step in plan:
+        run = f"{step.mau:,} MAU" + (f", replication {step.replication + 1}" if step.replication else "")
+
+        def heard(phase: str, run: str = run) -> None:
+            note(f"{run}: {phase}")
+
+        summary = simulate_streaming(
+            scenario, catalog, step.mau, days, seed, step.replication, spill_root=engine.spill, on_phase=heard
+        )
+        done.append((summary, None))
+        bar.advance()
+    return done
 
 
 class _Prefixed:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sim.cli.common import fail, forecast_options, run_forecasts
+from sim.cli.engine_choice import chosen_engine, engine_choice
 from sim.cli.placement import only_one_place, replication_places
 from sim.io.progress import wanted
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 @click.argument("scenario", type=click.Path(dir_okay=False))
 @forecast_options
 @replication_places
+@engine_choice
 def simulate(
     scenario: str,
     mau: list[int] | None,
@@ -30,12 +32,17 @@ def simulate(
     fmt: str,
     workers: int | None,
     cluster: Cluster | None,
+    engine: str,
+    spill: Path | None,
 ) -> None:
     """Forecast spend and quality of SCENARIO (a TOML file) at each MAU level."""
     from sim.workbench import render
 
     only_one_place(workers, cluster)
-    [result] = run_forecasts([scenario], mau, days, seed, replications, out, wanted(fmt), workers, cluster)
+    days_engine = chosen_engine(engine, spill, out, workers, cluster is not None)
+    [result] = run_forecasts(
+        [scenario], mau, days, seed, replications, out, wanted(fmt), workers, cluster, days_engine
+    )
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -46,6 +53,7 @@ def simulate(
 @click.argument("scenarios", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @forecast_options
 @replication_places
+@engine_choice
 def compare(
     scenarios: tuple[str, ...],
     mau: list[int] | None,
@@ -56,6 +64,8 @@ def compare(
     fmt: str,
     workers: int | None,
     cluster: Cluster | None,
+    engine: str,
+    spill: Path | None,
 ) -> None:
     """Run SCENARIOS on the same seed (the same traffic) and show them side by side with deltas."""
     from sim.workbench import render
@@ -63,8 +73,9 @@ def compare(
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
     only_one_place(workers, cluster)
+    days_engine = chosen_engine(engine, spill, out, workers, cluster is not None)
     results = run_forecasts(
-        list(scenarios), mau, days, seed, replications, out, wanted(fmt), workers, cluster
+        list(scenarios), mau, days, seed, replications, out, wanted(fmt), workers, cluster, days_engine
     )
     levels = {tuple(r["mau"] for r in f.results) for f in results}
     if len(levels) > 1:

@@ -9,6 +9,7 @@ are `forecast.summarize(engine.simulate(...))`'s to the byte.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -35,53 +36,55 @@ def simulate_streaming(
     users_per_block: int = USERS_PER_BLOCK,
     ttft_store: ValueStore | None = None,
     on_phase: Callable[[str], object] | None = None,
+    spill_root: str | Path | None = None,
 ) -> Summary:
     """The figures of one run of `scenario` at `mau` users for `days` days, simulated a day at a time.
 
-    The traffic is spilled under `spill_dir` (an empty directory; a temporary one when None, removed
-    after). `ttft_store` keeps the TTFTs for their percentiles (in memory when None).
+    The traffic is spilled under `spill_dir` (an empty directory, kept), else in a temporary directory
+    under `spill_root` (the system's when None), removed after. `ttft_store` keeps the TTFTs for their
+    percentiles (in memory when None). `on_phase` hears what the run starts on next.
     """
     refusal = streaming_refusal(scenario)
     if refusal:
         raise ArgumentError("scenario", refusal)
-    if spill_dir is None:
-        with TemporaryDirectory(prefix="margins-days-") as temporary:
-            return _simulate(
-                scenario, catalog, mau, days, seed, replication, Path(temporary), users_per_block,
-                ttft_store, on_phase,
-            )  # fmt: skip
-    return _simulate(
-        scenario, catalog, mau, days, seed, replication, Path(spill_dir), users_per_block,
-        ttft_store, on_phase,
-    )  # fmt: skip
+    run = _Run(scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase)
+    if spill_dir is not None:
+        return run.into(Path(spill_dir))
+    with TemporaryDirectory(prefix="margins-days-", dir=spill_root) as temporary:
+        return run.into(Path(temporary))
 
 
-def _simulate(
-    scenario: Scenario,
-    catalog: PriceCatalog,
-    mau: int,
-    days: int,
-    seed: int,
-    replication: int,
-    directory: Path,
-    users_per_block: int,
-    ttft_store: ValueStore | None,
-    on_phase: Callable[[str], object] | None,
-) -> Summary:
-    phase = on_phase or _ignore
-    streams = streams_for(seed, mau, replication)
-    phase("traffic")
-    totals, blocks = engine_blocks_with_totals(scenario, mau, days, streams, users_per_block)
-    spilled = spill(blocks, directory)
-    day_loop = DayLoop(scenario, catalog, mau, days, streams.attempt_key, ttft_store, totals.sessions)
-    with_requests = set(spilled.days)
-    for day in range(max(with_requests, default=0) + 1):
-        phase(f"day {day + 1} of {days}" if day < days else "requests after the last day")
-        day_loop.play(read_day(directory, day) if day in with_requests else None)
-    while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
-        phase("attempts after the last day")
-        day_loop.play(None)
-    return day_loop.figures.summary()
+@dataclass(frozen=True, slots=True)
+class _Run:
+    scenario: Scenario
+    catalog: PriceCatalog
+    mau: int
+    days: int
+    seed: int
+    replication: int
+    users_per_block: int
+    ttft_store: ValueStore | None
+    on_phase: Callable[[str], object] | None
+
+    def into(self, directory: Path) -> Summary:
+        """Spill the run's traffic by day under `directory`, then play the days in order."""
+        phase = self.on_phase or _ignore
+        scenario, days = self.scenario, self.days
+        streams = streams_for(self.seed, self.mau, self.replication)
+        phase("traffic")
+        totals, blocks = engine_blocks_with_totals(scenario, self.mau, days, streams, self.users_per_block)
+        spilled = spill(blocks, directory)
+        day_loop = DayLoop(
+            scenario, self.catalog, self.mau, days, streams.attempt_key, self.ttft_store, totals.sessions
+        )
+        with_requests = set(spilled.days)
+        for day in range(max(with_requests, default=0) + 1):
+            phase(f"day {day + 1} of {days}" if day < days else "requests after the last day")
+            day_loop.play(read_day(directory, day) if day in with_requests else None)
+        while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
+            phase("attempts after the last day")
+            day_loop.play(None)
+        return day_loop.figures.summary()
 
 
 def _ignore(_phase: str) -> None:

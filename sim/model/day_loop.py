@@ -44,7 +44,7 @@ from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraf
 def streaming_refusal(scenario: Scenario) -> str | None:
     """Why the streaming engine cannot run `scenario` yet, or None when it can."""
     if scenario.cap is not None:
-        return f"{scenario.name}: the streaming engine does not apply per-user caps yet; run it whole"
+        return f"{scenario.name}: per-user caps are not applied a day at a time yet; use --engine whole"
     return None
 
 

@@ -9,6 +9,9 @@ per-user prefix), a burst against tight rate limits that queues and gives up acr
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +92,7 @@ def test_a_per_user_prefix_without_context_streams_exactly(tmp_path: Path) -> No
 
 def test_a_capped_scenario_is_refused_with_one_message(tmp_path: Path) -> None:
     scenario, catalog = load_scenario(SCENARIOS / "caps" / "naive-cap-block.toml")
-    with pytest.raises(ArgumentError, match="per-user caps"):
+    with pytest.raises(ArgumentError, match="per-user caps are not applied"):
         simulate_streaming(scenario, catalog, 100, 3, seed=1, spill_dir=tmp_path / "days")
 
 
@@ -98,3 +101,40 @@ def test_a_spill_directory_holding_an_earlier_spill_is_refused(tmp_path: Path) -
     simulate_streaming(scenario, catalog, 50, 2, seed=1, spill_dir=tmp_path / "days")
     with pytest.raises(InputError, match="already holds a spill"):
         simulate_streaming(scenario, catalog, 50, 2, seed=1, spill_dir=tmp_path / "days")
+
+
+def margins(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sim.cli", *args],
+        cwd=SCENARIOS.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_compare_with_engine_days_prints_the_whole_engines_bytes(tmp_path: Path) -> None:
+    files = [str(SCENARIOS / "seed-story" / name) for name in ("naive-mvp.toml", "optimized.toml")]
+    common = ["compare", *files, "--mau", "400,900", "--days", "3", "--replications", "2", "--format", "json"]
+    whole = margins(*common)
+    by_day = margins(*common, "--engine", "days", "--spill", str(tmp_path))
+    assert whole.returncode == 0 and by_day.returncode == 0, whole.stderr + by_day.stderr
+    assert json.loads(whole.stdout)["scenarios"][1]["results"][1]["requests"] > 0
+    assert by_day.stdout == whole.stdout
+    assert list(tmp_path.iterdir()) == []  # each run's spill is removed after it
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["caps/naive-cap-block.toml", "--engine", "days"], "naive-cap-block: per-user caps are not applied"),
+        (["levers/router.toml", "--engine", "days", "--out", "x.duckdb"], "writes no per-run events yet"),
+        (["levers/router.toml", "--engine", "days", "--workers", "2"], "--engine days runs here"),
+        (["levers/router.toml", "--spill", "somewhere"], "--spill is for --engine days"),
+    ],
+)
+def test_engine_days_mistakes_are_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    result = margins("simulate", str(SCENARIOS / args[0]), "--mau", "50", "--days", "2", *args[1:])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert message in result.stderr and "Traceback" not in result.stderr
