@@ -16,6 +16,7 @@ from tempfile import TemporaryDirectory
 from budget.domain.prices import PriceCatalog
 from sim.errors import ArgumentError
 from sim.io.traffic_spill import read_day, spill
+from sim.io.value_spill import SpilledValues
 from sim.model.day_loop import DayLoop, streaming_refusal
 from sim.model.randomness import streams_for
 from sim.model.run_figures import Summary, ValueStore
@@ -42,7 +43,8 @@ def simulate_streaming(
 
     The traffic is spilled under `spill_dir` (an empty directory, kept), else in a temporary directory
     under `spill_root` (the system's when None), removed after. `ttft_store` keeps the TTFTs for their
-    percentiles (in memory when None). `on_phase` hears what the run starts on next.
+    percentiles (when None: spilled beside the days, 8 bytes a request on disk, none in memory).
+    `on_phase` hears what the run starts on next.
     """
     refusal = streaming_refusal(scenario)
     if refusal:
@@ -74,8 +76,9 @@ class _Run:
         phase("traffic")
         totals, blocks = engine_blocks_with_totals(scenario, self.mau, days, streams, self.users_per_block)
         spilled = spill(blocks, directory)
+        ttft_store = self.ttft_store if self.ttft_store is not None else SpilledValues(directory / "ttft")
         day_loop = DayLoop(
-            scenario, self.catalog, self.mau, days, streams.attempt_key, self.ttft_store, totals.sessions
+            scenario, self.catalog, self.mau, days, streams.attempt_key, ttft_store, totals.sessions
         )
         with_requests = set(spilled.days)
         for day in range(max(with_requests, default=0) + 1):

@@ -1,0 +1,120 @@
+"""The day-at-a-time engine against the whole-run engine: `python -m benchmarks.streaming_engine`.
+
+Each measure runs in a fresh process, so that its peak resident memory (the high-water mark, imports
+included) is its own: the whole-run engine (`forecast.summarize(engine.simulate(...))`) and the day engine
+(`simulate_streaming`, its days and TTFTs spilled under `--dir`) at each MAU of `--mau` (default 100k and
+1M) in the same run, checking that the two give the same figures; then the day engine alone at `--huge`
+MAU (default 10M; 0 skips) when `--dir`'s free space allows the largest spill scaled up, with a margin.
+Prints requests, seconds, requests/s, peak GB and the day engine's time against the whole engine's. Not
+a timed test; run it niced on a shared machine (the figures drift with the machine's load, the ratios
+less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "seed-story" / "optimized.toml"
+DISK_MARGIN = 1.3  # free space wanted over the scaled-up estimate of a spill
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    """One timed run in its own process."""
+
+    engine: str
+    mau: int
+    requests: int
+    seconds: float
+    peak_gb: float
+    spilled_bytes: int
+    summary: dict[str, Any]
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def _measure(engine_name: str, scenario_path: str, mau: int, days: int, seed: int, root: str) -> Measure:
+    """Runs in a fresh process: one run of either engine."""
+    from sim.io.scenarios import load_scenario
+    from sim.io.streaming_run import simulate_streaming
+    from sim.model import engine, forecast
+
+    scenario, catalog = load_scenario(scenario_path)
+    spilled = 0
+    start = time.perf_counter()
+    if engine_name == "whole":
+        summary = forecast.summarize(engine.simulate(scenario, catalog, mau, days, seed))
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="margins-bench-days-", dir=root))
+        try:
+            summary = simulate_streaming(scenario, catalog, mau, days, seed, spill_dir=directory)
+            spilled = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return Measure(engine_name, mau, summary["requests"], seconds, peak, spilled, summary)
+
+
+def _in_child(*args: Any) -> Measure:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_measure, args)
+
+
+def _row(measure: Measure, baseline: Measure | None) -> str:
+    ratio = f"{measure.seconds / baseline.seconds:5.2f}x" if baseline else "     -"
+    spilled = f"{measure.spilled_bytes / 1e9:7.2f}" if measure.spilled_bytes else "      -"
+    return (
+        f"{measure.engine:>6} {measure.mau:>11,} {measure.requests:>12,} {measure.seconds:>9.1f} "
+        f"{measure.rate:>12,.0f} {measure.peak_gb:>8.2f} {spilled} {ratio}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default=str(DEFAULT_SCENARIO))
+    parser.add_argument("--mau", default="100000,1000000", help="levels run by both engines")
+    parser.add_argument("--huge", type=int, default=10_000_000, help="level run by the day engine alone")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the days are spilled")
+    args = parser.parse_args()
+    print(f"scenario {args.scenario}, {args.days} days, load average {os.getloadavg()[0]:.1f}")
+    print("engine         MAU     requests   seconds   requests/s  peak GB  disk GB  vs whole")
+    largest: Measure | None = None
+    for mau in (int(level) for level in args.mau.split(",")):
+        whole = _in_child("whole", args.scenario, mau, args.days, args.seed, args.dir)
+        print(_row(whole, None), flush=True)
+        days = _in_child("days", args.scenario, mau, args.days, args.seed, args.dir)
+        print(_row(days, whole), flush=True)
+        if days.summary != whole.summary:
+            raise SystemExit(f"the engines disagree at {mau:,} MAU: a bug, not a benchmark figure")
+        largest = days
+    if args.huge and largest is not None:
+        wanted = largest.spilled_bytes * args.huge / largest.mau * DISK_MARGIN
+        free = shutil.disk_usage(args.dir).free
+        if free < wanted:
+            print(
+                f"skipped {args.huge:,} MAU: {args.dir} has {free / 1e9:.0f} GB free, "
+                f"wants {wanted / 1e9:.0f}"
+            )
+            return
+        huge = _in_child("days", args.scenario, args.huge, args.days, args.seed, args.dir)
+        print(_row(huge, None), flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
