@@ -11,7 +11,6 @@ import click
 
 if TYPE_CHECKING:
     from budget.domain.prices import PriceCatalog
-    from sim.cli.engine_choice import DaysEngine
     from sim.io.forecast_db import ForecastWriter
     from sim.io.progress import Progress
     from sim.model.forecast import Forecast, Replicated, Replication
@@ -116,10 +115,11 @@ def run_forecasts(
     show_progress: bool = False,
     workers: int | None = None,
     cluster: Cluster | None = None,
-    days_engine: DaysEngine | None = None,
+    engine: str = "whole",
+    spill: Path | None = None,
 ) -> list[Forecast]:
-    """Forecast each scenario file, writing every run into `out` (DuckDB) when given; with `days_engine`,
-    each run is played a day at a time (sim/io/streaming_run.py) instead of whole.
+    """Forecast each scenario file, writing every run into `out` (DuckDB) when given; with `engine` "days",
+    each run is played a day at a time (sim/io/streaming_run.py), spilled under `spill`, not whole.
 
     Every file is loaded (and checked) before the first run. With `show_progress`, a bar on stderr
     counts the runs -- scenarios x MAU levels x replications -- and names the run and its phase. The runs
@@ -134,7 +134,7 @@ def run_forecasts(
         loaded = [load_scenario(path) for path in paths]
     except SimError as error:
         fail(str(error))
-    if days_engine is not None:
+    if engine == "days":
         from sim.model.day_loop import streaming_refusal
 
         for scenario, _ in loaded:
@@ -163,7 +163,8 @@ def run_forecasts(
                     len(paths) > 1,
                     workers,
                     cluster,
-                    days_engine,
+                    spill if engine == "days" else None,
+                    engine == "days",
                 )
                 for scenario, catalog in loaded
             ]
@@ -186,7 +187,8 @@ def _forecast(
     name_it: bool,
     workers: int | None,
     cluster: Cluster | None,
-    days_engine: DaysEngine | None,
+    spill: Path | None,
+    by_day: bool,
 ) -> Forecast:
     """One scenario's forecast; the bar advances a run at a time and notes the phase (prefixed with the
     scenario's name when `name_it`)."""
@@ -198,10 +200,10 @@ def _forecast(
         bar.note(prefix + phase)
 
     execute: Execute | None = None
-    if days_engine is not None:
+    if by_day:
 
         def execute(plan: Sequence[Replication], keep_runs: bool) -> list[Replicated]:
-            return _day_by_day(scenario, catalog, days_run, seed, plan, days_engine, bar, note)
+            return _day_by_day(scenario, catalog, days_run, seed, plan, spill, bar, note)
 
     elif cluster is not None or (workers or 1) > 1:
         from sim.workbench.executor import run_replications
@@ -250,7 +252,7 @@ def _day_by_day(
     days: int,
     seed: int,
     plan: Sequence[Replication],
-    engine: DaysEngine,
+    spill: Path | None,
     bar: Progress,
     note: Callable[[str], None],
 ) -> list[Replicated]:
@@ -265,7 +267,7 @@ def _day_by_day(
             note(f"{run}: {phase}")
 
         summary = simulate_streaming(
-            scenario, catalog, step.mau, days, seed, step.replication, spill_root=engine.spill, on_phase=heard
+            scenario, catalog, step.mau, days, seed, step.replication, spill_root=spill, on_phase=heard
         )
         done.append((summary, None))
         bar.advance()

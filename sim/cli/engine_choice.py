@@ -9,21 +9,12 @@ to the byte. It writes no per-run events (`--out`) and runs here (not `--workers
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
 from sim.cli.common import fail
-
-
-@dataclass(frozen=True, slots=True)
-class DaysEngine:
-    """The day-at-a-time engine's settings: where each run spills its days (a fresh temporary
-    directory under `spill`, or under the system's temporary directory when None)."""
-
-    spill: Path | None
 
 
 def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,17 +35,16 @@ def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def chosen_engine(
+def check_engine(
     engine: str, spill: Path | None, out: Path | None, workers: int | None, elsewhere: bool
-) -> DaysEngine | None:
-    """The day-at-a-time engine when asked for, after checking the flags that go with it (one line and
-    exit 2 for a mistake); None for the whole-run engine."""
+) -> None:
+    """Check the flags that go with the chosen engine: a mistake is one line and exit 2. (Each day-engine
+    run spills under a fresh temporary directory in `spill`, or in the system's when None.)"""
     if engine == "whole":
         if spill is not None:
             fail("--spill is for --engine days: the whole-run engine spills nothing")
-        return None
+        return
     if out is not None:
         fail("--engine days writes no per-run events yet: drop --out, or use --engine whole")
     if elsewhere or (workers or 1) > 1:
         fail("--engine days runs here, one run at a time: drop --workers and --executor")
-    return DaysEngine(spill)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from sim.cli.common import fail, forecast_options, run_forecasts
-from sim.cli.engine_choice import chosen_engine, engine_choice
+from sim.cli.engine_choice import check_engine, engine_choice
 from sim.cli.placement import only_one_place, replication_places
 from sim.io.progress import wanted
 
@@ -39,9 +39,9 @@ def simulate(
     from sim.workbench import render
 
     only_one_place(workers, cluster)
-    days_engine = chosen_engine(engine, spill, out, workers, cluster is not None)
+    check_engine(engine, spill, out, workers, cluster is not None)
     [result] = run_forecasts(
-        [scenario], mau, days, seed, replications, out, wanted(fmt), workers, cluster, days_engine
+        [scenario], mau, days, seed, replications, out, wanted(fmt), workers, cluster, engine, spill
     )
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -73,9 +73,9 @@ def compare(
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
     only_one_place(workers, cluster)
-    days_engine = chosen_engine(engine, spill, out, workers, cluster is not None)
+    check_engine(engine, spill, out, workers, cluster is not None)
     results = run_forecasts(
-        list(scenarios), mau, days, seed, replications, out, wanted(fmt), workers, cluster, days_engine
+        list(scenarios), mau, days, seed, replications, out, wanted(fmt), workers, cluster, engine, spill
     )
     levels = {tuple(r["mau"] for r in f.results) for f in results}
     if len(levels) > 1:
