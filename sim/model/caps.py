@@ -269,6 +269,8 @@ def _users_who_may_meet_the_cap(requests: CapRequests, cap_nanos: int, in_period
     pass the cap."""
     spent = sum_by(requests.user[in_period], requests.cost_nanos[in_period], requests.users)
     rows = np.flatnonzero(requests.has_call & in_period)
+    if not rows.size:  # no call to a model in the period (a small block of users may have none)
+        return np.flatnonzero(spent > cap_nanos)
     user = np.concatenate([requests.user[rows], requests.user[rows]])
     time = np.concatenate([requests.t[rows], requests.finished[rows]])
     delta = np.concatenate([requests.worst_nanos[rows], -requests.worst_nanos[rows]])

@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from budget.domain.prices import PriceCatalog
@@ -85,6 +85,7 @@ def outcomes_of(run: RunResult, rows: slice | np.ndarray = slice(None)) -> Reque
     seed=st.integers(0, 50),
     cuts=st.lists(st.integers(1, 299), max_size=6),
 )
+@example(days=45, seed=2, cuts=[299])  # a block of one user with no call to a model in a period
 def test_capping_users_in_blocks_at_random_boundaries_decides_as_the_whole_run(
     days: int, seed: int, cuts: list[int]
 ) -> None:
