@@ -16,7 +16,9 @@ from tempfile import TemporaryDirectory
 from budget.domain.prices import PriceCatalog
 from sim.errors import ArgumentError
 from sim.io.traffic_spill import read_day, spill
+from sim.io.user_block_spill import UserBlockSpill
 from sim.io.value_spill import SpilledValues
+from sim.model.cap_pass import CapPass
 from sim.model.day_loop import DayLoop, streaming_refusal
 from sim.model.randomness import streams_for
 from sim.model.run_figures import Summary, ValueStore
@@ -77,8 +79,12 @@ class _Run:
         totals, blocks = engine_blocks_with_totals(scenario, self.mau, days, streams, self.users_per_block)
         spilled = spill(blocks, directory)
         ttft_store = self.ttft_store if self.ttft_store is not None else SpilledValues(directory / "ttft")
+        cap_pass = None
+        if scenario.cap is not None:  # finished requests wait by block of users for the cap
+            capped = UserBlockSpill(directory / "capped", self.users_per_block)
+            cap_pass = CapPass(scenario, self.catalog, self.mau, days, capped)
         day_loop = DayLoop(
-            scenario, self.catalog, self.mau, days, streams.attempt_key, ttft_store, totals.sessions
+            scenario, self.catalog, self.mau, days, streams.attempt_key, ttft_store, totals.sessions, cap_pass
         )
         with_requests = set(spilled.days)
         for day in range(max(with_requests, default=0) + 1):
@@ -87,6 +93,9 @@ class _Run:
         while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
             phase("attempts after the last day")
             day_loop.play(None)
+        if cap_pass is not None:
+            phase("cap")
+            day_loop.finish_cap()
         return day_loop.figures.summary()
 
 

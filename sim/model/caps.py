@@ -37,11 +37,12 @@ from budget.domain.events import ReservationDenied, ReservationGranted, UsageRec
 from budget.domain.ledger import Authorize, Ledger, RecordUsage
 from budget.domain.prices import PriceCatalog
 from sim.model.attempts import AttemptLog
-from sim.model.codes import CACHE_ANSWERS, CapDecision, Outcome, Served
+from sim.model.cap_shape import RequestOutcomes, shape
+from sim.model.codes import CACHE_ANSWERS, CapDecision
 from sim.model.periods import period_index, run_periods
 from sim.model.policies import retry
 from sim.model.run import CapEffect, RunResult, calls_needing_model
-from sim.model.scenario import Cap
+from sim.model.scenario import Cap, Scenario
 
 # The ledger folds spend by calendar month; each period is replayed in a ledger of its own whose clock
 # starts here. A 31-day month keeps a whole period (at most 31 days) in one ledger month; only requests
@@ -84,27 +85,40 @@ def apply_cap(run: RunResult, catalog: PriceCatalog, replay_all: bool = False) -
     """The run as the scenario's cap would have shaped it. `replay_all` sends every user and every
     request through the ledger one by one (for tests: the result must be the same)."""
     scenario = run.scenario
-    cap = scenario.cap
-    if cap is None:
+    if scenario.cap is None:
         return run
-    requests = _Requests.of(run, catalog)
+    requests = CapRequests.of_run(run, catalog)
+    decision, cost, replayed = cap_decisions(requests, catalog, replay_all)
+    return _shaped(run, catalog, requests, decision, cost, monthly_cap_nanos(scenario.cap), replayed)
+
+
+def cap_decisions(
+    requests: CapRequests, catalog: PriceCatalog, replay_all: bool = False
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each request's CapDecision and capped cost, and how many user-months went through the ledger.
+
+    `requests` may be a whole run's or those of any set of whole users (a block of users of a streaming
+    run): users do not meet in the ledger, so the decisions are the same either way.
+    """
+    cap = requests.scenario.cap
+    assert cap is not None
     cap_nanos = monthly_cap_nanos(cap)
     config = enforcer_config(cap, cap_nanos)
-    periods = run_periods(scenario.traffic.start, run.traffic.days)
-    period = period_index(periods, run.traffic.t)
-    decision = np.full(run.traffic.requests, CapDecision.ALLOWED, dtype=np.int64)
-    cost = run.cost_nanos.copy()
+    periods = run_periods(requests.scenario.traffic.start, requests.days)
+    period = period_index(periods, requests.t)
+    decision = np.full(requests.t.size, CapDecision.ALLOWED, dtype=np.int64)
+    cost = requests.cost_nanos.copy()
     replayed = 0
     for each in periods:
         in_period = period == each.index
         if replay_all:
-            replay = np.unique(run.traffic.user[requests.has_call & in_period])
+            replay = np.unique(requests.user[requests.has_call & in_period])
         else:
-            replay = _users_who_may_meet_the_cap(run, requests, cap_nanos, in_period)
+            replay = _users_who_may_meet_the_cap(requests, cap_nanos, in_period)
         month = _Month(in_period, each.start_s, Ledger(config, catalog))
-        _replay(run, requests, month, replay, decision, cost, skip_prefix=not replay_all)
+        _replay(requests, month, replay, decision, cost, skip_prefix=not replay_all)
         replayed += int(replay.size)
-    return _shaped(run, catalog, requests, decision, cost, cap_nanos, replayed)
+    return decision, cost, replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +134,37 @@ class _Month:
         return LEDGER_MONTH_START + timedelta(seconds=seconds - self.start_s)
 
 
-@dataclass(frozen=True, slots=True)
-class _Requests:
-    """Per request: its model calls' worst case, what its attempts billed, and when it finished."""
+def token_bounds(
+    scenario: Scenario, owner: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per request (0..n-1): whether it has a call to a model, and the most input and output tokens its
+    calls can bill -- `owner` is each such call's request, with its tokens."""
+    # A call bills at most every token on each attempt: the first, every retry the policy allows,
+    # and one regeneration of a bad completion. That bound is the worst case an app reserves.
+    attempts = retry.retry_limit(scenario.retry) + 2
+    return (
+        np.bincount(owner, minlength=n) > 0,
+        sum_by(owner, input_tokens, n) * attempts,
+        sum_by(owner, output_tokens, n) * attempts,
+    )
 
+
+@dataclass(frozen=True, slots=True)
+class CapRequests:
+    """What the cap's ledger reads of some requests (a whole run's, or a block of whole users'), one value
+    per request, requests in ascending id order: its model calls' worst case, what its attempts billed,
+    and when it finished."""
+
+    scenario: Scenario
+    models: tuple[str, ...]
+    days: int
+    request_id: np.ndarray  # the run's request ids (the ledger's request and event ids)
+    t: np.ndarray
+    user: np.ndarray  # 0..users-1: the run's user id less `first_user`
+    first_user: int
+    users: int
+    request_model: np.ndarray
+    cost_nanos: np.ndarray  # without the cap
     has_call: np.ndarray
     max_input: np.ndarray
     max_output: np.ndarray
@@ -131,34 +172,86 @@ class _Requests:
     billed_input: np.ndarray
     billed_output: np.ndarray
     finished: np.ndarray
-    attempt_request: np.ndarray
+    attempt_request: np.ndarray  # per attempt row: its request's row here
 
     @classmethod
-    def of(cls, run: RunResult, catalog: PriceCatalog) -> _Requests:
+    def of_run(cls, run: RunResult, catalog: PriceCatalog) -> CapRequests:
+        """A whole run's requests."""
         traffic, log = run.traffic, run.attempts
         n = traffic.requests
         cached = np.isin(run.served, CACHE_ANSWERS)
         needed = calls_needing_model(traffic, cached, run.fragment_hit)
-        owner = traffic.call_request[needed]
-        # A call bills at most every token on each attempt: the first, every retry the policy allows,
-        # and one regeneration of a bad completion. That bound is the worst case an app reserves.
-        attempts = retry.retry_limit(run.scenario.retry) + 2
-        max_input = sum_by(owner, traffic.input_tokens[needed], n) * attempts
-        max_output = sum_by(owner, traffic.output_tokens[needed], n) * attempts
-        prices = [catalog[model] for model in run.models]
+        has_call, max_input, max_output = token_bounds(
+            run.scenario,
+            traffic.call_request[needed],
+            traffic.input_tokens[needed],
+            traffic.output_tokens[needed],
+            n,
+        )
+        return cls.of(
+            run.scenario,
+            run.models,
+            catalog,
+            traffic.days,
+            request_id=np.arange(n, dtype=np.int64),
+            t=traffic.t,
+            user=traffic.user,
+            users=traffic.mau,
+            request_model=run.request_model,
+            cost_nanos=run.cost_nanos,
+            bounds=(has_call, max_input, max_output),
+            attempt_request=traffic.call_request[log.column("call").astype(np.int64)],
+            attempts=log,
+        )
+
+    @classmethod
+    def of(
+        cls,
+        scenario: Scenario,
+        models: tuple[str, ...],
+        catalog: PriceCatalog,
+        days: int,
+        *,
+        request_id: np.ndarray,
+        t: np.ndarray,
+        user: np.ndarray,
+        users: int,
+        request_model: np.ndarray,
+        cost_nanos: np.ndarray,
+        bounds: tuple[np.ndarray, np.ndarray, np.ndarray],
+        attempt_request: np.ndarray,
+        attempts: AttemptLog | dict[str, np.ndarray],
+        first_user: int = 0,
+    ) -> CapRequests:
+        """From per-request arrays, `bounds` as `token_bounds` gives them, and the requests' attempt rows
+        (`attempt_request`: each row's request here; `attempts`: their billed_input, billed_output and
+        finished_at)."""
+        has_call, max_input, max_output = bounds
+        n = t.size
+        prices = [catalog[model] for model in models]
         per_input = np.array([max(p.input, p.cached_input, p.cache_write) for p in prices], dtype=np.int64)
         per_output = np.array([p.output for p in prices], dtype=np.int64)
-        worst = max_input * per_input[run.request_model] + max_output * per_output[run.request_model]
-        attempt_request = traffic.call_request[log.column("call").astype(np.int64)]
-        finished = traffic.t.copy()
-        np.maximum.at(finished, attempt_request, log.column("finished_at"))
+        worst = max_input * per_input[request_model] + max_output * per_output[request_model]
+        column = attempts.column if isinstance(attempts, AttemptLog) else attempts.__getitem__
+        finished = t.copy()
+        np.maximum.at(finished, attempt_request, column("finished_at"))
         return cls(
-            has_call=np.bincount(owner, minlength=n) > 0,
+            scenario=scenario,
+            models=models,
+            days=days,
+            request_id=request_id,
+            t=t,
+            user=user,
+            first_user=first_user,
+            users=users,
+            request_model=request_model,
+            cost_nanos=cost_nanos,
+            has_call=has_call,
             max_input=max_input,
             max_output=max_output,
             worst_nanos=worst,
-            billed_input=sum_by(attempt_request, log.column("billed_input").astype(np.int64), n),
-            billed_output=sum_by(attempt_request, log.column("billed_output").astype(np.int64), n),
+            billed_input=sum_by(attempt_request, column("billed_input").astype(np.int64), n),
+            billed_output=sum_by(attempt_request, column("billed_output").astype(np.int64), n),
             finished=finished,
             attempt_request=attempt_request,
         )
@@ -171,22 +264,21 @@ def sum_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     return total
 
 
-def _users_who_may_meet_the_cap(
-    run: RunResult, requests: _Requests, cap_nanos: int, in_period: np.ndarray
-) -> np.ndarray:
+def _users_who_may_meet_the_cap(requests: CapRequests, cap_nanos: int, in_period: np.ndarray) -> np.ndarray:
     """Users whose uncapped spend in the period plus the most they ever have reserved at once in it could
     pass the cap."""
-    traffic = run.traffic
-    spent = sum_by(traffic.user[in_period], run.cost_nanos[in_period], traffic.mau)
+    spent = sum_by(requests.user[in_period], requests.cost_nanos[in_period], requests.users)
     rows = np.flatnonzero(requests.has_call & in_period)
-    user = np.concatenate([traffic.user[rows], traffic.user[rows]])
-    time = np.concatenate([traffic.t[rows], requests.finished[rows]])
+    if not rows.size:  # no call to a model in the period (a small block of users may have none)
+        return np.flatnonzero(spent > cap_nanos)
+    user = np.concatenate([requests.user[rows], requests.user[rows]])
+    time = np.concatenate([requests.t[rows], requests.finished[rows]])
     delta = np.concatenate([requests.worst_nanos[rows], -requests.worst_nanos[rows]])
     order = np.lexsort((-delta, time, user))  # at equal times, count a reservation before a release
     user, delta = user[order], delta[order]
     first = np.r_[True, user[1:] != user[:-1]]
     running = _cumsum_by_group(delta, first)  # reserved at once, per user
-    peak = np.zeros(traffic.mau, dtype=np.int64)
+    peak = np.zeros(requests.users, dtype=np.int64)
     np.maximum.at(peak, user, running)
     return np.flatnonzero(spent + peak > cap_nanos)
 
@@ -199,8 +291,7 @@ def _group_base(before: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 
 def _replay(
-    run: RunResult,
-    requests: _Requests,
+    requests: CapRequests,
     month: _Month,
     users: np.ndarray,
     decision: np.ndarray,
@@ -214,26 +305,28 @@ def _replay(
     the last moment with nothing reserved before the first request that might not fit) goes to the ledger
     as one settled usage per model instead of request by request: its spend is the same, exactly.
     """
-    traffic = run.traffic
     ledger = month.ledger
-    rows = np.flatnonzero(requests.has_call & month.requests & np.isin(traffic.user, users))
+    rows = np.flatnonzero(requests.has_call & month.requests & np.isin(requests.user, users))
     # One stream of (user, time, kind, request), kind a _Step: at one instant, settlements sort first.
-    user = np.concatenate([traffic.user[rows], traffic.user[rows]])
-    time = np.concatenate([requests.finished[rows], traffic.t[rows]])
+    user = np.concatenate([requests.user[rows], requests.user[rows]])
+    time = np.concatenate([requests.finished[rows], requests.t[rows]])
     kind = np.repeat(np.array([_Step.SETTLE, _Step.AUTHORIZE], dtype=np.int64), rows.size)
     request = np.concatenate([rows, rows])
     order = np.lexsort((request, kind, time, user))
     user, time, kind, request = user[order], time[order], kind[order], request[order]
-    name = run.scenario.name
+    name = requests.scenario.name
     if skip_prefix and request.size:
-        prefix = _granted_prefix(user, kind, request, requests.worst_nanos, run.cost_nanos, ledger.config)
-        _settle_prefix(month, run, requests, user[prefix], time[prefix], kind[prefix], request[prefix])
+        prefix = _granted_prefix(
+            user, kind, request, requests.worst_nanos, requests.cost_nanos, ledger.config
+        )
+        _settle_prefix(month, requests, user[prefix], time[prefix], kind[prefix], request[prefix])
         user, time, kind, request = user[~prefix], time[~prefix], kind[~prefix], request[~prefix]
     granted: dict[int, ReservationGranted] = {}
     # Plain Python values up front: the loop below is the slow part, one ledger call per step.
-    user_ids = [f"u{u}" for u in range(traffic.mau)]
-    owner = traffic.user.tolist()
-    model_names = [run.models[m] for m in run.request_model.tolist()]
+    user_ids = [f"u{requests.first_user + u}" for u in range(requests.users)]
+    owner = requests.user.tolist()
+    request_ids = requests.request_id.tolist()
+    model_names = [requests.models[m] for m in requests.request_model.tolist()]
     max_input, max_output = requests.max_input.tolist(), requests.max_output.tolist()
     billed_input, billed_output = requests.billed_input.tolist(), requests.billed_output.tolist()
     for r, k, seconds in zip(request.tolist(), kind.tolist(), time.tolist(), strict=True):
@@ -242,7 +335,7 @@ def _replay(
         if k == _Step.AUTHORIZE:
             ledger.apply_all(ledger.expire_due(now))
             command = Authorize(
-                request_id=str(r),
+                request_id=str(request_ids[r]),
                 user_id=user_id,
                 model=model_names[r],
                 max_input_tokens=max_input[r],
@@ -258,7 +351,7 @@ def _replay(
         elif r in granted:
             reservation = granted.pop(r)
             usage = RecordUsage(
-                event_id=f"{name}-{r}",
+                event_id=f"{name}-{request_ids[r]}",
                 user_id=user_id,
                 ts=now,
                 model=reservation.model,
@@ -309,8 +402,7 @@ def _cumsum_by_group(values: np.ndarray, first: np.ndarray) -> np.ndarray:
 
 def _settle_prefix(
     month: _Month,
-    run: RunResult,
-    requests: _Requests,
+    requests: CapRequests,
     user: np.ndarray,
     time: np.ndarray,
     kind: np.ndarray,
@@ -320,22 +412,23 @@ def _settle_prefix(
     settled = request[kind == _Step.SETTLE]
     if settled.size == 0:
         return
-    models = len(run.models)
-    key = run.traffic.user[settled] * models + run.request_model[settled]
+    models = len(requests.models)
+    key = requests.user[settled] * models + requests.request_model[settled]
     keys, inverse = np.unique(key, return_inverse=True)
     inputs = np.bincount(inverse, weights=requests.billed_input[settled]).astype(np.int64)
     outputs = np.bincount(inverse, weights=requests.billed_output[settled]).astype(np.int64)
-    last = np.zeros(run.traffic.mau)
+    last = np.zeros(requests.users)
     np.maximum.at(last, user, time)
     for k, tokens_in, tokens_out in zip(keys.tolist(), inputs.tolist(), outputs.tolist(), strict=True):
         owner, model = divmod(k, models)
         ts = month.now(float(last[owner]))
+        user_id = f"u{requests.first_user + owner}"
         month.ledger.execute(
             RecordUsage(
-                event_id=f"{run.scenario.name}-u{owner}-{run.models[model]}-prefix",
-                user_id=f"u{owner}",
+                event_id=f"{requests.scenario.name}-{user_id}-{requests.models[model]}-prefix",
+                user_id=user_id,
                 ts=ts,
-                model=run.models[model],
+                model=requests.models[model],
                 input_tokens=tokens_in,
                 output_tokens=tokens_out,
             ),
@@ -346,51 +439,27 @@ def _settle_prefix(
 def _shaped(
     run: RunResult,
     catalog: PriceCatalog,
-    requests: _Requests,
+    requests: CapRequests,
     decision: np.ndarray,
     cost: np.ndarray,
     cap_nanos: int,
     users_replayed: int,
 ) -> RunResult:
-    scenario = run.scenario
-    denied, degraded = decision == CapDecision.DENIED, decision == CapDecision.DEGRADED
-    models, request_model = run.models, run.request_model.copy()
     log = run.attempts
-    outcome = log.column("outcome").astype(np.int64)
-    served_bad = np.zeros(run.traffic.requests, dtype=bool)
-    served_bad[requests.attempt_request[outcome == Outcome.BAD_SERVED]] = True
-    quality = run.quality.copy()
+    outcomes = RequestOutcomes(
+        run.request_model, run.traffic.hard, run.served, run.quality, run.ttft_s, run.fallback
+    )
     columns = {name: log.column(name) for name in log.parts}
-    if degraded.any():
-        cheaper = scenario.cap.degrade_model if scenario.cap else None
-        assert cheaper is not None  # the ledger degrades only to the plan's degrade_model
-        if cheaper not in models:
-            models = (*models, cheaper)
-        index = models.index(cheaper)
-        request_model[degraded] = index
-        answered = degraded & (run.served == Served.MODEL) & ~served_bad
-        scores = scenario.quality_of(cheaper)
-        quality[answered] = np.where(run.traffic.hard[answered], scores.hard, scores.easy)
-        moved = degraded[requests.attempt_request]
-        price = catalog[cheaper]
-        columns["model"] = np.where(moved, index, columns["model"])
-        columns["cost_nanos"] = np.where(
-            moved,
-            columns["billed_input"] * price.input + columns["billed_output"] * price.output,
-            columns["cost_nanos"],
-        )
-    quality[denied] = scenario.quality.denied
-    kept = ~denied[requests.attempt_request]
-    served = np.where(denied, Served.DENIED, run.served)
+    shaped = shape(run.scenario, catalog, run.models, decision, outcomes, requests.attempt_request, columns)
     return replace(
         run,
-        models=models,
-        request_model=request_model,
-        served=served,
+        models=shaped.models,
+        request_model=shaped.request_model,
+        served=shaped.served,
         cost_nanos=cost,
-        quality=quality,
-        ttft_s=np.where(denied, np.nan, run.ttft_s),
-        fallback=run.fallback & ~denied,
-        attempts=AttemptLog({name: [values[kept]] for name, values in columns.items()}),
+        quality=shaped.quality,
+        ttft_s=shaped.ttft_s,
+        fallback=shaped.fallback,
+        attempts=AttemptLog({name: [values] for name, values in shaped.attempts.items()}),
         cap=CapEffect(decision, run.cost_nanos, run.quality, cap_nanos, users_replayed),
     )

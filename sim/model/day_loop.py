@@ -15,8 +15,9 @@ The figures are those `forecast.summarize(engine.simulate(...))` gives, to the b
 together). A day's work runs on a `Traffic` of that day with local ids, through the whole-run engine's own
 functions (router, calls needing a model, chain offsets, quality), so no rule has a second copy.
 
-Not streamed yet -- `streaming_refusal` names it: a per-user cap (sim/model/caps.py replays whole months
-per user).
+A per-user cap decides over a user's whole month (sim/model/caps.py), so with one the finished requests
+and attempts are not folded as they come: they go to a `CapPass` (sim/model/cap_pass.py), which keeps
+them by block of users and, after the last day, caps and folds them a block at a time (`finish_cap`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 from budget.domain.prices import PriceCatalog
 from sim.model.attempt_clock import AttemptClock
 from sim.model.attempts import CallSheet
+from sim.model.cap_pass import CapPass
 from sim.model.conversation import Conversation
 from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
 from sim.model.engine import chain_offsets, prompt_caching, quality_scores, semantic_rates
@@ -43,8 +45,7 @@ from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraf
 
 def streaming_refusal(scenario: Scenario) -> str | None:
     """Why the streaming engine cannot run `scenario` yet, or None when it can."""
-    if scenario.cap is not None:
-        return f"{scenario.name}: per-user caps are not applied a day at a time yet; use --engine whole"
+    del scenario  # every scenario streams now; the question stays for what may not
     return None
 
 
@@ -69,8 +70,11 @@ class DayLoop:
         key: int,
         ttft_store: ValueStore | None,
         sessions: int,
+        cap_pass: CapPass | None = None,
     ) -> None:
+        """`cap_pass`: with the scenario's cap, where finished requests and attempts go until `finish_cap`."""
         self.scenario, self.mau, self.days = scenario, mau, days
+        self.cap_pass = cap_pass
         self.table = provider.ProviderTable.of(scenario)
         self.prices = PriceSheet.of(catalog, scenario.models)
         self.p_true, self.p_false = semantic_rates(scenario)
@@ -80,7 +84,7 @@ class DayLoop:
         self.clock = AttemptClock(scenario, self.table, self._sheet_of(self.in_play), key, days)
         self.fold = RequestFold()
         self.figures = RunFigures(
-            scenario, scenario.models, mau, days, sessions, capped=False, ttft_store=ttft_store
+            scenario, scenario.models, mau, days, sessions, cap_pass is not None, ttft_store=ttft_store
         )
 
     @property
@@ -93,9 +97,17 @@ class DayLoop:
         if day is not None and day.requests["request"].size:
             self._open(day)
         log = self.clock.run_tick()
-        self.figures.add_attempts({name: log.column(name) for name in ATTEMPT_COLUMNS})
+        if self.cap_pass is None:
+            self.figures.add_attempts({name: log.column(name) for name in ATTEMPT_COLUMNS})
+        else:
+            self.cap_pass.add_attempts(self.fold, log)
         self._finish(self.fold.fold(log))
         self._forget_finished_calls()
+
+    def finish_cap(self) -> None:
+        """With a cap, once no longer `busy`: cap every block of users and fold it into `figures`."""
+        if self.cap_pass is not None:
+            self.cap_pass.fold_into(self.figures)
 
     def _open(self, day: DayTraffic) -> None:
         requests, calls = day.requests, day.calls
@@ -138,6 +150,7 @@ class DayLoop:
                 "hard": traffic.hard,
                 "fragment_hit": fragment,
                 "request_model": request_model,
+                **(self.cap_pass.carry(traffic, local) if self.cap_pass else {}),
             },
         )
 
@@ -220,6 +233,9 @@ class DayLoop:
         quality = quality_scores(
             self.scenario, carried["request_model"], carried["hard"], outcomes.served, outcomes.bad_served
         )
+        if self.cap_pass is not None:
+            self.cap_pass.add_requests(finished, quality)
+            return
         self.figures.add_requests(
             RequestChunk(
                 t=carried["t"],

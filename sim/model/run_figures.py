@@ -228,6 +228,13 @@ class RunFigures:
         """Count user-months the cap's ledger replayed (the cap's own tally, per period or all at once)."""
         self.users_replayed += users
 
+    def add_model(self, name: str) -> None:
+        """Count attempts of one more model from now on (a cap's degrade model, once a request of a
+        streamed run is degraded to it: the whole run's model list gains it then)."""
+        self.models = (*self.models, name)
+        self.calls = np.append(self.calls, 0)
+        self.tokens_by_model = {kind: np.append(values, 0) for kind, values in self.tokens_by_model.items()}
+
     def add_attempts(self, chunk: AttemptChunk) -> None:
         """Fold some rows of the attempt log in (each row once, over all chunks)."""
         outcome = _column(chunk, "outcome")

@@ -139,7 +139,7 @@ def test_a_requests_worst_case_covers_what_it_bills(simulator: Simulator) -> Non
     scenario, catalog = scenario_from(with_cap({**NAIVE, "retry": {"policy": "naive"}}, monthly_usd=1.0))
     run = simulator(scenario, catalog, 300, 5, 3)
     assert run.cap is not None
-    requests = caps._Requests.of(run, catalog)
+    requests = caps.CapRequests.of_run(run, catalog)
     assert (run.cap.uncapped_cost_nanos <= requests.worst_nanos).all()
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from sim.errors import ArgumentError, InputError
+from sim.errors import InputError
 from sim.io.scenarios import load_scenario
 from sim.io.streaming_run import simulate_streaming
 from sim.model import engine, forecast
@@ -90,12 +90,6 @@ def test_a_per_user_prefix_without_context_streams_exactly(tmp_path: Path) -> No
     assert streamed == whole
 
 
-def test_a_capped_scenario_is_refused_with_one_message(tmp_path: Path) -> None:
-    scenario, catalog = load_scenario(SCENARIOS / "caps" / "naive-cap-block.toml")
-    with pytest.raises(ArgumentError, match="per-user caps are not applied"):
-        simulate_streaming(scenario, catalog, 100, 3, seed=1, spill_dir=tmp_path / "days")
-
-
 def test_a_spill_directory_holding_an_earlier_spill_is_refused(tmp_path: Path) -> None:
     scenario, catalog = load_scenario(SCENARIOS / "levers" / "router.toml")
     simulate_streaming(scenario, catalog, 50, 2, seed=1, spill_dir=tmp_path / "days")
@@ -127,7 +121,6 @@ def test_compare_with_engine_days_prints_the_whole_engines_bytes(tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["caps/naive-cap-block.toml", "--engine", "days"], "naive-cap-block: per-user caps are not applied"),
         (["levers/router.toml", "--engine", "days", "--out", "x.duckdb"], "writes no per-run events yet"),
         (["levers/router.toml", "--engine", "days", "--workers", "2"], "--engine days runs here"),
         (["levers/router.toml", "--spill", "somewhere"], "--spill is for --engine days"),
