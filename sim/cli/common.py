@@ -134,13 +134,6 @@ def run_forecasts(
         loaded = [load_scenario(path) for path in paths]
     except SimError as error:
         fail(str(error))
-    if engine == "days":
-        from sim.model.day_loop import streaming_refusal
-
-        for scenario, _ in loaded:
-            refusal = streaming_refusal(scenario)
-            if refusal:
-                fail(f"--engine days: {refusal}")
     runs = sum(len(mau or scenario.traffic.mau) for scenario, _ in loaded) * replications
     writer: ForecastWriter | None = None
     if out is not None:

@@ -14,12 +14,11 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from budget.domain.prices import PriceCatalog
-from sim.errors import ArgumentError
 from sim.io.traffic_spill import read_day, spill
 from sim.io.user_block_spill import UserBlockSpill
 from sim.io.value_spill import SpilledValues
 from sim.model.cap_pass import CapPass
-from sim.model.day_loop import DayLoop, streaming_refusal
+from sim.model.day_loop import DayLoop
 from sim.model.randomness import streams_for
 from sim.model.run_figures import Summary, ValueStore
 from sim.model.scenario import Scenario
@@ -48,9 +47,6 @@ def simulate_streaming(
     percentiles (when None: spilled beside the days, 8 bytes a request on disk, none in memory).
     `on_phase` hears what the run starts on next.
     """
-    refusal = streaming_refusal(scenario)
-    if refusal:
-        raise ArgumentError("scenario", refusal)
     run = _Run(scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase)
     if spill_dir is not None:
         return run.into(Path(spill_dir))

@@ -43,12 +43,6 @@ from sim.model.traffic import Traffic
 from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraffic
 
 
-def streaming_refusal(scenario: Scenario) -> str | None:
-    """Why the streaming engine cannot run `scenario` yet, or None when it can."""
-    del scenario  # every scenario streams now; the question stays for what may not
-    return None
-
-
 @dataclass(slots=True)
 class _Sheet:
     """The calls in play and what the clock reads of them, ascending by call id."""
