@@ -101,7 +101,8 @@ class CapPass:
         carried, outcomes = finished.carried, finished.outcomes
         columns = {
             "request": finished.request,
-            **{name: carried[name] for name in ("t", "user", "context", "hard", "fragment_hit")},
+            "t": finished.t,
+            **{name: carried[name] for name in ("user", "context", "hard", "fragment_hit")},
             "request_model": carried["request_model"],
             **{name: carried[name] for name in CAP_CARRY_COLUMNS},
             "served": outcomes.served,

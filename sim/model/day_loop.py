@@ -138,7 +138,6 @@ class DayLoop:
             call_ids,
             requests["request"][traffic.call_request[local]],
             carry={
-                "t": traffic.t,
                 "user": traffic.user,
                 "context": traffic.context,
                 "hard": traffic.hard,
@@ -232,7 +231,7 @@ class DayLoop:
             return
         self.figures.add_requests(
             RequestChunk(
-                t=carried["t"],
+                t=finished.t,
                 user=carried["user"],
                 context=carried["context"],
                 served=outcomes.served,
@@ -246,9 +245,9 @@ class DayLoop:
 
 
 def _draw(requests: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
-    """A day's engine draw, or zeros where the scenario does not use it (then nothing reads it)."""
+    """A day's engine draw, or a constant where the scenario does not use it (then nothing reads it)."""
     values = requests.get(name)
-    return values if values is not None else np.zeros(n)
+    return values if values is not None else np.broadcast_to(0.0, n)
 
 
 def _local_traffic(scenario: Scenario, mau: int, days: int, day: DayTraffic) -> Traffic:

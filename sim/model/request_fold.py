@@ -103,6 +103,7 @@ class Finished:
     """Requests finished by a fold, in ascending id order, and their figures."""
 
     request: np.ndarray  # int64 request ids
+    t: np.ndarray  # their arrival times
     outcomes: Outcomes
     carried: dict[str, np.ndarray]  # the columns `RequestFold.open` was given to carry, of these requests
 
@@ -178,6 +179,7 @@ class RequestFold:
         done = self.calls_left == 0
         finished = Finished(
             self.request[done],
+            self.t[done],
             finish(
                 self.tally.take(done),
                 self.t[done],
