@@ -18,6 +18,7 @@ from sim.model.codes import Action, Outcome
 from sim.model.policies import provider, retry
 from sim.model.randomness import Draw, hashed_uniform
 from sim.model.scenario import Scenario
+from sim.model.sorted_search import positions
 
 ATTEMPT_FIELDS = (
     "call",
@@ -140,7 +141,7 @@ class CallSheet:
 
     def at(self, call: np.ndarray) -> np.ndarray:
         """The sheet's rows of calls `call`."""
-        return call if self.ids is None else np.searchsorted(self.ids, call)
+        return call if self.ids is None else positions(self.ids, call)
 
     def rows(self, call: np.ndarray, model: np.ndarray) -> np.ndarray:
         """The price row of each attempt (of `call`, made with `model`)."""

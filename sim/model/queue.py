@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.model.codes import Action
+from sim.model.sorted_search import contains
 from sim.model.policies.retry import RATE_WINDOW_S, FollowUp
 
 if TYPE_CHECKING:
@@ -94,8 +95,9 @@ class ClientQueue:
     def _mark_given_up(self, calls: np.ndarray) -> None:
         """Write GIVE_UP into the logged actions of these calls' last refusal; forget what was logged."""
         if calls.size:
+            given_up = np.sort(calls)
             for action, rows, logged_calls in self.logged:
-                action[rows[np.isin(logged_calls, calls)]] = Action.GIVE_UP
+                action[rows[contains(given_up, logged_calls)]] = Action.GIVE_UP
         self.logged.clear()
 
     def _pack(self, model: int, joined: np.ndarray, tokens: np.ndarray) -> np.ndarray:

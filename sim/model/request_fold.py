@@ -23,6 +23,7 @@ import numpy as np
 from sim.errors import ArgumentError
 from sim.model.attempts import AttemptLog
 from sim.model.codes import Action, Outcome, Served
+from sim.model.sorted_search import positions
 
 EXACT_HIT_S, SEMANTIC_HIT_S = 0.01, 0.06  # time to answer from the cache layers
 
@@ -215,7 +216,7 @@ class RequestFold:
 
 def _positions(ascending: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:
     """Where each value is in an ascending array of ids; every value must be there."""
-    at = np.searchsorted(ascending, values)
+    at = positions(ascending, values)
     if values.size and (
         not ascending.size
         or np.any(at >= ascending.size)

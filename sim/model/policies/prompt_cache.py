@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.model.scenario import Scenario
+from sim.model.sorted_search import contains
 from sim.model.traffic import Traffic
 
 BLOCK_TOKENS = 512
@@ -331,7 +332,7 @@ def _carry_epochs(
     """The state after a chunk whose turn calls (of one model) were of `epoch`, at `t`, resending `shared`:
     each epoch's latest call, kept while it is within `ttl_s` of the chunk's latest time `horizon`."""
     last = np.flatnonzero(np.r_[epoch[1:] != epoch[:-1], True]) if epoch.size else epoch[:0]
-    kept = ~np.isin(state.epoch, epoch[last])
+    kept = ~contains(epoch[last], state.epoch)  # both ascending
     merged = np.r_[state.epoch[kept], epoch[last]]
     merged_t = np.r_[state.epoch_t[kept], t[last]]
     merged_shared = np.r_[state.epoch_shared[kept], shared[last]]
