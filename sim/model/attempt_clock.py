@@ -18,7 +18,8 @@ Carried state between ticks (`AttemptClock.nbytes`):
   models: 3.1 MB). Windows behind the clock are not dropped: they are this small.
 - the client queue's tails: a few integers per model (its logged rounds are settled inside every tick).
 - follow-ups in flight: the retries and released queued calls due in later ticks, 46 bytes each (54
-  with int64 token counts) -- those made near midnight, a small share of one day's calls.
+  with int64 token counts; two token counts more with a provider prompt cache) -- those made near
+  midnight, a small share of one day's calls.
 - first attempts added but not yet due, as many bytes each: with calls added a day of requests at a time,
   the ones pushed past midnight (again a small share of a day's calls).
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.errors import ArgumentError
-from sim.model.attempts import ATTEMPT_FIELDS, AttemptLog, CallSheet, Pending, RateWindows
+from sim.model.attempts import PENDING_FIELDS, AttemptLog, CallSheet, Pending, RateWindows
 from sim.model.periods import SECONDS_PER_DAY
 from sim.model.policies import provider
 from sim.model.scenario import Scenario
@@ -159,7 +160,8 @@ class AttemptClock:
 
 
 def _row_bytes(pending: Pending) -> int:
-    return sum(getattr(pending, name).itemsize for name in ATTEMPT_FIELDS)
+    columns = (getattr(pending, name) for name in PENDING_FIELDS)
+    return sum(values.itemsize for values in columns if values is not None)
 
 
 def _pending_bytes(pending: Pending) -> int:

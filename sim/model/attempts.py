@@ -32,6 +32,8 @@ ATTEMPT_FIELDS = (
     "previous_t",
     "previous_rank",
 )
+PRICED_FIELDS = ("price_row", "cached_input", "cache_write")  # carried when the sheet has them
+PENDING_FIELDS = (*ATTEMPT_FIELDS, *PRICED_FIELDS)
 
 
 class Holder(Protocol):
@@ -59,6 +61,12 @@ class Pending:
     # instant (those queued for a window's start) are served first come, first served.
     previous_t: np.ndarray
     previous_rank: np.ndarray
+    # What pricing reads of the call, when the sheet has it (else None): its price row (prices tiered by
+    # prompt size) and the input tokens it reads from and writes to the provider's prompt cache. Carried
+    # like the model: a streaming engine's sheet is searched by call id, once per call, not per round.
+    price_row: np.ndarray | None = None
+    cached_input: np.ndarray | None = None
+    cache_write: np.ndarray | None = None
 
     @classmethod
     def first_attempts(cls, sheet: CallSheet, call: np.ndarray, t: np.ndarray) -> Pending:
@@ -76,6 +84,7 @@ class Pending:
             np.zeros(call.size, dtype=bool),
             t,
             np.zeros(call.size, dtype=np.int64),
+            *(_rows_of(values, row) for values in sheet.carried()),
         )
 
     def take(self, mask: np.ndarray | slice) -> Pending:
@@ -84,18 +93,33 @@ class Pending:
                 return self  # arrays are never written in place, so sharing them is safe
             if not mask.any():
                 mask = slice(0, 0)
-        return Pending(*(getattr(self, name)[mask] for name in ATTEMPT_FIELDS))
+        return Pending(
+            *(getattr(self, name)[mask] for name in ATTEMPT_FIELDS),
+            *(_rows_of(getattr(self, name), mask) for name in PRICED_FIELDS),
+        )
 
     @staticmethod
     def join(parts: list[Pending]) -> Pending:
         filled = [part for part in parts if part.size] or parts[:1]
         if len(filled) == 1:
             return filled[0]
-        return Pending(*(np.concatenate([getattr(p, name) for p in filled]) for name in ATTEMPT_FIELDS))
+        return Pending(
+            *(np.concatenate([getattr(p, name) for p in filled]) for name in ATTEMPT_FIELDS),
+            *(_joined([getattr(p, name) for p in filled]) for name in PRICED_FIELDS),
+        )
 
     @property
     def size(self) -> int:
         return int(self.call.size)
+
+
+def _joined(columns: list[np.ndarray | None]) -> np.ndarray | None:
+    """One column of several batches joined; a column the sheet lacks is None in every batch."""
+    present = [values for values in columns if values is not None]
+    if not present:
+        return None
+    assert len(present) == len(columns), "batches from sheets with different columns"
+    return np.concatenate(present)
 
 
 @dataclass(slots=True)
@@ -143,21 +167,20 @@ class CallSheet:
         """The sheet's rows of calls `call`."""
         return call if self.ids is None else positions(self.ids, call)
 
-    def rows(self, call: np.ndarray, model: np.ndarray) -> np.ndarray:
-        """The price row of each attempt (of `call`, made with `model`)."""
-        return model if self.price_row is None else self.price_row[self.at(call)]
+    def carried(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The per-call columns a Pending carries with each call: price row, prompt-cache read and write."""
+        return self.price_row, self.cached_input, self.cache_write
 
     def prompt_cache_bill(
-        self, call: np.ndarray, row: np.ndarray, billed_in: np.ndarray
+        self, batch: Pending, row: np.ndarray, billed_in: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Of the billed input, the tokens read from and written to the prompt cache, and what that saves
         (negative: costs more) against the plain input price. An attempt that bills no input reads none."""
-        zeros = np.zeros(call.size, dtype=np.int64)
-        if self.cached_input is None or self.cache_write is None:
+        zeros = np.zeros(batch.size, dtype=np.int64)
+        if batch.cached_input is None or batch.cache_write is None:
             return zeros, zeros, zeros
         assert self.cached_price is not None and self.write_price is not None
-        at = self.at(call)
-        read, wrote = self.cached_input[at], self.cache_write[at]
+        read, wrote = batch.cached_input, batch.cache_write
         billed = billed_in > 0
         if not billed.all():
             read, wrote = np.where(billed, read, 0), np.where(billed, wrote, 0)
@@ -323,8 +346,8 @@ def run_round(
     plan = retry.follow_up(scenario.retry, outcome, batch.t, duration, batch.retries_used, jitter)
     if queue is not None:
         plan = queue.hold(plan, batch)
-    row = sheet.rows(batch.call, model)
-    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch.call, row, billed_in)
+    row = model if batch.price_row is None else batch.price_row  # the attempt's price row
+    billed_cached, billed_write, saving = sheet.prompt_cache_bill(batch, row, billed_in)
     cost = billed_in * sheet.input_price[row]
     cost += billed_out * sheet.output_price[row]
     cost -= saving
@@ -414,4 +437,11 @@ def _follow_ups(batch: Pending, plan: retry.FollowUp, place: np.ndarray) -> Pend
         regenerated=batch.regenerated[again] | (next_action == Action.REGENERATE),
         previous_t=batch.t[again],
         previous_rank=place[again],
+        price_row=_rows_of(batch.price_row, again),
+        cached_input=_rows_of(batch.cached_input, again),
+        cache_write=_rows_of(batch.cache_write, again),
     )
+
+
+def _rows_of(values: np.ndarray | None, rows: np.ndarray | slice) -> np.ndarray | None:
+    return None if values is None else values[rows]
