@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.model.codes import Action
-from sim.model.sorted_search import contains
 from sim.model.policies.retry import RATE_WINDOW_S, FollowUp
+from sim.model.sorted_search import contains
 
 if TYPE_CHECKING:
     from sim.model.attempts import Pending, RateWindows
