@@ -15,7 +15,8 @@
         EmbeddingUnavailable      the optional semantic extra is not installed or will not load
         StarterError              the starter files cannot be found or written (margins init)
         ClusterError              url, reason: a cluster that cannot run a sweep's points (--executor)
-        WorkerMismatch            raised on a cluster's worker that runs other margins code
+        WorkerCannotRun           raised on a cluster's worker that cannot run a task (no --spill there)
+            WorkerMismatch        raised on a cluster's worker that runs other margins code
         ArgumentError             argument, reason: a value a function cannot use (also a ValueError)
 
 Files get InputError, FieldError and their kin; ArgumentError is for a caller of the Python API.
@@ -116,7 +117,12 @@ class ClusterError(SimError):
         super().__init__(f"{url}: {reason}")
 
 
-class WorkerMismatch(SimError):
+class WorkerCannotRun(SimError):
+    """Raised on a Dask worker that cannot run a task there (a `--spill` directory it does not have); the
+    client reports it as a ClusterError. Its one argument is the whole message, so it pickles back."""
+
+
+class WorkerMismatch(WorkerCannotRun):
     """Raised on a Dask worker, where a point is about to run, when that worker's margins, code or numpy
     differ from the client's; the client reports it as a ClusterError."""
 

@@ -124,7 +124,7 @@ def run_forecasts(
     Every file is loaded (and checked) before the first run. With `show_progress`, a bar on stderr
     counts the runs -- scenarios x MAU levels x replications -- and names the run and its phase. The runs
     go to `cluster` when given, to a pool of `workers` processes when more than one (a scenario's runs at
-    a time), else run here one after another; the result is the same to the byte.
+    a time), else run here one after another -- whichever the engine; the result is the same to the byte.
     """
     from sim.errors import ClusterError, SimError
     from sim.io.progress import progress_bar
@@ -193,12 +193,7 @@ def _forecast(
         bar.note(prefix + phase)
 
     execute: Execute | None = None
-    if by_day:
-
-        def execute(plan: Sequence[Replication], keep_runs: bool) -> list[Replicated]:
-            return _day_by_day(scenario, catalog, days_run, seed, plan, spill, bar, note)
-
-    elif cluster is not None or (workers or 1) > 1:
+    if by_day or cluster is not None or (workers or 1) > 1:
         from sim.workbench.executor import run_replications
 
         def execute(plan: Sequence[Replication], keep_runs: bool) -> list[Replicated]:
@@ -212,6 +207,8 @@ def _forecast(
                 workers or 1,
                 cluster,
                 _Prefixed(bar, prefix),
+                by_day,
+                spill,
             )
 
     def ran(run: RunResult) -> None:
@@ -239,36 +236,9 @@ def _forecast(
     return result
 
 
-def _day_by_day(
-    scenario: Scenario,
-    catalog: PriceCatalog,
-    days: int,
-    seed: int,
-    plan: Sequence[Replication],
-    spill: Path | None,
-    bar: Progress,
-    note: Callable[[str], None],
-) -> list[Replicated]:
-    """The plan's runs played a day at a time, here, one after another; the bar advances a run at a time."""
-    from sim.io.streaming_run import simulate_streaming
-
-    done: list[Replicated] = []
-    for step in plan:
-        run = f"{step.mau:,} MAU" + (f", replication {step.replication + 1}" if step.replication else "")
-
-        def heard(phase: str, run: str = run) -> None:
-            note(f"{run}: {phase}")
-
-        summary = simulate_streaming(
-            scenario, catalog, step.mau, days, seed, step.replication, spill_root=spill, on_phase=heard
-        )
-        done.append((summary, None))
-        bar.advance()
-    return done
-
-
 class _Prefixed:
-    """A progress bar whose notes name the scenario (for `compare`), for the runs sent elsewhere."""
+    """A progress bar whose notes name the scenario (for `compare`), for the runs sent elsewhere (and the
+    day engine's, here too)."""
 
     def __init__(self, bar: Progress, prefix: str) -> None:
         self._bar, self._prefix = bar, prefix

@@ -3,7 +3,14 @@
 `whole` (the default) holds a run's month in memory: the fastest up to a few million MAU. `days` draws the
 traffic a block of users at a time, spills it to disk by day and plays it a day at a time (sim/io/
 streaming_run.py): memory bounded by a day plus what carries over, for 10M MAU; the figures are the same
-to the byte. It writes no per-run events (`--out`) and runs here (not `--workers` or `--executor`) yet.
+to the byte. It writes no per-run events (`--out`) yet.
+
+Its runs go where the whole engine's do (sim/workbench/executor.py `run_replications`): here one after
+another, on `--workers N` processes, or on a Dask cluster (`--executor`). Each run spills under its own
+temporary directory in `--spill` (else the system's temporary directory of the machine that runs it; on a
+cluster, a `--spill` path must exist on every worker), and each process holds a day's working set: N
+workers need N times a run's peak (the README's "Scaling out the simulator": 1.35 GB at 100k MAU, 2.0 GB
+at 1M).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option(
         "--spill",
         type=click.Path(file_okay=False, path_type=Path),
-        help="With --engine days: the directory the days are spilled under (default: the system's "
-        "temporary directory; a 10M-MAU month takes about 50 GB)",
+        help="With --engine days: the directory each run's days are spilled under (default: the system's "
+        "temporary directory; a 10M-MAU month takes about 50 GB a run; with --executor, the same path on "
+        "every worker, which must exist there)",
     )(command)
     return click.option(
         "--engine",
@@ -31,20 +39,21 @@ def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
         default="whole",
         show_default=True,
         help="whole: a run's month in memory (fastest); days: a day at a time, memory bounded by a day, "
-        "the same figures (for millions of MAU)",
+        "the same figures (for millions of MAU; with --workers N, each of the N processes holds a day: "
+        "about 2 GB at 1M MAU)",
     )(command)
 
 
-def check_engine(
-    engine: str, spill: Path | None, out: Path | None, workers: int | None, elsewhere: bool
-) -> None:
+def check_engine(engine: str, spill: Path | None, out: Path | None, on_cluster: bool) -> None:
     """Check the flags that go with the chosen engine: a mistake is one line and exit 2. (Each day-engine
-    run spills under a fresh temporary directory in `spill`, or in the system's when None.)"""
+    run spills under a fresh temporary directory in `spill`, or in the system's when None -- on whichever
+    machine runs it: `spill` must be a directory here unless the runs go `on_cluster`, whose workers
+    check it where they are.)"""
     if engine == "whole":
         if spill is not None:
             fail("--spill is for --engine days: the whole-run engine spills nothing")
         return
     if out is not None:
         fail("--engine days writes no per-run events yet: drop --out, or use --engine whole")
-    if elsewhere or (workers or 1) > 1:
-        fail("--engine days runs here, one run at a time: drop --workers and --executor")
+    if spill is not None and not on_cluster and not spill.is_dir():
+        fail(f"--spill {spill}: no such directory")

@@ -55,5 +55,6 @@ def replication_places(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--workers",
         type=click.IntRange(1, 256),
-        help="Processes for the runs, each MAU level's replications among them (default: 1, this one)",
+        help="Processes for the runs, each MAU level's replications among them (default: 1, this one; "
+        "with --engine days, each process holds a day's working set)",
     )(command)

@@ -31,7 +31,7 @@ from distributed.scheduler import KilledWorker
 
 import budget
 import sim
-from sim.errors import ClusterError, WorkerMismatch
+from sim.errors import ClusterError, WorkerCannotRun, WorkerMismatch
 from sim.io.progress import Progress
 
 T = TypeVar("T")
@@ -214,7 +214,7 @@ def _result(cluster: Cluster, future: Future[T], name: str) -> T:
         raise ClusterError(
             cluster.url, f"point {name} was running on each worker that died: {error}"
         ) from None
-    except WorkerMismatch as error:
+    except WorkerCannotRun as error:  # WorkerMismatch among them
         raise ClusterError(cluster.url, str(error)) from None
     except ModuleNotFoundError as error:
         if error.name and error.name.split(".")[0] in ("sim", "budget"):

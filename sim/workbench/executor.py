@@ -14,14 +14,17 @@ import functools
 import multiprocessing
 import os
 import re
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from budget.domain.prices import PriceCatalog
-from sim.errors import ArgumentError, ClusterError
+from sim.errors import ArgumentError, ClusterError, WorkerCannotRun
 from sim.io.progress import SILENT, Progress
+from sim.io.streaming_run import simulate_streaming
 from sim.model import engine
 from sim.model.forecast import Replicated, Replication, Summary, replicate, summarize
 from sim.model.scenario import Scenario
@@ -152,32 +155,65 @@ def run_replications(
     workers: int = 1,
     cluster: Cluster | None = None,
     progress: Progress = SILENT,
+    by_day: bool = False,
+    spill: Path | None = None,
 ) -> list[Replicated]:
     """Each of a forecast's runs (sim.model.forecast.replicate), in the plan's order: on `cluster` when
     given (raises ClusterError when it cannot run them all), else on a pool of `workers` processes (1 runs
     them here). The runs themselves come back only when `keep_runs` (they hold every request's arrays);
-    otherwise only their summaries do. `progress` advances as each run finishes."""
+    otherwise only their summaries do. `progress` advances as each run finishes (here, it also notes each
+    day-engine run's phase).
+
+    With `by_day`, each run is played a day at a time (run_by_day) and only its summary comes back; each
+    spills under its own temporary directory in `spill`, else in the system's temporary directory of
+    whichever machine runs it (on a cluster, `spill` must exist on every worker)."""
     replications = 1 + max((step.replication for step in plan), default=0)
-    tasks = [
-        (
-            replication_name(step, replications),
-            functools.partial(
+    here = cluster is None and max(1, min(workers, len(plan))) == 1
+
+    def task(step: Replication, name: str) -> Callable[[], Replicated]:
+        if not by_day:
+            return functools.partial(
                 replicate, scenario, catalog, step.mau, days, seed, step.replication, keep_runs
-            ),
+            )
+        heard = _noting(progress, name) if here else None  # a phase heard elsewhere cannot reach the bar
+        return functools.partial(
+            run_by_day, scenario, catalog, step.mau, days, seed, step.replication, spill, heard
         )
-        for step in plan
-    ]
+
+    named = [(replication_name(step, replications), step) for step in plan]
+    tasks = [(name, task(step, name)) for name, step in named]
     if cluster is not None:
         return _clustered(cluster, tasks, progress)
-    workers = max(1, min(workers, len(tasks)))
-    if workers == 1:
-        results = []
-        for name, task in tasks:
-            results.append(task())
-            progress.note(f"{name} done")
-            progress.advance()
-        return results
-    return _pooled(workers, tasks, "runs", progress)
+    if not here:
+        return _pooled(min(workers, len(tasks)), tasks, "runs", progress)
+    results = []
+    for name, run in tasks:
+        results.append(run())
+        progress.note(f"{name} done")
+        progress.advance()
+    return results
+
+
+def run_by_day(
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    mau: int,
+    days: int,
+    seed: int,
+    replication: int,
+    spill: Path | None,
+    on_phase: Callable[[str], object] | None = None,
+) -> Replicated:
+    """One run played a day at a time (sim/io/streaming_run.py), spilled under a temporary directory in
+    `spill` (the system's temporary directory where this runs when None), removed after: its summary, and
+    no run (the day engine never holds one). Raises WorkerCannotRun when `spill` is not a directory here
+    (the command line checks it on this machine; a cluster's worker is another)."""
+    if spill is not None and not spill.is_dir():
+        raise WorkerCannotRun(f"--spill {spill} is not a directory on {socket.gethostname()}")
+    summary = simulate_streaming(
+        scenario, catalog, mau, days, seed, replication, spill_root=spill, on_phase=on_phase
+    )
+    return summary, None
 
 
 def replication_name(step: Replication, replications: int) -> str:

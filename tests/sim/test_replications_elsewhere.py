@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
+from socket import gethostname
 from typing import Any
 
 import duckdb
@@ -190,3 +191,82 @@ def test_runs_come_back_whole_only_to_be_written(
         "simulate", OPTIMIZED, "--mau", "100", "--days", "2", "--replications", "2", "--workers", "2", *file
     )
     assert asked == [whole]
+
+
+# The day engine (--engine days) sends its runs to the same places: two levels, a few days, json.
+DAYS_RUN = ["--mau", "300,700", "--days", "3", "--format", "json"]
+
+
+def test_engine_days_on_a_pool_prints_the_whole_engines_bytes_and_leaves_spill_empty(tmp_path: Path) -> None:
+    whole = invoke("simulate", OPTIMIZED, *DAYS_RUN)
+    pooled = invoke(
+        "simulate", OPTIMIZED, *DAYS_RUN, "--engine", "days", "--workers", "2", "--spill", str(tmp_path)
+    )
+    assert pooled == whole
+    assert '"mau": 700' in whole
+    assert list(tmp_path.iterdir()) == []  # each run's temporary directory is removed after it
+
+
+@pytest.mark.parametrize("spill", [True, False])
+def test_engine_days_on_a_cluster_prints_the_whole_engines_bytes(
+    cluster: LocalCluster, tmp_path: Path, spill: bool
+) -> None:
+    whole = invoke("simulate", OPTIMIZED, *DAYS_RUN)
+    where = ["--spill", str(tmp_path)] if spill else []  # else each worker's own temporary directory
+    before = tasks_run(cluster)
+    remote = invoke("simulate", OPTIMIZED, *DAYS_RUN, "--engine", "days", "--executor", cluster.url, *where)
+    assert remote == whole
+    assert tasks_run(cluster) - before == 2  # both runs went to the cluster
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_spill_directory_a_worker_lacks_is_one_line_and_exit_1(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    missing = tmp_path / "not-on-the-workers"
+    args = ["simulate", OPTIMIZED, "--mau", "50", "--days", "1", "--engine", "days", "--spill", str(missing)]
+    result = CliRunner().invoke(main, [*args, "--executor", cluster.url])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    reason = f"--spill {missing} is not a directory on {gethostname()}"
+    assert result.stderr == f"margins: {cluster.url}: {reason}\n"
+    here = CliRunner().invoke(main, [*args, "--workers", "2"])  # this machine's is checked before any run
+    assert here.exit_code == 2
+    assert here.stderr == f"margins: --spill {missing}: no such directory\n"
+
+
+def test_day_engine_runs_come_back_in_the_plans_order_wherever_they_ran(tmp_path: Path) -> None:
+    scenario, catalog = scenario_from(ALL_LEVERS)
+    plan = [Replication(mau, replication) for mau in (120, 80) for replication in range(2)]
+    whole = [replicate(scenario, catalog, s.mau, 2, 7, s.replication, False)[0] for s in plan]
+    for workers in (1, 2):
+        noted = Notes()
+        runs = run_replications(
+            scenario, catalog, 2, 7, plan, False, workers, progress=noted, by_day=True, spill=tmp_path
+        )
+        assert [summary for summary, _ in runs] == whole
+        assert all(run is None for _, run in runs)
+        assert noted.advanced == len(plan)
+        # here, each run's phases reach the bar; from a pool only each run's end does
+        assert ("80 MAU, replication 2: day 2 of 2" in noted.notes) == (workers == 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+class Notes:
+    """A progress bar that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.advanced = 0
+
+    def expect(self, total: int) -> None:
+        pass
+
+    def advance(self, units: int = 1) -> None:
+        self.advanced += units
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def say(self, line: str) -> None:
+        pass

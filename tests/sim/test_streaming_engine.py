@@ -122,7 +122,6 @@ def test_compare_with_engine_days_prints_the_whole_engines_bytes(tmp_path: Path)
     ("args", "message"),
     [
         (["levers/router.toml", "--engine", "days", "--out", "x.duckdb"], "writes no per-run events yet"),
-        (["levers/router.toml", "--engine", "days", "--workers", "2"], "--engine days runs here"),
         (["levers/router.toml", "--spill", "somewhere"], "--spill is for --engine days"),
     ],
 )
