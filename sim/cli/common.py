@@ -11,7 +11,7 @@ import click
 
 if TYPE_CHECKING:
     from budget.domain.prices import PriceCatalog
-    from sim.io.forecast_db import ForecastWriter
+    from sim.io.forecast_db import ForecastWriter, UsageStream
     from sim.io.progress import Progress
     from sim.model.forecast import Forecast, Replicated, Replication
     from sim.model.run import RunResult
@@ -192,6 +192,12 @@ def _forecast(
     def note(phase: str) -> None:
         bar.note(prefix + phase)
 
+    usage = None
+    if writer is not None and by_day:  # the day engine writes each run's rows as it plays it
+
+        def usage(step: Replication) -> UsageStream:
+            return writer.usage_stream(scenario, seed, step.mau, step.replication)
+
     execute: Execute | None = None
     if by_day or cluster is not None or (workers or 1) > 1:
         from sim.workbench.executor import run_replications
@@ -209,6 +215,7 @@ def _forecast(
                 _Prefixed(bar, prefix),
                 by_day,
                 spill,
+                usage,
             )
 
     def ran(run: RunResult) -> None:
@@ -226,8 +233,9 @@ def _forecast(
         days_run,
         seed,
         replications,
-        # Runs made elsewhere come back whole only to be written: otherwise only their summaries do.
-        on_run=ran if writer is not None or execute is None else None,
+        # Runs made elsewhere come back whole only to be written: otherwise only their summaries do. The
+        # day engine has no whole run to hand back: it wrote its rows as it played.
+        on_run=ran if (writer is not None and not by_day) or execute is None else None,
         on_phase=note,
         execute=execute,
     )

@@ -3,7 +3,9 @@
 `whole` (the default) holds a run's month in memory: the fastest up to a few million MAU. `days` draws the
 traffic a block of users at a time, spills it to disk by day and plays it a day at a time (sim/io/
 streaming_run.py): memory bounded by a day plus what carries over, for 10M MAU; the figures are the same
-to the byte. It writes no per-run events (`--out`) yet.
+to the byte. With `--out` it writes each run's usage rows as it makes them, a day at a time (with a cap, a
+block of users at a time after the last day): the whole engine's rows, numbered in the order written --
+here, one run after another (not with `--workers` or `--executor`: one process writes the DuckDB file).
 
 Its runs go where the whole engine's do (sim/workbench/executor.py `run_replications`): here one after
 another, on `--workers N` processes, or on a Dask cluster (`--executor`). Each run spills under its own
@@ -39,12 +41,14 @@ def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
         default="whole",
         show_default=True,
         help="whole: a run's month in memory (fastest); days: a day at a time, memory bounded by a day, "
-        "the same figures (for millions of MAU; with --workers N, each of the N processes holds a day: "
-        "about 2 GB at 1M MAU)",
+        "the same figures and --out rows (for millions of MAU; with --workers N, each of the N processes "
+        "holds a day: about 2 GB at 1M MAU)",
     )(command)
 
 
-def check_engine(engine: str, spill: Path | None, out: Path | None, on_cluster: bool) -> None:
+def check_engine(
+    engine: str, spill: Path | None, out: Path | None, on_cluster: bool, workers: int | None
+) -> None:
     """Check the flags that go with the chosen engine: a mistake is one line and exit 2. (Each day-engine
     run spills under a fresh temporary directory in `spill`, or in the system's when None -- on whichever
     machine runs it: `spill` must be a directory here unless the runs go `on_cluster`, whose workers
@@ -53,7 +57,7 @@ def check_engine(engine: str, spill: Path | None, out: Path | None, on_cluster: 
         if spill is not None:
             fail("--spill is for --engine days: the whole-run engine spills nothing")
         return
-    if out is not None:
-        fail("--engine days writes no per-run events yet: drop --out, or use --engine whole")
+    if out is not None and (on_cluster or (workers or 1) > 1):
+        fail("--engine days --out writes its rows here, one run at a time: drop --workers and --executor")
     if spill is not None and not on_cluster and not spill.is_dir():
         fail(f"--spill {spill}: no such directory")

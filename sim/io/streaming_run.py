@@ -3,7 +3,9 @@
 The traffic is drawn a block of users at a time and spilled by simulated day (sim/model/traffic_blocks.py,
 sim/io/traffic_spill.py: the same numbers as `traffic.generate`, with the engine's router and cache draws
 at each request); each day is read back and played by the day loop (sim/model/day_loop.py). The figures
-are `forecast.summarize(engine.simulate(...))`'s to the byte.
+are `forecast.summarize(engine.simulate(...))`'s to the byte. Given a `usage` sink (`--out`: sim/io/
+forecast_db.py `UsageStream`), it hands out the run's usage rows as they are made -- the same rows as the
+whole run's, in another order.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sim.model.randomness import streams_for
 from sim.model.run_figures import Summary, ValueStore
 from sim.model.scenario import Scenario
 from sim.model.traffic_block_context import engine_blocks_with_totals
+from sim.model.usage_chunk import UsageChunk
 
 USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
 
@@ -39,15 +42,18 @@ def simulate_streaming(
     ttft_store: ValueStore | None = None,
     on_phase: Callable[[str], object] | None = None,
     spill_root: str | Path | None = None,
+    usage: Callable[[UsageChunk], object] | None = None,
 ) -> Summary:
     """The figures of one run of `scenario` at `mau` users for `days` days, simulated a day at a time.
 
     The traffic is spilled under `spill_dir` (an empty directory, kept), else in a temporary directory
     under `spill_root` (the system's when None), removed after. `ttft_store` keeps the TTFTs for their
     percentiles (when None: spilled beside the days, 8 bytes a request on disk, none in memory).
-    `on_phase` hears what the run starts on next.
+    `on_phase` hears what the run starts on next. `usage` hears the run's usage rows (sim/model/
+    usage_chunk.py) a tick at a time -- with a cap, a block of users at a time after the last day: never
+    the month's at once.
     """
-    run = _Run(scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase)
+    run = _Run(scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase, usage)
     if spill_dir is not None:
         return run.into(Path(spill_dir))
     with TemporaryDirectory(prefix="margins-days-", dir=spill_root) as temporary:
@@ -65,6 +71,7 @@ class _Run:
     users_per_block: int
     ttft_store: ValueStore | None
     on_phase: Callable[[str], object] | None
+    usage: Callable[[UsageChunk], object] | None
 
     def into(self, directory: Path) -> Summary:
         """Spill the run's traffic by day under `directory`, then play the days in order."""
@@ -78,9 +85,17 @@ class _Run:
         cap_pass = None
         if scenario.cap is not None:  # finished requests wait by block of users for the cap
             capped = UserBlockSpill(directory / "capped", self.users_per_block)
-            cap_pass = CapPass(scenario, self.catalog, self.mau, days, capped)
+            cap_pass = CapPass(scenario, self.catalog, self.mau, days, capped, self.usage)
         day_loop = DayLoop(
-            scenario, self.catalog, self.mau, days, streams.attempt_key, ttft_store, totals.sessions, cap_pass
+            scenario,
+            self.catalog,
+            self.mau,
+            days,
+            streams.attempt_key,
+            ttft_store,
+            totals.sessions,
+            cap_pass,
+            self.usage,
         )
         with_requests = set(spilled.days)
         for day in range(max(with_requests, default=0) + 1):

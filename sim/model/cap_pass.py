@@ -12,10 +12,15 @@ it with `cap_shape.shape` -- the very code `apply_cap` runs -- and folds it into
 Memory: the day loop carries 17 more bytes per open request (has_call, max_input, max_output); the pass
 itself holds nothing between calls but the spill's directory (on disk: per finished request 15 values,
 per attempt row 9). Folding holds one block of users' requests and attempts, their ledgers and the figures.
+
+Given a `usage` sink (the forecast DB's usage rows, `--out`), the pass spills what those rows read beside
+(an attempt's time and cost, a request's count of cached fragment calls) and hands each block's rows to
+the sink after its cap: a denied request's attempts dropped, a degraded one's at the degrade model.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -24,13 +29,17 @@ from budget.domain.prices import PriceCatalog
 from sim.model.attempts import AttemptLog
 from sim.model.cap_shape import RequestOutcomes, shape
 from sim.model.caps import CapRequests, cap_decisions, token_bounds
+from sim.model.codes import CapDecision
 from sim.model.request_fold import Finished, RequestFold
 from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures
 from sim.model.scenario import Scenario
 from sim.model.traffic import Traffic
+from sim.model.usage_chunk import USAGE_ATTEMPT_COLUMNS, UsageChunk, of_requests
 
 # Per attempt row: what the figures read (ATTEMPT_COLUMNS) and what the cap's ledger reads.
 CAP_ATTEMPT_COLUMNS = (*ATTEMPT_COLUMNS, "finished_at")
+# Per attempt row, beside those, when the pass hands out usage rows.
+USAGE_SPILLED = tuple(name for name in USAGE_ATTEMPT_COLUMNS if name not in CAP_ATTEMPT_COLUMNS)
 # Per request, carried by the day loop's RequestFold from the request's opening: the cap's worst case.
 CAP_CARRY_COLUMNS = ("has_call", "max_input", "max_output")
 
@@ -62,11 +71,17 @@ class CapPass:
         mau: int,
         days: int,
         spill: UserBlockStore,
+        usage: Callable[[UsageChunk], object] | None = None,
     ) -> None:
+        """`usage`: hears each block's usage rows as the cap leaves them (the day loop must then carry
+        each request's `fragment_calls`)."""
         if scenario.cap is None:
             raise ValueError(f"{scenario.name} has no cap to pass over")
         self.scenario, self.catalog, self.mau, self.days = scenario, catalog, mau, days
         self.spill = spill
+        self.usage = usage
+        # With usage rows to hand out: what they read of an attempt and of a request, spilled too.
+        self.attempt_columns = CAP_ATTEMPT_COLUMNS + (USAGE_SPILLED if usage is not None else ())
 
     def carry(self, traffic: Traffic, local_calls: np.ndarray) -> dict[str, np.ndarray]:
         """Per request of `traffic` (a day's, local ids): the columns the fold must carry for the cap --
@@ -87,10 +102,10 @@ class CapPass:
         call = np.asarray(log.column("call"), dtype=np.int64)
         if not call.size:
             return
-        request = fold.call_request[np.searchsorted(fold.call, call)]
-        user = fold.carried["user"][np.searchsorted(fold.request, request)]
+        request = fold.requests_of(call)
+        user = fold.carried_of(request, "user")
         columns = {"request": request}
-        for name in CAP_ATTEMPT_COLUMNS:
+        for name in self.attempt_columns:
             values = log.column(name)
             if values.size == call.size:  # a column the tick did not log (no such tokens) is left out
                 columns[name] = values
@@ -110,6 +125,7 @@ class CapPass:
             "quality": quality,
             "ttft_s": outcomes.ttft,
             "fallback": outcomes.fallback,
+            **({"fragment_calls": carried["fragment_calls"]} if self.usage is not None else {}),
         }
         self.spill.add("requests", carried["user"], columns)
 
@@ -173,9 +189,23 @@ class CapPass:
         )
         figures.add_attempts(shaped.attempts)
         figures.add_users_replayed(replayed)
+        if self.usage is not None:
+            kept = decision[attempt_request] != CapDecision.DENIED  # the rows `shape` kept, in order
+            self.usage(
+                of_requests(
+                    shaped.models,
+                    requests["user"][attempt_request[kept]],
+                    {name: shaped.attempts[name] for name in USAGE_ATTEMPT_COLUMNS},
+                    requests["user"],
+                    requests["t"],
+                    shaped.request_model,
+                    shaped.served,
+                    requests["fragment_calls"],
+                )
+            )
 
 
 def _no_attempts() -> dict[str, np.ndarray]:
     """A block's attempt rows when none was spilled (every request answered by a cache)."""
     empty = np.zeros(0, dtype=np.int64)
-    return {"request": empty, **{name: empty for name in CAP_ATTEMPT_COLUMNS}}
+    return {"request": empty, **{name: empty for name in (*CAP_ATTEMPT_COLUMNS, *USAGE_SPILLED)}}

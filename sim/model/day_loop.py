@@ -18,17 +18,23 @@ functions (router, calls needing a model, chain offsets, quality), so no rule ha
 A per-user cap decides over a user's whole month (sim/model/caps.py), so with one the finished requests
 and attempts are not folded as they come: they go to a `CapPass` (sim/model/cap_pass.py), which keeps
 them by block of users and, after the last day, caps and folds them a block at a time (`finish_cap`).
+
+Given a `usage` sink (`--out`), each tick hands out its usage rows (sim/model/usage_chunk.py): its
+attempts, and the cache answers and cached fragment calls of the requests it finished -- the whole run's
+rows, a day at a time; with a cap the cap pass hands them out instead, a block of users at a time. (Each
+open request then carries 4 bytes more: its count of cached fragment calls.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from budget.domain.prices import PriceCatalog
 from sim.model.attempt_clock import AttemptClock
-from sim.model.attempts import CallSheet
+from sim.model.attempts import AttemptLog, CallSheet
 from sim.model.cap_pass import CapPass
 from sim.model.conversation import Conversation
 from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
@@ -41,6 +47,7 @@ from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures, Val
 from sim.model.scenario import Scenario
 from sim.model.traffic import Traffic
 from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraffic
+from sim.model.usage_chunk import USAGE_ATTEMPT_COLUMNS, UsageChunk, fragment_calls, of_requests
 
 
 @dataclass(slots=True)
@@ -65,10 +72,14 @@ class DayLoop:
         ttft_store: ValueStore | None,
         sessions: int,
         cap_pass: CapPass | None = None,
+        usage: Callable[[UsageChunk], object] | None = None,
     ) -> None:
-        """`cap_pass`: with the scenario's cap, where finished requests and attempts go until `finish_cap`."""
+        """`cap_pass`: with the scenario's cap, where finished requests and attempts go until `finish_cap`.
+        `usage`: hears the run's usage rows, a tick's attempts and the requests it finished at a time (with
+        a cap the cap pass hands them out instead, after the cap: give it the same sink)."""
         self.scenario, self.mau, self.days = scenario, mau, days
         self.cap_pass = cap_pass
+        self.usage = usage
         self.table = provider.ProviderTable.of(scenario)
         self.prices = PriceSheet.of(catalog, scenario.models)
         self.p_true, self.p_false = semantic_rates(scenario)
@@ -91,12 +102,24 @@ class DayLoop:
         if day is not None and day.requests["request"].size:
             self._open(day)
         log = self.clock.run_tick()
+        hand_out = self.usage is not None and self.cap_pass is None
+        attempt_user = self._attempt_users(log) if hand_out else None
         if self.cap_pass is None:
             self.figures.add_attempts({name: log.column(name) for name in ATTEMPT_COLUMNS})
         else:
             self.cap_pass.add_attempts(self.fold, log)
-        self._finish(self.fold.fold(log))
+        finished = self.fold.fold(log)
+        self._finish(finished)
+        if self.usage is not None and attempt_user is not None:
+            self.usage(_usage(self.scenario.models, attempt_user, log, finished))
         self._forget_finished_calls()
+
+    def _attempt_users(self, log: AttemptLog) -> np.ndarray:
+        """The user of each attempt's request (read before the fold forgets the calls it finishes)."""
+        call = np.asarray(log.column("call"), dtype=np.int64)
+        if not call.size:
+            return np.zeros(0, dtype=np.int64)
+        return self.fold.carried_of(self.fold.requests_of(call), "user")
 
     def finish_cap(self) -> None:
         """With a cap, once no longer `busy`: cap every block of users and fold it into `figures`."""
@@ -143,6 +166,7 @@ class DayLoop:
                 "hard": traffic.hard,
                 "fragment_hit": fragment,
                 "request_model": request_model,
+                **({"fragment_calls": fragment_calls(traffic, fragment)} if self.usage else {}),
                 **(self.cap_pass.carry(traffic, local) if self.cap_pass else {}),
             },
         )
@@ -242,6 +266,29 @@ class DayLoop:
                 fallback=outcomes.fallback,
             )
         )
+
+
+def _usage(
+    models: tuple[str, ...], attempt_user: np.ndarray, log: AttemptLog, finished: Finished
+) -> UsageChunk:
+    """A tick's usage rows: its attempts, and the cache answers and fragment hits of what it finished."""
+    n = attempt_user.size
+    attempts = {
+        name: log.column(name) if n else np.zeros(0, dtype=np.int64) for name in USAGE_ATTEMPT_COLUMNS
+    }
+    carried = finished.carried
+    if not finished.request.size:
+        return of_requests(models, attempt_user, attempts, *(np.zeros(0, dtype=np.int64),) * 5)
+    return of_requests(
+        models,
+        attempt_user,
+        attempts,
+        carried["user"],
+        finished.t,
+        carried["request_model"],
+        finished.outcomes.served,
+        carried["fragment_calls"],
+    )
 
 
 def _draw(requests: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:

@@ -201,6 +201,16 @@ class RequestFold:
         self.carried = {name: values[keep] for name, values in self.carried.items()}
         return finished
 
+    def requests_of(self, call: np.ndarray) -> np.ndarray:
+        """The request id of each of some open calls (before `fold` reads the log that finishes them)."""
+        request: np.ndarray = self.call_request[_positions(self.call, np.asarray(call, np.int64), "call")]
+        return request
+
+    def carried_of(self, request: np.ndarray, name: str) -> np.ndarray:
+        """The carried column `name` of some open requests (ids)."""
+        values: np.ndarray = self.carried[name][_positions(self.request, request, "request")]
+        return values
+
     @property
     def open_requests(self) -> int:
         return int(self.request.size)

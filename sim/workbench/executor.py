@@ -17,6 +17,7 @@ import re
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +29,7 @@ from sim.io.streaming_run import simulate_streaming
 from sim.model import engine
 from sim.model.forecast import Replicated, Replication, Summary, replicate, summarize
 from sim.model.scenario import Scenario
+from sim.model.usage_chunk import UsageChunk
 from sim.workbench.variants import Variant
 
 DASK_SCHEME = "dask://"
@@ -37,6 +39,9 @@ CONNECT_TIMEOUT_S = 10.0
 # How long a cluster may have no workers at all before the sweep gives up (Dask itself would wait forever).
 NO_WORKERS_GRACE_S = 30.0
 T = TypeVar("T")
+# Per run (its Replication): a context manager giving the sink its usage rows go to (sim/io/forecast_db.py
+# `ForecastWriter.usage_stream`), which writes the last of them on leaving.
+UsageSinks = Callable[[Replication], AbstractContextManager[Callable[[UsageChunk], object]]]
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$")
 
 
@@ -157,6 +162,7 @@ def run_replications(
     progress: Progress = SILENT,
     by_day: bool = False,
     spill: Path | None = None,
+    usage: UsageSinks | None = None,
 ) -> list[Replicated]:
     """Each of a forecast's runs (sim.model.forecast.replicate), in the plan's order: on `cluster` when
     given (raises ClusterError when it cannot run them all), else on a pool of `workers` processes (1 runs
@@ -166,9 +172,12 @@ def run_replications(
 
     With `by_day`, each run is played a day at a time (run_by_day) and only its summary comes back; each
     spills under its own temporary directory in `spill`, else in the system's temporary directory of
-    whichever machine runs it (on a cluster, `spill` must exist on every worker)."""
+    whichever machine runs it (on a cluster, `spill` must exist on every worker). `usage` (with `by_day`,
+    the runs played here only): opens each run's usage sink (`--out`), which hears its rows as it plays."""
     replications = 1 + max((step.replication for step in plan), default=0)
     here = cluster is None and max(1, min(workers, len(plan))) == 1
+    if usage is not None and not (by_day and here):
+        raise ArgumentError("usage", "is for day-engine runs played here, one after another")
 
     def task(step: Replication, name: str) -> Callable[[], Replicated]:
         if not by_day:
@@ -176,6 +185,10 @@ def run_replications(
                 replicate, scenario, catalog, step.mau, days, seed, step.replication, keep_runs
             )
         heard = _noting(progress, name) if here else None  # a phase heard elsewhere cannot reach the bar
+        if usage is not None:
+            return functools.partial(
+                _by_day_with_usage, usage, scenario, catalog, step, days, seed, spill, heard
+            )
         return functools.partial(
             run_by_day, scenario, catalog, step.mau, days, seed, step.replication, spill, heard
         )
@@ -203,17 +216,34 @@ def run_by_day(
     replication: int,
     spill: Path | None,
     on_phase: Callable[[str], object] | None = None,
+    usage: Callable[[UsageChunk], object] | None = None,
 ) -> Replicated:
     """One run played a day at a time (sim/io/streaming_run.py), spilled under a temporary directory in
     `spill` (the system's temporary directory where this runs when None), removed after: its summary, and
     no run (the day engine never holds one). Raises WorkerCannotRun when `spill` is not a directory here
-    (the command line checks it on this machine; a cluster's worker is another)."""
+    (the command line checks it on this machine; a cluster's worker is another). `usage` hears the run's
+    usage rows as it plays (sim/io/streaming_run.py)."""
     if spill is not None and not spill.is_dir():
         raise WorkerCannotRun(f"--spill {spill} is not a directory on {socket.gethostname()}")
     summary = simulate_streaming(
-        scenario, catalog, mau, days, seed, replication, spill_root=spill, on_phase=on_phase
+        scenario, catalog, mau, days, seed, replication, spill_root=spill, on_phase=on_phase, usage=usage
     )
     return summary, None
+
+
+def _by_day_with_usage(
+    usage: UsageSinks,
+    scenario: Scenario,
+    catalog: PriceCatalog,
+    step: Replication,
+    days: int,
+    seed: int,
+    spill: Path | None,
+    on_phase: Callable[[str], object] | None,
+) -> Replicated:
+    """A day-engine run whose usage rows go to the sink `usage` opens for it (closed after the run)."""
+    with usage(step) as sink:
+        return run_by_day(scenario, catalog, step.mau, days, seed, step.replication, spill, on_phase, sink)
 
 
 def replication_name(step: Replication, replications: int) -> str:

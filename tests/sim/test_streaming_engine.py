@@ -121,7 +121,10 @@ def test_compare_with_engine_days_prints_the_whole_engines_bytes(tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["levers/router.toml", "--engine", "days", "--out", "x.duckdb"], "writes no per-run events yet"),
+        (
+            ["levers/router.toml", "--engine", "days", "--out", "x.duckdb", "--workers", "2"],
+            "--engine days --out writes its rows here",
+        ),
         (["levers/router.toml", "--spill", "somewhere"], "--spill is for --engine days"),
     ],
 )
