@@ -73,9 +73,14 @@ def _order_ties_by_time(step: np.ndarray, order: np.ndarray, times: np.ndarray) 
     order[tied] = members[np.lexsort((members, times[members], run))]
 
 
+def by_time(times: np.ndarray) -> np.ndarray:
+    """The order the accesses are served in: by time, ties in stream order (indices into `times`)."""
+    return by_key_then_time(np.zeros(times.size, dtype=np.int64), times)[0]
+
+
 def time_rank(times: np.ndarray) -> np.ndarray:
     """Each access's place in the order the accesses are served: by time, ties in stream order."""
-    order, _ = by_key_then_time(np.zeros(times.size, dtype=np.int64), times)
+    order = by_time(times)
     rank = np.empty(times.size, dtype=np.int64)
     rank[order] = np.arange(times.size)
     return rank

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.errors import ArgumentError
+from sim.model.policies.access_order import by_time
 from sim.model.policies.cache import LayerHits, Served, serve
 
 
@@ -140,14 +141,19 @@ def _carry(
     write_at = write_of[touched_key]
     assert bool((write_at >= 0).all()), "a key touched without a write"
     touch_position = served.order[last_touch]
-    one_offs = np.flatnonzero((keys < 0) & ~might_false)  # each holds a slot of its own
-    position = np.concatenate((touch_position, one_offs))
-    slot_key = np.concatenate((keys[touch_position].astype(np.int64), np.full(one_offs.size, -1, np.int64)))
-    written = np.concatenate((times[served.order[write_at]], np.full(one_offs.size, np.nan)))
-    touched = times[position].astype(np.float64)
-    stack = np.lexsort((position, touched))  # as served: by time, ties in stream order
-    stack = stack[max(stack.size - capacity, 0) :]  # an LRU of `capacity` slots holds the latest
-    slot_key, written, touched = slot_key[stack], written[stack], touched[stack]
+    # Each slot by the access that touched it last: a key's last touch, or a one-off that stored (each
+    # holds a slot of its own). Marked in place, they come out in stream order without a sort ...
+    last = (keys < 0) & ~might_false
+    last[touch_position] = True
+    slots = np.flatnonzero(last)
+    # ... so one sort by time keeps ties in stream order, as they were served; an LRU of `capacity`
+    # slots holds the latest.
+    stack = slots[by_time(times[slots])][-capacity:]
+    slot_key = keys[stack].astype(np.int64)
+    slot_key[slot_key < 0] = -1
+    write_time = np.full(times.size, np.nan)  # by a slot's last touch: its key's entry's write time
+    write_time[touch_position] = times[served.order[write_at]]
+    written, touched = write_time[stack], times[stack].astype(np.float64)
     served_until = float(times.max())
     keep = slot_key >= 0  # with drawn false hits, an expired entry may still be found (and touched)
     if false_hit <= 0:
