@@ -103,11 +103,14 @@ def lookup_chunk(
 def _history(
     state: CacheState, ttl_s: float, true_hit: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Accesses (keys, times, true- and false-hit draws) that leave an empty cache as `state` describes.
+    """Accesses (keys, times, true- and false-hit draws) that leave an empty cache as `state` describes,
+    in time order (so the engine's sorts by time take them as they are).
 
-    Each key touched after its write is written first (all those writes lead the stream; their order
-    among themselves is immaterial), then every slot's last touch follows, least recent first, so ties in
-    time keep the stack's order.
+    Every slot's last touch comes least recent first, so ties in time keep the stack's order; a key
+    touched after its write is written first, at its write time (ahead of the touches at that time:
+    stream order only breaks ties, and a write is never a slot's last touch, so where the writes fall
+    among the touches decides nothing). The history holds at most `capacity` distinct keys: no write is
+    pushed out before its key's touch.
     """
     keyed = state.key >= 0
     rewritten = keyed & (state.touched > state.written)
@@ -115,10 +118,14 @@ def _history(
     # hit, which touches the key that is there and stores nothing.
     found = rewritten & (state.touched - state.written < ttl_s) & (true_hit > 0)
     tentative = rewritten & ~found
-    keys = np.concatenate((state.key[rewritten], state.key))
-    times = np.concatenate((state.written[rewritten], state.touched))
+    write_key, write_time = state.key[rewritten], state.written[rewritten]
+    by_write = np.argsort(write_time, kind="stable")
+    write_key, write_time = write_key[by_write], write_time[by_write]
+    at = np.searchsorted(state.touched, write_time, side="left")  # the stack is in time order
+    keys = np.insert(state.key, at, write_key)
+    times = np.insert(state.touched, at, write_time)
     u_true = np.zeros(keys.size, dtype=np.float64)
-    u_false = np.concatenate((np.full(int(rewritten.sum()), np.inf), np.where(tentative, -np.inf, np.inf)))
+    u_false = np.insert(np.where(tentative, -np.inf, np.inf), at, np.inf)
     return keys, times, u_true, u_false
 
 
