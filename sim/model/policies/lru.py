@@ -212,12 +212,17 @@ class WaveletMatrix:
         self.bits = top.bit_length()
         self.levels: list[tuple[np.ndarray, int]] = []  # zeros before each position, zeros in all
         level_values = values.astype(self.small)
+        next_values = np.empty_like(level_values)
         for level in range(self.bits - 1, -1, -1):
-            one = np.bitwise_and(level_values, 1 << level) != 0
+            zero = np.bitwise_and(level_values, 1 << level) == 0
             zeros_before = np.zeros(values.size + 1, dtype=self.small)
-            np.cumsum(~one, out=zeros_before[1:], dtype=self.small)
-            self.levels.append((zeros_before, int(zeros_before[-1])))
-            level_values = np.concatenate((level_values[~one], level_values[one]))
+            np.cumsum(zero, out=zeros_before[1:], dtype=self.small)
+            zeros = int(zeros_before[-1])
+            self.levels.append((zeros_before, zeros))
+            # the stable partition, written in place of the level before (no temporaries to join)
+            np.compress(zero, level_values, out=next_values[:zeros])
+            np.compress(~zero, level_values, out=next_values[zeros:])
+            level_values, next_values = next_values, level_values
         self.size = values.size
 
     def count_below(self, lo: np.ndarray, hi: np.ndarray, bound: np.ndarray) -> np.ndarray:
