@@ -153,9 +153,15 @@ def _carry(
     last = (keys < 0) & ~might_false
     last[touch_position] = True
     slots = np.flatnonzero(last)
+    slot_time = times[slots]
     # ... so one sort by time keeps ties in stream order, as they were served; an LRU of `capacity`
-    # slots holds the latest.
-    stack = slots[by_time(times[slots])][-capacity:]
+    # slots holds the latest. Those are all at or after the `capacity`-th latest time: only such slots
+    # (in stream order still) are sorted.
+    if slots.size > capacity:
+        cut = slots.size - capacity
+        latest = slot_time >= np.partition(slot_time, cut)[cut]
+        slots, slot_time = slots[latest], slot_time[latest]
+    stack = slots[by_time(slot_time)][-capacity:]
     slot_key = keys[stack].astype(np.int64)
     slot_key[slot_key < 0] = -1
     write_time = np.full(times.size, np.nan)  # by a slot's last touch: its key's entry's write time
