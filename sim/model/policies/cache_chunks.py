@@ -162,11 +162,11 @@ def _carry(
         latest = slot_time >= np.partition(slot_time, cut)[cut]
         slots, slot_time = slots[latest], slot_time[latest]
     stack = slots[by_time(slot_time)][-capacity:]
-    slot_key = keys[stack].astype(np.int64)
+    slot_key = keys[stack].astype(np.int64, copy=False)
     slot_key[slot_key < 0] = -1
     write_time = np.full(times.size, np.nan)  # by a slot's last touch: its key's entry's write time
     write_time[touch_position] = times[served.order[write_at]]
-    written, touched = write_time[stack], times[stack].astype(np.float64)
+    written, touched = write_time[stack], times[stack].astype(np.float64, copy=False)
     served_until = float(times.max())
     keep = slot_key >= 0  # with drawn false hits, an expired entry may still be found (and touched)
     if false_hit <= 0:
