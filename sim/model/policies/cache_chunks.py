@@ -85,12 +85,10 @@ def lookup_chunk(
             f"the chunk starts at {earliest}, not after the previous chunk's last access at "
             f"{state.served_until}: split a run's accesses by time and feed the chunks in order",
         )
-    history = _history(state, ttl_s, true_hit)
-    h = history[0].size
-    if h:
-        keys, times, u_true, u_false = (
-            np.concatenate((past, now))
-            for past, now in zip(history, (keys, times, u_true, u_false), strict=True)
+    h = 0
+    if state.slots:
+        (keys, times, u_true, u_false), h = _behind_history(
+            state, ttl_s, true_hit, (keys, times, u_true, u_false)
         )
     hits, served = serve(
         keys, times, ttl_s, capacity, true_hit, false_hit, u_true, u_false, exact_touches=True
@@ -100,17 +98,18 @@ def lookup_chunk(
     return LayerHits(hits.true_hit[h:], hits.false_hit[h:]), carried
 
 
-def _history(
-    state: CacheState, ttl_s: float, true_hit: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Accesses (keys, times, true- and false-hit draws) that leave an empty cache as `state` describes,
-    in time order (so the engine's sorts by time take them as they are).
+def _behind_history(
+    state: CacheState, ttl_s: float, true_hit: float, chunk: tuple[np.ndarray, ...]
+) -> tuple[tuple[np.ndarray, ...], int]:
+    """The chunk's accesses (keys, times, true- and false-hit draws) behind a history of accesses that
+    leaves an empty cache as `state` describes; and the history's length.
 
-    Every slot's last touch comes least recent first, so ties in time keep the stack's order; a key
-    touched after its write is written first, at its write time (ahead of the touches at that time:
-    stream order only breaks ties, and a write is never a slot's last touch, so where the writes fall
-    among the touches decides nothing). The history holds at most `capacity` distinct keys: no write is
-    pushed out before its key's touch.
+    The history is in time order (so the engine's sorts by time take it as it is): every slot's last
+    touch comes least recent first, so ties in time keep the stack's order; a key touched after its write
+    is written first, at its write time (ahead of the touches at that time: stream order only breaks
+    ties, and a write is never a slot's last touch, so where the writes fall among the touches decides
+    nothing). The history holds at most `capacity` distinct keys: no write is pushed out before its
+    key's touch. Written straight into the arrays the chunk joins (no intermediate copies).
     """
     keyed = state.key >= 0
     rewritten = keyed & (state.touched > state.written)
@@ -121,12 +120,29 @@ def _history(
     write_key, write_time = state.key[rewritten], state.written[rewritten]
     by_write = np.argsort(write_time, kind="stable")
     write_key, write_time = write_key[by_write], write_time[by_write]
-    at = np.searchsorted(state.touched, write_time, side="left")  # the stack is in time order
-    keys = np.insert(state.key, at, write_key)
-    times = np.insert(state.touched, at, write_time)
-    u_true = np.zeros(keys.size, dtype=np.float64)
-    u_false = np.insert(np.where(tentative, -np.inf, np.inf), at, np.inf)
-    return keys, times, u_true, u_false
+    # the stack is in time order: each write goes ahead of the touches at or after its time
+    write_place = np.searchsorted(state.touched, write_time, side="left") + np.arange(write_key.size)
+    h = state.slots + write_key.size
+    touch_place = np.ones(h, dtype=bool)
+    touch_place[write_place] = False
+    history: tuple[tuple[np.ndarray | np.float64, np.ndarray | np.float64], ...] = (
+        (state.key, write_key),
+        (state.touched, write_time),
+        (np.float64(0.0), np.float64(0.0)),
+        (np.where(tentative, -np.inf, np.inf), np.float64(np.inf)),
+    )
+    joined = []
+    for (touches, writes), now in zip(history, chunk, strict=True):
+        both = np.empty(h + now.size, dtype=np.result_type(touches, now))
+        head = both[:h]
+        if write_key.size:
+            head[touch_place] = touches
+            head[write_place] = writes
+        else:
+            head[:] = touches
+        both[h:] = now
+        joined.append(both)
+    return tuple(joined), h
 
 
 def _carry(
