@@ -19,7 +19,7 @@ from sim.model import traffic as traffic_module
 from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
 from sim.model.engine import cache_layers, semantic_rates
 from sim.model.policies.cache import LayerHits, lookup
-from sim.model.policies.cache_chunks import CacheState, lookup_chunk
+from sim.model.policies.cache_chunks import CacheState, _behind_history, lookup_chunk
 from sim.model.randomness import streams_for
 from sim.model.scenario import Scenario
 
@@ -215,3 +215,22 @@ def test_a_shipped_scenarios_layers_chunked_by_day_equal_the_whole_run(capacity:
         assert got.dtype == expected.dtype
         assert np.array_equal(got, expected)
     assert exact.any() and semantic.true_hit.any() and fragment.any()  # every layer has hits to compare
+
+
+def test_the_history_comes_in_time_order() -> None:
+    """The engine's sorts by time take a history in time order as it is (access_order.by_time): writes
+    fall among the touches at their times, ahead of touches tied with them."""
+    state = CacheState(
+        key=np.array([4, -1, 7, 2, 9], dtype=np.int64),
+        written=np.array([5.0, np.nan, 1.0, 30.0, 12.0]),
+        touched=np.array([10.0, 12.0, 12.0, 30.0, 40.0]),
+        served_until=40.0,
+    )
+    chunk = (np.array([3], dtype=np.int64), np.array([41.0]), np.array([0.5]), np.array([0.25]))
+    (keys, times, u_true, u_false), h = _behind_history(state, ttl_s=20.0, true_hit=0.8, chunk=chunk)
+    assert h == 8
+    assert times.tolist() == [1.0, 5.0, 10.0, 12.0, 12.0, 12.0, 30.0, 40.0, 41.0]
+    assert keys.tolist() == [7, 4, 4, 9, -1, 7, 2, 9, 3]
+    assert u_true.tolist() == [0.0] * 8 + [0.5]
+    # 4 is found again (fresh), 7 was written 11 s before its touch (fresh too), 9 expired: a drawn false hit
+    assert u_false.tolist() == [np.inf] * 7 + [-np.inf, 0.25]

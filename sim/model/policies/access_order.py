@@ -73,9 +73,34 @@ def _order_ties_by_time(step: np.ndarray, order: np.ndarray, times: np.ndarray) 
     order[tied] = members[np.lexsort((members, times[members], run))]
 
 
+def by_time(times: np.ndarray) -> np.ndarray:
+    """The order the accesses are served in: by time, ties in stream order (indices into `times`).
+
+    A leading run already in that order and served before all the rest (a chunked run's history, which
+    precedes its chunk) is kept as it is: only the rest is sorted.
+    """
+    head = _served_head(times)
+    if head == times.size:
+        return np.arange(times.size)
+    rest = by_key_then_time(np.zeros(times.size - head, dtype=np.int64), times[head:])[0]
+    if head == 0:
+        return rest
+    return np.concatenate((np.arange(head), rest + head))
+
+
+def _served_head(times: np.ndarray) -> int:
+    """How many leading accesses are in time order and no later than any access after them."""
+    descents = times[1:] < times[:-1]
+    if not descents.any():
+        return int(times.size)
+    run = int(np.argmax(descents)) + 1  # the leading run in time order
+    # Of it, those no later than the rest: ties with a later access are served first (stream order).
+    return int(np.searchsorted(times[:run], times[run:].min(), side="right"))
+
+
 def time_rank(times: np.ndarray) -> np.ndarray:
     """Each access's place in the order the accesses are served: by time, ties in stream order."""
-    order, _ = by_key_then_time(np.zeros(times.size, dtype=np.int64), times)
+    order = by_time(times)
     rank = np.empty(times.size, dtype=np.int64)
     rank[order] = np.arange(times.size)
     return rank

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.errors import ArgumentError
+from sim.model.policies.access_order import by_time
 from sim.model.policies.cache import LayerHits, Served, serve
 
 
@@ -84,12 +85,10 @@ def lookup_chunk(
             f"the chunk starts at {earliest}, not after the previous chunk's last access at "
             f"{state.served_until}: split a run's accesses by time and feed the chunks in order",
         )
-    history = _history(state, ttl_s, true_hit)
-    h = history[0].size
-    if h:
-        keys, times, u_true, u_false = (
-            np.concatenate((past, now))
-            for past, now in zip(history, (keys, times, u_true, u_false), strict=True)
+    h = 0
+    if state.slots:
+        (keys, times, u_true, u_false), h = _behind_history(
+            state, ttl_s, true_hit, (keys, times, u_true, u_false)
         )
     hits, served = serve(
         keys, times, ttl_s, capacity, true_hit, false_hit, u_true, u_false, exact_touches=True
@@ -99,14 +98,18 @@ def lookup_chunk(
     return LayerHits(hits.true_hit[h:], hits.false_hit[h:]), carried
 
 
-def _history(
-    state: CacheState, ttl_s: float, true_hit: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Accesses (keys, times, true- and false-hit draws) that leave an empty cache as `state` describes.
+def _behind_history(
+    state: CacheState, ttl_s: float, true_hit: float, chunk: tuple[np.ndarray, ...]
+) -> tuple[tuple[np.ndarray, ...], int]:
+    """The chunk's accesses (keys, times, true- and false-hit draws) behind a history of accesses that
+    leaves an empty cache as `state` describes; and the history's length.
 
-    Each key touched after its write is written first (all those writes lead the stream; their order
-    among themselves is immaterial), then every slot's last touch follows, least recent first, so ties in
-    time keep the stack's order.
+    The history is in time order (so the engine's sorts by time take it as it is): every slot's last
+    touch comes least recent first, so ties in time keep the stack's order; a key touched after its write
+    is written first, at its write time (ahead of the touches at that time: stream order only breaks
+    ties, and a write is never a slot's last touch, so where the writes fall among the touches decides
+    nothing). The history holds at most `capacity` distinct keys: no write is pushed out before its
+    key's touch. Written straight into the arrays the chunk joins (no intermediate copies).
     """
     keyed = state.key >= 0
     rewritten = keyed & (state.touched > state.written)
@@ -114,11 +117,32 @@ def _history(
     # hit, which touches the key that is there and stores nothing.
     found = rewritten & (state.touched - state.written < ttl_s) & (true_hit > 0)
     tentative = rewritten & ~found
-    keys = np.concatenate((state.key[rewritten], state.key))
-    times = np.concatenate((state.written[rewritten], state.touched))
-    u_true = np.zeros(keys.size, dtype=np.float64)
-    u_false = np.concatenate((np.full(int(rewritten.sum()), np.inf), np.where(tentative, -np.inf, np.inf)))
-    return keys, times, u_true, u_false
+    write_key, write_time = state.key[rewritten], state.written[rewritten]
+    by_write = np.argsort(write_time, kind="stable")
+    write_key, write_time = write_key[by_write], write_time[by_write]
+    # the stack is in time order: each write goes ahead of the touches at or after its time
+    write_place = np.searchsorted(state.touched, write_time, side="left") + np.arange(write_key.size)
+    h = state.slots + write_key.size
+    touch_place = np.ones(h, dtype=bool)
+    touch_place[write_place] = False
+    history: tuple[tuple[np.ndarray | np.float64, np.ndarray | np.float64], ...] = (
+        (state.key, write_key),
+        (state.touched, write_time),
+        (np.float64(0.0), np.float64(0.0)),
+        (np.where(tentative, -np.inf, np.inf), np.float64(np.inf)),
+    )
+    joined = []
+    for (touches, writes), now in zip(history, chunk, strict=True):
+        both = np.empty(h + now.size, dtype=np.result_type(touches, now))
+        head = both[:h]
+        if write_key.size:
+            head[touch_place] = touches
+            head[write_place] = writes
+        else:
+            head[:] = touches
+        both[h:] = now
+        joined.append(both)
+    return tuple(joined), h
 
 
 def _carry(
@@ -140,14 +164,25 @@ def _carry(
     write_at = write_of[touched_key]
     assert bool((write_at >= 0).all()), "a key touched without a write"
     touch_position = served.order[last_touch]
-    one_offs = np.flatnonzero((keys < 0) & ~might_false)  # each holds a slot of its own
-    position = np.concatenate((touch_position, one_offs))
-    slot_key = np.concatenate((keys[touch_position].astype(np.int64), np.full(one_offs.size, -1, np.int64)))
-    written = np.concatenate((times[served.order[write_at]], np.full(one_offs.size, np.nan)))
-    touched = times[position].astype(np.float64)
-    stack = np.lexsort((position, touched))  # as served: by time, ties in stream order
-    stack = stack[max(stack.size - capacity, 0) :]  # an LRU of `capacity` slots holds the latest
-    slot_key, written, touched = slot_key[stack], written[stack], touched[stack]
+    # Each slot by the access that touched it last: a key's last touch, or a one-off that stored (each
+    # holds a slot of its own). Marked in place, they come out in stream order without a sort ...
+    last = (keys < 0) & ~might_false
+    last[touch_position] = True
+    slots = np.flatnonzero(last)
+    slot_time = times[slots]
+    # ... so one sort by time keeps ties in stream order, as they were served; an LRU of `capacity`
+    # slots holds the latest. Those are all at or after the `capacity`-th latest time: only such slots
+    # (in stream order still) are sorted.
+    if slots.size > capacity:
+        cut = slots.size - capacity
+        latest = slot_time >= np.partition(slot_time, cut)[cut]
+        slots, slot_time = slots[latest], slot_time[latest]
+    stack = slots[by_time(slot_time)][-capacity:]
+    slot_key = keys[stack].astype(np.int64, copy=False)
+    slot_key[slot_key < 0] = -1
+    write_time = np.full(times.size, np.nan)  # by a slot's last touch: its key's entry's write time
+    write_time[touch_position] = times[served.order[write_at]]
+    written, touched = write_time[stack], times[stack].astype(np.float64, copy=False)
     served_until = float(times.max())
     keep = slot_key >= 0  # with drawn false hits, an expired entry may still be found (and touched)
     if false_hit <= 0:

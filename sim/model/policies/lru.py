@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.model.policies.access_order import time_rank
+from sim.model.policies.access_order import by_time
 
 # The capacity check bins time this finely: a window of one TTL spans at most this many bins plus one.
 _BINS_PER_TTL = 16
@@ -93,15 +93,17 @@ class _KeyedStream:
     def __init__(
         self, times: np.ndarray, order: np.ndarray, first: np.ndarray, tentative: np.ndarray
     ) -> None:
-        rank = time_rank(times)
-        keyed_rank = rank[order]
-        keyed = np.zeros(times.size, dtype=bool)
-        keyed[keyed_rank] = True
-        single_touch = np.zeros(times.size, dtype=bool)  # one-off accesses touch unless drawn false hits
-        single_touch[rank] = ~tentative
-        single_touch[keyed_rank] = False
-        self.place = _prefix_count(keyed)[keyed_rank]  # among the keyed accesses, in serving order
-        self.singles_before = _prefix_count(single_touch)[keyed_rank]
+        served = by_time(times)  # the accesses (stream indices) in serving order
+        # Each access's kind, read in serving order in one gather: 1 keyed, 0 a one-off that touches, 2 a
+        # one-off that does not (a drawn false hit).
+        kind = np.where(tentative, np.uint8(2), np.uint8(0))
+        kind[order] = 1
+        kind = kind[served]
+        keyed_ranks = np.flatnonzero(kind == 1)  # the keyed accesses' places in serving order
+        place_of = np.empty(times.size, dtype=np.int64)  # by stream index, for keyed accesses
+        place_of[served[keyed_ranks]] = np.arange(keyed_ranks.size)
+        self.place = place_of[order]  # among the keyed accesses, in serving order
+        self.singles_before = _prefix_count(kind == 0)[keyed_ranks][self.place]
         self.time = times[order]
         self.first = first
         n = first.size
@@ -212,12 +214,17 @@ class WaveletMatrix:
         self.bits = top.bit_length()
         self.levels: list[tuple[np.ndarray, int]] = []  # zeros before each position, zeros in all
         level_values = values.astype(self.small)
+        next_values = np.empty_like(level_values)
         for level in range(self.bits - 1, -1, -1):
-            one = np.bitwise_and(level_values, 1 << level) != 0
+            zero = np.bitwise_and(level_values, 1 << level) == 0
             zeros_before = np.zeros(values.size + 1, dtype=self.small)
-            np.cumsum(~one, out=zeros_before[1:], dtype=self.small)
-            self.levels.append((zeros_before, int(zeros_before[-1])))
-            level_values = np.concatenate((level_values[~one], level_values[one]))
+            np.cumsum(zero, out=zeros_before[1:], dtype=self.small)
+            zeros = int(zeros_before[-1])
+            self.levels.append((zeros_before, zeros))
+            # the stable partition, written in place of the level before (no temporaries to join)
+            np.compress(zero, level_values, out=next_values[:zeros])
+            np.compress(~zero, level_values, out=next_values[zeros:])
+            level_values, next_values = next_values, level_values
         self.size = values.size
 
     def count_below(self, lo: np.ndarray, hi: np.ndarray, bound: np.ndarray) -> np.ndarray:
