@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.model.policies.access_order import by_time, time_rank
+from sim.model.policies.access_order import by_time
 
 
 def served_order(times: np.ndarray) -> np.ndarray:
@@ -26,9 +26,6 @@ def test_a_stream_whose_head_is_already_in_order_is_ordered_as_a_full_sort_would
     times = np.array(head + rest, dtype=np.float64) * scale
     expected = served_order(times)
     assert np.array_equal(by_time(times), expected)
-    rank = np.empty(times.size, dtype=np.int64)
-    rank[expected] = np.arange(times.size)
-    assert np.array_equal(time_rank(times), rank)
 
 
 def test_ties_between_the_head_and_the_rest_go_in_stream_order() -> None:

@@ -96,11 +96,3 @@ def _served_head(times: np.ndarray) -> int:
     run = int(np.argmax(descents)) + 1  # the leading run in time order
     # Of it, those no later than the rest: ties with a later access are served first (stream order).
     return int(np.searchsorted(times[:run], times[run:].min(), side="right"))
-
-
-def time_rank(times: np.ndarray) -> np.ndarray:
-    """Each access's place in the order the accesses are served: by time, ties in stream order."""
-    order = by_time(times)
-    rank = np.empty(times.size, dtype=np.int64)
-    rank[order] = np.arange(times.size)
-    return rank
