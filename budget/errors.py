@@ -349,3 +349,13 @@ class JournalError(BudgetError):
         self.partition = partition
         self.reason = reason
         super().__init__(f"the journal of partition {partition}: {reason}")
+
+
+class ClusterUnavailable(BudgetError):
+    """The NATS cluster did not answer a call an enforcer needs to start (`what`) within `limit_s`."""
+
+    def __init__(self, what: str, limit_s: float, reason: str) -> None:
+        self.what = what
+        self.limit_s = limit_s
+        self.reason = reason
+        super().__init__(f"the NATS cluster did not answer {what} within {limit_s:g} s ({reason})")

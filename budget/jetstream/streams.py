@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from budget.errors import ClusterUnavailable
 from budget.jetstream.partitions import (
     journal_stream_name,
     journal_subject,
     partition_subjects,
     stream_name,
 )
+from budget.jetstream.setup_calls import SETUP_LIMIT_S, until_answered
 
 
 def partition_stream_config(partition: int, replicas: int = 3) -> StreamConfig:
@@ -53,21 +56,27 @@ def journal_stream_config(partition: int, replicas: int = 3) -> StreamConfig:
 
 
 async def ensure_partition_streams(
-    js: JetStreamContext, partitions: int, replicas: int = 3, limit_s: float = 30.0
+    js: JetStreamContext, partitions: int, replicas: int = 3, limit_s: float = SETUP_LIMIT_S
 ) -> None:
     """Create the input and journal streams of partitions 0..partitions-1 (an existing one with the same
     config is kept), and return once each has a leader: until then a publish to it finds no stream to
-    answer."""
+    answer. Raises ClusterUnavailable when the cluster does not answer within `limit_s`."""
     for partition in range(partitions):
-        await js.add_stream(partition_stream_config(partition, replicas))
-        await js.add_stream(journal_stream_config(partition, replicas))
+        configs = (partition_stream_config(partition, replicas), journal_stream_config(partition, replicas))
+        for config in configs:
+            await until_answered(f"creating stream {config.name}", partial(js.add_stream, config), limit_s)
     deadline = time.monotonic() + limit_s
     for partition in range(partitions):
         for name in (stream_name(partition), journal_stream_name(partition)):
-            while (info := await js.stream_info(name)).cluster is None or not info.cluster.leader:
+            while not await _stream_has_leader(js, name, limit_s):
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"stream {name} had no leader within {limit_s}s")
+                    raise ClusterUnavailable(f"with a leader for stream {name}", limit_s, "no leader elected")
                 await asyncio.sleep(0.05)
+
+
+async def _stream_has_leader(js: JetStreamContext, name: str, limit_s: float) -> bool:
+    info = await until_answered(f"the state of stream {name}", partial(js.stream_info, name), limit_s)
+    return info.cluster is not None and bool(info.cluster.leader)
 
 
 async def has_leader(js: JetStreamContext, partition: int) -> bool:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 
@@ -34,6 +35,7 @@ from budget.jetstream.kv_lease import KvLease, open_lease_bucket
 from budget.jetstream.lease import LeaseTerms, beyond_share, fair_share
 from budget.jetstream.members import announce, forget, live_members, open_members_bucket
 from budget.jetstream.partitions import lease_key
+from budget.jetstream.setup_calls import until_answered
 from budget.jetstream.streams import ensure_partition_streams
 from budget.partitioned.owner import PartitionOwner
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
@@ -100,10 +102,12 @@ class PartitionedEnforcer:
             reconnected_cb=self._on_reconnected,
         )
         js = self._nc.jetstream(timeout=JS_TIMEOUT_S)
-        await ensure_partition_streams(js, c.partitions, c.replicas)
-        kv = await open_lease_bucket(js, c.replicas)
-        members = await open_members_bucket(js, MEMBER_EXPIRY_TTLS * c.terms.ttl_s, c.replicas)
-        await self._count_members(members)
+        try:
+            kv, members = await self._set_up(js)
+        except BaseException:
+            with contextlib.suppress(nats.errors.Error):
+                await self._nc.close()
+            raise
         self._tasks = [
             asyncio.create_task(
                 self._contend(js, kv, members, partition), name=f"margins-contend-{partition}"
@@ -114,6 +118,19 @@ class PartitionedEnforcer:
         servers = ", ".join(c.servers)
         log.info("%s: %s contends for %d partitions on %s", READY_LOG, c.owner, c.partitions, servers)
         return self
+
+    async def _set_up(self, js: JetStreamContext) -> tuple[KeyValue, KeyValue]:
+        """The partitions' streams and the lease and members buckets, created where missing, and this
+        process announced (each asked again while the cluster does not answer: jetstream/setup_calls.py)."""
+        c = self.cluster
+        await ensure_partition_streams(js, c.partitions, c.replicas)
+        kv = await until_answered("creating the lease bucket", partial(open_lease_bucket, js, c.replicas))
+        members = await until_answered(
+            "creating the members bucket",
+            partial(open_members_bucket, js, MEMBER_EXPIRY_TTLS * c.terms.ttl_s, c.replicas),
+        )
+        await until_answered("announcing this enforcer", partial(self._count_members, members))
+        return kv, members
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None

@@ -20,11 +20,11 @@ def executor_option(command: Callable[..., Any]) -> Callable[..., Any]:
     """`--executor dask://HOST:PORT`: run the points on a Dask cluster instead of this machine's cores."""
 
     def parse(ctx: click.Context, _param: click.Parameter, value: str | None) -> Cluster | None:
+        if value is None:
+            return None
         from sim.errors import ArgumentError
         from sim.workbench.executor import parse_cluster
 
-        if value is None:
-            return None
         try:
             cluster = parse_cluster(value)
         except ArgumentError as error:

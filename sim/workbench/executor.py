@@ -25,7 +25,6 @@ from typing import TypeVar
 from budget.domain.prices import PriceCatalog
 from sim.errors import ArgumentError, ClusterError, WorkerCannotRun
 from sim.io.progress import SILENT, Progress
-from sim.io.streaming_run import simulate_streaming
 from sim.model import engine
 from sim.model.forecast import Replicated, Replication, Summary, replicate, summarize
 from sim.model.scenario import Scenario
@@ -225,6 +224,9 @@ def run_by_day(
     usage rows as it plays (sim/io/streaming_run.py)."""
     if spill is not None and not spill.is_dir():
         raise WorkerCannotRun(f"--spill {spill} is not a directory on {socket.gethostname()}")
+    # Imported here: the day engine spills with pyarrow, which a whole-engine run never loads.
+    from sim.io.streaming_run import simulate_streaming
+
     summary = simulate_streaming(
         scenario, catalog, mau, days, seed, replication, spill_root=spill, on_phase=on_phase, usage=usage
     )
