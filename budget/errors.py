@@ -34,6 +34,7 @@
             NotGuarded        call: an SDK method a guarded client does not guard (also an AttributeError)
         LeaseLost             key, owner, token, reason: a partition's lease is no longer this owner's
         JournalError          partition, reason: a partition's journal cannot be read as margins wrote it
+        ClusterUnavailable    what, limit_s, reason: the NATS cluster did not answer a start-up call in time
 
 A message names what was wrong and where, so a command line prints it as one line; code reads the fields.
 """

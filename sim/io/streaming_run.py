@@ -28,6 +28,10 @@ from sim.model.traffic_block_context import engine_blocks_with_totals
 from sim.model.usage_chunk import UsageChunk
 
 USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
+# Requests played at once: days are played together while their requests stay under this (a part of
+# several days has fewer parts' overhead -- cache stacks carried, sheets rebuilt -- at a working set that
+# grows with it; measured in the README's "Scaling out the simulator").
+REQUESTS_PER_PART = 4_000_000
 
 
 def simulate_streaming(
@@ -43,6 +47,7 @@ def simulate_streaming(
     on_phase: Callable[[str], object] | None = None,
     spill_root: str | Path | None = None,
     usage: Callable[[UsageChunk], object] | None = None,
+    days_per_part: int | None = None,
 ) -> Summary:
     """The figures of one run of `scenario` at `mau` users for `days` days, simulated a day at a time.
 
@@ -51,9 +56,13 @@ def simulate_streaming(
     percentiles (when None: spilled beside the days, 8 bytes a request on disk, none in memory).
     `on_phase` hears what the run starts on next. `usage` hears the run's usage rows (sim/model/
     usage_chunk.py) a tick at a time -- with a cap, a block of users at a time after the last day: never
-    the month's at once.
+    the month's at once. `days_per_part`: how many days are played at once (None: as many as keep a part
+    under REQUESTS_PER_PART requests, at least one); the figures are the same whatever it is.
     """
-    run = _Run(scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase, usage)
+    run = _Run(
+        scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase, usage,
+        days_per_part,
+    )  # fmt: skip
     if spill_dir is not None:
         return run.into(Path(spill_dir))
     with TemporaryDirectory(prefix="margins-days-", dir=spill_root) as temporary:
@@ -72,6 +81,7 @@ class _Run:
     ttft_store: ValueStore | None
     on_phase: Callable[[str], object] | None
     usage: Callable[[UsageChunk], object] | None
+    days_per_part: int | None
 
     def into(self, directory: Path) -> Summary:
         """Spill the run's traffic by day under `directory`, then play the days in order."""
@@ -80,7 +90,8 @@ class _Run:
         streams = streams_for(self.seed, self.mau, self.replication)
         phase("traffic")
         totals, blocks = engine_blocks_with_totals(scenario, self.mau, days, streams, self.users_per_block)
-        spilled = spill(blocks, directory)
+        per_part = self.days_per_part or parts_of(totals.requests, days, REQUESTS_PER_PART)
+        spilled = spill(blocks, directory, days_per_part=per_part)
         ttft_store = self.ttft_store if self.ttft_store is not None else SpilledValues(directory / "ttft")
         cap_pass = None
         if scenario.cap is not None:  # finished requests wait by block of users for the cap
@@ -98,9 +109,10 @@ class _Run:
             self.usage,
         )
         with_requests = set(spilled.days)
-        for day in range(max(with_requests, default=0) + 1):
-            phase(f"day {day + 1} of {days}" if day < days else "requests after the last day")
-            day_loop.play(read_day(directory, day) if day in with_requests else None)
+        for first in range(0, spilled.last_day + 1, per_part):
+            ticks = min(per_part, spilled.last_day + 1 - first)
+            phase(_part_name(first, ticks, days))
+            day_loop.play(read_day(directory, first) if first in with_requests else None, ticks)
         while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
             phase("attempts after the last day")
             day_loop.play(None)
@@ -108,6 +120,21 @@ class _Run:
             phase("cap")
             day_loop.finish_cap()
         return day_loop.figures.summary()
+
+
+def parts_of(requests: int, days: int, most: int) -> int:
+    """Days per part: as many as keep a part's requests (the run's spread evenly) at or under `most`, at
+    least one; past the run's days, its last (sessions running past midnight) is in the last part."""
+    per_day = max(1, -(-requests // max(days, 1)))
+    return max(1, min(days + 1, most // per_day))
+
+
+def _part_name(first: int, ticks: int, days: int) -> str:
+    """How progress names a part: "day 3 of 30", "days 1-7 of 30", "requests after the last day"."""
+    if first >= days:
+        return "requests after the last day"
+    last = min(first + ticks, days)
+    return f"day {first + 1} of {days}" if last == first + 1 else f"days {first + 1}-{last} of {days}"
 
 
 def _ignore(_phase: str) -> None:

@@ -19,6 +19,10 @@ Two formats, measured by benchmarks/traffic_blocks.py: `npy` (one .npy per colum
 arrays' own bytes and dtypes) and `parquet` (one file per (day, block) and table, uncompressed, through
 pyarrow).
 
+A spill may bucket by part of `days_per_part` days instead (part p: the days p*k .. p*k+k-1, its folder
+named by its first day), for a reader that plays several days at once; read back, a part is in global
+order as a day is.
+
 Layout: DIR/day-DDDD/block-BBBBBB.TABLE.COLUMN.npy, or DIR/day-DDDD/block-BBBBBB.TABLE.parquet, TABLE one
 of requests, calls, summary_calls. Every block of a spill has the same columns.
 """
@@ -55,40 +59,53 @@ TABLES = {
 
 @dataclass(frozen=True, slots=True)
 class SpillSummary:
-    """What a spill wrote: blocks, the days that hold requests, requests, calls, bytes on disk."""
+    """What a spill wrote: blocks, the days that hold requests (a part's first day, when bucketed by
+    parts of several days), requests, calls, bytes on disk, and the last day any request starts in
+    (-1: none)."""
 
     blocks: int
     days: tuple[int, ...]
     requests: int
     calls: int
     bytes: int
+    last_day: int = -1
 
 
 def spill(
-    blocks: Iterable[TrafficBlock], directory: str | Path, spill_format: SpillFormat = "npy"
+    blocks: Iterable[TrafficBlock],
+    directory: str | Path,
+    spill_format: SpillFormat = "npy",
+    days_per_part: int = 1,
 ) -> SpillSummary:
-    """Write every block's requests and calls bucketed by day under `directory` (created; it must hold no
-    earlier spill). One block is in memory at a time: the caller's iterable draws them."""
+    """Write every block's requests and calls bucketed by day (by part of `days_per_part` days) under
+    `directory` (created; it must hold no earlier spill). One block is in memory at a time: the caller's
+    iterable draws them."""
     _check_format(spill_format)
+    if days_per_part < 1:
+        raise ArgumentError("days_per_part", f"at least 1, got {days_per_part}")
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     if any(root.glob("day-*")):
         raise InputError(str(root), "already holds a spill; give an empty directory")
     count = requests = calls = size = 0
+    last_day = -1
     days: set[int] = set()
     for index, block in enumerate(blocks):
-        for day, tables in _by_day(block):
+        if block.requests:
+            last_day = max(last_day, int(block.t.max() // SECONDS_PER_DAY))
+        for day, tables in _by_day(block, days_per_part):
             folder = root / f"day-{day:04d}"
             folder.mkdir(exist_ok=True)
             size += _write(folder, f"block-{index:06d}", tables, spill_format)
             days.add(day)
         summaries = block.conversation.summaries if block.conversation is not None else 0
         count, requests, calls = count + 1, requests + block.requests, calls + block.calls + summaries
-    return SpillSummary(count, tuple(sorted(days)), requests, calls, size)
+    return SpillSummary(count, tuple(sorted(days)), requests, calls, size, last_day)
 
 
 def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy") -> DayTraffic:
-    """Day `day`'s requests and calls of every block, concatenated in block order (global order)."""
+    """Day `day`'s requests and calls of every block, concatenated in block order (global order) -- the
+    part that starts on `day` when the spill was bucketed by parts of several days."""
     _check_format(spill_format)
     folder = Path(directory) / f"day-{day:04d}"
     if not folder.is_dir():
@@ -110,10 +127,12 @@ def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy")
     return DayTraffic(day=day, requests=requests, calls=calls, summaries=summaries)
 
 
-def _by_day(block: TrafficBlock) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
-    """The block's requests, calls and summary calls of each day it touches, in their order (a stable
-    sort by day)."""
-    request_day = (block.t // SECONDS_PER_DAY).astype(np.int64)
+def _by_day(
+    block: TrafficBlock, days_per_part: int = 1
+) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
+    """The block's requests, calls and summary calls of each day (part of `days_per_part` days, named by
+    its first day) it touches, in their order (a stable sort by day)."""
+    request_day = (block.t // (SECONDS_PER_DAY * days_per_part)).astype(np.int64) * days_per_part
     tables = {"requests": _request_columns(block), "calls": _call_columns(block)}
     table_days = {"requests": request_day, "calls": request_day[block.call_request - block.first_request]}
     if block.conversation is not None:

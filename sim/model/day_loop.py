@@ -97,11 +97,13 @@ class DayLoop:
         """Are attempts still to be made (retries, queued calls, calls not yet due)?"""
         return self.clock.busy
 
-    def play(self, day: DayTraffic | None) -> None:
-        """Open the day's requests and their calls, play the clock's tick, fold what finished."""
+    def play(self, day: DayTraffic | None, ticks: int = 1) -> None:
+        """Open the day's requests and their calls (a part of `ticks` days: its first day's), play `ticks`
+        ticks of the clock, fold what finished. (One fold for the part's ticks: a fold's work grows with
+        the requests open, which are the part's.)"""
         if day is not None and day.requests["request"].size:
             self._open(day)
-        log = self.clock.run_tick()
+        log = self.clock.run_until(self.clock.tick + ticks)
         hand_out = self.usage is not None and self.cap_pass is None
         attempt_user = self._attempt_users(log) if hand_out else None
         if self.cap_pass is None:

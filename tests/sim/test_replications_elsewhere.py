@@ -248,7 +248,7 @@ def test_day_engine_runs_come_back_in_the_plans_order_wherever_they_ran(tmp_path
         assert all(run is None for _, run in runs)
         assert noted.advanced == len(plan)
         # here, each run's phases reach the bar; from a pool only each run's end does
-        assert ("80 MAU, replication 2: day 2 of 2" in noted.notes) == (workers == 1)
+        assert ("80 MAU, replication 2: days 1-2 of 2" in noted.notes) == (workers == 1)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -36,19 +36,19 @@ def capped_scenario(name: str) -> tuple[Scenario, PriceCatalog]:
 
 
 @pytest.mark.parametrize(
-    ("name", "mau", "days", "users_per_block", "degrades"),
+    ("name", "mau", "days", "users_per_block", "degrades", "days_per_part"),
     [
-        ("naive-cap-degrade", 500, 30, 97, True),
-        ("naive-cap-degrade", 400, 45, 100_000, True),  # one block of users
-        ("naive-cap-block", 400, 45, 97, False),
-        ("naive-cap-block", 300, 30, 100_000, False),
+        ("naive-cap-degrade", 500, 30, 97, True, 1),
+        ("naive-cap-degrade", 400, 45, 100_000, True, None),  # one block of users, one part of days
+        ("naive-cap-block", 400, 45, 97, False, 1),
+        ("naive-cap-block", 300, 30, 100_000, False, 7),
         # with its prompt caches, optimized rarely degrades: at 1000 users, seed 7, 8 requests do
-        ("optimized-cap-degrade", 1000, 30, 150, True),
-        ("optimized-cap-degrade", 600, 45, 100_000, False),  # degrades nothing at this size
+        ("optimized-cap-degrade", 1000, 30, 150, True, 1),
+        ("optimized-cap-degrade", 600, 45, 100_000, False, 4),  # degrades nothing at this size
     ],
 )
 def test_a_capped_streaming_run_reports_what_the_whole_run_does(
-    name: str, mau: int, days: int, users_per_block: int, degrades: bool
+    name: str, mau: int, days: int, users_per_block: int, degrades: bool, days_per_part: int | None
 ) -> None:
     scenario, catalog = capped_scenario(name)
     whole = forecast.summarize(engine.simulate(scenario, catalog, mau, days, 7))
@@ -56,7 +56,9 @@ def test_a_capped_streaming_run_reports_what_the_whole_run_does(
     assert cap["requests_denied"] > 0  # the cap really bites in these runs
     assert cap["users_replayed"] > 0
     assert (cap["requests_degraded"] > 0) == degrades
-    streamed = simulate_streaming(scenario, catalog, mau, days, 7, users_per_block=users_per_block)
+    streamed = simulate_streaming(
+        scenario, catalog, mau, days, 7, users_per_block=users_per_block, days_per_part=days_per_part
+    )
     assert streamed == whole
 
 
@@ -170,7 +172,7 @@ def test_without_its_cap_the_streaming_run_still_folds_as_it_goes() -> None:
     uncapped = msgspec.structs.replace(scenario, cap=None)
     whole = forecast.summarize(engine.simulate(uncapped, catalog, 300, 30, 7))
     assert "cap" not in whole
-    assert simulate_streaming(uncapped, catalog, 300, 30, 7, users_per_block=97) == whole
+    assert simulate_streaming(uncapped, catalog, 300, 30, 7, users_per_block=97, days_per_part=1) == whole
 
 
 def test_simulate_with_engine_days_prints_a_capped_runs_bytes_as_the_whole_engine(tmp_path: Path) -> None:

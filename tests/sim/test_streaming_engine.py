@@ -20,7 +20,7 @@ import pytest
 
 from sim.errors import InputError
 from sim.io.scenarios import load_scenario
-from sim.io.streaming_run import simulate_streaming
+from sim.io.streaming_run import parts_of, simulate_streaming
 from sim.model import engine, forecast
 from sim.model.scenario import Burst, Scenario
 from tests.sim.traffic_block_cases import at_a_small_limit
@@ -37,34 +37,60 @@ STARTERS = sorted(
 
 
 def whole_and_streamed(
-    scenario: Scenario, catalog: Any, mau: int, days: int, users_per_block: int, tmp_path: Path
+    scenario: Scenario,
+    catalog: Any,
+    mau: int,
+    days: int,
+    users_per_block: int,
+    tmp_path: Path,
+    days_per_part: int | None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The whole run's figures and the day engine's, playing `days_per_part` days at a time (None: as
+    many as its budget of requests allows -- at these sizes, the whole month)."""
     whole = forecast.summarize(engine.simulate(scenario, catalog, mau, days, seed=7))
     streamed = simulate_streaming(
-        scenario, catalog, mau, days, seed=7, spill_dir=tmp_path / "days", users_per_block=users_per_block
+        scenario,
+        catalog,
+        mau,
+        days,
+        seed=7,
+        spill_dir=tmp_path / "days",
+        users_per_block=users_per_block,
+        days_per_part=days_per_part,
     )
     return whole, streamed
 
 
-@pytest.mark.parametrize("name", STARTERS)
-def test_every_starter_scenario_streams_to_the_whole_runs_figures(name: str, tmp_path: Path) -> None:
+# Half the starters a day at a time (as at millions of MAU), half a week at a time.
+@pytest.mark.parametrize(
+    ("name", "days_per_part"), [(name, 1 if i % 2 == 0 else 7) for i, name in enumerate(STARTERS)]
+)
+def test_every_starter_scenario_streams_to_the_whole_runs_figures(
+    name: str, days_per_part: int, tmp_path: Path
+) -> None:
     scenario, catalog = load_scenario(SCENARIOS / name)
-    whole, streamed = whole_and_streamed(scenario, catalog, 300, 30, 97, tmp_path)
+    whole, streamed = whole_and_streamed(scenario, catalog, 300, 30, 97, tmp_path, days_per_part)
     assert whole["requests"] > 10_000 and whole["tokens"]["cached_input"] > 0  # prompt caches at work
     assert streamed == whole
 
 
-def test_a_two_month_run_with_every_cache_layer_and_summaries_streams_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("days_per_part", [1, 4, None])
+def test_a_two_month_run_with_every_cache_layer_and_summaries_streams_exactly(
+    days_per_part: int | None, tmp_path: Path
+) -> None:
     scenario, catalog = load_scenario(SCENARIOS / "seed-story" / "optimized.toml")
     scenario = at_a_small_limit(scenario, "summarize")
-    whole, streamed = whole_and_streamed(scenario, catalog, 400, 45, 1_000, tmp_path)
+    whole, streamed = whole_and_streamed(scenario, catalog, 400, 45, 1_000, tmp_path, days_per_part)
     assert len(whole["periods"]) == 2
     assert whole["hit_rate"]["exact"] > 0 and whole["hit_rate"]["semantic"] > 0
     assert whole["hit_rate"]["fragment"] > 0
     assert streamed == whole
 
 
-def test_a_burst_against_tight_limits_queues_across_midnight_and_streams_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("days_per_part", [1, 2])
+def test_a_burst_against_tight_limits_queues_across_midnight_and_streams_exactly(
+    days_per_part: int, tmp_path: Path
+) -> None:
     scenario, catalog = load_scenario(SCENARIOS / "launch-spike-cost-aware.toml")
     traffic = msgspec.structs.replace(
         scenario.traffic, bursts=[Burst(start_day=0.9, hours=3, factor=20)]
@@ -74,7 +100,7 @@ def test_a_burst_against_tight_limits_queues_across_midnight_and_streams_exactly
         for model in scenario.models
     }
     scenario = msgspec.structs.replace(scenario, traffic=traffic, providers=providers)
-    whole, streamed = whole_and_streamed(scenario, catalog, 400, 4, 97, tmp_path)
+    whole, streamed = whole_and_streamed(scenario, catalog, 400, 4, 97, tmp_path, days_per_part)
     assert whole["rate_limited"] > 0 and whole["queued"] > 0 and whole["fallbacks"] > 0
     assert streamed == whole
 
@@ -85,9 +111,16 @@ def test_a_per_user_prefix_without_context_streams_exactly(tmp_path: Path) -> No
     prompts = msgspec.structs.replace(scenario.prompts, context=context, prefix_share=0.6)
     scenario = msgspec.structs.replace(scenario, prompts=prompts)
     assert not scenario.prompts.context.active
-    whole, streamed = whole_and_streamed(scenario, catalog, 300, 10, 97, tmp_path)
+    whole, streamed = whole_and_streamed(scenario, catalog, 300, 10, 97, tmp_path, 3)
     assert whole["tokens"]["cached_input"] > 0
     assert streamed == whole
+
+
+def test_days_per_part_keep_a_part_under_its_budget_of_requests() -> None:
+    assert parts_of(3_000_000, 30, 4_000_000) == 31  # the whole month and the night after it
+    assert parts_of(40_000_000, 30, 4_000_000) == 2  # 1.33M a day
+    assert parts_of(400_000_000, 30, 4_000_000) == 1  # a day over the budget is still played
+    assert parts_of(0, 30, 4_000_000) == 31
 
 
 def test_a_spill_directory_holding_an_earlier_spill_is_refused(tmp_path: Path) -> None:

@@ -59,10 +59,17 @@ def unique_ids(path: Path) -> tuple[int, int]:
 
 
 def write_both(
-    scenario: Scenario, catalog: Any, mau: int, days: int, users_per_block: int, tmp_path: Path
+    scenario: Scenario,
+    catalog: Any,
+    mau: int,
+    days: int,
+    users_per_block: int,
+    tmp_path: Path,
+    days_per_part: int = 1,
 ) -> tuple[Path, Path, dict[str, Any], list[int]]:
-    """The whole engine's run and the day engine's, each written to its own DuckDB file; the whole run's
-    figures, and the rows of each chunk the day engine handed out."""
+    """The whole engine's run and the day engine's (`days_per_part` days played at a time), each written
+    to its own DuckDB file; the whole run's figures, and the rows of each chunk the day engine handed
+    out."""
     whole_path, by_day_path = tmp_path / "whole.duckdb", tmp_path / "by_day.duckdb"
     run = engine.simulate(scenario, catalog, mau, days, seed=7)
     writer = ForecastWriter(whole_path)
@@ -78,7 +85,14 @@ def write_both(
 
     with stream:
         streamed = simulate_streaming(
-            scenario, catalog, mau, days, seed=7, users_per_block=users_per_block, usage=heard
+            scenario,
+            catalog,
+            mau,
+            days,
+            seed=7,
+            users_per_block=users_per_block,
+            usage=heard,
+            days_per_part=days_per_part,
         )
     writer.close()
     whole = forecast.summarize(run)
@@ -97,11 +111,12 @@ def tight_burst(scenario: Scenario) -> Scenario:
 
 
 @pytest.mark.parametrize(
-    ("name", "mau", "days", "users_per_block", "rows_per_batch"),
+    ("name", "mau", "days", "users_per_block", "rows_per_batch", "days_per_part"),
     [
-        ("seed-story/optimized.toml", 400, 4, 97, None),  # exact, semantic and fragment cache rows
-        ("levers/router.toml", 300, 3, 100_000, 777),  # batches end inside chunks, chunks inside batches
-        ("launch-spike-cost-aware.toml", 400, 3, 97, None),  # with `tight_burst`
+        ("seed-story/optimized.toml", 400, 4, 97, None, 1),  # exact, semantic and fragment cache rows
+        ("levers/router.toml", 300, 3, 100_000, 777, 1),  # batches end inside chunks, chunks inside batches
+        ("launch-spike-cost-aware.toml", 400, 3, 97, None, 1),  # with `tight_burst`
+        ("launch-spike-cost-aware.toml", 400, 4, 97, None, 2),  # two days played at a time
     ],
 )
 def test_the_day_engines_usage_rows_are_the_whole_engines(
@@ -110,6 +125,7 @@ def test_the_day_engines_usage_rows_are_the_whole_engines(
     days: int,
     users_per_block: int,
     rows_per_batch: int | None,
+    days_per_part: int,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -119,7 +135,7 @@ def test_the_day_engines_usage_rows_are_the_whole_engines(
     if name.startswith("launch-spike"):
         scenario = tight_burst(scenario)
     whole_path, by_day_path, figures, chunks = write_both(
-        scenario, catalog, mau, days, users_per_block, tmp_path
+        scenario, catalog, mau, days, users_per_block, tmp_path, days_per_part
     )
     if name.startswith("seed-story"):
         assert all(figures["hit_rate"][layer] > 0 for layer in ("exact", "semantic", "fragment"))
@@ -128,8 +144,8 @@ def test_the_day_engines_usage_rows_are_the_whole_engines(
     rows, rows_by_day, missing, extra = usage_difference(whole_path, by_day_path)
     assert rows > 1_000 and (rows_by_day, missing, extra) == (rows, 0, 0)
     assert unique_ids(by_day_path) == (rows, rows)
-    # a day's rows at a time (a tick's: a day, or the attempts after the last), never the run's at once
-    assert len(chunks) >= days and sum(chunks) == rows and max(chunks) < rows
+    # a part's rows at a time (its ticks', or a tick's after the last day), never the run's at once
+    assert len(chunks) >= days // days_per_part and sum(chunks) == rows and max(chunks) < rows
 
 
 @pytest.mark.parametrize(

@@ -25,11 +25,12 @@ MAU, DAYS, SEED = 700, 45, 4
 
 
 def expected_day(
-    whole: Traffic, day: int, uniforms: dict[str, np.ndarray] | None = None
+    whole: Traffic, day: int, uniforms: dict[str, np.ndarray] | None = None, days: int = 1
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The whole-run arrays' requests of `day` (with the engine's draws at their ids and their
-    conversation), their calls, and their summary calls' ids and epochs."""
-    in_day = (whole.t // SECONDS_PER_DAY).astype(np.int64) == day
+    """The whole-run arrays' requests of `day` (of the `days` days from it) with the engine's draws at
+    their ids and their conversation, their calls, and their summary calls' ids and epochs."""
+    request_day = (whole.t // SECONDS_PER_DAY).astype(np.int64)
+    in_day = (request_day >= day) & (request_day < day + days)
     call_in_day = in_day[whole.call_request]
     requests = {"request": np.flatnonzero(in_day).astype(np.int64)}
     requests |= {column: getattr(whole, column)[in_day] for column in REQUEST_COLUMNS[1:]}
@@ -56,24 +57,29 @@ def assert_columns_equal(got: dict[str, np.ndarray], expected: dict[str, np.ndar
         assert np.array_equal(got[column], values), column
 
 
+@pytest.mark.parametrize("days_per_part", [1, 4], ids=["by-day", "by-4-days"])
 @pytest.mark.parametrize("users_per_block", [97, 10_000], ids=["blocks-of-97", "one-block-a-month"])
 @pytest.mark.parametrize("spill_format", FORMATS)
 def test_each_day_read_back_is_that_days_slice_of_the_whole_run(
-    tmp_path: Path, spill_format: SpillFormat, users_per_block: int
+    tmp_path: Path, spill_format: SpillFormat, users_per_block: int, days_per_part: int
 ) -> None:
     scenario, _ = load_scenario(SCENARIOS / "launch-spike.toml")  # a burst, chains, two months
     whole = draw(scenario, MAU, DAYS, streams_for(SEED, MAU, 0))
     summary = spill(
-        blocks(scenario, MAU, DAYS, streams_for(SEED, MAU, 0), users_per_block), tmp_path, spill_format
+        blocks(scenario, MAU, DAYS, streams_for(SEED, MAU, 0), users_per_block),
+        tmp_path,
+        spill_format,
+        days_per_part,
     )
     request_days = np.unique((whole.t // SECONDS_PER_DAY).astype(np.int64))
-    assert summary.days == tuple(request_days.tolist())
-    assert days_after_the_run(summary.days), "a session that ends after the last day is in the spill too"
+    assert summary.last_day == request_days[-1]
+    assert summary.days == tuple(np.unique(request_days // days_per_part * days_per_part).tolist())
+    assert summary.last_day >= DAYS, "a session that ends after the last day is in the spill too"
     assert (summary.requests, summary.calls) == (whole.requests, whole.call_request.size)
     assert summary.bytes == sum(path.stat().st_size for path in tmp_path.rglob("block-*"))
     for day in summary.days:
         got = read_day(tmp_path, day, spill_format)
-        requests, calls, summaries = expected_day(whole, day)
+        requests, calls, summaries = expected_day(whole, day, days=days_per_part)
         assert_columns_equal(got.requests, requests)
         assert_columns_equal(got.calls, calls)
         assert got.summaries == summaries == {}
@@ -130,3 +136,5 @@ def test_a_spill_into_a_used_directory_and_a_day_never_spilled_are_refused(tmp_p
         read_day(tmp_path, 9)
     with pytest.raises(ArgumentError, match="spill_format: one of npy, parquet, got 'csv'"):
         read_day(tmp_path, 0, "csv")  # type: ignore[arg-type]
+    with pytest.raises(ArgumentError, match="days_per_part: at least 1, got 0"):
+        spill(blocks(scenario, 50, 2, streams_for(1, 50, 0), 20), tmp_path / "parts", days_per_part=0)
