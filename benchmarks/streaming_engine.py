@@ -44,8 +44,11 @@ class Measure:
         return self.requests / self.seconds if self.seconds else 0.0
 
 
-def _measure(engine_name: str, scenario_path: str, mau: int, days: int, seed: int, root: str) -> Measure:
-    """Runs in a fresh process: one run of either engine."""
+def _measure(
+    engine_name: str, scenario_path: str, mau: int, days: int, seed: int, root: str, per_part: int | None
+) -> Measure:
+    """Runs in a fresh process: one run of either engine (the day engine playing `per_part` days at a
+    time; None: its own choice)."""
     from sim.io.scenarios import load_scenario
     from sim.io.streaming_run import simulate_streaming
     from sim.model import engine, forecast
@@ -58,7 +61,9 @@ def _measure(engine_name: str, scenario_path: str, mau: int, days: int, seed: in
     else:
         directory = Path(tempfile.mkdtemp(prefix="margins-bench-days-", dir=root))
         try:
-            summary = simulate_streaming(scenario, catalog, mau, days, seed, spill_dir=directory)
+            summary = simulate_streaming(
+                scenario, catalog, mau, days, seed, spill_dir=directory, days_per_part=per_part
+            )
             spilled = sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
         finally:
             shutil.rmtree(directory, ignore_errors=True)
@@ -90,14 +95,24 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", default=tempfile.gettempdir(), help="where the days are spilled")
+    parser.add_argument(
+        "--days-per-part",
+        type=int,
+        help="days the day engine plays at a time (default: its own choice, as many as keep a part under "
+        "streaming_run.REQUESTS_PER_PART requests; 1: a day at a time, as at 10M MAU)",
+    )
     args = parser.parse_args()
-    print(f"scenario {args.scenario}, {args.days} days, load average {os.getloadavg()[0]:.1f}")
+    per_part = args.days_per_part
+    print(
+        f"scenario {args.scenario}, {args.days} days, days per part: "
+        f"{per_part or 'as the engine chooses'}, load average {os.getloadavg()[0]:.1f}"
+    )
     print("engine         MAU     requests   seconds   requests/s  peak GB  disk GB  vs whole")
     largest: Measure | None = None
     for mau in (int(level) for level in args.mau.split(",")):
-        whole = _in_child("whole", args.scenario, mau, args.days, args.seed, args.dir)
+        whole = _in_child("whole", args.scenario, mau, args.days, args.seed, args.dir, None)
         print(_row(whole, None), flush=True)
-        days = _in_child("days", args.scenario, mau, args.days, args.seed, args.dir)
+        days = _in_child("days", args.scenario, mau, args.days, args.seed, args.dir, per_part)
         print(_row(days, whole), flush=True)
         if days.summary != whole.summary:
             raise SystemExit(f"the engines disagree at {mau:,} MAU: a bug, not a benchmark figure")
@@ -111,7 +126,7 @@ def main() -> None:
                 f"wants {wanted / 1e9:.0f}"
             )
             return
-        huge = _in_child("days", args.scenario, args.huge, args.days, args.seed, args.dir)
+        huge = _in_child("days", args.scenario, args.huge, args.days, args.seed, args.dir, per_part)
         print(_row(huge, None), flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
