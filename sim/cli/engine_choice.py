@@ -1,16 +1,17 @@
 """`--engine whole|days` and `--spill DIR` for `simulate` and `compare`: which engine runs a forecast.
 
 `whole` (the default) holds a run's month in memory: the fastest up to a few million MAU. `days` draws the
-traffic a block of users at a time, spills it to disk by day and plays it a day at a time (sim/io/
-streaming_run.py): memory bounded by a day plus what carries over, for 10M MAU; the figures are the same
-to the byte. With `--out` it writes each run's usage rows as it makes them, a day at a time (with a cap, a
-block of users at a time after the last day): the whole engine's rows, numbered in the order written --
-here, one run after another (not with `--workers` or `--executor`: one process writes the DuckDB file).
+traffic a block of users at a time, spills it to disk by day and plays it a day at a time -- a few days at
+once while they hold at most 4M requests (sim/io/streaming_run.py): memory bounded by that plus what
+carries over, for 10M MAU; the figures are the same to the byte. With `--out` it writes each run's usage
+rows as it makes them, a part at a time (with a cap, a block of users at a time after the last day): the
+whole engine's rows, numbered in the order written -- here, one run after another (not with `--workers`
+or `--executor`: one process writes the DuckDB file).
 
 Its runs go where the whole engine's do (sim/workbench/executor.py `run_replications`): here one after
 another, on `--workers N` processes, or on a Dask cluster (`--executor`). Each run spills under its own
 temporary directory in `--spill` (else the system's temporary directory of the machine that runs it; on a
-cluster, a `--spill` path must exist on every worker), and each process holds a day's working set: N
+cluster, a `--spill` path must exist on every worker), and each process holds a part's working set: N
 workers need N times a run's peak (the README's "Scaling out the simulator": 1.35 GB at 100k MAU, 2.0 GB
 at 1M).
 """
@@ -40,9 +41,9 @@ def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Choice(["whole", "days"]),
         default="whole",
         show_default=True,
-        help="whole: a run's month in memory (fastest); days: a day at a time, memory bounded by a day, "
-        "the same figures and --out rows (for millions of MAU; with --workers N, each of the N processes "
-        "holds a day: about 2 GB at 1M MAU)",
+        help="whole: a run's month in memory (fastest); days: a day at a time (a few while they hold at "
+        "most 4M requests), memory bounded by that, the same figures and --out rows (for millions of MAU; "
+        "with --workers N, each of the N processes holds its part: about 2 GB at 1M MAU)",
     )(command)
 
 

@@ -1,8 +1,13 @@
-"""The streaming engine: a run simulated a day at a time, in memory bounded by a day plus carried state.
+"""The streaming engine: a run simulated a day (or a few) at a time, in memory bounded by one part of days
+plus carried state.
 
 The traffic is drawn a block of users at a time and spilled by simulated day (sim/model/traffic_blocks.py,
 sim/io/traffic_spill.py: the same numbers as `traffic.generate`, with the engine's router and cache draws
-at each request); each day is read back and played by the day loop (sim/model/day_loop.py). The figures
+at each request); each day is read back and played by the day loop (sim/model/day_loop.py). Days are
+played together, a part at a time, while a part holds at most REQUESTS_PER_PART requests: what a part
+costs beyond its requests (cache stacks carried, sheets rebuilt, the open requests folded) is paid once a
+part, so a small run is played in one or two parts and a 10M-MAU one (13M requests a day) a day at a
+time. The figures
 are `forecast.summarize(engine.simulate(...))`'s to the byte. Given a `usage` sink (`--out`: sim/io/
 forecast_db.py `UsageStream`), it hands out the run's usage rows as they are made -- the same rows as the
 whole run's, in another order.
@@ -31,7 +36,7 @@ USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few h
 # Requests played at once: days are played together while their requests stay under this (a part of
 # several days has fewer parts' overhead -- cache stacks carried, sheets rebuilt -- at a working set that
 # grows with it; measured in the README's "Scaling out the simulator").
-REQUESTS_PER_PART = 4_000_000
+REQUESTS_PER_PART = 5_000_000
 
 
 def simulate_streaming(
@@ -112,7 +117,8 @@ class _Run:
         for first in range(0, spilled.last_day + 1, per_part):
             ticks = min(per_part, spilled.last_day + 1 - first)
             phase(_part_name(first, ticks, days))
-            day_loop.play(read_day(directory, first) if first in with_requests else None, ticks)
+            last = first == max(with_requests)
+            day_loop.play(read_day(directory, first) if first in with_requests else None, ticks, last)
         while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
             phase("attempts after the last day")
             day_loop.play(None)

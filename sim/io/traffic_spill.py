@@ -116,7 +116,7 @@ def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy")
             for column, values in _read(folder, stem, table, spill_format).items():
                 pieces[table].setdefault(column, []).append(values)
     joined = {
-        table: {column: np.concatenate(parts) for column, parts in columns.items()}
+        table: {column: _joined(parts) for column, parts in columns.items()}
         for table, columns in pieces.items()
     }
     requests, calls, summary_calls = joined["requests"], joined["calls"], joined["summary_calls"]
@@ -127,16 +127,27 @@ def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy")
     return DayTraffic(day=day, requests=requests, calls=calls, summaries=summaries)
 
 
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """The pieces of a column, one after another (a lone piece as it is: no copy)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _by_day(
     block: TrafficBlock, days_per_part: int = 1
 ) -> Iterator[tuple[int, dict[str, dict[str, np.ndarray]]]]:
     """The block's requests, calls and summary calls of each day (part of `days_per_part` days, named by
     its first day) it touches, in their order (a stable sort by day)."""
     request_day = (block.t // (SECONDS_PER_DAY * days_per_part)).astype(np.int64) * days_per_part
+    if not request_day.size:
+        return
     tables = {"requests": _request_columns(block), "calls": _call_columns(block)}
-    table_days = {"requests": request_day, "calls": request_day[block.call_request - block.first_request]}
     if block.conversation is not None:
         tables["summary_calls"] = _summary_columns(block.conversation)
+    if bool((request_day == request_day[0]).all()):  # one part (as long as the run): as they are
+        yield int(request_day[0]), tables
+        return
+    table_days = {"requests": request_day, "calls": request_day[block.call_request - block.first_request]}
+    if block.conversation is not None:
         table_days["summary_calls"] = request_day[block.conversation.summary_request - block.first_request]
     orders = {table: _by_day_order(days) for table, days in table_days.items()}
     # One gather per column into day order; each day is then a slice (a view) of it.

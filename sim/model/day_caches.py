@@ -46,17 +46,23 @@ class DayRequests:
 
 
 def day_cache_layers(
-    scenario: Scenario, day: DayRequests, p_true: float, p_false: float, states: LayerStates
+    scenario: Scenario,
+    day: DayRequests,
+    p_true: float,
+    p_false: float,
+    states: LayerStates,
+    last: bool = False,
 ) -> tuple[np.ndarray, LayerHits, np.ndarray, LayerStates]:
     """Exact hits, semantic hits among exact misses and fragment hits among the rest, for one day; and
-    the states the next day starts from. `p_true`, `p_false` are `engine.semantic_rates(scenario)`."""
+    the states the next day starts from (`last`: no day with requests follows, so none; cheaper).
+    `p_true`, `p_false` are `engine.semantic_rates(scenario)`."""
     layers, n = scenario.cache, day.t.size
     exact = np.zeros(n, dtype=bool)
     exact_state, semantic_state, fragment_state = states.exact, states.semantic, states.fragment
     if layers.exact.enabled:
         hits, exact_state = lookup_chunk(
             day.exact_key, day.t, layers.exact.ttl_s, layers.exact.capacity, 1.0, 0.0,
-            day.u_exact, np.broadcast_to(1.0, n), exact_state,
+            day.u_exact, np.broadcast_to(1.0, n), exact_state, last,
         )  # fmt: skip
         exact = hits.true_hit
     true_hit, false_hit = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
@@ -64,7 +70,7 @@ def day_cache_layers(
         rows = np.flatnonzero(~exact)
         hits, semantic_state = lookup_chunk(
             day.cluster[rows], day.t[rows], layers.semantic.ttl_s, layers.semantic.capacity,
-            p_true, p_false, day.u_true[rows], day.u_false[rows], semantic_state,
+            p_true, p_false, day.u_true[rows], day.u_false[rows], semantic_state, last,
         )  # fmt: skip
         true_hit[rows], false_hit[rows] = hits.true_hit, hits.false_hit
     fragment = np.zeros(n, dtype=bool)
@@ -72,7 +78,7 @@ def day_cache_layers(
         rows = np.flatnonzero(~(exact | true_hit | false_hit) & (day.context >= 0))
         hits, fragment_state = lookup_chunk(
             day.context[rows], day.t[rows], layers.fragment.ttl_s, layers.fragment.capacity, 1.0, 0.0,
-            np.broadcast_to(0.0, rows.size), np.broadcast_to(1.0, rows.size), fragment_state,
+            np.broadcast_to(0.0, rows.size), np.broadcast_to(1.0, rows.size), fragment_state, last,
         )  # fmt: skip
         fragment[rows] = hits.true_hit
     states = LayerStates(exact_state, semantic_state, fragment_state)

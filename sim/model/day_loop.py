@@ -1,5 +1,8 @@
 """The streaming engine's day loop: a run played a day at a time, its state carried from day to day.
 
+(A part of several days may be played at once -- opened together, its ticks folded once -- when the
+streaming engine judges it small enough: sim/io/streaming_run.py. "Day" below means either.)
+
 `engine.simulate` holds the month: every request, call and attempt. The streaming engine
 (sim/io/streaming_run.py) draws the traffic a block of users at a time, spills it by day and hands the
 days, in order, to a `DayLoop`, which plays each with the state the day before left:
@@ -19,7 +22,7 @@ A per-user cap decides over a user's whole month (sim/model/caps.py), so with on
 and attempts are not folded as they come: they go to a `CapPass` (sim/model/cap_pass.py), which keeps
 them by block of users and, after the last day, caps and folds them a block at a time (`finish_cap`).
 
-Given a `usage` sink (`--out`), each tick hands out its usage rows (sim/model/usage_chunk.py): its
+Given a `usage` sink (`--out`), each day's ticks hand out their usage rows (sim/model/usage_chunk.py): its
 attempts, and the cache answers and cached fragment calls of the requests it finished -- the whole run's
 rows, a day at a time; with a cap the cap pass hands them out instead, a block of users at a time. (Each
 open request then carries 4 bytes more: its count of cached fragment calls.)
@@ -45,6 +48,7 @@ from sim.model.request_fold import Finished, RequestFold
 from sim.model.run import calls_needing_model
 from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures, ValueStore
 from sim.model.scenario import Scenario
+from sim.model.sorted_search import positions
 from sim.model.traffic import Traffic
 from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraffic
 from sim.model.usage_chunk import USAGE_ATTEMPT_COLUMNS, UsageChunk, fragment_calls, of_requests
@@ -97,12 +101,13 @@ class DayLoop:
         """Are attempts still to be made (retries, queued calls, calls not yet due)?"""
         return self.clock.busy
 
-    def play(self, day: DayTraffic | None, ticks: int = 1) -> None:
+    def play(self, day: DayTraffic | None, ticks: int = 1, last: bool = False) -> None:
         """Open the day's requests and their calls (a part of `ticks` days: its first day's), play `ticks`
         ticks of the clock, fold what finished. (One fold for the part's ticks: a fold's work grows with
-        the requests open, which are the part's.)"""
+        the requests open, which are the part's.) `last`: no later day brings requests (the cache layers
+        then carry nothing on)."""
         if day is not None and day.requests["request"].size:
-            self._open(day)
+            self._open(day, last)
         log = self.clock.run_until(self.clock.tick + ticks)
         hand_out = self.usage is not None and self.cap_pass is None
         attempt_user = self._attempt_users(log) if hand_out else None
@@ -128,7 +133,7 @@ class DayLoop:
         if self.cap_pass is not None:
             self.cap_pass.fold_into(self.figures)
 
-    def _open(self, day: DayTraffic) -> None:
+    def _open(self, day: DayTraffic, last: bool) -> None:
         requests, calls = day.requests, day.calls
         traffic = _local_traffic(self.scenario, self.mau, self.days, day)
         draws = DayRequests(
@@ -136,7 +141,7 @@ class DayLoop:
             *(_draw(requests, name, traffic.requests) for name in (U_EXACT, U_TRUE, U_FALSE)),
         )  # fmt: skip
         exact, semantic, fragment, self.states = day_cache_layers(
-            self.scenario, draws, self.p_true, self.p_false, self.states
+            self.scenario, draws, self.p_true, self.p_false, self.states, last
         )
         request_model = router.route(
             self.scenario.router, traffic.hard, _draw(requests, U_ROUTER, traffic.requests)
@@ -303,7 +308,7 @@ def _local_traffic(scenario: Scenario, mau: int, days: int, day: DayTraffic) -> 
     """The day's requests and calls as a Traffic with local ids: request i is the day's i-th (ascending
     global id), call j its j-th call (summary calls last, as in a whole run)."""
     requests, calls = day.requests, day.calls
-    call_request = np.searchsorted(requests["request"], calls["call_request"])
+    call_request = positions(requests["request"], calls["call_request"])
     conversation = None
     if scenario.prompts.context.active:
         context = scenario.prompts.context

@@ -148,22 +148,27 @@ class RequestFold:
         if call.size != call_request.size:
             raise ArgumentError("call_request", f"has {call_request.size} requests for {call.size} calls")
         request = np.asarray(request, dtype=np.int64)
-        order = np.argsort(np.concatenate([self.request, request]), kind="stable")
-        self.request = np.concatenate([self.request, request])[order]
-        self.t = np.concatenate([self.t, t])[order]
-        self.exact = np.concatenate([self.exact, exact])[order]
-        self.true_hit = np.concatenate([self.true_hit, true_hit])[order]
-        self.false_hit = np.concatenate([self.false_hit, false_hit])[order]
-        self.tally = self.tally.join(Outcomes.empty(request.size)).take(order)
+        requests = np.concatenate([self.request, request])
+        order = _ascending_order(requests)
+        self.request = _in_order(requests, order)
+        self.t = _in_order(np.concatenate([self.t, t]), order)
+        self.exact = _in_order(np.concatenate([self.exact, exact]), order)
+        self.true_hit = _in_order(np.concatenate([self.true_hit, true_hit]), order)
+        self.false_hit = _in_order(np.concatenate([self.false_hit, false_hit]), order)
+        tally = self.tally.join(Outcomes.empty(request.size))
+        self.tally = tally if order is None else tally.take(order)
         for name, values in (carry or {}).items():
-            self.carried[name] = np.concatenate([self.carried.get(name, values[:0]), values])[order]
-        self.calls_left = np.concatenate([self.calls_left, np.zeros(request.size, dtype=np.int64)])[order]
+            self.carried[name] = _in_order(
+                np.concatenate([self.carried.get(name, values[:0]), values]), order
+            )
+        calls_left = np.concatenate([self.calls_left, np.zeros(request.size, dtype=np.int64)])
+        self.calls_left = _in_order(calls_left, order)
         rows = _positions(self.request, np.asarray(call_request, dtype=np.int64), "call_request")
         self.calls_left += np.bincount(rows, minlength=self.calls_left.size)  # np.add.at is slower
         calls = np.concatenate([self.call, np.asarray(call, dtype=np.int64)])
-        by_call = np.argsort(calls, kind="stable")
-        self.call = calls[by_call]
-        self.call_request = np.concatenate([self.call_request, call_request])[by_call]
+        by_call = _ascending_order(calls)
+        self.call = _in_order(calls, by_call)
+        self.call_request = _in_order(np.concatenate([self.call_request, call_request]), by_call)
 
     def fold(self, log: AttemptLog) -> Finished:
         """Fold a log (of the next ticks played) in; hand out the requests it finished, and any opened
@@ -222,6 +227,18 @@ class RequestFold:
         arrays += tuple(getattr(self.tally, name) for name in _OUTCOME_FIELDS)
         arrays += tuple(self.carried.values())
         return sum(a.nbytes for a in arrays) + self.call.nbytes + self.call_request.nbytes
+
+
+def _ascending_order(ids: np.ndarray) -> np.ndarray | None:
+    """The stable order that sorts `ids`; None when they already ascend (as when the first opening is a
+    part of the run, or its ids follow the open ones): then nothing need be gathered."""
+    if bool(np.all(ids[1:] > ids[:-1])):
+        return None
+    return np.argsort(ids, kind="stable")
+
+
+def _in_order(values: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    return values if order is None else values[order]
 
 
 def _positions(ascending: np.ndarray, values: np.ndarray, what: str) -> np.ndarray:

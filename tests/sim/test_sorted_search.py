@@ -32,3 +32,14 @@ def test_many_random_keys_take_the_sorted_path() -> None:
     wanted[::7] += 1  # some absent
     np.testing.assert_array_equal(positions(ascending, wanted), np.searchsorted(ascending, wanted))
     np.testing.assert_array_equal(contains(ascending, wanted), np.isin(wanted, ascending))
+
+
+def test_many_keys_into_dense_ids_take_the_table() -> None:
+    """Ids spanning few values per key are read from a table: still searchsorted's places, for keys
+    present, absent, below the first id and past the last."""
+    rng = np.random.default_rng(4)
+    ascending = np.sort(rng.choice(np.arange(10_000, 70_000), 40_000, replace=False))
+    wanted = rng.integers(9_000, 71_000, 30_000)
+    assert int(ascending[-1] - ascending[0]) < 8 * wanted.size  # the table's case
+    np.testing.assert_array_equal(positions(ascending, wanted), np.searchsorted(ascending, wanted))
+    np.testing.assert_array_equal(contains(ascending, wanted), np.isin(wanted, ascending))

@@ -68,11 +68,14 @@ def lookup_chunk(
     u_true: np.ndarray,
     u_false: np.ndarray,
     state: CacheState,
+    last: bool = False,
 ) -> tuple[LayerHits, CacheState]:
     """`cache.lookup` of one chunk of a run's accesses -- all later than those `state` has served, in
     stream order -- given the state the previous chunk left; and the state after it.
 
     The draws `u_true`, `u_false` are uniforms in [0, 1) (false hits are drawn where u_false < false_hit).
+    `last`: no chunk follows, so no state is carried on (an empty one is returned) and which drawn false
+    hits touch the LRU is worked out only where an outcome depends on it -- as `cache.lookup` does.
     Raises ArgumentError when the chunk does not come after the one before in time.
     """
     if keys.size == 0:
@@ -91,8 +94,10 @@ def lookup_chunk(
             state, ttl_s, true_hit, (keys, times, u_true, u_false)
         )
     hits, served = serve(
-        keys, times, ttl_s, capacity, true_hit, false_hit, u_true, u_false, exact_touches=True
+        keys, times, ttl_s, capacity, true_hit, false_hit, u_true, u_false, exact_touches=not last
     )
+    if last:
+        return LayerHits(hits.true_hit[h:], hits.false_hit[h:]), CacheState.empty()
     might_false = u_false < false_hit
     carried = _carry(keys, times, might_false, served, capacity, ttl_s, false_hit)
     return LayerHits(hits.true_hit[h:], hits.false_hit[h:]), carried
