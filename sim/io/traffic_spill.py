@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sim.errors import ArgumentError, InputError
 from sim.model.periods import SECONDS_PER_DAY
@@ -230,6 +228,9 @@ def _write(
                 written += path.stat().st_size
         else:
             path = folder / f"{stem}.{table}.parquet"
+            import pyarrow as pa  # only for this format (0.7 s to load; npy, the default, never does)
+            import pyarrow.parquet as pq
+
             pq.write_table(pa.table(columns), path, compression="none")
             written += path.stat().st_size
     return written
@@ -243,6 +244,8 @@ def _read(folder: Path, stem: str, table: str, spill_format: SpillFormat) -> dic
     path = folder / f"{stem}.{table}.parquet"
     if not path.exists():
         return {}
+    import pyarrow.parquet as pq  # only for this format
+
     read = pq.read_table(path)
     return {column: read.column(column).to_numpy() for column in TABLES[table] if column in read.column_names}
 
