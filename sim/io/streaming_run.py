@@ -15,13 +15,14 @@ whole run's, in another order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from budget.domain.prices import PriceCatalog
-from sim.io.traffic_spill import read_day, spill
+from sim.io.traffic_spill import SpillSummary, hold, read_day, spill
 from sim.io.user_block_spill import UserBlockSpill
 from sim.io.value_spill import SpilledValues
 from sim.model.cap_pass import CapPass
@@ -30,6 +31,7 @@ from sim.model.randomness import streams_for
 from sim.model.run_figures import Summary, ValueStore
 from sim.model.scenario import Scenario
 from sim.model.traffic_block_context import engine_blocks_with_totals
+from sim.model.traffic_blocks import DayTraffic, TrafficBlock
 from sim.model.usage_chunk import UsageChunk
 
 USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
@@ -96,7 +98,7 @@ class _Run:
         phase("traffic")
         totals, blocks = engine_blocks_with_totals(scenario, self.mau, days, streams, self.users_per_block)
         per_part = self.days_per_part or parts_of(totals.requests, days, REQUESTS_PER_PART)
-        spilled = spill(blocks, directory, days_per_part=per_part)
+        spilled, read = self._bucketed(blocks, directory, per_part)
         ttft_store = self.ttft_store if self.ttft_store is not None else SpilledValues(directory / "ttft")
         cap_pass = None
         if scenario.cap is not None:  # finished requests wait by block of users for the cap
@@ -118,7 +120,7 @@ class _Run:
             ticks = min(per_part, spilled.last_day + 1 - first)
             phase(_part_name(first, ticks, days))
             last = first == max(with_requests)
-            day_loop.play(read_day(directory, first) if first in with_requests else None, ticks, last)
+            day_loop.play(read(first) if first in with_requests else None, ticks, last)
         while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
             phase("attempts after the last day")
             day_loop.play(None)
@@ -126,6 +128,17 @@ class _Run:
             phase("cap")
             day_loop.finish_cap()
         return day_loop.figures.summary()
+
+    def _bucketed(
+        self, blocks: Iterable[TrafficBlock], directory: Path, per_part: int
+    ) -> tuple[SpillSummary, Callable[[int], DayTraffic]]:
+        """The run's traffic bucketed by part, and how a part is read back (by its first day): kept in
+        memory when the run is one block of users played in one part (it would be read back at once),
+        else spilled under `directory`."""
+        if per_part > self.days and self.mau <= self.users_per_block:
+            summary, held = hold(blocks, per_part)
+            return summary, held.pop
+        return spill(blocks, directory, days_per_part=per_part), partial(read_day, directory)
 
 
 def parts_of(requests: int, days: int, most: int) -> int:

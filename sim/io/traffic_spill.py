@@ -19,6 +19,8 @@ Two formats, measured by benchmarks/traffic_blocks.py: `npy` (one .npy per colum
 arrays' own bytes and dtypes) and `parquet` (one file per (day, block) and table, uncompressed, through
 pyarrow).
 
+`hold` keeps what `spill` would write in memory instead, for a run played in one part (read back at once).
+
 A spill may bucket by part of `days_per_part` days instead (part p: the days p*k .. p*k+k-1, its folder
 named by its first day), for a reader that plays several days at once; read back, a part is in global
 order as a day is.
@@ -79,26 +81,60 @@ def spill(
     `directory` (created; it must hold no earlier spill). One block is in memory at a time: the caller's
     iterable draws them."""
     _check_format(spill_format)
-    if days_per_part < 1:
-        raise ArgumentError("days_per_part", f"at least 1, got {days_per_part}")
+    _check_part(days_per_part)
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     if any(root.glob("day-*")):
         raise InputError(str(root), "already holds a spill; give an empty directory")
-    count = requests = calls = size = 0
-    last_day = -1
+    tally, size = _Tally(), 0
     days: set[int] = set()
     for index, block in enumerate(blocks):
-        if block.requests:
-            last_day = max(last_day, int(block.t.max() // SECONDS_PER_DAY))
+        tally.add(block)
         for day, tables in _by_day(block, days_per_part):
             folder = root / f"day-{day:04d}"
             folder.mkdir(exist_ok=True)
             size += _write(folder, f"block-{index:06d}", tables, spill_format)
             days.add(day)
+    return tally.summary(days, size)
+
+
+def hold(
+    blocks: Iterable[TrafficBlock], days_per_part: int = 1
+) -> tuple[SpillSummary, dict[int, DayTraffic]]:
+    """What `spill` would write, kept in memory: each day's (part's) traffic as `read_day` gives it back,
+    by its first day. For a run played in one part, which would read back at once all it wrote (so it
+    saves the writing and the reading, and holds no more than the reading would)."""
+    _check_part(days_per_part)
+    tally = _Tally()
+    pieces: dict[int, dict[str, dict[str, list[np.ndarray]]]] = {}
+    for block in blocks:
+        tally.add(block)
+        for day, tables in _by_day(block, days_per_part):
+            day_pieces = pieces.setdefault(day, {table: {} for table in TABLES})
+            for table, columns in tables.items():
+                for column, values in columns.items():
+                    day_pieces[table].setdefault(column, []).append(values)
+    return tally.summary(set(pieces), 0), {day: _day_traffic(day, held) for day, held in pieces.items()}
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a spill counts as its blocks go by."""
+
+    blocks: int = 0
+    requests: int = 0
+    calls: int = 0
+    last_day: int = -1
+
+    def add(self, block: TrafficBlock) -> None:
         summaries = block.conversation.summaries if block.conversation is not None else 0
-        count, requests, calls = count + 1, requests + block.requests, calls + block.calls + summaries
-    return SpillSummary(count, tuple(sorted(days)), requests, calls, size, last_day)
+        self.blocks, self.requests = self.blocks + 1, self.requests + block.requests
+        self.calls += block.calls + summaries
+        if block.requests:
+            self.last_day = max(self.last_day, int(block.t.max() // SECONDS_PER_DAY))
+
+    def summary(self, days: set[int], size: int) -> SpillSummary:
+        return SpillSummary(self.blocks, tuple(sorted(days)), self.requests, self.calls, size, self.last_day)
 
 
 def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy") -> DayTraffic:
@@ -113,6 +149,11 @@ def read_day(directory: str | Path, day: int, spill_format: SpillFormat = "npy")
         for table in TABLES:
             for column, values in _read(folder, stem, table, spill_format).items():
                 pieces[table].setdefault(column, []).append(values)
+    return _day_traffic(day, pieces)
+
+
+def _day_traffic(day: int, pieces: dict[str, dict[str, list[np.ndarray]]]) -> DayTraffic:
+    """A day's traffic from its pieces (table -> column -> each block's piece, in block order)."""
     joined = {
         table: {column: _joined(parts) for column, parts in columns.items()}
         for table, columns in pieces.items()
@@ -248,6 +289,11 @@ def _read(folder: Path, stem: str, table: str, spill_format: SpillFormat) -> dic
 
     read = pq.read_table(path)
     return {column: read.column(column).to_numpy() for column in TABLES[table] if column in read.column_names}
+
+
+def _check_part(days_per_part: int) -> None:
+    if days_per_part < 1:
+        raise ArgumentError("days_per_part", f"at least 1, got {days_per_part}")
 
 
 def _check_format(spill_format: str) -> None:

@@ -5,6 +5,8 @@ of that day, and the engine's draws at that day's request ids."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,15 @@ import pytest
 
 from sim.errors import ArgumentError, InputError
 from sim.io.scenarios import load_scenario
-from sim.io.traffic_spill import CALL_COLUMNS, FORMATS, REQUEST_COLUMNS, SpillFormat, read_day, spill
+from sim.io.traffic_spill import (
+    CALL_COLUMNS,
+    FORMATS,
+    REQUEST_COLUMNS,
+    SpillFormat,
+    hold,
+    read_day,
+    spill,
+)
 from sim.model.randomness import streams_for
 from sim.model.scenario import Scenario
 from sim.model.traffic import SECONDS_PER_DAY, Traffic, draw, generate
@@ -121,6 +131,28 @@ def test_a_day_read_back_has_generates_calls_summaries_conversation_and_the_engi
     assert summaries_read == whole.conversation.summaries
     if "summarized" in case:
         assert summaries_read > 0
+
+
+@pytest.mark.parametrize("days_per_part", [1, 4, DAYS + 1])
+@pytest.mark.parametrize("users_per_block", [97, 10_000], ids=["blocks-of-97", "one-block-a-month"])
+def test_traffic_held_in_memory_is_what_the_spill_reads_back(
+    tmp_path: Path, users_per_block: int, days_per_part: int
+) -> None:
+    scenario = at_a_small_limit(load_scenario(SCENARIOS / "seed-story/optimized.toml")[0], "summarize")
+    drawn = functools.partial(engine_blocks, scenario, MAU, DAYS, streams_for(SEED, MAU, 0), users_per_block)
+    spilled = spill(drawn(), tmp_path, days_per_part=days_per_part)
+    summary, held = hold(drawn(), days_per_part)
+    assert summary == dataclasses.replace(spilled, bytes=0)
+    assert sorted(held) == list(summary.days)
+    summaries = 0
+    for day in summary.days:
+        read = read_day(tmp_path, day)
+        assert held[day].day == read.day == day
+        assert_columns_equal(held[day].requests, read.requests)
+        assert_columns_equal(held[day].calls, read.calls)
+        assert_columns_equal(held[day].summaries, read.summaries)
+        summaries += read.summaries["call"].size if read.summaries else 0
+    assert summaries > 0
 
 
 def days_after_the_run(days: tuple[int, ...]) -> bool:
