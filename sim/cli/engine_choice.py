@@ -12,8 +12,8 @@ Its runs go where the whole engine's do (sim/workbench/executor.py `run_replicat
 another, on `--workers N` processes, or on a Dask cluster (`--executor`). Each run spills under its own
 temporary directory in `--spill` (else the system's temporary directory of the machine that runs it; on a
 cluster, a `--spill` path must exist on every worker), and each process holds a part's working set: N
-workers need N times a run's peak (the README's "Scaling out the simulator": 1.35 GB at 100k MAU, 2.0 GB
-at 1M).
+workers need N times a run's peak (the README's "Scaling out the simulator": about 1.7 GB at 100k MAU,
+2.3 GB at 1M).
 """
 
 from __future__ import annotations

@@ -56,5 +56,5 @@ def replication_places(command: Callable[..., Any]) -> Callable[..., Any]:
         "--workers",
         type=click.IntRange(1, 256),
         help="Processes for the runs, each MAU level's replications among them (default: 1, this one; "
-        "with --engine days, each process holds a day's working set)",
+        "with --engine days, each process holds a part's working set)",
     )(command)
