@@ -6,11 +6,10 @@ sim/io/traffic_spill.py: the same numbers as `traffic.generate`, with the engine
 at each request); each day is read back and played by the day loop (sim/model/day_loop.py). Days are
 played together, a part at a time, while a part holds at most REQUESTS_PER_PART requests: what a part
 costs beyond its requests (cache stacks carried, sheets rebuilt, the open requests folded) is paid once a
-part, so a small run is played in one or two parts and a 10M-MAU one (13M requests a day) a day at a
-time. The figures
-are `forecast.summarize(engine.simulate(...))`'s to the byte. Given a `usage` sink (`--out`: sim/io/
-forecast_db.py `UsageStream`), it hands out the run's usage rows as they are made -- the same rows as the
-whole run's, in another order.
+part, so a small run is played in one part and a 10M-MAU one (13M requests a day) a day at a time. The
+figures are `forecast.summarize(engine.simulate(...))`'s to the byte. Given a `usage` sink (`--out`:
+sim/io/forecast_db.py `UsageStream`), it hands out the run's usage rows as they are made -- the same rows
+as the whole run's, in another order.
 """
 
 from __future__ import annotations
@@ -91,7 +90,8 @@ class _Run:
     days_per_part: int | None
 
     def into(self, directory: Path) -> Summary:
-        """Spill the run's traffic by day under `directory`, then play the days in order."""
+        """Bucket the run's traffic by part (spilled under `directory`, or held), then play the parts in
+        order."""
         phase = self.on_phase or _ignore
         scenario, days = self.scenario, self.days
         streams = streams_for(self.seed, self.mau, self.replication)
