@@ -90,9 +90,10 @@ def backup(ctx: click.Context, store: Path, dest: Path) -> None:
     DEST.
 
     A partitioned root (STORE/partition=<p>/) is backed up partition by partition into
-    DEST/partition=<p>/, each its own cut, taken one after the other (a few ms apart for small stores,
-    as `margins spend` reads them: each user's figures are one cut); a partition with no events yet
-    becomes an empty directory. The partitions appear in DEST only once all are copied."""
+    DEST/partition=<p>/, each its own cut, taken as its copy begins: the cuts are apart by the time the
+    earlier partitions take (ms for small stores, like `margins spend`'s cuts: each user's figures are
+    one cut, totals not one instant). A partition with no events yet becomes an empty directory. The
+    partitions appear in DEST only once all are copied."""
     from budget.store.backup import backup_partitions, backup_store
 
     try:

@@ -5,6 +5,7 @@ a root that is not what it should be."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,19 @@ def test_a_backup_is_one_store_per_partition_and_spend_over_it_is_the_same(tmp_p
     for month in ("2026-10", "2026-11"):
         figures = spend_json(root, month)
         assert figures and spend_json(dest, month) == figures
+
+
+def test_a_backup_killed_while_copying_holds_no_partition_and_fails_the_check(tmp_path: Path) -> None:
+    root, dest = partitioned_root(tmp_path), tmp_path / "backup"
+    assert run("backup", str(root), str(dest)).exit_code == 0
+    staged = dest / ".partial"  # where the partitions were before they were moved up: as a kill leaves it
+    staged.mkdir()
+    (dest / "partition=0").rename(staged / "partition=0")
+    for p in (1, 2):
+        shutil.rmtree(dest / f"partition={p}")
+    checked = run("check", str(dest))
+    assert checked.exit_code == 2
+    assert "not a margins event store" in checked.stderr
 
 
 def test_a_damaged_partition_fails_the_backup_with_one_line_and_leaves_nothing(tmp_path: Path) -> None:
