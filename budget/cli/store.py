@@ -23,7 +23,8 @@ def store_group() -> None:
 
     `check` reads everything and changes nothing; `backup` copies a consistent, verified cut of a store,
     also while an enforcer writes to it; `repair` rebuilds the manifest and the usage and rollup segments
-    from the journal and the log while no enforcer runs.
+    from the journal and the log while no enforcer runs. Each also takes a partitioned root (the
+    partitioned enforcer's ROOT/partition=<p>/): every partition's store in partition order.
     """
 
 
@@ -38,7 +39,7 @@ def check(ctx: click.Context, store: Path) -> None:
     On a partitioned root (STORE/partition=<p>/, the partitioned enforcer's) every partition's store is
     checked in partition order, its lines prefixed by its name; a partition with no events yet (empty,
     or only LOCK) is no problem."""
-    from budget.store.check import CheckReport, check_store
+    from budget.store.check import check_store
     from budget.store.manifest import repair_hint
 
     try:
@@ -48,20 +49,8 @@ def check(ctx: click.Context, store: Path) -> None:
     except BudgetError as error:
         click.echo(f"margins store check: {error}", err=True)
         ctx.exit(2)
-    problems: list[str] = []
     if partitions:
-        for partition in partitions:
-            name = partition.path.name
-            if not partition.has_events:
-                click.echo(f"{name}: no events yet")
-                continue
-            try:
-                report = check_store(partition.path)
-            except BudgetError as error:
-                report = CheckReport(problems=[error.reason if isinstance(error, StoreError) else str(error)])
-            for line in report.checked:
-                click.echo(f"{name}: {line}")
-            problems += [f"{partition.path}: {problem}" for problem in report.problems]
+        problems = _check_partitions(partitions)
     else:
         for line in report.checked:
             click.echo(line)
@@ -73,6 +62,27 @@ def check(ctx: click.Context, store: Path) -> None:
         click.echo(f"margins store check: {problem}", err=True)
     click.echo(f"{len(problems)} problems; {repair_hint(store)}")
     ctx.exit(2)
+
+
+def _check_partitions(partitions: list[Partition]) -> list[str]:
+    """Check each partition's store, echoing its checked lines prefixed by its name; its problems, each
+    naming the partition's path (a store that cannot be read at all: one problem, the others go on)."""
+    from budget.store.check import CheckReport, check_store
+
+    problems: list[str] = []
+    for partition in partitions:
+        name = partition.path.name
+        if not partition.has_events:
+            click.echo(f"{name}: no events yet")
+            continue
+        try:
+            report = check_store(partition.path)
+        except BudgetError as error:
+            report = CheckReport(problems=[error.reason if isinstance(error, StoreError) else str(error)])
+        for line in report.checked:
+            click.echo(f"{name}: {line}")
+        problems += [f"{partition.path}: {problem}" for problem in report.problems]
+    return problems
 
 
 @store_group.command("backup")
