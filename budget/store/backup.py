@@ -23,7 +23,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,9 +39,13 @@ from budget.store.manifest import (
     segment_files,
     write_atomic,
 )
+from budget.store.partitioned import Partition
 from budget.store.recovery import SURVEY_ATTEMPTS, assess, no_cut
 from budget.store.snapshots import SNAPSHOTS, Snapshots
 from budget.store.wal import LogFile, log_names, read_log_file
+
+# Where a partitioned backup is written before its partitions are moved into place.
+STAGING = ".partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,15 @@ class BackupReport:
     def events(self) -> int:
         """Events in the copy (seqs 0..last_seq)."""
         return self.last_seq + 1
+
+    def summary(self, source: Path, dest: Path) -> str:
+        """The line `margins store backup` ends with."""
+        snapshot = "no snapshot" if self.snapshot_seq is None else f"snapshot at seq {self.snapshot_seq}"
+        return (
+            f"backed up {self.events} events (seq 0..{self.last_seq}) from {source} to {dest}: "
+            f"{self.segments} segments, {self.log_lines} log lines, {snapshot}; "
+            f"{self.bytes} bytes in {self.seconds:.2f} s"
+        )
 
 
 @dataclass(slots=True)
@@ -95,6 +108,47 @@ def backup_store(source: Path, dest: Path, say: Callable[[str], None] | None = N
     finally:
         cut.close()
     return report
+
+
+def backup_partitions(
+    partitions: Sequence[Partition], dest: Path, say: Callable[[str], None] | None = None
+) -> int:
+    """Back up each partition of a partitioned root into `dest/partition=<p>/` (`dest` new or empty),
+    each its own cut, one after the other; a partition with no events yet becomes an empty directory.
+    Each partition's lines go to `say` prefixed by its name. The number of events copied.
+
+    Everything is written under `dest/.partial/` and moved up, one rename per partition, only once every
+    partition is copied: an interrupted backup holds no partition and is refused as a store. On a
+    StoreError or OSError what was written is removed."""
+    say = say or (lambda _: None)
+    _check_destination(dest)
+    created = not dest.exists()
+    staging = dest / STAGING
+    events = 0
+    try:
+        staging.mkdir(parents=True)
+        for partition in partitions:
+            target = staging / partition.path.name
+            if not partition.has_events:
+                target.mkdir()
+                say(f"{partition.path.name}: no events yet: an empty {target.name}/")
+                continue
+            prefixed = _prefixed(partition.path.name, say)
+            report = backup_store(partition.path, target, say=prefixed)
+            prefixed(report.summary(partition.path, dest / partition.path.name))
+            events += report.events
+        for partition in partitions:
+            os.rename(staging / partition.path.name, dest / partition.path.name)
+        staging.rmdir()
+        fsync_dir(dest)
+    except BaseException:
+        _remove_partial(dest, created)
+        raise
+    return events
+
+
+def _prefixed(name: str, say: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda line: say(f"{name}: {line}")
 
 
 def _check_destination(dest: Path) -> None:

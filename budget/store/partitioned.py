@@ -87,18 +87,46 @@ def partition_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One partition directory of a partitioned root; `has_events` False: empty or only the writer's
+    LOCK (an enforcer that just took the partition), no store yet."""
+
+    number: int
+    path: Path
+    has_events: bool
+
+
+def claims_partitions(root: Path) -> bool:
+    """Does `root` hold any `partition=...` entry? (Then `list_partitions` judges it; else it is read as
+    a plain store, with a plain store's messages.)"""
+    return root.is_dir() and any(entry.name.startswith(PARTITION_PREFIX) for entry in root.iterdir())
+
+
+def list_partitions(root: Path) -> list[Partition]:
+    """The partitions of a partitioned root, in partition order; [] when `root` is a plain store.
+    StoreError naming the path for a root or partition that is not what it should be."""
+    found = []
+    for number, path in partition_dirs(root):
+        if is_store(path):
+            found.append(Partition(number, path, has_events=True))
+        elif {p.name for p in path.iterdir()} <= _NOT_YET_A_STORE:
+            found.append(Partition(number, path, has_events=False))
+        else:
+            raise StoreError(str(path), f"not a margins event store (no {MANIFEST}, no wal/)")
+    return found
+
+
 def take_cuts(root: str | Path) -> list[StoreCut]:
     """One settled cut of each store under `root`: [the store's] for a plain store, else one per partition
     in partition order (an empty or just-taken partition: an empty manifest). Raises StoreError naming
     the path for a root or partition that is not what it should be, or whose files do not add up."""
     root = Path(root)
-    partitions = partition_dirs(root)
+    partitions = list_partitions(root)
     if not partitions:
         return [StoreCut(root, settled_survey(root, decode_log=False).manifest)]
-    cuts = []
-    for number, path in partitions:
-        if not is_store(path) and {p.name for p in path.iterdir()} <= _NOT_YET_A_STORE:
-            cuts.append(StoreCut(path, Manifest(), number))
-        else:
-            cuts.append(StoreCut(path, settled_survey(path, decode_log=False).manifest, number))
-    return cuts
+    return [StoreCut(p.path, _settled_manifest(p), p.number) for p in partitions]
+
+
+def _settled_manifest(partition: Partition) -> Manifest:
+    return settled_survey(partition.path, decode_log=False).manifest if partition.has_events else Manifest()
