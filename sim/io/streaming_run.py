@@ -69,10 +69,10 @@ def simulate_streaming(
         scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase, usage,
         days_per_part,
     )  # fmt: skip
-    if spill_dir is not None:
-        return run.into(Path(spill_dir))
+    if spill_dir is not None:  # the traffic asked for on disk is always spilled there
+        return run.into(Path(spill_dir), may_hold=False)
     with TemporaryDirectory(prefix="margins-days-", dir=spill_root) as temporary:
-        return run.into(Path(temporary))
+        return run.into(Path(temporary), may_hold=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,16 +89,16 @@ class _Run:
     usage: Callable[[UsageChunk], object] | None
     days_per_part: int | None
 
-    def into(self, directory: Path) -> Summary:
-        """Bucket the run's traffic by part (spilled under `directory`, or held), then play the parts in
-        order."""
+    def into(self, directory: Path, may_hold: bool) -> Summary:
+        """Bucket the run's traffic by part (spilled under `directory`, or held when `may_hold` and the
+        run is small), then play the parts in order."""
         phase = self.on_phase or _ignore
         scenario, days = self.scenario, self.days
         streams = streams_for(self.seed, self.mau, self.replication)
         phase("traffic")
         totals, blocks = engine_blocks_with_totals(scenario, self.mau, days, streams, self.users_per_block)
         per_part = self.days_per_part or parts_of(totals.requests, days, REQUESTS_PER_PART)
-        spilled, read = self._bucketed(blocks, directory, per_part)
+        spilled, read = self._bucketed(blocks, directory, per_part, may_hold)
         ttft_store = self.ttft_store if self.ttft_store is not None else SpilledValues(directory / "ttft")
         cap_pass = None
         if scenario.cap is not None:  # finished requests wait by block of users for the cap
@@ -130,12 +130,12 @@ class _Run:
         return day_loop.figures.summary()
 
     def _bucketed(
-        self, blocks: Iterable[TrafficBlock], directory: Path, per_part: int
+        self, blocks: Iterable[TrafficBlock], directory: Path, per_part: int, may_hold: bool
     ) -> tuple[SpillSummary, Callable[[int], DayTraffic]]:
         """The run's traffic bucketed by part, and how a part is read back (by its first day): kept in
-        memory when the run is one block of users played in one part (it would be read back at once),
-        else spilled under `directory`."""
-        if per_part > self.days and self.mau <= self.users_per_block:
+        memory when it may be and the run is one block of users played in one part (it would be read back
+        at once), else spilled under `directory`."""
+        if may_hold and per_part > self.days and self.mau <= self.users_per_block:
             summary, held = hold(blocks, per_part)
             return summary, held.pop
         return spill(blocks, directory, days_per_part=per_part), partial(read_day, directory)
