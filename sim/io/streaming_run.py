@@ -21,11 +21,13 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 
 from budget.domain.prices import PriceCatalog
+from sim.io.ahead import ahead
 from sim.io.traffic_spill import SpillSummary, hold, read_day, spill
 from sim.io.user_block_spill import UserBlockSpill
 from sim.io.value_spill import SpilledValues
 from sim.model.cap_pass import CapPass
 from sim.model.day_loop import DayLoop
+from sim.model.day_opening import DayOpener, OpenedDay
 from sim.model.randomness import streams_for
 from sim.model.run_figures import Summary, ValueStore
 from sim.model.scenario import Scenario
@@ -115,12 +117,17 @@ class _Run:
             cap_pass,
             self.usage,
         )
-        with_requests = set(spilled.days)
-        for first in range(0, spilled.last_day + 1, per_part):
-            ticks = min(per_part, spilled.last_day + 1 - first)
+        parts = [
+            (first, min(per_part, spilled.last_day + 1 - first))
+            for first in range(0, spilled.last_day + 1, per_part)
+        ]
+        open_part = partial(_open_part, day_loop.opener, read, set(spilled.days))
+        # The next part is read and opened while this one plays: opening reads only what opening the
+        # part before left (sim/model/day_opening.py).
+        openings = ahead(open_part(first) for first, _ in parts)
+        for (first, ticks), opened in zip(parts, openings, strict=True):
             phase(_part_name(first, ticks, days))
-            last = first == max(with_requests)
-            day_loop.play(read(first) if first in with_requests else None, ticks, last)
+            day_loop.play_opened(opened, ticks)
         while day_loop.busy:  # retries and queued calls past the last day, as the whole run plays them
             phase("attempts after the last day")
             day_loop.play(None)
@@ -138,7 +145,20 @@ class _Run:
         if may_hold and per_part > self.days and self.mau <= self.users_per_block:
             summary, held = hold(blocks, per_part)
             return summary, held.pop
-        return spill(blocks, directory, days_per_part=per_part), partial(read_day, directory)
+        # the next block is drawn while this one is bucketed and written
+        return spill(ahead(blocks), directory, days_per_part=per_part), partial(read_day, directory)
+
+
+def _open_part(
+    opener: DayOpener, read: Callable[[int], DayTraffic], with_requests: set[int], first: int
+) -> OpenedDay | None:
+    """The part starting on day `first`, read and opened (None: it brings no requests)."""
+    if first not in with_requests:
+        return None
+    day = read(first)
+    if not day.requests["request"].size:
+        return None
+    return opener.open(day, last=first == max(with_requests))
 
 
 def parts_of(requests: int, days: int, most: int) -> int:

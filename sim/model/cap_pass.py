@@ -83,19 +83,6 @@ class CapPass:
         # With usage rows to hand out: what they read of an attempt and of a request, spilled too.
         self.attempt_columns = CAP_ATTEMPT_COLUMNS + (USAGE_SPILLED if usage is not None else ())
 
-    def carry(self, traffic: Traffic, local_calls: np.ndarray) -> dict[str, np.ndarray]:
-        """Per request of `traffic` (a day's, local ids): the columns the fold must carry for the cap --
-        `local_calls` are its calls that go to a model."""
-        owner = traffic.call_request[local_calls]
-        bounds = token_bounds(
-            self.scenario,
-            owner,
-            traffic.input_tokens[local_calls],
-            traffic.output_tokens[local_calls],
-            traffic.requests,
-        )
-        return dict(zip(CAP_CARRY_COLUMNS, bounds, strict=True))
-
     def add_attempts(self, fold: RequestFold, log: AttemptLog) -> None:
         """Spill a tick's attempt rows with their request ids; call before `fold.fold(log)` (which forgets
         the calls it finishes)."""
@@ -209,3 +196,17 @@ def _no_attempts() -> dict[str, np.ndarray]:
     """A block's attempt rows when none was spilled (every request answered by a cache)."""
     empty = np.zeros(0, dtype=np.int64)
     return {"request": empty, **{name: empty for name in (*CAP_ATTEMPT_COLUMNS, *USAGE_SPILLED)}}
+
+
+def cap_carry(scenario: Scenario, traffic: Traffic, local_calls: np.ndarray) -> dict[str, np.ndarray]:
+    """Per request of `traffic` (a day's, local ids): the columns the fold must carry for the cap pass --
+    `local_calls` are its calls that go to a model."""
+    owner = traffic.call_request[local_calls]
+    bounds = token_bounds(
+        scenario,
+        owner,
+        traffic.input_tokens[local_calls],
+        traffic.output_tokens[local_calls],
+        traffic.requests,
+    )
+    return dict(zip(CAP_CARRY_COLUMNS, bounds, strict=True))

@@ -7,16 +7,17 @@ streaming engine judges it small enough: sim/io/streaming_run.py. "Day" below me
 (sim/io/streaming_run.py) draws the traffic a block of users at a time, spills it by day and hands the
 days, in order, to a `DayLoop`, which plays each with the state the day before left:
 
-- the response cache layers' LRU stacks (sim/model/day_caches.py);
+- what opening a day reads (sim/model/day_opening.py `DayOpener`): the response cache layers' LRU stacks
+  (sim/model/day_caches.py) and the provider prompt caches' prefixes -- opening never reads the clock,
+  so the next day may be opened while this one plays (`play_opened`);
 - the attempt clock: rate windows, the client queue, follow-ups in flight, first attempts not yet due
   (sim/model/attempt_clock.py), reading a sheet of the calls still in play;
-- the provider prompt caches' prefixes (sim/model/policies/prompt_cache.py `advance`);
 - the requests not yet finished, with what their figures need (sim/model/request_fold.py);
 - the run's figures: per-user spend per period, counts and sums, TTFTs (sim/model/run_figures.py).
 
 The figures are those `forecast.summarize(engine.simulate(...))` gives, to the byte (tests hold the two
-together). A day's work runs on a `Traffic` of that day with local ids, through the whole-run engine's own
-functions (router, calls needing a model, chain offsets, quality), so no rule has a second copy.
+together). A day's work runs through the whole-run engine's own functions (router, calls needing a model,
+chain offsets, quality), so no rule has a second copy.
 
 A per-user cap decides over a user's whole month (sim/model/caps.py), so with one the finished requests
 and attempts are not folded as they come: they go to a `CapPass` (sim/model/cap_pass.py), which keeps
@@ -39,19 +40,15 @@ from budget.domain.prices import PriceCatalog
 from sim.model.attempt_clock import AttemptClock
 from sim.model.attempts import AttemptLog, CallSheet
 from sim.model.cap_pass import CapPass
-from sim.model.conversation import Conversation
-from sim.model.day_caches import DayRequests, LayerStates, day_cache_layers
-from sim.model.engine import chain_offsets, prompt_caching, quality_scores, semantic_rates
-from sim.model.policies import prompt_cache, provider, router
+from sim.model.day_opening import DayOpener, OpenedDay
+from sim.model.engine import quality_scores
+from sim.model.policies import provider
 from sim.model.pricing import PriceSheet
 from sim.model.request_fold import Finished, RequestFold
-from sim.model.run import calls_needing_model
 from sim.model.run_figures import ATTEMPT_COLUMNS, RequestChunk, RunFigures, ValueStore
 from sim.model.scenario import Scenario
-from sim.model.sorted_search import positions
-from sim.model.traffic import Traffic
-from sim.model.traffic_blocks import U_EXACT, U_FALSE, U_ROUTER, U_TRUE, DayTraffic
-from sim.model.usage_chunk import USAGE_ATTEMPT_COLUMNS, UsageChunk, fragment_calls, of_requests
+from sim.model.traffic_blocks import DayTraffic
+from sim.model.usage_chunk import USAGE_ATTEMPT_COLUMNS, UsageChunk, of_requests
 
 
 @dataclass(slots=True)
@@ -86,9 +83,9 @@ class DayLoop:
         self.usage = usage
         self.table = provider.ProviderTable.of(scenario)
         self.prices = PriceSheet.of(catalog, scenario.models)
-        self.p_true, self.p_false = semantic_rates(scenario)
-        self.states = LayerStates.empty()
-        self.prompt_state = prompt_cache.initial_state(scenario)
+        self.opener = DayOpener(
+            scenario, self.prices, mau, days, capped=cap_pass is not None, usage=usage is not None
+        )
         self.in_play = _Sheet(np.zeros(0, dtype=np.int64), {})
         self.clock = AttemptClock(scenario, self.table, self._sheet_of(self.in_play), key, days)
         self.fold = RequestFold()
@@ -106,8 +103,16 @@ class DayLoop:
         ticks of the clock, fold what finished. (One fold for the part's ticks: a fold's work grows with
         the requests open, which are the part's.) `last`: no later day brings requests (the cache layers
         then carry nothing on)."""
+        opened = None
         if day is not None and day.requests["request"].size:
-            self._open(day, last)
+            opened = self.opener.open(day, last)
+        self.play_opened(opened, ticks)
+
+    def play_opened(self, day: OpenedDay | None, ticks: int = 1) -> None:
+        """`play` of a day `opener` has opened (days are opened in order, each played before the next is
+        opened or after: opening reads nothing the playing changes)."""
+        if day is not None and day.request.size:
+            self._open(day)
         log = self.clock.run_until(self.clock.tick + ticks)
         hand_out = self.usage is not None and self.cap_pass is None
         attempt_user = self._attempt_users(log) if hand_out else None
@@ -133,80 +138,23 @@ class DayLoop:
         if self.cap_pass is not None:
             self.cap_pass.fold_into(self.figures)
 
-    def _open(self, day: DayTraffic, last: bool) -> None:
-        requests, calls = day.requests, day.calls
-        traffic = _local_traffic(self.scenario, self.mau, self.days, day)
-        draws = DayRequests(
-            traffic.t, traffic.exact_key, traffic.cluster, traffic.context,
-            *(_draw(requests, name, traffic.requests) for name in (U_EXACT, U_TRUE, U_FALSE)),
-        )  # fmt: skip
-        exact, semantic, fragment, self.states = day_cache_layers(
-            self.scenario, draws, self.p_true, self.p_false, self.states, last
-        )
-        request_model = router.route(
-            self.scenario.router, traffic.hard, _draw(requests, U_ROUTER, traffic.requests)
-        )
-        answered = exact | semantic.true_hit | semantic.false_hit
-        needed = calls_needing_model(traffic, answered, fragment)
-        call_model = request_model.astype(np.int8)[traffic.call_request]
-        local = np.flatnonzero(needed)
-        starts = (
-            traffic.t[traffic.call_request[local]]
-            + chain_offsets(traffic, self.table, call_model, needed)[local]
-        )
-        call_ids = calls["call"][local].astype(np.int64)
-        self._extend_sheet(
-            call_ids, call_model, traffic, local, self._prompt_cache(traffic, call_model, needed)
-        )
-        self.clock.add(call_ids, starts)
+    def _open(self, day: OpenedDay) -> None:
+        """Put an opened day's calls on the sheet and the clock, and its requests in the fold."""
+        self._extend_sheet(day.call, day.sheet)
+        self.clock.add(day.call, day.starts)
         self.fold.open(
-            requests["request"],
-            traffic.t,
-            exact,
-            semantic.true_hit,
-            semantic.false_hit,
-            call_ids,
-            requests["request"][traffic.call_request[local]],
-            carry={
-                "user": traffic.user,
-                "context": traffic.context,
-                "hard": traffic.hard,
-                "fragment_hit": fragment,
-                "request_model": request_model,
-                **({"fragment_calls": fragment_calls(traffic, fragment)} if self.usage else {}),
-                **(self.cap_pass.carry(traffic, local) if self.cap_pass else {}),
-            },
+            day.request,
+            day.t,
+            day.exact,
+            day.semantic.true_hit,
+            day.semantic.false_hit,
+            day.call,
+            day.call_request,
+            carry=day.carry,
         )
 
-    def _prompt_cache(
-        self, traffic: Traffic, call_model: np.ndarray, needed: np.ndarray
-    ) -> dict[str, np.ndarray]:
-        """The day's calls' prompt-cache tokens (every call of the day), the state carried on."""
-        if not prompt_caching(self.scenario, traffic):
-            return {}
-        chunk = prompt_cache.chunk_calls(self.scenario, traffic, call_model, needed)
-        cached, write, self.prompt_state = prompt_cache.advance(self.scenario, self.prompt_state, chunk)
-        return {"cached_input": cached, "cache_write": write}
-
-    def _extend_sheet(
-        self,
-        call_ids: np.ndarray,
-        call_model: np.ndarray,
-        traffic: Traffic,
-        local: np.ndarray,
-        prompt_tokens: dict[str, np.ndarray],
-    ) -> None:
-        """Add the day's calls to a model (`local`: their places in the day) to the sheet of calls in play."""
-        model = call_model[local]
-        new = {
-            "model": model,
-            "input_tokens": traffic.input_tokens[local],
-            "output_tokens": traffic.output_tokens[local],
-            **{name: values[local] for name, values in prompt_tokens.items()},
-        }
-        rows = self.prices.call_rows(model, traffic.input_tokens[local])
-        if rows is not None:
-            new["price_row"] = rows
+    def _extend_sheet(self, call_ids: np.ndarray, new: dict[str, np.ndarray]) -> None:
+        """Add calls to a model, with their sheet columns, to the sheet of calls in play."""
         ids = np.concatenate([self.in_play.ids, call_ids])
         order = np.argsort(ids, kind="stable")
         columns = {
@@ -295,46 +243,4 @@ def _usage(
         carried["request_model"],
         finished.outcomes.served,
         carried["fragment_calls"],
-    )
-
-
-def _draw(requests: dict[str, np.ndarray], name: str, n: int) -> np.ndarray:
-    """A day's engine draw, or a constant where the scenario does not use it (then nothing reads it)."""
-    values = requests.get(name)
-    return values if values is not None else np.broadcast_to(0.0, n)
-
-
-def _local_traffic(scenario: Scenario, mau: int, days: int, day: DayTraffic) -> Traffic:
-    """The day's requests and calls as a Traffic with local ids: request i is the day's i-th (ascending
-    global id), call j its j-th call (summary calls last, as in a whole run)."""
-    requests, calls = day.requests, day.calls
-    call_request = positions(requests["request"], calls["call_request"])
-    conversation = None
-    if scenario.prompts.context.active:
-        context = scenario.prompts.context
-        conversation = Conversation(
-            system_tokens=context.system_tokens,
-            history_carried=context.history,
-            history=requests["history"],
-            epoch=requests["epoch"],
-            summary_epoch=day.summaries.get("summary_epoch", np.zeros(0, dtype=np.int32)),
-            summaries=int(day.summaries["call"].size) if day.summaries else 0,
-        )
-    return Traffic(
-        mau=mau,
-        days=days,
-        sessions=0,
-        t=requests["t"],
-        user=requests["user"],
-        exact_key=requests["exact_key"],
-        cluster=requests["cluster"],
-        context=requests["context"],
-        hard=requests["hard"],
-        call_request=call_request,
-        call_step=calls["call_step"],
-        call_deterministic=calls["call_deterministic"],
-        input_tokens=calls["input_tokens"],
-        output_tokens=calls["output_tokens"],
-        steps=scenario.prompts.chains.steps,
-        conversation=conversation,
     )
