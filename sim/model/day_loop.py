@@ -109,8 +109,8 @@ class DayLoop:
         self.play_opened(opened, ticks)
 
     def play_opened(self, day: OpenedDay | None, ticks: int = 1) -> None:
-        """`play` of a day `opener` has opened (days are opened in order, each played before the next is
-        opened or after: opening reads nothing the playing changes)."""
+        """`play` of a day `opener` has already opened (in order: the next day may be opened while this
+        one plays, since opening reads nothing playing changes)."""
         if day is not None and day.request.size:
             self._open(day)
         log = self.clock.run_until(self.clock.tick + ticks)
