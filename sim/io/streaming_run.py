@@ -4,7 +4,8 @@ plus carried state.
 The traffic is drawn a block of users at a time and spilled by simulated day (sim/model/traffic_blocks.py,
 sim/io/traffic_spill.py: the same numbers as `traffic.generate`, with the engine's router and cache draws
 at each request); each day is read back and played by the day loop (sim/model/day_loop.py). Days are
-played together, a part at a time, while a part holds at most REQUESTS_PER_PART requests: what a part
+played together, a part at a time, while a part holds at most REQUESTS_PER_PART requests (a run of at
+most twice that is one part): what a part
 costs beyond its requests (cache stacks carried, sheets rebuilt, the open requests folded) is paid once a
 part, so a small run is played in one part and a 10M-MAU one (13M requests a day) a day at a time. Two
 cores are kept busy (sim/io/ahead.py): the next block of users is drawn while one is spilled, and the next
@@ -38,10 +39,11 @@ from sim.model.traffic_blocks import DayTraffic, TrafficBlock
 from sim.model.usage_chunk import UsageChunk
 
 USERS_PER_BLOCK = 100_000  # users drawn at a time: a block's arrays are a few hundred MB at most
-# Requests played at once: days are played together while their requests stay under this (a part of
-# several days has fewer parts' overhead -- cache stacks carried, sheets rebuilt -- at a working set that
-# grows with it; measured in the README's "Scaling out the simulator").
-REQUESTS_PER_PART = 5_000_000
+# Requests a part holds: days are played together while their requests stay under this (a part of several
+# days has fewer parts' overhead -- cache stacks carried, sheets rebuilt -- at a working set that grows
+# with it; two parts are held, one playing and the next opened; a run of at most twice this is one part.
+# Measured in the README's "Scaling out the simulator": 1M MAU, 2 days a part, 2.68 GB; 3 days, 3.10 GB).
+REQUESTS_PER_PART = 3_000_000
 
 
 def simulate_streaming(
@@ -67,7 +69,7 @@ def simulate_streaming(
     `on_phase` hears what the run starts on next. `usage` hears the run's usage rows (sim/model/
     usage_chunk.py) a tick at a time -- with a cap, a block of users at a time after the last day: never
     the month's at once. `days_per_part`: how many days are played at once (None: as many as keep a part
-    under REQUESTS_PER_PART requests, at least one); the figures are the same whatever it is.
+    under REQUESTS_PER_PART requests, at least one: `parts_of`); the figures are the same whatever it is.
     """
     run = _Run(
         scenario, catalog, mau, days, seed, replication, users_per_block, ttft_store, on_phase, usage,
@@ -164,10 +166,14 @@ def _open_part(
 
 
 def parts_of(requests: int, days: int, most: int) -> int:
-    """Days per part: as many as keep a part's requests (the run's spread evenly) at or under `most`, at
-    least one; past the run's days, its last (sessions running past midnight) is in the last part."""
-    per_day = max(1, -(-requests // max(days, 1)))
-    return max(1, min(days + 1, most // per_day))
+    """Days per part: the whole run and the night after it when it holds at most twice `most` requests
+    (one part: nothing to open ahead, so one held), else as many days as keep a part's requests (the run's
+    spread evenly) at or under `most`, at least one -- two parts are held then, one playing and the next
+    opened."""
+    if requests <= 2 * most:
+        return days + 1
+    per_day = -(-requests // max(days, 1))
+    return max(1, min(days, most // per_day))
 
 
 def _part_name(first: int, ticks: int, days: int) -> str:

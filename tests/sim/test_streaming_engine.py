@@ -118,6 +118,8 @@ def test_a_per_user_prefix_without_context_streams_exactly(tmp_path: Path) -> No
 
 def test_days_per_part_keep_a_part_under_its_budget_of_requests() -> None:
     assert parts_of(3_000_000, 30, 4_000_000) == 31  # the whole month and the night after it
+    assert parts_of(8_000_000, 30, 4_000_000) == 31  # at most twice the budget: one part, none ahead
+    assert parts_of(8_000_001, 30, 4_000_000) == 14  # else two parts are held: each under the budget
     assert parts_of(40_000_000, 30, 4_000_000) == 2  # 1.33M a day
     assert parts_of(400_000_000, 30, 4_000_000) == 1  # a day over the budget is still played
     assert parts_of(0, 30, 4_000_000) == 31
