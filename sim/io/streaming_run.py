@@ -5,14 +5,13 @@ The traffic is drawn a block of users at a time and spilled by simulated day (si
 sim/io/traffic_spill.py: the same numbers as `traffic.generate`, with the engine's router and cache draws
 at each request); each day is read back and played by the day loop (sim/model/day_loop.py). Days are
 played together, a part at a time, while a part holds at most REQUESTS_PER_PART requests (a run of at
-most twice that is one part): what a part
-costs beyond its requests (cache stacks carried, sheets rebuilt, the open requests folded) is paid once a
-part, so a small run is played in one part and a 10M-MAU one (13M requests a day) a day at a time. Two
-cores are kept busy (sim/io/ahead.py): the next block of users is drawn while one is spilled, and the next
-part is read and opened (sim/model/day_opening.py) while one plays. The figures are
-`forecast.summarize(engine.simulate(...))`'s to the byte. Given a `usage` sink (`--out`:
-sim/io/forecast_db.py `UsageStream`), it hands out the run's usage rows as they are made -- the same rows
-as the whole run's, in another order.
+most twice that is one part): what a part costs beyond its requests (cache stacks carried, sheets
+rebuilt, the open requests folded) is paid once a part, so a small run is played in one part and a
+10M-MAU one (13M requests a day) a day at a time. Two cores are kept busy (sim/io/ahead.py): the next
+block of users is drawn while one is spilled, and the next part is read and opened (sim/model/
+day_opening.py) while one plays. The figures are `forecast.summarize(engine.simulate(...))`'s to the
+byte. Given a `usage` sink (`--out`: sim/io/forecast_db.py `UsageStream`), it hands out the run's usage
+rows as they are made -- the same rows as the whole run's, in another order.
 """
 
 from __future__ import annotations
