@@ -84,7 +84,7 @@ class DayLoop:
         self.table = provider.ProviderTable.of(scenario)
         self.prices = PriceSheet.of(catalog, scenario.models)
         self.opener = DayOpener(
-            scenario, self.prices, mau, days, capped=cap_pass is not None, usage=usage is not None
+            scenario, self.table, self.prices, mau, days, capped=cap_pass is not None, usage=usage is not None
         )
         self.in_play = _Sheet(np.zeros(0, dtype=np.int64), {})
         self.clock = AttemptClock(scenario, self.table, self._sheet_of(self.in_play), key, days)

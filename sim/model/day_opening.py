@@ -53,13 +53,21 @@ class DayOpener:
     next."""
 
     def __init__(
-        self, scenario: Scenario, prices: PriceSheet, mau: int, days: int, capped: bool, usage: bool
+        self,
+        scenario: Scenario,
+        table: provider.ProviderTable,
+        prices: PriceSheet,
+        mau: int,
+        days: int,
+        capped: bool,
+        usage: bool,
     ) -> None:
-        """`capped`: carry what the cap pass needs with each request (sim/model/cap_pass.py); `usage`: carry
-        each request's count of cached fragment calls (its usage rows need them)."""
+        """`table`: the scenario's provider table (the day loop's, built once). `capped`: carry what the
+        cap pass needs with each request (sim/model/cap_pass.py); `usage`: carry each request's count of
+        cached fragment calls (its usage rows need them)."""
         self.scenario, self.prices, self.mau, self.days = scenario, prices, mau, days
         self.capped, self.usage = capped, usage
-        self.table = provider.ProviderTable.of(scenario)
+        self.table = table
         self.p_true, self.p_false = semantic_rates(scenario)
         self.states = LayerStates.empty()
         self.prompt_state = prompt_cache.initial_state(scenario)
