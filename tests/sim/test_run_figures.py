@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -162,6 +163,23 @@ def test_percentiles_over_chunks_are_np_percentile_to_the_bit(
     for q, value in zip(qs, found, strict=True):
         expected = float(np.percentile(everything, q))
         assert value == expected or (math.isnan(value) and math.isnan(expected)), (q, value, expected)
+
+
+def test_every_rank_is_narrowed_in_the_same_passes_over_the_chunks() -> None:
+    values = np.random.default_rng(3).lognormal(-0.5, 0.6, 60_000)  # TTFT-like: few leading bits differ
+    chunks = np.array_split(values, 7)
+    passes = [0]
+
+    def read() -> Iterator[np.ndarray]:
+        passes[0] += 1
+        return iter(chunks)
+
+    ranks = [0, 1, 600, 601, 30_000, 30_001, 54_000, 59_400, 59_401, 59_999]
+    found = order_statistics(read, len(values), ranks, gather_limit=500)
+    assert [found[rank] for rank in ranks] == np.sort(values)[ranks].tolist()
+    # narrowed past the first 16 bits (a bucket of them holds thousands), all ten ranks in each pass and
+    # gathered together: one search at a time read the chunks three times a rank
+    assert 3 <= passes[0] <= 5
 
 
 def test_percentiles_of_no_values_are_refused_and_keys_keep_the_order() -> None:
