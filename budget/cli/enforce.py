@@ -58,7 +58,8 @@ if TYPE_CHECKING:
     default=None,
     metavar="HOST:PORT",
     help="also serve the HTTP door there (/v1/authorize, /v1/usage, /v1/users/ID, /healthz, /readyz, "
-    "/openapi.json); applications' bearer tokens come from [http.apps.NAME] in the config",
+    "/metrics, /openapi.json); applications' bearer tokens come from [http.apps.NAME] in the config. With "
+    "--nats: /metrics, /healthz and /readyz only",
 )
 def enforce(
     broker_url: str | None,
@@ -98,15 +99,13 @@ def enforce(
         raise click.UsageError("give either --broker (one MQTT broker) or --nats (a NATS JetStream cluster)")
     try:
         config = load_config(config_path)
+        http = None if http_address is None else HttpSettings.parse(http_address)
         if nats_servers is not None:
-            if http_address is not None:
-                raise click.UsageError("--http is not served by a partitioned enforcer (--nats) yet")
             cluster = cluster_settings(nats_servers, partitions, owner, lease_ttl, max_partitions)
-            _run_or_exit(run_partitioned(cluster, store_path, config, snapshot_every), log_format)
+            _run_or_exit(run_partitioned(cluster, store_path, config, snapshot_every, http), log_format)
             return
         assert broker_url is not None
         broker = broker_settings(broker_url, username, password_file, tls_ca, client_id)
-        http = None if http_address is None else HttpSettings.parse(http_address)
     except BudgetError as error:
         raise click.UsageError(str(error)) from error
     if http is not None and not config.http_apps:  # metrics and health alone are a fine reason for --http

@@ -17,6 +17,7 @@ from budget.errors import ConfigError
 if TYPE_CHECKING:
     from budget.domain.config import EnforcerConfig
     from budget.partitioned.enforcer import ClusterSettings
+    from budget.service.door import HttpSettings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,15 +86,20 @@ def cluster_settings(
 
 
 async def run_partitioned(
-    cluster: ClusterSettings, store_root: str, config: EnforcerConfig, snapshot_every: int
+    cluster: ClusterSettings,
+    store_root: str,
+    config: EnforcerConfig,
+    snapshot_every: int,
+    http: HttpSettings | None = None,
 ) -> None:
-    """Decide partitions until SIGINT / SIGTERM, then give them up cleanly."""
+    """Decide partitions until SIGINT / SIGTERM, then give them up cleanly (`http`: serve /metrics,
+    /healthz and /readyz there)."""
     import asyncio
 
     from budget.partitioned.enforcer import PartitionedEnforcer
 
     async with PartitionedEnforcer(
-        cluster, Path(store_root), config, snapshot_every_events=snapshot_every
+        cluster, Path(store_root), config, snapshot_every_events=snapshot_every, http=http
     ) as enforcer:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -17,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import nats
 import nats.errors
@@ -39,7 +42,11 @@ from budget.jetstream.setup_calls import until_answered
 from budget.jetstream.streams import ensure_partition_streams
 from budget.partitioned.owner import PartitionOwner
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
+from budget.service.door import HttpSettings
 from budget.service.throttle import LogThrottle
+
+if TYPE_CHECKING:
+    from budget.service.http_server import HttpServer
 
 log = logging.getLogger("margins.enforce")
 
@@ -66,7 +73,8 @@ class ClusterSettings:
 class PartitionedEnforcer:
     """The partitioned enforcer as an `async with` component: entering connects to the cluster (creating
     the streams and the lease bucket if missing) and starts a contender loop per partition; `wait()`
-    returns when `request_stop()` is called; leaving gives up every partition held, cleanly."""
+    returns when `request_stop()` is called; leaving gives up every partition held, cleanly. With `http`,
+    it serves /metrics, /healthz and /readyz there (budget.partitioned.door) from before it connects."""
 
     def __init__(
         self,
@@ -76,6 +84,7 @@ class PartitionedEnforcer:
         *,
         prices: PriceCatalog | None = None,
         snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS,
+        http: HttpSettings | None = None,
     ) -> None:
         self.cluster = cluster
         self.store_root = Path(store_root)
@@ -89,8 +98,52 @@ class PartitionedEnforcer:
         self._nc: NatsClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._throttle = LogThrottle(log)
+        self.counters: Counter[str] = Counter()  # takeovers, give-ups, leases lost, disconnects
+        self._set_up_done = False
+        self._http_settings = http
+        self._http: HttpServer | None = None
+
+    @property
+    def partitions(self) -> int:
+        """The cluster's number of partitions."""
+        return self.cluster.partitions
+
+    @property
+    def connected(self) -> bool:
+        """Connected to a node of the cluster now."""
+        return self._nc is not None and self._nc.is_connected
+
+    def held(self) -> Mapping[int, PartitionOwner]:
+        """The partitions decided here now, by number."""
+        return self.owned
+
+    def readiness(self) -> str | None:
+        """None when connected to the cluster and contending for partitions, else why not."""
+        if not self._set_up_done:
+            return "connecting to the cluster"
+        if self._stop.is_set():
+            return "stopping"
+        return None if self.connected else "disconnected from the cluster; reconnecting"
+
+    @property
+    def http_port(self) -> int | None:
+        """The port /metrics is served on (None without `http`)."""
+        return self._http.port if self._http is not None else None
 
     async def __aenter__(self) -> PartitionedEnforcer:
+        if self._http_settings is not None:  # first: /healthz answers while the cluster is reached
+            from budget.partitioned.door import open_door
+
+            self._http = await open_door(self, self._http_settings)
+        try:
+            return await self._join()
+        except BaseException:
+            if self._http is not None:
+                await self._http.stop()
+            raise
+
+    async def _join(self) -> PartitionedEnforcer:
+        """Connect, set up and start contending."""
         c = self.cluster
         self._nc = await nats.connect(
             servers=list(c.servers),
@@ -115,6 +168,7 @@ class PartitionedEnforcer:
             for partition in range(c.partitions)
         ]
         self._tasks.append(asyncio.create_task(self._balance(members), name="margins-balance"))
+        self._set_up_done = True
         servers = ", ".join(c.servers)
         log.info("%s: %s contends for %d partitions on %s", READY_LOG, c.owner, c.partitions, servers)
         return self
@@ -142,6 +196,8 @@ class PartitionedEnforcer:
                 await self._nc.flush(timeout=2)  # the last acknowledgements, replies and statuses
             with contextlib.suppress(nats.errors.Error):
                 await self._nc.close()
+        if self._http is not None:
+            await self._http.stop()
         log.info("partitioned enforcer %s stopped", self.cluster.owner)
 
     async def _on_nats_error(self, error: Exception) -> None:
@@ -151,6 +207,7 @@ class PartitionedEnforcer:
     async def _on_disconnected(self) -> None:
         if self._stop.is_set():
             return  # our own close at a clean stop
+        self.counters["nats_disconnects"] += 1
         log.warning("NATS: disconnected; reconnecting to any of %s", ", ".join(self.cluster.servers))
 
     async def _on_reconnected(self) -> None:
@@ -164,7 +221,8 @@ class PartitionedEnforcer:
     async def wait(self) -> None:
         """Until a stop is requested; re-raises the error of a contender loop that failed."""
         stop = asyncio.create_task(self._stop.wait(), name="margins-stop")
-        done, _ = await asyncio.wait([stop, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+        watched = [stop, *self._tasks, *([self._http.task] if self._http is not None else [])]
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         for task in done:
             if task is not stop and not task.cancelled() and task.exception() is not None:
@@ -237,6 +295,7 @@ class PartitionedEnforcer:
         partition is to be given up."""
         try:
             await owner.take()
+            self.counters["taken"] += 1
             stop = asyncio.create_task(self._stop.wait())
             given_up = asyncio.create_task(give_up.wait())
             running = asyncio.create_task(owner.run())
@@ -247,7 +306,9 @@ class PartitionedEnforcer:
                 running.result()  # raises what ended it
             else:
                 running.cancel()
+                self.counters["given_up"] += 1
         except LeaseLost as lost:
+            self.counters["lease_lost"] += 1
             log.warning("partition %d: %s; it is no longer decided here", owner.partition, lost)
         except (nats.errors.Error, TimeoutError) as error:  # given up, so another process may take it
             log.warning(

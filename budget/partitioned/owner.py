@@ -74,8 +74,13 @@ class Phases:
         self._phases.append(f"{phase} {now - self._last:.2f}")
         self._last = now
 
+    @property
+    def seconds(self) -> float:
+        """From the first phase's start to the last one's end."""
+        return self._last - self._start
+
     def __str__(self) -> str:
-        return f"{time.perf_counter() - self._start:.2f} s ({', '.join(self._phases)})"
+        return f"{self.seconds:.2f} s ({', '.join(self._phases)})"
 
 
 def partition_store(root: Path, partition: int) -> Path:
@@ -122,6 +127,17 @@ class PartitionOwner:
         self._lost: LeaseLost | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.taken_in_s: float | None = None  # how long take() took, once it has
+
+    @property
+    def open_reservations(self) -> int:
+        """Reservations granted in this partition and neither settled nor expired."""
+        return self._ledger.open_reservation_count
+
+    @property
+    def stored_events(self) -> int | None:
+        """Events in the partition's store (None while it is not open)."""
+        return None if self._store is None else self._store.last_seq + 1
 
     # -- taking over ------------------------------------------------------------------------------
 
@@ -152,6 +168,7 @@ class PartitionOwner:
             asyncio.create_task(self._committer(), name=f"margins-commit-{self.partition}"),
             asyncio.create_task(self._expiry_loop(), name=f"margins-expiry-{self.partition}"),
         ]
+        self.taken_in_s = clock.seconds
         snapshot = (
             "no snapshot" if restored.snapshot_seq is None else f"snapshot at seq {restored.snapshot_seq}"
         )

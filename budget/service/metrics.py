@@ -10,7 +10,7 @@ prometheus_client's global one, so two enforcers in one process (as in tests) ne
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from budget.service.instruments import Observed
 
-__all__ = ["LATENCY_BUCKETS_S", "EnforcerMetrics"]
+__all__ = ["LATENCY_BUCKETS_S", "PLAIN_COUNTERS", "EnforcerMetrics", "counter_families"]
 
 # An fdatasync here takes ~0.3 ms and an authorization's round ~1 ms; a busy disk or loop, tens of ms.
 LATENCY_BUCKETS_S = (
@@ -102,12 +102,7 @@ class _EnforcerCollector(Collector):
         # dict.copy is one C call under the GIL: a scrape from another thread never sees the Counter
         # change size halfway (Counter.copy would run Python code while the loop adds a key).
         counters: Mapping[str, int] = dict.copy(enforcer.counters)
-        yield from _plain_counters(counters)
-        yield _decisions(counters)
-        yield _by_label(
-            counters, DEAD_LETTER_PREFIX, "margins_dead_letters", "Dead-lettered messages by reason", "reason"
-        )
-        yield _by_label(counters, ALERT_PREFIX, "margins_alerts", "Spend limits crossed, by limit", "limit")
+        yield from counter_families([((), counters)], ())
         yield GaugeMetricFamily(
             "margins_reservations_open",
             "Reservations granted and neither settled nor expired",
@@ -117,31 +112,52 @@ class _EnforcerCollector(Collector):
         yield from _replay_gauges(enforcer)
 
 
-def _plain_counters(counters: Mapping[str, int]) -> Iterator[Metric]:
-    for key, (name, help_text) in PLAIN_COUNTERS.items():
-        yield CounterMetricFamily(name, help_text, value=counters.get(key, 0))
+# Labels' values and the counters they label: one source per series set (a partition's, say).
+CounterSources = Sequence[tuple[Sequence[str], Mapping[str, int]]]
 
 
-def _decisions(counters: Mapping[str, int]) -> Metric:
+def counter_families(
+    sources: CounterSources, labels: Sequence[str], plain: Mapping[str, tuple[str, str]] = PLAIN_COUNTERS
+) -> Iterator[Metric]:
+    """The counters' families -- the `plain` ones, authorizations by decision, dead letters by reason and
+    alerts by limit -- with a series per source, labelled `labels` (none: one enforcer's counters)."""
+    for key, (name, help_text) in plain.items():
+        family = CounterMetricFamily(name, help_text, labels=labels)
+        for values, counters in sources:
+            family.add_metric(values, counters.get(key, 0))
+        yield family
+    yield _decisions(sources, labels)
+    dead_help = "Dead-lettered messages by reason"
+    yield _by_label(sources, labels, DEAD_LETTER_PREFIX, "margins_dead_letters", dead_help, "reason")
+    yield _by_label(
+        sources, labels, ALERT_PREFIX, "margins_alerts", "Spend limits crossed, by limit", "limit"
+    )
+
+
+def _decisions(sources: CounterSources, labels: Sequence[str]) -> Metric:
     """Replies to authorizations by decision. `granted` counts allow and degrade together."""
     family = CounterMetricFamily(
         "margins_authorizations",
         "Authorizations answered, by decision (allow, degrade, deny, expired)",
-        labels=["decision"],
+        labels=[*labels, "decision"],
     )
-    degraded = counters.get("degraded", 0)
-    family.add_metric(["allow"], counters.get("granted", 0) - degraded)
-    family.add_metric(["degrade"], degraded)
-    family.add_metric(["deny"], counters.get("denied", 0))
-    family.add_metric(["expired"], counters.get("authorization_expired", 0))
+    for values, counters in sources:
+        degraded = counters.get("degraded", 0)
+        family.add_metric([*values, "allow"], counters.get("granted", 0) - degraded)
+        family.add_metric([*values, "degrade"], degraded)
+        family.add_metric([*values, "deny"], counters.get("denied", 0))
+        family.add_metric([*values, "expired"], counters.get("authorization_expired", 0))
     return family
 
 
-def _by_label(counters: Mapping[str, int], prefix: str, name: str, help_text: str, label: str) -> Metric:
-    family = CounterMetricFamily(name, help_text, labels=[label])
-    for key in sorted(counters):
-        if key.startswith(prefix):
-            family.add_metric([key.removeprefix(prefix)], counters[key])
+def _by_label(
+    sources: CounterSources, labels: Sequence[str], prefix: str, name: str, help_text: str, label: str
+) -> Metric:
+    family = CounterMetricFamily(name, help_text, labels=[*labels, label])
+    for values, counters in sources:
+        for key in sorted(counters):
+            if key.startswith(prefix):
+                family.add_metric([*values, key.removeprefix(prefix)], counters[key])
     return family
 
 

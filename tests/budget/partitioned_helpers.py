@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, NoStreamResponseError
 
+from budget.domain.catalog import default_catalog
 from budget.domain.events import Event
 from budget.jetstream.kv_lease import open_lease_bucket
 from budget.jetstream.lease import decode_owner
@@ -31,6 +35,7 @@ from budget.jetstream.partitions import lease_key, partition_of
 from budget.partitioned.enforcer import READY_LOG
 from budget.partitioned.owner import partition_store
 from tests.budget.broker import REPO
+from tests.budget.mqtt_helpers import usage_body
 from tests.budget.nats_cluster import NatsCluster
 from tests.budget.store_helpers import replayed
 
@@ -261,3 +266,36 @@ def publish_and_decide(cluster: NatsCluster, messages: Sequence[tuple[str, bytes
             await wait_until_decided(js, cluster.partitions)
 
     asyncio.run(run())
+
+
+MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini")
+USERS = [f"u{index}" for index in range(12)]
+
+
+def usage_messages(count: int, seed: int) -> tuple[list[tuple[str, bytes, str]], Counter[str]]:
+    """`count` usage reports over USERS (some sent twice, as applications re-send), and what each user
+    must have spent once every one is counted exactly once."""
+    rng = random.Random(seed)
+    prices = default_catalog()
+    now = datetime.now(UTC).isoformat()
+    messages: list[tuple[str, bytes, str]] = []
+    expected: Counter[str] = Counter()
+    for index in range(count):
+        user, model = USERS[index % len(USERS)], MODELS[index % len(MODELS)]
+        tokens = (rng.randint(10, 5000), rng.randint(1, 2000))
+        body = usage_body(
+            f"k{seed}-{index}",
+            user=user,
+            model=model,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            ts=now,
+        )
+        expected[user] += prices.cost_nanos(model, tokens[0], tokens[1])
+        # The message id is the publish's, not the event's: a re-send after the dedupe window is a new
+        # message with the same event, which the ledger must count once.
+        messages.append((f"margins.usage.{user}", json.dumps(body).encode(), f"m{seed}-{index}"))
+        if index % 10 == 0:
+            subject, payload, _ = messages[rng.randrange(len(messages))]
+            messages.append((subject, payload, f"again{seed}-{index}"))
+    return messages, expected

@@ -3,6 +3,7 @@ change-of-owner mark, the subjects a partitioned enforcer reads and answers on, 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import msgspec
@@ -127,7 +128,7 @@ def test_answers_go_to_the_subject_an_mqtt_subscriber_of_the_topic_receives() ->
         (["--nats", "http://127.0.0.1:1", "--partitions", "4"], "--nats: url"),
         (["--nats", "nats://127.0.0.1:1"], "--partitions"),
         (["--nats", "nats://127.0.0.1:1", "--partitions", "0"], "--partitions"),
-        (["--nats", "nats://127.0.0.1:1", "--partitions", "4", "--http", "127.0.0.1:0"], "--http"),
+        (["--nats", "nats://127.0.0.1:1", "--partitions", "4", "--http", "127.0.0.1:web"], "127.0.0.1:web"),
     ],
 )
 def test_bad_cluster_flags_exit_2_with_one_line(tmp_path: Path, flags: list[str], named: str) -> None:
@@ -139,3 +140,18 @@ def test_bad_cluster_flags_exit_2_with_one_line(tmp_path: Path, flags: list[str]
     assert "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error:") and named in last
+
+
+def test_a_partitioned_enforcer_whose_http_port_is_taken_exits_2_naming_it(tmp_path: Path) -> None:
+    caps = tmp_path / "caps.toml"
+    caps.write_text(CAPS_TOML)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = ["enforce", "--store", str(tmp_path / "s"), "--config", str(caps)]
+        args += ["--nats", "nats://127.0.0.1:1", "--partitions", "4", "--http", address]
+        result = CliRunner().invoke(margins, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert address in result.output.strip().splitlines()[-1]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import signal
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from tests.budget.partitioned_helpers import (
     publish_all,
     publish_and_decide,
     stored_events,
+    usage_messages,
     user_in,
     wait_for_owners,
     wait_until_decided,
@@ -43,38 +43,7 @@ from tests.budget.store_helpers import replayed
 
 pytestmark = pytest.mark.timeout(300)
 
-MODELS = ("gpt-4o-mini", "gpt-4.1-nano", "gpt-5-mini")
-USERS = [f"u{index}" for index in range(12)]
 REPLY_LIMIT_S = 60.0
-
-
-def usage_messages(count: int, seed: int) -> tuple[list[tuple[str, bytes, str]], Counter[str]]:
-    """`count` usage reports over USERS (some sent twice, as applications re-send), and what each user
-    must have spent once every one is counted exactly once."""
-    rng = random.Random(seed)
-    prices = default_catalog()
-    now = datetime.now(UTC).isoformat()
-    messages: list[tuple[str, bytes, str]] = []
-    expected: Counter[str] = Counter()
-    for index in range(count):
-        user, model = USERS[index % len(USERS)], MODELS[index % len(MODELS)]
-        tokens = (rng.randint(10, 5000), rng.randint(1, 2000))
-        body = usage_body(
-            f"k{seed}-{index}",
-            user=user,
-            model=model,
-            input_tokens=tokens[0],
-            output_tokens=tokens[1],
-            ts=now,
-        )
-        expected[user] += prices.cost_nanos(model, tokens[0], tokens[1])
-        # The message id is the publish's, not the event's: a re-send after the dedupe window is a new
-        # message with the same event, which the ledger must count once.
-        messages.append((f"margins.usage.{user}", json.dumps(body).encode(), f"m{seed}-{index}"))
-        if index % 10 == 0:
-            subject, payload, _ = messages[rng.randrange(len(messages))]
-            messages.append((subject, payload, f"again{seed}-{index}"))
-    return messages, expected
 
 
 def check_exact(events: list[Event], expected: Counter[str]) -> None:
