@@ -11,12 +11,13 @@ import click
 
 if TYPE_CHECKING:
     from budget.domain.prices import PriceCatalog
-    from sim.io.forecast_db import ForecastWriter, UsageStream
+    from sim.io.forecast_db import ForecastWriter
     from sim.io.progress import Progress
+    from sim.io.usage_rows import UsageStream
     from sim.model.forecast import Forecast, Replicated, Replication
     from sim.model.run import RunResult
     from sim.model.scenario import Scenario
-    from sim.workbench.executor import Cluster
+    from sim.workbench.executor import Cluster, UsageOut
 
 T = TypeVar("T")
 
@@ -192,12 +193,7 @@ def _forecast(
     def note(phase: str) -> None:
         bar.note(prefix + phase)
 
-    usage = None
-    if writer is not None and by_day:  # the day engine writes each run's rows as it plays it
-
-        def usage(step: Replication) -> UsageStream:
-            return writer.usage_stream(scenario, seed, step.mau, step.replication)
-
+    usage = _usage_out(writer, scenario, seed) if writer is not None and by_day else None
     execute: Execute | None = None
     if by_day or cluster is not None or (workers or 1) > 1:
         from sim.workbench.executor import run_replications
@@ -242,6 +238,20 @@ def _forecast(
     if writer is not None:
         writer.write_forecast(result)
     return result
+
+
+def _usage_out(writer: ForecastWriter, scenario: Scenario, seed: int) -> UsageOut:
+    """Where the day engine's runs put their usage rows: written as each plays here, or staged by a pool's
+    processes and loaded here as each is done."""
+    from sim.io.forecast_db import run_labels
+    from sim.workbench.executor import UsageOut
+
+    def stream(step: Replication) -> UsageStream:
+        return writer.usage_stream(scenario, seed, step.mau, step.replication)
+
+    return UsageOut(
+        stream, lambda step: run_labels(scenario, seed, step.mau, step.replication), writer.load_usage
+    )
 
 
 class _Prefixed:

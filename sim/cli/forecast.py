@@ -39,7 +39,7 @@ def simulate(
     from sim.workbench import render
 
     only_one_place(workers, cluster)
-    check_engine(engine, spill, out, cluster is not None, workers)
+    check_engine(engine, spill, out, cluster is not None)
     [result] = run_forecasts(
         [scenario], mau, days, seed, replications, out, wanted(fmt), workers, cluster, engine, spill
     )
@@ -73,7 +73,7 @@ def compare(
     if len(scenarios) < 2:
         fail("compare needs at least two scenario files")
     only_one_place(workers, cluster)
-    check_engine(engine, spill, out, cluster is not None, workers)
+    check_engine(engine, spill, out, cluster is not None)
     results = run_forecasts(
         list(scenarios), mau, days, seed, replications, out, wanted(fmt), workers, cluster, engine, spill
     )

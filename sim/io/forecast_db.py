@@ -4,35 +4,30 @@ The `usage` table has exactly the enforcer's columns (budget.events.USAGE_COLUMN
 "what did we spend" (source = 'live') and "what would we have spent" (source = 'sim:<scenario>').
 Millions of events go in as Arrow batches, never row by row: a whole run's at once (`write_run`), or a
 day engine's as it makes them (`usage_stream`: the same rows, numbered `RUNID-N` in the order written, so
-the row set equals the whole engine's but not the event ids). `forecast_tokens` holds each run's billed
-tokens per model (the `tokens_by_model` figures), one row per run and model.
+the row set equals the whole engine's but not the event ids), or a day engine's run in another process
+from the Parquet batches it staged (`load_usage`). The rows' shape is sim/io/usage_rows.py's.
+`forecast_tokens` holds each run's billed tokens per model (the `tokens_by_model` figures), one row per
+run and model.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import polars as pl
 
 from budget.domain.events import USAGE_COLUMNS
+from sim.io.usage_rows import ROWS_PER_BATCH, RowLabels, UsageStream, compact_frame, table_rows
 from sim.model import usage_chunk
-from sim.model.codes import LAYER_OF_SERVED, CacheLayer, Outcome, Served
 from sim.model.forecast import Forecast, flatten
 from sim.model.run import RunResult
 from sim.model.scenario import Scenario
-from sim.model.usage_chunk import UsageChunk
 
-ROWS_PER_BATCH = 500_000  # Arrow batches into DuckDB: fast, and the strings of one batch at a time
-# A compact row's outcome code: an attempt's Outcome, or one past them for an answer a cache layer served.
-_CACHE_HIT = len(Outcome)
-_USAGE_OUTCOMES = {**{int(o): o.usage_outcome for o in Outcome}, _CACHE_HIT: "cache_hit"}
-_USAGE_LAYERS = {int(layer): layer.usage_layer for layer in CacheLayer}
 RUN_COLUMNS = ("run_id", "scenario", "seed", "mau", "replication", "days", "written_at", "figures")
 TOKEN_TABLE_COLUMNS = {
     "run_id": "VARCHAR",
@@ -104,9 +99,19 @@ class ForecastWriter:
         """A sink for one run's usage rows, written a chunk at a time as the day engine hands them out
         (the run's earlier rows are removed first). Its rows are those `write_run` writes for the run,
         in another order: the event ids number them in the order written."""
-        run_id = run_key(scenario.name, seed, mau, replication)
+        labels = run_labels(scenario, seed, mau, replication)
+        self.connection.execute("DELETE FROM usage WHERE run_id = ?", [labels.run_id])
+        return UsageStream(partial(_insert_usage, self.connection), labels)
+
+    def load_usage(self, run_id: str, directory: Path) -> None:
+        """Replace run `run_id`'s usage rows with those a UsageStream staged as Parquet in `directory`
+        (sim/io/usage_rows.py `parquet_batches`, in a process of its own)."""
         self.connection.execute("DELETE FROM usage WHERE run_id = ?", [run_id])
-        return UsageStream(self.connection, RowLabels(run_id, scenario.traffic.start, (), scenario.name))
+        files = sorted(directory.glob("batch-*.parquet"))
+        if files:
+            listed = ", ".join("'" + str(path).replace("'", "''") + "'" for path in files)
+            columns = ", ".join(USAGE_COLUMNS)
+            self.connection.execute(f"INSERT INTO usage SELECT {columns} FROM read_parquet([{listed}])")
 
     def write_forecast(self, forecast: Forecast) -> None:
         """One row per (MAU level, replication) with every figure as JSON, plus the flat `forecasts` view."""
@@ -185,54 +190,6 @@ class ForecastWriter:
         self.connection.close()
 
 
-class UsageStream:
-    """Writes a run's usage rows as they come (`UsageChunk`s, a day's at a time), in batches of
-    ROWS_PER_BATCH: each insert into DuckDB has a fixed cost (a day's small chunks written one by one took
-    three times as long), so compact rows wait until a batch is full -- at most a batch and a chunk held.
-    Event ids number the rows in the order written. Use it as a context manager, or `close` it: the last
-    batch is written then."""
-
-    def __init__(self, connection: duckdb.DuckDBPyConnection, labels: RowLabels) -> None:
-        self.connection, self.labels = connection, labels
-        self.written = 0
-        self.waiting: list[pl.DataFrame] = []
-        self.waiting_rows = 0
-
-    def __call__(self, chunk: UsageChunk) -> None:
-        """Take the chunk's rows; write every batch that is full."""
-        if chunk.models != self.labels.models:  # a cap's degrade model joins the run's models
-            self._write(self.waiting_rows)
-            self.labels = replace(self.labels, models=chunk.models)
-        compact = compact_frame(chunk)
-        if compact.height:
-            self.waiting.append(compact)
-            self.waiting_rows += compact.height
-        self._write(self.waiting_rows - self.waiting_rows % ROWS_PER_BATCH)
-
-    def close(self) -> None:
-        """Write the rows still waiting."""
-        self._write(self.waiting_rows)
-
-    def __enter__(self) -> UsageStream:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:  # a run that failed writes no more of its rows
-            self.close()
-
-    def _write(self, rows: int) -> None:
-        """Write the first `rows` waiting rows, a batch at a time."""
-        if not rows:
-            return
-        waiting = pl.concat(self.waiting, rechunk=False)
-        for offset in range(0, rows, ROWS_PER_BATCH):
-            batch = waiting.slice(offset, min(ROWS_PER_BATCH, rows - offset))
-            _insert_usage(self.connection, table_rows(batch, self.labels, self.written))
-            self.written += batch.height
-        rest = waiting.slice(rows)
-        self.waiting, self.waiting_rows = ([rest] if rest.height else []), rest.height
-
-
 def _insert_usage(connection: duckdb.DuckDBPyConnection, rows: pl.DataFrame) -> None:
     """Append rows in the usage table's columns, as one Arrow batch."""
     connection.register("usage_batch", rows.to_arrow())
@@ -245,55 +202,19 @@ def run_key(scenario: str, seed: int, mau: int, replication: int) -> str:
     return f"{scenario}-s{seed}-m{mau}-r{replication}"
 
 
+def run_labels(scenario: Scenario, seed: int, mau: int, replication: int) -> RowLabels:
+    """What a day-engine run's usage rows are labelled with (its models join as its chunks name them)."""
+    return RowLabels(
+        run_key(scenario.name, seed, mau, replication), scenario.traffic.start, (), scenario.name
+    )
+
+
 def usage_frame(run: RunResult, run_id: str) -> pl.DataFrame:
     """The run as compact UsageRecorded rows: codes and numbers (see usage_rows for the table's form).
 
     One row per provider attempt, one per answer served from a cache layer.
     """
     return compact_frame(usage_chunk.of_run(run))
-
-
-def compact_frame(chunk: UsageChunk) -> pl.DataFrame:
-    """Some usage rows as compact codes and numbers: attempts, then cache answers, then fragment hits."""
-    attempts = chunk.attempts
-    zeros = np.zeros(chunk.answered_user.size + chunk.fragment_user.size, dtype=np.int64)
-    served_layer = np.full(max(Served) + 1, CacheLayer.NONE, dtype=np.int64)  # CacheLayer by Served
-    for served, layer in LAYER_OF_SERVED.items():
-        served_layer[served] = layer
-
-    def attempt_column(name: str) -> np.ndarray:
-        return np.concatenate([attempts[name].astype(np.int64), zeros])
-
-    return pl.DataFrame(
-        {
-            "user": np.concatenate([chunk.attempt_user, chunk.answered_user, chunk.fragment_user]),
-            "micros": (np.concatenate([attempts["t"], chunk.answered_t, chunk.fragment_t]) * 1e6).astype(
-                np.int64
-            ),
-            "model_code": np.concatenate(
-                [
-                    attempts["model"].astype(np.int64),
-                    chunk.answered_model.astype(np.int64),
-                    chunk.fragment_model.astype(np.int64),
-                ]
-            ),
-            "input_tokens": attempt_column("billed_input"),
-            "output_tokens": attempt_column("billed_output"),
-            "cached_input_tokens": attempt_column("billed_cached"),
-            "cache_write_tokens": attempt_column("billed_write"),
-            "outcome_code": np.concatenate(
-                [attempts["outcome"].astype(np.int64), np.full(zeros.size, _CACHE_HIT, dtype=np.int64)]
-            ),
-            "layer_code": np.concatenate(
-                [
-                    np.full(chunk.attempt_user.size, CacheLayer.NONE, dtype=np.int64),
-                    served_layer[chunk.answered_served],
-                    np.full(chunk.fragment_user.size, CacheLayer.FRAGMENT, dtype=np.int64),
-                ]
-            ),
-            "cost_nanos": attempt_column("cost_nanos"),
-        }
-    )
 
 
 def usage_rows(
@@ -303,40 +224,3 @@ def usage_rows(
     `source` is 'sim:' and `name` (default: the scenario's)."""
     name = run.scenario.name if name is None else name
     return table_rows(compact, RowLabels(run_id, run.scenario.traffic.start, run.models, name), offset)
-
-
-@dataclass(frozen=True, slots=True)
-class RowLabels:
-    """What a run's usage rows say beside their codes: its id, its start (ISO), its models, its name."""
-
-    run_id: str
-    start: str
-    models: tuple[str, ...]
-    name: str
-
-
-def table_rows(compact: pl.DataFrame, labels: RowLabels, offset: int) -> pl.DataFrame:
-    """Compact rows in the usage table's columns; event ids number them from `offset` in their order."""
-    start = dt.datetime.fromisoformat(labels.start).replace(tzinfo=dt.UTC)
-    ts = pl.lit(start) + pl.duration(microseconds=pl.col("micros"))
-    run_id = labels.run_id
-    return compact.select(
-        (pl.lit(f"{run_id}-") + (pl.int_range(pl.len()) + offset).cast(pl.Utf8)).alias("event_id"),
-        (pl.lit("u") + pl.col("user").cast(pl.Utf8)).alias("user_id"),
-        ts.alias("ts"),
-        ts.dt.strftime("%Y-%m").alias("month"),
-        pl.col("model_code")
-        .replace_strict(dict(enumerate(labels.models)), return_dtype=pl.Utf8)
-        .alias("model"),
-        pl.lit("chat").alias("feature"),
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "output_tokens",
-        pl.col("outcome_code").replace_strict(_USAGE_OUTCOMES, return_dtype=pl.Utf8).alias("outcome"),
-        pl.col("layer_code").replace_strict(_USAGE_LAYERS, return_dtype=pl.Utf8).alias("cache_layer"),
-        pl.lit(None, dtype=pl.Utf8).alias("reservation_id"),
-        "cost_nanos",
-        pl.lit(f"sim:{labels.name}").alias("source"),
-        pl.lit(run_id).alias("run_id"),
-    )

@@ -14,13 +14,15 @@ import functools
 import multiprocessing
 import os
 import re
+import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from budget.domain.prices import PriceCatalog
 from sim.errors import ArgumentError, ClusterError, WorkerCannotRun
@@ -30,6 +32,9 @@ from sim.model.forecast import Replicated, Replication, Summary, replicate, summ
 from sim.model.scenario import Scenario
 from sim.model.usage_chunk import UsageChunk
 from sim.workbench.variants import Variant
+
+if TYPE_CHECKING:
+    from sim.io.usage_rows import RowLabels
 
 DASK_SCHEME = "dask://"
 DEFAULT_DASK_PORT = 8786
@@ -42,6 +47,18 @@ T = TypeVar("T")
 # `ForecastWriter.usage_stream`), which writes the last of them on leaving.
 UsageSinks = Callable[[Replication], AbstractContextManager[Callable[[UsageChunk], object]]]
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d{1,5}))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageOut:
+    """Where day-engine runs' usage rows go (`--out`). A run played here writes them as it plays, to the
+    sink `stream` opens for it; a run played in a pool's process stages them as Parquet batches labelled
+    `labels(step)` (sim/io/usage_rows.py `parquet_batches`) in a directory of its own, which `load(run
+    id, directory)` takes in here as soon as the run is done (sim/io/forecast_db.py `load_usage`)."""
+
+    stream: UsageSinks
+    labels: Callable[[Replication], RowLabels]
+    load: Callable[[str, Path], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +178,7 @@ def run_replications(
     progress: Progress = SILENT,
     by_day: bool = False,
     spill: Path | None = None,
-    usage: UsageSinks | None = None,
+    usage: UsageOut | None = None,
 ) -> list[Replicated]:
     """Each of a forecast's runs (sim.model.forecast.replicate), in the plan's order: on `cluster` when
     given (raises ClusterError when it cannot run them all), else on a pool of `workers` processes (1 runs
@@ -172,38 +189,92 @@ def run_replications(
     With `by_day`, each run is played a day at a time (run_by_day) and only its summary comes back; each
     spills under its own temporary directory in `spill`, else in the system's temporary directory of
     whichever machine runs it (on a cluster, `spill` must exist on every worker). `usage` (with `by_day`,
-    the runs played here only): opens each run's usage sink (`--out`), which hears its rows as it plays."""
+    here or on the pool, not on a cluster): where each run's usage rows go (`--out`, UsageOut); a pool's
+    runs stage theirs in a temporary directory in `spill` (else the system's), removed after."""
     replications = 1 + max((step.replication for step in plan), default=0)
     here = cluster is None and max(1, min(workers, len(plan))) == 1
-    if usage is not None and not (by_day and here):
-        raise ArgumentError("usage", "is for day-engine runs played here, one after another")
-
-    def task(step: Replication, name: str) -> Callable[[], Replicated]:
-        if not by_day:
-            return functools.partial(
-                replicate, scenario, catalog, step.mau, days, seed, step.replication, keep_runs
-            )
-        heard = _noting(progress, name) if here else None  # a phase heard elsewhere cannot reach the bar
-        if usage is not None:
-            return functools.partial(
-                _by_day_with_usage, usage, scenario, catalog, step, days, seed, spill, heard
-            )
-        return functools.partial(
-            run_by_day, scenario, catalog, step.mau, days, seed, step.replication, spill, heard
-        )
-
+    if usage is not None and (not by_day or cluster is not None):
+        raise ArgumentError("usage", "is for day-engine runs played on this machine")
+    runs = _Runs(scenario, catalog, days, seed, keep_runs, by_day, spill)
     named = [(replication_name(step, replications), step) for step in plan]
-    tasks = [(name, task(step, name)) for name, step in named]
+    if here:
+        return runs.one_after_another(named, usage, progress)
+    if usage is not None:
+        return runs.pooled_with_usage(named, usage, min(workers, len(plan)), progress)
+    tasks = [(name, runs.task(step)) for name, step in named]
     if cluster is not None:
         return _clustered(cluster, tasks, progress)
-    if not here:
-        return _pooled(min(workers, len(tasks)), tasks, "runs", progress)
-    results = []
-    for name, run in tasks:
-        results.append(run())
-        progress.note(f"{name} done")
-        progress.advance()
-    return results
+    return _pooled(min(workers, len(tasks)), tasks, "runs", progress)
+
+
+@dataclass(frozen=True, slots=True)
+class _Runs:
+    """A forecast's runs of one scenario, as tasks (picklable: partials of module-level functions)."""
+
+    scenario: Scenario
+    catalog: PriceCatalog
+    days: int
+    seed: int
+    keep_runs: bool
+    by_day: bool
+    spill: Path | None
+
+    def task(
+        self,
+        step: Replication,
+        on_phase: Callable[[str], object] | None = None,
+        usage: Callable[[UsageChunk], object] | None = None,
+    ) -> Callable[[], Replicated]:
+        """One run: the whole engine's (`replicate`), or the day engine's (`run_by_day`, its phases heard
+        by `on_phase` and its usage rows by `usage`)."""
+        scenario, catalog, days, seed = self.scenario, self.catalog, self.days, self.seed
+        if not self.by_day:
+            return functools.partial(
+                replicate, scenario, catalog, step.mau, days, seed, step.replication, self.keep_runs
+            )
+        return functools.partial(
+            run_by_day, scenario, catalog, step.mau, days, seed, step.replication, self.spill, on_phase, usage
+        )
+
+    def one_after_another(
+        self, named: Sequence[tuple[str, Replication]], usage: UsageOut | None, progress: Progress
+    ) -> list[Replicated]:
+        """The runs here, each day-engine run's phases noted as it plays and its rows written as made."""
+        results = []
+        for name, step in named:
+            heard = _noting(progress, name) if self.by_day else None
+            if usage is None:
+                results.append(self.task(step, heard)())
+            else:
+                with usage.stream(step) as sink:
+                    results.append(self.task(step, heard, sink)())
+            progress.note(f"{name} done")
+            progress.advance()
+        return results
+
+    def pooled_with_usage(
+        self, named: Sequence[tuple[str, Replication]], usage: UsageOut, workers: int, progress: Progress
+    ) -> list[Replicated]:
+        """Day-engine runs on a pool, each staging its usage rows in a directory of a temporary one under
+        `spill`, loaded here (and removed) as soon as that run is done, while the others play."""
+        staging = Path(tempfile.mkdtemp(prefix="margins-usage-", dir=self.spill))
+        try:
+            directories = [staging / f"run-{index}" for index in range(len(named))]
+            tasks = [
+                (name, functools.partial(
+                    _by_day_staged, directory, usage.labels(step), self.scenario, self.catalog, step,
+                    self.days, self.seed, self.spill,
+                ))
+                for (name, step), directory in zip(named, directories, strict=True)
+            ]  # fmt: skip
+
+            def load(index: int) -> None:
+                usage.load(usage.labels(named[index][1]).run_id, directories[index])
+                shutil.rmtree(directories[index], ignore_errors=True)
+
+            return _pooled(workers, tasks, "runs", progress, load)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_by_day(
@@ -233,19 +304,21 @@ def run_by_day(
     return summary, None
 
 
-def _by_day_with_usage(
-    usage: UsageSinks,
+def _by_day_staged(
+    directory: Path,
+    labels: RowLabels,
     scenario: Scenario,
     catalog: PriceCatalog,
     step: Replication,
     days: int,
     seed: int,
     spill: Path | None,
-    on_phase: Callable[[str], object] | None,
 ) -> Replicated:
-    """A day-engine run whose usage rows go to the sink `usage` opens for it (closed after the run)."""
-    with usage(step) as sink:
-        return run_by_day(scenario, catalog, step.mau, days, seed, step.replication, spill, on_phase, sink)
+    """A day-engine run in a pool's process: its usage rows staged as Parquet batches in `directory`."""
+    from sim.io.usage_rows import UsageStream, parquet_batches
+
+    with UsageStream(parquet_batches(directory), labels) as sink:
+        return run_by_day(scenario, catalog, step.mau, days, seed, step.replication, spill, None, sink)
 
 
 def replication_name(step: Replication, replications: int) -> str:
@@ -255,10 +328,15 @@ def replication_name(step: Replication, replications: int) -> str:
 
 
 def _pooled(
-    workers: int, tasks: Sequence[tuple[str, Callable[[], T]]], what: str, progress: Progress
+    workers: int,
+    tasks: Sequence[tuple[str, Callable[[], T]]],
+    what: str,
+    progress: Progress,
+    on_done: Callable[[int], object] | None = None,
 ) -> list[T]:
     """Each named task's result, in the tasks' order, from a pool of `workers` processes (each task a
-    picklable callable: a module-level function's partial)."""
+    picklable callable: a module-level function's partial); `on_done` hears each task's index as it is
+    done, here, while the others go on."""
     progress.note(f"{len(tasks)} {what} on {workers} processes")
     results: dict[int, T] = {}
     # spawn: no inherited state, the same on every platform.
@@ -268,6 +346,8 @@ def _pooled(
         for future in as_completed(futures):
             index = futures[future]
             results[index] = future.result()
+            if on_done is not None:
+                on_done(index)
             progress.note(f"{tasks[index][0]} done")
             progress.advance()
     return [results[index] for index in range(len(tasks))]

@@ -157,8 +157,16 @@ def test_compare_with_engine_days_prints_the_whole_engines_bytes(tmp_path: Path)
     ("args", "message"),
     [
         (
-            ["levers/router.toml", "--engine", "days", "--out", "x.duckdb", "--workers", "2"],
-            "--engine days --out writes its rows here",
+            [
+                "levers/router.toml",
+                "--engine",
+                "days",
+                "--out",
+                "x.duckdb",
+                "--executor",
+                "dask://127.0.0.1:1",
+            ],
+            "--engine days --out writes its rows on this machine",
         ),
         (["levers/router.toml", "--spill", "somewhere"], "--spill is for --engine days"),
     ],

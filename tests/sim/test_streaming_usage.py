@@ -19,10 +19,11 @@ import msgspec
 import pytest
 
 from budget.domain.events import USAGE_COLUMNS
-from sim.io import forecast_db
-from sim.io.forecast_db import ForecastWriter, UsageStream
+from sim.io import usage_rows
+from sim.io.forecast_db import ForecastWriter
 from sim.io.scenarios import load_scenario
 from sim.io.streaming_run import simulate_streaming
+from sim.io.usage_rows import UsageStream
 from sim.model import engine, forecast
 from sim.model.scenario import Burst, Scenario
 from sim.model.usage_chunk import UsageChunk
@@ -130,7 +131,7 @@ def test_the_day_engines_usage_rows_are_the_whole_engines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if rows_per_batch is not None:
-        monkeypatch.setattr(forecast_db, "ROWS_PER_BATCH", rows_per_batch)
+        monkeypatch.setattr(usage_rows, "ROWS_PER_BATCH", rows_per_batch)
     scenario, catalog = load_scenario(SCENARIOS / name)
     if name.startswith("launch-spike"):
         scenario = tight_burst(scenario)
@@ -173,14 +174,19 @@ def test_a_capped_day_engine_writes_the_capped_whole_runs_rows(
         assert row is not None and row[0] > 0
 
 
-def test_simulate_engine_days_out_writes_the_whole_engines_tables(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])  # 2: each process stages its run's rows, loaded here
+def test_simulate_engine_days_out_writes_the_whole_engines_tables(tmp_path: Path, workers: int) -> None:
     scenario = SCENARIOS / "seed-story" / "optimized.toml"
     common = [sys.executable, "-m", "sim.cli", "simulate", str(scenario), "--days", "3"]
     common += ["--mau", "200,300", "--replications", "2"]  # four runs, each under its own run id
     run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     whole = run([*common, "--out", str(tmp_path / "whole.duckdb")])
-    by_day = run([*common, "--engine", "days", "--out", str(tmp_path / "by_day.duckdb")])
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    days = ["--engine", "days", "--workers", str(workers), "--spill", str(spill)]
+    by_day = run([*common, *days, "--out", str(tmp_path / "by_day.duckdb")])
     assert whole.returncode == 0 and by_day.returncode == 0, whole.stderr + by_day.stderr
+    assert list(spill.iterdir()) == []  # the runs' spills and staged rows are removed after
     rows, rows_by_day, missing, extra = usage_difference(
         tmp_path / "whole.duckdb", tmp_path / "by_day.duckdb"
     )
