@@ -7,7 +7,8 @@ and one part holds its traffic in memory instead; disk is the most under it at a
 `--mau` (default 100k and 1M) in the same run, checking that the two give the same figures; then the day
 engine alone at `--huge` MAU (default 10M; 0 skips) when `--dir`'s free space allows the largest spill
 scaled up, with a margin.
-Prints requests, seconds, requests/s, peak GB and the day engine's time against the whole engine's
+Prints requests, seconds, requests/s, peak GB and the day engine's time against the whole engine's, and
+where each day-engine run's time went (drawing and spilling, the parts, after the last day)
 (`--repeat N`: each engine N times at each level, in turns, the fastest shown). Not
 a timed test; run it niced on a shared machine (the figures drift with the machine's load, the ratios
 less).
@@ -44,6 +45,7 @@ class Measure:
     peak_gb: float
     spilled_bytes: int
     summary: dict[str, Any]
+    phases: tuple[tuple[str, float], ...] = ()  # the day engine's: each phase it reported, and its seconds
 
     @property
     def rate(self) -> float:
@@ -61,23 +63,49 @@ def _measure(
 
     scenario, catalog = load_scenario(scenario_path)
     spilled = 0
+    phases: tuple[tuple[str, float], ...] = ()
     start = time.perf_counter()
     if engine_name == "whole":
         summary = forecast.summarize(engine.simulate(scenario, catalog, mau, days, seed))
     else:
         directory = Path(tempfile.mkdtemp(prefix="margins-bench-days-", dir=root))
         on_disk = [0]  # bytes under the spill root at each phase (the spill is whole after "traffic")
+        started: list[tuple[str, float]] = []
+
+        def on_phase(phase: str) -> None:
+            started.append((phase, time.perf_counter()))
+            on_disk.append(_bytes_under(directory))
+
         try:
             summary = simulate_streaming(
                 scenario, catalog, mau, days, seed, spill_root=directory, days_per_part=per_part,
-                on_phase=lambda _phase: on_disk.append(_bytes_under(directory)),
+                on_phase=on_phase,
             )  # fmt: skip
             spilled = max(on_disk)
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+        ends = [at for _, at in started[1:]] + [time.perf_counter()]
+        phases = tuple((name, end - at) for (name, at), end in zip(started, ends, strict=True))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    return Measure(engine_name, mau, summary["requests"], seconds, peak, spilled, summary)
+    return Measure(engine_name, mau, summary["requests"], seconds, peak, spilled, summary, phases)
+
+
+def _phase_line(measure: Measure) -> str:
+    """Where a day-engine run's time went: drawing and spilling the traffic (with the first part's
+    opening), the parts of days, and what follows the last day (its requests and retries, the cap, the
+    figures' percentiles)."""
+    drawing = sum(seconds for name, seconds in measure.phases if name == "traffic")
+    parts = [seconds for name, seconds in measure.phases if name.startswith("day")]
+    after = sum(
+        seconds for name, seconds in measure.phases if name != "traffic" and not name.startswith("day")
+    )
+    spread = f" ({min(parts):.1f}-{max(parts):.1f} s each)" if len(parts) > 1 else ""
+    counted = f"{len(parts)} part{'s' if len(parts) != 1 else ''}"
+    return (
+        f"       phases: traffic drawn and spilled {drawing:.1f} s; {counted} {sum(parts):.1f} s{spread}; "
+        f"after the last day {after:.1f} s"
+    )
 
 
 def _bytes_under(directory: Path) -> int:
@@ -138,6 +166,7 @@ def main() -> None:
         whole, days = _fastest_of_both(args, mau, per_part)
         print(_row(whole, None), flush=True)
         print(_row(days, whole), flush=True)
+        print(_phase_line(days), flush=True)
         if days.summary != whole.summary:
             raise SystemExit(f"the engines disagree at {mau:,} MAU: a bug, not a benchmark figure")
         largest = days
@@ -153,6 +182,7 @@ def main() -> None:
             return
         huge = _in_child("days", args.scenario, args.huge, args.days, args.seed, args.dir, per_part)
         print(_row(huge, None), flush=True)
+        print(_phase_line(huge), flush=True)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
