@@ -83,15 +83,14 @@ LEDGER_MODULES = frozenset(
 def install_for(module: str) -> str:
     """Which install must run `module`: the core, else its package's extra (`enforce` for the enforcer's
     modules and the ledger, `sim` for the simulator's, the SDK's for an SDK guard, `cluster` for Dask's,
-    `nats` for budget.jetstream)."""
+    `nats` for budget.jetstream, both `enforce` and `nats` for the partitioned enforcer)."""
     if module in SDK_EXTRAS:
         return SDK_EXTRAS[module]
     if module in CLUSTER_MODULES:
         return "cluster"
-    if module.startswith(("budget.jetstream.", "budget.partitioned.")) or module in (
-        "budget.jetstream",
-        "budget.partitioned",
-    ):
+    if module.startswith("budget.partitioned.") or module == "budget.partitioned":
+        return "enforce+nats"  # the partitioned enforcer: `pip install 'margins[enforce,nats]'`
+    if module.startswith("budget.jetstream.") or module == "budget.jetstream":
         return "nats"
     if module in LEDGER_MODULES:
         return "enforce"
@@ -104,6 +103,7 @@ def test_every_module_imports_only_what_its_install_brings() -> None:
     """Every import of every module, at the top or inside a function, against pyproject.toml's lists (the
     semantic extra's packages are imported by name when called, and say how to install them)."""
     installs = declared()
+    installs["enforce+nats"] = installs["enforce"] | installs["nats"]
     graph = grimp.build_graph(
         "budget", "sim", include_external_packages=True, exclude_type_checking_imports=True
     )
@@ -123,6 +123,7 @@ def test_every_module_imports_only_what_its_install_brings() -> None:
     assert install_for("budget.integrations.openai") == "openai"
     assert install_for("budget.integrations.thread") == "core"
     assert install_for("budget.jetstream.kv_lease") == "nats"
+    assert install_for("budget.partitioned.door") == "enforce+nats"
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
