@@ -21,9 +21,6 @@ PARTITIONED_PREFIXES = {
 STREAM_PREFIX = "MARGINS_P"
 JOURNAL_PREFIX = "MARGINS_J"
 LEASE_BUCKET = "margins_leases"
-# Every user's newest status (margins/status/<user> as a subject), kept for readers who were not listening.
-STATUS_STREAM = "MARGINS_STATUS"
-STATUS_SUBJECTS = "margins.status.>"
 # The MQTT topic prefix of each partitioned kind: an enforcer hands a message to the same handler as the
 # single-broker one does, under the topic an MQTT application would have published it on.
 _TOPIC_PREFIX_OF_KIND = {

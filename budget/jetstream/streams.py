@@ -1,7 +1,6 @@
 """Creating the partition streams on the cluster: two file-backed, replicated streams per partition -- its
 input (`MARGINS_P<p>`: what applications send, a work queue its owner consumes) and its journal
-(`MARGINS_J<p>`: the events its owners decided, kept) -- and one for the users' statuses
-(`MARGINS_STATUS`: the newest status of each user, what a retained MQTT message is on one broker).
+(`MARGINS_J<p>`: the events its owners decided, kept).
 
 Streams per partition rather than one stream with partition subjects: each stream is its own raft group
 with its own leader, so the partitions' writes spread over the nodes, and a partition's journal after a
@@ -21,8 +20,6 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from budget.errors import ClusterUnavailable
 from budget.jetstream.partitions import (
-    STATUS_STREAM,
-    STATUS_SUBJECTS,
     journal_stream_name,
     journal_subject,
     partition_subjects,
@@ -56,30 +53,6 @@ def journal_stream_config(partition: int, replicas: int = 3) -> StreamConfig:
         retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.NEW,
     )
-
-
-def status_stream_config(replicas: int = 3) -> StreamConfig:
-    """The users' statuses: every status an owner publishes is stored, and only the newest of each user
-    kept, so a reader that was not listening reads a user's status (`get_last_msg(MARGINS_STATUS,
-    "margins.status.<user>")`) as an MQTT subscriber reads a retained one on a single broker."""
-    return StreamConfig(
-        name=STATUS_STREAM,
-        subjects=[STATUS_SUBJECTS],
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        retention=RetentionPolicy.LIMITS,
-        max_msgs_per_subject=1,
-        discard=DiscardPolicy.OLD,
-    )
-
-
-async def ensure_status_stream(
-    js: JetStreamContext, replicas: int = 3, limit_s: float = SETUP_LIMIT_S
-) -> None:
-    """Create the status stream (an existing one with the same config is kept). Statuses are published as
-    plain NATS messages, never waiting on it: until it has a leader, one that is published is not kept."""
-    config = status_stream_config(replicas)
-    await until_answered(f"creating stream {config.name}", partial(js.add_stream, config), limit_s)
 
 
 async def ensure_partition_streams(

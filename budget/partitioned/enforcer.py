@@ -39,7 +39,7 @@ from budget.jetstream.lease import LeaseTerms, beyond_share, fair_share
 from budget.jetstream.members import announce, forget, live_members, open_members_bucket
 from budget.jetstream.partitions import lease_key
 from budget.jetstream.setup_calls import until_answered
-from budget.jetstream.streams import ensure_partition_streams, ensure_status_stream
+from budget.jetstream.streams import ensure_partition_streams
 from budget.partitioned.owner import PartitionOwner
 from budget.service.defaults import SNAPSHOT_EVERY_EVENTS
 from budget.service.door import HttpSettings
@@ -174,12 +174,10 @@ class PartitionedEnforcer:
         return self
 
     async def _set_up(self, js: JetStreamContext) -> tuple[KeyValue, KeyValue]:
-        """The partitions' streams, the status stream and the lease and members buckets, created where
-        missing, and this process announced (each asked again while the cluster does not answer:
-        jetstream/setup_calls.py)."""
+        """The partitions' streams and the lease and members buckets, created where missing, and this
+        process announced (each asked again while the cluster does not answer: jetstream/setup_calls.py)."""
         c = self.cluster
         await ensure_partition_streams(js, c.partitions, c.replicas)
-        await ensure_status_stream(js, c.replicas)
         kv = await until_answered("creating the lease bucket", partial(open_lease_bucket, js, c.replicas))
         members = await until_answered(
             "creating the members bucket",

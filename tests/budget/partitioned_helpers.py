@@ -31,7 +31,7 @@ from budget.domain.catalog import default_catalog
 from budget.domain.events import Event
 from budget.jetstream.kv_lease import open_lease_bucket
 from budget.jetstream.lease import decode_owner
-from budget.jetstream.partitions import STATUS_STREAM, lease_key, partition_of
+from budget.jetstream.partitions import lease_key, partition_of
 from budget.partitioned.enforcer import READY_LOG
 from budget.partitioned.owner import partition_store
 from tests.budget.broker import REPO
@@ -238,20 +238,6 @@ async def authorize_until_answered(
             except (*TRANSIENT, nats.errors.Error):
                 await asyncio.sleep(0.1)
     raise AssertionError("unreachable")
-
-
-async def wait_for_status_spent(js: JetStreamContext, user: str, spent_usd: float) -> None:
-    """Until the user's newest status kept on the cluster (stream MARGINS_STATUS), read as a reader that
-    was not listening reads it, says `spent_usd`."""
-    async with asyncio.timeout(LIMIT_S):
-        while True:
-            try:
-                message = await js.get_last_msg(STATUS_STREAM, f"margins.status.{user}")
-                if message.data is not None and json.loads(message.data)["spent_usd"] == spent_usd:
-                    return
-            except (*TRANSIENT, nats.errors.Error):
-                pass  # not kept yet (NotFoundError), or a node lost
-            await asyncio.sleep(0.1)
 
 
 def user_in(partition: int, partitions: int, prefix: str = "a") -> str:
