@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import sys
@@ -95,6 +96,9 @@ def enforce(
     from budget.service.settings import load_config
 
     configure_logging(log_level, log_format)
+    # `kill -USR1 PID` writes every thread's stack to stderr, even while the event loop is stuck: what a
+    # process that no longer answers is doing, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     if (broker_url is None) == (nats_servers is None):
         raise click.UsageError("give either --broker (one MQTT broker) or --nats (a NATS JetStream cluster)")
     try:

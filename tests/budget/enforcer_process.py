@@ -25,6 +25,25 @@ cap_usd = "50"
 """
 
 
+STACKS_LIMIT_S = 10.0
+
+
+def stopped_or_stacks(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> int:
+    """The exit code of `proc`, SIGTERMed, once it stops within `timeout`; if it does not, an
+    AssertionError holding its log's tail with every thread's stack (SIGUSR1: `margins enforce` writes
+    them with faulthandler, even with its event loop stuck) -- what it was doing instead of stopping."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + STACKS_LIMIT_S
+        while "most recent call first" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-200:])
+        raise AssertionError(f"margins enforce did not stop within {timeout}s of SIGTERM:\n{tail}") from None
+
+
 @dataclass
 class EnforcerProcess:
     """`margins enforce` as a subprocess; its log goes to a file so a full pipe never blocks it."""
@@ -74,8 +93,7 @@ class EnforcerProcess:
 
     def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
+        code = stopped_or_stacks(self.proc, self.log, timeout)
         self.proc = None
         if code != 0:
             print(f"margins enforce exited with {code}:\n{self.tail()}")

@@ -35,6 +35,7 @@ from budget.jetstream.partitions import lease_key, partition_of
 from budget.partitioned.enforcer import READY_LOG
 from budget.partitioned.owner import partition_store
 from tests.budget.broker import REPO
+from tests.budget.enforcer_process import stopped_or_stacks
 from tests.budget.mqtt_helpers import usage_body
 from tests.budget.nats_cluster import NatsCluster
 from tests.budget.store_helpers import replayed
@@ -95,9 +96,9 @@ class PartitionedProcess:
         self.proc = None
 
     def terminate(self, timeout: float = LIMIT_S) -> int:
+        """SIGTERM it and wait for its exit code (one that does not stop fails with its threads' stacks)."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout)
+        code = stopped_or_stacks(self.proc, self.log, timeout)
         self.proc = None
         return code
 

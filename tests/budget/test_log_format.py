@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from budget.cli.log_format import JsonFormatter
+from budget.domain.events import UsageRecorded
 from budget.store.event_store import EventStore
 from tests.budget.broker import REPO, Broker
 from tests.budget.enforcer_helpers import PATIENCE_S
 from tests.budget.enforcer_process import EnforcerProcess
 from tests.budget.mqtt_helpers import mqtt, publish_all, usage_body
+from tests.budget.store_helpers import replayed
 
 REQUIRED = ("ts", "level", "logger", "message")
 
@@ -60,6 +63,28 @@ def test_a_run_logs_one_json_object_per_line(enforcer_process: EnforcerProcess, 
     warning = next(line for line in lines if "dead letter (malformed_json)" in line["message"])
     assert warning["level"] == "WARNING" and warning["logger"] == "margins.enforce"
     assert {line["level"] for line in lines} >= {"INFO", "WARNING"}
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_enforcer_goes_on(
+    enforcer_process: EnforcerProcess, mosquitto: Broker
+) -> None:
+    enforcer_process.start()
+    assert enforcer_process.proc is not None
+    enforcer_process.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + PATIENCE_S
+    while "most recent call first" not in enforcer_process.log.read_text():
+        assert time.monotonic() < deadline, f"no stacks written:\n{enforcer_process.tail()}"
+        time.sleep(0.05)
+    assert enforcer_process.log.read_text().count("hread 0x") >= 2  # every thread, not only the loop's
+
+    async def usage() -> None:  # still deciding
+        async with mqtt(mosquitto.port) as pub:
+            await publish_all(pub, "margins/usage/alice", [json.dumps(usage_body("after")).encode()])
+
+    asyncio.run(usage())
+    assert enforcer_process.terminate() == 0
+    stored = [e.event_id for e in replayed(enforcer_process.store) if isinstance(e, UsageRecorded)]
+    assert stored == ["after"]
 
 
 def test_a_failed_start_ends_with_a_json_line_and_its_exit_code(tmp_path: Path, caps_file: Path) -> None:
