@@ -37,15 +37,22 @@ def mosquitto_binary() -> str:
     return found
 
 
+START_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
+def wait_for_port(port: int, timeout: float = 60.0, alive: subprocess.Popen[bytes] | None = None) -> None:
+    """Until something accepts connections on `port`; TimeoutError after `timeout`, ProcessLookupError as
+    soon as the process `alive` (the one that should listen) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if alive is not None and alive.poll() is not None:
+            raise ProcessLookupError(f"the process for 127.0.0.1:{port} exited with {alive.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -65,6 +72,7 @@ class Broker:
     # config lines to change (e.g. max_inflight_messages) and the ACL when secured (default: the example's)
     settings: dict[str, str] = field(default_factory=dict)
     acl: str | None = None
+    started: bool = False  # once it has listened, it keeps its port (clients reconnect to it)
 
     @property
     def url(self) -> str:
@@ -112,16 +120,28 @@ class Broker:
         return conf
 
     def start(self) -> None:
-        conf = self.write_config()
-        with (self.directory / "mosquitto.log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log
-            )
-        try:
-            wait_for_port(self.port)
-        except TimeoutError:
-            self.kill()
-            raise
+        """Start mosquitto and wait until it listens. Its first start takes a fresh port when the one
+        `free_port` found was taken before mosquitto bound it (it exits then); a restart keeps its port."""
+        for _attempt in range(START_ATTEMPTS):
+            conf = self.write_config()
+            with (self.directory / "mosquitto.log").open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log
+                )
+            try:
+                wait_for_port(self.port, alive=self.proc)
+            except TimeoutError:
+                self.kill()
+                raise
+            except ProcessLookupError:  # it exited: the port was taken
+                self.proc = None
+                if self.started:
+                    raise RuntimeError(f"mosquitto could not listen on {self.port} again") from None
+                self.port = free_port()
+                continue
+            self.started = True
+            return
+        raise RuntimeError(f"mosquitto did not start in {START_ATTEMPTS} attempts (ports taken)")
 
     def stop(self) -> None:
         """A clean shutdown: mosquitto writes its persistence database on SIGTERM."""

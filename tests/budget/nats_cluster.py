@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deploy" / "nats" / "nats-server.conf.template"
 PARTITIONS = 4
 READY_LIMIT_S = 60.0
+START_ATTEMPTS = 3
 
 
 def nats_server_binary() -> str:
@@ -77,6 +78,12 @@ class NatsNode:
                 leaders[stream["name"]] = cluster.get("leader", "")
         return leaders
 
+    def take_fresh_ports(self) -> None:
+        """New free ports, and a clean JetStream directory, for a node that could not start on its own."""
+        self.client_port, self.mqtt_port = free_port(), free_port()
+        self.cluster_port, self.http_port = free_port(), free_port()
+        shutil.rmtree(self.directory / "jetstream", ignore_errors=True)
+
     def meta_leader(self) -> str | None:
         """The JetStream meta leader this node knows of, or None."""
         report = self.jsz()
@@ -121,15 +128,31 @@ class NatsCluster:
         return path
 
     def start(self) -> None:
+        """Start the three nodes and wait for a JetStream meta leader. A free port can be taken by another
+        process before its node binds it (the node then exits): every node is started again on fresh
+        ports, up to START_ATTEMPTS times."""
         binary = nats_server_binary()
-        for node in self.nodes:
-            config = self.write_config(node)
-            log = node.directory / "server.log"
-            node.proc = subprocess.Popen([binary, "-c", str(config), "-l", str(log)])
-        for node in self.nodes:
-            wait_for_port(node.client_port)
-            wait_for_port(node.mqtt_port)
-        self.wait_for_meta_leader()
+        for _attempt in range(START_ATTEMPTS):
+            for node in self.nodes:
+                config = self.write_config(node)
+                log = node.directory / "server.log"
+                node.proc = subprocess.Popen([binary, "-c", str(config), "-l", str(log)])
+            try:
+                for node in self.nodes:
+                    wait_for_port(node.client_port, READY_LIMIT_S, alive=node.proc)
+                    wait_for_port(node.mqtt_port, READY_LIMIT_S, alive=node.proc)
+            except ProcessLookupError:  # it exited: a port was taken
+                pass
+            else:
+                self.wait_for_meta_leader()
+                return
+            self.kill()
+            for node in self.nodes:
+                node.take_fresh_ports()
+        logs = "\n".join(
+            (node.directory / "server.log").read_text(errors="replace")[-2000:] for node in self.nodes
+        )
+        raise RuntimeError(f"the NATS cluster did not start in {START_ATTEMPTS} attempts:\n{logs}")
 
     def wait_for_meta_leader(self, limit_s: float = READY_LIMIT_S) -> str:
         """Until every running node names the same JetStream meta leader, itself running."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from pathlib import Path
 
@@ -124,3 +125,16 @@ def test_a_sigkilled_broker_comes_back_with_what_it_saved(mosquitto: Broker) -> 
     mosquitto.kill()
     mosquitto.start()
     assert asyncio.run(receive()) == b'{"event_id": "saved"}'
+
+
+def test_a_test_broker_whose_port_was_taken_starts_on_a_fresh_one(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker", secured=False)
+    with socket.socket() as taken:  # another process took the port after free_port found it free
+        taken.bind(("127.0.0.1", broker.port))  # bound, not listening: as a client's port is
+        try:
+            broker.start()
+            assert broker.port != taken.getsockname()[1]
+            with socket.create_connection(("127.0.0.1", broker.port), timeout=5):
+                pass
+        finally:
+            broker.kill()

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
+from pathlib import Path
 
 import aiomqtt
 import nats
@@ -195,3 +197,16 @@ def test_an_mqtt_puback_does_not_mean_a_stream_stored_the_message(nats_cluster: 
         assert stored == 1  # three PUBACKs, one message: two acknowledged publishes were refused
 
     asyncio.run(scenario())
+
+
+def test_a_node_whose_port_was_taken_is_started_again_on_fresh_ports(tmp_path: Path) -> None:
+    cluster = NatsCluster(tmp_path / "nats")
+    with socket.socket() as taken:  # another process took a port after free_port found it free
+        taken.bind(("127.0.0.1", cluster.nodes[2].cluster_port))
+        taken.listen(1)
+        try:
+            cluster.start()
+            assert len(cluster.running()) == 3
+            assert cluster.nodes[2].cluster_port != taken.getsockname()[1]
+        finally:
+            cluster.kill()
