@@ -125,11 +125,6 @@ class PartitionedEnforcer:
             return "stopping"
         return None if self.connected else "disconnected from the cluster; reconnecting"
 
-    @property
-    def http_port(self) -> int | None:
-        """The port /metrics is served on (None without `http`)."""
-        return self._http.port if self._http is not None else None
-
     async def __aenter__(self) -> PartitionedEnforcer:
         if self._http_settings is not None:  # first: /healthz answers while the cluster is reached
             from budget.partitioned.door import open_door
