@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import io
 import logging
 import signal
 import sys
@@ -96,9 +97,7 @@ def enforce(
     from budget.service.settings import load_config
 
     configure_logging(log_level, log_format)
-    # `kill -USR1 PID` writes every thread's stack to stderr, even while the event loop is stuck: what a
-    # process that no longer answers is doing, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    _stacks_on_sigusr1()
     if (broker_url is None) == (nats_servers is None):
         raise click.UsageError("give either --broker (one MQTT broker) or --nats (a NATS JetStream cluster)")
     try:
@@ -123,6 +122,17 @@ def enforce(
     # interval it can hold the event loop for that long at a time, which shows in authorization latency.
     sys.setswitchinterval(0.001)
     _run_or_exit(_run(broker, store_path, config, min_free_mb * MIB, snapshot_every, http), log_format)
+
+
+def _stacks_on_sigusr1() -> None:
+    """`kill -USR1 PID` writes every thread's stack to stderr, even while the event loop is stuck: what a
+    process that no longer answers is doing, without stopping it. Not when stderr is no file (a test
+    runner calling the command in-process): there is nothing to write to then."""
+    try:
+        stderr = sys.stderr.fileno()
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        return
+    faulthandler.register(signal.SIGUSR1, file=stderr, all_threads=True)
 
 
 def _run_or_exit(main: Coroutine[Any, Any, None], log_format: LogFormat) -> None:
