@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,10 +17,9 @@ from starlette.routing import Route
 
 from budget.partitioned.metrics import ClusterMetrics, Partitioned
 from budget.service.door import HttpSettings
-from budget.service.http_app import metrics_route
+from budget.service.http_app import json_response, metrics_route
 from budget.service.http_server import HttpServer, bind
 
-_json = msgspec.json.Encoder()
 NOT_SERVED = (
     "a partitioned enforcer (--nats) serves /metrics, /healthz and /readyz only: publish usage and "
     "authorizations over MQTT or NATS, where the partition's owner decides them"
@@ -35,25 +33,21 @@ class Ready(Partitioned, Protocol):
         """None when connected to the cluster and contending, else why not."""
 
 
-def _json_response(body: object, status: int = 200) -> Response:
-    return Response(_json.encode(body), status, media_type="application/json")
-
-
 def create_app(enforcer: Ready) -> Starlette:
     """The door's ASGI app for `enforcer`."""
 
     async def healthz(request: Request) -> Response:
-        return _json_response({"alive": True})
+        return json_response({"alive": True})
 
     async def readyz(request: Request) -> Response:
         reason = enforcer.readiness()
-        held = len(enforcer.held())
+        held = len(enforcer.owned)
         if reason is None:
-            return _json_response({"ready": True, "partitions_held": held})
-        return _json_response({"ready": False, "reason": reason, "partitions_held": held}, 503)
+            return json_response({"ready": True, "partitions_held": held})
+        return json_response({"ready": False, "reason": reason, "partitions_held": held}, 503)
 
     async def not_served(request: Request) -> Response:
-        return _json_response({"reason": "not_served", "detail": NOT_SERVED}, 404)
+        return json_response({"reason": "not_served", "detail": NOT_SERVED}, 404)
 
     return Starlette(
         routes=[

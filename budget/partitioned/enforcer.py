@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -112,10 +111,6 @@ class PartitionedEnforcer:
     def connected(self) -> bool:
         """Connected to a node of the cluster now."""
         return self._nc is not None and self._nc.is_connected
-
-    def held(self) -> Mapping[int, PartitionOwner]:
-        """The partitions decided here now, by number."""
-        return self.owned
 
     def readiness(self) -> str | None:
         """None when connected to the cluster and contending for partitions, else why not."""

@@ -71,8 +71,9 @@ class Partitioned(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def held(self) -> Mapping[int, HeldPartition]:
-        """The partitions decided here now."""
+    @property
+    def owned(self) -> Mapping[int, HeldPartition]:
+        """The partitions decided here now, by number."""
 
 
 class ClusterMetrics:
@@ -95,7 +96,7 @@ class _ClusterCollector(Collector):
         enforcer = self._enforcer
         # Scraped on the enforcer's own event loop (its HTTP server is a task there): nothing changes
         # while this runs, so nothing is copied.
-        held = enforcer.held()
+        held = enforcer.owned
         yield GaugeMetricFamily(
             "margins_partitions", "The cluster's number of partitions", enforcer.partitions
         )

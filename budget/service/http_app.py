@@ -36,7 +36,8 @@ MAX_USER_ID = 256
 _json = msgspec.json.Encoder()
 
 
-def _json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """`body` as a JSON response (msgspec-encoded)."""
     return Response(_json.encode(body), status, headers, media_type="application/json")
 
 
@@ -52,7 +53,7 @@ def metrics_route(exposition: Callable[[], tuple[bytes, str]]) -> Route:
 
 
 def _error(status: int, reason: str, detail: str, headers: Mapping[str, str] | None = None) -> Response:
-    return _json_response({"reason": reason, "detail": detail}, status, headers)
+    return json_response({"reason": reason, "detail": detail}, status, headers)
 
 
 class BearerTokens:
@@ -139,11 +140,11 @@ class _Routes:
             return answer
         rejected = answer.rejection
         if rejected is not None and rejected.count >= rejected.items:
-            return _json_response(_rejected(rejected), 400)
+            return json_response(_rejected(rejected), 400)
         body: dict[str, object] = {"confirmed": answer.confirmed}
         if rejected is not None:
             body["rejected"] = _rejected(rejected)
-        return _json_response(body)
+        return json_response(body)
 
     async def user_status(self, request: Request) -> Response:
         refused = self.unauthorized(request)
@@ -158,13 +159,13 @@ class _Routes:
             return _error(503, "not_ready", closed.reason)
 
     async def healthz(self, request: Request) -> Response:
-        return _json_response({"alive": True})
+        return json_response({"alive": True})
 
     async def readyz(self, request: Request) -> Response:
         reason = self.door.readiness()
         if reason is None:
-            return _json_response({"ready": True})
-        return _json_response({"ready": False, "reason": reason}, 503)
+            return json_response({"ready": True})
+        return json_response({"ready": False, "reason": reason}, 503)
 
     async def openapi(self, request: Request) -> Response:
         return Response(openapi_json(), media_type="application/json")

@@ -14,7 +14,7 @@ another, on `--workers N` processes, or on a Dask cluster (`--executor`). Each r
 temporary directory in `--spill` (else the system's temporary directory of the machine that runs it; on a
 cluster, a `--spill` path must exist on every worker), and each process holds a part's working set: N
 workers need N times a run's peak (the README's "Scaling out the simulator": about 1.6 GB at 100k MAU,
-2.5 GB at 1M).
+2.4 GB at 1M).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def engine_choice(command: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="whole: a run's month in memory (fastest); days: a day at a time (a few while they hold at "
         "most 3M requests), memory bounded by that, the same figures and --out rows (for millions of MAU; "
-        "with --workers N, each of the N processes holds its part: about 2.5 GB at 1M MAU)",
+        "with --workers N, each of the N processes holds its part: about 2.4 GB at 1M MAU)",
     )(command)
 
 

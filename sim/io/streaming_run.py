@@ -10,7 +10,7 @@ rebuilt, the open requests folded) is paid once a part, so a small run is played
 10M-MAU one (13M requests a day) a day at a time. Two cores are kept busy (sim/io/ahead.py): the next
 block of users is drawn while one is spilled, and the next part is read and opened (sim/model/
 day_opening.py) while one plays. The figures are `forecast.summarize(engine.simulate(...))`'s to the
-byte. Given a `usage` sink (`--out`: sim/io/forecast_db.py `UsageStream`), it hands out the run's usage
+byte. Given a `usage` sink (`--out`: sim/io/usage_rows.py `UsageStream`), it hands out the run's usage
 rows as they are made -- the same rows as the whole run's, in another order.
 """
 

@@ -260,16 +260,17 @@ class _Runs:
         staging = Path(tempfile.mkdtemp(prefix="margins-usage-", dir=self.spill))
         try:
             directories = [staging / f"run-{index}" for index in range(len(named))]
+            labels = [usage.labels(step) for _, step in named]
             tasks = [
                 (name, functools.partial(
-                    _by_day_staged, directory, usage.labels(step), self.scenario, self.catalog, step,
-                    self.days, self.seed, self.spill,
+                    _by_day_staged, directory, labelled, self.scenario, self.catalog, step, self.days,
+                    self.seed, self.spill,
                 ))
-                for (name, step), directory in zip(named, directories, strict=True)
+                for (name, step), directory, labelled in zip(named, directories, labels, strict=True)
             ]  # fmt: skip
 
             def load(index: int) -> None:
-                usage.load(usage.labels(named[index][1]).run_id, directories[index])
+                usage.load(labels[index].run_id, directories[index])
                 shutil.rmtree(directories[index], ignore_errors=True)
 
             return _pooled(workers, tasks, "runs", progress, load)
