@@ -193,7 +193,11 @@ def test_guard_renews_its_reservation_while_the_body_runs(mosquitto: Broker) -> 
         ):
             async with guard(budget, "alice", "gpt-4o", 100, max_input_tokens=100) as call:
                 granted = time.monotonic()
-                await eventually(lambda: len(fake.on("margins/renew/alice")) >= 2, "two renewals")
+                # the guard counts a renewal once the broker acknowledged it, a moment after the
+                # enforcer saw it: wait for both, or leaving the guard can cancel the second's count
+                await eventually(
+                    lambda: len(fake.on("margins/renew/alice")) >= 2 and call.renewals >= 2, "two renewals"
+                )
                 call.record({"prompt_tokens": 10, "completion_tokens": 10})
             renewals = fake.on("margins/renew/alice")
             assert [r.body for r in renewals[:2]] == [
